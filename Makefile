@@ -1,0 +1,60 @@
+# Sluice: two commands.
+#   make run    set up what is missing, build, run (today: the Channel overload demo)
+#   make test   set up what is missing, build, run every test, then the core tests under
+#               ThreadSanitizer and the whole suite under AddressSanitizer + UBSan
+# Other targets: make build, make bench, make format, make tidy, make clean.
+
+SHELL        := /bin/bash
+BUILD_TYPE   ?= Release
+JOBS         ?= $(shell nproc)
+SLUICE_WERROR ?= OFF
+CMAKE_COMMON := -G Ninja -DSLUICE_WERROR=$(SLUICE_WERROR) -DCMAKE_EXPORT_COMPILE_COMMANDS=ON
+CTEST        := ctest --output-on-failure --timeout 600 -j $(JOBS)
+
+.PHONY: all deps build run test test-release test-tsan test-asan bench format tidy clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build/build.ninja: | deps
+	cmake -S . -B build $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE)
+
+build: deps build/build.ninja
+	cmake --build build -j $(JOBS)
+
+run: build
+	./build/src/cli/sluice demo
+
+test: test-release test-tsan test-asan
+
+test-release: build
+	cd build && $(CTEST)
+
+# ThreadSanitizer covers the core (label "core"): everything with threads and atomics.
+test-tsan: deps
+	cmake -S . -B build-tsan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DSLUICE_SANITIZE=thread -DSLUICE_BUILD_BENCH=OFF
+	cmake --build build-tsan -j $(JOBS)
+	cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" $(CTEST) -L core
+
+# AddressSanitizer + UndefinedBehaviorSanitizer cover the whole suite.
+test-asan: deps
+	cmake -S . -B build-asan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DSLUICE_SANITIZE=address -DSLUICE_BUILD_BENCH=OFF
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" \
+	  UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" $(CTEST)
+
+bench: build
+	./build/bench/sluice_core_bench
+
+format:
+	git ls-files '*.hpp' '*.cpp' | xargs clang-format -i
+
+tidy: build
+	git ls-files 'src/*.cpp' | xargs clang-tidy -p build --quiet
+
+clean:
+	rm -rf build build-tsan build-asan

@@ -1,0 +1,91 @@
+// Sluice internals — parking threads without polling, and one-shot readiness hooks.
+//
+// WaitQueue is an event count over a Linux futex. The protocol, for a waiter:
+//
+//   ticket = q.enter();          // register (seq_cst RMW), then read the epoch
+//   <re-check the condition with seq_cst loads of what the notifier changes>
+//   if (still not ready) q.park(ticket, deadline);
+//   q.leave();
+//
+// and for a notifier: make the change with a seq_cst atomic operation, then q.notify_all().
+// Either the notifier sees the registration (and bumps the epoch, so park() returns at once or
+// is woken), or the waiter's re-check sees the change: no lost wake-up, no sleep-and-retry loop.
+// A notifier that finds nobody registered pays one load.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <vector>
+
+namespace sluice::detail {
+
+using Clock = std::chrono::steady_clock;
+
+/// One CPU-friendly pause (x86 `pause`, ARM `yield`).
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
+/// Bounded spinning before a thread parks: a few pauses (cheap when the other side is about to
+/// act), then a few yields (lets a preempted peer run on a busy machine), then "park now".
+class Backoff {
+ public:
+  /// True while the caller should simply retry; false once it is time to park.
+  bool spin() noexcept;
+  /// A short wait for another thread that is in the middle of an operation (never parks).
+  void pause() noexcept;
+
+ private:
+  unsigned step_ = 0;
+};
+
+class WaitQueue {
+ public:
+  std::uint32_t enter() noexcept {
+    waiters_.fetch_add(1, std::memory_order_seq_cst);
+    return epoch_.load(std::memory_order_seq_cst);
+  }
+  void leave() noexcept { waiters_.fetch_sub(1, std::memory_order_relaxed); }
+
+  /// Sleeps until notified after `ticket` was taken, or until `deadline` (Clock::time_point::max()
+  /// for none). Returns false if the deadline passed. May return early (spuriously).
+  bool park(std::uint32_t ticket, Clock::time_point deadline) noexcept;
+
+  /// Wakes every parked waiter, if any is registered.
+  void notify_all() noexcept {
+    if (waiters_.load(std::memory_order_seq_cst) != 0) wake_all();
+  }
+  /// Wakes every parked waiter unconditionally (close()).
+  void wake_all() noexcept;
+
+ private:
+  // waiters_ is read by every notifier on every operation; it changes only when a thread
+  // parks, so the line stays shared in the notifiers' caches.
+  std::atomic<std::uint32_t> waiters_{0};
+  std::atomic<std::uint32_t> epoch_{0};  // the futex word: bumped by each wake
+};
+
+/// One-shot callbacks waiting for a readiness edge. Thread-safe.
+class HookList {
+ public:
+  /// Registers fn; the caller must then re-check readiness and call fire() if ready.
+  void add(std::function<void()> fn);
+  /// True if any callback is registered (one seq_cst load: the notifier's fast path).
+  bool armed() const noexcept { return count_.load(std::memory_order_seq_cst) != 0; }
+  /// Runs and removes every registered callback, each exactly once, on the calling thread.
+  void fire();
+
+ private:
+  std::mutex mu_;
+  std::vector<std::function<void()>> fns_;  // guarded by mu_
+  std::atomic<std::uint32_t> count_{0};      // fns_.size(), readable without the lock
+};
+
+}  // namespace sluice::detail
