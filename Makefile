@@ -2,16 +2,19 @@
 #   make run    set up what is missing, build, run (today: the Channel overload demo)
 #   make test   set up what is missing, build, run every test, then the core tests under
 #               ThreadSanitizer and the whole suite under AddressSanitizer + UBSan
-# Other targets: make build, make bench, make format, make tidy, make clean.
+# Other targets: make build, make bench, make soak, make format, make tidy, make clean.
 
 SHELL        := /bin/bash
 BUILD_TYPE   ?= Release
 JOBS         ?= $(shell nproc)
 SLUICE_WERROR ?= OFF
 CMAKE_COMMON := -G Ninja -DSLUICE_WERROR=$(SLUICE_WERROR) -DCMAKE_EXPORT_COMPILE_COMMANDS=ON
-CTEST        := ctest --output-on-failure --timeout 600 -j $(JOBS)
+# Stress tests: items per test under the sanitizers (slower by 5-20x); `make soak` runs long.
+SAN_STRESS_ITEMS ?= 200000
+SOAK_ITEMS   ?= 20000000
+CTEST        := ctest --output-on-failure --timeout 300 -j $(JOBS)
 
-.PHONY: all deps build run test test-release test-tsan test-asan bench format tidy clean
+.PHONY: all deps build run test test-release test-tsan test-asan soak bench format tidy clean
 
 all: build
 
@@ -37,15 +40,19 @@ test-tsan: deps
 	cmake -S . -B build-tsan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DSLUICE_SANITIZE=thread -DSLUICE_BUILD_BENCH=OFF
 	cmake --build build-tsan -j $(JOBS)
-	cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" $(CTEST) -L core
+	cd build-tsan && SLUICE_STRESS_ITEMS=$(SAN_STRESS_ITEMS) TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" $(CTEST) -L core
 
 # AddressSanitizer + UndefinedBehaviorSanitizer cover the whole suite.
 test-asan: deps
 	cmake -S . -B build-asan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DSLUICE_SANITIZE=address -DSLUICE_BUILD_BENCH=OFF
 	cmake --build build-asan -j $(JOBS)
-	cd build-asan && ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" \
+	cd build-asan && SLUICE_STRESS_ITEMS=$(SAN_STRESS_ITEMS) ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" \
 	  UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" $(CTEST)
+
+# The stress tests at soak scale (minutes), release build.
+soak: build
+	cd build && SLUICE_STRESS_ITEMS=$(SOAK_ITEMS) $(CTEST) -L stress --timeout 3600
 
 bench: build
 	./build/bench/sluice_core_bench

@@ -119,12 +119,12 @@ struct ChannelStats {
   std::uint64_t len = 0;                   // items queued now
   std::uint64_t queue_bytes = 0;           // bytes queued now (0 if account_bytes is off)
   std::uint64_t max_queue_bytes_seen = 0;  // high-water mark of queue_bytes
-  std::uint64_t sent = 0;      // items handed over: entered the queue, or refused as dropped
-  std::uint64_t received = 0;  // items taken by receivers
-  DropCounts dropped;          // items lost, by reason
-  std::uint64_t rejected = 0;  // would_block answers (the caller kept the item; not a loss)
-  std::uint64_t timeouts = 0;  // sends that gave up at their deadline (caller kept the item)
-  double blocked_seconds = 0;  // total time senders spent waiting for room
+  std::uint64_t sent = 0;        // items handed over: entered the queue, or refused as dropped
+  std::uint64_t received = 0;    // items taken by receivers
+  DropCounts dropped;            // items lost, by reason
+  std::uint64_t rejected = 0;    // would_block answers (the caller kept the item; not a loss)
+  std::uint64_t timeouts = 0;    // sends that gave up at their deadline (caller kept the item)
+  double blocked_seconds = 0;    // total time senders spent waiting for room
   HistogramSnapshot latency_ns;  // send→receive latency of sampled items, nanoseconds
 };
 
@@ -207,17 +207,15 @@ class Channel {
   /// at once if so, otherwise on the thread whose receive (or close) made it so. Same rules.
   void on_writable(std::function<void()> fn);
 
-  /// Items queued now (approximate while others operate).
+  /// Items queued now, including items whose send is in progress: exact at some instant
+  /// during the call (under extreme contention, a lower bound; see occupancy()).
   std::size_t len() const noexcept {
-    const std::uint64_t deq = deq_pos_.load(std::memory_order_acquire);
-    const std::uint64_t enq = enq_pos_.load(std::memory_order_acquire) & ~kClosedBit;
-    return static_cast<std::size_t>(enq - deq);
+    return static_cast<std::size_t>(occupancy(enq_pos_, deq_pos_, kClosedBit));
   }
   /// Bytes queued now, including bytes reserved by sends in progress (0 if not accounting).
+  /// Exact at some instant during the call, so it never exceeds max_bytes + one item.
   std::size_t queue_bytes() const noexcept {
-    const std::uint64_t deq = deq_bytes_.load(std::memory_order_acquire);
-    const std::uint64_t enq = enq_bytes_.load(std::memory_order_acquire);
-    return static_cast<std::size_t>(enq - deq);
+    return static_cast<std::size_t>(occupancy(enq_bytes_, deq_bytes_, 0));
   }
 
   ChannelStats stats() const;
@@ -236,8 +234,8 @@ class Channel {
   // when the capacity is 1.)
   struct Cell {
     std::atomic<std::uint64_t> seq;
-    std::uint64_t bytes;      // size_bytes of the item (0 when not accounting)
-    std::int64_t stamp_ns;    // send time if sampled for latency, else 0
+    std::uint64_t bytes;    // size_bytes of the item (0 when not accounting)
+    std::int64_t stamp_ns;  // send time if sampled for latency, else 0
     alignas(T) unsigned char storage[sizeof(T)];
   };
 
@@ -252,6 +250,25 @@ class Channel {
       return Clock::time_point::max();
     }
     return now + std::chrono::duration_cast<Clock::duration>(d);
+  }
+
+  // enq - deq as it was at one instant: read deq, enq, deq again; if deq did not move, the
+  // pair is a snapshot of the instant enq was read (both counters only grow). If deq keeps
+  // moving for 64 tries, answers enq-then-deq, which is a lower bound of the occupancy at the
+  // instant enq was read; never an over-estimate, so a reading above the budget is real.
+  static std::uint64_t occupancy(const std::atomic<std::uint64_t>& enq_counter,
+                                 const std::atomic<std::uint64_t>& deq_counter,
+                                 std::uint64_t mask) noexcept {
+    std::uint64_t deq = deq_counter.load(std::memory_order_seq_cst);
+    for (int attempt = 0; attempt < 64; ++attempt) {
+      const std::uint64_t enq = enq_counter.load(std::memory_order_seq_cst) & ~mask;
+      const std::uint64_t again = deq_counter.load(std::memory_order_seq_cst);
+      if (again == deq) return enq >= deq ? enq - deq : 0;
+      deq = again;
+    }
+    const std::uint64_t enq = enq_counter.load(std::memory_order_seq_cst) & ~mask;
+    deq = deq_counter.load(std::memory_order_seq_cst);
+    return enq >= deq ? enq - deq : 0;
   }
 
   Cell& cell_at(std::uint64_t pos) const noexcept {
@@ -281,8 +298,8 @@ class Channel {
 
   // ---- read-mostly: set at construction, read by everyone ----
   const ChannelConfig config_;
-  const std::uint64_t capacity_;      // == max_items
-  const bool pow2_;                   // capacity_ is a power of two: index by mask
+  const std::uint64_t capacity_;  // == max_items
+  const bool pow2_;               // capacity_ is a power of two: index by mask
   const std::uint64_t max_bytes_;
   const bool account_;
   std::unique_ptr<Cell[]> cells_;
@@ -300,7 +317,7 @@ class Channel {
 
   // ---- consumers' line ----
   alignas(kLine) std::atomic<std::uint64_t> deq_pos_{0};  // next position to take
-  std::atomic<std::uint64_t> deq_bytes_{0};  // total bytes ever released by consumers
+  std::atomic<std::uint64_t> deq_bytes_{0};               // total bytes ever released by consumers
 
   // ---- shared, rarely written ----
   alignas(kLine) std::atomic<std::uint64_t> hwm_bytes_{0};  // max_queue_bytes_seen
@@ -311,8 +328,8 @@ class Channel {
 
   // ---- rare-path counters ----
   alignas(kLine) std::atomic<std::uint64_t> dropped_[kDropReasonCount] = {};
-  std::atomic<std::uint64_t> refused_{0};   // drops of items that never entered the queue
-  std::atomic<std::uint64_t> evicted_{0};   // drops of queued items (drop_oldest)
+  std::atomic<std::uint64_t> refused_{0};  // drops of items that never entered the queue
+  std::atomic<std::uint64_t> evicted_{0};  // drops of queued items (drop_oldest)
   std::atomic<std::uint64_t> rejected_{0};
   std::atomic<std::uint64_t> timeouts_{0};
   std::atomic<std::uint64_t> blocked_ns_{0};
@@ -485,8 +502,8 @@ typename Channel<T>::Take Channel<T>::try_dequeue(std::optional<T>& out, bool ev
   not_full_.notify_all();
   if (writable_hooks_.armed()) writable_hooks_.fire();
   if (evicting) {
-    dropped_[static_cast<std::size_t>(DropReason::overflow)].fetch_add(
-        1, std::memory_order_relaxed);
+    dropped_[static_cast<std::size_t>(DropReason::overflow)].fetch_add(1,
+                                                                       std::memory_order_relaxed);
     evicted_.fetch_add(1, std::memory_order_relaxed);
   } else if (stamp != 0) {
     record_latency(stamp);
@@ -529,8 +546,8 @@ SendResult Channel<T>::send_impl(T& item, Clock::time_point deadline, bool may_w
   Clock::time_point blocked_since{};
   const auto finish_blocking = [&] {
     if (blocked_since != Clock::time_point{}) {
-      const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() -
-                                                                           blocked_since);
+      const auto ns =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - blocked_since);
       blocked_ns_.fetch_add(static_cast<std::uint64_t>(ns.count()), std::memory_order_relaxed);
     }
   };
@@ -595,8 +612,7 @@ SendResult Channel<T>::timeout_result(std::uint64_t size, Clock::time_point sinc
   s.queue_bytes = queue_bytes();
   return {SendStatus::timeout, DropReason::overflow, 0,
           detail::channel_timeout_message(
-              s, size,
-              std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - since))};
+              s, size, std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - since))};
 }
 
 template <class T>
@@ -693,13 +709,12 @@ ChannelStats Channel<T>::stats() const {
   // differences are never negative.
   const std::uint64_t evicted = evicted_.load(std::memory_order_acquire);
   const std::uint64_t deq = deq_pos_.load(std::memory_order_acquire);
-  const std::uint64_t deq_bytes = deq_bytes_.load(std::memory_order_acquire);
   const std::uint64_t enq_raw = enq_pos_.load(std::memory_order_acquire);
   const std::uint64_t enq = enq_raw & ~kClosedBit;
-  const std::uint64_t enq_bytes = enq_bytes_.load(std::memory_order_acquire);
   s.closed = (enq_raw & kClosedBit) != 0;
-  s.len = enq - deq;
-  s.queue_bytes = enq_bytes - deq_bytes;
+  // len and queue_bytes as single-instant snapshots (the counters above are for the totals).
+  s.len = occupancy(enq_pos_, deq_pos_, kClosedBit);
+  s.queue_bytes = occupancy(enq_bytes_, deq_bytes_, 0);
   s.max_queue_bytes_seen =
       std::max<std::uint64_t>(hwm_bytes_.load(std::memory_order_relaxed), s.queue_bytes);
   for (std::size_t i = 0; i < kDropReasonCount; ++i) {
@@ -709,8 +724,7 @@ ChannelStats Channel<T>::stats() const {
   s.sent = enq + refused_.load(std::memory_order_relaxed);
   s.rejected = rejected_.load(std::memory_order_relaxed);
   s.timeouts = timeouts_.load(std::memory_order_relaxed);
-  s.blocked_seconds =
-      static_cast<double>(blocked_ns_.load(std::memory_order_relaxed)) / 1e9;
+  s.blocked_seconds = static_cast<double>(blocked_ns_.load(std::memory_order_relaxed)) / 1e9;
   s.latency_ns = latency_.snapshot();
   return s;
 }

@@ -1,15 +1,14 @@
 // Readiness hooks: how an event loop waits on many channels without a thread each.
-#include <utility>  // before Asio with Boost 1.74 and C++20 (see DESIGN.md)
-
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <memory>
 #include <thread>
+#include <utility>  // before Asio with Boost 1.74 and C++20 (see DESIGN.md)
 #include <vector>
 
 #include "sluice/channel.hpp"
@@ -148,6 +147,9 @@ TEST(ChannelHooks, AsioProducerWaitsForRoomWithoutBlockingTheLoop) {
   Channel<int> ch(small(8));
   constexpr int kItems = 50'000;
   boost::asio::io_context io;
+  // While the producer waits for room, the loop may have nothing queued: keep it running
+  // until the producer is done.
+  auto guard = boost::asio::make_work_guard(io);
   int next = 0;
   int timer_ticks = 0;
   std::function<void()> produce = [&] {
@@ -162,6 +164,7 @@ TEST(ChannelHooks, AsioProducerWaitsForRoomWithoutBlockingTheLoop) {
       return;
     }
     ch.close();
+    guard.reset();
   };
   // A timer on the same loop keeps firing while the producer waits for room.
   boost::asio::steady_timer timer(io);
