@@ -124,7 +124,8 @@ struct ChannelStats {
   DropCounts dropped;            // items lost, by reason
   std::uint64_t rejected = 0;    // would_block answers (the caller kept the item; not a loss)
   std::uint64_t timeouts = 0;    // sends that gave up at their deadline (caller kept the item)
-  double blocked_seconds = 0;    // total time senders spent waiting for room
+  double blocked_seconds = 0;    // total time senders spent parked waiting for room (the
+                                 // first few microseconds of spinning are not counted)
   HistogramSnapshot latency_ns;  // send→receive latency of sampled items, nanoseconds
 };
 
@@ -159,10 +160,12 @@ class Channel {
   Channel& operator=(Channel&&) = delete;
 
   /// Sends under the channel's policy, waiting (block policy only) up to config().max_wait.
-  SendResult send(T&& item) { return send(std::move(item), deadline_after(config_.max_wait)); }
+  SendResult send(T&& item) {
+    return send_impl(item, kLazyDeadline, config_.max_wait, /*may_wait=*/true);
+  }
   /// Sends, waiting (block policy only) until `deadline` at the latest.
   SendResult send(T&& item, Clock::time_point deadline) {
-    return send_impl(item, deadline, /*may_wait=*/true);
+    return send_impl(item, deadline, {}, /*may_wait=*/true);
   }
   /// Copies `item`, then sends the copy.
   SendResult send(const T& item) {
@@ -171,25 +174,25 @@ class Channel {
   }
   template <class Rep, class Period>
   SendResult send_for(T&& item, std::chrono::duration<Rep, Period> timeout) {
-    return send(std::move(item), deadline_after(timeout));
+    return send_impl(item, kLazyDeadline, clamp(timeout), /*may_wait=*/true);
   }
   /// Never waits: under `block` and `reject`, a full channel answers would_block.
-  SendResult try_send(T&& item) { return send_impl(item, Clock::time_point::min(), false); }
+  SendResult try_send(T&& item) { return send_impl(item, kLazyDeadline, {}, false); }
   SendResult try_send(const T& item) {
     T copy(item);
     return try_send(std::move(copy));
   }
 
   /// Receives the oldest item, waiting without limit; answers closed once closed and drained.
-  RecvResult<T> recv() { return recv_impl(Clock::time_point::max(), true); }
+  RecvResult<T> recv() { return recv_impl(Clock::time_point::max(), {}, true); }
   /// Receives, waiting until `deadline` at the latest (then answers timeout).
-  RecvResult<T> recv(Clock::time_point deadline) { return recv_impl(deadline, true); }
+  RecvResult<T> recv(Clock::time_point deadline) { return recv_impl(deadline, {}, true); }
   template <class Rep, class Period>
   RecvResult<T> recv_for(std::chrono::duration<Rep, Period> timeout) {
-    return recv_impl(deadline_after(timeout), true);
+    return recv_impl(kLazyDeadline, clamp(timeout), true);
   }
   /// Never waits: answers would_block when nothing is queued.
-  RecvResult<T> try_recv() { return recv_impl(Clock::time_point::min(), false); }
+  RecvResult<T> try_recv() { return recv_impl(kLazyDeadline, {}, false); }
 
   /// Closes the channel (idempotent) and wakes every waiter and hook.
   void close();
@@ -242,14 +245,24 @@ class Channel {
   enum class Attempt : std::uint8_t { ok, full, closed };
   enum class Take : std::uint8_t { ok, empty, closed };
 
+  // Timeouts given as durations become deadlines only when the call first has to wait, so the
+  // fast path never reads the clock. kLazyDeadline marks "deadline = now + timeout, later".
+  static constexpr Clock::time_point kLazyDeadline = Clock::time_point::min();
+
   template <class Rep, class Period>
-  static Clock::time_point deadline_after(std::chrono::duration<Rep, Period> d) {
-    const auto now = Clock::now();
+  static Clock::duration clamp(std::chrono::duration<Rep, Period> d) {
+    if (d <= d.zero()) return Clock::duration::zero();
     if (d >= std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(
-                 Clock::time_point::max() - now)) {
-      return Clock::time_point::max();
+                 Clock::duration::max())) {
+      return Clock::duration::max();
     }
-    return now + std::chrono::duration_cast<Clock::duration>(d);
+    return std::chrono::duration_cast<Clock::duration>(d);
+  }
+  static Clock::time_point resolve(Clock::time_point deadline, Clock::duration timeout) {
+    if (deadline != kLazyDeadline) return deadline;
+    const auto now = Clock::now();
+    if (timeout >= Clock::time_point::max() - now) return Clock::time_point::max();
+    return now + timeout;
   }
 
   // enq - deq as it was at one instant: read deq, enq, deq again; if deq did not move, the
@@ -282,11 +295,14 @@ class Channel {
     }
   }
 
-  SendResult send_impl(T& item, Clock::time_point deadline, bool may_wait);
-  RecvResult<T> recv_impl(Clock::time_point deadline, bool may_wait);
+  SendResult send_impl(T& item, Clock::time_point deadline, Clock::duration timeout,
+                       bool may_wait);
+  RecvResult<T> recv_impl(Clock::time_point deadline, Clock::duration timeout, bool may_wait);
   bool reserve_bytes(std::uint64_t size, std::uint64_t& after) noexcept;
   Attempt try_enqueue(T& item, std::uint64_t size) noexcept;
   Take try_dequeue(std::optional<T>& out, bool evicting) noexcept;
+  bool await_room(detail::Backoff& backoff) const noexcept;
+  bool await_item(detail::Backoff& backoff) const noexcept;
   bool readable_now() const noexcept;
   bool writable_now() const noexcept;
   void record_latency(std::int64_t stamp_ns) noexcept;
@@ -383,8 +399,12 @@ bool Channel<T>::reserve_bytes(std::uint64_t size, std::uint64_t& after) noexcep
       continue;
     }
     after = enq + size - deq;  // ≥ the true occupancy after this send
-    if (after > max_bytes_ || after > hwm_bytes_.load(std::memory_order_relaxed)) {
+    bool exact = false;
+    const std::uint64_t hwm = hwm_bytes_.load(std::memory_order_relaxed);
+    if (after > max_bytes_ || after > hwm + hwm / 8) {
       // Possibly full, or possibly a new high-water mark: read the consumers' real figure.
+      // (The 1/8 slack keeps a channel that sits at its mark from reading the consumers'
+      // cache line on every send; the mark is then within 1/8 of the true peak.)
       // seq_cst pairs with the consumers' seq_cst add (see WaitQueue's protocol).
       deq = deq_bytes_.load(std::memory_order_seq_cst);
       deq_bytes_cache_.store(deq, std::memory_order_relaxed);
@@ -393,11 +413,13 @@ bool Channel<T>::reserve_bytes(std::uint64_t size, std::uint64_t& after) noexcep
         continue;
       }
       after = enq + size - deq;
+      exact = true;
       // Over budget, unless the channel holds no bytes at all (the oversized-item rule).
       if (after > max_bytes_ && enq != deq) return false;
     }
     if (enq_bytes_.compare_exchange_weak(enq, enq + size, std::memory_order_seq_cst,
                                          std::memory_order_relaxed)) {
+      if (!exact) after = 0;  // only a figure read from the consumers may raise the mark
       return true;
     }
   }
@@ -408,7 +430,17 @@ typename Channel<T>::Attempt Channel<T>::try_enqueue(T& item, std::uint64_t size
   std::uint64_t pos = enq_pos_.load(std::memory_order_relaxed);
   if (pos & kClosedBit) return Attempt::closed;
   std::uint64_t after = 0;
-  if (account_ && !reserve_bytes(size, after)) return Attempt::full;
+  if (account_) {
+    // Full of items (the slot still holds last lap's item, which nobody is taking)? Then say so
+    // before touching the byte counters: a producer that keeps finding the channel full must
+    // not keep writing them.
+    const auto dif = static_cast<std::int64_t>(
+        cell_at(pos).seq.load(std::memory_order_acquire) - 2 * pos);
+    if (dif < 0 && deq_pos_.load(std::memory_order_seq_cst) <= pos - capacity_) {
+      return Attempt::full;
+    }
+    if (!reserve_bytes(size, after)) return Attempt::full;
+  }
 
   detail::Backoff backoff;
   Cell* cell = nullptr;
@@ -529,7 +561,8 @@ void Channel<T>::record_latency(std::int64_t stamp_ns) noexcept {
 }
 
 template <class T>
-SendResult Channel<T>::send_impl(T& item, Clock::time_point deadline, bool may_wait) {
+SendResult Channel<T>::send_impl(T& item, Clock::time_point deadline, Clock::duration timeout,
+                                  bool may_wait) {
   const std::uint64_t size = account_ ? weigh(item) : 0;
   if (config_.max_item_bytes != 0 && size > config_.max_item_bytes) {
     if (is_closed()) {
@@ -578,8 +611,12 @@ SendResult Channel<T>::send_impl(T& item, Clock::time_point deadline, bool may_w
         rejected_.fetch_add(1, std::memory_order_relaxed);
         return {SendStatus::would_block, DropReason::overflow, 0, {}};
       }
-      if (blocked_since == Clock::time_point{}) blocked_since = Clock::now();
-      if (backoff.spin()) continue;
+      if (await_room(backoff)) continue;
+      // Spinning is over: from here the sender is blocked (and the clock gets read).
+      if (blocked_since == Clock::time_point{}) {
+        blocked_since = Clock::now();
+        deadline = resolve(deadline, timeout);
+      }
       if (Clock::now() >= deadline) {
         finish_blocking();
         return timeout_result(size, blocked_since);
@@ -616,12 +653,18 @@ SendResult Channel<T>::timeout_result(std::uint64_t size, Clock::time_point sinc
 }
 
 template <class T>
-RecvResult<T> Channel<T>::recv_impl(Clock::time_point deadline, bool may_wait) {
+RecvResult<T> Channel<T>::recv_impl(Clock::time_point deadline, Clock::duration timeout,
+                                     bool may_wait) {
   RecvResult<T> result;
   detail::Backoff backoff;
+  bool resolved = false;
   for (;;) {
     Take take = try_dequeue(result.value, false);
-    if (take == Take::empty && may_wait && !backoff.spin()) {
+    if (take == Take::empty && may_wait && !await_item(backoff)) {
+      if (!resolved) {
+        deadline = resolve(deadline, timeout);
+        resolved = true;
+      }
       if (Clock::now() >= deadline) {
         result.status = RecvStatus::timeout;
         return result;
@@ -656,6 +699,35 @@ void Channel<T>::close() {
   not_full_.wake_all();
   readable_hooks_.fire();
   writable_hooks_.fire();
+}
+
+// Spinning before parking watches only the slot the caller waits for (which the other side
+// writes anyway), never the other side's position counter: polling that counter would pull
+// its cache line away from the threads that increment it on every operation.
+// Both answer true while the caller should retry, false once it is time to park.
+template <class T>
+bool Channel<T>::await_room(detail::Backoff& backoff) const noexcept {
+  const std::uint64_t pos = enq_pos_.load(std::memory_order_relaxed);
+  if (pos & kClosedBit) return true;
+  const Cell& cell = cell_at(pos);
+  bool waited = false;
+  // The slot still holds the item from one lap ago: wait for a consumer to free it.
+  while (static_cast<std::int64_t>(cell.seq.load(std::memory_order_acquire) - 2 * pos) < 0) {
+    if (!backoff.spin()) return false;
+    waited = true;
+  }
+  // Free by items but refused: the byte budget binds; back off one step.
+  return waited || backoff.spin();
+}
+
+template <class T>
+bool Channel<T>::await_item(detail::Backoff& backoff) const noexcept {
+  const std::uint64_t pos = deq_pos_.load(std::memory_order_relaxed);
+  const Cell& cell = cell_at(pos);
+  while (static_cast<std::int64_t>(cell.seq.load(std::memory_order_acquire) - (2 * pos + 1)) < 0) {
+    if (!backoff.spin()) return false;
+  }
+  return true;
 }
 
 template <class T>
