@@ -118,7 +118,8 @@ struct ChannelStats {
 
   std::uint64_t len = 0;                   // items queued now
   std::uint64_t queue_bytes = 0;           // bytes queued now (0 if account_bytes is off)
-  std::uint64_t max_queue_bytes_seen = 0;  // high-water mark of queue_bytes
+  std::uint64_t max_queue_bytes_seen = 0;  // high-water mark of queue_bytes: never above the
+                                           // true peak, and within 1/8 below it
   std::uint64_t sent = 0;        // items handed over: entered the queue, or refused as dropped
   std::uint64_t received = 0;    // items taken by receivers
   DropCounts dropped;            // items lost, by reason
