@@ -14,10 +14,10 @@
 // second of wall time (median of the repetitions). After Google Benchmark's own table, a summary
 // prints each peer's figure, Sluice's, the ratio and the target, from this same run.
 #include <benchmark/benchmark.h>
-#include <boost/lockfree/spsc_queue.hpp>
 #include <concurrentqueue/blockingconcurrentqueue.h>
 #include <concurrentqueue/lightweightsemaphore.h>
 
+#include <boost/lockfree/spsc_queue.hpp>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -90,7 +90,8 @@ class MutexDequeQueue {
 // way its documentation suggests.
 class MoodycamelQueue {
  public:
-  MoodycamelQueue() : q_(kBound), slots_(static_cast<moodycamel::LightweightSemaphore::ssize_t>(kBound)) {}
+  MoodycamelQueue()
+      : q_(kBound), slots_(static_cast<moodycamel::LightweightSemaphore::ssize_t>(kBound)) {}
   void push(std::uint64_t v) {
     slots_.wait();
     q_.enqueue(v);
@@ -177,8 +178,11 @@ void try_pair(benchmark::State& state, bool account_bytes) {
 
 void register_all() {
   const auto threaded = [](benchmark::internal::Benchmark* b) {
-    b->UseRealTime()->Unit(benchmark::kMillisecond)->Repetitions(kRepetitions)
-        ->ReportAggregatesOnly(true)->MinTime(0.3);
+    b->UseRealTime()
+        ->Unit(benchmark::kMillisecond)
+        ->Repetitions(kRepetitions)
+        ->ReportAggregatesOnly(true)
+        ->MinTime(0.3);
   };
   threaded(benchmark::RegisterBenchmark("C1/sluice", transfer<SluiceQueue, bool>, 1, 1, true));
   threaded(benchmark::RegisterBenchmark("C1/mutex_deque", transfer<MutexDequeQueue>, 1, 1));
@@ -186,15 +190,15 @@ void register_all() {
   threaded(benchmark::RegisterBenchmark("C1/boost_spsc_spin", transfer<BoostSpscSpinQueue>, 1, 1));
   for (int n : {2, 4}) {
     const std::string w = "C2/" + std::to_string(n) + "x" + std::to_string(n) + "/";
-    threaded(benchmark::RegisterBenchmark((w + "sluice").c_str(), transfer<SluiceQueue, bool>, n,
-                                          n, true));
-    threaded(benchmark::RegisterBenchmark((w + "mutex_deque").c_str(), transfer<MutexDequeQueue>,
-                                          n, n));
+    threaded(benchmark::RegisterBenchmark((w + "sluice").c_str(), transfer<SluiceQueue, bool>, n, n,
+                                          true));
+    threaded(
+        benchmark::RegisterBenchmark((w + "mutex_deque").c_str(), transfer<MutexDequeQueue>, n, n));
     threaded(benchmark::RegisterBenchmark((w + "moodycamel_blocking").c_str(),
                                           transfer<MoodycamelQueue>, n, n));
   }
-  threaded(benchmark::RegisterBenchmark("C3/sluice_accounting_off", transfer<SluiceQueue, bool>,
-                                        1, 1, false));
+  threaded(benchmark::RegisterBenchmark("C3/sluice_accounting_off", transfer<SluiceQueue, bool>, 1,
+                                        1, false));
   for (bool on : {true, false}) {
     benchmark::RegisterBenchmark(on ? "C3/try_pair_accounting_on" : "C3/try_pair_accounting_off",
                                  try_pair, on)
@@ -262,12 +266,14 @@ void print_summary(const SummaryReporter& r) {
   const double off = ns("C3/sluice_accounting_off");
   const double pair_on = ns("C3/try_pair_accounting_on");
   const double pair_off = ns("C3/try_pair_accounting_off");
-  std::printf("C3     byte accounting, C1 threaded: on %.1f ns/msg, off %.1f ns/msg, cost %+.1f ns"
-              "   target <= 10 ns %s\n",
-              on, off, on - off, on - off <= 10 ? "met" : "NOT MET");
-  std::printf("C3     byte accounting, one thread try_send+try_recv: on %.1f ns/msg, off %.1f "
-              "ns/msg, cost %+.1f ns   target <= 10 ns %s\n",
-              pair_on, pair_off, pair_on - pair_off, pair_on - pair_off <= 10 ? "met" : "NOT MET");
+  std::printf(
+      "C3     byte accounting, C1 threaded: on %.1f ns/msg, off %.1f ns/msg, cost %+.1f ns"
+      "   target <= 10 ns %s\n",
+      on, off, on - off, on - off <= 10 ? "met" : "NOT MET");
+  std::printf(
+      "C3     byte accounting, one thread try_send+try_recv: on %.1f ns/msg, off %.1f "
+      "ns/msg, cost %+.1f ns   target <= 10 ns %s\n",
+      pair_on, pair_off, pair_on - pair_off, pair_on - pair_off <= 10 ? "met" : "NOT MET");
 }
 
 }  // namespace

@@ -1,13 +1,12 @@
 // An Asio event loop waiting on several channels with one thread, through on_readable().
 // Quoted in docs/channel.md. Runs as a test.
-#include <utility>  // before Asio: Boost 1.74 with C++20 needs it
-
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <cstdio>
 #include <functional>
 #include <memory>
 #include <thread>
+#include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 #include <vector>
 
 #include "sluice/channel.hpp"

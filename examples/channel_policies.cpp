@@ -35,8 +35,7 @@ void block_example() {
   consumer.join();
   auto s = ch.stats();
   std::printf("block: sent %llu, received %llu, lost %llu, blocked %.2f s\n",
-              static_cast<unsigned long long>(s.sent),
-              static_cast<unsigned long long>(s.received),
+              static_cast<unsigned long long>(s.sent), static_cast<unsigned long long>(s.received),
               static_cast<unsigned long long>(s.dropped.total()), s.blocked_seconds);
   assert(s.dropped.total() == 0);
 }

@@ -51,9 +51,7 @@ class Buffer {
   std::size_t size_bytes() const noexcept { return size_; }
 
   std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
-  std::string_view view() const noexcept {
-    return {reinterpret_cast<const char*>(data_), size_};
-  }
+  std::string_view view() const noexcept { return {reinterpret_cast<const char*>(data_), size_}; }
 
   /// A view of bytes [offset, offset + length) sharing this allocation.
   /// Throws std::out_of_range if the range is not inside this buffer (misuse).
@@ -71,9 +69,7 @@ class Buffer {
   }
 
   /// Byte-wise equality of the viewed contents.
-  friend bool operator==(const Buffer& a, const Buffer& b) noexcept {
-    return a.view() == b.view();
-  }
+  friend bool operator==(const Buffer& a, const Buffer& b) noexcept { return a.view() == b.view(); }
 
  private:
   friend class BufferBuilder;

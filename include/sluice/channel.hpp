@@ -236,10 +236,10 @@ class Channel {
   // The consumer of pos sets seq = 2·(pos + capacity), freeing the slot for the next lap.
   // (Vyukov's original pos / pos + 1 makes "full at p" and "free for p + 1" the same value
   // when the capacity is 1.)
-  struct Cell {
+  struct Cell {  // NOLINT(cppcoreguidelines-pro-type-member-init): storage is raw, T built in place
     std::atomic<std::uint64_t> seq;
-    std::uint64_t bytes;    // size_bytes of the item (0 when not accounting)
-    std::int64_t stamp_ns;  // send time if sampled for latency, else 0
+    std::uint64_t bytes = 0;    // size_bytes of the item (0 when not accounting)
+    std::int64_t stamp_ns = 0;  // send time if sampled for latency, else 0
     alignas(T) unsigned char storage[sizeof(T)];
   };
 
@@ -253,8 +253,8 @@ class Channel {
   template <class Rep, class Period>
   static Clock::duration clamp(std::chrono::duration<Rep, Period> d) {
     if (d <= d.zero()) return Clock::duration::zero();
-    if (d >= std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(
-                 Clock::duration::max())) {
+    if (d >=
+        std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(Clock::duration::max())) {
       return Clock::duration::max();
     }
     return std::chrono::duration_cast<Clock::duration>(d);
@@ -296,8 +296,7 @@ class Channel {
     }
   }
 
-  SendResult send_impl(T& item, Clock::time_point deadline, Clock::duration timeout,
-                       bool may_wait);
+  SendResult send_impl(T& item, Clock::time_point deadline, Clock::duration timeout, bool may_wait);
   RecvResult<T> recv_impl(Clock::time_point deadline, Clock::duration timeout, bool may_wait);
   bool reserve_bytes(std::uint64_t size, std::uint64_t& after) noexcept;
   Attempt try_enqueue(T& item, std::uint64_t size) noexcept;
@@ -435,8 +434,8 @@ typename Channel<T>::Attempt Channel<T>::try_enqueue(T& item, std::uint64_t size
     // Full of items (the slot still holds last lap's item, which nobody is taking)? Then say so
     // before touching the byte counters: a producer that keeps finding the channel full must
     // not keep writing them.
-    const auto dif = static_cast<std::int64_t>(
-        cell_at(pos).seq.load(std::memory_order_acquire) - 2 * pos);
+    const auto dif =
+        static_cast<std::int64_t>(cell_at(pos).seq.load(std::memory_order_acquire) - 2 * pos);
     if (dif < 0 && deq_pos_.load(std::memory_order_seq_cst) <= pos - capacity_) {
       return Attempt::full;
     }
@@ -563,7 +562,7 @@ void Channel<T>::record_latency(std::int64_t stamp_ns) noexcept {
 
 template <class T>
 SendResult Channel<T>::send_impl(T& item, Clock::time_point deadline, Clock::duration timeout,
-                                  bool may_wait) {
+                                 bool may_wait) {
   const std::uint64_t size = account_ ? weigh(item) : 0;
   if (config_.max_item_bytes != 0 && size > config_.max_item_bytes) {
     if (is_closed()) {
@@ -655,7 +654,7 @@ SendResult Channel<T>::timeout_result(std::uint64_t size, Clock::time_point sinc
 
 template <class T>
 RecvResult<T> Channel<T>::recv_impl(Clock::time_point deadline, Clock::duration timeout,
-                                     bool may_wait) {
+                                    bool may_wait) {
   RecvResult<T> result;
   detail::Backoff backoff;
   bool resolved = false;

@@ -35,9 +35,9 @@ std::optional<DropReason> parse_drop_reason(std::string_view text) noexcept;
 
 /// Every reason, in declaration order (for iterating over counters).
 inline constexpr std::array<DropReason, kDropReasonCount> kAllDropReasons = {
-    DropReason::overflow,   DropReason::slow_consumer, DropReason::frame_late,
-    DropReason::drop_rate,  DropReason::in_flight,     DropReason::priority_shed,
-    DropReason::too_large,  DropReason::expired,       DropReason::evicted,
+    DropReason::overflow,  DropReason::slow_consumer, DropReason::frame_late,
+    DropReason::drop_rate, DropReason::in_flight,     DropReason::priority_shed,
+    DropReason::too_large, DropReason::expired,       DropReason::evicted,
 };
 
 /// Drop counters indexed by reason. A plain value: snapshots copy it.

@@ -22,7 +22,7 @@ inline constexpr std::size_t kHistogramBuckets = 496;
 /// Index of the bucket holding `value`.
 constexpr std::size_t histogram_bucket(std::uint64_t value) noexcept {
   if (value < 16) return static_cast<std::size_t>(value);
-  const int exp = 63 - __builtin_clzll(value);                // ≥ 4
+  const int exp = 63 - __builtin_clzll(value);  // ≥ 4
   const auto sub = static_cast<std::size_t>((value >> (exp - 3)) & 7U);
   return 16 + static_cast<std::size_t>(exp - 4) * 8 + sub;
 }
@@ -77,13 +77,15 @@ class Histogram {
   Histogram() = default;
   Histogram(const Histogram&) = delete;
   Histogram& operator=(const Histogram&) = delete;
+  Histogram(Histogram&&) = delete;
+  Histogram& operator=(Histogram&&) = delete;
+  ~Histogram() = default;
 
   void record(std::uint64_t value) noexcept {
     buckets_[histogram_bucket(value)].fetch_add(1, std::memory_order_relaxed);
     sum_.fetch_add(value, std::memory_order_relaxed);
     std::uint64_t seen = max_.load(std::memory_order_relaxed);
-    while (value > seen &&
-           !max_.compare_exchange_weak(seen, value, std::memory_order_relaxed)) {
+    while (value > seen && !max_.compare_exchange_weak(seen, value, std::memory_order_relaxed)) {
     }
   }
 

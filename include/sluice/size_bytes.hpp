@@ -62,11 +62,11 @@ struct IsArray<std::array<U, N>> : std::bool_constant<std::is_trivially_copyable
 
 template <class T>
 concept Builtin = std::same_as<T, std::string> || std::same_as<T, std::string_view> ||
-                  IsVector<T>::value || IsArray<T>::value || std::is_trivially_copyable_v<T>;
+    IsVector<T>::value || IsArray<T>::value || std::is_trivially_copyable_v<T>;
 
 struct SizeBytesFn {
   template <class T>
-    requires HasMember<T> || HasAdl<T> || Builtin<T>
+  requires HasMember<T> || HasAdl<T> || Builtin<T>
   constexpr std::size_t operator()(const T& v) const noexcept(noexcept(sizeof(T))) {
     if constexpr (HasMember<T>) {
       return static_cast<std::size_t>(v.size_bytes());

@@ -4,6 +4,7 @@
 // pressure differs.
 #include "demo.hpp"
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -21,9 +22,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 std::string kib(std::uint64_t bytes) {
-  char out[32];
-  std::snprintf(out, sizeof out, "%.0f KiB", static_cast<double>(bytes) / 1024.0);
-  return out;
+  std::array<char, 32> out{};
+  std::snprintf(out.data(), out.size(), "%.0f KiB", static_cast<double>(bytes) / 1024.0);
+  return out.data();
 }
 
 void print_line(int second, const ChannelStats& s) {

@@ -57,8 +57,8 @@ BufferBuilder::BufferBuilder(std::size_t capacity)
 
 Buffer BufferBuilder::freeze(std::size_t used) && {
   if (used > capacity_) {
-    throw std::out_of_range("BufferBuilder::freeze: " + std::to_string(used) +
-                            " bytes used of a " + std::to_string(capacity_) + "-byte builder");
+    throw std::out_of_range("BufferBuilder::freeze: " + std::to_string(used) + " bytes used of a " +
+                            std::to_string(capacity_) + "-byte builder");
   }
   capacity_ = 0;
   if (used == 0) {

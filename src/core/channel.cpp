@@ -22,18 +22,22 @@ std::string human_bytes(std::uint64_t n) {
 
 [[noreturn]] void bad_setting(const ChannelConfig& c, std::string_view setting,
                               const std::string& value, std::string_view range) {
-  throw std::invalid_argument("channel '" + c.name + "': invalid " + std::string(setting) +
-                              " = " + value + " (accepted: " + std::string(range) + ")");
+  throw std::invalid_argument("channel '" + c.name + "': invalid " + std::string(setting) + " = " +
+                              value + " (accepted: " + std::string(range) + ")");
 }
 
 }  // namespace
 
 std::string_view to_string(OverflowPolicy policy) noexcept {
   switch (policy) {
-    case OverflowPolicy::block: return "block";
-    case OverflowPolicy::drop_oldest: return "drop_oldest";
-    case OverflowPolicy::drop_newest: return "drop_newest";
-    case OverflowPolicy::reject: return "reject";
+    case OverflowPolicy::block:
+      return "block";
+    case OverflowPolicy::drop_oldest:
+      return "drop_oldest";
+    case OverflowPolicy::drop_newest:
+      return "drop_newest";
+    case OverflowPolicy::reject:
+      return "reject";
   }
   return "unknown";
 }
@@ -48,21 +52,30 @@ std::optional<OverflowPolicy> parse_overflow_policy(std::string_view text) noexc
 
 std::string_view to_string(SendStatus status) noexcept {
   switch (status) {
-    case SendStatus::ok: return "ok";
-    case SendStatus::dropped: return "dropped";
-    case SendStatus::would_block: return "would_block";
-    case SendStatus::timeout: return "timeout";
-    case SendStatus::closed: return "closed";
+    case SendStatus::ok:
+      return "ok";
+    case SendStatus::dropped:
+      return "dropped";
+    case SendStatus::would_block:
+      return "would_block";
+    case SendStatus::timeout:
+      return "timeout";
+    case SendStatus::closed:
+      return "closed";
   }
   return "unknown";
 }
 
 std::string_view to_string(RecvStatus status) noexcept {
   switch (status) {
-    case RecvStatus::ok: return "ok";
-    case RecvStatus::would_block: return "would_block";
-    case RecvStatus::timeout: return "timeout";
-    case RecvStatus::closed: return "closed";
+    case RecvStatus::ok:
+      return "ok";
+    case RecvStatus::would_block:
+      return "would_block";
+    case RecvStatus::timeout:
+      return "timeout";
+    case RecvStatus::closed:
+      return "closed";
   }
   return "unknown";
 }

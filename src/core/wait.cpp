@@ -13,8 +13,8 @@ namespace sluice::detail {
 
 namespace {
 
-constexpr unsigned kSpinSteps = 48;   // pause rounds, growing from 1 to 32 pauses each
-constexpr unsigned kYieldSteps = 8;   // sched_yield rounds before parking
+constexpr unsigned kSpinSteps = 48;  // pause rounds, growing from 1 to 32 pauses each
+constexpr unsigned kYieldSteps = 8;  // sched_yield rounds before parking
 
 long futex(std::atomic<std::uint32_t>* word, int op, std::uint32_t val, const timespec* ts) {
   // std::atomic<uint32_t> is a plain 32-bit word on Linux: the futex address.
@@ -54,16 +54,15 @@ bool WaitQueue::park(std::uint32_t ticket, Clock::time_point deadline) noexcept 
   if (deadline != Clock::time_point::max()) {
     if (Clock::now() >= deadline) return false;
     // steady_clock is CLOCK_MONOTONIC; FUTEX_WAIT_BITSET takes an absolute monotonic time.
-    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                        deadline.time_since_epoch())
-                        .count();
+    const auto ns =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.time_since_epoch()).count();
     abs.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
     abs.tv_nsec = static_cast<long>(ns % 1'000'000'000);
     timeout = &abs;
   }
   const long rc = futex(&epoch_, FUTEX_WAIT_BITSET, ticket, timeout);
-  if (rc == -1 && errno == ETIMEDOUT) return false;
-  return true;  // woken, epoch already moved (EAGAIN), or interrupted: the caller re-checks
+  // Woken, epoch already moved (EAGAIN), or interrupted: true, and the caller re-checks.
+  return !(rc == -1 && errno == ETIMEDOUT);
 }
 
 void WaitQueue::wake_all() noexcept {

@@ -25,7 +25,9 @@ struct Item {
   std::uint32_t seq = 0;
   std::uint32_t weight = 0;
 };
-inline std::size_t size_bytes(const Item& item) { return item.weight; }
+inline std::size_t size_bytes(const Item& item) {
+  return item.weight;
+}
 
 }  // namespace stress
 

@@ -76,7 +76,7 @@ TEST(ChannelBlock, SendTimesOutWithAMessageNamingChannelBytesLimitAndSetting) {
   ASSERT_EQ(r.status, SendStatus::timeout);
   EXPECT_EQ(item.size(), 60U) << "the caller keeps the item on timeout";
   EXPECT_NE(r.message.find("camera-7"), std::string::npos) << r.message;
-  EXPECT_NE(r.message.find("60 B"), std::string::npos) << r.message;        // queued bytes
+  EXPECT_NE(r.message.find("60 B"), std::string::npos) << r.message;             // queued bytes
   EXPECT_NE(r.message.find("max_bytes 100 B"), std::string::npos) << r.message;  // the limit
   EXPECT_NE(r.message.find("raise max_bytes"), std::string::npos) << r.message;  // the knob
   const auto s = ch.stats();
@@ -94,12 +94,11 @@ TEST(ChannelBlock, SendWithoutDeadlineUsesMaxWait) {
 }
 
 TEST(ChannelBlock, TrySendOnAFullChannelAnswersWouldBlockAndTheCallerKeepsTheItem) {
-  Channel<std::unique_ptr<int>> ch(
-      [] {
-        auto c = config(OverflowPolicy::block, 1);
-        c.account_bytes = false;
-        return c;
-      }());
+  Channel<std::unique_ptr<int>> ch([] {
+    auto c = config(OverflowPolicy::block, 1);
+    c.account_bytes = false;
+    return c;
+  }());
   ASSERT_TRUE(ch.try_send(std::make_unique<int>(1)));
   auto item = std::make_unique<int>(2);
   EXPECT_EQ(ch.try_send(std::move(item)).status, SendStatus::would_block);
@@ -311,7 +310,8 @@ TEST(ChannelClose, WakesABlockedSenderWhichKeepsItsItem) {
   EXPECT_EQ(*ch.recv(), "first");  // what was queued is still delivered
 }
 
-// ---- receive deadlines ---------------------------------------------------------------------------
+// ---- receive deadlines
+// ---------------------------------------------------------------------------
 
 TEST(ChannelRecv, DeadlinePassesWithTimeoutAndTryRecvWithWouldBlock) {
   Channel<int> ch(config(OverflowPolicy::block, 4));

@@ -16,7 +16,9 @@ struct Frame {
   std::uint64_t index = 0;
   sluice::Buffer pixels;
 };
-inline std::size_t size_bytes(const Frame& f) { return sizeof(Frame) + f.pixels.size(); }
+inline std::size_t size_bytes(const Frame& f) {
+  return sizeof(Frame) + f.pixels.size();
+}
 
 // A type with a member.
 struct Packet {

@@ -85,7 +85,7 @@ class HookList {
  private:
   std::mutex mu_;
   std::vector<std::function<void()>> fns_;  // guarded by mu_
-  std::atomic<std::uint32_t> count_{0};      // fns_.size(), readable without the lock
+  std::atomic<std::uint32_t> count_{0};     // fns_.size(), readable without the lock
 };
 
 }  // namespace sluice::detail
