@@ -47,6 +47,10 @@ enum class RecvStatus : std::uint8_t {
   would_block,  // try_recv on an empty channel
   timeout,      // nothing arrived before the deadline
   closed,       // the channel is closed and drained: nothing will ever arrive
+  // Broadcast subscriptions only (a Channel never answers these):
+  gap,      // items were lost before the next one: `lost` of them, for `reason`; reported once,
+            // then the next receive returns the next item
+  evicted,  // the subscriber was removed (lossless evict_after); reported once, then closed
 };
 
 std::string_view to_string(RecvStatus status) noexcept;
@@ -56,6 +60,10 @@ template <class T>
 struct [[nodiscard]] RecvResult {
   RecvStatus status = RecvStatus::would_block;
   std::optional<T> value;
+  /// For gap: how many items this receiver lost, and why (slow_consumer for a subscriber that
+  /// was lapped past its depth). For evicted: reason is `evicted`.
+  std::uint64_t lost = 0;
+  DropReason reason = DropReason::overflow;
 
   bool ok() const noexcept { return status == RecvStatus::ok; }
   explicit operator bool() const noexcept { return ok(); }

@@ -76,6 +76,10 @@ std::string_view to_string(RecvStatus status) noexcept {
       return "timeout";
     case RecvStatus::closed:
       return "closed";
+    case RecvStatus::gap:
+      return "gap";
+    case RecvStatus::evicted:
+      return "evicted";
   }
   return "unknown";
 }

@@ -1,0 +1,709 @@
+// Sluice — Broadcast<T>: one stream, many subscribers, every item stored once.
+//
+// Contract
+// - Storage: the broadcast keeps the `capacity` most recently published items in a ring. An
+//   item is stored once, whatever the number of subscribers; a subscriber receives a copy of
+//   the stored T (for sluice::Buffer, a reference: the bytes are shared, never copied).
+//   Memory held by the ring is at most `capacity` items.
+// - Subscribers: subscribe(name, depth) returns a Subscription, an RAII handle; destroying it
+//   (or unsubscribe()) leaves and releases everything the subscriber held back. A subscriber
+//   sees the items published after it joined, in publish order. 1 ≤ depth ≤ capacity.
+//   Subscribers join and leave at any time, from any thread.
+// - lossy mode: publish() never waits and never fails because of a subscriber. A subscriber
+//   more than `depth` items behind is lapped: it skips to the `depth` most recent items, and its
+//   next receive answers `gap` (lost = how many it skipped, reason slow_consumer) once, before
+//   the next item. Its losses are counted in its stats. The publisher and the other subscribers
+//   are unaffected.
+// - lossless mode: publish() waits until every subscriber is less than its `depth` behind,
+//   up to its deadline (config max_wait by default), then answers `timeout` with a message
+//   naming the broadcast, the slowest subscriber and its lag. try_publish() answers
+//   `would_block` instead of waiting. With `evict_after` set, a subscriber that keeps the
+//   publisher waiting that long is removed (counted `evicted`); its next receive answers
+//   `evicted` once, then `closed`. Every subscriber receives every item published while it
+//   was subscribed, in order.
+// - close(): publishers see `closed` at once; subscribers receive what they still may, then
+//   `closed`. A Subscription may outlive its Broadcast (it then drains and sees `closed`).
+// - Blocking: publish() (lossless) and Subscription::recv() spin briefly, then park on a futex
+//   until woken by the operation that makes progress possible; no polling.
+// - Readiness: Subscription::on_readable() and Broadcast::on_writable() register one-shot
+//   callbacks, as Channel's do (see channel.hpp), for event loops.
+// - Thread-safety: Broadcast's members may be called from any thread concurrently, including
+//   several publishers (publishes are serialized). A Subscription is one reader: its recv
+//   calls must not run concurrently with each other (use one Subscription per consumer
+//   thread); stats() and on_readable() may be called from any thread.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "sluice/channel.hpp"  // LatencySampling, detail::now_ns
+#include "sluice/detail/wait.hpp"
+#include "sluice/drop_reason.hpp"
+#include "sluice/histogram.hpp"
+#include "sluice/result.hpp"
+
+namespace sluice {
+
+enum class BroadcastMode : std::uint8_t {
+  lossy,     // the publisher never waits; lapped subscribers lose their oldest items (counted)
+  lossless,  // the publisher waits for the slowest subscriber (bounded by max_wait)
+};
+
+std::string_view to_string(BroadcastMode mode) noexcept;
+std::optional<BroadcastMode> parse_broadcast_mode(std::string_view text) noexcept;
+
+struct BroadcastConfig {
+  /// Appears in stats, errors and timeout messages. Non-empty.
+  std::string name = "broadcast";
+  /// Items retained by the ring (1 .. 2^20). Bounds memory: `capacity` items at most. Also the
+  /// largest depth a subscriber may ask for. For large frames keep it small (e.g. 8).
+  std::size_t capacity = 64;
+  BroadcastMode mode = BroadcastMode::lossy;
+  /// Depth of a subscriber that does not choose one (1 .. capacity).
+  std::size_t default_depth = 4;
+  /// lossless: how long publish() without a deadline waits for the slowest subscriber (≥ 0).
+  std::chrono::nanoseconds max_wait = std::chrono::seconds(5);
+  /// lossless: remove a subscriber that keeps the publisher waiting this long (0 = never).
+  std::chrono::nanoseconds evict_after = std::chrono::nanoseconds::zero();
+  /// publish→receive latency sampling (see LatencySampling).
+  LatencySampling latency = LatencySampling::adaptive;
+
+  /// Throws std::invalid_argument naming the broadcast, the setting, the value and what is
+  /// accepted.
+  void validate() const;
+};
+
+struct SubscriberStats {
+  std::string name;
+  std::size_t depth = 0;
+  std::uint64_t received = 0;  // items received
+  DropCounts lost;             // items this subscriber lost, by reason (slow_consumer)
+  std::uint64_t lag = 0;       // items published and not yet received by it, now
+  std::uint64_t max_lag = 0;   // the largest lag it was seen at when receiving
+  bool evicted = false;
+};
+
+struct BroadcastStats {
+  std::string name;
+  BroadcastMode mode = BroadcastMode::lossy;
+  std::size_t capacity = 0;
+  bool closed = false;
+  std::uint64_t published = 0;
+  std::uint64_t evicted = 0;      // subscribers removed by evict_after
+  std::uint64_t would_block = 0;  // try_publish answers would_block (lossless)
+  std::uint64_t timeouts = 0;     // publishes that gave up at their deadline (lossless)
+  double blocked_seconds = 0;     // time publishers spent parked waiting for subscribers
+  std::vector<SubscriberStats> subscribers;  // current subscribers, in joining order
+  HistogramSnapshot latency_ns;              // publish→receive, sampled, all subscribers
+};
+
+template <class T>
+class Subscription;
+
+namespace detail {
+
+std::string broadcast_timeout_message(const std::string& broadcast, const SubscriberStats& slowest,
+                                      std::size_t capacity, std::chrono::nanoseconds waited);
+std::string broadcast_closed_message(const std::string& broadcast);
+
+// A tiny lock for one ring slot: held only to move an item in or copy one out.
+class SlotLock {
+ public:
+  void lock() noexcept {
+    Backoff backoff;
+    while (locked_.exchange(true, std::memory_order_acquire)) {
+      while (locked_.load(std::memory_order_relaxed)) backoff.pause();
+    }
+  }
+  void unlock() noexcept { locked_.store(false, std::memory_order_release); }
+
+ private:
+  std::atomic<bool> locked_{false};
+};
+
+// What the broadcast knows of one subscriber. Shared by the Subscription and the broadcast.
+struct SubscriberState {
+  SubscriberState(std::string n, std::size_t d, std::uint64_t start)
+      : name(std::move(n)), depth(d), cursor(start) {}
+  const std::string name;
+  const std::uint64_t depth;
+  // Next sequence number to receive. Written by the subscriber only; read by publishers.
+  alignas(64) std::atomic<std::uint64_t> cursor;
+  std::atomic<std::uint64_t> received{0};
+  std::atomic<std::uint64_t> lost_slow{0};
+  std::atomic<std::uint64_t> max_lag{0};
+  std::atomic<bool> evicted{false};
+  bool eviction_reported = false;  // subscriber thread only
+  std::atomic<bool> hooked{false};  // on_readable was used: counted in hooked_subs
+  HookList readable;
+};
+
+template <class T>
+struct BroadcastState {
+  struct Slot {
+    SlotLock lock;
+    std::uint64_t seq = std::numeric_limits<std::uint64_t>::max();  // guarded by lock
+    std::int64_t stamp_ns = 0;                                        // guarded by lock
+    std::optional<T> item;                                            // guarded by lock
+  };
+
+  explicit BroadcastState(BroadcastConfig c)
+      : config((c.validate(), std::move(c))), slots(new Slot[config.capacity]) {}
+
+  Slot& slot_at(std::uint64_t seq) const noexcept { return slots[seq % config.capacity]; }
+
+  const BroadcastConfig config;
+  std::unique_ptr<Slot[]> slots;
+
+  // Items published so far; the next item's sequence number. Written under `mu`.
+  alignas(64) std::atomic<std::uint64_t> head{0};
+  std::atomic<bool> closed{false};  // set under `mu`, after the last publish
+
+  alignas(64) std::mutex mu;  // serializes publishes, joins and leaves
+  std::vector<std::shared_ptr<SubscriberState>> subs;  // guarded by mu
+  std::uint64_t gate = 0;  // lossless: head may advance while head < gate. Guarded by mu.
+  std::atomic<std::uint32_t> hooked_subs{0};  // subscriptions that ever armed on_readable
+
+  WaitQueue data;  // subscribers waiting for an item
+  WaitQueue room;  // lossless publishers waiting for subscribers
+  HookList writable;
+
+  std::atomic<std::uint64_t> sample_mask{0};
+  std::atomic<std::int64_t> last_sample_ns{0};
+  Histogram latency;
+  std::atomic<std::uint64_t> evicted{0};
+  std::atomic<std::uint64_t> would_block{0};
+  std::atomic<std::uint64_t> timeouts{0};
+  std::atomic<std::uint64_t> blocked_ns{0};
+};
+
+SubscriberStats subscriber_stats(const SubscriberState& s, std::uint64_t head);
+
+}  // namespace detail
+
+/// One stream published to many subscribers. See the contract at the top of this file.
+template <class T>
+class Broadcast {
+  static_assert(std::is_copy_constructible_v<T>,
+                "Broadcast<T> hands each subscriber a copy of the stored item: T must be "
+                "copyable (use sluice::Buffer or std::shared_ptr<const X> for large payloads)");
+  static_assert(std::is_nothrow_move_constructible_v<T>, "T needs a nothrow move constructor");
+
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  /// Throws std::invalid_argument if the configuration is invalid.
+  explicit Broadcast(BroadcastConfig config)
+      : state_(std::make_shared<detail::BroadcastState<T>>(std::move(config))) {
+    if (state_->config.latency == LatencySampling::every_item) state_->sample_mask.store(0);
+  }
+  /// Closes the broadcast; subscriptions still alive drain and see `closed`.
+  ~Broadcast() {
+    if (state_) close();
+  }
+  Broadcast(const Broadcast&) = delete;
+  Broadcast& operator=(const Broadcast&) = delete;
+  Broadcast(Broadcast&&) noexcept = default;
+  Broadcast& operator=(Broadcast&&) noexcept = delete;
+
+  /// Joins with `depth` (default: config().default_depth). Sees items published from now on.
+  /// Throws std::invalid_argument if depth is 0 or above capacity, or the name is empty.
+  Subscription<T> subscribe(std::string name, std::size_t depth = 0);
+
+  /// Publishes under the broadcast's mode; lossless waits up to config().max_wait.
+  SendResult publish(T&& item) { return publish_impl(item, kLazy, state_->config.max_wait, true); }
+  SendResult publish(const T& item) {
+    T copy(item);
+    return publish(std::move(copy));
+  }
+  /// Lossless: waits until `deadline` at the latest.
+  SendResult publish(T&& item, Clock::time_point deadline) {
+    return publish_impl(item, deadline, {}, true);
+  }
+  template <class Rep, class Period>
+  SendResult publish_for(T&& item, std::chrono::duration<Rep, Period> timeout) {
+    return publish_impl(item, kLazy, std::chrono::duration_cast<Clock::duration>(timeout), true);
+  }
+  /// Never waits: lossless answers would_block while a subscriber is `depth` behind.
+  SendResult try_publish(T&& item) { return publish_impl(item, kLazy, {}, false); }
+
+  /// Closes (idempotent): wakes every waiter and fires every hook.
+  void close();
+  bool is_closed() const noexcept { return state_->closed.load(std::memory_order_acquire); }
+
+  /// Lossless: one-shot callback run once a publish would not wait (or the broadcast closed).
+  /// Same rules as Channel::on_writable.
+  void on_writable(std::function<void()> fn);
+
+  std::size_t subscriber_count() const {
+    std::lock_guard lock(state_->mu);
+    return state_->subs.size();
+  }
+  BroadcastStats stats() const;
+  const BroadcastConfig& config() const noexcept { return state_->config; }
+
+ private:
+  static constexpr Clock::time_point kLazy = Clock::time_point::min();
+  using State = detail::BroadcastState<T>;
+
+  SendResult publish_impl(T& item, Clock::time_point deadline, Clock::duration timeout,
+                          bool may_wait);
+  // Lossless: recomputes the gate from the subscribers' cursors. Caller holds mu.
+  void refresh_gate() noexcept;
+  bool room_now() const;
+  // Removes the subscribers keeping a publish of `seq` waiting. Caller holds mu.
+  void evict_gating(std::uint64_t seq);
+
+  std::shared_ptr<State> state_;
+};
+
+/// One subscriber's handle. Move-only; destroying it leaves the broadcast.
+template <class T>
+class Subscription {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  Subscription() = default;
+  ~Subscription() { unsubscribe(); }
+  Subscription(const Subscription&) = delete;
+  Subscription& operator=(const Subscription&) = delete;
+  Subscription(Subscription&& other) noexcept
+      : state_(std::move(other.state_)), sub_(std::move(other.sub_)) {}
+  Subscription& operator=(Subscription&& other) noexcept {
+    if (this != &other) {
+      unsubscribe();
+      state_ = std::move(other.state_);
+      sub_ = std::move(other.sub_);
+    }
+    return *this;
+  }
+
+  /// Receives the next item, waiting without limit. Answers gap (once, before the next item)
+  /// after losses, evicted (once) if removed, closed once the broadcast is closed and drained.
+  RecvResult<T> recv() { return recv_impl(Clock::time_point::max(), {}, true); }
+  RecvResult<T> recv(Clock::time_point deadline) { return recv_impl(deadline, {}, true); }
+  template <class Rep, class Period>
+  RecvResult<T> recv_for(std::chrono::duration<Rep, Period> timeout) {
+    return recv_impl(kLazy, std::chrono::duration_cast<Clock::duration>(timeout), true);
+  }
+  /// Never waits: would_block when nothing new is there.
+  RecvResult<T> try_recv() { return recv_impl(kLazy, {}, false); }
+
+  /// One-shot callback run once a receive would not wait (item, gap, eviction or close).
+  void on_readable(std::function<void()> fn);
+
+  /// Leaves the broadcast now (idempotent). Later receives answer closed.
+  void unsubscribe();
+
+  bool active() const noexcept { return sub_ != nullptr; }
+  const std::string& name() const { return sub_->name; }
+  std::size_t depth() const noexcept { return sub_->depth; }
+  /// Items published and not yet received by this subscriber.
+  std::uint64_t lag() const noexcept {
+    return state_->head.load(std::memory_order_acquire) -
+           sub_->cursor.load(std::memory_order_acquire);
+  }
+  SubscriberStats stats() const {
+    return detail::subscriber_stats(*sub_, state_->head.load(std::memory_order_acquire));
+  }
+
+ private:
+  friend class Broadcast<T>;
+  static constexpr Clock::time_point kLazy = Clock::time_point::min();
+
+  Subscription(std::shared_ptr<detail::BroadcastState<T>> state,
+               std::shared_ptr<detail::SubscriberState> sub)
+      : state_(std::move(state)), sub_(std::move(sub)) {}
+
+  enum class Attempt : std::uint8_t { done, empty };
+  Attempt try_take(RecvResult<T>& out);
+  bool readable_now() const noexcept;
+  RecvResult<T> recv_impl(Clock::time_point deadline, Clock::duration timeout, bool may_wait);
+
+  std::shared_ptr<detail::BroadcastState<T>> state_;
+  std::shared_ptr<detail::SubscriberState> sub_;
+};
+
+// ------------------------------------------------------------------------------------------
+// Implementation
+
+template <class T>
+Subscription<T> Broadcast<T>::subscribe(std::string name, std::size_t depth) {
+  State& s = *state_;
+  if (depth == 0) depth = s.config.default_depth;
+  if (name.empty() || depth > s.config.capacity) {
+    throw std::invalid_argument(
+        "broadcast '" + s.config.name + "': cannot subscribe " +
+        (name.empty() ? std::string("with an empty name")
+                      : "'" + name + "' with depth " + std::to_string(depth) +
+                            " (accepted: 1 to capacity = " + std::to_string(s.config.capacity) +
+                            ")"));
+  }
+  std::lock_guard lock(s.mu);
+  auto sub = std::make_shared<detail::SubscriberState>(std::move(name), depth,
+                                                       s.head.load(std::memory_order_relaxed));
+  s.subs.push_back(sub);
+  s.gate = 0;  // recompute with the newcomer
+  return Subscription<T>(state_, std::move(sub));
+}
+
+template <class T>
+void Broadcast<T>::refresh_gate() noexcept {
+  State& s = *state_;
+  std::uint64_t gate = std::numeric_limits<std::uint64_t>::max();
+  for (const auto& sub : s.subs) {
+    gate = std::min(gate, sub->cursor.load(std::memory_order_seq_cst) + sub->depth);
+  }
+  s.gate = gate;
+}
+
+template <class T>
+bool Broadcast<T>::room_now() const {
+  State& s = *state_;
+  std::lock_guard lock(s.mu);
+  if (s.closed.load(std::memory_order_relaxed) || s.config.mode == BroadcastMode::lossy) {
+    return true;
+  }
+  const std::uint64_t head = s.head.load(std::memory_order_relaxed);
+  for (const auto& sub : s.subs) {
+    if (head >= sub->cursor.load(std::memory_order_seq_cst) + sub->depth) return false;
+  }
+  return true;
+}
+
+template <class T>
+void Broadcast<T>::evict_gating(std::uint64_t seq) {
+  State& s = *state_;
+  std::vector<std::shared_ptr<detail::SubscriberState>> gone;
+  auto keep = std::remove_if(s.subs.begin(), s.subs.end(), [&](const auto& sub) {
+    if (seq < sub->cursor.load(std::memory_order_seq_cst) + sub->depth) return false;
+    gone.push_back(sub);
+    return true;
+  });
+  s.subs.erase(keep, s.subs.end());
+  for (auto& sub : gone) {
+    sub->evicted.store(true, std::memory_order_seq_cst);
+    s.evicted.fetch_add(1, std::memory_order_relaxed);
+    if (sub->hooked.load()) s.hooked_subs.fetch_sub(1, std::memory_order_seq_cst);
+  }
+  s.gate = 0;
+  if (!gone.empty()) {
+    s.data.wake_all();
+    for (auto& sub : gone) sub->readable.fire();
+  }
+}
+
+template <class T>
+SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline,
+                                      Clock::duration timeout, bool may_wait) {
+  State& s = *state_;
+  std::unique_lock lock(s.mu);
+  const bool lossless = s.config.mode == BroadcastMode::lossless;
+  detail::Backoff backoff;
+  Clock::time_point blocked_since{};
+  Clock::time_point evict_at = Clock::time_point::max();
+  const auto finish_blocking = [&] {
+    if (blocked_since != Clock::time_point{}) {
+      const auto ns =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - blocked_since);
+      s.blocked_ns.fetch_add(static_cast<std::uint64_t>(ns.count()), std::memory_order_relaxed);
+    }
+  };
+  for (;;) {
+    if (s.closed.load(std::memory_order_relaxed)) {
+      finish_blocking();
+      return {SendStatus::closed, DropReason::overflow, 0,
+              detail::broadcast_closed_message(s.config.name)};
+    }
+    const std::uint64_t seq = s.head.load(std::memory_order_relaxed);
+    if (!lossless || seq < s.gate) break;
+    refresh_gate();
+    if (seq < s.gate) break;
+    // A subscriber is `depth` behind: wait for it (lossless).
+    if (!may_wait) {
+      s.would_block.fetch_add(1, std::memory_order_relaxed);
+      return {SendStatus::would_block, DropReason::overflow, 0, {}};
+    }
+    lock.unlock();
+    if (backoff.spin()) {
+      lock.lock();
+      continue;
+    }
+    if (blocked_since == Clock::time_point{}) {
+      blocked_since = Clock::now();
+      if (deadline == kLazy) {
+        deadline = timeout >= Clock::time_point::max() - blocked_since
+                       ? Clock::time_point::max()
+                       : blocked_since + timeout;
+      }
+      if (s.config.evict_after.count() > 0) {
+        evict_at = blocked_since +
+                   std::chrono::duration_cast<Clock::duration>(s.config.evict_after);
+      }
+    }
+    const auto now = Clock::now();
+    if (now >= evict_at) {
+      lock.lock();
+      evict_gating(s.head.load(std::memory_order_relaxed));
+      evict_at = Clock::time_point::max();
+      continue;
+    }
+    if (now >= deadline) {
+      lock.lock();
+      // The slowest subscriber, for the message.
+      const std::shared_ptr<detail::SubscriberState>* slowest = nullptr;
+      for (const auto& sub : s.subs) {
+        if (slowest == nullptr || sub->cursor.load() < (*slowest)->cursor.load()) slowest = &sub;
+      }
+      if (slowest == nullptr) continue;  // the slow one left meanwhile: publish
+      s.timeouts.fetch_add(1, std::memory_order_relaxed);
+      finish_blocking();
+      const auto waited =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(now - blocked_since);
+      return {SendStatus::timeout, DropReason::overflow, 0,
+              detail::broadcast_timeout_message(
+                  s.config.name, detail::subscriber_stats(**slowest, s.head.load()),
+                  s.config.capacity, waited)};
+    }
+    // Register, re-check, park: a subscriber that moves on after the re-check sees us.
+    const std::uint32_t ticket = s.room.enter();
+    if (!room_now()) s.room.park(ticket, std::min(deadline, evict_at));
+    s.room.leave();
+    lock.lock();
+  }
+  finish_blocking();
+
+  // Store the item in its slot; the item it replaces is destroyed after the slot is unlocked.
+  const std::uint64_t seq = s.head.load(std::memory_order_relaxed);
+  auto& slot = s.slot_at(seq);
+  std::optional<T> old;
+  std::int64_t stamp = 0;
+  if (s.config.latency != LatencySampling::off &&
+      (seq & s.sample_mask.load(std::memory_order_relaxed)) == 0) {
+    stamp = detail::now_ns();
+  }
+  slot.lock.lock();
+  old.swap(slot.item);
+  slot.item.emplace(std::move(item));
+  slot.seq = seq;
+  slot.stamp_ns = stamp;
+  slot.lock.unlock();
+  s.head.store(seq + 1, std::memory_order_seq_cst);
+
+  std::vector<std::shared_ptr<detail::SubscriberState>> hooked;
+  if (s.hooked_subs.load(std::memory_order_seq_cst) != 0) {
+    for (const auto& sub : s.subs) {
+      if (sub->readable.armed()) hooked.push_back(sub);
+    }
+  }
+  lock.unlock();
+  s.data.notify_all();
+  for (auto& sub : hooked) sub->readable.fire();
+  return {SendStatus::ok, DropReason::overflow, 0, {}};
+}
+
+template <class T>
+void Broadcast<T>::close() {
+  State& s = *state_;
+  std::vector<std::shared_ptr<detail::SubscriberState>> subs;
+  {
+    std::lock_guard lock(s.mu);
+    s.closed.store(true, std::memory_order_seq_cst);
+    subs = s.subs;
+  }
+  s.data.wake_all();
+  s.room.wake_all();
+  for (auto& sub : subs) sub->readable.fire();
+  s.writable.fire();
+}
+
+template <class T>
+void Broadcast<T>::on_writable(std::function<void()> fn) {
+  state_->writable.add(std::move(fn));
+  if (room_now()) state_->writable.fire();
+}
+
+template <class T>
+BroadcastStats Broadcast<T>::stats() const {
+  const State& s = *state_;
+  BroadcastStats out;
+  out.name = s.config.name;
+  out.mode = s.config.mode;
+  out.capacity = s.config.capacity;
+  {
+    std::lock_guard lock(state_->mu);
+    out.closed = s.closed.load();
+    out.published = s.head.load();
+    for (const auto& sub : s.subs) out.subscribers.push_back(detail::subscriber_stats(*sub, out.published));
+  }
+  out.evicted = s.evicted.load(std::memory_order_relaxed);
+  out.would_block = s.would_block.load(std::memory_order_relaxed);
+  out.timeouts = s.timeouts.load(std::memory_order_relaxed);
+  out.blocked_seconds = static_cast<double>(s.blocked_ns.load(std::memory_order_relaxed)) / 1e9;
+  out.latency_ns = s.latency.snapshot();
+  return out;
+}
+
+template <class T>
+typename Subscription<T>::Attempt Subscription<T>::try_take(RecvResult<T>& out) {
+  auto& s = *state_;
+  auto& sub = *sub_;
+  for (;;) {
+    if (sub.evicted.load(std::memory_order_acquire)) {
+      if (!sub.eviction_reported) {
+        sub.eviction_reported = true;
+        out.status = RecvStatus::evicted;
+        out.reason = DropReason::evicted;
+      } else {
+        out.status = RecvStatus::closed;
+      }
+      return Attempt::done;
+    }
+    const std::uint64_t cursor = sub.cursor.load(std::memory_order_relaxed);
+    const bool was_closed = s.closed.load(std::memory_order_seq_cst);
+    const std::uint64_t head = s.head.load(std::memory_order_seq_cst);
+    if (head == cursor) {
+      if (!was_closed) return Attempt::empty;
+      out.status = RecvStatus::closed;
+      return Attempt::done;
+    }
+    const std::uint64_t lag = head - cursor;
+    if (lag > sub.depth) {
+      // Lapped (lossy; lossless publishers never get `depth` ahead): skip to the `depth` most
+      // recent items and say so once, before the next item.
+      const std::uint64_t lost = lag - sub.depth;
+      sub.cursor.store(cursor + lost, std::memory_order_seq_cst);
+      sub.lost_slow.fetch_add(lost, std::memory_order_relaxed);
+      out.status = RecvStatus::gap;
+      out.lost = lost;
+      out.reason = DropReason::slow_consumer;
+      return Attempt::done;
+    }
+    auto& slot = s.slot_at(cursor);
+    std::int64_t stamp = 0;
+    slot.lock.lock();
+    if (slot.seq == cursor) {
+      out.value.emplace(*slot.item);
+      stamp = slot.stamp_ns;
+    }
+    slot.lock.unlock();
+    if (!out.value) continue;  // overwritten since we read head: we were lapped; go again
+    sub.cursor.store(cursor + 1, std::memory_order_seq_cst);
+    sub.received.fetch_add(1, std::memory_order_relaxed);
+    if (lag > sub.max_lag.load(std::memory_order_relaxed)) {
+      sub.max_lag.store(lag, std::memory_order_relaxed);
+    }
+    if (s.config.mode == BroadcastMode::lossless) {
+      s.room.notify_all();
+      if (s.writable.armed()) s.writable.fire();
+    }
+    if (stamp != 0) {
+      const std::int64_t now = detail::now_ns();
+      s.latency.record(static_cast<std::uint64_t>(std::max<std::int64_t>(now - stamp, 0)));
+      if (s.config.latency == LatencySampling::adaptive) {
+        // Keep samples 50 µs – 1 ms apart (see Channel): racy by design, it steers a rate.
+        const std::int64_t last = s.last_sample_ns.exchange(now, std::memory_order_relaxed);
+        const std::uint64_t mask = s.sample_mask.load(std::memory_order_relaxed);
+        if (now - last < 50'000 && mask < 4095) {
+          s.sample_mask.store(mask * 2 + 1, std::memory_order_relaxed);
+        } else if (now - last > 1'000'000 && mask > 0) {
+          s.sample_mask.store(mask >> 1, std::memory_order_relaxed);
+        }
+      }
+    }
+    out.status = RecvStatus::ok;
+    return Attempt::done;
+  }
+}
+
+template <class T>
+bool Subscription<T>::readable_now() const noexcept {
+  return sub_->evicted.load(std::memory_order_seq_cst) ||
+         state_->closed.load(std::memory_order_seq_cst) ||
+         state_->head.load(std::memory_order_seq_cst) !=
+             sub_->cursor.load(std::memory_order_seq_cst);
+}
+
+template <class T>
+RecvResult<T> Subscription<T>::recv_impl(Clock::time_point deadline, Clock::duration timeout,
+                                         bool may_wait) {
+  RecvResult<T> out;
+  if (!sub_) {
+    out.status = RecvStatus::closed;
+    return out;
+  }
+  detail::Backoff backoff;
+  bool resolved = false;
+  for (;;) {
+    if (try_take(out) == Attempt::done) return out;
+    if (!may_wait) {
+      out.status = RecvStatus::would_block;
+      return out;
+    }
+    if (backoff.spin()) continue;
+    if (!resolved) {
+      resolved = true;
+      if (deadline == kLazy) {
+        const auto now = Clock::now();
+        deadline = timeout >= Clock::time_point::max() - now ? Clock::time_point::max()
+                                                             : now + timeout;
+      }
+    }
+    if (Clock::now() >= deadline) {
+      out.status = RecvStatus::timeout;
+      return out;
+    }
+    const std::uint32_t ticket = state_->data.enter();
+    if (!readable_now()) state_->data.park(ticket, deadline);
+    state_->data.leave();
+  }
+}
+
+template <class T>
+void Subscription<T>::on_readable(std::function<void()> fn) {
+  if (!sub_) {
+    fn();
+    return;
+  }
+  sub_->readable.add(std::move(fn));
+  // From its first hook on, publishers look at this subscription's hooks after each publish.
+  if (!sub_->hooked.exchange(true, std::memory_order_seq_cst)) {
+    state_->hooked_subs.fetch_add(1, std::memory_order_seq_cst);
+  }
+  if (readable_now()) sub_->readable.fire();
+}
+
+template <class T>
+void Subscription<T>::unsubscribe() {
+  if (!sub_) return;
+  {
+    std::lock_guard lock(state_->mu);
+    auto& subs = state_->subs;
+    const auto it = std::find(subs.begin(), subs.end(), sub_);
+    if (it != subs.end()) {  // not already evicted
+      subs.erase(it);
+      if (sub_->hooked.load()) state_->hooked_subs.fetch_sub(1, std::memory_order_seq_cst);
+    }
+    state_->gate = 0;
+  }
+  state_->room.wake_all();  // a publisher waiting for this subscriber may go on
+  if (state_->writable.armed()) state_->writable.fire();
+  sub_->readable.fire();
+  sub_.reset();
+  state_.reset();
+}
+
+}  // namespace sluice

@@ -1,0 +1,329 @@
+// Broadcast<T>: storage once, per-subscriber depth, gaps, lossless gating, eviction, hooks.
+#include <utility>  // before Asio with Boost 1.74 and C++20
+
+#include "sluice/broadcast.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sluice/buffer.hpp"
+
+namespace sluice {
+namespace {
+
+using namespace std::chrono_literals;
+
+BroadcastConfig cfg(BroadcastMode mode, std::size_t capacity = 16) {
+  BroadcastConfig c;
+  c.name = "cam";
+  c.mode = mode;
+  c.capacity = capacity;
+  return c;
+}
+
+TEST(Broadcast, EverySubscriberReceivesEveryItemInOrder) {
+  Broadcast<int> b(cfg(BroadcastMode::lossy));
+  auto s1 = b.subscribe("a", 8);
+  auto s2 = b.subscribe("b", 8);
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(b.publish(i));
+  for (auto* s : {&s1, &s2}) {
+    for (int i = 0; i < 5; ++i) {
+      auto r = s->try_recv();
+      ASSERT_EQ(r.status, RecvStatus::ok);
+      EXPECT_EQ(*r, i);
+    }
+    EXPECT_EQ(s->try_recv().status, RecvStatus::would_block);
+  }
+}
+
+TEST(Broadcast, PayloadIsStoredOnceAndSharedNotCopied) {
+  Broadcast<Buffer> b(cfg(BroadcastMode::lossy));
+  std::vector<Subscription<Buffer>> subs;
+  for (int i = 0; i < 3; ++i) subs.push_back(b.subscribe("s" + std::to_string(i)));
+  Buffer frame(std::string(1 << 20, 'p'));
+  const Buffer original = frame;
+  ASSERT_TRUE(b.publish(std::move(frame)));
+  for (auto& s : subs) {
+    auto r = s.try_recv();
+    ASSERT_TRUE(r.ok());
+    EXPECT_TRUE(r->shares_allocation_with(original));
+    EXPECT_EQ(r->data(), original.data());
+  }
+}
+
+TEST(Broadcast, SubscriberSeesOnlyItemsPublishedAfterItJoined) {
+  Broadcast<int> b(cfg(BroadcastMode::lossy));
+  ASSERT_TRUE(b.publish(1));
+  auto s = b.subscribe("late");
+  EXPECT_EQ(s.try_recv().status, RecvStatus::would_block);
+  ASSERT_TRUE(b.publish(2));
+  EXPECT_EQ(*s.try_recv(), 2);
+}
+
+TEST(Broadcast, LossySlowSubscriberGetsOneGapThenTheNewestItems) {
+  Broadcast<int> b(cfg(BroadcastMode::lossy, 16));
+  auto slow = b.subscribe("slow", 4);
+  auto fast = b.subscribe("fast", 16);
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(b.publish(i));  // never waits
+
+  auto gap = slow.try_recv();
+  ASSERT_EQ(gap.status, RecvStatus::gap);
+  EXPECT_EQ(gap.lost, 6U);
+  EXPECT_EQ(gap.reason, DropReason::slow_consumer);
+  for (int i = 6; i < 10; ++i) EXPECT_EQ(*slow.try_recv(), i);
+  EXPECT_EQ(slow.try_recv().status, RecvStatus::would_block);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(*fast.try_recv(), i);  // unaffected
+
+  const auto st = slow.stats();
+  EXPECT_EQ(st.received, 4U);
+  EXPECT_EQ(st.lost[DropReason::slow_consumer], 6U);
+  EXPECT_EQ(st.received + st.lost.total(), 10U);
+  EXPECT_EQ(fast.stats().lost.total(), 0U);
+}
+
+TEST(Broadcast, LossyRingSmallerThanTheBacklogStillReportsEveryLoss) {
+  Broadcast<int> b(cfg(BroadcastMode::lossy, 4));
+  auto s = b.subscribe("s", 4);
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE(b.publish(i));
+  std::uint64_t lost = 0;
+  std::vector<int> got;
+  for (auto r = s.try_recv(); r.status != RecvStatus::would_block; r = s.try_recv()) {
+    if (r.status == RecvStatus::gap) lost += r.lost;
+    if (r.ok()) got.push_back(*r);
+  }
+  EXPECT_EQ(got, (std::vector<int>{96, 97, 98, 99}));
+  EXPECT_EQ(lost + got.size(), 100U);
+}
+
+TEST(Broadcast, DepthAndConfigurationAreValidatedWithClearMessages) {
+  Broadcast<int> b(cfg(BroadcastMode::lossy, 8));
+  try {
+    (void)b.subscribe("greedy", 9);
+    FAIL() << "depth above capacity accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("depth 9"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("capacity = 8"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW((void)b.subscribe(""), std::invalid_argument);
+
+  BroadcastConfig bad = cfg(BroadcastMode::lossy, 0);
+  try {
+    Broadcast<int> never(bad);
+    FAIL();
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("capacity = 0"), std::string::npos) << e.what();
+  }
+  BroadcastConfig evict_lossy = cfg(BroadcastMode::lossy);
+  evict_lossy.evict_after = 1s;
+  EXPECT_THROW(Broadcast<int>{evict_lossy}, std::invalid_argument);
+  EXPECT_EQ(parse_broadcast_mode("lossless"), BroadcastMode::lossless);
+  EXPECT_FALSE(parse_broadcast_mode("sometimes").has_value());
+}
+
+TEST(Broadcast, LosslessTryPublishWouldBlockAtTheSlowestDepth) {
+  Broadcast<int> b(cfg(BroadcastMode::lossless, 8));
+  auto fast = b.subscribe("fast", 8);
+  auto slow = b.subscribe("slow", 2);
+  ASSERT_TRUE(b.try_publish(1));
+  ASSERT_TRUE(b.try_publish(2));
+  int three = 3;
+  auto r = b.try_publish(std::move(three));
+  EXPECT_EQ(r.status, SendStatus::would_block);
+  EXPECT_EQ(three, 3);  // the caller keeps it
+  EXPECT_EQ(*slow.try_recv(), 1);
+  EXPECT_TRUE(b.try_publish(3));
+  EXPECT_EQ(b.stats().would_block, 1U);
+  for (int i = 1; i <= 3; ++i) EXPECT_EQ(*fast.try_recv(), i);
+}
+
+TEST(Broadcast, LosslessPublishTimesOutNamingTheSlowestSubscriber) {
+  BroadcastConfig c = cfg(BroadcastMode::lossless, 4);
+  c.max_wait = 20ms;
+  Broadcast<int> b(c);
+  auto slow = b.subscribe("dashboard", 2);
+  ASSERT_TRUE(b.publish(1));
+  ASSERT_TRUE(b.publish(2));
+  auto r = b.publish(3);
+  ASSERT_EQ(r.status, SendStatus::timeout);
+  EXPECT_NE(r.message.find("'cam'"), std::string::npos) << r.message;
+  EXPECT_NE(r.message.find("'dashboard'"), std::string::npos) << r.message;
+  EXPECT_NE(r.message.find("2 items behind"), std::string::npos) << r.message;
+  EXPECT_NE(r.message.find("max_wait"), std::string::npos) << r.message;
+  EXPECT_EQ(b.stats().timeouts, 1U);
+  EXPECT_GT(b.stats().blocked_seconds, 0.0);
+}
+
+TEST(Broadcast, LosslessPublisherWakesWhenTheSlowSubscriberCatchesUp) {
+  Broadcast<int> b(cfg(BroadcastMode::lossless, 4));
+  auto s = b.subscribe("s", 1);
+  std::thread consumer([&] {
+    for (int expect = 0; expect < 1000; ++expect) {
+      auto r = s.recv();
+      ASSERT_TRUE(r.ok());
+      ASSERT_EQ(*r, expect);
+    }
+  });
+  for (int i = 0; i < 1000; ++i) ASSERT_TRUE(b.publish(i));
+  consumer.join();
+  EXPECT_EQ(s.stats().lost.total(), 0U);
+}
+
+TEST(Broadcast, LeavingReleasesALosslessPublisher) {
+  Broadcast<int> b(cfg(BroadcastMode::lossless, 4));
+  auto s = b.subscribe("leaver", 1);
+  ASSERT_TRUE(b.publish(1));
+  std::thread leaver([&] {
+    std::this_thread::sleep_for(20ms);
+    s.unsubscribe();
+  });
+  EXPECT_TRUE(b.publish(2));  // waits until the subscriber leaves
+  leaver.join();
+  EXPECT_EQ(b.subscriber_count(), 0U);
+  EXPECT_EQ(s.try_recv().status, RecvStatus::closed);
+}
+
+TEST(Broadcast, EvictAfterRemovesTheHostageTakerWhoHearsItOnce) {
+  BroadcastConfig c = cfg(BroadcastMode::lossless, 4);
+  c.evict_after = 20ms;
+  c.max_wait = 5s;
+  Broadcast<int> b(c);
+  auto fast = b.subscribe("fast", 4);
+  auto stuck = b.subscribe("stuck", 1);
+  ASSERT_TRUE(b.publish(1));
+  EXPECT_TRUE(b.publish(2));  // waits 20 ms, evicts "stuck", publishes
+  EXPECT_EQ(b.stats().evicted, 1U);
+  EXPECT_EQ(b.subscriber_count(), 1U);
+  auto r = stuck.try_recv();
+  EXPECT_EQ(r.status, RecvStatus::evicted);
+  EXPECT_EQ(r.reason, DropReason::evicted);
+  EXPECT_EQ(stuck.try_recv().status, RecvStatus::closed);
+  EXPECT_TRUE(stuck.stats().evicted);
+  EXPECT_EQ(*fast.try_recv(), 1);
+  EXPECT_EQ(*fast.try_recv(), 2);
+}
+
+TEST(Broadcast, CloseLetsSubscribersDrainThenSaysClosed) {
+  Broadcast<int> b(cfg(BroadcastMode::lossless, 4));
+  auto s = b.subscribe("s", 4);
+  ASSERT_TRUE(b.publish(1));
+  b.close();
+  EXPECT_EQ(b.publish(2).status, SendStatus::closed);
+  EXPECT_EQ(*s.try_recv(), 1);
+  EXPECT_EQ(s.try_recv().status, RecvStatus::closed);
+  EXPECT_EQ(s.recv().status, RecvStatus::closed);
+}
+
+TEST(Broadcast, CloseWakesABlockedReceiver) {
+  Broadcast<int> b(cfg(BroadcastMode::lossy));
+  auto s = b.subscribe("s");
+  std::thread closer([&] {
+    std::this_thread::sleep_for(20ms);
+    b.close();
+  });
+  EXPECT_EQ(s.recv().status, RecvStatus::closed);
+  closer.join();
+}
+
+TEST(Broadcast, SubscriptionMayOutliveItsBroadcast) {
+  Subscription<std::string> s;
+  {
+    Broadcast<std::string> b(cfg(BroadcastMode::lossy));
+    s = b.subscribe("survivor");
+    ASSERT_TRUE(b.publish(std::string("last words")));
+  }
+  EXPECT_EQ(*s.try_recv(), "last words");
+  EXPECT_EQ(s.try_recv().status, RecvStatus::closed);
+}
+
+TEST(Broadcast, RecvForTimesOut) {
+  Broadcast<int> b(cfg(BroadcastMode::lossy));
+  auto s = b.subscribe("s");
+  EXPECT_EQ(s.recv_for(5ms).status, RecvStatus::timeout);
+}
+
+TEST(Broadcast, StatsCountPublishedReceivedLagAndLatency) {
+  Broadcast<int> b(cfg(BroadcastMode::lossy, 16));
+  auto s = b.subscribe("s", 8);
+  for (int i = 0; i < 6; ++i) ASSERT_TRUE(b.publish(i));
+  EXPECT_EQ(s.lag(), 6U);
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(s.try_recv().ok());
+  const auto st = b.stats();
+  EXPECT_EQ(st.published, 6U);
+  ASSERT_EQ(st.subscribers.size(), 1U);
+  EXPECT_EQ(st.subscribers[0].name, "s");
+  EXPECT_EQ(st.subscribers[0].received, 4U);
+  EXPECT_EQ(st.subscribers[0].lag, 2U);
+  EXPECT_EQ(st.subscribers[0].max_lag, 6U);
+  EXPECT_GT(st.latency_ns.count(), 0U);
+}
+
+TEST(BroadcastHooks, ReadableFiresOnPublishAndAtOnceWhenReady) {
+  Broadcast<int> b(cfg(BroadcastMode::lossy));
+  auto s = b.subscribe("s");
+  int fired = 0;
+  s.on_readable([&] { ++fired; });
+  EXPECT_EQ(fired, 0);
+  ASSERT_TRUE(b.publish(1));
+  EXPECT_EQ(fired, 1);
+  s.on_readable([&] { ++fired; });  // already readable: at once
+  EXPECT_EQ(fired, 2);
+}
+
+TEST(BroadcastHooks, WritableFiresWhenTheSlowestSubscriberMovesOn) {
+  Broadcast<int> b(cfg(BroadcastMode::lossless, 4));
+  auto s = b.subscribe("s", 1);
+  ASSERT_TRUE(b.publish(1));
+  int fired = 0;
+  b.on_writable([&] { ++fired; });
+  EXPECT_EQ(fired, 0);
+  ASSERT_TRUE(s.try_recv().ok());
+  EXPECT_EQ(fired, 1);
+}
+
+// One Asio thread serves several subscriptions without a thread each.
+TEST(BroadcastHooks, OneAsioThreadServesManySubscriptions) {
+  constexpr int kSubs = 4;
+  constexpr int kItems = 5000;
+  Broadcast<int> b(cfg(BroadcastMode::lossless, 64));
+  std::vector<Subscription<int>> subs;
+  for (int i = 0; i < kSubs; ++i) subs.push_back(b.subscribe("s" + std::to_string(i), 32));
+
+  boost::asio::io_context io;
+  auto guard = boost::asio::make_work_guard(io);
+  std::vector<long> sums(kSubs, 0);
+  int closed = 0;
+  std::function<void(int)> drain = [&](int i) {
+    for (;;) {
+      auto r = subs[i].try_recv();
+      if (r.ok()) {
+        sums[i] += *r;
+        continue;
+      }
+      if (r.status == RecvStatus::closed) {
+        if (++closed == kSubs) guard.reset();
+        return;
+      }
+      subs[i].on_readable([&, i] { boost::asio::post(io, [&, i] { drain(i); }); });
+      return;
+    }
+  };
+  for (int i = 0; i < kSubs; ++i) boost::asio::post(io, [&, i] { drain(i); });
+  std::thread loop([&] { io.run(); });
+  for (int n = 0; n < kItems; ++n) ASSERT_TRUE(b.publish(n));
+  b.close();
+  loop.join();
+  for (long sum : sums) EXPECT_EQ(sum, static_cast<long>(kItems) * (kItems - 1) / 2);
+}
+
+}  // namespace
+}  // namespace sluice
