@@ -89,7 +89,8 @@ struct BroadcastConfig {
 struct SubscriberStats {
   std::string name;
   std::size_t depth = 0;
-  std::uint64_t received = 0;  // items received
+  std::uint64_t joined_at = 0;  // items published before it joined (its first sequence number)
+  std::uint64_t received = 0;   // items received
   DropCounts lost;             // items this subscriber lost, by reason (slow_consumer)
   std::uint64_t lag = 0;       // items published and not yet received by it, now
   std::uint64_t max_lag = 0;   // the largest lag it was seen at when receiving
@@ -137,9 +138,10 @@ class SlotLock {
 // What the broadcast knows of one subscriber. Shared by the Subscription and the broadcast.
 struct SubscriberState {
   SubscriberState(std::string n, std::size_t d, std::uint64_t start)
-      : name(std::move(n)), depth(d), cursor(start) {}
+      : name(std::move(n)), depth(d), joined_at(start), cursor(start) {}
   const std::string name;
   const std::uint64_t depth;
+  const std::uint64_t joined_at;  // sequence number of the first item it may receive
   // Next sequence number to receive. Written by the subscriber only; read by publishers.
   alignas(64) std::atomic<std::uint64_t> cursor;
   std::atomic<std::uint64_t> received{0};

@@ -62,6 +62,7 @@ SubscriberStats subscriber_stats(const SubscriberState& s, std::uint64_t head) {
   SubscriberStats out;
   out.name = s.name;
   out.depth = s.depth;
+  out.joined_at = s.joined_at;
   out.received = s.received.load(std::memory_order_relaxed);
   out.lost[DropReason::slow_consumer] = s.lost_slow.load(std::memory_order_relaxed);
   const std::uint64_t cursor = s.cursor.load(std::memory_order_acquire);
