@@ -155,7 +155,8 @@ struct SubscriberState {
 
 template <class T>
 struct BroadcastState {
-  struct Slot {
+  struct alignas(64) Slot {  // one cache line each: the publisher writes one slot while
+                             // subscribers read the one before
     SlotLock lock;
     std::uint64_t seq = std::numeric_limits<std::uint64_t>::max();  // guarded by lock
     std::int64_t stamp_ns = 0;                                        // guarded by lock
@@ -163,11 +164,17 @@ struct BroadcastState {
   };
 
   explicit BroadcastState(BroadcastConfig c)
-      : config((c.validate(), std::move(c))), slots(new Slot[config.capacity]) {}
+      : config((c.validate(), std::move(c))),
+        unguarded_reads(config.mode == BroadcastMode::lossless && config.evict_after.count() == 0),
+        slots(new Slot[config.capacity]) {}
 
   Slot& slot_at(std::uint64_t seq) const noexcept { return slots[seq % config.capacity]; }
 
   const BroadcastConfig config;
+  // Subscribers may read slots without their lock: lossless mode without evict_after, where
+  // no slot is reused before every subscriber has moved past it. (An evicted subscriber could
+  // still be reading when the publisher reuses its slot, so eviction needs the lock.)
+  const bool unguarded_reads;
   std::unique_ptr<Slot[]> slots;
 
   // Items published so far; the next item's sequence number. Written under `mu`.
@@ -283,12 +290,15 @@ class Subscription {
   Subscription(const Subscription&) = delete;
   Subscription& operator=(const Subscription&) = delete;
   Subscription(Subscription&& other) noexcept
-      : state_(std::move(other.state_)), sub_(std::move(other.sub_)) {}
+      : state_(std::move(other.state_)),
+        sub_(std::move(other.sub_)),
+        cached_head_(other.cached_head_) {}
   Subscription& operator=(Subscription&& other) noexcept {
     if (this != &other) {
       unsubscribe();
       state_ = std::move(other.state_);
       sub_ = std::move(other.sub_);
+      cached_head_ = other.cached_head_;
     }
     return *this;
   }
@@ -332,11 +342,15 @@ class Subscription {
 
   enum class Attempt : std::uint8_t { done, empty };
   Attempt try_take(RecvResult<T>& out);
+  Attempt take_unguarded(RecvResult<T>& out, std::uint64_t cursor, std::uint64_t lag);
+  void finish_take(RecvResult<T>& out, std::uint64_t cursor, std::uint64_t lag,
+                   std::int64_t stamp);
   bool readable_now() const noexcept;
   RecvResult<T> recv_impl(Clock::time_point deadline, Clock::duration timeout, bool may_wait);
 
   std::shared_ptr<detail::BroadcastState<T>> state_;
   std::shared_ptr<detail::SubscriberState> sub_;
+  std::uint64_t cached_head_ = 0;  // the publisher's head as last read (receiving thread only)
 };
 
 // ------------------------------------------------------------------------------------------
@@ -482,6 +496,7 @@ SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline,
     }
     // Register, re-check, park: a subscriber that moves on after the re-check sees us.
     const std::uint32_t ticket = s.room.enter();
+    detail::heavy_fence();
     if (!room_now()) s.room.park(ticket, std::min(deadline, evict_at));
     s.room.leave();
     lock.lock();
@@ -497,13 +512,18 @@ SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline,
       (seq & s.sample_mask.load(std::memory_order_relaxed)) == 0) {
     stamp = detail::now_ns();
   }
-  slot.lock.lock();
+  // (Unguarded mode: every subscriber has moved past this slot's previous item and none reads
+  // it again, so the lock would protect nothing.)
+  if (!s.unguarded_reads) slot.lock.lock();
   old.swap(slot.item);
   slot.item.emplace(std::move(item));
   slot.seq = seq;
   slot.stamp_ns = stamp;
-  slot.lock.unlock();
-  s.head.store(seq + 1, std::memory_order_seq_cst);
+  if (!s.unguarded_reads) slot.lock.unlock();
+  // Release publishes the slot to subscribers; the light fence orders this store before the
+  // loads of waiters and hooks below, against parking subscribers' heavy fence.
+  s.head.store(seq + 1, std::memory_order_release);
+  detail::light_fence();
 
   std::vector<std::shared_ptr<detail::SubscriberState>> hooked;
   if (s.hooked_subs.load(std::memory_order_seq_cst) != 0) {
@@ -535,6 +555,7 @@ void Broadcast<T>::close() {
 template <class T>
 void Broadcast<T>::on_writable(std::function<void()> fn) {
   state_->writable.add(std::move(fn));
+  detail::heavy_fence();
   if (room_now()) state_->writable.fire();
 }
 
@@ -563,6 +584,12 @@ template <class T>
 typename Subscription<T>::Attempt Subscription<T>::try_take(RecvResult<T>& out) {
   auto& s = *state_;
   auto& sub = *sub_;
+  // Lossless without eviction: items up to a head already seen are stable and ours to take,
+  // so read the publisher's head (a contended cache line) only once they are used up.
+  if (s.unguarded_reads) {
+    const std::uint64_t cursor = sub.cursor.load(std::memory_order_relaxed);
+    if (cursor < cached_head_) return take_unguarded(out, cursor, cached_head_ - cursor);
+  }
   for (;;) {
     if (sub.evicted.load(std::memory_order_acquire)) {
       if (!sub.eviction_reported) {
@@ -577,6 +604,7 @@ typename Subscription<T>::Attempt Subscription<T>::try_take(RecvResult<T>& out) 
     const std::uint64_t cursor = sub.cursor.load(std::memory_order_relaxed);
     const bool was_closed = s.closed.load(std::memory_order_seq_cst);
     const std::uint64_t head = s.head.load(std::memory_order_seq_cst);
+    cached_head_ = head;
     if (head == cursor) {
       if (!was_closed) return Attempt::empty;
       out.status = RecvStatus::closed;
@@ -588,12 +616,14 @@ typename Subscription<T>::Attempt Subscription<T>::try_take(RecvResult<T>& out) 
       // recent items and say so once, before the next item.
       const std::uint64_t lost = lag - sub.depth;
       sub.cursor.store(cursor + lost, std::memory_order_seq_cst);
-      sub.lost_slow.fetch_add(lost, std::memory_order_relaxed);
+      sub.lost_slow.store(sub.lost_slow.load(std::memory_order_relaxed) + lost,
+                          std::memory_order_relaxed);
       out.status = RecvStatus::gap;
       out.lost = lost;
       out.reason = DropReason::slow_consumer;
       return Attempt::done;
     }
+    if (s.unguarded_reads) return take_unguarded(out, cursor, lag);
     auto& slot = s.slot_at(cursor);
     std::int64_t stamp = 0;
     slot.lock.lock();
@@ -603,32 +633,58 @@ typename Subscription<T>::Attempt Subscription<T>::try_take(RecvResult<T>& out) 
     }
     slot.lock.unlock();
     if (!out.value) continue;  // overwritten since we read head: we were lapped; go again
-    sub.cursor.store(cursor + 1, std::memory_order_seq_cst);
-    sub.received.fetch_add(1, std::memory_order_relaxed);
-    if (lag > sub.max_lag.load(std::memory_order_relaxed)) {
-      sub.max_lag.store(lag, std::memory_order_relaxed);
-    }
-    if (s.config.mode == BroadcastMode::lossless) {
-      s.room.notify_all();
-      if (s.writable.armed()) s.writable.fire();
-    }
-    if (stamp != 0) {
-      const std::int64_t now = detail::now_ns();
-      s.latency.record(static_cast<std::uint64_t>(std::max<std::int64_t>(now - stamp, 0)));
-      if (s.config.latency == LatencySampling::adaptive) {
-        // Keep samples 50 µs – 1 ms apart (see Channel): racy by design, it steers a rate.
-        const std::int64_t last = s.last_sample_ns.exchange(now, std::memory_order_relaxed);
-        const std::uint64_t mask = s.sample_mask.load(std::memory_order_relaxed);
-        if (now - last < 50'000 && mask < 4095) {
-          s.sample_mask.store(mask * 2 + 1, std::memory_order_relaxed);
-        } else if (now - last > 1'000'000 && mask > 0) {
-          s.sample_mask.store(mask >> 1, std::memory_order_relaxed);
-        }
-      }
-    }
-    out.status = RecvStatus::ok;
+    finish_take(out, cursor, lag, stamp);
     return Attempt::done;
   }
+}
+
+template <class T>
+typename Subscription<T>::Attempt Subscription<T>::take_unguarded(RecvResult<T>& out,
+                                                                   std::uint64_t cursor,
+                                                                   std::uint64_t lag) {
+  // Lossless without eviction: the publisher does not reuse this slot before our cursor moves
+  // past it, so the item is stable: no lock (the acquire load of head ordered its write).
+  auto& slot = state_->slot_at(cursor);
+  out.value.emplace(*slot.item);
+  finish_take(out, cursor, lag, slot.stamp_ns);
+  return Attempt::done;
+}
+
+template <class T>
+void Subscription<T>::finish_take(RecvResult<T>& out, std::uint64_t cursor, std::uint64_t lag,
+                                  std::int64_t stamp) {
+  auto& s = *state_;
+  auto& sub = *sub_;
+  // Single writer (this subscriber): plain stores, no read-modify-write.
+  sub.received.store(sub.received.load(std::memory_order_relaxed) + 1,
+                     std::memory_order_relaxed);
+  if (lag > sub.max_lag.load(std::memory_order_relaxed)) {
+    sub.max_lag.store(lag, std::memory_order_relaxed);
+  }
+  if (s.config.mode == BroadcastMode::lossless) {
+    // Release + light fence: pairs with a waiting publisher's register, heavy fence, re-check.
+    sub.cursor.store(cursor + 1, std::memory_order_release);
+    detail::light_fence();
+    s.room.notify_all();
+    if (s.writable.armed()) s.writable.fire();
+  } else {
+    sub.cursor.store(cursor + 1, std::memory_order_release);
+  }
+  if (stamp != 0) {
+    const std::int64_t now = detail::now_ns();
+    s.latency.record(static_cast<std::uint64_t>(std::max<std::int64_t>(now - stamp, 0)));
+    if (s.config.latency == LatencySampling::adaptive) {
+      // Keep samples 50 µs – 1 ms apart (see Channel): racy by design, it steers a rate.
+      const std::int64_t last = s.last_sample_ns.exchange(now, std::memory_order_relaxed);
+      const std::uint64_t mask = s.sample_mask.load(std::memory_order_relaxed);
+      if (now - last < 50'000 && mask < 4095) {
+        s.sample_mask.store(mask * 2 + 1, std::memory_order_relaxed);
+      } else if (now - last > 1'000'000 && mask > 0) {
+        s.sample_mask.store(mask >> 1, std::memory_order_relaxed);
+      }
+    }
+  }
+  out.status = RecvStatus::ok;
 }
 
 template <class T>
@@ -669,6 +725,7 @@ RecvResult<T> Subscription<T>::recv_impl(Clock::time_point deadline, Clock::dura
       return out;
     }
     const std::uint32_t ticket = state_->data.enter();
+    detail::heavy_fence();
     if (!readable_now()) state_->data.park(ticket, deadline);
     state_->data.leave();
   }
@@ -685,6 +742,7 @@ void Subscription<T>::on_readable(std::function<void()> fn) {
   if (!sub_->hooked.exchange(true, std::memory_order_seq_cst)) {
     state_->hooked_subs.fetch_add(1, std::memory_order_seq_cst);
   }
+  detail::heavy_fence();  // against the publisher's light fence after it moves head
   if (readable_now()) sub_->readable.fire();
 }
 

@@ -9,12 +9,20 @@
 #include <climits>
 #include <ctime>
 
+#include <linux/membarrier.h>
+
 namespace sluice::detail {
 
 namespace {
 
+bool register_membarrier() noexcept {
+  const long supported = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+  if (supported < 0 || (supported & MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0) return false;
+  return syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+}
+
 constexpr unsigned kSpinSteps = 48;  // pause rounds, growing from 1 to 32 pauses each
-constexpr unsigned kYieldSteps = 8;  // sched_yield rounds before parking
+constexpr unsigned kMinYieldSteps = 8;  // sched_yield rounds before parking, at least
 
 long futex(std::atomic<std::uint32_t>* word, int op, std::uint32_t val, const timespec* ts) {
   // std::atomic<uint32_t> is a plain 32-bit word on Linux: the futex address.
@@ -24,6 +32,16 @@ long futex(std::atomic<std::uint32_t>* word, int op, std::uint32_t val, const ti
 
 }  // namespace
 
+std::atomic<bool> g_membarrier{register_membarrier()};
+
+void heavy_fence() noexcept {
+  if (g_membarrier.load(std::memory_order_relaxed)) {
+    if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0) return;
+    g_membarrier.store(false);  // cannot happen once registered; be safe all the same
+  }
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+
 bool Backoff::spin() noexcept {
   if (step_ < kSpinSteps) {
     const unsigned rounds = 1U << (step_ / 8 < 5 ? step_ / 8 : 5);
@@ -31,7 +49,11 @@ bool Backoff::spin() noexcept {
     ++step_;
     return true;
   }
-  if (step_ < kSpinSteps + kYieldSteps) {
+  const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                               Clock::now().time_since_epoch())
+                               .count();
+  if (yield_until_ns_ == 0) yield_until_ns_ = now + budget_ns_;
+  if (step_ < kSpinSteps + kMinYieldSteps || now < yield_until_ns_) {
     sched_yield();
     ++step_;
     return true;
