@@ -91,9 +91,12 @@ struct SubscriberStats {
   std::size_t depth = 0;
   std::uint64_t joined_at = 0;  // items published before it joined (its first sequence number)
   std::uint64_t received = 0;   // items received
-  DropCounts lost;             // items this subscriber lost, by reason (slow_consumer)
-  std::uint64_t lag = 0;       // items published and not yet received by it, now
-  std::uint64_t max_lag = 0;   // the largest lag it was seen at when receiving
+  DropCounts lost;              // items this subscriber lost, by reason (slow_consumer)
+  std::uint64_t lag = 0;        // items published and not yet received by it, now
+  // lossy: of `lag`, the items beyond its depth: already lost, announced (and added to `lost`)
+  // at its next receive.
+  std::uint64_t lapped = 0;
+  std::uint64_t max_lag = 0;  // the largest lag it was seen at when receiving
   bool evicted = false;
 };
 
@@ -103,10 +106,10 @@ struct BroadcastStats {
   std::size_t capacity = 0;
   bool closed = false;
   std::uint64_t published = 0;
-  std::uint64_t evicted = 0;      // subscribers removed by evict_after
-  std::uint64_t would_block = 0;  // try_publish answers would_block (lossless)
-  std::uint64_t timeouts = 0;     // publishes that gave up at their deadline (lossless)
-  double blocked_seconds = 0;     // time publishers spent parked waiting for subscribers
+  std::uint64_t evicted = 0;                 // subscribers removed by evict_after
+  std::uint64_t would_block = 0;             // try_publish answers would_block (lossless)
+  std::uint64_t timeouts = 0;                // publishes that gave up at their deadline (lossless)
+  double blocked_seconds = 0;                // time publishers spent parked waiting for subscribers
   std::vector<SubscriberStats> subscribers;  // current subscribers, in joining order
   HistogramSnapshot latency_ns;              // publish→receive, sampled, all subscribers
 };
@@ -148,7 +151,7 @@ struct SubscriberState {
   std::atomic<std::uint64_t> lost_slow{0};
   std::atomic<std::uint64_t> max_lag{0};
   std::atomic<bool> evicted{false};
-  bool eviction_reported = false;  // subscriber thread only
+  bool eviction_reported = false;   // subscriber thread only
   std::atomic<bool> hooked{false};  // on_readable was used: counted in hooked_subs
   HookList readable;
 };
@@ -159,8 +162,8 @@ struct BroadcastState {
                              // subscribers read the one before
     SlotLock lock;
     std::uint64_t seq = std::numeric_limits<std::uint64_t>::max();  // guarded by lock
-    std::int64_t stamp_ns = 0;                                        // guarded by lock
-    std::optional<T> item;                                            // guarded by lock
+    std::int64_t stamp_ns = 0;                                      // guarded by lock
+    std::optional<T> item;                                          // guarded by lock
   };
 
   explicit BroadcastState(BroadcastConfig c)
@@ -181,7 +184,7 @@ struct BroadcastState {
   alignas(64) std::atomic<std::uint64_t> head{0};
   std::atomic<bool> closed{false};  // set under `mu`, after the last publish
 
-  alignas(64) std::mutex mu;  // serializes publishes, joins and leaves
+  alignas(64) std::mutex mu;                           // serializes publishes, joins and leaves
   std::vector<std::shared_ptr<SubscriberState>> subs;  // guarded by mu
   std::uint64_t gate = 0;  // lossless: head may advance while head < gate. Guarded by mu.
   std::atomic<std::uint32_t> hooked_subs{0};  // subscriptions that ever armed on_readable
@@ -343,14 +346,14 @@ class Subscription {
   enum class Attempt : std::uint8_t { done, empty };
   Attempt try_take(RecvResult<T>& out);
   Attempt take_unguarded(RecvResult<T>& out, std::uint64_t cursor, std::uint64_t lag);
-  void finish_take(RecvResult<T>& out, std::uint64_t cursor, std::uint64_t lag,
-                   std::int64_t stamp);
+  void finish_take(RecvResult<T>& out, std::uint64_t cursor, std::uint64_t lag, std::int64_t stamp);
   bool readable_now() const noexcept;
   RecvResult<T> recv_impl(Clock::time_point deadline, Clock::duration timeout, bool may_wait);
 
   std::shared_ptr<detail::BroadcastState<T>> state_;
   std::shared_ptr<detail::SubscriberState> sub_;
   std::uint64_t cached_head_ = 0;  // the publisher's head as last read (receiving thread only)
+  bool parked_last_ = false;       // the last receive parked (receiving thread only)
 };
 
 // ------------------------------------------------------------------------------------------
@@ -363,10 +366,10 @@ Subscription<T> Broadcast<T>::subscribe(std::string name, std::size_t depth) {
   if (name.empty() || depth > s.config.capacity) {
     throw std::invalid_argument(
         "broadcast '" + s.config.name + "': cannot subscribe " +
-        (name.empty() ? std::string("with an empty name")
-                      : "'" + name + "' with depth " + std::to_string(depth) +
-                            " (accepted: 1 to capacity = " + std::to_string(s.config.capacity) +
-                            ")"));
+        (name.empty()
+             ? std::string("with an empty name")
+             : "'" + name + "' with depth " + std::to_string(depth) +
+                   " (accepted: 1 to capacity = " + std::to_string(s.config.capacity) + ")"));
   }
   std::lock_guard lock(s.mu);
   auto sub = std::make_shared<detail::SubscriberState>(std::move(name), depth,
@@ -423,8 +426,8 @@ void Broadcast<T>::evict_gating(std::uint64_t seq) {
 }
 
 template <class T>
-SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline,
-                                      Clock::duration timeout, bool may_wait) {
+SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline, Clock::duration timeout,
+                                      bool may_wait) {
   State& s = *state_;
   std::unique_lock lock(s.mu);
   const bool lossless = s.config.mode == BroadcastMode::lossless;
@@ -461,13 +464,12 @@ SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline,
     if (blocked_since == Clock::time_point{}) {
       blocked_since = Clock::now();
       if (deadline == kLazy) {
-        deadline = timeout >= Clock::time_point::max() - blocked_since
-                       ? Clock::time_point::max()
-                       : blocked_since + timeout;
+        deadline = timeout >= Clock::time_point::max() - blocked_since ? Clock::time_point::max()
+                                                                       : blocked_since + timeout;
       }
       if (s.config.evict_after.count() > 0) {
-        evict_at = blocked_since +
-                   std::chrono::duration_cast<Clock::duration>(s.config.evict_after);
+        evict_at =
+            blocked_since + std::chrono::duration_cast<Clock::duration>(s.config.evict_after);
       }
     }
     const auto now = Clock::now();
@@ -487,12 +489,11 @@ SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline,
       if (slowest == nullptr) continue;  // the slow one left meanwhile: publish
       s.timeouts.fetch_add(1, std::memory_order_relaxed);
       finish_blocking();
-      const auto waited =
-          std::chrono::duration_cast<std::chrono::nanoseconds>(now - blocked_since);
+      const auto waited = std::chrono::duration_cast<std::chrono::nanoseconds>(now - blocked_since);
       return {SendStatus::timeout, DropReason::overflow, 0,
-              detail::broadcast_timeout_message(
-                  s.config.name, detail::subscriber_stats(**slowest, s.head.load()),
-                  s.config.capacity, waited)};
+              detail::broadcast_timeout_message(s.config.name,
+                                                detail::subscriber_stats(**slowest, s.head.load()),
+                                                s.config.capacity, waited)};
     }
     // Register, re-check, park: a subscriber that moves on after the re-check sees us.
     const std::uint32_t ticket = s.room.enter();
@@ -570,7 +571,8 @@ BroadcastStats Broadcast<T>::stats() const {
     std::lock_guard lock(state_->mu);
     out.closed = s.closed.load();
     out.published = s.head.load();
-    for (const auto& sub : s.subs) out.subscribers.push_back(detail::subscriber_stats(*sub, out.published));
+    for (const auto& sub : s.subs)
+      out.subscribers.push_back(detail::subscriber_stats(*sub, out.published));
   }
   out.evicted = s.evicted.load(std::memory_order_relaxed);
   out.would_block = s.would_block.load(std::memory_order_relaxed);
@@ -640,8 +642,8 @@ typename Subscription<T>::Attempt Subscription<T>::try_take(RecvResult<T>& out) 
 
 template <class T>
 typename Subscription<T>::Attempt Subscription<T>::take_unguarded(RecvResult<T>& out,
-                                                                   std::uint64_t cursor,
-                                                                   std::uint64_t lag) {
+                                                                  std::uint64_t cursor,
+                                                                  std::uint64_t lag) {
   // Lossless without eviction: the publisher does not reuse this slot before our cursor moves
   // past it, so the item is stable: no lock (the acquire load of head ordered its write).
   auto& slot = state_->slot_at(cursor);
@@ -656,8 +658,7 @@ void Subscription<T>::finish_take(RecvResult<T>& out, std::uint64_t cursor, std:
   auto& s = *state_;
   auto& sub = *sub_;
   // Single writer (this subscriber): plain stores, no read-modify-write.
-  sub.received.store(sub.received.load(std::memory_order_relaxed) + 1,
-                     std::memory_order_relaxed);
+  sub.received.store(sub.received.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   if (lag > sub.max_lag.load(std::memory_order_relaxed)) {
     sub.max_lag.store(lag, std::memory_order_relaxed);
   }
@@ -703,10 +704,17 @@ RecvResult<T> Subscription<T>::recv_impl(Clock::time_point deadline, Clock::dura
     out.status = RecvStatus::closed;
     return out;
   }
-  detail::Backoff backoff;
+  // Adaptive spinning: a subscriber whose last receive had to park (items come seldom, e.g.
+  // 30 fps) parks again after a short spin instead of holding a CPU for the full budget,
+  // which would delay the other subscribers being woken for the same item.
+  detail::Backoff backoff(parked_last_ ? std::chrono::nanoseconds::zero()
+                                       : detail::Backoff::kDefaultBudget);
   bool resolved = false;
   for (;;) {
-    if (try_take(out) == Attempt::done) return out;
+    if (try_take(out) == Attempt::done) {
+      parked_last_ = resolved;
+      return out;
+    }
     if (!may_wait) {
       out.status = RecvStatus::would_block;
       return out;
@@ -716,8 +724,8 @@ RecvResult<T> Subscription<T>::recv_impl(Clock::time_point deadline, Clock::dura
       resolved = true;
       if (deadline == kLazy) {
         const auto now = Clock::now();
-        deadline = timeout >= Clock::time_point::max() - now ? Clock::time_point::max()
-                                                             : now + timeout;
+        deadline =
+            timeout >= Clock::time_point::max() - now ? Clock::time_point::max() : now + timeout;
       }
     }
     if (Clock::now() >= deadline) {

@@ -67,6 +67,7 @@ SubscriberStats subscriber_stats(const SubscriberState& s, std::uint64_t head) {
   out.lost[DropReason::slow_consumer] = s.lost_slow.load(std::memory_order_relaxed);
   const std::uint64_t cursor = s.cursor.load(std::memory_order_acquire);
   out.lag = head > cursor ? head - cursor : 0;
+  out.lapped = out.lag > s.depth ? out.lag - s.depth : 0;
   out.max_lag = s.max_lag.load(std::memory_order_relaxed);
   out.evicted = s.evicted.load(std::memory_order_relaxed);
   return out;
@@ -75,10 +76,10 @@ SubscriberStats subscriber_stats(const SubscriberState& s, std::uint64_t head) {
 std::string broadcast_timeout_message(const std::string& broadcast, const SubscriberStats& slowest,
                                       std::size_t capacity, std::chrono::nanoseconds waited) {
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(waited).count();
-  return "broadcast '" + broadcast + "' (lossless): publish timed out after " +
-         std::to_string(ms) + " ms waiting for subscriber '" + slowest.name + "', " +
-         std::to_string(slowest.lag) + " items behind (depth " + std::to_string(slowest.depth) +
-         ", received " + std::to_string(slowest.received) +
+  return "broadcast '" + broadcast + "' (lossless): publish timed out after " + std::to_string(ms) +
+         " ms waiting for subscriber '" + slowest.name + "', " + std::to_string(slowest.lag) +
+         " items behind (depth " + std::to_string(slowest.depth) + ", received " +
+         std::to_string(slowest.received) +
          "). The slowest subscriber is not keeping up: speed it up, raise its depth (up to "
          "capacity " +
          std::to_string(capacity) +

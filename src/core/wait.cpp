@@ -1,6 +1,7 @@
 #include "sluice/detail/wait.hpp"
 
 #include <linux/futex.h>
+#include <linux/membarrier.h>
 #include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -8,8 +9,6 @@
 #include <cerrno>
 #include <climits>
 #include <ctime>
-
-#include <linux/membarrier.h>
 
 namespace sluice::detail {
 
@@ -21,7 +20,7 @@ bool register_membarrier() noexcept {
   return syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
 }
 
-constexpr unsigned kSpinSteps = 48;  // pause rounds, growing from 1 to 32 pauses each
+constexpr unsigned kSpinSteps = 48;     // pause rounds, growing from 1 to 32 pauses each
 constexpr unsigned kMinYieldSteps = 8;  // sched_yield rounds before parking, at least
 
 long futex(std::atomic<std::uint32_t>* word, int op, std::uint32_t val, const timespec* ts) {
@@ -49,9 +48,8 @@ bool Backoff::spin() noexcept {
     ++step_;
     return true;
   }
-  const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                               Clock::now().time_since_epoch())
-                               .count();
+  const std::int64_t now =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
   if (yield_until_ns_ == 0) yield_until_ns_ = now + budget_ns_;
   if (step_ < kSpinSteps + kMinYieldSteps || now < yield_until_ns_) {
     sched_yield();

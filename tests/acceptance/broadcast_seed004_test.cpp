@@ -93,8 +93,8 @@ std::uint64_t run_camera(std::vector<Consumer>& consumers, int seconds, Broadcas
 }
 
 TEST(Seed004, AC1_ThreeConsumersAtThirtyFpsReceiveEveryFrame) {
-  std::vector<Consumer> consumers{{"detection_client"}, {"movement_detector"},
-                                  {"telemetry_stream"}};
+  std::vector<Consumer> consumers{
+      {"detection_client"}, {"movement_detector"}, {"telemetry_stream"}};
   BroadcastStats stats;
   const std::uint64_t published = run_camera(consumers, 10, stats);
   EXPECT_EQ(published, 300U);
@@ -104,10 +104,11 @@ TEST(Seed004, AC1_ThreeConsumersAtThirtyFpsReceiveEveryFrame) {
     EXPECT_EQ(c.shared_payloads, c.frames) << c.name << ": a payload was copied";
   }
   for (const auto& s : stats.subscribers) EXPECT_EQ(s.lost.total(), 0U) << s.name;
-  std::printf("AC-1: publish->receive p50 %.1f us, p99 %.1f us over %llu samples (seed: p99 <= 5 ms)\n",
-              static_cast<double>(stats.latency_ns.p50()) / 1e3,
-              static_cast<double>(stats.latency_ns.p99()) / 1e3,
-              static_cast<unsigned long long>(stats.latency_ns.count()));
+  std::printf(
+      "AC-1: publish->receive p50 %.1f us, p99 %.1f us over %llu samples (seed: p99 <= 5 ms)\n",
+      static_cast<double>(stats.latency_ns.p50()) / 1e3,
+      static_cast<double>(stats.latency_ns.p99()) / 1e3,
+      static_cast<unsigned long long>(stats.latency_ns.count()));
 }
 
 TEST(Seed004, AC2_SlowConsumerDropsFastConsumersUnaffected) {

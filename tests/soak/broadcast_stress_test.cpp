@@ -83,7 +83,8 @@ void churn(Broadcast<std::uint64_t>& b, int id, bool lossless, std::atomic<bool>
     // Every item from the one it joined at to the last it received was received or counted
     // lost; after close, up to the last item published.
     const std::uint64_t end = closed ? b.stats().published : static_cast<std::uint64_t>(last + 1);
-    if ((closed || (got > 0 && !ended_on_gap)) && st.received + st.lost.total() != end - st.joined_at) {
+    if ((closed || (got > 0 && !ended_on_gap)) &&
+        st.received + st.lost.total() != end - st.joined_at) {
       ++out.accounting_violations;
     }
     if (lossless && got > 0 && first != st.joined_at) ++out.order_violations;
@@ -135,8 +136,12 @@ void run(bool lossless) {
   EXPECT_EQ(st.evicted, 0U);
 }
 
-TEST(BroadcastStress, LosslessChurnEveryItemInOrderWhileSubscribed) { run(true); }
-TEST(BroadcastStress, LossyChurnReceivedPlusLostAddsUp) { run(false); }
+TEST(BroadcastStress, LosslessChurnEveryItemInOrderWhileSubscribed) {
+  run(true);
+}
+TEST(BroadcastStress, LossyChurnReceivedPlusLostAddsUp) {
+  run(false);
+}
 
 }  // namespace
 }  // namespace sluice

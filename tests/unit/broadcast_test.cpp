@@ -1,19 +1,18 @@
 // Broadcast<T>: storage once, per-subscriber depth, gaps, lossless gating, eviction, hooks.
-#include <utility>  // before Asio with Boost 1.74 and C++20
-
 #include "sluice/broadcast.hpp"
 
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/post.hpp>
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>  // before Asio with Boost 1.74 and C++20
 #include <vector>
 
 #include "sluice/buffer.hpp"

@@ -93,8 +93,7 @@ class WaitQueue {
   /// issued, later notifiers skip the system call until some waiter registers again (the
   /// woken ones re-check before they park again). Costs one load when nobody waits.
   void notify_all() noexcept {
-    if (waiters_.load(std::memory_order_seq_cst) != 0 &&
-        !woken_.load(std::memory_order_seq_cst) &&
+    if (waiters_.load(std::memory_order_seq_cst) != 0 && !woken_.load(std::memory_order_seq_cst) &&
         !woken_.exchange(true, std::memory_order_seq_cst)) {
       wake_all();
     }
