@@ -166,7 +166,8 @@ void FrameGate::done(std::uint64_t /*frame_index*/, std::chrono::nanoseconds pro
   if (in_flight_ > 0) --in_flight_;
   ++stats_.done;
   const auto t = static_cast<double>(processing_time.count());
-  smoothed_ns_ = smoothed_ns_ == 0 ? t : config_.smoothing * t + (1 - config_.smoothing) * smoothed_ns_;
+  smoothed_ns_ =
+      smoothed_ns_ == 0 ? t : config_.smoothing * t + (1 - config_.smoothing) * smoothed_ns_;
 }
 
 FrameGateStats FrameGate::stats() const {
