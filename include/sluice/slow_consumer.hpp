@@ -49,16 +49,16 @@ struct SinkEvent {
   Kind kind = Kind::became_slow;
   std::string sink;
   SlowAction action = SlowAction::drop;  // for became_slow: what the policy says to do
-  std::string reason;  // e.g. "5 of the last 20 writes took over 500 ms"
+  std::string reason;                    // e.g. "5 of the last 20 writes took over 500 ms"
 };
 
 struct SinkHealth {
   std::string sink;
   bool slow = false;
   std::uint64_t writes = 0;
-  std::uint64_t slow_writes = 0;   // all time
-  std::uint64_t timeouts = 0;      // all time
-  std::uint64_t times_slow = 0;    // how often it became slow
+  std::uint64_t slow_writes = 0;  // all time
+  std::uint64_t timeouts = 0;     // all time
+  std::uint64_t times_slow = 0;   // how often it became slow
   std::chrono::nanoseconds last_write{0};
 };
 
