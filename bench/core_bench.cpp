@@ -31,6 +31,7 @@
 
 #include "sluice/channel.hpp"
 #include "sluice/detail/wait.hpp"
+#include "sluice/priority_channel.hpp"
 
 namespace {
 
@@ -57,6 +58,25 @@ class SluiceQueue {
     return c;
   }
   sluice::Channel<std::uint64_t> ch_;
+};
+
+// PriorityChannel on the same lossless workload: class `critical` (never dropped, so a full
+// channel blocks its producer like Channel's block policy), bounded to 1024 items.
+class PriorityQueue {
+ public:
+  PriorityQueue() : ch_(config()) {}
+  void push(std::uint64_t v) { (void)ch_.send(sluice::Priority::critical, std::uint64_t{v}); }
+  std::uint64_t pop() { return ch_.recv().value->item; }
+
+ private:
+  static sluice::PriorityChannelConfig config() {
+    sluice::PriorityChannelConfig c;
+    c.name = "bench";
+    c.max_items = kBound;
+    c[sluice::Priority::critical].max_items = kBound;
+    return c;
+  }
+  sluice::PriorityChannel<std::uint64_t> ch_;
 };
 
 // The baseline everyone writes first: one lock, two condition variables.
@@ -199,6 +219,9 @@ void register_all() {
   }
   threaded(benchmark::RegisterBenchmark("C3/sluice_accounting_off", transfer<SluiceQueue, bool>, 1,
                                         1, false));
+  // P1: PriorityChannel against Channel, same lossless workload (Channel's figures: C1, C2).
+  threaded(benchmark::RegisterBenchmark("P1/1x1/priority", transfer<PriorityQueue>, 1, 1));
+  threaded(benchmark::RegisterBenchmark("P1/2x2/priority", transfer<PriorityQueue>, 2, 2));
   for (bool on : {true, false}) {
     benchmark::RegisterBenchmark(on ? "C3/try_pair_accounting_on" : "C3/try_pair_accounting_off",
                                  try_pair, on)
@@ -257,6 +280,16 @@ void print_summary(const SummaryReporter& r) {
   for (const char* w : {"C2/2x2", "C2/4x4"}) {
     print_ratio(r, w, "mutex_deque", 2);
     print_ratio(r, w, "moodycamel_blocking", 0);
+  }
+  for (const char* w : {"1x1", "2x2"}) {
+    const double channel = get(r, std::string(w) == "1x1" ? "C1/sluice" : "C2/2x2/sluice");
+    const double priority = get(r, std::string("P1/") + w + "/priority");
+    if (channel > 0 && priority > 0) {
+      std::printf(
+          "P1/%s  channel (block)     %10.2f M/s   priority  %10.2f M/s   ratio %6.2fx"
+          " (PriorityChannel / Channel)\n",
+          w, channel / 1e6, priority / 1e6, priority / channel);
+    }
   }
   const auto ns = [&](const std::string& name) {
     const double v = get(r, name);

@@ -48,7 +48,9 @@ inline constexpr std::size_t kPriorityCount = 4;
 std::string_view to_string(Priority p) noexcept;
 std::optional<Priority> parse_priority(std::string_view text) noexcept;
 /// critical and control are never dropped.
-constexpr bool is_protected(Priority p) noexcept { return p <= Priority::critical; }
+constexpr bool is_protected(Priority p) noexcept {
+  return p <= Priority::critical;
+}
 
 struct ClassBudget {
   std::size_t max_items = 1024;
@@ -59,7 +61,7 @@ struct PriorityChannelConfig {
   std::string name = "priority";
   /// Per class, indexed by Priority (control, critical, important, bulk).
   std::array<ClassBudget, kPriorityCount> classes{};
-  std::size_t max_items = 4096;                 // overall
+  std::size_t max_items = 4096;                   // overall
   std::size_t max_bytes = std::size_t{64} << 20;  // overall, 64 MiB
   /// What a protected (critical/control) send does when there is no room.
   enum class ProtectedFull : std::uint8_t { block, reject };
@@ -78,7 +80,7 @@ struct PriorityClassStats {
   Priority priority = Priority::bulk;
   std::uint64_t len = 0;
   std::uint64_t queue_bytes = 0;
-  std::uint64_t sent = 0;      // entered, or refused as dropped
+  std::uint64_t sent = 0;  // entered, or refused as dropped
   std::uint64_t received = 0;
   DropCounts dropped;          // priority_shed (bulk, important only), too_large
   std::uint64_t rejected = 0;  // would_block answers
@@ -117,7 +119,8 @@ class PriorityChannel {
  public:
   using Clock = std::chrono::steady_clock;
 
-  explicit PriorityChannel(PriorityChannelConfig config) : config_((config.validate(), std::move(config))) {}
+  explicit PriorityChannel(PriorityChannelConfig config)
+      : config_((config.validate(), std::move(config))) {}
   PriorityChannel(const PriorityChannel&) = delete;
   PriorityChannel& operator=(const PriorityChannel&) = delete;
 

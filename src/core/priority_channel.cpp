@@ -59,11 +59,10 @@ std::string priority_timeout_message(const std::string& name, Priority p, std::u
                                      std::chrono::nanoseconds waited) {
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(waited).count();
   return "priority channel '" + name + "': " + std::string(to_string(p)) +
-         " send timed out after " + std::to_string(ms) + " ms; the " +
-         std::string(to_string(p)) + " class holds " + std::to_string(len) + " items (max " +
-         std::to_string(budget.max_items) + ") and " + std::to_string(bytes) +
-         " B, the channel allows " + std::to_string(max_items) + " items and " +
-         std::to_string(max_bytes) + " B and nothing sheddable is queued. " +
+         " send timed out after " + std::to_string(ms) + " ms; the " + std::string(to_string(p)) +
+         " class holds " + std::to_string(len) + " items (max " + std::to_string(budget.max_items) +
+         ") and " + std::to_string(bytes) + " B, the channel allows " + std::to_string(max_items) +
+         " items and " + std::to_string(max_bytes) + " B and nothing sheddable is queued. " +
          std::string(to_string(p)) +
          " items are never dropped: speed up the consumer, or raise the class budget, "
          "max_items / max_bytes, or max_wait";

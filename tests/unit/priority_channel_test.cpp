@@ -61,9 +61,10 @@ TEST(PriorityChannel, UnderPressureShedsBulkOldestFirstThenImportant) {
   EXPECT_EQ(s[Priority::important].dropped[DropReason::priority_shed], 1U);
   EXPECT_EQ(s[Priority::critical].dropped.total(), 0U);
   const auto got = drain(ch);
-  const std::vector<std::pair<Priority, int>> want{
-      {Priority::critical, 10}, {Priority::critical, 11}, {Priority::critical, 12},
-      {Priority::important, 4}};
+  const std::vector<std::pair<Priority, int>> want{{Priority::critical, 10},
+                                                   {Priority::critical, 11},
+                                                   {Priority::critical, 12},
+                                                   {Priority::important, 4}};
   EXPECT_EQ(got, want);
 }
 
@@ -78,7 +79,7 @@ TEST(PriorityChannel, AnItemNeverDisplacesAMoreImportantOne) {
   EXPECT_TRUE(i);
   EXPECT_EQ(i.evicted, 1U);
   EXPECT_EQ(drain(ch), (std::vector<std::pair<Priority, int>>{{Priority::critical, 1},
-                                                               {Priority::important, 4}}));
+                                                              {Priority::important, 4}}));
 }
 
 TEST(PriorityChannel, BulkClassBudgetDropsItsOwnOldest) {
@@ -86,8 +87,8 @@ TEST(PriorityChannel, BulkClassBudgetDropsItsOwnOldest) {
   c[Priority::bulk].max_items = 2;
   PriorityChannel<int> ch(c);
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(ch.send(Priority::bulk, i));
-  EXPECT_EQ(drain(ch), (std::vector<std::pair<Priority, int>>{{Priority::bulk, 3},
-                                                               {Priority::bulk, 4}}));
+  EXPECT_EQ(drain(ch),
+            (std::vector<std::pair<Priority, int>>{{Priority::bulk, 3}, {Priority::bulk, 4}}));
   EXPECT_EQ(ch.stats()[Priority::bulk].dropped[DropReason::priority_shed], 3U);
 }
 
