@@ -1,0 +1,116 @@
+// Sluice — metrics: counters, gauges and latency histograms in one registry, exposed as
+// Prometheus text (format 0.0.4) and as a JSON snapshot.
+//
+// Contract
+// - A metric is a family (name, help, type) and a set of label values. registry.counter(),
+//   .gauge(), .histogram() return a reference to the one series for (name, labels), creating
+//   it on first use; the reference stays valid as long as the registry (series are never
+//   removed, except by remove(), which the owner of a dynamic label set such as a subscriber
+//   name calls when it goes away).
+// - gauge_fn() registers a gauge read at scrape time (queue bytes of a channel, say); the
+//   callback must be cheap and thread-safe; remove() unregisters it.
+// - Names must match [a-zA-Z_:][a-zA-Z0-9_:]*, label names [a-zA-Z_][a-zA-Z0-9_]* (not
+//   starting with "__"); anything else throws std::invalid_argument naming the offender. A
+//   name used with two types throws too. Label *values* may be any UTF-8: the exposition
+//   escapes backslash, double quote and newline.
+// - Histograms record nanoseconds and are exposed in seconds (Prometheus convention), with
+//   fixed `le` bounds from 1 µs to 10 s; counts per bound have the resolution of sluice's
+//   log-linear histogram (within 12.5 %).
+// - Thread-safety: recording (inc/set/add/record) is lock-free; creating series, removing
+//   them and rendering take the registry's mutex. Rendering is consistent per series.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "sluice/histogram.hpp"
+
+namespace sluice::metrics {
+
+/// Label name → value, in the order given (rendered sorted by name).
+using Labels = std::vector<std::pair<std::string, std::string>>;
+
+class Counter {
+ public:
+  void inc(std::uint64_t n = 1) noexcept { value_.fetch_add(n, std::memory_order_relaxed); }
+  std::uint64_t value() const noexcept { return value_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<std::uint64_t> value_{0};
+};
+
+class Gauge {
+ public:
+  void set(double v) noexcept { value_.store(v, std::memory_order_relaxed); }
+  void add(double v) noexcept { value_.fetch_add(v, std::memory_order_relaxed); }
+  double value() const noexcept { return value_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<double> value_{0};
+};
+
+/// Latency in nanoseconds; exposed in seconds.
+class LatencyHistogram {
+ public:
+  void record(std::uint64_t ns) noexcept { h_.record(ns); }
+  HistogramSnapshot snapshot() const { return h_.snapshot(); }
+
+ private:
+  Histogram h_;
+};
+
+enum class Type : std::uint8_t { counter, gauge, histogram };
+
+class Registry {
+ public:
+  Registry() = default;
+  Registry(const Registry&) = delete;
+  Registry& operator=(const Registry&) = delete;
+
+  Counter& counter(std::string_view name, std::string_view help, const Labels& labels = {});
+  Gauge& gauge(std::string_view name, std::string_view help, const Labels& labels = {});
+  LatencyHistogram& histogram(std::string_view name, std::string_view help,
+                              const Labels& labels = {});
+  /// A gauge computed at scrape time. Replaces an earlier callback for the same series.
+  void gauge_fn(std::string_view name, std::string_view help, const Labels& labels,
+                std::function<double()> read);
+  /// Removes one series (e.g. a subscriber that left). Returns whether it existed.
+  bool remove(std::string_view name, const Labels& labels);
+
+  /// Prometheus text exposition format 0.0.4.
+  std::string prometheus_text() const;
+  /// {"name": {"type": ..., "help": ..., "series": [{"labels": {...}, "value": ...}, ...]}}
+  /// Histograms give count, sum_seconds, p50/p99/max_seconds.
+  std::string json() const;
+
+ private:
+  struct Series {
+    Labels labels;  // sorted by name
+    std::unique_ptr<Counter> counter;
+    std::unique_ptr<Gauge> gauge;
+    std::unique_ptr<LatencyHistogram> histogram;
+    std::function<double()> read;
+  };
+  struct Family {
+    std::string help;
+    Type type = Type::counter;
+    std::map<std::string, Series> series;  // key: rendered labels
+  };
+  Series& series(std::string_view name, std::string_view help, Type type, const Labels& labels);
+
+  mutable std::mutex mu_;
+  std::map<std::string, Family, std::less<>> families_;
+};
+
+/// Escapes a label value for the exposition format: \ → \\, " → \", newline → \n.
+std::string escape_label_value(std::string_view value);
+
+}  // namespace sluice::metrics
