@@ -123,8 +123,10 @@ std::string broadcast_timeout_message(const std::string& broadcast, const Subscr
                                       std::size_t capacity, std::chrono::nanoseconds waited);
 std::string broadcast_closed_message(const std::string& broadcast);
 
-// A tiny lock for one ring slot: held only to move an item in or copy one out.
-class SlotLock {
+// A tiny spin lock (pause, then yield): held only for a few instructions, to move an item
+// into a slot or copy one out, or to publish. Unlocking is a plain release store, where a
+// std::mutex needs a locked instruction, which matters on the publisher's path.
+class SpinLock {
  public:
   void lock() noexcept {
     Backoff backoff;
@@ -160,7 +162,7 @@ template <class T>
 struct BroadcastState {
   struct alignas(64) Slot {  // one cache line each: the publisher writes one slot while
                              // subscribers read the one before
-    SlotLock lock;
+    SpinLock lock;
     std::uint64_t seq = std::numeric_limits<std::uint64_t>::max();  // guarded by lock
     std::int64_t stamp_ns = 0;                                      // guarded by lock
     std::optional<T> item;                                          // guarded by lock
@@ -184,7 +186,7 @@ struct BroadcastState {
   alignas(64) std::atomic<std::uint64_t> head{0};
   std::atomic<bool> closed{false};  // set under `mu`, after the last publish
 
-  alignas(64) std::mutex mu;                           // serializes publishes, joins and leaves
+  alignas(64) mutable SpinLock mu;  // serializes publishes, joins and leaves (short sections)
   std::vector<std::shared_ptr<SubscriberState>> subs;  // guarded by mu
   std::uint64_t gate = 0;  // lossless: head may advance while head < gate. Guarded by mu.
   std::atomic<std::uint32_t> hooked_subs{0};  // subscriptions that ever armed on_readable
