@@ -143,8 +143,8 @@ Registry::Series& Registry::series(std::string_view name, std::string_view help,
   std::sort(sorted.begin(), sorted.end());
   for (std::size_t i = 0; i < sorted.size(); ++i) {
     if (!valid_label_name(sorted[i].first) || sorted[i].first == "le") {
-      throw std::invalid_argument("metrics: invalid label name \"" + sorted[i].first +
-                                  "\" on " + std::string(name) +
+      throw std::invalid_argument("metrics: invalid label name \"" + sorted[i].first + "\" on " +
+                                  std::string(name) +
                                   " (accepted: [a-zA-Z_][a-zA-Z0-9_]*, not __*, not le)");
     }
     if (i > 0 && sorted[i].first == sorted[i - 1].first) {
@@ -223,15 +223,16 @@ std::string Registry::prometheus_text() const {
           break;
         }
         case Type::histogram: {
-          const HistogramSnapshot snap = s.histogram ? s.histogram->snapshot() : HistogramSnapshot{};
+          const HistogramSnapshot snap =
+              s.histogram ? s.histogram->snapshot() : HistogramSnapshot{};
           for (const double le : bucket_bounds()) {
             out += name + "_bucket" + render_labels(s.labels, "le=\"" + format_double(le) + "\"") +
                    " " + std::to_string(count_at_or_below(snap, le)) + "\n";
           }
           out += name + "_bucket" + render_labels(s.labels, "le=\"+Inf\"") + " " +
                  std::to_string(snap.count()) + "\n";
-          out += name + "_sum" + key + " " +
-                 format_double(static_cast<double>(snap.sum()) / 1e9) + "\n";
+          out += name + "_sum" + key + " " + format_double(static_cast<double>(snap.sum()) / 1e9) +
+                 "\n";
           out += name + "_count" + key + " " + std::to_string(snap.count()) + "\n";
           break;
         }
@@ -261,7 +262,8 @@ std::string Registry::json() const {
           entry["value"] = s.read ? s.read() : (s.gauge ? s.gauge->value() : 0.0);
           break;
         case Type::histogram: {
-          const HistogramSnapshot snap = s.histogram ? s.histogram->snapshot() : HistogramSnapshot{};
+          const HistogramSnapshot snap =
+              s.histogram ? s.histogram->snapshot() : HistogramSnapshot{};
           entry["count"] = snap.count();
           entry["sum_seconds"] = static_cast<double>(snap.sum()) / 1e9;
           entry["p50_seconds"] = static_cast<double>(snap.p50()) / 1e9;

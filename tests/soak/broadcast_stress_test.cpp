@@ -118,9 +118,8 @@ void run(bool lossless) {
   g_sessions = 0;
   const auto give_up = std::chrono::steady_clock::now() + 20s;
   std::uint64_t published = 0;
-  for (std::uint64_t seq = 0;
-       seq < items || (g_sessions.load() < 3 * kSubscribers &&
-                       std::chrono::steady_clock::now() < give_up);
+  for (std::uint64_t seq = 0; seq < items || (g_sessions.load() < 3 * kSubscribers &&
+                                              std::chrono::steady_clock::now() < give_up);
        ++seq) {
     ++published;
     auto r = b.publish(std::uint64_t{seq});

@@ -3,6 +3,7 @@
 #include "sluice/metrics.hpp"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
@@ -10,7 +11,6 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
-#include <unistd.h>
 
 namespace sluice::metrics {
 namespace {
@@ -52,8 +52,8 @@ TEST(Metrics, GaugeFunctionIsReadAtScrapeTimeAndRemovable) {
 TEST(Metrics, HistogramsAreCumulativeInSeconds) {
   Registry r;
   auto& h = r.histogram("latency_seconds", "publish to receive", {{"topic", "t"}});
-  h.record(500);        // 0.5 us
-  h.record(2'000'000);  // 2 ms
+  h.record(500);               // 0.5 us
+  h.record(2'000'000);         // 2 ms
   h.record(3'000'000'000ULL);  // 3 s
   const std::string text = r.prometheus_text();
   EXPECT_NE(text.find("latency_seconds_bucket{topic=\"t\",le=\"9.9999999999999995e-07\"} 1\n"),
@@ -114,8 +114,8 @@ TEST(Metrics, PrometheusClientParserReadsTheExposition) {
       "    for s in f.samples:\n"
       "        print(repr((s.name, s.labels.get('topic'), s.value)))\n";
   // Debian's python3 (where python3-prometheus-client lives), not a python3 earlier on PATH.
-  const std::string cmd = "/usr/bin/python3 - " + std::string(path) + " 2>&1 <<'PY'\n" +
-                          script + "PY\n";
+  const std::string cmd =
+      "/usr/bin/python3 - " + std::string(path) + " 2>&1 <<'PY'\n" + script + "PY\n";
   FILE* p = popen(cmd.c_str(), "r");
   ASSERT_NE(p, nullptr);
   std::string output;
