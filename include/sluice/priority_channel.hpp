@@ -123,6 +123,9 @@ class PriorityChannel {
       : config_((config.validate(), std::move(config))) {}
   PriorityChannel(const PriorityChannel&) = delete;
   PriorityChannel& operator=(const PriorityChannel&) = delete;
+  PriorityChannel(PriorityChannel&&) = delete;
+  PriorityChannel& operator=(PriorityChannel&&) = delete;
+  ~PriorityChannel() = default;
 
   /// Sends `item` in class `p`; a protected class may wait up to config().max_wait.
   SendResult send(Priority p, T&& item) {

@@ -87,7 +87,7 @@ class SlowConsumerDetector {
     std::size_t consecutive_good = 0;
     SinkHealth health;
   };
-  std::optional<SinkEvent> record(std::string_view sink, bool timed_out,
+  std::optional<SinkEvent> record(std::string_view name, bool timed_out,
                                   std::chrono::nanoseconds duration);
 
   const SlowConsumerConfig config_;

@@ -18,7 +18,8 @@ namespace {
 
 // Parses an environment variable holding a fraction; nullopt if unset.
 std::optional<double> env_fraction(const char* variable) {
-  const char* text = std::getenv(variable);
+  // Read at configuration time, before threads start (getenv is not thread-safe against setenv).
+  const char* text = std::getenv(variable);  // NOLINT(concurrency-mt-unsafe)
   if (text == nullptr) return std::nullopt;
   char* end = nullptr;
   errno = 0;

@@ -231,9 +231,10 @@ std::string Registry::prometheus_text() const {
           }
           out += name + "_bucket" + render_labels(s.labels, "le=\"+Inf\"") + " " +
                  std::to_string(snap.count()) + "\n";
-          out += name + "_sum" + key + " " + format_double(static_cast<double>(snap.sum()) / 1e9) +
-                 "\n";
-          out += name + "_count" + key + " " + std::to_string(snap.count()) + "\n";
+          out.append(name).append("_sum").append(key).append(" ");
+          out.append(format_double(static_cast<double>(snap.sum()) / 1e9)).append("\n");
+          out.append(name).append("_count").append(key).append(" ");
+          out.append(std::to_string(snap.count())).append("\n");
           break;
         }
       }
