@@ -4,14 +4,15 @@
 #include <stdexcept>
 #include <string>
 
+#include "sluice/detail/config_error.hpp"
+
 namespace sluice {
 
 namespace {
 
 [[noreturn]] void bad_setting(const BroadcastConfig& c, std::string_view setting,
                               const std::string& value, std::string_view range) {
-  throw std::invalid_argument("broadcast '" + c.name + "': invalid " + std::string(setting) +
-                              " = " + value + " (accepted: " + std::string(range) + ")");
+  detail::throw_bad_setting("broadcast", c.name, setting, value, range);
 }
 
 }  // namespace

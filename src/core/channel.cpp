@@ -5,6 +5,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "sluice/detail/config_error.hpp"
+
 namespace sluice {
 
 namespace {
@@ -22,8 +24,7 @@ std::string human_bytes(std::uint64_t n) {
 
 [[noreturn]] void bad_setting(const ChannelConfig& c, std::string_view setting,
                               const std::string& value, std::string_view range) {
-  throw std::invalid_argument("channel '" + c.name + "': invalid " + std::string(setting) + " = " +
-                              value + " (accepted: " + std::string(range) + ")");
+  detail::throw_bad_setting("channel", c.name, setting, value, range);
 }
 
 }  // namespace
@@ -107,6 +108,14 @@ void ChannelConfig::validate() const {
 }
 
 namespace detail {
+
+void throw_bad_setting(std::string_view kind, std::string_view name, std::string_view setting,
+                       std::string_view value, std::string_view range) {
+  std::string m(kind);
+  m.append(" '").append(name).append("': invalid ").append(setting).append(" = ").append(value);
+  m.append(" (accepted: ").append(range).append(")");
+  throw std::invalid_argument(m);
+}
 
 std::string channel_timeout_message(const ChannelStats& s, std::uint64_t item_bytes,
                                     std::chrono::nanoseconds waited) {

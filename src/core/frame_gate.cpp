@@ -6,14 +6,15 @@
 #include <stdexcept>
 #include <string>
 
+#include "sluice/detail/config_error.hpp"
+
 namespace sluice {
 
 namespace {
 
 [[noreturn]] void bad_setting(const FrameGateConfig& c, std::string_view setting,
                               const std::string& value, std::string_view range) {
-  throw std::invalid_argument("frame gate '" + c.name + "': invalid " + std::string(setting) +
-                              " = " + value + " (accepted: " + std::string(range) + ")");
+  detail::throw_bad_setting("frame gate", c.name, setting, value, range);
 }
 
 // Parses an environment variable holding a fraction; nullopt if unset.

@@ -3,14 +3,15 @@
 #include <stdexcept>
 #include <string>
 
+#include "sluice/detail/config_error.hpp"
+
 namespace sluice {
 
 namespace {
 
-[[noreturn]] void bad_setting(const PriorityChannelConfig& c, const std::string& setting,
+[[noreturn]] void bad_setting(const PriorityChannelConfig& c, std::string_view setting,
                               const std::string& value, std::string_view range) {
-  throw std::invalid_argument("priority channel '" + c.name + "': invalid " + setting + " = " +
-                              value + " (accepted: " + std::string(range) + ")");
+  detail::throw_bad_setting("priority channel", c.name, setting, value, range);
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "sluice/broadcast.hpp"
+#include "stress_scale.hpp"
 
 namespace sluice {
 namespace {
@@ -23,8 +24,7 @@ namespace {
 using namespace std::chrono_literals;
 
 std::uint64_t scale() {
-  if (const char* env = std::getenv("SLUICE_STRESS_ITEMS")) return std::strtoull(env, nullptr, 10);
-  return 1'000'000;
+  return stress::items();
 }
 
 struct Outcome {

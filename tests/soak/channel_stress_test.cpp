@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "sluice/channel.hpp"
+#include "stress_scale.hpp"
 
 namespace stress {
 
@@ -34,12 +35,11 @@ inline std::size_t size_bytes(const Item& item) {
 namespace sluice {
 namespace {
 
-using stress::Item;
+using ::stress::Item;
 using namespace std::chrono_literals;
 
 std::uint64_t scale() {
-  if (const char* env = std::getenv("SLUICE_STRESS_ITEMS")) return std::strtoull(env, nullptr, 10);
-  return 1'000'000;
+  return stress::items();
 }
 
 struct Invariants {

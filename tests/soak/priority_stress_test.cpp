@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "sluice/priority_channel.hpp"
+#include "stress_scale.hpp"
 
 namespace sluice {
 namespace {
@@ -20,8 +21,7 @@ namespace {
 using namespace std::chrono_literals;
 
 std::uint64_t scale() {
-  if (const char* env = std::getenv("SLUICE_STRESS_ITEMS")) return std::strtoull(env, nullptr, 10);
-  return 1'000'000;
+  return stress::items();
 }
 
 struct Msg {
