@@ -1,7 +1,48 @@
-// The `sluice` executable. Subcommands: demo (more arrive with the relay: serve, pub, sub).
+// The `sluice` executable. Subcommands: demo, config (serve, pub, sub arrive with the relay).
 #include <CLI/CLI.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <optional>
+#include <string>
 
 #include "demo.hpp"
+#include "sluice/relay_config.hpp"
+
+namespace {
+
+// `sluice config`: the relay's effective configuration, or the error that stops start-up.
+struct ConfigCommand {
+  std::string file;
+  std::map<std::string, std::string> values;  // flag -> value, for the flags given
+
+  void add(CLI::App* cmd) {
+    cmd->add_option("--config", file, "TOML configuration file");
+    for (const char* flag : {"host", "grpc-port", "http-port", "threads", "max-frame-size-mb",
+                             "max-sessions", "drop-threshold", "slowdown-threshold", "auto-create",
+                             "topic-mode", "max-queue-bytes", "max-wait-ms", "depth"}) {
+      cmd->add_option_function<std::string>(
+          std::string("--") + flag, [this, flag](const std::string& v) { values[flag] = v; },
+          "see docs/configuration.md");
+    }
+  }
+
+  int run() const {
+    try {
+      const auto config = sluice::load_relay_config(
+          file.empty() ? std::nullopt : std::optional<std::string>(file),
+          [](const char* name) { return std::getenv(name); },  // NOLINT(concurrency-mt-unsafe)
+          values);
+      std::fputs(sluice::to_toml(config).c_str(), stdout);
+      return 0;
+    } catch (const sluice::ConfigError& e) {
+      std::fprintf(stderr, "sluice: %s\n", e.what());
+      return 2;
+    }
+  }
+};
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"sluice: real-time streams that stay healthy under overload"};
@@ -17,7 +58,15 @@ int main(int argc, char** argv) {
   demo_cmd->add_option("--item-kib", demo.item_kib, "Item size in KiB")
       ->check(CLI::Range(1, 65536));
 
+  ConfigCommand config;
+  auto* config_cmd = app.add_subcommand(
+      "config",
+      "Print the relay's effective configuration (file < environment < flags), or "
+      "the error that would stop it");
+  config.add(config_cmd);
+
   CLI11_PARSE(app, argc, argv);
   if (demo_cmd->parsed()) return sluice::cli::run_demo(demo);
+  if (config_cmd->parsed()) return config.run();
   return 0;
 }

@@ -1,0 +1,80 @@
+// Sluice — the relay's configuration: defaults < TOML file < environment < command line.
+//
+// Every setting, its file key, environment variable, flag, default and range is listed in
+// docs/configuration.md (and by `sluice config --help`). Loading validates everything and
+// throws ConfigError with a message that names the setting, where the bad value came from,
+// the value and what is accepted; `sluice serve` prints it and exits non-zero.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sluice {
+
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// How a topic meets overload.
+enum class TopicMode : std::uint8_t {
+  lossless,   // block policy: a byte budget, producers throttled, max_wait, nothing lost
+  realtime,   // per-subscriber depth, oldest dropped for a subscriber that falls behind
+};
+std::string_view to_string(TopicMode mode) noexcept;
+
+struct TopicConfig {
+  std::string name;
+  TopicMode mode = TopicMode::lossless;
+  std::uint64_t max_queue_bytes = std::uint64_t{100} << 20;  // lossless budget
+  std::chrono::milliseconds max_wait{5000};                   // lossless
+  std::size_t depth = 4;                                      // realtime, per subscriber
+};
+
+struct RelayConfig {
+  // [server]
+  std::string host = "127.0.0.1";
+  std::uint16_t grpc_port = 7400;  // 0: ephemeral
+  std::uint16_t http_port = 7401;  // 0: ephemeral
+  unsigned threads = 0;            // 0: the number of cores
+  // [limits]
+  std::uint64_t max_frame_bytes = std::uint64_t{5} << 20;  // STREAM_MAX_FRAME_SIZE_MB
+  std::size_t max_sessions = 10;                           // STREAM_MAX_SESSIONS
+  // [frame_gate]
+  double drop_threshold = 0.10;      // STREAM_DROP_THRESHOLD
+  double slowdown_threshold = 0.30;  // STREAM_SLOWDOWN_THRESHOLD
+  // [topics]
+  bool auto_create = true;  // unknown topics are created with `defaults`; else NOT_FOUND
+  TopicConfig defaults;     // name unused
+  std::vector<TopicConfig> topics;
+
+  /// The declared topic, or nullptr.
+  const TopicConfig* topic(std::string_view name) const;
+};
+
+/// A topic name: 1–128 characters of [A-Za-z0-9._-]. Returns an empty string if valid, else
+/// what is wrong with it.
+std::string topic_name_problem(std::string_view name);
+
+/// Command-line values (already parsed by the CLI); unset ones are absent.
+using Overrides = std::map<std::string, std::string>;
+
+/// Builds the configuration: defaults, then the TOML file (if `file` is set), then the
+/// environment (`env` returns the value of a variable or nullptr), then `cli` overrides keyed
+/// by their flag names without dashes (e.g. "grpc-port"). Throws ConfigError.
+RelayConfig load_relay_config(const std::optional<std::string>& file,
+                              const std::function<const char*(const char*)>& env,
+                              const Overrides& cli);
+
+/// The effective configuration as TOML (what `sluice config` prints).
+std::string to_toml(const RelayConfig& config);
+
+}  // namespace sluice

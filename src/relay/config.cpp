@@ -1,0 +1,327 @@
+// The relay's configuration: one table of settings, read from four layers.
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <set>
+#include <sstream>
+
+#include "sluice/relay_config.hpp"
+
+namespace sluice {
+
+namespace {
+
+// Where a value came from, for error messages.
+struct Source {
+  std::string where;  // e.g. "relay.toml key server.grpc_port", "environment SLUICE_GRPC_PORT"
+};
+
+[[noreturn]] void bad(const Source& src, const std::string& value, std::string_view accepted) {
+  throw ConfigError("invalid configuration: " + src.where + " = \"" + value +
+                    "\" (accepted: " + std::string(accepted) + ")");
+}
+
+std::int64_t parse_int(const Source& src, const std::string& text, std::int64_t lo,
+                       std::int64_t hi, std::string_view accepted) {
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || end != text.c_str() + text.size() || errno != 0 || v < lo || v > hi) {
+    bad(src, text, accepted);
+  }
+  return v;
+}
+
+double parse_double(const Source& src, const std::string& text, double lo, double hi,
+                    bool lo_open, std::string_view accepted) {
+  char* end = nullptr;
+  errno = 0;
+  const double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || end != text.c_str() + text.size() || errno != 0 || !std::isfinite(v) ||
+      v < lo || (lo_open && v == lo) || v > hi) {
+    bad(src, text, accepted);
+  }
+  return v;
+}
+
+bool parse_bool(const Source& src, const std::string& text) {
+  std::string t = text;
+  std::transform(t.begin(), t.end(), t.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (t == "true" || t == "1" || t == "yes" || t == "on") return true;
+  if (t == "false" || t == "0" || t == "no" || t == "off") return false;
+  bad(src, text, "true or false");
+}
+
+// Bytes: an integer, optionally with a KiB/MiB/GiB suffix.
+std::uint64_t parse_bytes(const Source& src, const std::string& text, std::uint64_t lo,
+                          std::uint64_t hi, std::string_view accepted) {
+  std::string digits = text;
+  std::uint64_t unit = 1;
+  for (const auto& [suffix, mult] : {std::pair<std::string_view, std::uint64_t>{"KiB", 1ULL << 10},
+                                     {"MiB", 1ULL << 20},
+                                     {"GiB", 1ULL << 30}}) {
+    if (text.size() > suffix.size() && text.ends_with(suffix)) {
+      digits = text.substr(0, text.size() - suffix.size());
+      unit = mult;
+    }
+  }
+  const auto n = static_cast<std::uint64_t>(
+      parse_int(src, digits, 0, static_cast<std::int64_t>(hi / unit), accepted));
+  const std::uint64_t v = n * unit;
+  if (v < lo || v > hi) bad(src, text, accepted);
+  return v;
+}
+
+TopicMode parse_mode(const Source& src, const std::string& text) {
+  if (text == "lossless") return TopicMode::lossless;
+  if (text == "realtime") return TopicMode::realtime;
+  bad(src, text, "lossless or realtime");
+}
+
+// One setting: its names in each layer and how it is applied.
+struct Setting {
+  std::string key;    // in the file, "section.name"
+  std::string env;    // environment variable
+  std::string flag;   // command-line flag without dashes
+  std::function<void(RelayConfig&, const Source&, const std::string&)> apply;
+};
+
+constexpr std::string_view kPort = "0 to 65535 (0: ephemeral)";
+constexpr std::string_view kQueueBytes = "1 B to 1 TiB; a number of bytes, or with KiB, MiB, GiB";
+
+const std::vector<Setting>& settings() {
+  static const std::vector<Setting> table = {
+      {"server.host", "SLUICE_HOST", "host",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         if (v.empty()) bad(s, v, "an address to bind, e.g. 127.0.0.1");
+         c.host = v;
+       }},
+      {"server.grpc_port", "SLUICE_GRPC_PORT", "grpc-port",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.grpc_port = static_cast<std::uint16_t>(parse_int(s, v, 0, 65535, kPort));
+       }},
+      {"server.http_port", "SLUICE_HTTP_PORT", "http-port",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.http_port = static_cast<std::uint16_t>(parse_int(s, v, 0, 65535, kPort));
+       }},
+      {"server.threads", "SLUICE_THREADS", "threads",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.threads = static_cast<unsigned>(parse_int(s, v, 0, 1024, "0 (one per core) to 1024"));
+       }},
+      {"limits.max_frame_size_mb", "STREAM_MAX_FRAME_SIZE_MB", "max-frame-size-mb",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         const double mb = parse_double(s, v, 0, 1024, true, "more than 0 and at most 1024 (MiB)");
+         c.max_frame_bytes = static_cast<std::uint64_t>(mb * 1024 * 1024);
+       }},
+      {"limits.max_sessions", "STREAM_MAX_SESSIONS", "max-sessions",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.max_sessions = static_cast<std::size_t>(parse_int(s, v, 1, 100000, "1 to 100000"));
+       }},
+      {"frame_gate.drop_threshold", "STREAM_DROP_THRESHOLD", "drop-threshold",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.drop_threshold = parse_double(s, v, 0, 1, true, "a fraction in (0, 1], e.g. 0.10");
+       }},
+      {"frame_gate.slowdown_threshold", "STREAM_SLOWDOWN_THRESHOLD", "slowdown-threshold",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.slowdown_threshold = parse_double(s, v, 0, 1, true, "a fraction in (0, 1], e.g. 0.30");
+       }},
+      {"topics.auto_create", "SLUICE_AUTO_CREATE", "auto-create",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.auto_create = parse_bool(s, v);
+       }},
+      {"topics.mode", "SLUICE_TOPIC_MODE", "topic-mode",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.defaults.mode = parse_mode(s, v);
+       }},
+      {"topics.max_queue_bytes", "SLUICE_MAX_QUEUE_BYTES", "max-queue-bytes",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.defaults.max_queue_bytes = parse_bytes(s, v, 1, 1ULL << 40, kQueueBytes);
+       }},
+      {"topics.max_wait_ms", "SLUICE_MAX_WAIT_MS", "max-wait-ms",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.defaults.max_wait =
+             std::chrono::milliseconds(parse_int(s, v, 0, 3'600'000, "0 to 3600000 (ms)"));
+       }},
+      {"topics.depth", "SLUICE_DEPTH", "depth",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.defaults.depth = static_cast<std::size_t>(parse_int(s, v, 1, 1024, "1 to 1024"));
+       }},
+  };
+  return table;
+}
+
+// A TOML scalar as text (the same parsers then serve every layer).
+std::optional<std::string> scalar_text(const toml::node& node) {
+  if (const auto* s = node.as_string()) return s->get();
+  if (const auto* i = node.as_integer()) return std::to_string(i->get());
+  if (const auto* f = node.as_floating_point()) {
+    std::ostringstream out;
+    out << f->get();
+    return out.str();
+  }
+  if (const auto* b = node.as_boolean()) return b->get() ? "true" : "false";
+  return std::nullopt;
+}
+
+struct PendingTopic {
+  std::string name;
+  std::map<std::string, std::pair<Source, std::string>> fields;  // field -> (source, text)
+};
+
+void load_file(const std::string& path, RelayConfig& c, std::vector<PendingTopic>& topics) {
+  toml::table root;
+  try {
+    root = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream m;
+    m << "invalid configuration file " << path << ": " << e.description() << " (line "
+      << e.source().begin.line << ", column " << e.source().begin.column << ")";
+    throw ConfigError(m.str());
+  }
+  for (const auto& [section_key, section] : root) {
+    const std::string section_name(section_key.str());
+    if (section_name == "topic") {
+      const auto* list = section.as_array();
+      if (list == nullptr) {
+        throw ConfigError("invalid configuration file " + path +
+                          ": `topic` must be an array of tables ([[topic]])");
+      }
+      for (const auto& entry : *list) {
+        const auto* t = entry.as_table();
+        if (t == nullptr) throw ConfigError("invalid configuration file " + path + ": [[topic]]");
+        PendingTopic p;
+        for (const auto& [k, v] : *t) {
+          const std::string key(k.str());
+          const auto text = scalar_text(v);
+          const Source src{path + " key topic." + key};
+          if (!text) bad(src, "(a table or array)", "a string, number or boolean");
+          if (key == "name") {
+            p.name = *text;
+          } else if (key == "mode" || key == "max_queue_bytes" || key == "max_wait_ms" ||
+                     key == "depth") {
+            p.fields[key] = {src, *text};
+          } else {
+            throw ConfigError("invalid configuration file " + path + ": unknown key topic." +
+                              key + " (accepted: name, mode, max_queue_bytes, max_wait_ms, depth)");
+          }
+        }
+        topics.push_back(std::move(p));
+      }
+      continue;
+    }
+    const auto* table = section.as_table();
+    if (table == nullptr) {
+      throw ConfigError("invalid configuration file " + path + ": unknown key " + section_name +
+                        " (sections: server, limits, frame_gate, topics, and [[topic]])");
+    }
+    for (const auto& [k, v] : *table) {
+      const std::string key = section_name + "." + std::string(k.str());
+      const auto it = std::find_if(settings().begin(), settings().end(),
+                                   [&](const Setting& s) { return s.key == key; });
+      if (it == settings().end()) {
+        throw ConfigError("invalid configuration file " + path + ": unknown key " + key +
+                          " (see docs/configuration.md)");
+      }
+      const auto text = scalar_text(v);
+      const Source src{path + " key " + key};
+      if (!text) bad(src, "(a table or array)", "a string, number or boolean");
+      it->apply(c, src, *text);
+    }
+  }
+}
+
+}  // namespace
+
+std::string_view to_string(TopicMode mode) noexcept {
+  return mode == TopicMode::lossless ? "lossless" : "realtime";
+}
+
+std::string topic_name_problem(std::string_view name) {
+  if (name.empty()) return "a topic name is empty";
+  if (name.size() > 128) return "a topic name is longer than 128 characters";
+  for (const char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '_' || c == '-';
+    if (!ok) return "a topic name may hold only letters, digits, '.', '_' and '-'";
+  }
+  return {};
+}
+
+const TopicConfig* RelayConfig::topic(std::string_view name) const {
+  for (const auto& t : topics) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+RelayConfig load_relay_config(const std::optional<std::string>& file,
+                              const std::function<const char*(const char*)>& env,
+                              const Overrides& cli) {
+  RelayConfig c;
+  std::vector<PendingTopic> pending;
+  if (file) load_file(*file, c, pending);
+  for (const Setting& s : settings()) {
+    if (const char* v = env(s.env.c_str())) s.apply(c, Source{"environment " + s.env}, v);
+  }
+  std::set<std::string> known;
+  for (const Setting& s : settings()) known.insert(s.flag);
+  for (const auto& [flag, value] : cli) {
+    const auto it = std::find_if(settings().begin(), settings().end(),
+                                 [&](const Setting& s) { return s.flag == flag; });
+    if (it == settings().end()) throw ConfigError("unknown setting --" + flag);
+    it->apply(c, Source{"command line --" + flag}, value);
+  }
+  if (c.slowdown_threshold < c.drop_threshold) {
+    throw ConfigError("invalid configuration: slowdown_threshold (STREAM_SLOWDOWN_THRESHOLD) = " +
+                      std::to_string(c.slowdown_threshold) +
+                      " is below drop_threshold (STREAM_DROP_THRESHOLD) = " +
+                      std::to_string(c.drop_threshold) + " (accepted: drop_threshold to 1)");
+  }
+  // Declared topics inherit the final defaults, then apply their own fields.
+  std::set<std::string> names;
+  for (auto& p : pending) {
+    if (const std::string problem = topic_name_problem(p.name); !problem.empty()) {
+      throw ConfigError("invalid configuration: [[topic]] name \"" + p.name + "\": " + problem);
+    }
+    if (!names.insert(p.name).second) {
+      throw ConfigError("invalid configuration: [[topic]] \"" + p.name + "\" is declared twice");
+    }
+    TopicConfig t = c.defaults;
+    t.name = p.name;
+    for (const auto& [field, sv] : p.fields) {
+      const auto& [src, text] = sv;
+      if (field == "mode") t.mode = parse_mode(src, text);
+      if (field == "max_queue_bytes") t.max_queue_bytes = parse_bytes(src, text, 1, 1ULL << 40, kQueueBytes);
+      if (field == "max_wait_ms") {
+        t.max_wait = std::chrono::milliseconds(parse_int(src, text, 0, 3'600'000, "0 to 3600000 (ms)"));
+      }
+      if (field == "depth") t.depth = static_cast<std::size_t>(parse_int(src, text, 1, 1024, "1 to 1024"));
+    }
+    c.topics.push_back(std::move(t));
+  }
+  return c;
+}
+
+std::string to_toml(const RelayConfig& c) {
+  std::ostringstream o;
+  o << "[server]\nhost = \"" << c.host << "\"\ngrpc_port = " << c.grpc_port
+    << "\nhttp_port = " << c.http_port << "\nthreads = " << c.threads << "\n\n[limits]\n"
+    << "max_frame_size_mb = " << static_cast<double>(c.max_frame_bytes) / (1024.0 * 1024.0)
+    << "\nmax_sessions = " << c.max_sessions << "\n\n[frame_gate]\ndrop_threshold = "
+    << c.drop_threshold << "\nslowdown_threshold = " << c.slowdown_threshold
+    << "\n\n[topics]\nauto_create = " << (c.auto_create ? "true" : "false") << "\nmode = \""
+    << to_string(c.defaults.mode) << "\"\nmax_queue_bytes = " << c.defaults.max_queue_bytes
+    << "\nmax_wait_ms = " << c.defaults.max_wait.count() << "\ndepth = " << c.defaults.depth
+    << "\n";
+  for (const auto& t : c.topics) {
+    o << "\n[[topic]]\nname = \"" << t.name << "\"\nmode = \"" << to_string(t.mode)
+      << "\"\nmax_queue_bytes = " << t.max_queue_bytes << "\nmax_wait_ms = " << t.max_wait.count()
+      << "\ndepth = " << t.depth << "\n";
+  }
+  return o.str();
+}
+
+}  // namespace sluice

@@ -1,0 +1,158 @@
+// Relay configuration: precedence (defaults < file < environment < flags), validation with
+// messages that name the setting, its source, the value and the range.
+#include "sluice/relay_config.hpp"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <string>
+
+namespace sluice {
+namespace {
+
+// A TOML file that removes itself.
+class TempFile {
+ public:
+  explicit TempFile(const std::string& text) {
+    char name[] = "/tmp/sluice_config_XXXXXX";
+    const int fd = mkstemp(name);
+    close(fd);
+    path_ = name;
+    std::ofstream(path_) << text;
+  }
+  ~TempFile() { std::remove(path_.c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+using Env = std::map<std::string, std::string>;
+
+RelayConfig load(const std::optional<std::string>& file, const Env& env = {},
+                 const Overrides& cli = {}) {
+  return load_relay_config(
+      file,
+      [&](const char* name) -> const char* {
+        const auto it = env.find(name);
+        return it == env.end() ? nullptr : it->second.c_str();
+      },
+      cli);
+}
+
+std::string error_of(const std::optional<std::string>& file, const Env& env = {},
+                     const Overrides& cli = {}) {
+  try {
+    (void)load(file, env, cli);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(RelayConfig, EmbeddedDefaultsMatchTheSeeds) {
+  const RelayConfig c = load(std::nullopt);
+  EXPECT_EQ(c.host, "127.0.0.1");
+  EXPECT_EQ(c.max_frame_bytes, 5U << 20);  // STREAM_MAX_FRAME_SIZE_MB = 5
+  EXPECT_EQ(c.max_sessions, 10U);          // STREAM_MAX_SESSIONS = 10
+  EXPECT_DOUBLE_EQ(c.drop_threshold, 0.10);
+  EXPECT_DOUBLE_EQ(c.slowdown_threshold, 0.30);
+  EXPECT_EQ(c.defaults.max_queue_bytes, 100U << 20);  // SLUICE_MAX_QUEUE_BYTES = 100 MiB
+  EXPECT_EQ(c.defaults.max_wait.count(), 5000);
+  EXPECT_TRUE(c.auto_create);
+}
+
+TEST(RelayConfig, FileThenEnvironmentThenFlagsEachOverrideTheLayerBelow) {
+  TempFile f(R"(
+[server]
+grpc_port = 9000
+http_port = 9001
+[topics]
+max_queue_bytes = "8MiB"
+)");
+  RelayConfig c = load(f.path());
+  EXPECT_EQ(c.grpc_port, 9000);
+  EXPECT_EQ(c.defaults.max_queue_bytes, 8U << 20);
+  c = load(f.path(), {{"SLUICE_GRPC_PORT", "9100"}, {"SLUICE_MAX_QUEUE_BYTES", "1024"}});
+  EXPECT_EQ(c.grpc_port, 9100);
+  EXPECT_EQ(c.http_port, 9001);
+  EXPECT_EQ(c.defaults.max_queue_bytes, 1024U);
+  c = load(f.path(), {{"SLUICE_GRPC_PORT", "9100"}}, {{"grpc-port", "0"}});
+  EXPECT_EQ(c.grpc_port, 0);  // 0: ephemeral
+}
+
+TEST(RelayConfig, DeclaredTopicsInheritTheFinalDefaults) {
+  TempFile f(R"(
+[topics]
+auto_create = false
+depth = 8
+[[topic]]
+name = "camera.front"
+mode = "realtime"
+[[topic]]
+name = "logs"
+max_wait_ms = 250
+)");
+  const RelayConfig c = load(f.path(), {{"SLUICE_DEPTH", "2"}});
+  EXPECT_FALSE(c.auto_create);
+  ASSERT_EQ(c.topics.size(), 2U);
+  const TopicConfig* cam = c.topic("camera.front");
+  ASSERT_NE(cam, nullptr);
+  EXPECT_EQ(cam->mode, TopicMode::realtime);
+  EXPECT_EQ(cam->depth, 2U);  // environment beat the file's default
+  EXPECT_EQ(c.topic("logs")->max_wait.count(), 250);
+  EXPECT_EQ(c.topic("nope"), nullptr);
+}
+
+TEST(RelayConfig, BadValuesNameTheSettingTheSourceAndTheRange) {
+  EXPECT_EQ(error_of(std::nullopt, {{"STREAM_MAX_FRAME_SIZE_MB", "0"}}),
+            "invalid configuration: environment STREAM_MAX_FRAME_SIZE_MB = \"0\" (accepted: more "
+            "than 0 and at most 1024 (MiB))");
+  EXPECT_NE(error_of(std::nullopt, {}, {{"grpc-port", "70000"}})
+                .find("command line --grpc-port = \"70000\" (accepted: 0 to 65535"),
+            std::string::npos);
+  TempFile f("[limits]\nmax_sessions = -3\n");
+  EXPECT_NE(error_of(f.path()).find("key limits.max_sessions = \"-3\" (accepted: 1 to 100000)"),
+            std::string::npos)
+      << error_of(f.path());
+  EXPECT_NE(error_of(std::nullopt, {{"STREAM_DROP_THRESHOLD", "0.5"}})
+                .find("slowdown_threshold (STREAM_SLOWDOWN_THRESHOLD) = 0.300000 is below"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::nullopt, {{"SLUICE_AUTO_CREATE", "maybe"}}).find("true or false"),
+            std::string::npos);
+}
+
+TEST(RelayConfig, UnknownKeysSyntaxErrorsAndBadTopicsAreRefused) {
+  TempFile typo("[server]\ngprc_port = 1\n");
+  EXPECT_NE(error_of(typo.path()).find("unknown key server.gprc_port"), std::string::npos);
+  TempFile broken("[server\nhost = 1\n");
+  EXPECT_NE(error_of(broken.path()).find("line 1"), std::string::npos) << error_of(broken.path());
+  TempFile bad_name("[[topic]]\nname = \"has space\"\n");
+  EXPECT_NE(error_of(bad_name.path()).find("may hold only letters"), std::string::npos);
+  TempFile twice("[[topic]]\nname = \"a\"\n[[topic]]\nname = \"a\"\n");
+  EXPECT_NE(error_of(twice.path()).find("declared twice"), std::string::npos);
+  EXPECT_NE(error_of(std::string("/nonexistent/relay.toml")).find("/nonexistent/relay.toml"),
+            std::string::npos);
+}
+
+TEST(RelayConfig, TopicNames) {
+  EXPECT_EQ(topic_name_problem("camera.front-1_a"), "");
+  EXPECT_NE(topic_name_problem(""), "");
+  EXPECT_NE(topic_name_problem(std::string(129, 'a')), "");
+  EXPECT_NE(topic_name_problem("a/b"), "");
+  EXPECT_NE(topic_name_problem("quote\""), "");
+}
+
+TEST(RelayConfig, PrintedConfigurationLoadsBackTheSame) {
+  TempFile f("[topics]\ndepth = 6\n[[topic]]\nname = \"t\"\nmode = \"realtime\"\n");
+  const RelayConfig c = load(f.path(), {{"SLUICE_HTTP_PORT", "0"}});
+  TempFile again(to_toml(c));
+  const RelayConfig d = load(again.path());
+  EXPECT_EQ(to_toml(c), to_toml(d));
+}
+
+}  // namespace
+}  // namespace sluice
