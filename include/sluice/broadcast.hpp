@@ -76,6 +76,11 @@ struct BroadcastConfig {
   std::size_t default_depth = 4;
   /// lossless: how long publish() without a deadline waits for the slowest subscriber (≥ 0).
   std::chrono::nanoseconds max_wait = std::chrono::seconds(5);
+  /// lossless: the bytes (as weighed by sluice::size_bytes) a subscriber may have outstanding,
+  /// published and not yet received; the publisher waits past it like past `depth`. An item
+  /// heavier than this is published once every subscriber has received everything (the
+  /// oversized-item rule). kUnlimitedBytes (the default): no byte budget. Lossless only.
+  std::size_t max_bytes = kUnlimitedBytes;
   /// lossless: remove a subscriber that keeps the publisher waiting this long (0 = never).
   std::chrono::nanoseconds evict_after = std::chrono::nanoseconds::zero();
   /// publish→receive latency sampling (see LatencySampling).
@@ -93,6 +98,7 @@ struct SubscriberStats {
   std::uint64_t received = 0;   // items received
   DropCounts lost;              // items this subscriber lost, by reason (slow_consumer)
   std::uint64_t lag = 0;        // items published and not yet received by it, now
+  std::uint64_t lag_bytes = 0;  // their bytes (byte-budgeted lossless broadcasts; else 0)
   // lossy: of `lag`, the items beyond its depth: already lost, announced (and added to `lost`)
   // at its next receive.
   std::uint64_t lapped = 0;
@@ -104,6 +110,7 @@ struct BroadcastStats {
   std::string name;
   BroadcastMode mode = BroadcastMode::lossy;
   std::size_t capacity = 0;
+  std::size_t max_bytes = 0;
   bool closed = false;
   std::uint64_t published = 0;
   std::uint64_t evicted = 0;                 // subscribers removed by evict_after
@@ -120,7 +127,8 @@ class Subscription;
 namespace detail {
 
 std::string broadcast_timeout_message(const std::string& broadcast, const SubscriberStats& slowest,
-                                      std::size_t capacity, std::chrono::nanoseconds waited);
+                                      std::size_t capacity, std::size_t max_bytes,
+                                      std::chrono::nanoseconds waited);
 std::string broadcast_closed_message(const std::string& broadcast);
 
 // A tiny spin lock (pause, then yield): held only for a few instructions, to move an item
@@ -142,13 +150,19 @@ class SpinLock {
 
 // What the broadcast knows of one subscriber. Shared by the Subscription and the broadcast.
 struct SubscriberState {
-  SubscriberState(std::string n, std::size_t d, std::uint64_t start)
-      : name(std::move(n)), depth(d), joined_at(start), cursor(start) {}
+  SubscriberState(std::string n, std::size_t d, std::uint64_t start, std::uint64_t start_bytes)
+      : name(std::move(n)),
+        depth(d),
+        joined_at(start),
+        cursor(start),
+        consumed_bytes(start_bytes) {}
   const std::string name;
   const std::uint64_t depth;
   const std::uint64_t joined_at;  // sequence number of the first item it may receive
   // Next sequence number to receive. Written by the subscriber only; read by publishers.
   alignas(64) std::atomic<std::uint64_t> cursor;
+  // Bytes published before it joined plus bytes it received (byte-budgeted broadcasts only).
+  std::atomic<std::uint64_t> consumed_bytes;
   std::atomic<std::uint64_t> received{0};
   std::atomic<std::uint64_t> lost_slow{0};
   std::atomic<std::uint64_t> max_lag{0};
@@ -167,12 +181,14 @@ struct BroadcastState {
     // without it (acquire), as the item's "ready" flag.
     std::atomic<std::uint64_t> seq{std::numeric_limits<std::uint64_t>::max()};
     std::int64_t stamp_ns = 0;  // guarded by lock
+    std::uint64_t bytes = 0;    // size_bytes of the item (byte-budgeted broadcasts only)
     std::optional<T> item;      // guarded by lock
   };
 
   explicit BroadcastState(BroadcastConfig c)
       : config((c.validate(), std::move(c))),
         unguarded_reads(config.mode == BroadcastMode::lossless && config.evict_after.count() == 0),
+        account(config.max_bytes != kUnlimitedBytes),
         slots(new Slot[config.capacity]) {}
 
   Slot& slot_at(std::uint64_t seq) const noexcept { return slots[seq % config.capacity]; }
@@ -182,6 +198,7 @@ struct BroadcastState {
   // no slot is reused before every subscriber has moved past it. (An evicted subscriber could
   // still be reading when the publisher reuses its slot, so eviction needs the lock.)
   const bool unguarded_reads;
+  const bool account;  // a byte budget is set
   std::unique_ptr<Slot[]> slots;
 
   // Items published so far; the next item's sequence number. Written under `mu`.
@@ -191,6 +208,12 @@ struct BroadcastState {
   alignas(64) mutable SpinLock mu;  // serializes publishes, joins and leaves (short sections)
   std::vector<std::shared_ptr<SubscriberState>> subs;  // guarded by mu
   std::uint64_t gate = 0;  // lossless: head may advance while head < gate. Guarded by mu.
+  // Byte budget (lossless, max_bytes set): an item of n bytes may go while
+  // published_bytes + n <= gate_bytes, or when every subscriber has everything
+  // (min_consumed == published_bytes). Guarded by mu; published_bytes also read by stats.
+  std::atomic<std::uint64_t> published_bytes{0};
+  std::uint64_t gate_bytes = 0;
+  std::uint64_t min_consumed = 0;
   std::atomic<std::uint32_t> hooked_subs{0};  // subscriptions that ever armed on_readable
 
   WaitQueue data;  // subscribers waiting for an item
@@ -206,7 +229,8 @@ struct BroadcastState {
   std::atomic<std::uint64_t> blocked_ns{0};
 };
 
-SubscriberStats subscriber_stats(const SubscriberState& s, std::uint64_t head);
+SubscriberStats subscriber_stats(const SubscriberState& s, std::uint64_t head,
+                                 std::uint64_t published_bytes);
 
 }  // namespace detail
 
@@ -225,6 +249,12 @@ class Broadcast {
   explicit Broadcast(BroadcastConfig config)
       : state_(std::make_shared<detail::BroadcastState<T>>(std::move(config))) {
     if (state_->config.latency == LatencySampling::every_item) state_->sample_mask.store(0);
+    if constexpr (!Sized<T>) {
+      if (state_->account) {
+        throw std::invalid_argument("broadcast '" + state_->config.name +
+                                    "': max_bytes needs an item type sluice::size_bytes can weigh");
+      }
+    }
   }
   /// Closes the broadcast; subscriptions still alive drain and see `closed`.
   ~Broadcast() {
@@ -279,9 +309,19 @@ class Broadcast {
                           bool may_wait);
   // Lossless: recomputes the gate from the subscribers' cursors. Caller holds mu.
   void refresh_gate() noexcept;
-  bool room_now() const;
+  // Lossless: may an item of `size` bytes be published as `seq`, by the last refresh? Caller
+  // holds mu.
+  bool admits(std::uint64_t seq, std::uint64_t size) const noexcept;
+  static std::uint64_t weigh(const T& item) {
+    if constexpr (Sized<T>) {
+      return size_bytes(item);
+    } else {
+      return 0;
+    }
+  }
+  bool room_now(std::uint64_t size) const;
   // Removes the subscribers keeping a publish of `seq` waiting. Caller holds mu.
-  void evict_gating(std::uint64_t seq);
+  void evict_gating(std::uint64_t seq, std::uint64_t size);
 
   std::shared_ptr<State> state_;
 };
@@ -337,7 +377,8 @@ class Subscription {
     return head > cursor ? head - cursor : 0;
   }
   SubscriberStats stats() const {
-    return detail::subscriber_stats(*sub_, state_->head.load(std::memory_order_acquire));
+    return detail::subscriber_stats(*sub_, state_->head.load(std::memory_order_acquire),
+                                    state_->published_bytes.load(std::memory_order_acquire));
   }
 
  private:
@@ -351,7 +392,8 @@ class Subscription {
   enum class Attempt : std::uint8_t { done, empty };
   Attempt try_take(RecvResult<T>& out);
   Attempt take_unguarded(RecvResult<T>& out, std::uint64_t cursor, std::uint64_t lag);
-  void finish_take(RecvResult<T>& out, std::uint64_t cursor, std::uint64_t lag, std::int64_t stamp);
+  void finish_take(RecvResult<T>& out, std::uint64_t cursor, std::uint64_t lag, std::int64_t stamp,
+                   std::uint64_t bytes);
   bool readable_now() const noexcept;
   RecvResult<T> recv_impl(Clock::time_point deadline, Clock::duration timeout, bool may_wait);
 
@@ -377,8 +419,9 @@ Subscription<T> Broadcast<T>::subscribe(std::string name, std::size_t depth) {
                    " (accepted: 1 to capacity = " + std::to_string(s.config.capacity) + ")"));
   }
   std::lock_guard lock(s.mu);
-  auto sub = std::make_shared<detail::SubscriberState>(std::move(name), depth,
-                                                       s.head.load(std::memory_order_relaxed));
+  auto sub = std::make_shared<detail::SubscriberState>(
+      std::move(name), depth, s.head.load(std::memory_order_relaxed),
+      s.published_bytes.load(std::memory_order_relaxed));
   s.subs.push_back(sub);
   s.gate = 0;  // recompute with the newcomer
   return Subscription<T>(state_, std::move(sub));
@@ -388,32 +431,54 @@ template <class T>
 void Broadcast<T>::refresh_gate() noexcept {
   State& s = *state_;
   std::uint64_t gate = std::numeric_limits<std::uint64_t>::max();
+  std::uint64_t gate_bytes = std::numeric_limits<std::uint64_t>::max();
+  std::uint64_t min_consumed = s.published_bytes.load(std::memory_order_relaxed);
   for (const auto& sub : s.subs) {
     gate = std::min(gate, sub->cursor.load(std::memory_order_seq_cst) + sub->depth);
+    if (s.account) {
+      const std::uint64_t consumed = sub->consumed_bytes.load(std::memory_order_seq_cst);
+      gate_bytes = std::min(gate_bytes, consumed + s.config.max_bytes);
+      min_consumed = std::min(min_consumed, consumed);
+    }
   }
   s.gate = gate;
+  s.gate_bytes = gate_bytes;
+  s.min_consumed = min_consumed;
 }
 
 template <class T>
-bool Broadcast<T>::room_now() const {
+bool Broadcast<T>::admits(std::uint64_t seq, std::uint64_t size) const noexcept {
+  const State& s = *state_;
+  if (seq >= s.gate) return false;
+  if (!s.account) return true;
+  const std::uint64_t published = s.published_bytes.load(std::memory_order_relaxed);
+  // Within every subscriber's byte budget, or everyone has everything (an oversized item).
+  return published + size <= s.gate_bytes || s.min_consumed == published;
+}
+
+template <class T>
+bool Broadcast<T>::room_now(std::uint64_t size) const {
   State& s = *state_;
   std::lock_guard lock(s.mu);
   if (s.closed.load(std::memory_order_relaxed) || s.config.mode == BroadcastMode::lossy) {
     return true;
   }
-  const std::uint64_t head = s.head.load(std::memory_order_relaxed);
-  for (const auto& sub : s.subs) {
-    if (head >= sub->cursor.load(std::memory_order_seq_cst) + sub->depth) return false;
-  }
-  return true;
+  // (const_cast: refreshing the cached gate is not an observable change.)
+  const_cast<Broadcast*>(this)->refresh_gate();
+  return admits(s.head.load(std::memory_order_relaxed), size);
 }
 
 template <class T>
-void Broadcast<T>::evict_gating(std::uint64_t seq) {
+void Broadcast<T>::evict_gating(std::uint64_t seq, std::uint64_t size) {
   State& s = *state_;
   std::vector<std::shared_ptr<detail::SubscriberState>> gone;
+  const std::uint64_t published = s.published_bytes.load(std::memory_order_relaxed);
   auto keep = std::remove_if(s.subs.begin(), s.subs.end(), [&](const auto& sub) {
-    if (seq < sub->cursor.load(std::memory_order_seq_cst) + sub->depth) return false;
+    const bool by_items = seq >= sub->cursor.load(std::memory_order_seq_cst) + sub->depth;
+    const std::uint64_t consumed = sub->consumed_bytes.load(std::memory_order_seq_cst);
+    const bool by_bytes =
+        s.account && consumed != published && published + size > consumed + s.config.max_bytes;
+    if (!by_items && !by_bytes) return false;
     gone.push_back(sub);
     return true;
   });
@@ -434,6 +499,7 @@ template <class T>
 SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline, Clock::duration timeout,
                                       bool may_wait) {
   State& s = *state_;
+  const std::uint64_t size = s.account ? weigh(item) : 0;
   std::unique_lock lock(s.mu);
   const bool lossless = s.config.mode == BroadcastMode::lossless;
   detail::Backoff backoff;
@@ -453,9 +519,9 @@ SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline, Clock
               detail::broadcast_closed_message(s.config.name)};
     }
     const std::uint64_t seq = s.head.load(std::memory_order_relaxed);
-    if (!lossless || seq < s.gate) break;
+    if (!lossless || admits(seq, size)) break;
     refresh_gate();
-    if (seq < s.gate) break;
+    if (admits(seq, size)) break;
     // A subscriber is `depth` behind: wait for it (lossless).
     if (!may_wait) {
       s.would_block.fetch_add(1, std::memory_order_relaxed);
@@ -480,7 +546,7 @@ SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline, Clock
     const auto now = Clock::now();
     if (now >= evict_at) {
       lock.lock();
-      evict_gating(s.head.load(std::memory_order_relaxed));
+      evict_gating(s.head.load(std::memory_order_relaxed), size);
       evict_at = Clock::time_point::max();
       continue;
     }
@@ -496,14 +562,15 @@ SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline, Clock
       finish_blocking();
       const auto waited = std::chrono::duration_cast<std::chrono::nanoseconds>(now - blocked_since);
       return {SendStatus::timeout, DropReason::overflow, 0,
-              detail::broadcast_timeout_message(s.config.name,
-                                                detail::subscriber_stats(**slowest, s.head.load()),
-                                                s.config.capacity, waited)};
+              detail::broadcast_timeout_message(
+                  s.config.name,
+                  detail::subscriber_stats(**slowest, s.head.load(), s.published_bytes.load()),
+                  s.config.capacity, s.config.max_bytes, waited)};
     }
     // Register, re-check, park: a subscriber that moves on after the re-check sees us.
     const std::uint32_t ticket = s.room.enter();
     detail::heavy_fence();
-    if (!room_now()) s.room.park(ticket, std::min(deadline, evict_at));
+    if (!room_now(size)) s.room.park(ticket, std::min(deadline, evict_at));
     s.room.leave();
     lock.lock();
   }
@@ -524,10 +591,15 @@ SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline, Clock
   old.swap(slot.item);
   slot.item.emplace(std::move(item));
   slot.stamp_ns = stamp;
+  slot.bytes = size;
   slot.seq.store(seq, std::memory_order_release);  // last: marks the slot ready
   if (!s.unguarded_reads) slot.lock.unlock();
   // Release publishes the slot to subscribers; the light fence orders this store before the
   // loads of waiters and hooks below, against parking subscribers' heavy fence.
+  if (s.account) {
+    s.published_bytes.store(s.published_bytes.load(std::memory_order_relaxed) + size,
+                            std::memory_order_relaxed);
+  }
   s.head.store(seq + 1, std::memory_order_release);
   detail::light_fence();
 
@@ -562,7 +634,7 @@ template <class T>
 void Broadcast<T>::on_writable(std::function<void()> fn) {
   state_->writable.add(std::move(fn));
   detail::heavy_fence();
-  if (room_now()) state_->writable.fire();
+  if (room_now(0)) state_->writable.fire();
 }
 
 template <class T>
@@ -572,12 +644,14 @@ BroadcastStats Broadcast<T>::stats() const {
   out.name = s.config.name;
   out.mode = s.config.mode;
   out.capacity = s.config.capacity;
+  out.max_bytes = s.config.max_bytes;
   {
     std::lock_guard lock(state_->mu);
     out.closed = s.closed.load();
     out.published = s.head.load();
     for (const auto& sub : s.subs)
-      out.subscribers.push_back(detail::subscriber_stats(*sub, out.published));
+      out.subscribers.push_back(
+          detail::subscriber_stats(*sub, out.published, s.published_bytes.load()));
   }
   out.evicted = s.evicted.load(std::memory_order_relaxed);
   out.would_block = s.would_block.load(std::memory_order_relaxed);
@@ -638,14 +712,16 @@ typename Subscription<T>::Attempt Subscription<T>::try_take(RecvResult<T>& out) 
     if (s.unguarded_reads) return take_unguarded(out, cursor, lag);
     auto& slot = s.slot_at(cursor);
     std::int64_t stamp = 0;
+    std::uint64_t bytes = 0;
     slot.lock.lock();
     if (slot.seq.load(std::memory_order_relaxed) == cursor) {
       out.value.emplace(*slot.item);
       stamp = slot.stamp_ns;
+      bytes = slot.bytes;
     }
     slot.lock.unlock();
     if (!out.value) continue;  // overwritten since we read head: we were lapped; go again
-    finish_take(out, cursor, lag, stamp);
+    finish_take(out, cursor, lag, stamp, bytes);
     return Attempt::done;
   }
 }
@@ -658,15 +734,19 @@ typename Subscription<T>::Attempt Subscription<T>::take_unguarded(RecvResult<T>&
   // past it, so the item is stable: no lock (the acquire load of head ordered its write).
   auto& slot = state_->slot_at(cursor);
   out.value.emplace(*slot.item);
-  finish_take(out, cursor, lag, slot.stamp_ns);
+  finish_take(out, cursor, lag, slot.stamp_ns, slot.bytes);
   return Attempt::done;
 }
 
 template <class T>
 void Subscription<T>::finish_take(RecvResult<T>& out, std::uint64_t cursor, std::uint64_t lag,
-                                  std::int64_t stamp) {
+                                  std::int64_t stamp, std::uint64_t bytes) {
   auto& s = *state_;
   auto& sub = *sub_;
+  if (s.account) {  // before the cursor: a publisher that sees the cursor sees the bytes too
+    sub.consumed_bytes.store(sub.consumed_bytes.load(std::memory_order_relaxed) + bytes,
+                             std::memory_order_release);
+  }
   // Single writer (this subscriber): plain stores, no read-modify-write.
   sub.received.store(sub.received.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   if (lag > sub.max_lag.load(std::memory_order_relaxed)) {

@@ -26,8 +26,8 @@ class ConfigError : public std::runtime_error {
 
 /// How a topic meets overload.
 enum class TopicMode : std::uint8_t {
-  lossless,   // block policy: a byte budget, producers throttled, max_wait, nothing lost
-  realtime,   // per-subscriber depth, oldest dropped for a subscriber that falls behind
+  lossless,  // block policy: a byte budget, producers throttled, max_wait, nothing lost
+  realtime,  // per-subscriber depth, oldest dropped for a subscriber that falls behind
 };
 std::string_view to_string(TopicMode mode) noexcept;
 
@@ -35,8 +35,8 @@ struct TopicConfig {
   std::string name;
   TopicMode mode = TopicMode::lossless;
   std::uint64_t max_queue_bytes = std::uint64_t{100} << 20;  // lossless budget
-  std::chrono::milliseconds max_wait{5000};                   // lossless
-  std::size_t depth = 4;                                      // realtime, per subscriber
+  std::chrono::milliseconds max_wait{5000};                  // lossless
+  std::size_t depth = 4;                                     // realtime, per subscriber
 };
 
 struct RelayConfig {

@@ -51,6 +51,11 @@ void BroadcastConfig::validate() const {
     bad_setting(*this, "evict_after", std::to_string(evict_after.count()) + " ns",
                 "0 (never) or a positive duration");
   }
+  if (max_bytes != kUnlimitedBytes && mode == BroadcastMode::lossy) {
+    bad_setting(*this, "max_bytes", std::to_string(max_bytes),
+                "unlimited in lossy mode (a lossy broadcast is bounded by capacity)");
+  }
+  if (max_bytes < 1) bad_setting(*this, "max_bytes", "0", ">= 1, or unlimited");
   if (evict_after.count() > 0 && mode == BroadcastMode::lossy) {
     bad_setting(*this, "evict_after", std::to_string(evict_after.count()) + " ns",
                 "0 in lossy mode (a lossy publisher never waits for a subscriber)");
@@ -59,7 +64,8 @@ void BroadcastConfig::validate() const {
 
 namespace detail {
 
-SubscriberStats subscriber_stats(const SubscriberState& s, std::uint64_t head) {
+SubscriberStats subscriber_stats(const SubscriberState& s, std::uint64_t head,
+                                 std::uint64_t published_bytes) {
   SubscriberStats out;
   out.name = s.name;
   out.depth = s.depth;
@@ -69,22 +75,32 @@ SubscriberStats subscriber_stats(const SubscriberState& s, std::uint64_t head) {
   const std::uint64_t cursor = s.cursor.load(std::memory_order_acquire);
   out.lag = head > cursor ? head - cursor : 0;
   out.lapped = out.lag > s.depth ? out.lag - s.depth : 0;
+  const std::uint64_t consumed = s.consumed_bytes.load(std::memory_order_acquire);
+  out.lag_bytes = published_bytes > consumed ? published_bytes - consumed : 0;
   out.max_lag = s.max_lag.load(std::memory_order_relaxed);
   out.evicted = s.evicted.load(std::memory_order_relaxed);
   return out;
 }
 
 std::string broadcast_timeout_message(const std::string& broadcast, const SubscriberStats& slowest,
-                                      std::size_t capacity, std::chrono::nanoseconds waited) {
+                                      std::size_t capacity, std::size_t max_bytes,
+                                      std::chrono::nanoseconds waited) {
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(waited).count();
-  return "broadcast '" + broadcast + "' (lossless): publish timed out after " + std::to_string(ms) +
-         " ms waiting for subscriber '" + slowest.name + "', " + std::to_string(slowest.lag) +
-         " items behind (depth " + std::to_string(slowest.depth) + ", received " +
-         std::to_string(slowest.received) +
-         "). The slowest subscriber is not keeping up: speed it up, raise its depth (up to "
-         "capacity " +
-         std::to_string(capacity) +
-         "), raise max_wait, or set evict_after to remove subscribers that lag this long";
+  std::string m = "broadcast '" + broadcast + "' (lossless): publish timed out after " +
+                  std::to_string(ms) + " ms waiting for subscriber '" + slowest.name + "', " +
+                  std::to_string(slowest.lag) + " items behind (depth " +
+                  std::to_string(slowest.depth);
+  if (max_bytes != kUnlimitedBytes) {
+    m += "; " + std::to_string(slowest.lag_bytes) + " bytes behind, max_bytes " +
+         std::to_string(max_bytes);
+  }
+  m += ", received " + std::to_string(slowest.received) +
+       "). The slowest subscriber is not keeping up: speed it up, raise its depth (up to "
+       "capacity " +
+       std::to_string(capacity) + ")";
+  if (max_bytes != kUnlimitedBytes) m += " or max_bytes";
+  m += ", raise max_wait, or set evict_after to remove subscribers that lag this long";
+  return m;
 }
 
 std::string broadcast_closed_message(const std::string& broadcast) {

@@ -24,8 +24,8 @@ struct Source {
                     "\" (accepted: " + std::string(accepted) + ")");
 }
 
-std::int64_t parse_int(const Source& src, const std::string& text, std::int64_t lo,
-                       std::int64_t hi, std::string_view accepted) {
+std::int64_t parse_int(const Source& src, const std::string& text, std::int64_t lo, std::int64_t hi,
+                       std::string_view accepted) {
   char* end = nullptr;
   errno = 0;
   const long long v = std::strtoll(text.c_str(), &end, 10);
@@ -35,8 +35,8 @@ std::int64_t parse_int(const Source& src, const std::string& text, std::int64_t 
   return v;
 }
 
-double parse_double(const Source& src, const std::string& text, double lo, double hi,
-                    bool lo_open, std::string_view accepted) {
+double parse_double(const Source& src, const std::string& text, double lo, double hi, bool lo_open,
+                    std::string_view accepted) {
   char* end = nullptr;
   errno = 0;
   const double v = std::strtod(text.c_str(), &end);
@@ -83,9 +83,9 @@ TopicMode parse_mode(const Source& src, const std::string& text) {
 
 // One setting: its names in each layer and how it is applied.
 struct Setting {
-  std::string key;    // in the file, "section.name"
-  std::string env;    // environment variable
-  std::string flag;   // command-line flag without dashes
+  std::string key;   // in the file, "section.name"
+  std::string env;   // environment variable
+  std::string flag;  // command-line flag without dashes
   std::function<void(RelayConfig&, const Source&, const std::string&)> apply;
 };
 
@@ -204,8 +204,8 @@ void load_file(const std::string& path, RelayConfig& c, std::vector<PendingTopic
                      key == "depth") {
             p.fields[key] = {src, *text};
           } else {
-            throw ConfigError("invalid configuration file " + path + ": unknown key topic." +
-                              key + " (accepted: name, mode, max_queue_bytes, max_wait_ms, depth)");
+            throw ConfigError("invalid configuration file " + path + ": unknown key topic." + key +
+                              " (accepted: name, mode, max_queue_bytes, max_wait_ms, depth)");
           }
         }
         topics.push_back(std::move(p));
@@ -294,11 +294,14 @@ RelayConfig load_relay_config(const std::optional<std::string>& file,
     for (const auto& [field, sv] : p.fields) {
       const auto& [src, text] = sv;
       if (field == "mode") t.mode = parse_mode(src, text);
-      if (field == "max_queue_bytes") t.max_queue_bytes = parse_bytes(src, text, 1, 1ULL << 40, kQueueBytes);
+      if (field == "max_queue_bytes")
+        t.max_queue_bytes = parse_bytes(src, text, 1, 1ULL << 40, kQueueBytes);
       if (field == "max_wait_ms") {
-        t.max_wait = std::chrono::milliseconds(parse_int(src, text, 0, 3'600'000, "0 to 3600000 (ms)"));
+        t.max_wait =
+            std::chrono::milliseconds(parse_int(src, text, 0, 3'600'000, "0 to 3600000 (ms)"));
       }
-      if (field == "depth") t.depth = static_cast<std::size_t>(parse_int(src, text, 1, 1024, "1 to 1024"));
+      if (field == "depth")
+        t.depth = static_cast<std::size_t>(parse_int(src, text, 1, 1024, "1 to 1024"));
     }
     c.topics.push_back(std::move(t));
   }
@@ -310,8 +313,9 @@ std::string to_toml(const RelayConfig& c) {
   o << "[server]\nhost = \"" << c.host << "\"\ngrpc_port = " << c.grpc_port
     << "\nhttp_port = " << c.http_port << "\nthreads = " << c.threads << "\n\n[limits]\n"
     << "max_frame_size_mb = " << static_cast<double>(c.max_frame_bytes) / (1024.0 * 1024.0)
-    << "\nmax_sessions = " << c.max_sessions << "\n\n[frame_gate]\ndrop_threshold = "
-    << c.drop_threshold << "\nslowdown_threshold = " << c.slowdown_threshold
+    << "\nmax_sessions = " << c.max_sessions
+    << "\n\n[frame_gate]\ndrop_threshold = " << c.drop_threshold
+    << "\nslowdown_threshold = " << c.slowdown_threshold
     << "\n\n[topics]\nauto_create = " << (c.auto_create ? "true" : "false") << "\nmode = \""
     << to_string(c.defaults.mode) << "\"\nmax_queue_bytes = " << c.defaults.max_queue_bytes
     << "\nmax_wait_ms = " << c.defaults.max_wait.count() << "\ndepth = " << c.defaults.depth

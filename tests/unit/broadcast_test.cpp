@@ -145,6 +145,76 @@ TEST(Broadcast, LosslessTryPublishWouldBlockAtTheSlowestDepth) {
   for (int i = 1; i <= 3; ++i) EXPECT_EQ(*fast.try_recv(), i);
 }
 
+TEST(Broadcast, LosslessByteBudgetHoldsThePublisherBackAndAdmitsAnOversizedItemWhenDrained) {
+  BroadcastConfig c = cfg(BroadcastMode::lossless, 64);
+  c.max_bytes = 10;
+  c.max_wait = 20ms;
+  Broadcast<std::string> b(c);
+  auto s = b.subscribe("viewer", 64);
+  ASSERT_TRUE(b.try_publish(std::string(6, 'a')));
+  ASSERT_TRUE(b.try_publish(std::string(4, 'b')));  // 10 bytes outstanding: at the budget
+  std::string more(1, 'c');
+  EXPECT_EQ(b.try_publish(std::move(more)).status, SendStatus::would_block);
+  EXPECT_EQ(s.stats().lag_bytes, 10U);
+  auto r = b.publish(std::string(1, 'c'));
+  ASSERT_EQ(r.status, SendStatus::timeout);
+  EXPECT_NE(r.message.find("10 bytes behind, max_bytes 10"), std::string::npos) << r.message;
+  EXPECT_EQ(*s.try_recv(), "aaaaaa");  // frees 6 bytes
+  EXPECT_TRUE(b.try_publish(std::string(5, 'c')));
+  EXPECT_EQ(*s.try_recv(), "bbbb");
+  EXPECT_EQ(*s.try_recv(), "ccccc");
+  // Heavier than the whole budget: admitted once the subscriber has everything.
+  EXPECT_TRUE(b.try_publish(std::string(100, 'x')));
+  EXPECT_EQ(b.try_publish(std::string(1, 'y')).status, SendStatus::would_block);
+  EXPECT_EQ(s.try_recv()->size(), 100U);
+  EXPECT_TRUE(b.try_publish(std::string(1, 'y')));
+
+  BroadcastConfig lossy = cfg(BroadcastMode::lossy);
+  lossy.max_bytes = 10;
+  EXPECT_THROW(Broadcast<std::string>{lossy}, std::invalid_argument);
+}
+
+// R4 in-process: a producer 10x faster than its only consumer on a byte-budgeted lossless
+// broadcast: nothing lost, in order, and the consumer's outstanding bytes never above the
+// budget plus one item (sampled while it runs).
+TEST(Broadcast, FastProducerSlowConsumerStaysWithinTheByteBudgetAndLosesNothing) {
+  BroadcastConfig c = cfg(BroadcastMode::lossless, 256);
+  c.max_bytes = 64 * 1024;
+  Broadcast<std::string> b(c);
+  auto s = b.subscribe("slow", 256);
+  constexpr int kItems = 400;
+  constexpr std::size_t kItemBytes = 4096;
+  std::atomic<bool> done{false};
+  std::atomic<std::uint64_t> worst{0};
+  std::thread sampler([&] {
+    while (!done) {
+      const auto lag_bytes = s.stats().lag_bytes;
+      if (lag_bytes > worst) worst = lag_bytes;
+      std::this_thread::sleep_for(100us);
+    }
+  });
+  std::thread consumer([&] {
+    for (int i = 0; i < kItems; ++i) {
+      auto r = s.recv();
+      ASSERT_TRUE(r.ok());
+      ASSERT_EQ(r->substr(0, std::to_string(i).size() + 1), std::to_string(i) + ":");
+      std::this_thread::sleep_for(50us);  // slower than the producer
+    }
+  });
+  for (int i = 0; i < kItems; ++i) {
+    std::string item = std::to_string(i) + ":";
+    item.resize(kItemBytes, 'p');
+    ASSERT_TRUE(b.publish(std::move(item)));
+  }
+  consumer.join();
+  done = true;
+  sampler.join();
+  EXPECT_LE(worst.load(), c.max_bytes + kItemBytes);
+  EXPECT_GT(worst.load(), c.max_bytes / 2);  // the budget was actually reached
+  EXPECT_EQ(s.stats().lost.total(), 0U);
+  EXPECT_GT(b.stats().blocked_seconds, 0.0);
+}
+
 TEST(Broadcast, LosslessPublishTimesOutNamingTheSlowestSubscriber) {
   BroadcastConfig c = cfg(BroadcastMode::lossless, 4);
   c.max_wait = 20ms;
