@@ -1,5 +1,5 @@
 # Sluice: two commands.
-#   make run    set up what is missing, build, run (today: the Channel overload demo)
+#   make run    set up what is missing, build, start the relay with its embedded defaults
 #   make test   set up what is missing, build, run every test, then the core tests under
 #               ThreadSanitizer and the whole suite under AddressSanitizer + UBSan
 # Other targets: make build, make bench, make soak, make format, make tidy, make clean.
@@ -14,7 +14,7 @@ SAN_STRESS_ITEMS ?= 200000
 SOAK_ITEMS   ?= 20000000
 CTEST        := ctest --output-on-failure --timeout 300 -j $(JOBS)
 
-.PHONY: all deps build run test test-release test-tsan test-asan soak bench bench-core bench-broadcast format tidy clean
+.PHONY: all deps build run demo test test-release test-tsan test-asan soak bench bench-core bench-broadcast format tidy clean
 
 all: build
 
@@ -27,7 +27,12 @@ build/build.ninja: | deps
 build: deps build/build.ninja
 	cmake --build build -j $(JOBS)
 
+# The relay with its embedded defaults (gRPC on 127.0.0.1:7400); Ctrl-C stops it.
 run: build
+	./build/src/cli/sluice serve
+
+# A Channel under overload, one line a second per policy.
+demo: build
 	./build/src/cli/sluice demo
 
 test: test-release test-tsan test-asan

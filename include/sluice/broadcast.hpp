@@ -290,9 +290,9 @@ class Broadcast {
   void close();
   bool is_closed() const noexcept { return state_->closed.load(std::memory_order_acquire); }
 
-  /// Lossless: one-shot callback run once a publish would not wait (or the broadcast closed).
-  /// Same rules as Channel::on_writable.
-  void on_writable(std::function<void()> fn);
+  /// Lossless: one-shot callback run once a publish of an item of `item_bytes` bytes would not
+  /// wait (or the broadcast closed). Same rules as Channel::on_writable.
+  void on_writable(std::function<void()> fn, std::uint64_t item_bytes = 0);
 
   std::size_t subscriber_count() const {
     std::lock_guard lock(state_->mu);
@@ -631,10 +631,10 @@ void Broadcast<T>::close() {
 }
 
 template <class T>
-void Broadcast<T>::on_writable(std::function<void()> fn) {
+void Broadcast<T>::on_writable(std::function<void()> fn, std::uint64_t item_bytes) {
   state_->writable.add(std::move(fn));
   detail::heavy_fence();
-  if (room_now(0)) state_->writable.fire();
+  if (room_now(item_bytes)) state_->writable.fire();
 }
 
 template <class T>

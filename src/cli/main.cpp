@@ -1,5 +1,6 @@
 // The `sluice` executable. Subcommands: demo, config (serve, pub, sub arrive with the relay).
 #include <CLI/CLI.hpp>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -8,6 +9,7 @@
 
 #include "demo.hpp"
 #include "sluice/relay_config.hpp"
+#include "sluice/relay_server.hpp"
 
 namespace {
 
@@ -27,18 +29,51 @@ struct ConfigCommand {
     }
   }
 
-  int run() const {
+  std::optional<sluice::RelayConfig> load() const {
     try {
-      const auto config = sluice::load_relay_config(
+      return sluice::load_relay_config(
           file.empty() ? std::nullopt : std::optional<std::string>(file),
           [](const char* name) { return std::getenv(name); },  // NOLINT(concurrency-mt-unsafe)
           values);
-      std::fputs(sluice::to_toml(config).c_str(), stdout);
-      return 0;
     } catch (const sluice::ConfigError& e) {
+      std::fprintf(stderr, "sluice: %s\n", e.what());
+      return std::nullopt;
+    }
+  }
+
+  int run() const {
+    const auto config = load();
+    if (!config) return 2;
+    std::fputs(sluice::to_toml(*config).c_str(), stdout);
+    return 0;
+  }
+
+  // `sluice serve`: runs the relay until SIGINT or SIGTERM.
+  int serve() const {
+    const auto config = load();
+    if (!config) return 2;
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // before any thread starts
+    sluice::RelayServer server(*config);
+    try {
+      server.start();
+    } catch (const std::exception& e) {
       std::fprintf(stderr, "sluice: %s\n", e.what());
       return 2;
     }
+    // One machine-readable line with the bound addresses.
+    std::printf("{\"event\":\"listening\",\"grpc\":\"%s:%u\"}\n", config->host.c_str(),
+                server.grpc_port());
+    std::fflush(stdout);
+    int sig = 0;
+    sigwait(&signals, &sig);
+    std::printf("{\"event\":\"stopping\",\"signal\":%d}\n", sig);
+    std::fflush(stdout);
+    server.shutdown();
+    return 0;
   }
 };
 
@@ -64,9 +99,16 @@ int main(int argc, char** argv) {
       "Print the relay's effective configuration (file < environment < flags), or "
       "the error that would stop it");
   config.add(config_cmd);
+  ConfigCommand serve;
+  auto* serve_cmd =
+      app.add_subcommand("serve",
+                         "Run the relay (gRPC) with the configuration of `sluice config`; stops on "
+                         "SIGINT/SIGTERM");
+  serve.add(serve_cmd);
 
   CLI11_PARSE(app, argc, argv);
   if (demo_cmd->parsed()) return sluice::cli::run_demo(demo);
   if (config_cmd->parsed()) return config.run();
+  if (serve_cmd->parsed()) return serve.serve();
   return 0;
 }

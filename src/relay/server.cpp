@@ -1,0 +1,500 @@
+// The relay's gRPC service (callback API): Publish, Subscribe, Stats over topics.
+#include "sluice/relay_server.hpp"
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <stdexcept>
+#include <thread>
+#include <utility>
+
+#include "sluice/broadcast.hpp"
+#include "sluice/v1/relay.grpc.pb.h"
+
+namespace sluice {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+namespace v1 = ::sluice::v1;
+
+struct Topic {
+  Topic(std::string n, const TopicConfig& c) : name(std::move(n)), config(c), broadcast(make(c)) {}
+  static BroadcastConfig make(const TopicConfig& c) {
+    BroadcastConfig b;
+    b.name = c.name.empty() ? "topic" : c.name;
+    if (c.mode == TopicMode::lossless) {
+      b.mode = BroadcastMode::lossless;
+      b.capacity = 1024;
+      b.default_depth = 1024;  // the byte budget is what binds
+      b.max_bytes = c.max_queue_bytes;
+      b.max_wait = c.max_wait;
+    } else {
+      b.mode = BroadcastMode::lossy;
+      b.capacity = std::max<std::size_t>(2 * c.depth, 8);
+      b.default_depth = c.depth;
+    }
+    return b;
+  }
+  std::string name;
+  TopicConfig config;
+  Broadcast<RelayMessage> broadcast;
+};
+
+// Runs callbacks at deadlines on one thread (publish timeouts).
+class Timers {
+ public:
+  Timers() : thread_([this] { run(); }) {}
+  ~Timers() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  void at(Clock::time_point when, std::function<void()> fn) {
+    {
+      std::lock_guard lock(mu_);
+      due_.emplace(when, std::move(fn));
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  void run() {
+    std::unique_lock lock(mu_);
+    while (!stop_) {
+      if (due_.empty()) {
+        cv_.wait(lock);
+        continue;
+      }
+      const auto next = due_.begin()->first;
+      if (Clock::now() < next) {
+        cv_.wait_until(lock, next);
+        continue;
+      }
+      auto fn = std::move(due_.begin()->second);
+      due_.erase(due_.begin());
+      lock.unlock();
+      fn();
+      lock.lock();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::multimap<Clock::time_point, std::function<void()>> due_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+// A reactor's address that callbacks from other threads may use until the reactor is done.
+template <class R>
+struct Guard {
+  std::mutex mu;
+  R* self = nullptr;
+  template <class F>
+  void with(F&& f) {
+    std::lock_guard lock(mu);
+    if (self != nullptr) f(*self);
+  }
+  void clear() {
+    std::lock_guard lock(mu);
+    self = nullptr;
+  }
+};
+
+}  // namespace
+
+struct RelayServer::Impl final : v1::Relay::CallbackService {
+  explicit Impl(RelayConfig c) : config(std::move(c)) {}
+
+  // The topic `name`, created with the defaults if allowed; nullptr and a status otherwise.
+  std::shared_ptr<Topic> topic(const std::string& name, grpc::Status& status) {
+    if (const std::string problem = topic_name_problem(name); !problem.empty()) {
+      status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            "topic \"" + name.substr(0, 200) + "\": " + problem);
+      return nullptr;
+    }
+    std::lock_guard lock(mu);
+    if (auto it = topics.find(name); it != topics.end()) return it->second;
+    const TopicConfig* declared = config.topic(name);
+    if (declared == nullptr && !config.auto_create) {
+      status = grpc::Status(grpc::StatusCode::NOT_FOUND,
+                            "topic '" + name +
+                                "' does not exist and auto_create is off (declare it in the "
+                                "configuration file, or set SLUICE_AUTO_CREATE=true)");
+      return nullptr;
+    }
+    TopicConfig tc = declared != nullptr ? *declared : config.defaults;
+    tc.name = name;
+    auto t = std::make_shared<Topic>(name, tc);
+    topics.emplace(name, t);
+    return t;
+  }
+
+  grpc::ServerWriteReactor<v1::SubscribeEvent>* Subscribe(
+      grpc::CallbackServerContext* ctx, const v1::SubscribeRequest* req) override;
+  grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>* Publish(
+      grpc::CallbackServerContext* ctx) override;
+  grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx,
+                                  const v1::StatsRequest* /*req*/,
+                                  v1::StatsReply* reply) override {
+    reply->set_json(stats_json());
+    auto* r = ctx->DefaultReactor();
+    r->Finish(grpc::Status::OK);
+    return r;
+  }
+
+  std::string stats_json() const {
+    nlohmann::json j;
+    j["topics"] = nlohmann::json::array();
+    std::lock_guard lock(mu);
+    for (const auto& [name, t] : topics) {
+      const auto s = t->broadcast.stats();
+      nlohmann::json tj;
+      tj["name"] = name;
+      tj["mode"] = to_string(t->config.mode);
+      tj["published"] = s.published;
+      tj["max_queue_bytes"] = t->config.max_queue_bytes;
+      std::uint64_t worst_bytes = 0;
+      tj["subscribers"] = nlohmann::json::array();
+      for (const auto& sub : s.subscribers) {
+        worst_bytes = std::max(worst_bytes, sub.lag_bytes);
+        tj["subscribers"].push_back({{"name", sub.name},
+                                     {"received", sub.received},
+                                     {"lost", sub.lost.total()},
+                                     {"lag", sub.lag},
+                                     {"lag_bytes", sub.lag_bytes}});
+      }
+      tj["queue_bytes"] = worst_bytes;
+      tj["timeouts"] = s.timeouts;
+      j["topics"].push_back(std::move(tj));
+    }
+    return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+
+  const RelayConfig config;
+  mutable std::mutex mu;
+  std::map<std::string, std::shared_ptr<Topic>> topics;  // guarded by mu
+  Timers timers;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+  bool stopped = false;
+};
+
+namespace {
+
+// ---- Subscribe: one outstanding write; the subscription's cursor is the only queue ----
+class SubscribeReactor final : public grpc::ServerWriteReactor<v1::SubscribeEvent> {
+ public:
+  SubscribeReactor(std::shared_ptr<Topic> topic, Subscription<RelayMessage> sub)
+      : topic_(std::move(topic)), sub_(std::move(sub)), guard_(std::make_shared<Guard<SubscribeReactor>>()) {
+    guard_->self = this;
+    pump();
+  }
+
+  void OnWriteDone(bool ok) override {
+    {
+      std::lock_guard lock(mu_);
+      writing_ = false;
+      if (!ok) {
+        finish(grpc::Status(grpc::StatusCode::CANCELLED, "subscriber went away"));
+        return;
+      }
+    }
+    pump();
+  }
+  void OnCancel() override {
+    std::lock_guard lock(mu_);
+    finish(grpc::Status::CANCELLED);
+  }
+  void OnDone() override {
+    guard_->clear();
+    delete this;
+  }
+
+ private:
+  // Sends what is there; when nothing is, asks to be called again when something is.
+  void pump() {
+    bool arm = false;
+    {
+      std::lock_guard lock(mu_);
+      if (writing_ || finished_) return;
+      auto r = sub_.try_recv();
+      event_.Clear();
+      switch (r.status) {
+        case RecvStatus::ok: {
+          auto* item = event_.mutable_item();
+          item->set_topic(topic_->name);
+          item->set_payload(std::string(r->payload.view()));
+          item->set_sequence(r->sequence);
+          item->set_timestamp_ns(r->timestamp_ns);
+          writing_ = true;
+          StartWrite(&event_);
+          return;
+        }
+        case RecvStatus::gap: {
+          auto* gap = event_.mutable_gap();
+          gap->set_lost(r.lost);
+          gap->set_reason(std::string(to_string(r.reason)));
+          writing_ = true;
+          StartWrite(&event_);
+          return;
+        }
+        case RecvStatus::would_block:
+          arm = true;
+          break;
+        default:  // closed, evicted
+          finish(grpc::Status::OK);
+          return;
+      }
+    }
+    if (arm) {
+      sub_.on_readable([g = guard_] { g->with([](SubscribeReactor& self) { self.pump(); }); });
+    }
+  }
+  void finish(const grpc::Status& status) {  // caller holds mu_
+    if (finished_) return;
+    finished_ = true;
+    Finish(status);
+  }
+
+  std::shared_ptr<Topic> topic_;
+  Subscription<RelayMessage> sub_;
+  std::shared_ptr<Guard<SubscribeReactor>> guard_;
+  std::mutex mu_;
+  v1::SubscribeEvent event_;  // guarded by mu_ while a write is in flight
+  bool writing_ = false;
+  bool finished_ = false;
+};
+
+// ---- Publish: the next read starts only once the current item is in the topic ----
+class PublishReactor final : public grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent> {
+ public:
+  explicit PublishReactor(RelayServer::Impl& relay)
+      : relay_(relay), guard_(std::make_shared<Guard<PublishReactor>>()) {
+    guard_->self = this;
+    StartRead(&req_);
+  }
+
+  void OnReadDone(bool ok) override {
+    std::unique_lock lock(mu_);
+    if (!ok) {  // the producer is done sending
+      reads_done_ = true;
+      maybe_finish();
+      return;
+    }
+    const auto& item = req_.item();
+    if (!item.topic().empty() && (!topic_ || item.topic() != topic_->name)) {
+      grpc::Status status;
+      topic_ = relay_.topic(item.topic(), status);
+      if (!topic_) {
+        finish(status);
+        return;
+      }
+    }
+    if (!topic_) {
+      finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "the first item of a Publish call must name its topic"));
+      return;
+    }
+    if (item.payload().size() > relay_.config.max_frame_bytes) {
+      finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "item of " + std::to_string(item.payload().size()) +
+                              " bytes exceeds the frame limit of " +
+                              std::to_string(relay_.config.max_frame_bytes) +
+                              " bytes (STREAM_MAX_FRAME_SIZE_MB)"));
+      return;
+    }
+    pending_ = RelayMessage{Buffer(std::move(*req_.mutable_item()->mutable_payload())),
+                            item.sequence(), item.timestamp_ns()};
+    deadline_ = Clock::now() + topic_->config.max_wait;
+    lock.unlock();
+    attempt();
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard lock(mu_);
+    writing_ = false;
+    if (!ok) {
+      finish(grpc::Status(grpc::StatusCode::CANCELLED, "producer went away"));
+      return;
+    }
+    write_next();
+    maybe_finish();
+  }
+  void OnCancel() override {
+    std::lock_guard lock(mu_);
+    finish(grpc::Status::CANCELLED);
+  }
+  void OnDone() override {
+    guard_->clear();
+    delete this;
+  }
+
+ private:
+  // Tries to put the pending item into the topic; if there is no room, waits for room (the
+  // producer's next message is not read meanwhile) until max_wait.
+  void attempt() {
+    bool arm = false;
+    std::uint64_t bytes = 0;
+    {
+      std::lock_guard lock(mu_);
+      if (finished_ || !pending_) return;
+      const std::uint64_t seq = pending_->sequence;
+      bytes = pending_->payload.size();
+      auto r = topic_->broadcast.try_publish(std::move(*pending_));
+      switch (r.status) {
+        case SendStatus::ok:
+          pending_.reset();
+          timer_set_ = false;  // the next item that has to wait gets its own deadline
+          queue_ack(seq);
+          StartRead(&req_);
+          return;
+        case SendStatus::would_block:
+          if (Clock::now() >= deadline_) {
+            finish(exhausted());
+            return;
+          }
+          if (!timer_set_) {
+            timer_set_ = true;
+            relay_.timers.at(deadline_, [g = guard_] {
+              g->with([](PublishReactor& self) { self.attempt(); });
+            });
+          }
+          arm = true;
+          break;
+        default:
+          finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                              "topic '" + topic_->name + "' is closed (the relay is stopping)"));
+          return;
+      }
+    }
+    if (arm) {
+      topic_->broadcast.on_writable(
+          [g = guard_] { g->with([](PublishReactor& self) { self.attempt(); }); }, bytes);
+    }
+  }
+
+  grpc::Status exhausted() const {
+    const auto s = topic_->broadcast.stats();
+    std::string slowest = "(none)";
+    std::uint64_t bytes = 0;
+    for (const auto& sub : s.subscribers) {
+      if (sub.lag_bytes >= bytes) {
+        bytes = sub.lag_bytes;
+        slowest = sub.name;
+      }
+    }
+    return grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        "topic '" + topic_->name + "' is full: waited " +
+            std::to_string(topic_->config.max_wait.count()) + " ms for room; subscriber '" +
+            slowest + "' holds " + std::to_string(bytes) + " bytes of max_queue_bytes " +
+            std::to_string(topic_->config.max_queue_bytes) +
+            ". Speed up the consumer, or raise max_queue_bytes (SLUICE_MAX_QUEUE_BYTES) or "
+            "max_wait_ms (SLUICE_MAX_WAIT_MS)");
+  }
+
+  void queue_ack(std::uint64_t seq) {  // caller holds mu_
+    v1::PublishEvent e;
+    e.mutable_ack()->set_sequence(seq);
+    outbox_.push_back(std::move(e));
+    write_next();
+  }
+  void write_next() {  // caller holds mu_
+    if (writing_ || finished_ || outbox_.empty()) return;
+    out_ = std::move(outbox_.front());
+    outbox_.pop_front();
+    writing_ = true;
+    StartWrite(&out_);
+  }
+  void maybe_finish() {  // caller holds mu_
+    if (reads_done_ && !writing_ && outbox_.empty() && !pending_) finish(grpc::Status::OK);
+  }
+  void finish(const grpc::Status& status) {  // caller holds mu_
+    if (finished_) return;
+    finished_ = true;
+    Finish(status);
+  }
+
+  RelayServer::Impl& relay_;
+  std::shared_ptr<Guard<PublishReactor>> guard_;
+  std::mutex mu_;
+  v1::PublishRequest req_;
+  std::shared_ptr<Topic> topic_;
+  std::optional<RelayMessage> pending_;
+  Clock::time_point deadline_;
+  bool timer_set_ = false;
+  std::deque<v1::PublishEvent> outbox_;
+  v1::PublishEvent out_;
+  bool writing_ = false;
+  bool reads_done_ = false;
+  bool finished_ = false;
+};
+
+}  // namespace
+
+grpc::ServerWriteReactor<v1::SubscribeEvent>* RelayServer::Impl::Subscribe(
+    grpc::CallbackServerContext* /*ctx*/, const v1::SubscribeRequest* req) {
+  grpc::Status status;
+  auto t = topic(req->topic(), status);
+  if (!t) {
+    struct Failed final : grpc::ServerWriteReactor<v1::SubscribeEvent> {
+      explicit Failed(const grpc::Status& s) { Finish(s); }
+      void OnDone() override { delete this; }
+    };
+    return new Failed(status);
+  }
+  const std::string name = req->name().empty() ? "subscriber" : req->name();
+  return new SubscribeReactor(t, t->broadcast.subscribe(name, req->depth()));
+}
+
+grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>* RelayServer::Impl::Publish(
+    grpc::CallbackServerContext* /*ctx*/) {
+  return new PublishReactor(*this);
+}
+
+RelayServer::RelayServer(RelayConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}
+
+RelayServer::~RelayServer() { shutdown(); }
+
+void RelayServer::start() {
+  grpc::ServerBuilder builder;
+  const std::string address =
+      impl_->config.host + ":" + std::to_string(impl_->config.grpc_port);
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &impl_->port);
+  builder.RegisterService(impl_.get());
+  // Our frame limit is enforced with a clear message; leave gRPC's own a little above it.
+  builder.SetMaxReceiveMessageSize(static_cast<int>(
+      std::min<std::uint64_t>(impl_->config.max_frame_bytes + (1 << 20), INT32_MAX)));
+  impl_->server = builder.BuildAndStart();
+  if (!impl_->server || impl_->port == 0) {
+    throw std::runtime_error("relay: cannot listen on " + address +
+                             " (server.grpc_port / SLUICE_GRPC_PORT)");
+  }
+}
+
+void RelayServer::shutdown() {
+  if (!impl_ || !impl_->server || impl_->stopped) return;
+  impl_->stopped = true;
+  {
+    std::lock_guard lock(impl_->mu);
+    for (auto& [name, t] : impl_->topics) t->broadcast.close();
+  }
+  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  impl_->server->Wait();
+}
+
+std::uint16_t RelayServer::grpc_port() const { return static_cast<std::uint16_t>(impl_->port); }
+
+std::string RelayServer::stats_json() const { return impl_->stats_json(); }
+
+}  // namespace sluice

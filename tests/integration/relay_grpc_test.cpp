@@ -1,0 +1,227 @@
+// The relay on 127.0.0.1 with an ephemeral port, driven by real gRPC clients.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sluice/relay_server.hpp"
+#include "sluice/v1/relay.grpc.pb.h"
+
+namespace sluice {
+namespace {
+
+using namespace std::chrono_literals;
+namespace v1 = ::sluice::v1;
+
+RelayConfig loopback() {
+  RelayConfig c;
+  c.host = "127.0.0.1";
+  c.grpc_port = 0;
+  return c;
+}
+
+struct Relay {
+  explicit Relay(RelayConfig c) : server(std::move(c)) {
+    server.start();
+    channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(server.grpc_port()),
+                                  grpc::InsecureChannelCredentials());
+    stub = v1::Relay::NewStub(channel);
+  }
+  RelayServer server;
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::Relay::Stub> stub;
+};
+
+v1::PublishRequest item(const std::string& topic, std::uint64_t seq, std::string payload) {
+  v1::PublishRequest r;
+  r.mutable_item()->set_topic(topic);
+  r.mutable_item()->set_sequence(seq);
+  r.mutable_item()->set_payload(std::move(payload));
+  return r;
+}
+
+// Opens a subscription and waits until the relay has registered it.
+std::unique_ptr<grpc::ClientReader<v1::SubscribeEvent>> subscribe(Relay& relay,
+                                                                   grpc::ClientContext& ctx,
+                                                                   const std::string& topic,
+                                                                   const std::string& name) {
+  v1::SubscribeRequest req;
+  req.set_topic(topic);
+  req.set_name(name);
+  auto reader = relay.stub->Subscribe(&ctx, req);
+  for (int i = 0; i < 500 && relay.server.stats_json().find("\"" + name + "\"") == std::string::npos;
+       ++i) {
+    std::this_thread::sleep_for(2ms);
+  }
+  return reader;
+}
+
+TEST(RelayGrpc, LosslessTopicDeliversEveryItemInOrder) {
+  Relay relay(loopback());
+  grpc::ClientContext sub_ctx;
+  auto reader = subscribe(relay, sub_ctx, "telemetry", "dashboard");
+
+  grpc::ClientContext pub_ctx;
+  auto stream = relay.stub->Publish(&pub_ctx);
+  constexpr int kItems = 200;
+  for (int i = 0; i < kItems; ++i) {
+    ASSERT_TRUE(stream->Write(item(i == 0 ? "telemetry" : "", i, "payload-" + std::to_string(i))));
+  }
+  stream->WritesDone();
+  int acks = 0;
+  for (v1::PublishEvent e; stream->Read(&e);) acks += e.has_ack();
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(acks, kItems);
+
+  for (int i = 0; i < kItems; ++i) {
+    v1::SubscribeEvent e;
+    ASSERT_TRUE(reader->Read(&e));
+    ASSERT_TRUE(e.has_item());
+    EXPECT_EQ(e.item().sequence(), static_cast<std::uint64_t>(i));
+    EXPECT_EQ(e.item().payload(), "payload-" + std::to_string(i));
+    EXPECT_EQ(e.item().topic(), "telemetry");
+  }
+  sub_ctx.TryCancel();
+}
+
+TEST(RelayGrpc, StuckConsumerTurnsIntoResourceExhaustedNamingTheSetting) {
+  RelayConfig c = loopback();
+  c.defaults.max_queue_bytes = 64 * 1024;
+  c.defaults.max_wait = 300ms;
+  Relay relay(c);
+  grpc::ClientContext sub_ctx;
+  auto reader = subscribe(relay, sub_ctx, "logs", "stuck");  // never reads
+
+  grpc::ClientContext pub_ctx;
+  auto stream = relay.stub->Publish(&pub_ctx);
+  const auto start = std::chrono::steady_clock::now();
+  // More than gRPC's transport buffers (both directions) can absorb: the relay must stop.
+  int written = 0;
+  for (int i = 0; i < 8000; ++i, ++written) {
+    if (!stream->Write(item("logs", i, std::string(16 * 1024, 'x')))) break;
+  }
+  EXPECT_LT(written, 8000);
+  stream->WritesDone();
+  for (v1::PublishEvent e; stream->Read(&e);) {
+  }
+  const grpc::Status status = stream->Finish();
+  const auto waited = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_NE(status.error_message().find("topic 'logs'"), std::string::npos);
+  EXPECT_NE(status.error_message().find("SLUICE_MAX_QUEUE_BYTES"), std::string::npos);
+  EXPECT_LT(waited, 300ms + 1s);
+  sub_ctx.TryCancel();
+}
+
+TEST(RelayGrpc, UnknownTopicWithAutoCreateOffIsNotFound) {
+  RelayConfig c = loopback();
+  c.auto_create = false;
+  Relay relay(c);
+  grpc::ClientContext ctx;
+  v1::SubscribeRequest req;
+  req.set_topic("nowhere");
+  auto reader = relay.stub->Subscribe(&ctx, req);
+  v1::SubscribeEvent e;
+  EXPECT_FALSE(reader->Read(&e));
+  const auto status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_NE(status.error_message().find("auto_create"), std::string::npos);
+}
+
+TEST(RelayGrpc, MalformedTopicAndOversizedItemAreRefusedWithoutHarmingOthers) {
+  RelayConfig c = loopback();
+  c.max_frame_bytes = 1024;
+  Relay relay(c);
+  {
+    grpc::ClientContext ctx;
+    auto stream = relay.stub->Publish(&ctx);
+    stream->Write(item("bad topic!", 1, "x"));
+    stream->WritesDone();
+    for (v1::PublishEvent e; stream->Read(&e);) {
+    }
+    const auto status = stream->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(status.error_message().find("topic name"), std::string::npos);
+  }
+  {
+    grpc::ClientContext ctx;
+    auto stream = relay.stub->Publish(&ctx);
+    stream->Write(item("frames", 1, std::string(2048, 'x')));
+    stream->WritesDone();
+    for (v1::PublishEvent e; stream->Read(&e);) {
+    }
+    const auto status = stream->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(status.error_message().find("STREAM_MAX_FRAME_SIZE_MB"), std::string::npos);
+  }
+  // Another producer on another topic is unaffected.
+  grpc::ClientContext ctx;
+  auto stream = relay.stub->Publish(&ctx);
+  EXPECT_TRUE(stream->Write(item("fine", 1, "ok")));
+  stream->WritesDone();
+  int acks = 0;
+  for (v1::PublishEvent e; stream->Read(&e);) acks += e.has_ack();
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(acks, 1);
+}
+
+TEST(RelayGrpc, RealtimeTopicSendsGapNoticesToASlowSubscriber) {
+  RelayConfig c = loopback();
+  c.defaults.mode = TopicMode::realtime;
+  c.defaults.depth = 2;
+  Relay relay(c);
+  grpc::ClientContext sub_ctx;
+  auto reader = subscribe(relay, sub_ctx, "camera", "viewer");
+  grpc::ClientContext pub_ctx;
+  auto stream = relay.stub->Publish(&pub_ctx);
+  // 32 MiB: more than the transport buffers between relay and subscriber can hold.
+  constexpr int kFrames = 2000;
+  for (int i = 0; i < kFrames; ++i) {
+    ASSERT_TRUE(stream->Write(item("camera", i, std::string(16 * 1024, 'f'))));
+  }
+  stream->WritesDone();
+  for (v1::PublishEvent e; stream->Read(&e);) {
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+  // The subscriber had not read: it gets gap notices (counted) and ends with the newest frame.
+  std::uint64_t lost = 0;
+  std::uint64_t got = 0;
+  std::uint64_t last = 0;
+  while (got + lost < kFrames) {
+    v1::SubscribeEvent e;
+    ASSERT_TRUE(reader->Read(&e));
+    if (e.has_gap()) {
+      lost += e.gap().lost();
+      EXPECT_EQ(e.gap().reason(), "slow_consumer");
+    } else {
+      ++got;
+      last = e.item().sequence();
+    }
+  }
+  EXPECT_EQ(got + lost, static_cast<std::uint64_t>(kFrames));
+  EXPECT_GT(lost, 0U);
+  EXPECT_EQ(last, static_cast<std::uint64_t>(kFrames - 1));
+  sub_ctx.TryCancel();
+}
+
+TEST(RelayGrpc, ShutdownEndsSubscriberStreamsCleanly) {
+  auto relay = std::make_unique<Relay>(loopback());
+  grpc::ClientContext ctx;
+  auto reader = subscribe(*relay, ctx, "t", "s");
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(50ms);
+    relay->server.shutdown();
+  });
+  v1::SubscribeEvent e;
+  EXPECT_FALSE(reader->Read(&e));
+  EXPECT_TRUE(reader->Finish().ok());
+  stopper.join();
+}
+
+}  // namespace
+}  // namespace sluice
