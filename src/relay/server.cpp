@@ -1,6 +1,4 @@
 // The relay's gRPC service (callback API): Publish, Subscribe, Stats over topics.
-#include "sluice/relay_server.hpp"
-
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
@@ -15,6 +13,7 @@
 #include <utility>
 
 #include "sluice/broadcast.hpp"
+#include "sluice/relay_server.hpp"
 #include "sluice/v1/relay.grpc.pb.h"
 
 namespace sluice {
@@ -139,12 +138,11 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
     return t;
   }
 
-  grpc::ServerWriteReactor<v1::SubscribeEvent>* Subscribe(
-      grpc::CallbackServerContext* ctx, const v1::SubscribeRequest* req) override;
+  grpc::ServerWriteReactor<v1::SubscribeEvent>* Subscribe(grpc::CallbackServerContext* ctx,
+                                                          const v1::SubscribeRequest* req) override;
   grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>* Publish(
       grpc::CallbackServerContext* ctx) override;
-  grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx,
-                                  const v1::StatsRequest* /*req*/,
+  grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx, const v1::StatsRequest* /*req*/,
                                   v1::StatsReply* reply) override {
     reply->set_json(stats_json());
     auto* r = ctx->DefaultReactor();
@@ -195,7 +193,9 @@ namespace {
 class SubscribeReactor final : public grpc::ServerWriteReactor<v1::SubscribeEvent> {
  public:
   SubscribeReactor(std::shared_ptr<Topic> topic, Subscription<RelayMessage> sub)
-      : topic_(std::move(topic)), sub_(std::move(sub)), guard_(std::make_shared<Guard<SubscribeReactor>>()) {
+      : topic_(std::move(topic)),
+        sub_(std::move(sub)),
+        guard_(std::make_shared<Guard<SubscribeReactor>>()) {
     guard_->self = this;
     pump();
   }
@@ -365,9 +365,8 @@ class PublishReactor final : public grpc::ServerBidiReactor<v1::PublishRequest, 
           }
           if (!timer_set_) {
             timer_set_ = true;
-            relay_.timers.at(deadline_, [g = guard_] {
-              g->with([](PublishReactor& self) { self.attempt(); });
-            });
+            relay_.timers.at(
+                deadline_, [g = guard_] { g->with([](PublishReactor& self) { self.attempt(); }); });
           }
           arm = true;
           break;
@@ -464,12 +463,13 @@ grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>* RelayServer::Impl
 
 RelayServer::RelayServer(RelayConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}
 
-RelayServer::~RelayServer() { shutdown(); }
+RelayServer::~RelayServer() {
+  shutdown();
+}
 
 void RelayServer::start() {
   grpc::ServerBuilder builder;
-  const std::string address =
-      impl_->config.host + ":" + std::to_string(impl_->config.grpc_port);
+  const std::string address = impl_->config.host + ":" + std::to_string(impl_->config.grpc_port);
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &impl_->port);
   builder.RegisterService(impl_.get());
   // Our frame limit is enforced with a clear message; leave gRPC's own a little above it.
@@ -493,8 +493,12 @@ void RelayServer::shutdown() {
   impl_->server->Wait();
 }
 
-std::uint16_t RelayServer::grpc_port() const { return static_cast<std::uint16_t>(impl_->port); }
+std::uint16_t RelayServer::grpc_port() const {
+  return static_cast<std::uint16_t>(impl_->port);
+}
 
-std::string RelayServer::stats_json() const { return impl_->stats_json(); }
+std::string RelayServer::stats_json() const {
+  return impl_->stats_json();
+}
 
 }  // namespace sluice

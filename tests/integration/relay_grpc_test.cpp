@@ -2,8 +2,10 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <thread>
@@ -47,15 +49,15 @@ v1::PublishRequest item(const std::string& topic, std::uint64_t seq, std::string
 
 // Opens a subscription and waits until the relay has registered it.
 std::unique_ptr<grpc::ClientReader<v1::SubscribeEvent>> subscribe(Relay& relay,
-                                                                   grpc::ClientContext& ctx,
-                                                                   const std::string& topic,
-                                                                   const std::string& name) {
+                                                                  grpc::ClientContext& ctx,
+                                                                  const std::string& topic,
+                                                                  const std::string& name) {
   v1::SubscribeRequest req;
   req.set_topic(topic);
   req.set_name(name);
   auto reader = relay.stub->Subscribe(&ctx, req);
-  for (int i = 0; i < 500 && relay.server.stats_json().find("\"" + name + "\"") == std::string::npos;
-       ++i) {
+  for (int i = 0;
+       i < 500 && relay.server.stats_json().find("\"" + name + "\"") == std::string::npos; ++i) {
     std::this_thread::sleep_for(2ms);
   }
   return reader;
@@ -115,6 +117,79 @@ TEST(RelayGrpc, StuckConsumerTurnsIntoResourceExhaustedNamingTheSetting) {
   EXPECT_NE(status.error_message().find("topic 'logs'"), std::string::npos);
   EXPECT_NE(status.error_message().find("SLUICE_MAX_QUEUE_BYTES"), std::string::npos);
   EXPECT_LT(waited, 300ms + 1s);
+  sub_ctx.TryCancel();
+}
+
+// R4 of BENCHMARKS.md as a test: a producer much faster than the only consumer on a lossless
+// topic. Nothing is lost (sequence numbers), the producer is slowed to the consumer's pace, and
+// the topic's queue bytes, sampled through Stats, never exceed the budget plus one item. Prints
+// how many bytes gRPC's transport buffers held on top of the budget.
+TEST(RelayGrpc, FastProducerSlowConsumerR4NoLossWithinBudget) {
+  RelayConfig c = loopback();
+  c.defaults.max_queue_bytes = 256 * 1024;
+  c.defaults.max_wait = 10s;
+  Relay relay(c);
+  constexpr int kItems = 1500;  // 24 MiB, well past what the transport buffers absorb
+  constexpr std::size_t kItemBytes = 16 * 1024;
+  grpc::ClientContext sub_ctx;
+  auto reader = subscribe(relay, sub_ctx, "r4", "slow");
+
+  std::atomic<bool> done{false};
+  std::atomic<std::uint64_t> worst{0};
+  std::atomic<int> samples{0};
+  std::thread sampler([&] {
+    while (!done) {
+      grpc::ClientContext ctx;
+      v1::StatsReply reply;
+      if (relay.stub->Stats(&ctx, v1::StatsRequest{}, &reply).ok()) {
+        const auto& j = reply.json();
+        const auto at = j.find("\"queue_bytes\": ");
+        if (at != std::string::npos) {
+          const std::uint64_t qb = std::stoull(j.substr(at + 15));
+          if (qb > worst) worst = qb;
+          ++samples;
+        }
+      }
+      std::this_thread::sleep_for(5ms);
+    }
+  });
+  std::atomic<int> received{0};
+  std::thread consumer([&] {
+    for (int i = 0; i < kItems; ++i) {
+      v1::SubscribeEvent e;
+      ASSERT_TRUE(reader->Read(&e));
+      ASSERT_TRUE(e.has_item());
+      ASSERT_EQ(e.item().sequence(), static_cast<std::uint64_t>(i));  // none lost, in order
+      ++received;
+      std::this_thread::sleep_for(1ms);  // the slow consumer: ~16 MB/s
+    }
+  });
+  grpc::ClientContext pub_ctx;
+  auto stream = relay.stub->Publish(&pub_ctx);
+  std::uint64_t max_ahead = 0;  // items the producer had written beyond what the consumer had
+  for (int i = 0; i < kItems; ++i) {
+    ASSERT_TRUE(stream->Write(item("r4", i, std::string(kItemBytes, 'r'))));
+    max_ahead = std::max<std::uint64_t>(max_ahead, static_cast<std::uint64_t>(i + 1 - received));
+  }
+  stream->WritesDone();
+  for (v1::PublishEvent e; stream->Read(&e);) {
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+  consumer.join();
+  done = true;
+  sampler.join();
+  EXPECT_EQ(received.load(), kItems);
+  EXPECT_GT(samples.load(), 0);
+  EXPECT_LE(worst.load(), c.defaults.max_queue_bytes + kItemBytes);
+  const std::uint64_t ahead_bytes = max_ahead * kItemBytes;
+  std::printf(
+      "R4: topic budget %llu B, worst sampled queue %llu B; producer at most %llu B "
+      "ahead of the consumer: gRPC transport buffers held ~%lld B beyond the budget\n",
+      static_cast<unsigned long long>(c.defaults.max_queue_bytes),
+      static_cast<unsigned long long>(worst.load()), static_cast<unsigned long long>(ahead_bytes),
+      static_cast<long long>(ahead_bytes) - static_cast<long long>(c.defaults.max_queue_bytes));
+  // The producer was held back at budget + transport buffers, not let run to the end.
+  EXPECT_LT(max_ahead, static_cast<std::uint64_t>(kItems) * 3 / 4);
   sub_ctx.TryCancel();
 }
 
