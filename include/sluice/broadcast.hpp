@@ -308,7 +308,7 @@ class Broadcast {
   SendResult publish_impl(T& item, Clock::time_point deadline, Clock::duration timeout,
                           bool may_wait);
   // Lossless: recomputes the gate from the subscribers' cursors. Caller holds mu.
-  void refresh_gate() noexcept;
+  void refresh_gate() const noexcept;  // (changes only the shared state's cached gate)
   // Lossless: may an item of `size` bytes be published as `seq`, by the last refresh? Caller
   // holds mu.
   bool admits(std::uint64_t seq, std::uint64_t size) const noexcept;
@@ -428,7 +428,7 @@ Subscription<T> Broadcast<T>::subscribe(std::string name, std::size_t depth) {
 }
 
 template <class T>
-void Broadcast<T>::refresh_gate() noexcept {
+void Broadcast<T>::refresh_gate() const noexcept {
   State& s = *state_;
   std::uint64_t gate = std::numeric_limits<std::uint64_t>::max();
   std::uint64_t gate_bytes = std::numeric_limits<std::uint64_t>::max();
@@ -463,8 +463,7 @@ bool Broadcast<T>::room_now(std::uint64_t size) const {
   if (s.closed.load(std::memory_order_relaxed) || s.config.mode == BroadcastMode::lossy) {
     return true;
   }
-  // (const_cast: refreshing the cached gate is not an observable change.)
-  const_cast<Broadcast*>(this)->refresh_gate();
+  refresh_gate();
   return admits(s.head.load(std::memory_order_relaxed), size);
 }
 

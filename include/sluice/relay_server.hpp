@@ -34,6 +34,8 @@ class RelayServer {
   ~RelayServer();
   RelayServer(const RelayServer&) = delete;
   RelayServer& operator=(const RelayServer&) = delete;
+  RelayServer(RelayServer&&) = delete;
+  RelayServer& operator=(RelayServer&&) = delete;
 
   /// Binds and starts serving. Throws std::runtime_error naming the address if binding fails.
   void start();

@@ -50,6 +50,10 @@ struct Topic {
 class Timers {
  public:
   Timers() : thread_([this] { run(); }) {}
+  Timers(const Timers&) = delete;
+  Timers& operator=(const Timers&) = delete;
+  Timers(Timers&&) = delete;
+  Timers& operator=(Timers&&) = delete;
   ~Timers() {
     {
       std::lock_guard lock(mu_);
@@ -392,14 +396,13 @@ class PublishReactor final : public grpc::ServerBidiReactor<v1::PublishRequest, 
         slowest = sub.name;
       }
     }
-    return grpc::Status(
-        grpc::StatusCode::RESOURCE_EXHAUSTED,
-        "topic '" + topic_->name + "' is full: waited " +
-            std::to_string(topic_->config.max_wait.count()) + " ms for room; subscriber '" +
-            slowest + "' holds " + std::to_string(bytes) + " bytes of max_queue_bytes " +
-            std::to_string(topic_->config.max_queue_bytes) +
-            ". Speed up the consumer, or raise max_queue_bytes (SLUICE_MAX_QUEUE_BYTES) or "
-            "max_wait_ms (SLUICE_MAX_WAIT_MS)");
+    return {grpc::StatusCode::RESOURCE_EXHAUSTED,
+            "topic '" + topic_->name + "' is full: waited " +
+                std::to_string(topic_->config.max_wait.count()) + " ms for room; subscriber '" +
+                slowest + "' holds " + std::to_string(bytes) + " bytes of max_queue_bytes " +
+                std::to_string(topic_->config.max_queue_bytes) +
+                ". Speed up the consumer, or raise max_queue_bytes (SLUICE_MAX_QUEUE_BYTES) or "
+                "max_wait_ms (SLUICE_MAX_WAIT_MS)"};
   }
 
   void queue_ack(std::uint64_t seq) {  // caller holds mu_
