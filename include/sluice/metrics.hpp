@@ -85,6 +85,10 @@ class Registry {
   /// A gauge computed at scrape time. Replaces an earlier callback for the same series.
   void gauge_fn(std::string_view name, std::string_view help, const Labels& labels,
                 std::function<double()> read);
+  /// A counter whose value is read at scrape time from a monotonic source (a component's own
+  /// stats). Replaces an earlier callback for the same series.
+  void counter_fn(std::string_view name, std::string_view help, const Labels& labels,
+                  std::function<double()> read);
   /// Removes one series (e.g. a subscriber that left). Returns whether it existed.
   bool remove(std::string_view name, const Labels& labels);
 

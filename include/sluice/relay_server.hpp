@@ -45,6 +45,8 @@ class RelayServer {
 
   /// The bound gRPC port (the ephemeral one when configured as 0).
   std::uint16_t grpc_port() const;
+  /// The bound HTTP port (/metrics, /healthz, /v1/stats).
+  std::uint16_t http_port() const;
   /// Topics, their subscribers and counters, as JSON.
   std::string stats_json() const;
 

@@ -65,8 +65,8 @@ struct ConfigCommand {
       return 2;
     }
     // One machine-readable line with the bound addresses.
-    std::printf("{\"event\":\"listening\",\"grpc\":\"%s:%u\"}\n", config->host.c_str(),
-                server.grpc_port());
+    std::printf("{\"event\":\"listening\",\"grpc\":\"%s:%u\",\"http\":\"%s:%u\"}\n",
+                config->host.c_str(), server.grpc_port(), config->host.c_str(), server.http_port());
     std::fflush(stdout);
     int sig = 0;
     sigwait(&signals, &sig);

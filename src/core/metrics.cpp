@@ -195,6 +195,13 @@ void Registry::gauge_fn(std::string_view name, std::string_view help, const Labe
   s.read = std::move(read);
 }
 
+void Registry::counter_fn(std::string_view name, std::string_view help, const Labels& labels,
+                          std::function<double()> read) {
+  std::lock_guard lock(mu_);
+  Series& s = series(name, help, Type::counter, labels);
+  s.read = std::move(read);
+}
+
 bool Registry::remove(std::string_view name, const Labels& labels) {
   std::lock_guard lock(mu_);
   auto it = families_.find(name);
@@ -215,7 +222,10 @@ std::string Registry::prometheus_text() const {
     for (const auto& [key, s] : family.series) {
       switch (family.type) {
         case Type::counter:
-          out += name + key + " " + std::to_string(s.counter ? s.counter->value() : 0) + "\n";
+          out += name + key + " " +
+                 (s.read ? format_double(s.read())
+                         : std::to_string(s.counter ? s.counter->value() : 0)) +
+                 "\n";
           break;
         case Type::gauge: {
           const double v = s.read ? s.read() : (s.gauge ? s.gauge->value() : 0.0);
@@ -257,7 +267,11 @@ std::string Registry::json() const {
       for (const auto& [k, v] : s.labels) entry["labels"][k] = v;
       switch (family.type) {
         case Type::counter:
-          entry["value"] = s.counter ? s.counter->value() : 0;
+          if (s.read) {
+            entry["value"] = s.read();
+          } else {
+            entry["value"] = s.counter ? s.counter->value() : 0;
+          }
           break;
         case Type::gauge:
           entry["value"] = s.read ? s.read() : (s.gauge ? s.gauge->value() : 0.0);

@@ -1,6 +1,10 @@
-// The relay's gRPC service (callback API): Publish, Subscribe, Stats over topics.
+// The relay's gRPC service (callback API): Publish, Subscribe, Stats over topics; and its HTTP
+// endpoint (Boost.Beast): /metrics, /healthz, /v1/stats.
 #include <grpcpp/grpcpp.h>
 
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -10,9 +14,11 @@
 #include <optional>
 #include <stdexcept>
 #include <thread>
+#include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 #include <utility>
 
 #include "sluice/broadcast.hpp"
+#include "sluice/metrics.hpp"
 #include "sluice/relay_server.hpp"
 #include "sluice/v1/relay.grpc.pb.h"
 
@@ -113,6 +119,93 @@ struct Guard {
   }
 };
 
+// A small HTTP/1.1 server on its own thread: one request per connection (Connection: close).
+class HttpServer {
+ public:
+  using Handler = std::function<void(const std::string& target, unsigned& status,
+                                     std::string& content_type, std::string& body)>;
+  HttpServer(const std::string& host, std::uint16_t port, Handler handler)
+      : acceptor_(io_), handler_(std::move(handler)) {
+    namespace ip = boost::asio::ip;
+    boost::system::error_code ec;
+    const ip::tcp::endpoint endpoint(ip::make_address(host, ec), port);
+    if (ec) throw std::runtime_error("relay: invalid host " + host + " (server.host)");
+    acceptor_.open(endpoint.protocol());
+    acceptor_.set_option(ip::tcp::acceptor::reuse_address(true));
+    acceptor_.bind(endpoint, ec);
+    if (ec) {
+      throw std::runtime_error("relay: cannot listen on " + host + ":" + std::to_string(port) +
+                               " for HTTP (server.http_port / SLUICE_HTTP_PORT): " + ec.message());
+    }
+    acceptor_.listen();
+    port_ = acceptor_.local_endpoint().port();
+    accept();
+    thread_ = std::thread([this] { io_.run(); });
+  }
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+  HttpServer(HttpServer&&) = delete;
+  HttpServer& operator=(HttpServer&&) = delete;
+  ~HttpServer() {
+    io_.stop();
+    thread_.join();
+  }
+  std::uint16_t port() const { return port_; }
+
+ private:
+  struct Session {
+    explicit Session(boost::asio::ip::tcp::socket s) : socket(std::move(s)) {}
+    boost::asio::ip::tcp::socket socket;
+    boost::beast::flat_buffer buffer;
+    boost::beast::http::request_parser<boost::beast::http::string_body> parser;
+    boost::beast::http::response<boost::beast::http::string_body> response;
+  };
+
+  void accept() {
+    acceptor_.async_accept([this](boost::system::error_code ec, boost::asio::ip::tcp::socket s) {
+      if (!ec) serve(std::make_shared<Session>(std::move(s)));
+      if (acceptor_.is_open()) accept();
+    });
+  }
+
+  void serve(const std::shared_ptr<Session>& session) {
+    namespace http = boost::beast::http;
+    session->parser.body_limit(8 * 1024);  // requests here are small
+    http::async_read(
+        session->socket, session->buffer, session->parser,
+        [this, session](boost::beast::error_code ec, std::size_t /*bytes*/) {
+          if (ec) return;  // the client went away or sent garbage: nothing to answer
+          const auto& request = session->parser.get();
+          unsigned status = 200;
+          std::string type = "text/plain; charset=utf-8";
+          std::string body;
+          if (request.method() != http::verb::get) {
+            status = 405;
+            body = "only GET is served here\n";
+          } else {
+            handler_(std::string(request.target()), status, type, body);
+          }
+          auto& res = session->response;
+          res.version(request.version());
+          res.result(status);
+          res.set(http::field::content_type, type);
+          res.set(http::field::connection, "close");
+          res.body() = std::move(body);
+          res.prepare_payload();
+          http::async_write(session->socket, res, [session](boost::beast::error_code, std::size_t) {
+            boost::system::error_code ignored;
+            session->socket.shutdown(boost::asio::ip::tcp::socket::shutdown_both, ignored);
+          });
+        });
+  }
+
+  boost::asio::io_context io_;
+  boost::asio::ip::tcp::acceptor acceptor_;
+  Handler handler_;
+  std::uint16_t port_ = 0;
+  std::thread thread_;
+};
+
 }  // namespace
 
 struct RelayServer::Impl final : v1::Relay::CallbackService {
@@ -139,6 +232,7 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
     tc.name = name;
     auto t = std::make_shared<Topic>(name, tc);
     topics.emplace(name, t);
+    register_metrics(t);
     return t;
   }
 
@@ -152,6 +246,55 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
     auto* r = ctx->DefaultReactor();
     r->Finish(grpc::Status::OK);
     return r;
+  }
+
+  // Series read from the topic's own stats at scrape time.
+  void register_metrics(const std::shared_ptr<Topic>& t) {
+    const metrics::Labels labels{{"topic", t->name}};
+    std::weak_ptr<Topic> weak = t;
+    const auto stat = [weak](auto pick) {
+      return [weak, pick]() -> double {
+        const auto topic = weak.lock();
+        return topic ? pick(topic->broadcast.stats()) : 0.0;
+      };
+    };
+    registry.counter_fn("sluice_topic_published_total", "Items published to the topic", labels,
+                        stat([](const BroadcastStats& s) { return double(s.published); }));
+    registry.counter_fn("sluice_topic_publish_timeouts_total",
+                        "Publishes that gave up after max_wait (RESOURCE_EXHAUSTED)", labels,
+                        stat([](const BroadcastStats& s) { return double(s.timeouts); }));
+    registry.gauge_fn("sluice_topic_subscribers", "Current subscribers", labels,
+                      stat([](const BroadcastStats& s) { return double(s.subscribers.size()); }));
+    registry.gauge_fn("sluice_topic_queue_bytes",
+                      "Bytes the furthest-behind subscriber has outstanding", labels,
+                      stat([](const BroadcastStats& s) {
+                        std::uint64_t worst = 0;
+                        for (const auto& sub : s.subscribers)
+                          worst = std::max(worst, sub.lag_bytes);
+                        return double(worst);
+                      }));
+    registry.counter_fn(
+        "sluice_topic_dropped_total", "Items lost by current subscribers, by reason",
+        {{"topic", t->name}, {"reason", "slow_consumer"}}, stat([](const BroadcastStats& s) {
+          std::uint64_t lost = 0;
+          for (const auto& sub : s.subscribers) lost += sub.lost[DropReason::slow_consumer];
+          return double(lost);
+        }));
+  }
+
+  void http(const std::string& target, unsigned& status, std::string& type, std::string& body) {
+    if (target == "/metrics") {
+      type = "text/plain; version=0.0.4; charset=utf-8";
+      body = registry.prometheus_text();
+    } else if (target == "/healthz") {
+      body = "ok\n";
+    } else if (target == "/v1/stats") {
+      type = "application/json";
+      body = stats_json();
+    } else {
+      status = 404;
+      body = "not found: " + target.substr(0, 200) + " (try /metrics, /healthz, /v1/stats)\n";
+    }
   }
 
   std::string stats_json() const {
@@ -183,6 +326,8 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
   }
 
   const RelayConfig config;
+  metrics::Registry registry;
+  std::unique_ptr<HttpServer> http_server;
   mutable std::mutex mu;
   std::map<std::string, std::shared_ptr<Topic>> topics;  // guarded by mu
   Timers timers;
@@ -483,6 +628,12 @@ void RelayServer::start() {
     throw std::runtime_error("relay: cannot listen on " + address +
                              " (server.grpc_port / SLUICE_GRPC_PORT)");
   }
+  Impl* impl = impl_.get();
+  impl_->http_server = std::make_unique<HttpServer>(
+      impl_->config.host, impl_->config.http_port,
+      [impl](const std::string& target, unsigned& status, std::string& type, std::string& body) {
+        impl->http(target, status, type, body);
+      });
 }
 
 void RelayServer::shutdown() {
@@ -494,10 +645,15 @@ void RelayServer::shutdown() {
   }
   impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   impl_->server->Wait();
+  impl_->http_server.reset();
 }
 
 std::uint16_t RelayServer::grpc_port() const {
   return static_cast<std::uint16_t>(impl_->port);
+}
+
+std::uint16_t RelayServer::http_port() const {
+  return impl_->http_server ? impl_->http_server->port() : 0;
 }
 
 std::string RelayServer::stats_json() const {

@@ -4,11 +4,16 @@
 
 #include <algorithm>
 #include <atomic>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
 #include <chrono>
 #include <cstdio>
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 #include <vector>
 
 #include "sluice/relay_server.hpp"
@@ -24,7 +29,23 @@ RelayConfig loopback() {
   RelayConfig c;
   c.host = "127.0.0.1";
   c.grpc_port = 0;
+  c.http_port = 0;
   return c;
+}
+
+// GET http://127.0.0.1:port/target -> (status, body), with a real HTTP client (Beast).
+std::pair<unsigned, std::string> http_get(std::uint16_t port, const std::string& target) {
+  namespace http = boost::beast::http;
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::socket socket(io);
+  socket.connect({boost::asio::ip::make_address("127.0.0.1"), port});
+  http::request<http::empty_body> req{http::verb::get, target, 11};
+  req.set(http::field::host, "127.0.0.1");
+  http::write(socket, req);
+  boost::beast::flat_buffer buffer;
+  http::response<http::string_body> res;
+  http::read(socket, buffer, res);
+  return {res.result_int(), res.body()};
 }
 
 struct Relay {
@@ -282,6 +303,30 @@ TEST(RelayGrpc, RealtimeTopicSendsGapNoticesToASlowSubscriber) {
   EXPECT_GT(lost, 0U);
   EXPECT_EQ(last, static_cast<std::uint64_t>(kFrames - 1));
   sub_ctx.TryCancel();
+}
+
+TEST(RelayHttp, MetricsHealthAndStatsOverHttp) {
+  Relay relay(loopback());
+  grpc::ClientContext pub_ctx;
+  auto stream = relay.stub->Publish(&pub_ctx);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(stream->Write(item("cam.front", i, "x")));
+  stream->WritesDone();
+  for (v1::PublishEvent e; stream->Read(&e);) {
+  }
+  ASSERT_TRUE(stream->Finish().ok());
+
+  const auto port = relay.server.http_port();
+  ASSERT_NE(port, 0);
+  EXPECT_EQ(http_get(port, "/healthz"), (std::pair<unsigned, std::string>{200, "ok\n"}));
+  const auto [status, metrics] = http_get(port, "/metrics");
+  EXPECT_EQ(status, 200U);
+  EXPECT_NE(metrics.find("sluice_topic_published_total{topic=\"cam.front\"} 3"), std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("# TYPE sluice_topic_queue_bytes gauge"), std::string::npos);
+  const auto stats = http_get(port, "/v1/stats");
+  EXPECT_EQ(stats.first, 200U);
+  EXPECT_NE(stats.second.find("\"name\": \"cam.front\""), std::string::npos) << stats.second;
+  EXPECT_EQ(http_get(port, "/nope").first, 404U);
 }
 
 TEST(RelayGrpc, ShutdownEndsSubscriberStreamsCleanly) {

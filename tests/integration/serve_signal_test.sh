@@ -3,7 +3,7 @@
 # (exit 0) on SIGTERM. Usage: serve_signal_test.sh path/to/sluice
 set -u
 out=$(mktemp)
-SLUICE_GRPC_PORT=0 "$1" serve >"$out" 2>&1 &
+SLUICE_GRPC_PORT=0 SLUICE_HTTP_PORT=0 "$1" serve >"$out" 2>&1 &
 pid=$!
 i=0
 while ! grep -q '"event":"listening"' "$out"; do
@@ -11,7 +11,7 @@ while ! grep -q '"event":"listening"' "$out"; do
   if [ "$i" -gt 100 ]; then echo "no listening line:"; cat "$out"; kill -9 "$pid"; exit 1; fi
   sleep 0.1
 done
-grep -Eq '"grpc":"127\.0\.0\.1:[0-9]+"' "$out" || { echo "bad address line:"; cat "$out"; exit 1; }
+grep -Eq '"grpc":"127\.0\.0\.1:[0-9]+","http":"127\.0\.0\.1:[0-9]+"' "$out" || { echo "bad address line:"; cat "$out"; exit 1; }
 kill -TERM "$pid"
 wait "$pid"
 rc=$?
