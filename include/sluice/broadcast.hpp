@@ -49,10 +49,11 @@
 #include <utility>
 #include <vector>
 
-#include "sluice/channel.hpp"  // LatencySampling, detail::now_ns
+#include "sluice/channel.hpp"  // kUnlimitedBytes
 #include "sluice/detail/wait.hpp"
 #include "sluice/drop_reason.hpp"
 #include "sluice/histogram.hpp"
+#include "sluice/latency.hpp"
 #include "sluice/result.hpp"
 
 namespace sluice {
@@ -220,9 +221,7 @@ struct BroadcastState {
   WaitQueue room;  // lossless publishers waiting for subscribers
   HookList writable;
 
-  std::atomic<std::uint64_t> sample_mask{0};
-  std::atomic<std::int64_t> last_sample_ns{0};
-  Histogram latency;
+  LatencySampler latency{config.latency};
   std::atomic<std::uint64_t> evicted{0};
   std::atomic<std::uint64_t> would_block{0};
   std::atomic<std::uint64_t> timeouts{0};
@@ -248,7 +247,6 @@ class Broadcast {
   /// Throws std::invalid_argument if the configuration is invalid.
   explicit Broadcast(BroadcastConfig config)
       : state_(std::make_shared<detail::BroadcastState<T>>(std::move(config))) {
-    if (state_->config.latency == LatencySampling::every_item) state_->sample_mask.store(0);
     if constexpr (!Sized<T>) {
       if (state_->account) {
         throw std::invalid_argument("broadcast '" + state_->config.name +
@@ -281,7 +279,7 @@ class Broadcast {
   }
   template <class Rep, class Period>
   SendResult publish_for(T&& item, std::chrono::duration<Rep, Period> timeout) {
-    return publish_impl(item, kLazy, std::chrono::duration_cast<Clock::duration>(timeout), true);
+    return publish_impl(item, kLazy, detail::clamp_timeout(timeout), true);
   }
   /// Never waits: lossless answers would_block while a subscriber is `depth` behind.
   SendResult try_publish(T&& item) { return publish_impl(item, kLazy, {}, false); }
@@ -302,7 +300,7 @@ class Broadcast {
   const BroadcastConfig& config() const noexcept { return state_->config; }
 
  private:
-  static constexpr Clock::time_point kLazy = Clock::time_point::min();
+  static constexpr Clock::time_point kLazy = detail::kLazyDeadline;
   using State = detail::BroadcastState<T>;
 
   SendResult publish_impl(T& item, Clock::time_point deadline, Clock::duration timeout,
@@ -356,7 +354,7 @@ class Subscription {
   RecvResult<T> recv(Clock::time_point deadline) { return recv_impl(deadline, {}, true); }
   template <class Rep, class Period>
   RecvResult<T> recv_for(std::chrono::duration<Rep, Period> timeout) {
-    return recv_impl(kLazy, std::chrono::duration_cast<Clock::duration>(timeout), true);
+    return recv_impl(kLazy, detail::clamp_timeout(timeout), true);
   }
   /// Never waits: would_block when nothing new is there.
   RecvResult<T> try_recv() { return recv_impl(kLazy, {}, false); }
@@ -383,7 +381,7 @@ class Subscription {
 
  private:
   friend class Broadcast<T>;
-  static constexpr Clock::time_point kLazy = Clock::time_point::min();
+  static constexpr Clock::time_point kLazy = detail::kLazyDeadline;
 
   Subscription(std::shared_ptr<detail::BroadcastState<T>> state,
                std::shared_ptr<detail::SubscriberState> sub)
@@ -533,10 +531,7 @@ SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline, Clock
     }
     if (blocked_since == Clock::time_point{}) {
       blocked_since = Clock::now();
-      if (deadline == kLazy) {
-        deadline = timeout >= Clock::time_point::max() - blocked_since ? Clock::time_point::max()
-                                                                       : blocked_since + timeout;
-      }
+      deadline = detail::resolve_deadline(deadline, timeout, blocked_since);
       if (s.config.evict_after.count() > 0) {
         evict_at =
             blocked_since + std::chrono::duration_cast<Clock::duration>(s.config.evict_after);
@@ -579,11 +574,7 @@ SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline, Clock
   const std::uint64_t seq = s.head.load(std::memory_order_relaxed);
   auto& slot = s.slot_at(seq);
   std::optional<T> old;
-  std::int64_t stamp = 0;
-  if (s.config.latency != LatencySampling::off &&
-      (seq & s.sample_mask.load(std::memory_order_relaxed)) == 0) {
-    stamp = detail::now_ns();
-  }
+  const std::int64_t stamp = s.latency.stamp(seq);
   // (Unguarded mode: every subscriber has moved past this slot's previous item and none reads
   // it again, so the lock would protect nothing.)
   if (!s.unguarded_reads) slot.lock.lock();
@@ -760,20 +751,7 @@ void Subscription<T>::finish_take(RecvResult<T>& out, std::uint64_t cursor, std:
   } else {
     sub.cursor.store(cursor + 1, std::memory_order_release);
   }
-  if (stamp != 0) {
-    const std::int64_t now = detail::now_ns();
-    s.latency.record(static_cast<std::uint64_t>(std::max<std::int64_t>(now - stamp, 0)));
-    if (s.config.latency == LatencySampling::adaptive) {
-      // Keep samples 50 µs – 1 ms apart (see Channel): racy by design, it steers a rate.
-      const std::int64_t last = s.last_sample_ns.exchange(now, std::memory_order_relaxed);
-      const std::uint64_t mask = s.sample_mask.load(std::memory_order_relaxed);
-      if (now - last < 50'000 && mask < 4095) {
-        s.sample_mask.store(mask * 2 + 1, std::memory_order_relaxed);
-      } else if (now - last > 1'000'000 && mask > 0) {
-        s.sample_mask.store(mask >> 1, std::memory_order_relaxed);
-      }
-    }
-  }
+  s.latency.record(stamp);
   out.status = RecvStatus::ok;
 }
 
@@ -811,11 +789,7 @@ RecvResult<T> Subscription<T>::recv_impl(Clock::time_point deadline, Clock::dura
     if (backoff.spin()) continue;
     if (!resolved) {
       resolved = true;
-      if (deadline == kLazy) {
-        const auto now = Clock::now();
-        deadline =
-            timeout >= Clock::time_point::max() - now ? Clock::time_point::max() : now + timeout;
-      }
+      deadline = detail::resolve_deadline(deadline, timeout, Clock::now());
     }
     if (Clock::now() >= deadline) {
       out.status = RecvStatus::timeout;

@@ -60,6 +60,7 @@
 #include "sluice/detail/wait.hpp"
 #include "sluice/drop_reason.hpp"
 #include "sluice/histogram.hpp"
+#include "sluice/latency.hpp"
 #include "sluice/result.hpp"
 #include "sluice/size_bytes.hpp"
 
@@ -71,15 +72,6 @@ enum class OverflowPolicy : std::uint8_t { block, drop_oldest, drop_newest, reje
 std::string_view to_string(OverflowPolicy policy) noexcept;
 /// "block", "drop_oldest", "drop_newest", "reject"; nullopt otherwise.
 std::optional<OverflowPolicy> parse_overflow_policy(std::string_view text) noexcept;
-
-/// How a channel measures send→receive latency.
-enum class LatencySampling : std::uint8_t {
-  adaptive,    // every item while the channel is quiet; at most ~20,000 samples a second when
-               // it is busy (the sampling stride doubles or halves to keep samples 50 µs–1 ms
-               // apart). The default: exact for 30 fps streams, cheap for 20 M msg/s ones.
-  every_item,  // read the clock on every send and receive (two clock reads per item)
-  off,         // no latency histogram
-};
 
 /// "No limit" for max_bytes.
 inline constexpr std::size_t kUnlimitedBytes = std::numeric_limits<std::size_t>::max();
@@ -136,7 +128,6 @@ std::string channel_timeout_message(const ChannelStats& s, std::uint64_t item_by
 std::string channel_closed_message(std::string_view name);
 std::string channel_too_large_message(std::string_view name, std::uint64_t item_bytes,
                                       std::size_t max_item_bytes);
-std::int64_t now_ns() noexcept;
 }  // namespace detail
 
 template <class T>
@@ -246,24 +237,10 @@ class Channel {
   enum class Attempt : std::uint8_t { ok, full, closed };
   enum class Take : std::uint8_t { ok, empty, closed };
 
-  // Timeouts given as durations become deadlines only when the call first has to wait, so the
-  // fast path never reads the clock. kLazyDeadline marks "deadline = now + timeout, later".
-  static constexpr Clock::time_point kLazyDeadline = Clock::time_point::min();
-
+  static constexpr Clock::time_point kLazyDeadline = detail::kLazyDeadline;
   template <class Rep, class Period>
-  static Clock::duration clamp(std::chrono::duration<Rep, Period> d) {
-    if (d <= d.zero()) return Clock::duration::zero();
-    if (d >=
-        std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(Clock::duration::max())) {
-      return Clock::duration::max();
-    }
-    return std::chrono::duration_cast<Clock::duration>(d);
-  }
-  static Clock::time_point resolve(Clock::time_point deadline, Clock::duration timeout) {
-    if (deadline != kLazyDeadline) return deadline;
-    const auto now = Clock::now();
-    if (timeout >= Clock::time_point::max() - now) return Clock::time_point::max();
-    return now + timeout;
+  static Clock::duration clamp(std::chrono::duration<Rep, Period> d) noexcept {
+    return detail::clamp_timeout(d);
   }
 
   // enq - deq as it was at one instant: read deq, enq, deq again; if deq did not move, the
@@ -305,7 +282,6 @@ class Channel {
   bool await_item(detail::Backoff& backoff) const noexcept;
   bool readable_now() const noexcept;
   bool writable_now() const noexcept;
-  void record_latency(std::int64_t stamp_ns) noexcept;
   void count_refused(DropReason reason) noexcept {
     dropped_[static_cast<std::size_t>(reason)].fetch_add(1, std::memory_order_relaxed);
     refused_.fetch_add(1, std::memory_order_relaxed);
@@ -337,10 +313,8 @@ class Channel {
 
   // ---- shared, rarely written ----
   alignas(kLine) std::atomic<std::uint64_t> hwm_bytes_{0};  // max_queue_bytes_seen
-  std::atomic<std::uint64_t> sample_mask_{0};  // stamp positions with (pos & mask) == 0
-  std::atomic<std::int64_t> last_sample_ns_{0};
-  detail::WaitQueue not_empty_;  // receivers parked on an empty channel
-  detail::WaitQueue not_full_;   // senders parked on a full channel (block policy)
+  detail::WaitQueue not_empty_;                             // receivers parked on an empty channel
+  detail::WaitQueue not_full_;  // senders parked on a full channel (block policy)
 
   // ---- rare-path counters ----
   alignas(kLine) std::atomic<std::uint64_t> dropped_[kDropReasonCount] = {};
@@ -349,7 +323,7 @@ class Channel {
   std::atomic<std::uint64_t> rejected_{0};
   std::atomic<std::uint64_t> timeouts_{0};
   std::atomic<std::uint64_t> blocked_ns_{0};
-  Histogram latency_;
+  detail::LatencySampler latency_{config_.latency};
   detail::HookList readable_hooks_;
   detail::HookList writable_hooks_;
 };
@@ -375,7 +349,6 @@ Channel<T>::Channel(ChannelConfig config)
   for (std::uint64_t i = 0; i < capacity_; ++i) {
     cells_[i].seq.store(2 * i, std::memory_order_relaxed);
   }
-  if (config_.latency == LatencySampling::every_item) sample_mask_.store(0);
 }
 
 template <class T>
@@ -475,12 +448,7 @@ typename Channel<T>::Attempt Channel<T>::try_enqueue(T& item, std::uint64_t size
 
   ::new (static_cast<void*>(cell->storage)) T(std::move(item));
   cell->bytes = size;
-  std::int64_t stamp = 0;
-  if (config_.latency != LatencySampling::off &&
-      (pos & sample_mask_.load(std::memory_order_relaxed)) == 0) {
-    stamp = detail::now_ns();
-  }
-  cell->stamp_ns = stamp;
+  cell->stamp_ns = latency_.stamp(pos);
   cell->seq.store(2 * pos + 1, std::memory_order_release);
 
   if (account_) {
@@ -537,27 +505,10 @@ typename Channel<T>::Take Channel<T>::try_dequeue(std::optional<T>& out, bool ev
     dropped_[static_cast<std::size_t>(DropReason::overflow)].fetch_add(1,
                                                                        std::memory_order_relaxed);
     evicted_.fetch_add(1, std::memory_order_relaxed);
-  } else if (stamp != 0) {
-    record_latency(stamp);
+  } else {
+    latency_.record(stamp);
   }
   return Take::ok;
-}
-
-template <class T>
-void Channel<T>::record_latency(std::int64_t stamp_ns) noexcept {
-  const std::int64_t now = detail::now_ns();
-  latency_.record(static_cast<std::uint64_t>(std::max<std::int64_t>(now - stamp_ns, 0)));
-  if (config_.latency != LatencySampling::adaptive) return;
-  // Keep samples 50 µs – 1 ms apart: widen the stride when they come faster, narrow it when
-  // they come slower. Racy between consumers by design: it only steers a sampling rate.
-  const std::int64_t last = last_sample_ns_.exchange(now, std::memory_order_relaxed);
-  const std::uint64_t mask = sample_mask_.load(std::memory_order_relaxed);
-  const std::int64_t gap = now - last;
-  if (gap < 50'000 && mask < 4095) {
-    sample_mask_.store(mask * 2 + 1, std::memory_order_relaxed);
-  } else if (gap > 1'000'000 && mask > 0) {
-    sample_mask_.store(mask >> 1, std::memory_order_relaxed);
-  }
 }
 
 template <class T>
@@ -615,7 +566,7 @@ SendResult Channel<T>::send_impl(T& item, Clock::time_point deadline, Clock::dur
       // Spinning is over: from here the sender is blocked (and the clock gets read).
       if (blocked_since == Clock::time_point{}) {
         blocked_since = Clock::now();
-        deadline = resolve(deadline, timeout);
+        deadline = detail::resolve_deadline(deadline, timeout, Clock::now());
       }
       if (Clock::now() >= deadline) {
         finish_blocking();
@@ -662,7 +613,7 @@ RecvResult<T> Channel<T>::recv_impl(Clock::time_point deadline, Clock::duration 
     Take take = try_dequeue(result.value, false);
     if (take == Take::empty && may_wait && !await_item(backoff)) {
       if (!resolved) {
-        deadline = resolve(deadline, timeout);
+        deadline = detail::resolve_deadline(deadline, timeout, Clock::now());
         resolved = true;
       }
       if (Clock::now() >= deadline) {

@@ -82,7 +82,7 @@ struct PriorityClassStats {
   std::uint64_t queue_bytes = 0;
   std::uint64_t sent = 0;  // entered, or refused as dropped
   std::uint64_t received = 0;
-  DropCounts dropped;          // priority_shed (bulk, important only), too_large
+  DropCounts dropped;          // priority_shed (bulk and important only)
   std::uint64_t rejected = 0;  // would_block answers
   std::uint64_t timeouts = 0;
 };
@@ -129,10 +129,10 @@ class PriorityChannel {
 
   /// Sends `item` in class `p`; a protected class may wait up to config().max_wait.
   SendResult send(Priority p, T&& item) {
-    return send_impl(p, item, Clock::now() + config_.max_wait, true);
+    return send_impl(p, item, detail::kLazyDeadline, config_.max_wait, true);
   }
   SendResult send(Priority p, T&& item, Clock::time_point deadline) {
-    return send_impl(p, item, deadline, true);
+    return send_impl(p, item, deadline, {}, true);
   }
   /// Copies `item`, then sends the copy.
   SendResult send(Priority p, const T& item) {
@@ -140,15 +140,17 @@ class PriorityChannel {
     return send(p, std::move(copy));
   }
   /// Never waits: a protected class with no room answers would_block.
-  SendResult try_send(Priority p, T&& item) { return send_impl(p, item, {}, false); }
+  SendResult try_send(Priority p, T&& item) { return send_impl(p, item, {}, {}, false); }
 
-  RecvResult<Prioritized<T>> recv() { return recv_impl(Clock::time_point::max(), true); }
-  RecvResult<Prioritized<T>> recv(Clock::time_point deadline) { return recv_impl(deadline, true); }
+  RecvResult<Prioritized<T>> recv() { return recv_impl(Clock::time_point::max(), {}, true); }
+  RecvResult<Prioritized<T>> recv(Clock::time_point deadline) {
+    return recv_impl(deadline, {}, true);
+  }
   template <class Rep, class Period>
   RecvResult<Prioritized<T>> recv_for(std::chrono::duration<Rep, Period> timeout) {
-    return recv_impl(Clock::now() + timeout, true);
+    return recv_impl(detail::kLazyDeadline, detail::clamp_timeout(timeout), true);
   }
-  RecvResult<Prioritized<T>> try_recv() { return recv_impl({}, false); }
+  RecvResult<Prioritized<T>> try_recv() { return recv_impl({}, {}, false); }
 
   /// Senders see closed at once; receivers drain, then see closed.
   void close();
@@ -211,8 +213,11 @@ class PriorityChannel {
     // Overall room, or something sheddable queued.
     return len_ < config_.max_items || !classes_[2].q.empty() || !classes_[3].q.empty();
   }
-  SendResult send_impl(Priority p, T& item, Clock::time_point deadline, bool may_wait);
-  RecvResult<Prioritized<T>> recv_impl(Clock::time_point deadline, bool may_wait);
+  // Deadlines as in Channel: detail::kLazyDeadline + timeout is resolved when first waiting.
+  SendResult send_impl(Priority p, T& item, Clock::time_point deadline, Clock::duration timeout,
+                       bool may_wait);
+  RecvResult<Prioritized<T>> recv_impl(Clock::time_point deadline, Clock::duration timeout,
+                                       bool may_wait);
   std::optional<Priority> pick();
 
   const PriorityChannelConfig config_;
@@ -234,32 +239,25 @@ class PriorityChannel {
 
 template <class T>
 SendResult PriorityChannel<T>::send_impl(Priority p, T& item, Clock::time_point deadline,
-                                         bool may_wait) {
+                                         Clock::duration timeout, bool may_wait) {
   const std::uint64_t size = weigh(item);
   const auto pi = static_cast<std::size_t>(p);
   std::unique_lock lock(mu_);
   Class& c = cls(p);
-  const Clock::time_point started = may_wait ? Clock::now() : Clock::time_point{};
+  Clock::time_point started{};  // set when the send first has to wait
   std::uint32_t evicted = 0;
   for (;;) {
     if (closed_) {
       return {SendStatus::closed, DropReason::overflow, evicted,
               "priority channel '" + config_.name + "' is closed"};
     }
-    // Own class full: a sheddable class makes room by dropping its own oldest.
+    // Own class full: a sheddable class makes room by dropping its own oldest. (A full class is
+    // never empty: class_fits admits any item into an empty class, the oversized-item rule.)
     if (!class_fits(p, size)) {
       if (!is_protected(p)) {
-        if (!c.q.empty()) {
-          shed_oldest(p);
-          ++evicted;
-          continue;
-        }
-        ++c.stats.sent;
-        ++c.stats.dropped[DropReason::too_large];
-        return {SendStatus::dropped, DropReason::too_large, evicted,
-                "priority channel '" + config_.name + "': item of " + std::to_string(size) +
-                    " B exceeds the " + std::string(to_string(p)) + " class max_bytes " +
-                    std::to_string(config_.classes[pi].max_bytes)};
+        shed_oldest(p);
+        ++evicted;
+        continue;
       }
     } else if (!overall_fits(size)) {
       // Overall full: shed bulk, then important, never a class more important than p.
@@ -290,6 +288,10 @@ SendResult PriorityChannel<T>::send_impl(Priority p, T& item, Clock::time_point 
     if (!may_wait || config_.protected_full == PriorityChannelConfig::ProtectedFull::reject) {
       ++c.stats.rejected;
       return {SendStatus::would_block, DropReason::overflow, evicted, {}};
+    }
+    if (started == Clock::time_point{}) {
+      started = Clock::now();
+      deadline = detail::resolve_deadline(deadline, timeout, started);
     }
     if (room_.wait_until(lock, deadline) == std::cv_status::timeout && Clock::now() >= deadline) {
       ++c.stats.timeouts;
@@ -331,7 +333,7 @@ std::optional<Priority> PriorityChannel<T>::pick() {
 
 template <class T>
 RecvResult<Prioritized<T>> PriorityChannel<T>::recv_impl(Clock::time_point deadline,
-                                                         bool may_wait) {
+                                                         Clock::duration timeout, bool may_wait) {
   RecvResult<Prioritized<T>> r;
   std::unique_lock lock(mu_);
   while (len_ == 0) {
@@ -343,6 +345,7 @@ RecvResult<Prioritized<T>> PriorityChannel<T>::recv_impl(Clock::time_point deadl
       r.status = RecvStatus::would_block;
       return r;
     }
+    deadline = detail::resolve_deadline(deadline, timeout, Clock::now());
     if (not_empty_.wait_until(lock, deadline) == std::cv_status::timeout && len_ == 0 &&
         Clock::now() >= deadline) {
       r.status = RecvStatus::timeout;

@@ -26,6 +26,28 @@ namespace sluice::detail {
 
 using Clock = std::chrono::steady_clock;
 
+/// Timeouts given as durations become deadlines only when a call first has to wait, so fast
+/// paths never read the clock. kLazyDeadline marks "deadline = now + timeout, later".
+inline constexpr Clock::time_point kLazyDeadline = Clock::time_point::min();
+
+/// A duration as Clock::duration, clamped to [0, max] (no overflow for hours::max()).
+template <class Rep, class Period>
+Clock::duration clamp_timeout(std::chrono::duration<Rep, Period> d) noexcept {
+  if (d <= d.zero()) return Clock::duration::zero();
+  if (d >= std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(Clock::duration::max())) {
+    return Clock::duration::max();
+  }
+  return std::chrono::duration_cast<Clock::duration>(d);
+}
+
+/// The deadline itself, or (for kLazyDeadline) now + timeout, saturating at time_point::max().
+inline Clock::time_point resolve_deadline(Clock::time_point deadline, Clock::duration timeout,
+                                          Clock::time_point now) noexcept {
+  if (deadline != kLazyDeadline) return deadline;
+  if (timeout >= Clock::time_point::max() - now) return Clock::time_point::max();
+  return now + timeout;
+}
+
 /// One CPU-friendly pause (x86 `pause`, ARM `yield`).
 inline void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
