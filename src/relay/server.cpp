@@ -2,11 +2,12 @@
 // endpoint (Boost.Beast): /metrics, /healthz, /v1/stats.
 #include <grpcpp/grpcpp.h>
 
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <chrono>
-#include <condition_variable>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -52,54 +53,35 @@ struct Topic {
   Broadcast<RelayMessage> broadcast;
 };
 
-// Runs callbacks at deadlines on one thread (publish timeouts).
-class Timers {
+// One Asio thread for the relay's own I/O: the HTTP endpoint and publish deadlines.
+class IoThread {
  public:
-  Timers() : thread_([this] { run(); }) {}
-  Timers(const Timers&) = delete;
-  Timers& operator=(const Timers&) = delete;
-  Timers(Timers&&) = delete;
-  Timers& operator=(Timers&&) = delete;
-  ~Timers() {
-    {
-      std::lock_guard lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
+  IoThread() : work_(boost::asio::make_work_guard(io_)), thread_([this] { io_.run(); }) {}
+  IoThread(const IoThread&) = delete;
+  IoThread& operator=(const IoThread&) = delete;
+  IoThread(IoThread&&) = delete;
+  IoThread& operator=(IoThread&&) = delete;
+  ~IoThread() { stop(); }
+
+  /// Stops the thread (idempotent); pending timers and connections are dropped.
+  void stop() {
+    work_.reset();
+    io_.stop();
+    if (thread_.joinable()) thread_.join();
   }
+  boost::asio::io_context& context() { return io_; }
+
+  /// Runs `fn` on the I/O thread at `when`.
   void at(Clock::time_point when, std::function<void()> fn) {
-    {
-      std::lock_guard lock(mu_);
-      due_.emplace(when, std::move(fn));
-    }
-    cv_.notify_all();
+    auto timer = std::make_shared<boost::asio::steady_timer>(io_, when);
+    timer->async_wait([timer, fn = std::move(fn)](const boost::system::error_code& ec) {
+      if (!ec) fn();
+    });
   }
 
  private:
-  void run() {
-    std::unique_lock lock(mu_);
-    while (!stop_) {
-      if (due_.empty()) {
-        cv_.wait(lock);
-        continue;
-      }
-      const auto next = due_.begin()->first;
-      if (Clock::now() < next) {
-        cv_.wait_until(lock, next);
-        continue;
-      }
-      auto fn = std::move(due_.begin()->second);
-      due_.erase(due_.begin());
-      lock.unlock();
-      fn();
-      lock.lock();
-    }
-  }
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::multimap<Clock::time_point, std::function<void()>> due_;
-  bool stop_ = false;
+  boost::asio::io_context io_;
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
   std::thread thread_;
 };
 
@@ -119,13 +101,14 @@ struct Guard {
   }
 };
 
-// A small HTTP/1.1 server on its own thread: one request per connection (Connection: close).
+// A small HTTP/1.1 server on the relay's I/O thread: one request per connection.
 class HttpServer {
  public:
   using Handler = std::function<void(const std::string& target, unsigned& status,
                                      std::string& content_type, std::string& body)>;
-  HttpServer(const std::string& host, std::uint16_t port, Handler handler)
-      : acceptor_(io_), handler_(std::move(handler)) {
+  HttpServer(boost::asio::io_context& io, const std::string& host, std::uint16_t port,
+             Handler handler)
+      : acceptor_(io), handler_(std::move(handler)) {
     namespace ip = boost::asio::ip;
     boost::system::error_code ec;
     const ip::tcp::endpoint endpoint(ip::make_address(host, ec), port);
@@ -140,16 +123,12 @@ class HttpServer {
     acceptor_.listen();
     port_ = acceptor_.local_endpoint().port();
     accept();
-    thread_ = std::thread([this] { io_.run(); });
   }
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
   HttpServer(HttpServer&&) = delete;
   HttpServer& operator=(HttpServer&&) = delete;
-  ~HttpServer() {
-    io_.stop();
-    thread_.join();
-  }
+  ~HttpServer() = default;  // after the I/O thread has stopped
   std::uint16_t port() const { return port_; }
 
  private:
@@ -199,17 +178,20 @@ class HttpServer {
         });
   }
 
-  boost::asio::io_context io_;
   boost::asio::ip::tcp::acceptor acceptor_;
   Handler handler_;
   std::uint16_t port_ = 0;
-  std::thread thread_;
 };
 
 }  // namespace
 
 struct RelayServer::Impl final : v1::Relay::CallbackService {
   explicit Impl(RelayConfig c) : config(std::move(c)) {}
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  Impl(Impl&&) = delete;
+  Impl& operator=(Impl&&) = delete;
+  ~Impl() override { io.stop(); }  // before http_server's acceptor is destroyed
 
   // The topic `name`, created with the defaults if allowed; nullptr and a status otherwise.
   std::shared_ptr<Topic> topic(const std::string& name, grpc::Status& status) {
@@ -326,11 +308,11 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
   }
 
   const RelayConfig config;
+  IoThread io;  // stopped before http_server goes (see shutdown and ~Impl)
   metrics::Registry registry;
   std::unique_ptr<HttpServer> http_server;
   mutable std::mutex mu;
   std::map<std::string, std::shared_ptr<Topic>> topics;  // guarded by mu
-  Timers timers;
   std::unique_ptr<grpc::Server> server;
   int port = 0;
   bool stopped = false;
@@ -338,14 +320,54 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
 
 namespace {
 
+// What both streaming reactors share: a lock, finishing once, cancel and done, and a guard
+// through which callbacks from other threads (hooks, timers) reach the reactor only while it
+// exists.
+template <class Derived, class Reactor>
+class GuardedReactor : public Reactor {
+ public:
+  GuardedReactor(const GuardedReactor&) = delete;
+  GuardedReactor& operator=(const GuardedReactor&) = delete;
+  GuardedReactor(GuardedReactor&&) = delete;
+  GuardedReactor& operator=(GuardedReactor&&) = delete;
+  ~GuardedReactor() override = default;
+
+  void OnCancel() override {
+    std::lock_guard lock(mu_);
+    finish(grpc::Status::CANCELLED);
+  }
+  void OnDone() override {
+    guard_->clear();
+    delete static_cast<Derived*>(this);
+  }
+
+ protected:
+  GuardedReactor() : guard_(std::make_shared<Guard<Derived>>()) {
+    guard_->self = static_cast<Derived*>(this);
+  }
+  // A callback that runs `method` on the reactor if it is still there.
+  std::function<void()> later(void (Derived::*method)()) const {
+    return [g = guard_, method] { g->with([method](Derived& self) { (self.*method)(); }); };
+  }
+  void finish(const grpc::Status& status) {  // caller holds mu_
+    if (finished_) return;
+    finished_ = true;
+    this->Finish(status);
+  }
+
+  std::mutex mu_;
+  bool finished_ = false;  // guarded by mu_
+
+ private:
+  std::shared_ptr<Guard<Derived>> guard_;
+};
+
 // ---- Subscribe: one outstanding write; the subscription's cursor is the only queue ----
-class SubscribeReactor final : public grpc::ServerWriteReactor<v1::SubscribeEvent> {
+class SubscribeReactor final
+    : public GuardedReactor<SubscribeReactor, grpc::ServerWriteReactor<v1::SubscribeEvent>> {
  public:
   SubscribeReactor(std::shared_ptr<Topic> topic, Subscription<RelayMessage> sub)
-      : topic_(std::move(topic)),
-        sub_(std::move(sub)),
-        guard_(std::make_shared<Guard<SubscribeReactor>>()) {
-    guard_->self = this;
+      : topic_(std::move(topic)), sub_(std::move(sub)) {
     pump();
   }
 
@@ -359,14 +381,6 @@ class SubscribeReactor final : public grpc::ServerWriteReactor<v1::SubscribeEven
       }
     }
     pump();
-  }
-  void OnCancel() override {
-    std::lock_guard lock(mu_);
-    finish(grpc::Status::CANCELLED);
-  }
-  void OnDone() override {
-    guard_->clear();
-    delete this;
   }
 
  private:
@@ -406,32 +420,22 @@ class SubscribeReactor final : public grpc::ServerWriteReactor<v1::SubscribeEven
       }
     }
     if (arm) {
-      sub_.on_readable([g = guard_] { g->with([](SubscribeReactor& self) { self.pump(); }); });
+      sub_.on_readable(later(&SubscribeReactor::pump));
     }
-  }
-  void finish(const grpc::Status& status) {  // caller holds mu_
-    if (finished_) return;
-    finished_ = true;
-    Finish(status);
   }
 
   std::shared_ptr<Topic> topic_;
   Subscription<RelayMessage> sub_;
-  std::shared_ptr<Guard<SubscribeReactor>> guard_;
-  std::mutex mu_;
   v1::SubscribeEvent event_;  // guarded by mu_ while a write is in flight
   bool writing_ = false;
-  bool finished_ = false;
 };
 
 // ---- Publish: the next read starts only once the current item is in the topic ----
-class PublishReactor final : public grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent> {
+class PublishReactor final
+    : public GuardedReactor<PublishReactor,
+                            grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>> {
  public:
-  explicit PublishReactor(RelayServer::Impl& relay)
-      : relay_(relay), guard_(std::make_shared<Guard<PublishReactor>>()) {
-    guard_->self = this;
-    StartRead(&req_);
-  }
+  explicit PublishReactor(RelayServer::Impl& relay) : relay_(relay) { StartRead(&req_); }
 
   void OnReadDone(bool ok) override {
     std::unique_lock lock(mu_);
@@ -479,14 +483,6 @@ class PublishReactor final : public grpc::ServerBidiReactor<v1::PublishRequest, 
     write_next();
     maybe_finish();
   }
-  void OnCancel() override {
-    std::lock_guard lock(mu_);
-    finish(grpc::Status::CANCELLED);
-  }
-  void OnDone() override {
-    guard_->clear();
-    delete this;
-  }
 
  private:
   // Tries to put the pending item into the topic; if there is no room, waits for room (the
@@ -514,8 +510,7 @@ class PublishReactor final : public grpc::ServerBidiReactor<v1::PublishRequest, 
           }
           if (!timer_set_) {
             timer_set_ = true;
-            relay_.timers.at(
-                deadline_, [g = guard_] { g->with([](PublishReactor& self) { self.attempt(); }); });
+            relay_.io.at(deadline_, later(&PublishReactor::attempt));
           }
           arm = true;
           break;
@@ -526,8 +521,7 @@ class PublishReactor final : public grpc::ServerBidiReactor<v1::PublishRequest, 
       }
     }
     if (arm) {
-      topic_->broadcast.on_writable(
-          [g = guard_] { g->with([](PublishReactor& self) { self.attempt(); }); }, bytes);
+      topic_->broadcast.on_writable(later(&PublishReactor::attempt), bytes);
     }
   }
 
@@ -566,15 +560,8 @@ class PublishReactor final : public grpc::ServerBidiReactor<v1::PublishRequest, 
   void maybe_finish() {  // caller holds mu_
     if (reads_done_ && !writing_ && outbox_.empty() && !pending_) finish(grpc::Status::OK);
   }
-  void finish(const grpc::Status& status) {  // caller holds mu_
-    if (finished_) return;
-    finished_ = true;
-    Finish(status);
-  }
 
   RelayServer::Impl& relay_;
-  std::shared_ptr<Guard<PublishReactor>> guard_;
-  std::mutex mu_;
   v1::PublishRequest req_;
   std::shared_ptr<Topic> topic_;
   std::optional<RelayMessage> pending_;
@@ -584,7 +571,6 @@ class PublishReactor final : public grpc::ServerBidiReactor<v1::PublishRequest, 
   v1::PublishEvent out_;
   bool writing_ = false;
   bool reads_done_ = false;
-  bool finished_ = false;
 };
 
 }  // namespace
@@ -630,7 +616,7 @@ void RelayServer::start() {
   }
   Impl* impl = impl_.get();
   impl_->http_server = std::make_unique<HttpServer>(
-      impl_->config.host, impl_->config.http_port,
+      impl_->io.context(), impl_->config.host, impl_->config.http_port,
       [impl](const std::string& target, unsigned& status, std::string& type, std::string& body) {
         impl->http(target, status, type, body);
       });
@@ -645,6 +631,7 @@ void RelayServer::shutdown() {
   }
   impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   impl_->server->Wait();
+  impl_->io.stop();
   impl_->http_server.reset();
 }
 
