@@ -23,13 +23,13 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "peers/mutex_deque.hpp"
 #include "sluice/broadcast.hpp"
 #include "sluice/buffer.hpp"
 #include "sluice/histogram.hpp"
@@ -113,45 +113,13 @@ Delivery sluice_fanout(int subscribers, BroadcastMode mode, std::uint64_t items)
           static_cast<double>(dropped) / static_cast<double>(delivered + dropped)};
 }
 
-// The baseline: one bounded mutex + condvar deque per subscriber; the publisher pushes to each.
-class MutexDeque {
- public:
-  void push(std::uint64_t v) {
-    std::unique_lock lock(mu_);
-    not_full_.wait(lock, [&] { return q_.size() < 1024; });
-    q_.push_back(v);
-    lock.unlock();
-    not_empty_.notify_one();
-  }
-  bool pop(std::uint64_t& v) {
-    std::unique_lock lock(mu_);
-    not_empty_.wait(lock, [&] { return !q_.empty() || closed_; });
-    if (q_.empty()) return false;
-    v = q_.front();
-    q_.pop_front();
-    lock.unlock();
-    not_full_.notify_one();
-    return true;
-  }
-  void close() {
-    {
-      std::lock_guard lock(mu_);
-      closed_ = true;
-    }
-    not_empty_.notify_all();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable not_empty_;
-  std::condition_variable not_full_;
-  std::deque<std::uint64_t> q_;
-  bool closed_ = false;
-};
+// The baseline: one bounded mutex + condvar deque per subscriber (bench/peers/mutex_deque.hpp);
+// the publisher pushes to each.
+using sluice::bench::MutexDeque;
 
 double mutex_fanout(int subscribers, std::uint64_t items) {
   std::vector<std::unique_ptr<MutexDeque>> queues;
-  for (int i = 0; i < subscribers; ++i) queues.push_back(std::make_unique<MutexDeque>());
+  for (int i = 0; i < subscribers; ++i) queues.push_back(std::make_unique<MutexDeque>(1024));
   std::atomic<std::uint64_t> delivered{0};
   std::vector<std::thread> threads;
   const auto start = steady_clock::now();

@@ -18,17 +18,16 @@
 #include <concurrentqueue/lightweightsemaphore.h>
 
 #include <boost/lockfree/spsc_queue.hpp>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <deque>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "peers/mutex_deque.hpp"
 #include "sluice/channel.hpp"
 #include "sluice/detail/wait.hpp"
 #include "sluice/priority_channel.hpp"
@@ -82,28 +81,15 @@ class PriorityQueue {
 // The baseline everyone writes first: one lock, two condition variables.
 class MutexDequeQueue {
  public:
-  void push(std::uint64_t v) {
-    std::unique_lock lock(mu_);
-    not_full_.wait(lock, [&] { return q_.size() < kBound; });
-    q_.push_back(v);
-    lock.unlock();
-    not_empty_.notify_one();
-  }
+  void push(std::uint64_t v) { q_.push(v); }
   std::uint64_t pop() {
-    std::unique_lock lock(mu_);
-    not_empty_.wait(lock, [&] { return !q_.empty(); });
-    const std::uint64_t v = q_.front();
-    q_.pop_front();
-    lock.unlock();
-    not_full_.notify_one();
+    std::uint64_t v = 0;
+    q_.pop(v);
     return v;
   }
 
  private:
-  std::mutex mu_;
-  std::condition_variable not_empty_;
-  std::condition_variable not_full_;
-  std::deque<std::uint64_t> q_;
+  sluice::bench::MutexDeque q_{kBound};
 };
 
 // moodycamel's blocking queue is unbounded; a counting semaphore of free slots bounds it, the
