@@ -68,6 +68,20 @@ v1::PublishRequest item(const std::string& topic, std::uint64_t seq, std::string
   return r;
 }
 
+// Ends a Publish call: WritesDone, read every event, Finish. Returns the status and the acks.
+struct Ended {
+  grpc::Status status;
+  int acks = 0;
+};
+template <class Stream>
+Ended end_publish(Stream& stream) {
+  stream->WritesDone();
+  Ended e;
+  for (v1::PublishEvent event; stream->Read(&event);) e.acks += event.has_ack();
+  e.status = stream->Finish();
+  return e;
+}
+
 // Opens a subscription and waits until the relay has registered it.
 std::unique_ptr<grpc::ClientReader<v1::SubscribeEvent>> subscribe(Relay& relay,
                                                                   grpc::ClientContext& ctx,
@@ -95,11 +109,9 @@ TEST(RelayGrpc, LosslessTopicDeliversEveryItemInOrder) {
   for (int i = 0; i < kItems; ++i) {
     ASSERT_TRUE(stream->Write(item(i == 0 ? "telemetry" : "", i, "payload-" + std::to_string(i))));
   }
-  stream->WritesDone();
-  int acks = 0;
-  for (v1::PublishEvent e; stream->Read(&e);) acks += e.has_ack();
-  EXPECT_TRUE(stream->Finish().ok());
-  EXPECT_EQ(acks, kItems);
+  const Ended ended = end_publish(stream);
+  EXPECT_TRUE(ended.status.ok());
+  EXPECT_EQ(ended.acks, kItems);
 
   for (int i = 0; i < kItems; ++i) {
     v1::SubscribeEvent e;
@@ -129,10 +141,7 @@ TEST(RelayGrpc, StuckConsumerTurnsIntoResourceExhaustedNamingTheSetting) {
     if (!stream->Write(item("logs", i, std::string(16 * 1024, 'x')))) break;
   }
   EXPECT_LT(written, 8000);
-  stream->WritesDone();
-  for (v1::PublishEvent e; stream->Read(&e);) {
-  }
-  const grpc::Status status = stream->Finish();
+  const grpc::Status status = end_publish(stream).status;
   const auto waited = std::chrono::steady_clock::now() - start;
   EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
   EXPECT_NE(status.error_message().find("topic 'logs'"), std::string::npos);
@@ -192,10 +201,7 @@ TEST(RelayGrpc, FastProducerSlowConsumerR4NoLossWithinBudget) {
     ASSERT_TRUE(stream->Write(item("r4", i, std::string(kItemBytes, 'r'))));
     max_ahead = std::max<std::uint64_t>(max_ahead, static_cast<std::uint64_t>(i + 1 - received));
   }
-  stream->WritesDone();
-  for (v1::PublishEvent e; stream->Read(&e);) {
-  }
-  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_TRUE(end_publish(stream).status.ok());
   consumer.join();
   done = true;
   sampler.join();
@@ -237,10 +243,7 @@ TEST(RelayGrpc, MalformedTopicAndOversizedItemAreRefusedWithoutHarmingOthers) {
     grpc::ClientContext ctx;
     auto stream = relay.stub->Publish(&ctx);
     stream->Write(item("bad topic!", 1, "x"));
-    stream->WritesDone();
-    for (v1::PublishEvent e; stream->Read(&e);) {
-    }
-    const auto status = stream->Finish();
+    const auto status = end_publish(stream).status;
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_NE(status.error_message().find("topic name"), std::string::npos);
   }
@@ -248,10 +251,7 @@ TEST(RelayGrpc, MalformedTopicAndOversizedItemAreRefusedWithoutHarmingOthers) {
     grpc::ClientContext ctx;
     auto stream = relay.stub->Publish(&ctx);
     stream->Write(item("frames", 1, std::string(2048, 'x')));
-    stream->WritesDone();
-    for (v1::PublishEvent e; stream->Read(&e);) {
-    }
-    const auto status = stream->Finish();
+    const auto status = end_publish(stream).status;
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_NE(status.error_message().find("STREAM_MAX_FRAME_SIZE_MB"), std::string::npos);
   }
@@ -259,11 +259,9 @@ TEST(RelayGrpc, MalformedTopicAndOversizedItemAreRefusedWithoutHarmingOthers) {
   grpc::ClientContext ctx;
   auto stream = relay.stub->Publish(&ctx);
   EXPECT_TRUE(stream->Write(item("fine", 1, "ok")));
-  stream->WritesDone();
-  int acks = 0;
-  for (v1::PublishEvent e; stream->Read(&e);) acks += e.has_ack();
-  EXPECT_TRUE(stream->Finish().ok());
-  EXPECT_EQ(acks, 1);
+  const Ended ended = end_publish(stream);
+  EXPECT_TRUE(ended.status.ok());
+  EXPECT_EQ(ended.acks, 1);
 }
 
 TEST(RelayGrpc, RealtimeTopicSendsGapNoticesToASlowSubscriber) {
@@ -280,10 +278,7 @@ TEST(RelayGrpc, RealtimeTopicSendsGapNoticesToASlowSubscriber) {
   for (int i = 0; i < kFrames; ++i) {
     ASSERT_TRUE(stream->Write(item("camera", i, std::string(16 * 1024, 'f'))));
   }
-  stream->WritesDone();
-  for (v1::PublishEvent e; stream->Read(&e);) {
-  }
-  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_TRUE(end_publish(stream).status.ok());
   // The subscriber had not read: it gets gap notices (counted) and ends with the newest frame.
   std::uint64_t lost = 0;
   std::uint64_t got = 0;
@@ -310,10 +305,7 @@ TEST(RelayHttp, MetricsHealthAndStatsOverHttp) {
   grpc::ClientContext pub_ctx;
   auto stream = relay.stub->Publish(&pub_ctx);
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(stream->Write(item("cam.front", i, "x")));
-  stream->WritesDone();
-  for (v1::PublishEvent e; stream->Read(&e);) {
-  }
-  ASSERT_TRUE(stream->Finish().ok());
+  ASSERT_TRUE(end_publish(stream).status.ok());
 
   const auto port = relay.server.http_port();
   ASSERT_NE(port, 0);
