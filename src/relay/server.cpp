@@ -342,12 +342,15 @@ class GuardedReactor : public Reactor {
   }
 
  protected:
-  GuardedReactor() : guard_(std::make_shared<Guard<Derived>>()) {
-    guard_->self = static_cast<Derived*>(this);
-  }
+  // The guard holds the base pointer: casting to Derived here, before Derived is constructed,
+  // would be undefined. The cast happens in `later`, when the callback runs, by which time the
+  // derived constructor has begun (callbacks are armed from its body at the earliest).
+  GuardedReactor() : guard_(std::make_shared<Guard<GuardedReactor>>()) { guard_->self = this; }
   // A callback that runs `method` on the reactor if it is still there.
   std::function<void()> later(void (Derived::*method)()) const {
-    return [g = guard_, method] { g->with([method](Derived& self) { (self.*method)(); }); };
+    return [g = guard_, method] {
+      g->with([method](GuardedReactor& self) { (static_cast<Derived&>(self).*method)(); });
+    };
   }
   void finish(const grpc::Status& status) {  // caller holds mu_
     if (finished_) return;
@@ -359,7 +362,7 @@ class GuardedReactor : public Reactor {
   bool finished_ = false;  // guarded by mu_
 
  private:
-  std::shared_ptr<Guard<Derived>> guard_;
+  std::shared_ptr<Guard<GuardedReactor>> guard_;
 };
 
 // ---- Subscribe: one outstanding write; the subscription's cursor is the only queue ----
