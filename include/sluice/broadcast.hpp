@@ -297,6 +297,10 @@ class Broadcast {
     return state_->subs.size();
   }
   BroadcastStats stats() const;
+  /// Bytes published and not yet received by the furthest-behind subscriber (what a
+  /// byte-budgeted lossless broadcast holds against max_bytes); 0 without subscribers or
+  /// without a byte budget. Takes the subscriber list's mutex; O(subscribers), no copies.
+  std::uint64_t queue_bytes() const;
   const BroadcastConfig& config() const noexcept { return state_->config; }
 
  private:
@@ -625,6 +629,18 @@ void Broadcast<T>::on_writable(std::function<void()> fn, std::uint64_t item_byte
   state_->writable.add(std::move(fn));
   detail::heavy_fence();
   if (room_now(item_bytes)) state_->writable.fire();
+}
+
+template <class T>
+std::uint64_t Broadcast<T>::queue_bytes() const {
+  const State& s = *state_;
+  if (!s.account) return 0;
+  std::lock_guard lock(s.mu);
+  const std::uint64_t published = s.published_bytes.load(std::memory_order_acquire);
+  std::uint64_t min_consumed = published;
+  for (const auto& sub : s.subs)
+    min_consumed = std::min(min_consumed, sub->consumed_bytes.load(std::memory_order_acquire));
+  return published - min_consumed;
 }
 
 template <class T>

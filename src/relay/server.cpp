@@ -8,7 +8,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <chrono>
-#include <deque>
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -183,10 +183,46 @@ class HttpServer {
   std::uint16_t port_ = 0;
 };
 
+// Counts a call against max_sessions (STREAM_MAX_SESSIONS) for as long as it lives.
+class SessionSlot {
+ public:
+  SessionSlot() = default;
+  SessionSlot(std::atomic<std::size_t>& count, std::size_t limit) {
+    if (count.fetch_add(1, std::memory_order_acq_rel) < limit) {
+      count_ = &count;
+    } else {
+      count.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
+  SessionSlot(const SessionSlot&) = delete;
+  SessionSlot& operator=(const SessionSlot&) = delete;
+  SessionSlot(SessionSlot&& o) noexcept : count_(std::exchange(o.count_, nullptr)) {}
+  SessionSlot& operator=(SessionSlot&&) = delete;
+  ~SessionSlot() {
+    if (count_ != nullptr) count_->fetch_sub(1, std::memory_order_acq_rel);
+  }
+  explicit operator bool() const noexcept { return count_ != nullptr; }
+
+ private:
+  std::atomic<std::size_t>* count_ = nullptr;
+};
+
+// A call refused before it started: finishes at once with `status`.
+template <class Base>
+struct Refused final : Base {
+  explicit Refused(const grpc::Status& status) { this->Finish(status); }
+  void OnDone() override { delete this; }
+};
+
 }  // namespace
 
 struct RelayServer::Impl final : v1::Relay::CallbackService {
-  explicit Impl(RelayConfig c) : config(std::move(c)) {}
+  explicit Impl(RelayConfig c) : config(std::move(c)) {
+    registry.gauge_fn("sluice_sessions", "Open Publish and Subscribe calls", {},
+                      [this] { return double(sessions.load(std::memory_order_relaxed)); });
+    registry.gauge_fn("sluice_sessions_max", "max_sessions (STREAM_MAX_SESSIONS)", {},
+                      [this] { return double(config.max_sessions); });
+  }
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
   Impl(Impl&&) = delete;
@@ -249,12 +285,10 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
                       stat([](const BroadcastStats& s) { return double(s.subscribers.size()); }));
     registry.gauge_fn("sluice_topic_queue_bytes",
                       "Bytes the furthest-behind subscriber has outstanding", labels,
-                      stat([](const BroadcastStats& s) {
-                        std::uint64_t worst = 0;
-                        for (const auto& sub : s.subscribers)
-                          worst = std::max(worst, sub.lag_bytes);
-                        return double(worst);
-                      }));
+                      [weak] {
+                        const auto topic = weak.lock();
+                        return topic ? double(topic->broadcast.queue_bytes()) : 0.0;
+                      });
     registry.counter_fn(
         "sluice_topic_dropped_total", "Items lost by current subscribers, by reason",
         {{"topic", t->name}, {"reason", "slow_consumer"}}, stat([](const BroadcastStats& s) {
@@ -307,6 +341,20 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
     return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
   }
 
+  // A slot for a new Publish or Subscribe call, or an empty one and RESOURCE_EXHAUSTED.
+  SessionSlot session(grpc::Status& status) {
+    SessionSlot slot(sessions, config.max_sessions);
+    if (!slot) {
+      sessions_refused.inc();
+      status = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                            "too many sessions: " + std::to_string(config.max_sessions) +
+                                " Publish/Subscribe calls are open, max_sessions is " +
+                                std::to_string(config.max_sessions) +
+                                " (STREAM_MAX_SESSIONS / --max-sessions)");
+    }
+    return slot;
+  }
+
   const RelayConfig config;
   IoThread io;  // stopped before http_server goes (see shutdown and ~Impl)
   metrics::Registry registry;
@@ -316,6 +364,10 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
   std::unique_ptr<grpc::Server> server;
   int port = 0;
   bool stopped = false;
+  std::atomic<std::size_t> sessions{0};
+  std::atomic<std::uint64_t> next_session_id{1};
+  metrics::Counter& sessions_refused = registry.counter(
+      "sluice_sessions_refused_total", "Calls refused because max_sessions were open");
 };
 
 namespace {
@@ -369,10 +421,13 @@ class GuardedReactor : public Reactor {
 class SubscribeReactor final
     : public GuardedReactor<SubscribeReactor, grpc::ServerWriteReactor<v1::SubscribeEvent>> {
  public:
-  SubscribeReactor(std::shared_ptr<Topic> topic, Subscription<RelayMessage> sub)
-      : topic_(std::move(topic)), sub_(std::move(sub)) {
-    pump();
-  }
+  SubscribeReactor(RelayServer::Impl& relay, SessionSlot slot, std::shared_ptr<Topic> topic,
+                   Subscription<RelayMessage> sub);
+  SubscribeReactor(const SubscribeReactor&) = delete;
+  SubscribeReactor& operator=(const SubscribeReactor&) = delete;
+  SubscribeReactor(SubscribeReactor&&) = delete;
+  SubscribeReactor& operator=(SubscribeReactor&&) = delete;
+  ~SubscribeReactor() override;
 
   void OnWriteDone(bool ok) override {
     {
@@ -427,8 +482,15 @@ class SubscribeReactor final
     }
   }
 
+  // Per-subscriber series (topic, subscriber, session), read from sub_ at scrape time and
+  // removed before sub_ goes (the registry serializes removal with scrapes).
+  void register_metrics();
+
+  RelayServer::Impl& relay_;
+  SessionSlot slot_;
   std::shared_ptr<Topic> topic_;
   Subscription<RelayMessage> sub_;
+  metrics::Labels labels_;
   v1::SubscribeEvent event_;  // guarded by mu_ while a write is in flight
   bool writing_ = false;
 };
@@ -438,7 +500,10 @@ class PublishReactor final
     : public GuardedReactor<PublishReactor,
                             grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>> {
  public:
-  explicit PublishReactor(RelayServer::Impl& relay) : relay_(relay) { StartRead(&req_); }
+  PublishReactor(RelayServer::Impl& relay, SessionSlot slot)
+      : relay_(relay), slot_(std::move(slot)) {
+    StartRead(&req_);
+  }
 
   void OnReadDone(bool ok) override {
     std::unique_lock lock(mu_);
@@ -503,10 +568,17 @@ class PublishReactor final
         case SendStatus::ok:
           pending_.reset();
           timer_set_ = false;  // the next item that has to wait gets its own deadline
-          queue_ack(seq);
+          if (slowed_ && topic_->broadcast.queue_bytes() <= topic_->config.max_queue_bytes / 2)
+            slowed_ = false;  // hysteresis: resume at half the budget
+          ack_ = seq;
+          write_next();
           StartRead(&req_);
           return;
         case SendStatus::would_block:
+          if (!slowed_) {
+            slowed_ = true;
+            write_next();
+          }
           if (Clock::now() >= deadline_) {
             finish(exhausted());
             return;
@@ -547,55 +619,117 @@ class PublishReactor final
                 "max_wait_ms (SLUICE_MAX_WAIT_MS)"};
   }
 
-  void queue_ack(std::uint64_t seq) {  // caller holds mu_
-    v1::PublishEvent e;
-    e.mutable_ack()->set_sequence(seq);
-    outbox_.push_back(std::move(e));
-    write_next();
-  }
-  void write_next() {  // caller holds mu_
-    if (writing_ || finished_ || outbox_.empty()) return;
-    out_ = std::move(outbox_.front());
-    outbox_.pop_front();
+  // One write at a time; what waits is coalesced: the flow state the producer has not been
+  // told yet, then the newest ack. Caller holds mu_.
+  void write_next() {
+    if (writing_ || finished_) return;
+    out_.Clear();
+    if (slowed_ != told_slowed_) {
+      told_slowed_ = slowed_;
+      const std::uint64_t queued = topic_->broadcast.queue_bytes();
+      if (slowed_) {
+        auto* e = out_.mutable_slow_down();
+        e->set_topic(topic_->name);
+        e->set_queue_bytes(queued);
+        e->set_limit_bytes(topic_->config.max_queue_bytes);
+        e->set_reason("topic full: the relay stopped reading this call until subscribers catch up");
+      } else {
+        auto* e = out_.mutable_resume();
+        e->set_topic(topic_->name);
+        e->set_queue_bytes(queued);
+      }
+    } else if (ack_) {
+      out_.mutable_ack()->set_sequence(*ack_);
+      ack_.reset();
+    } else {
+      return;
+    }
     writing_ = true;
     StartWrite(&out_);
   }
   void maybe_finish() {  // caller holds mu_
-    if (reads_done_ && !writing_ && outbox_.empty() && !pending_) finish(grpc::Status::OK);
+    if (reads_done_ && !writing_ && !ack_ && slowed_ == told_slowed_ && !pending_)
+      finish(grpc::Status::OK);
   }
 
   RelayServer::Impl& relay_;
+  SessionSlot slot_;
   v1::PublishRequest req_;
   std::shared_ptr<Topic> topic_;
   std::optional<RelayMessage> pending_;
   Clock::time_point deadline_;
   bool timer_set_ = false;
-  std::deque<v1::PublishEvent> outbox_;
-  v1::PublishEvent out_;
+  std::optional<std::uint64_t> ack_;  // the newest ack not yet written
+  bool slowed_ = false;               // the topic is holding this call back
+  bool told_slowed_ = false;          // what the last flow event said
+  v1::PublishEvent out_;              // the write in flight
   bool writing_ = false;
   bool reads_done_ = false;
 };
 
 }  // namespace
 
+SubscribeReactor::SubscribeReactor(RelayServer::Impl& relay, SessionSlot slot,
+                                   std::shared_ptr<Topic> topic, Subscription<RelayMessage> sub)
+    : relay_(relay), slot_(std::move(slot)), topic_(std::move(topic)), sub_(std::move(sub)) {
+  register_metrics();
+  pump();
+}
+
+SubscribeReactor::~SubscribeReactor() {
+  for (const char* name : {"sluice_subscriber_received_total", "sluice_subscriber_lag_items",
+                           "sluice_subscriber_lag_bytes"})
+    relay_.registry.remove(name, labels_);
+  auto lost = labels_;
+  lost.emplace_back("reason", std::string(to_string(DropReason::slow_consumer)));
+  relay_.registry.remove("sluice_subscriber_dropped_total", lost);
+}
+
+void SubscribeReactor::register_metrics() {
+  labels_ = {{"topic", topic_->name},
+             {"subscriber", sub_.name()},
+             {"session", std::to_string(relay_.next_session_id.fetch_add(1))}};
+  const Subscription<RelayMessage>* sub = &sub_;
+  auto& r = relay_.registry;
+  r.counter_fn("sluice_subscriber_received_total", "Items this subscriber received", labels_,
+               [sub] { return double(sub->stats().received); });
+  auto lost = labels_;
+  lost.emplace_back("reason", std::string(to_string(DropReason::slow_consumer)));
+  r.counter_fn("sluice_subscriber_dropped_total", "Items this subscriber lost, by reason", lost,
+               [sub] { return double(sub->stats().lost[DropReason::slow_consumer]); });
+  r.gauge_fn("sluice_subscriber_lag_items", "Items published and not yet received", labels_,
+             [sub] { return double(sub->lag()); });
+  r.gauge_fn("sluice_subscriber_lag_bytes",
+             "Bytes published and not yet received (lossless topics)", labels_,
+             [sub] { return double(sub->stats().lag_bytes); });
+}
+
 grpc::ServerWriteReactor<v1::SubscribeEvent>* RelayServer::Impl::Subscribe(
     grpc::CallbackServerContext* /*ctx*/, const v1::SubscribeRequest* req) {
+  using Failed = Refused<grpc::ServerWriteReactor<v1::SubscribeEvent>>;
   grpc::Status status;
+  SessionSlot slot = session(status);
+  if (!slot) return new Failed(status);
   auto t = topic(req->topic(), status);
-  if (!t) {
-    struct Failed final : grpc::ServerWriteReactor<v1::SubscribeEvent> {
-      explicit Failed(const grpc::Status& s) { Finish(s); }
-      void OnDone() override { delete this; }
-    };
-    return new Failed(status);
+  if (!t) return new Failed(status);
+  if (req->depth() > t->broadcast.config().capacity) {
+    return new Failed(grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        "depth " + std::to_string(req->depth()) + " is above topic '" + t->name +
+            "''s capacity of " + std::to_string(t->broadcast.config().capacity) +
+            " (0 takes the topic's default, " + std::to_string(t->broadcast.config().default_depth) +
+            ")"));
   }
-  const std::string name = req->name().empty() ? "subscriber" : req->name();
-  return new SubscribeReactor(t, t->broadcast.subscribe(name, req->depth()));
+  const std::string name = req->name().empty() ? "subscriber" : req->name().substr(0, 128);
+  return new SubscribeReactor(*this, std::move(slot), t, t->broadcast.subscribe(name, req->depth()));
 }
 
 grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>* RelayServer::Impl::Publish(
     grpc::CallbackServerContext* /*ctx*/) {
-  return new PublishReactor(*this);
+  grpc::Status status;
+  SessionSlot slot = session(status);
+  if (!slot) return new Refused<grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>>(status);
+  return new PublishReactor(*this, std::move(slot));
 }
 
 RelayServer::RelayServer(RelayConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}

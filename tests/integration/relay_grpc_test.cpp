@@ -68,16 +68,30 @@ v1::PublishRequest item(const std::string& topic, std::uint64_t seq, std::string
   return r;
 }
 
-// Ends a Publish call: WritesDone, read every event, Finish. Returns the status and the acks.
+// Ends a Publish call: WritesDone, read every event, Finish. Returns the status and what the
+// events said (acks are cumulative and coalesced).
 struct Ended {
   grpc::Status status;
   int acks = 0;
+  std::int64_t last_ack = -1;
+  int slow_downs = 0;
+  int resumes = 0;
+  std::vector<v1::PublishEvent::EventCase> order;  // slow_down / resume, as they came
 };
 template <class Stream>
 Ended end_publish(Stream& stream) {
   stream->WritesDone();
   Ended e;
-  for (v1::PublishEvent event; stream->Read(&event);) e.acks += event.has_ack();
+  for (v1::PublishEvent event; stream->Read(&event);) {
+    if (event.has_ack()) {
+      ++e.acks;
+      e.last_ack = static_cast<std::int64_t>(event.ack().sequence());
+    } else if (event.has_slow_down() || event.has_resume()) {
+      e.slow_downs += event.has_slow_down();
+      e.resumes += event.has_resume();
+      e.order.push_back(event.event_case());
+    }
+  }
   e.status = stream->Finish();
   return e;
 }
@@ -111,7 +125,9 @@ TEST(RelayGrpc, LosslessTopicDeliversEveryItemInOrder) {
   }
   const Ended ended = end_publish(stream);
   EXPECT_TRUE(ended.status.ok());
-  EXPECT_EQ(ended.acks, kItems);
+  EXPECT_GE(ended.acks, 1);  // coalesced while a write is in flight
+  EXPECT_LE(ended.acks, kItems);
+  EXPECT_EQ(ended.last_ack, kItems - 1);  // cumulative: everything is in the topic
 
   for (int i = 0; i < kItems; ++i) {
     v1::SubscribeEvent e;
@@ -201,11 +217,20 @@ TEST(RelayGrpc, FastProducerSlowConsumerR4NoLossWithinBudget) {
     ASSERT_TRUE(stream->Write(item("r4", i, std::string(kItemBytes, 'r'))));
     max_ahead = std::max<std::uint64_t>(max_ahead, static_cast<std::uint64_t>(i + 1 - received));
   }
-  EXPECT_TRUE(end_publish(stream).status.ok());
+  const Ended ended = end_publish(stream);
+  EXPECT_TRUE(ended.status.ok());
   consumer.join();
   done = true;
   sampler.join();
   EXPECT_EQ(received.load(), kItems);
+  EXPECT_EQ(ended.last_ack, kItems - 1);
+  // The producer was told when throttling started; each slow_down is followed by a resume or
+  // is the last flow event, never two in a row.
+  EXPECT_GE(ended.slow_downs, 1);
+  for (std::size_t i = 0; i < ended.order.size(); ++i) {
+    const auto want = i % 2 == 0 ? v1::PublishEvent::kSlowDown : v1::PublishEvent::kResume;
+    EXPECT_EQ(ended.order[i], want) << "flow event " << i;
+  }
   EXPECT_GT(samples.load(), 0);
   EXPECT_LE(worst.load(), c.defaults.max_queue_bytes + kItemBytes);
   const std::uint64_t ahead_bytes = max_ahead * kItemBytes;
@@ -262,6 +287,7 @@ TEST(RelayGrpc, MalformedTopicAndOversizedItemAreRefusedWithoutHarmingOthers) {
   const Ended ended = end_publish(stream);
   EXPECT_TRUE(ended.status.ok());
   EXPECT_EQ(ended.acks, 1);
+  EXPECT_EQ(ended.last_ack, 1);
 }
 
 TEST(RelayGrpc, RealtimeTopicSendsGapNoticesToASlowSubscriber) {
@@ -298,6 +324,102 @@ TEST(RelayGrpc, RealtimeTopicSendsGapNoticesToASlowSubscriber) {
   EXPECT_GT(lost, 0U);
   EXPECT_EQ(last, static_cast<std::uint64_t>(kFrames - 1));
   sub_ctx.TryCancel();
+}
+
+TEST(RelayGrpc, SessionsOverTheLimitAreRefusedAndOthersKeepWorking) {
+  RelayConfig c = loopback();
+  c.max_sessions = 2;
+  Relay relay(c);
+  grpc::ClientContext a_ctx;
+  auto a = subscribe(relay, a_ctx, "t", "a");
+  grpc::ClientContext b_ctx;
+  auto b = subscribe(relay, b_ctx, "t", "b");
+  {  // a third call, either kind, is refused with a message naming the setting
+    grpc::ClientContext ctx;
+    auto stream = relay.stub->Publish(&ctx);
+    const auto status = end_publish(stream).status;
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_NE(status.error_message().find("STREAM_MAX_SESSIONS"), std::string::npos)
+        << status.error_message();
+    grpc::ClientContext sub_ctx;
+    v1::SubscribeRequest req;
+    req.set_topic("t");
+    auto reader = relay.stub->Subscribe(&sub_ctx, req);
+    v1::SubscribeEvent e;
+    EXPECT_FALSE(reader->Read(&e));
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+  // The two open subscriptions are unaffected; when one leaves, a producer gets its slot.
+  b_ctx.TryCancel();
+  v1::SubscribeEvent e;
+  EXPECT_FALSE(b->Read(&e));
+  b->Finish();
+  Ended ended;
+  for (int attempt = 0; attempt < 200; ++attempt) {  // the slot frees when the call is done
+    grpc::ClientContext ctx;
+    auto stream = relay.stub->Publish(&ctx);
+    stream->Write(item("t", 7, "hello"));
+    ended = end_publish(stream);
+    if (ended.status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) break;
+    std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_TRUE(ended.status.ok()) << ended.status.error_message();
+  ASSERT_TRUE(a->Read(&e));
+  EXPECT_EQ(e.item().payload(), "hello");
+  const auto metrics = http_get(relay.server.http_port(), "/metrics").second;
+  EXPECT_NE(metrics.find("sluice_sessions_refused_total 2"), std::string::npos) << metrics;
+  a_ctx.TryCancel();
+}
+
+TEST(RelayGrpc, DepthAboveTheTopicCapacityIsInvalidArgument) {
+  RelayConfig c = loopback();
+  c.defaults.mode = TopicMode::realtime;
+  c.defaults.depth = 4;
+  Relay relay(c);
+  grpc::ClientContext ctx;
+  v1::SubscribeRequest req;
+  req.set_topic("cam");
+  req.set_depth(1000000);
+  auto reader = relay.stub->Subscribe(&ctx, req);
+  v1::SubscribeEvent e;
+  EXPECT_FALSE(reader->Read(&e));
+  const auto status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("capacity"), std::string::npos) << status.error_message();
+}
+
+TEST(RelayHttp, PerSubscriberSeriesAppearWhileSubscribedAndGoWhenItLeaves) {
+  Relay relay(loopback());
+  auto sub_ctx = std::make_unique<grpc::ClientContext>();
+  auto reader = subscribe(relay, *sub_ctx, "imu", "logger");
+  grpc::ClientContext pub_ctx;
+  auto stream = relay.stub->Publish(&pub_ctx);
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(stream->Write(item("imu", i, "abc")));
+  ASSERT_TRUE(end_publish(stream).status.ok());
+  v1::SubscribeEvent e;
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(reader->Read(&e));
+  const auto port = relay.server.http_port();
+  std::string metrics;
+  for (int i = 0; i < 200; ++i) {  // the relay counts an item once its write completed
+    metrics = http_get(port, "/metrics").second;
+    if (metrics.find("sluice_subscriber_received_total{session=\"") != std::string::npos &&
+        metrics.find("subscriber=\"logger\",topic=\"imu\"} 5") != std::string::npos)
+      break;
+    std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_NE(metrics.find("subscriber=\"logger\",topic=\"imu\"} 5"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("sluice_subscriber_lag_items{"), std::string::npos);
+  EXPECT_NE(metrics.find("sluice_subscriber_dropped_total{reason=\"slow_consumer\""),
+            std::string::npos);
+  sub_ctx->TryCancel();
+  EXPECT_FALSE(reader->Read(&e));
+  reader->Finish();
+  for (int i = 0; i < 200; ++i) {
+    metrics = http_get(port, "/metrics").second;
+    if (metrics.find("subscriber=\"logger\"") == std::string::npos) break;
+    std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_EQ(metrics.find("subscriber=\"logger\""), std::string::npos) << metrics;
 }
 
 TEST(RelayHttp, MetricsHealthAndStatsOverHttp) {

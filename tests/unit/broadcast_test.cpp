@@ -174,6 +174,30 @@ TEST(Broadcast, LosslessByteBudgetHoldsThePublisherBackAndAdmitsAnOversizedItemW
   EXPECT_THROW(Broadcast<std::string>{lossy}, std::invalid_argument);
 }
 
+TEST(Broadcast, QueueBytesIsWhatTheFurthestBehindSubscriberHoldsAgainstTheBudget) {
+  BroadcastConfig c = cfg(BroadcastMode::lossless, 64);
+  c.max_bytes = 100;
+  Broadcast<std::string> b(c);
+  EXPECT_EQ(b.queue_bytes(), 0U);  // nobody to hold anything
+  auto fast = b.subscribe("fast", 64);
+  auto slow = b.subscribe("slow", 64);
+  ASSERT_TRUE(b.try_publish(std::string(30, 'a')));
+  ASSERT_TRUE(b.try_publish(std::string(20, 'b')));
+  EXPECT_EQ(b.queue_bytes(), 50U);
+  ASSERT_TRUE(fast.try_recv());
+  ASSERT_TRUE(fast.try_recv());
+  EXPECT_EQ(b.queue_bytes(), 50U);  // the slow one still holds both
+  ASSERT_TRUE(slow.try_recv());
+  EXPECT_EQ(b.queue_bytes(), 20U);
+  slow.unsubscribe();
+  EXPECT_EQ(b.queue_bytes(), 0U);
+
+  Broadcast<std::string> unbudgeted(cfg(BroadcastMode::lossless));
+  auto s = unbudgeted.subscribe("s");
+  ASSERT_TRUE(unbudgeted.try_publish(std::string(5, 'x')));
+  EXPECT_EQ(unbudgeted.queue_bytes(), 0U);  // no budget: not counted
+}
+
 // R4 in-process: a producer 10x faster than its only consumer on a byte-budgeted lossless
 // broadcast: nothing lost, in order, and the consumer's outstanding bytes never above the
 // budget plus one item (sampled while it runs).
