@@ -13,11 +13,17 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "sluice/buffer.hpp"
 #include "sluice/relay_config.hpp"
 
 namespace sluice {
+
+/// Trailing metadata of a Publish call that put at least one item into its topic: the last
+/// such item's sequence number (decimal). A producer whose call ended early resends only the
+/// items after it (what sluice::client::Publisher does).
+inline constexpr std::string_view kPublishedThroughKey = "sluice-published-through";
 
 /// One item of a topic, as the relay stores it.
 struct RelayMessage {

@@ -407,8 +407,10 @@ class GuardedReactor : public Reactor {
   void finish(const grpc::Status& status) {  // caller holds mu_
     if (finished_) return;
     finished_ = true;
+    static_cast<Derived*>(this)->before_finish();
     this->Finish(status);
   }
+  void before_finish() {}  // a derived reactor's hook (trailing metadata), caller holds mu_
 
   std::mutex mu_;
   bool finished_ = false;  // guarded by mu_
@@ -500,9 +502,17 @@ class PublishReactor final
     : public GuardedReactor<PublishReactor,
                             grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>> {
  public:
-  PublishReactor(RelayServer::Impl& relay, SessionSlot slot)
-      : relay_(relay), slot_(std::move(slot)) {
+  PublishReactor(RelayServer::Impl& relay, grpc::CallbackServerContext* ctx, SessionSlot slot)
+      : relay_(relay), ctx_(ctx), slot_(std::move(slot)) {
     StartRead(&req_);
+  }
+
+  // The last sequence number this call put into the topic, so that a producer whose call ended
+  // early (RESOURCE_EXHAUSTED, say) resends exactly what is not there.
+  void before_finish() {
+    if (published_any_) {
+      ctx_->AddTrailingMetadata(std::string(kPublishedThroughKey), std::to_string(published_));
+    }
   }
 
   void OnReadDone(bool ok) override {
@@ -567,6 +577,8 @@ class PublishReactor final
       switch (r.status) {
         case SendStatus::ok:
           pending_.reset();
+          published_ = seq;
+          published_any_ = true;
           timer_set_ = false;  // the next item that has to wait gets its own deadline
           if (slowed_ && topic_->broadcast.queue_bytes() <= topic_->config.max_queue_bytes / 2)
             slowed_ = false;  // hysteresis: resume at half the budget
@@ -653,7 +665,10 @@ class PublishReactor final
   }
 
   RelayServer::Impl& relay_;
+  grpc::CallbackServerContext* ctx_;
   SessionSlot slot_;
+  std::uint64_t published_ = 0;  // the last sequence put into the topic
+  bool published_any_ = false;
   v1::PublishRequest req_;
   std::shared_ptr<Topic> topic_;
   std::optional<RelayMessage> pending_;
@@ -673,6 +688,7 @@ SubscribeReactor::SubscribeReactor(RelayServer::Impl& relay, SessionSlot slot,
                                    std::shared_ptr<Topic> topic, Subscription<RelayMessage> sub)
     : relay_(relay), slot_(std::move(slot)), topic_(std::move(topic)), sub_(std::move(sub)) {
   register_metrics();
+  StartSendInitialMetadata();  // tells the client the subscription exists (Subscriber waits)
   pump();
 }
 
@@ -725,11 +741,11 @@ grpc::ServerWriteReactor<v1::SubscribeEvent>* RelayServer::Impl::Subscribe(
 }
 
 grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>* RelayServer::Impl::Publish(
-    grpc::CallbackServerContext* /*ctx*/) {
+    grpc::CallbackServerContext* ctx) {
   grpc::Status status;
   SessionSlot slot = session(status);
   if (!slot) return new Refused<grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>>(status);
-  return new PublishReactor(*this, std::move(slot));
+  return new PublishReactor(*this, ctx, std::move(slot));
 }
 
 RelayServer::RelayServer(RelayConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}

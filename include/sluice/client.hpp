@@ -1,0 +1,157 @@
+// Sluice — the C++ client of the relay (service sluice.v1.Relay over gRPC).
+//
+// Publisher
+// - publish() sends one item on one long-lived Publish call. It blocks while the relay holds
+//   the call back (a full lossless topic stops reading, HTTP/2 flow control closes the window)
+//   and while `window_bytes` of the publisher's items are unacknowledged: the publisher's own
+//   memory is bounded by the window, whatever the transport buffers.
+// - Loss: none silently. Items are numbered 0, 1, 2, ... per Publisher. When the relay ends the
+//   call with RESOURCE_EXHAUSTED (the topic stayed full for max_wait), the publisher waits a
+//   bounded exponential backoff, opens a new call and resends exactly the items the relay had
+//   not put into the topic (it says which in trailing metadata), so subscribers see each item
+//   once, in order. After `max_retries` attempts in a row without progress, or on any other
+//   error, publish() and close() return the error, and the items not acknowledged are reported
+//   by unacknowledged().
+// - Events (acks, slow_down, resume, retrying) reach `on_event` on the publisher's reader
+//   thread (acks) or the publishing thread (retrying); keep the callback short.
+// - Thread-safety: one thread publishes at a time (publish/close are not to be called
+//   concurrently); accessors may be called from any thread.
+//
+// Subscriber
+// - Constructing one opens a Subscribe call and returns once the relay has registered the
+//   subscription (or refused it): items published after that are seen.
+// - next() blocks for the next item or gap notice; returns false at the end of the stream
+//   (relay shut down, topic closed, cancel()), after which finish() gives the status.
+// - cancel() may be called from any thread; everything else from the reading thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "sluice/buffer.hpp"
+
+namespace sluice::client {
+
+/// A gRPC status, without the gRPC headers: code 0 is OK (codes as in grpc::StatusCode).
+struct Status {
+  int code = 0;
+  std::string message;
+  bool ok() const noexcept { return code == 0; }
+  /// "OK" or "RESOURCE_EXHAUSTED: <message>".
+  std::string to_string() const;
+};
+
+struct PublisherOptions {
+  std::string target = "127.0.0.1:7400";  // host:port of the relay's gRPC listener
+  std::string topic;                      // 1-128 of [A-Za-z0-9._-]
+  std::uint64_t window_bytes = 8u << 20;  // unacknowledged payload bytes in flight, at most
+  std::chrono::milliseconds initial_backoff{100};  // after the first RESOURCE_EXHAUSTED
+  std::chrono::milliseconds max_backoff{5000};     // doubling stops here
+  int max_retries = 5;                              // in a row without progress; 0: never
+};
+
+struct PublisherEvent {
+  enum class Kind : std::uint8_t { ack, slow_down, resume, retrying };
+  Kind kind = Kind::ack;
+  std::uint64_t sequence = 0;     // ack: everything up to here is in the topic
+  std::uint64_t queue_bytes = 0;  // slow_down / resume
+  std::uint64_t limit_bytes = 0;  // slow_down
+  std::chrono::milliseconds backoff{0};  // retrying: how long before the next attempt
+  std::string message;                   // slow_down: reason; retrying: the relay's status
+};
+std::string_view to_string(PublisherEvent::Kind kind) noexcept;
+
+struct PublisherStats {
+  std::uint64_t published = 0;  // items handed to publish()
+  std::uint64_t acked = 0;      // items the relay has put into the topic
+  std::uint64_t bytes = 0;      // payload bytes handed to publish()
+  std::uint64_t slow_downs = 0;
+  std::uint64_t resumes = 0;
+  std::uint64_t retries = 0;  // calls reopened after RESOURCE_EXHAUSTED
+  std::uint64_t resent = 0;   // items sent again on a reopened call
+};
+
+class Publisher {
+ public:
+  explicit Publisher(PublisherOptions options,
+                     std::function<void(const PublisherEvent&)> on_event = {});
+  ~Publisher();  // cancels the call if close() was not called; never blocks for long
+  Publisher(const Publisher&) = delete;
+  Publisher& operator=(const Publisher&) = delete;
+  Publisher(Publisher&&) = delete;
+  Publisher& operator=(Publisher&&) = delete;
+
+  /// Sends `payload` stamped with `timestamp_ns` (default: now, Unix time in ns). Blocks as
+  /// described above. Returns the error that ended publishing, if any; later calls return it
+  /// again.
+  Status publish(Buffer payload, std::int64_t timestamp_ns = 0);
+  /// Ends the call once every item is acknowledged (or the error that prevented it).
+  Status close();
+
+  PublisherStats stats() const;
+  /// Items sent and not acknowledged (after an error: not known to be in the topic).
+  std::uint64_t unacknowledged() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+struct SubscriberOptions {
+  std::string target = "127.0.0.1:7400";
+  std::string topic;
+  std::string name = "subscriber";  // shown in the relay's stats and metrics
+  std::uint32_t depth = 0;          // real-time topics: items the relay keeps; 0: its default
+};
+
+struct SubscriberEvent {
+  enum class Kind : std::uint8_t { item, gap };
+  Kind kind = Kind::item;
+  Buffer payload;  // item: the bytes, moved out of the message without a copy
+  std::uint64_t sequence = 0;
+  std::int64_t timestamp_ns = 0;  // the producer's stamp
+  std::uint64_t lost = 0;         // gap: items lost before the next one
+  std::string reason;             // gap: why (slow_consumer, ...)
+};
+
+struct SubscriberStats {
+  std::uint64_t items = 0;
+  std::uint64_t bytes = 0;
+  std::uint64_t gaps = 0;
+  std::uint64_t lost = 0;
+};
+
+class Subscriber {
+ public:
+  explicit Subscriber(SubscriberOptions options);
+  ~Subscriber();  // cancels the call
+  Subscriber(const Subscriber&) = delete;
+  Subscriber& operator=(const Subscriber&) = delete;
+  Subscriber(Subscriber&&) = delete;
+  Subscriber& operator=(Subscriber&&) = delete;
+
+  /// The next item or gap notice; false once the stream has ended.
+  bool next(SubscriberEvent& event);
+  /// Calls on_item / on_gap for every event until the stream ends; returns finish().
+  Status run(const std::function<void(SubscriberEvent&)>& on_item,
+             const std::function<void(std::uint64_t lost, const std::string& reason)>& on_gap);
+  /// After next() returned false: how the stream ended (OK for a relay shutdown; CANCELLED
+  /// after cancel(); NOT_FOUND, RESOURCE_EXHAUSTED, INVALID_ARGUMENT for refusals).
+  Status finish();
+  /// Ends the stream from any thread; next() then returns false.
+  void cancel();
+
+  SubscriberStats stats() const;
+
+  struct Impl;
+
+ private:
+  bool next_discard();
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sluice::client

@@ -1,0 +1,414 @@
+// The relay's C++ client: Publisher (window, acks, RESOURCE_EXHAUSTED backoff and exact
+// resend) and Subscriber (items and gap notices) over the generated gRPC stubs.
+#include "sluice/client.hpp"
+
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <array>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "sluice/relay_server.hpp"  // kPublishedThroughKey
+#include "sluice/v1/relay.grpc.pb.h"
+
+namespace sluice::client {
+
+namespace {
+
+namespace v1 = ::sluice::v1;
+
+Status from_grpc(const grpc::Status& s) {
+  return {static_cast<int>(s.error_code()), s.error_message()};
+}
+
+std::int64_t unix_now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+std::string Status::to_string() const {
+  static constexpr std::array<const char*, 17> kNames = {
+      "OK",        "CANCELLED",          "UNKNOWN",           "INVALID_ARGUMENT",
+      "DEADLINE_EXCEEDED", "NOT_FOUND",  "ALREADY_EXISTS",    "PERMISSION_DENIED",
+      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+      "UNIMPLEMENTED", "INTERNAL",       "UNAVAILABLE",       "DATA_LOSS",
+      "UNAUTHENTICATED"};
+  std::string name = code >= 0 && code < static_cast<int>(kNames.size())
+                         ? kNames[static_cast<std::size_t>(code)]
+                         : "CODE_" + std::to_string(code);
+  return message.empty() ? name : name + ": " + message;
+}
+
+std::string_view to_string(PublisherEvent::Kind kind) noexcept {
+  switch (kind) {
+    case PublisherEvent::Kind::ack:
+      return "ack";
+    case PublisherEvent::Kind::slow_down:
+      return "slow_down";
+    case PublisherEvent::Kind::resume:
+      return "resume";
+    case PublisherEvent::Kind::retrying:
+      return "retrying";
+  }
+  return "unknown";
+}
+
+// ---- Publisher ----
+
+struct Publisher::Impl {
+  using Stream = grpc::ClientReaderWriter<v1::PublishRequest, v1::PublishEvent>;
+  struct Pending {
+    std::uint64_t sequence = 0;
+    Buffer payload;
+    std::int64_t timestamp_ns = 0;
+  };
+
+  Impl(PublisherOptions o, std::function<void(const PublisherEvent&)> cb)
+      : options(std::move(o)),
+        on_event(std::move(cb)),
+        stub(v1::Relay::NewStub(
+            grpc::CreateChannel(options.target, grpc::InsecureChannelCredentials()))) {
+    open_call();
+  }
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  Impl(Impl&&) = delete;
+  Impl& operator=(Impl&&) = delete;
+  ~Impl() {
+    if (stream) {
+      ctx->TryCancel();
+      end_call();
+    }
+  }
+
+  void emit(const PublisherEvent& e) const {
+    if (on_event) on_event(e);
+  }
+
+  void open_call() {
+    ctx = std::make_unique<grpc::ClientContext>();
+    stream = stub->Publish(ctx.get());
+    {
+      std::lock_guard lock(mu);
+      call_ended = false;
+    }
+    named_topic = false;
+    reader = std::thread([this] { read_events(); });
+  }
+
+  // The reader thread: acks free window space; flow events are passed on.
+  void read_events() {
+    for (v1::PublishEvent ev; stream->Read(&ev);) {
+      PublisherEvent out;
+      switch (ev.event_case()) {
+        case v1::PublishEvent::kAck: {
+          out.kind = PublisherEvent::Kind::ack;
+          out.sequence = ev.ack().sequence();
+          std::lock_guard lock(mu);
+          prune(out.sequence);
+          break;
+        }
+        case v1::PublishEvent::kSlowDown: {
+          out.kind = PublisherEvent::Kind::slow_down;
+          out.queue_bytes = ev.slow_down().queue_bytes();
+          out.limit_bytes = ev.slow_down().limit_bytes();
+          out.message = ev.slow_down().reason();
+          std::lock_guard lock(mu);
+          ++counters.slow_downs;
+          break;
+        }
+        case v1::PublishEvent::kResume: {
+          out.kind = PublisherEvent::Kind::resume;
+          out.queue_bytes = ev.resume().queue_bytes();
+          std::lock_guard lock(mu);
+          ++counters.resumes;
+          break;
+        }
+        default:
+          continue;
+      }
+      emit(out);
+    }
+    std::lock_guard lock(mu);
+    call_ended = true;
+    cv.notify_all();
+  }
+
+  // Items up to `sequence` are in the topic. Caller holds mu.
+  void prune(std::uint64_t sequence) {
+    bool progress = false;
+    while (!unacked.empty() && unacked.front().sequence <= sequence) {
+      unacked_bytes -= unacked.front().payload.size();
+      unacked.pop_front();
+      ++counters.acked;
+      progress = true;
+    }
+    if (progress) {
+      retries_in_a_row = 0;
+      cv.notify_all();
+    }
+  }
+
+  // Waits for the call to end, collects its status and prunes what the relay says it has.
+  Status end_call() {
+    if (reader.joinable()) reader.join();
+    const grpc::Status status = stream->Finish();
+    const auto& trailers = ctx->GetServerTrailingMetadata();
+    if (auto it = trailers.find(std::string(kPublishedThroughKey)); it != trailers.end()) {
+      const std::string value(it->second.data(), it->second.size());
+      std::lock_guard lock(mu);
+      prune(std::stoull(value));
+    }
+    stream.reset();
+    return from_grpc(status);
+  }
+
+  bool write(const Pending& p) {
+    v1::PublishRequest req;
+    auto* item = req.mutable_item();
+    if (!named_topic) item->set_topic(options.topic);
+    item->set_payload(std::string(p.payload.view()));  // protobuf owns its bytes
+    item->set_sequence(p.sequence);
+    item->set_timestamp_ns(p.timestamp_ns);
+    if (!stream->Write(req)) return false;
+    named_topic = true;
+    return true;
+  }
+
+  // The current call ended with `st` (end_call() done). After RESOURCE_EXHAUSTED, while
+  // retries are left: waits the backoff, opens a new call and resends what the topic does not
+  // have; OK once that is done. Anything else ends publishing with that error.
+  Status retry(Status st) {
+    for (;;) {
+      if (st.code != static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED) ||
+          retries_in_a_row >= options.max_retries) {
+        error = st.ok() ? Status{static_cast<int>(grpc::StatusCode::UNAVAILABLE),
+                                 "the relay ended the Publish call"}
+                        : st;
+        return error;
+      }
+      const int shift = std::min(retries_in_a_row, 20);
+      const auto backoff = std::min(options.initial_backoff * (std::int64_t{1} << shift),
+                                    options.max_backoff);
+      ++retries_in_a_row;
+      PublisherEvent e;
+      e.kind = PublisherEvent::Kind::retrying;
+      e.backoff = backoff;
+      e.message = st.to_string();
+      emit(e);
+      std::this_thread::sleep_for(backoff);
+      open_call();
+      std::vector<Pending> again;
+      {
+        std::lock_guard lock(mu);
+        ++counters.retries;
+        again.assign(unacked.begin(), unacked.end());  // Buffers: references, not bytes
+        counters.resent += again.size();
+      }
+      const bool sent = std::all_of(again.begin(), again.end(), [&](const Pending& p) {
+        return write(p);
+      });
+      if (sent) return {};
+      st = end_call();
+    }
+  }
+
+  bool ended() {
+    std::lock_guard lock(mu);
+    return call_ended;
+  }
+
+  Status publish(Buffer payload, std::int64_t ts) {
+    if (!error.ok()) return error;
+    if (!stream) {
+      return error = {static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION),
+                      "publish() after close()"};
+    }
+    if (ts == 0) ts = unix_now_ns();
+    const std::uint64_t size = payload.size();
+    Pending item;
+    {
+      std::unique_lock lock(mu);
+      for (;;) {
+        cv.wait(lock, [&] {
+          return call_ended || unacked.empty() || unacked_bytes + size <= options.window_bytes;
+        });
+        if (!call_ended) break;
+        lock.unlock();
+        if (Status st = retry(end_call()); !st.ok()) return st;
+        lock.lock();
+      }
+      unacked.push_back({next_sequence++, std::move(payload), ts});
+      unacked_bytes += size;
+      ++counters.published;
+      counters.bytes += size;
+      item = unacked.back();  // a reference-counted copy
+    }
+    if (!write(item)) return retry(end_call());
+    return {};
+  }
+
+  Status close() {
+    for (;;) {
+      if (!error.ok()) return error;
+      if (!stream) return {};
+      stream->WritesDone();
+      // The relay finishes the call once it has read and placed every item.
+      Status st = end_call();
+      if (st.ok()) {
+        std::lock_guard lock(mu);
+        if (unacked.empty()) return {};
+        error = {static_cast<int>(grpc::StatusCode::DATA_LOSS),
+                 std::to_string(unacked.size()) + " items were not acknowledged"};
+        return error;
+      }
+      if (st = retry(st); !st.ok()) return st;
+    }
+  }
+
+  const PublisherOptions options;
+  const std::function<void(const PublisherEvent&)> on_event;
+  std::unique_ptr<v1::Relay::Stub> stub;
+  std::unique_ptr<grpc::ClientContext> ctx;
+  std::unique_ptr<Stream> stream;
+  std::thread reader;
+  bool named_topic = false;  // the current call's first item carried the topic
+  Status error;              // sticky once publishing has failed
+
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Pending> unacked;  // guarded by mu
+  std::uint64_t unacked_bytes = 0;
+  std::uint64_t next_sequence = 0;
+  bool call_ended = false;
+  int retries_in_a_row = 0;
+  PublisherStats counters;
+};
+
+Publisher::Publisher(PublisherOptions options, std::function<void(const PublisherEvent&)> on_event)
+    : impl_(std::make_unique<Impl>(std::move(options), std::move(on_event))) {}
+Publisher::~Publisher() = default;
+Status Publisher::publish(Buffer payload, std::int64_t timestamp_ns) {
+  return impl_->publish(std::move(payload), timestamp_ns);
+}
+Status Publisher::close() { return impl_->close(); }
+PublisherStats Publisher::stats() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->counters;
+}
+std::uint64_t Publisher::unacknowledged() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->unacked.size();
+}
+
+// ---- Subscriber ----
+
+struct Subscriber::Impl {
+  explicit Impl(const SubscriberOptions& o)
+      : stub(v1::Relay::NewStub(grpc::CreateChannel(o.target, grpc::InsecureChannelCredentials()))) {
+    v1::SubscribeRequest req;
+    req.set_topic(o.topic);
+    req.set_name(o.name);
+    req.set_depth(o.depth);
+    reader = stub->Subscribe(&ctx, req);
+    reader->WaitForInitialMetadata();  // the relay sends it once the subscription exists
+  }
+
+  std::unique_ptr<v1::Relay::Stub> stub;
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientReader<v1::SubscribeEvent>> reader;
+  v1::SubscribeEvent ev;
+  bool ended = false;
+  std::optional<Status> status;
+  mutable std::mutex mu;
+  SubscriberStats counters;  // guarded by mu (read from other threads)
+};
+
+Subscriber::Subscriber(SubscriberOptions options)
+    : impl_(std::make_unique<Impl>(options)) {}
+
+Subscriber::~Subscriber() {
+  if (!impl_->status) {
+    impl_->ctx.TryCancel();
+    finish();
+  }
+}
+
+bool Subscriber::next(SubscriberEvent& event) {
+  auto& d = *impl_;
+  for (;;) {
+    if (d.ended || !d.reader->Read(&d.ev)) {
+      d.ended = true;
+      return false;
+    }
+    if (d.ev.has_item()) {
+      auto* item = d.ev.mutable_item();
+      event.kind = SubscriberEvent::Kind::item;
+      event.payload = Buffer(std::move(*item->mutable_payload()));  // no copy of the bytes
+      event.sequence = item->sequence();
+      event.timestamp_ns = item->timestamp_ns();
+      event.lost = 0;
+      event.reason.clear();
+      std::lock_guard lock(d.mu);
+      ++d.counters.items;
+      d.counters.bytes += event.payload.size();
+      return true;
+    }
+    if (d.ev.has_gap()) {
+      event.kind = SubscriberEvent::Kind::gap;
+      event.payload = Buffer();
+      event.lost = d.ev.gap().lost();
+      event.reason = d.ev.gap().reason();
+      std::lock_guard lock(d.mu);
+      ++d.counters.gaps;
+      d.counters.lost += event.lost;
+      return true;
+    }
+    // An event this client does not know (a newer relay): skipped.
+  }
+}
+
+bool Subscriber::next_discard() {
+  SubscriberEvent e;
+  return next(e);
+}
+
+Status Subscriber::run(
+    const std::function<void(SubscriberEvent&)>& on_item,
+    const std::function<void(std::uint64_t lost, const std::string& reason)>& on_gap) {
+  for (SubscriberEvent e; next(e);) {
+    if (e.kind == SubscriberEvent::Kind::item) {
+      if (on_item) on_item(e);
+    } else if (on_gap) {
+      on_gap(e.lost, e.reason);
+    }
+  }
+  return finish();
+}
+
+Status Subscriber::finish() {
+  auto& d = *impl_;
+  if (!d.status) {
+    while (!d.ended) next_discard();
+    d.status = from_grpc(d.reader->Finish());
+  }
+  return *d.status;
+}
+
+void Subscriber::cancel() { impl_->ctx.TryCancel(); }
+
+SubscriberStats Subscriber::stats() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->counters;
+}
+
+}  // namespace sluice::client

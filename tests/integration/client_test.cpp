@@ -1,0 +1,237 @@
+// The C++ client (Publisher, Subscriber) against the real relay on 127.0.0.1, ephemeral ports.
+#include "sluice/client.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sluice/relay_server.hpp"
+
+namespace sluice {
+namespace {
+
+using namespace std::chrono_literals;
+using client::Publisher;
+using client::PublisherEvent;
+using client::PublisherOptions;
+using client::Subscriber;
+using client::SubscriberEvent;
+using client::SubscriberOptions;
+
+constexpr int kResourceExhausted = 8;
+constexpr int kNotFound = 5;
+
+struct Relay {
+  explicit Relay(RelayConfig c) : server(prepare(std::move(c))) {
+    server.start();
+    target = "127.0.0.1:" + std::to_string(server.grpc_port());
+  }
+  static RelayConfig prepare(RelayConfig c) {
+    c.host = "127.0.0.1";
+    c.grpc_port = 0;
+    c.http_port = 0;
+    return c;
+  }
+  RelayServer server;
+  std::string target;
+};
+
+PublisherOptions pub_options(const Relay& relay, const std::string& topic) {
+  PublisherOptions o;
+  o.target = relay.target;
+  o.topic = topic;
+  return o;
+}
+
+SubscriberOptions sub_options(const Relay& relay, const std::string& topic,
+                              const std::string& name) {
+  SubscriberOptions o;
+  o.target = relay.target;
+  o.topic = topic;
+  o.name = name;
+  return o;
+}
+
+// Records publisher events from the reader thread.
+struct EventLog {
+  std::mutex mu;
+  std::vector<PublisherEvent> events;
+  std::function<void(const PublisherEvent&)> callback() {
+    return [this](const PublisherEvent& e) {
+      std::lock_guard lock(mu);
+      events.push_back(e);
+    };
+  }
+  int count(PublisherEvent::Kind kind) {
+    std::lock_guard lock(mu);
+    int n = 0;
+    for (const auto& e : events) n += e.kind == kind;
+    return n;
+  }
+};
+
+TEST(Client, PublisherToSubscriberEveryItemOnceInOrderWithItsStamp) {
+  Relay relay(RelayConfig{});
+  Subscriber sub(sub_options(relay, "telemetry", "dash"));
+  EventLog log;
+  Publisher pub(pub_options(relay, "telemetry"), log.callback());
+  constexpr int kItems = 500;
+  for (int i = 0; i < kItems; ++i) {
+    ASSERT_TRUE(pub.publish(Buffer(std::to_string(i)), 1000 + i).ok());
+  }
+  ASSERT_TRUE(pub.close().ok());
+  EXPECT_EQ(pub.unacknowledged(), 0U);
+  EXPECT_EQ(pub.stats().acked, static_cast<std::uint64_t>(kItems));
+  EXPECT_GE(log.count(PublisherEvent::Kind::ack), 1);
+  for (int i = 0; i < kItems; ++i) {
+    SubscriberEvent e;
+    ASSERT_TRUE(sub.next(e));
+    ASSERT_EQ(e.kind, SubscriberEvent::Kind::item);
+    EXPECT_EQ(e.sequence, static_cast<std::uint64_t>(i));
+    EXPECT_EQ(e.payload.view(), std::to_string(i));
+    EXPECT_EQ(e.timestamp_ns, 1000 + i);
+  }
+  EXPECT_EQ(sub.stats().items, static_cast<std::uint64_t>(kItems));
+  sub.cancel();
+  SubscriberEvent e;
+  EXPECT_FALSE(sub.next(e));
+  EXPECT_EQ(sub.finish().code, 1);  // CANCELLED
+}
+
+// A subscriber that stops reading for longer than max_wait: the relay ends the producer's call
+// with RESOURCE_EXHAUSTED; the Publisher backs off, reopens and resends exactly what the topic
+// lacked. The subscriber then sees every item exactly once, in order.
+TEST(Client, PublisherRetriesAfterResourceExhaustedWithoutLossOrDuplicates) {
+  RelayConfig c;
+  c.defaults.max_queue_bytes = 64 * 1024;
+  c.defaults.max_wait = 300ms;
+  Relay relay(c);
+  Subscriber sub(sub_options(relay, "logs", "late"));
+  constexpr int kItems = 3000;  // 48 MiB: more than the transport buffers absorb
+  constexpr std::size_t kBytes = 16 * 1024;
+  EventLog log;
+  PublisherOptions o = pub_options(relay, "logs");
+  o.window_bytes = 1 << 20;
+  o.initial_backoff = 100ms;
+  o.max_backoff = 400ms;
+  o.max_retries = 20;
+  Publisher pub(o, log.callback());
+  client::Status result;
+  std::thread producer([&] {
+    for (int i = 0; i < kItems && result.ok(); ++i) {
+      result = pub.publish(Buffer(std::string(kBytes, static_cast<char>('a' + i % 26))));
+    }
+    if (result.ok()) result = pub.close();
+  });
+  std::this_thread::sleep_for(1500ms);  // stalled: the topic stays full past max_wait
+  for (int i = 0; i < kItems; ++i) {
+    SubscriberEvent e;
+    ASSERT_TRUE(sub.next(e));
+    ASSERT_EQ(e.kind, SubscriberEvent::Kind::item);
+    ASSERT_EQ(e.sequence, static_cast<std::uint64_t>(i));  // none lost, none twice
+    ASSERT_EQ(e.payload.size(), kBytes);
+    ASSERT_EQ(e.payload.view()[0], static_cast<char>('a' + i % 26));
+  }
+  producer.join();
+  EXPECT_TRUE(result.ok()) << result.to_string();
+  const auto stats = pub.stats();
+  EXPECT_EQ(stats.acked, static_cast<std::uint64_t>(kItems));
+  EXPECT_GE(stats.retries, 1U);
+  EXPECT_EQ(static_cast<std::uint64_t>(log.count(PublisherEvent::Kind::retrying)), stats.retries);
+  EXPECT_GE(stats.slow_downs, 1U);
+  sub.cancel();
+}
+
+TEST(Client, PublisherGivesUpAfterMaxRetriesWithTheRelaysMessage) {
+  RelayConfig c;
+  c.defaults.max_queue_bytes = 64 * 1024;
+  c.defaults.max_wait = 200ms;
+  Relay relay(c);
+  Subscriber stuck(sub_options(relay, "logs", "stuck"));  // never reads
+  PublisherOptions o = pub_options(relay, "logs");
+  o.window_bytes = 1 << 20;
+  o.initial_backoff = 50ms;
+  o.max_retries = 1;
+  EventLog log;
+  Publisher pub(o, log.callback());
+  client::Status result;
+  for (int i = 0; i < 8000 && result.ok(); ++i) {
+    result = pub.publish(Buffer(std::string(16 * 1024, 'x')));
+  }
+  if (result.ok()) result = pub.close();
+  EXPECT_EQ(result.code, kResourceExhausted) << result.to_string();
+  EXPECT_NE(result.message.find("SLUICE_MAX_QUEUE_BYTES"), std::string::npos) << result.message;
+  EXPECT_EQ(log.count(PublisherEvent::Kind::retrying), 1);
+  EXPECT_GT(pub.unacknowledged(), 0U);  // reported, not silently lost
+  EXPECT_EQ(pub.publish(Buffer(std::string("later"))).code, kResourceExhausted);  // sticky
+  stuck.cancel();
+}
+
+TEST(Client, SubscriberSeesGapNoticesOnARealtimeTopic) {
+  RelayConfig c;
+  c.defaults.mode = TopicMode::realtime;
+  c.defaults.depth = 2;
+  Relay relay(c);
+  Subscriber sub(sub_options(relay, "camera", "viewer"));
+  constexpr int kFrames = 2000;
+  {
+    Publisher pub(pub_options(relay, "camera"));
+    for (int i = 0; i < kFrames; ++i) ASSERT_TRUE(pub.publish(Buffer(std::string(16 * 1024, 'f'))).ok());
+    ASSERT_TRUE(pub.close().ok());
+  }
+  std::uint64_t got = 0;
+  std::uint64_t lost = 0;
+  std::uint64_t last = 0;
+  std::thread stopper;
+  const auto status = sub.run(
+      [&](SubscriberEvent& e) {
+        ++got;
+        last = e.sequence;
+        if (got + lost == kFrames) sub.cancel();
+      },
+      [&](std::uint64_t n, const std::string& reason) {
+        lost += n;
+        EXPECT_EQ(reason, "slow_consumer");
+        if (got + lost == kFrames) sub.cancel();
+      });
+  EXPECT_EQ(got + lost, static_cast<std::uint64_t>(kFrames));
+  EXPECT_GT(lost, 0U);
+  EXPECT_EQ(last, static_cast<std::uint64_t>(kFrames - 1));
+  EXPECT_EQ(sub.stats().lost, lost);
+  EXPECT_EQ(status.code, 1);  // ended by cancel()
+}
+
+TEST(Client, RefusalsArriveAsStatusesNamingTheProblem) {
+  RelayConfig c;
+  c.auto_create = false;
+  Relay relay(c);
+  Subscriber sub(sub_options(relay, "nowhere", "s"));
+  SubscriberEvent e;
+  EXPECT_FALSE(sub.next(e));
+  EXPECT_EQ(sub.finish().code, kNotFound);
+
+  Publisher pub(pub_options(relay, "nowhere"));
+  client::Status st = pub.publish(Buffer(std::string("x")));
+  if (st.ok()) st = pub.close();
+  EXPECT_EQ(st.code, kNotFound) << st.to_string();
+  EXPECT_NE(st.message.find("auto_create"), std::string::npos);
+
+  Publisher nobody([] {
+    PublisherOptions o;
+    o.target = "127.0.0.1:1";  // nothing listens there
+    o.topic = "t";
+    return o;
+  }());
+  st = nobody.publish(Buffer(std::string("x")));
+  if (st.ok()) st = nobody.close();
+  EXPECT_EQ(st.code, 14) << st.to_string();  // UNAVAILABLE
+}
+
+}  // namespace
+}  // namespace sluice
