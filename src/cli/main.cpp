@@ -1,4 +1,4 @@
-// The `sluice` executable. Subcommands: demo, config (serve, pub, sub arrive with the relay).
+// The `sluice` executable. Subcommands: serve, pub, sub, config, demo.
 #include <CLI/CLI.hpp>
 #include <csignal>
 #include <cstdio>
@@ -8,6 +8,7 @@
 #include <string>
 
 #include "demo.hpp"
+#include "pubsub.hpp"
 #include "sluice/relay_config.hpp"
 #include "sluice/relay_server.hpp"
 
@@ -106,7 +107,36 @@ int main(int argc, char** argv) {
                          "SIGINT/SIGTERM");
   serve.add(serve_cmd);
 
+  sluice::cli::PubOptions pub;
+  auto* pub_cmd = app.add_subcommand(
+      "pub", "Publish to a topic: generated items at a rate and size, or lines from stdin");
+  pub_cmd->add_option("--target", pub.target, "The relay's gRPC address (host:port)");
+  pub_cmd->add_option("--topic", pub.topic, "Topic name")->required();
+  pub_cmd->add_flag("--stdin", pub.from_stdin, "One item per line of standard input");
+  pub_cmd->add_option("--count", pub.count, "Generated items")->check(CLI::Range(0UL, 1UL << 40));
+  pub_cmd->add_option("--size", pub.size, "Bytes per generated item")
+      ->check(CLI::Range(0UL, 1UL << 30));
+  pub_cmd->add_option("--rate", pub.rate, "Items per second (0: as fast as the relay takes them)")
+      ->check(CLI::Range(0.0, 1e9));
+  pub_cmd->add_option("--window-bytes", pub.window_bytes, "Unacknowledged bytes in flight")
+      ->check(CLI::Range(1UL, 1UL << 40));
+  pub_cmd->add_option("--max-retries", pub.max_retries,
+                      "Reopen attempts after RESOURCE_EXHAUSTED without progress")
+      ->check(CLI::Range(0, 1000));
+  pub_cmd->add_flag("--quiet", pub.quiet, "No event lines on stderr");
+
+  sluice::cli::SubOptions sub;
+  auto* sub_cmd = app.add_subcommand("sub", "Subscribe to a topic; statistics at the end");
+  sub_cmd->add_option("--target", sub.target, "The relay's gRPC address (host:port)");
+  sub_cmd->add_option("--topic", sub.topic, "Topic name")->required();
+  sub_cmd->add_option("--name", sub.name, "Subscriber name in the relay's stats");
+  sub_cmd->add_option("--depth", sub.depth, "Real-time topics: items kept for us (0: default)");
+  sub_cmd->add_option("--count", sub.count, "Stop after this many items (0: until the end)");
+  sub_cmd->add_flag("--print", sub.print, "Write each payload to stdout, one per line");
+
   CLI11_PARSE(app, argc, argv);
+  if (pub_cmd->parsed()) return sluice::cli::run_pub(pub);
+  if (sub_cmd->parsed()) return sluice::cli::run_sub(sub);
   if (demo_cmd->parsed()) return sluice::cli::run_demo(demo);
   if (config_cmd->parsed()) return config.run();
   if (serve_cmd->parsed()) return serve.serve();

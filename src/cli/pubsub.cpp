@@ -1,0 +1,179 @@
+// `sluice pub` / `sluice sub` over sluice::client.
+#include "pubsub.hpp"
+
+#include <pthread.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <ctime>
+#include <functional>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+
+#include "sluice/client.hpp"
+#include "sluice/histogram.hpp"
+
+namespace sluice::cli {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::int64_t unix_now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+void print_line(std::FILE* out, const nlohmann::json& j) {
+  std::fprintf(out, "%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  std::fflush(out);
+}
+
+// SIGINT/SIGTERM call `on_signal` once (from a watcher thread) instead of killing the process.
+class SignalWatch {
+ public:
+  explicit SignalWatch(std::function<void()> on_signal) {
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGINT);
+    sigaddset(&set_, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set_, nullptr);  // before the client starts its threads
+    thread_ = std::thread([this, fn = std::move(on_signal)] {
+      const timespec tick{0, 100'000'000};
+      while (!stop_) {
+        if (sigtimedwait(&set_, nullptr, &tick) > 0) {
+          fn();
+          return;
+        }
+      }
+    });
+  }
+  SignalWatch(const SignalWatch&) = delete;
+  SignalWatch& operator=(const SignalWatch&) = delete;
+  SignalWatch(SignalWatch&&) = delete;
+  SignalWatch& operator=(SignalWatch&&) = delete;
+  ~SignalWatch() {
+    stop_ = true;
+    thread_.join();
+  }
+
+ private:
+  sigset_t set_{};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+}  // namespace
+
+int run_pub(const PubOptions& o) {
+  client::PublisherOptions po;
+  po.target = o.target;
+  po.topic = o.topic;
+  po.window_bytes = o.window_bytes;
+  po.max_retries = o.max_retries;
+  client::Publisher pub(po, [&o](const client::PublisherEvent& e) {
+    if (o.quiet || e.kind == client::PublisherEvent::Kind::ack) return;
+    nlohmann::json j{{"event", std::string(client::to_string(e.kind))}};
+    if (e.kind == client::PublisherEvent::Kind::retrying) {
+      j["backoff_ms"] = e.backoff.count();
+      j["status"] = e.message;
+    } else {
+      j["queue_bytes"] = e.queue_bytes;
+      if (e.kind == client::PublisherEvent::Kind::slow_down) j["limit_bytes"] = e.limit_bytes;
+    }
+    print_line(stderr, j);
+  });
+
+  const auto start = Clock::now();
+  client::Status status;
+  if (o.from_stdin) {
+    for (std::string line; status.ok() && std::getline(std::cin, line);) {
+      status = pub.publish(Buffer(std::move(line)));
+    }
+  } else {
+    const std::string payload(o.size, 'x');
+    for (std::uint64_t i = 0; i < o.count && status.ok(); ++i) {
+      if (o.rate > 0) {
+        std::this_thread::sleep_until(
+            start + std::chrono::duration_cast<Clock::duration>(
+                        std::chrono::duration<double>(static_cast<double>(i) / o.rate)));
+      }
+      status = pub.publish(Buffer::copy(payload));
+    }
+  }
+  if (status.ok()) status = pub.close();
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  const auto s = pub.stats();
+  print_line(stdout, {{"event", "published"},
+                      {"topic", o.topic},
+                      {"items", s.published},
+                      {"acked", s.acked},
+                      {"bytes", s.bytes},
+                      {"seconds", seconds},
+                      {"items_per_s", seconds > 0 ? double(s.published) / seconds : 0.0},
+                      {"mb_per_s", seconds > 0 ? double(s.bytes) / seconds / 1e6 : 0.0},
+                      {"slow_downs", s.slow_downs},
+                      {"resumes", s.resumes},
+                      {"retries", s.retries},
+                      {"resent", s.resent},
+                      {"unacknowledged", pub.unacknowledged()},
+                      {"status", status.to_string()}});
+  return status.ok() ? 0 : 1;
+}
+
+int run_sub(const SubOptions& o) {
+  client::SubscriberOptions so;
+  so.target = o.target;
+  so.topic = o.topic;
+  so.name = o.name;
+  so.depth = o.depth;
+  std::atomic<client::Subscriber*> current{nullptr};
+  SignalWatch watch([&current] {
+    if (auto* s = current.load()) s->cancel();
+  });
+  client::Subscriber sub(so);
+  current = &sub;
+  std::FILE* report = o.print ? stderr : stdout;
+  print_line(report, {{"event", "subscribed"}, {"topic", o.topic}, {"name", o.name}});
+
+  Histogram latency;
+  const auto start = Clock::now();
+  std::uint64_t items = 0;
+  const auto status = sub.run(
+      [&](client::SubscriberEvent& e) {
+        const std::int64_t age = unix_now_ns() - e.timestamp_ns;
+        if (age > 0) latency.record(static_cast<std::uint64_t>(age));
+        if (o.print) {
+          std::fwrite(e.payload.data(), 1, e.payload.size(), stdout);
+          std::fputc('\n', stdout);
+        }
+        if (++items == o.count) sub.cancel();
+      },
+      [&](std::uint64_t lost, const std::string& reason) {
+        print_line(stderr, {{"event", "gap"}, {"lost", lost}, {"reason", reason}});
+      });
+  current = nullptr;
+  std::fflush(stdout);
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  const auto s = sub.stats();
+  const auto h = latency.snapshot();
+  // Ended by us (count reached, or a signal) is a normal end.
+  const bool ok = status.ok() || status.code == 1;
+  print_line(report, {{"event", "received"},
+                      {"topic", o.topic},
+                      {"items", s.items},
+                      {"bytes", s.bytes},
+                      {"gaps", s.gaps},
+                      {"lost", s.lost},
+                      {"seconds", seconds},
+                      {"latency_p50_us", double(h.percentile(0.5)) / 1e3},
+                      {"latency_p99_us", double(h.percentile(0.99)) / 1e3},
+                      {"status", ok ? std::string("OK") : status.to_string()}});
+  return ok ? 0 : 1;
+}
+
+}  // namespace sluice::cli
