@@ -14,7 +14,7 @@ SAN_STRESS_ITEMS ?= 200000
 SOAK_ITEMS   ?= 20000000
 CTEST        := ctest --output-on-failure --timeout 300 -j $(JOBS)
 
-.PHONY: all deps build run demo test test-release test-tsan test-asan soak bench bench-core bench-broadcast format tidy clean
+.PHONY: all deps build run demo test test-release test-tsan test-asan soak bench bench-core bench-broadcast bench-relay format tidy clean
 
 all: build
 
@@ -59,16 +59,21 @@ test-asan: deps
 soak: build
 	cd build && SLUICE_STRESS_ITEMS=$(SOAK_ITEMS) $(CTEST) -L stress --timeout 3600
 
-# Every benchmark against its peers (a few minutes): core C1-C3, then broadcast B1-B3.
+# Every benchmark against its peers (a few minutes): core C1-C3, broadcast B1-B3, relay R1-R2.
 bench: build
 	./build/bench/sluice_core_bench
 	./build/bench/sluice_broadcast_bench
+	./build/bench/sluice_relay_bench
 
 bench-core: build
 	./build/bench/sluice_core_bench
 
 bench-broadcast: build
 	./build/bench/sluice_broadcast_bench
+
+# The relay over gRPC against nats-server + nats.c: R1 throughput, R2 latency.
+bench-relay: build
+	./build/bench/sluice_relay_bench
 
 format:
 	git ls-files '*.hpp' '*.cpp' | xargs clang-format -i

@@ -151,6 +151,7 @@ class Subscriber {
 
  private:
   bool next_discard();
+  void take_item(SubscriberEvent& event, void* message);  // message: a sluice.v1.Item
   std::unique_ptr<Impl> impl_;
 };
 

@@ -327,6 +327,7 @@ struct Subscriber::Impl {
   grpc::ClientContext ctx;
   std::unique_ptr<grpc::ClientReader<v1::SubscribeEvent>> reader;
   v1::SubscribeEvent ev;
+  int batch_next = 0;  // the next item of ev's batch to hand out
   bool ended = false;
   std::optional<Status> status;
   mutable std::mutex mu;
@@ -346,21 +347,18 @@ Subscriber::~Subscriber() {
 bool Subscriber::next(SubscriberEvent& event) {
   auto& d = *impl_;
   for (;;) {
+    if (d.batch_next < d.ev.batch().items_size()) {  // the rest of a batch first
+      take_item(event, d.ev.mutable_batch()->mutable_items(d.batch_next++));
+      return true;
+    }
     if (d.ended || !d.reader->Read(&d.ev)) {
       d.ended = true;
       return false;
     }
+    d.batch_next = 0;
+    if (d.ev.has_batch()) continue;
     if (d.ev.has_item()) {
-      auto* item = d.ev.mutable_item();
-      event.kind = SubscriberEvent::Kind::item;
-      event.payload = Buffer(std::move(*item->mutable_payload()));  // no copy of the bytes
-      event.sequence = item->sequence();
-      event.timestamp_ns = item->timestamp_ns();
-      event.lost = 0;
-      event.reason.clear();
-      std::lock_guard lock(d.mu);
-      ++d.counters.items;
-      d.counters.bytes += event.payload.size();
+      take_item(event, d.ev.mutable_item());
       return true;
     }
     if (d.ev.has_gap()) {
@@ -375,6 +373,19 @@ bool Subscriber::next(SubscriberEvent& event) {
     }
     // An event this client does not know (a newer relay): skipped.
   }
+}
+
+void Subscriber::take_item(SubscriberEvent& event, void* message) {
+  auto* item = static_cast<v1::Item*>(message);
+  event.kind = SubscriberEvent::Kind::item;
+  event.payload = Buffer(std::move(*item->mutable_payload()));  // no copy of the bytes
+  event.sequence = item->sequence();
+  event.timestamp_ns = item->timestamp_ns();
+  event.lost = 0;
+  event.reason.clear();
+  std::lock_guard lock(impl_->mu);
+  ++impl_->counters.items;
+  impl_->counters.bytes += event.payload.size();
 }
 
 bool Subscriber::next_discard() {

@@ -450,39 +450,64 @@ class SubscribeReactor final
     {
       std::lock_guard lock(mu_);
       if (writing_ || finished_) return;
-      auto r = sub_.try_recv();
       event_.Clear();
-      switch (r.status) {
-        case RecvStatus::ok: {
-          auto* item = event_.mutable_item();
-          item->set_topic(topic_->name);
-          item->set_payload(std::string(r->payload.view()));
-          item->set_sequence(r->sequence);
-          item->set_timestamp_ns(r->timestamp_ns);
-          writing_ = true;
-          StartWrite(&event_);
+      // What queued up while the previous write was in flight goes out as one batch.
+      std::size_t items = 0;
+      std::size_t bytes = 0;
+      v1::Item* single = nullptr;
+      while (items < kBatchItems && bytes < kBatchBytes) {
+        auto r = held_ ? std::move(*held_) : sub_.try_recv();
+        held_.reset();
+        if (r.status != RecvStatus::ok) {
+          if (items > 0) {
+            if (r.status != RecvStatus::would_block) held_ = std::move(r);  // after this batch
+            break;
+          }
+          if (r.status == RecvStatus::gap) {
+            auto* gap = event_.mutable_gap();
+            gap->set_lost(r.lost);
+            gap->set_reason(std::string(to_string(r.reason)));
+            writing_ = true;
+            StartWrite(&event_);
+            return;
+          }
+          if (r.status == RecvStatus::would_block) {
+            arm = true;
+            break;
+          }
+          finish(grpc::Status::OK);  // closed, evicted
           return;
         }
-        case RecvStatus::gap: {
-          auto* gap = event_.mutable_gap();
-          gap->set_lost(r.lost);
-          gap->set_reason(std::string(to_string(r.reason)));
-          writing_ = true;
-          StartWrite(&event_);
-          return;
+        v1::Item* item = nullptr;
+        if (items == 0) {
+          item = single = event_.mutable_item();
+        } else {
+          if (items == 1) {  // a second one: the first moves into a batch
+            v1::Item first = std::move(*single);
+            event_.mutable_batch()->add_items()->Swap(&first);
+          }
+          item = event_.mutable_batch()->add_items();
         }
-        case RecvStatus::would_block:
-          arm = true;
-          break;
-        default:  // closed, evicted
-          finish(grpc::Status::OK);
-          return;
+        item->set_topic(topic_->name);
+        item->set_payload(std::string(r->payload.view()));
+        item->set_sequence(r->sequence);
+        item->set_timestamp_ns(r->timestamp_ns);
+        ++items;
+        bytes += r->payload.size();
+      }
+      if (items > 0) {
+        writing_ = true;
+        StartWrite(&event_);
+        return;
       }
     }
     if (arm) {
       sub_.on_readable(later(&SubscribeReactor::pump));
     }
   }
+
+  static constexpr std::size_t kBatchItems = 256;
+  static constexpr std::size_t kBatchBytes = std::size_t{1} << 20;
 
   // Per-subscriber series (topic, subscriber, session), read from sub_ at scrape time and
   // removed before sub_ goes (the registry serializes removal with scrapes).
@@ -494,6 +519,7 @@ class SubscribeReactor final
   Subscription<RelayMessage> sub_;
   metrics::Labels labels_;
   v1::SubscribeEvent event_;  // guarded by mu_ while a write is in flight
+  std::optional<RecvResult<RelayMessage>> held_;  // a gap or the end, due after the batch
   bool writing_ = false;
 };
 

@@ -53,9 +53,10 @@ def main():
 
         def read():
             for event in sub:
-                assert event.WhichOneof("event") == "item", event
-                received.append(event.item)
-                if len(received) == n:
+                kind = event.WhichOneof("event")
+                assert kind in ("item", "batch"), event
+                received.extend([event.item] if kind == "item" else event.batch.items)
+                if len(received) >= n:
                     return
 
         reader = threading.Thread(target=read)

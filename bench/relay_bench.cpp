@@ -1,0 +1,331 @@
+// Relay benchmarks R1 and R2 (see docs/benchmarks.md): the Sluice relay over gRPC against
+// nats-server driven by the nats.c client, same machine, same run.
+//
+//   make bench-relay            (or ./build/bench/sluice_relay_bench [--quick])
+//
+// R1  1 publisher -> 3 subscribers, as fast as possible, 1 KiB and 1 MiB payloads. Delivered
+//     bytes/s in total (3 x published bytes / time from the first publish to the last
+//     receive). Sluice: a lossless topic (nothing may be lost; the producer is throttled).
+//     NATS: core pub/sub with the subscribers' pending limits raised so that it does not drop;
+//     whatever it still loses is counted and printed.
+// R2  paced: 30 fps x 1 MiB (3 s) and 10,000 msg/s x 64 B (2 s), 3 subscribers, publish ->
+//     receive latency (steady clock, one process): p50 / p99 / max.
+//
+// The Sluice relay runs in this process (RelayServer on 127.0.0.1, ephemeral port) and is
+// driven by sluice::client; nats-server runs as a child process on a free loopback port.
+#include <nats/nats.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sluice/buffer.hpp"
+#include "sluice/client.hpp"
+#include "sluice/histogram.hpp"
+#include "sluice/relay_server.hpp"
+
+extern char** environ;
+
+namespace {
+
+using namespace std::chrono;
+using sluice::Buffer;
+using sluice::Histogram;
+using sluice::HistogramSnapshot;
+
+constexpr int kSubscribers = 3;
+
+std::int64_t now_ns() {
+  return duration_cast<nanoseconds>(steady_clock::now().time_since_epoch()).count();
+}
+
+struct Workload {
+  const char* name;
+  std::size_t size;
+  std::uint64_t count;
+  double rate;  // messages per second; 0: as fast as possible
+};
+
+struct Result {
+  double seconds = 0;
+  std::uint64_t delivered = 0;  // messages, all subscribers
+  std::uint64_t bytes = 0;      // payload bytes, all subscribers
+  std::uint64_t lost = 0;       // expected - delivered
+  HistogramSnapshot latency;
+  std::string error;
+  double mb_per_s() const { return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e6 : 0; }
+};
+
+// What every subscriber of either system records.
+struct Sink {
+  std::atomic<std::uint64_t> msgs{0};
+  std::atomic<std::uint64_t> bytes{0};
+  std::atomic<std::int64_t> last_ns{0};
+  Histogram latency;
+  void got(std::size_t size, std::int64_t stamp) {
+    const std::int64_t now = now_ns();
+    if (now > stamp) latency.record(static_cast<std::uint64_t>(now - stamp));
+    bytes.fetch_add(size, std::memory_order_relaxed);
+    msgs.fetch_add(1, std::memory_order_relaxed);
+    std::int64_t prev = last_ns.load(std::memory_order_relaxed);
+    while (now > prev && !last_ns.compare_exchange_weak(prev, now)) {
+    }
+  }
+};
+
+// Paces message i of a workload.
+void pace(const Workload& w, std::int64_t start, std::uint64_t i) {
+  if (w.rate <= 0) return;
+  const auto due = start + static_cast<std::int64_t>(static_cast<double>(i) * 1e9 / w.rate);
+  std::this_thread::sleep_until(steady_clock::time_point(nanoseconds(due)));
+}
+
+Result finish(Sink& sink, const Workload& w, std::int64_t start) {
+  const std::uint64_t expected = w.count * kSubscribers;
+  const auto give_up = steady_clock::now() + seconds(30);
+  while (sink.msgs.load() < expected && steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(milliseconds(2));
+  }
+  Result r;
+  r.delivered = sink.msgs.load();
+  r.bytes = sink.bytes.load();
+  r.lost = expected - std::min(expected, r.delivered);
+  r.seconds = static_cast<double>(sink.last_ns.load() - start) / 1e9;
+  r.latency = sink.latency.snapshot();
+  return r;
+}
+
+// ---- Sluice: the relay in this process, sluice::client ----
+
+Result run_sluice(const std::string& target, const Workload& w, int run) {
+  std::string topic = "bench.";
+  topic.append(std::to_string(run));
+  Sink sink;
+  std::vector<std::unique_ptr<sluice::client::Subscriber>> subs;
+  for (int i = 0; i < kSubscribers; ++i) {
+    sluice::client::SubscriberOptions o;
+    o.target = target;
+    o.topic = topic;
+    std::string name = "s";  // (built so: GCC 12 -O2 warns falsely, -Wrestrict, on "s" + ...)
+    name.append(std::to_string(i));
+    o.name = std::move(name);
+    subs.push_back(std::make_unique<sluice::client::Subscriber>(o));
+  }
+  std::vector<std::thread> readers;
+  for (auto& s : subs) {
+    readers.emplace_back([&sink, &w, sub = s.get()] {
+      sluice::client::SubscriberEvent e;
+      for (std::uint64_t n = 0; n < w.count && sub->next(e);) {
+        if (e.kind != sluice::client::SubscriberEvent::Kind::item) continue;
+        sink.got(e.payload.size(), e.timestamp_ns);
+        ++n;
+      }
+    });
+  }
+  sluice::client::PublisherOptions po;
+  po.target = target;
+  po.topic = topic;
+  sluice::client::Publisher pub(po);
+  const Buffer payload = Buffer::copy(std::string(w.size, 'p'));
+  const std::int64_t start = now_ns();
+  sluice::client::Status st;
+  for (std::uint64_t i = 0; i < w.count && st.ok(); ++i) {
+    pace(w, start, i);
+    st = pub.publish(payload, now_ns());
+  }
+  if (st.ok()) st = pub.close();
+  Result r = finish(sink, w, start);
+  if (!st.ok()) r.error = st.to_string();
+  for (auto& s : subs) s->cancel();
+  for (auto& t : readers) t.join();
+  return r;
+}
+
+// ---- NATS: nats-server as a child process, nats.c ----
+
+std::uint16_t free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+class NatsServer {
+ public:
+  NatsServer() : port_(free_port()), conf_("/tmp/sluice-bench-nats-" + std::to_string(getpid()) + ".conf") {
+    // 1 MiB payloads need max_payload above the default 1 MB; and a roomier per-connection
+    // buffer so that a subscriber momentarily behind is not cut off as a slow consumer.
+    std::ofstream(conf_) << "max_payload: 8388608\nmax_pending: 268435456\n";
+    const std::string port = std::to_string(port_);
+    const char* argv[] = {"nats-server", "-a", "127.0.0.1", "-p", port.c_str(), "-c",
+                          conf_.c_str(), nullptr};
+    if (posix_spawnp(&pid_, "nats-server", nullptr, nullptr, const_cast<char**>(argv),
+                     environ) != 0) {
+      pid_ = 0;
+      return;
+    }
+    url_ = "nats://127.0.0.1:" + port;
+    for (int i = 0; i < 100; ++i) {  // until it accepts connections
+      natsConnection* nc = nullptr;
+      if (natsConnection_ConnectTo(&nc, url_.c_str()) == NATS_OK) {
+        natsConnection_Destroy(nc);
+        ready_ = true;
+        break;
+      }
+      std::this_thread::sleep_for(milliseconds(50));
+    }
+  }
+  NatsServer(const NatsServer&) = delete;
+  NatsServer& operator=(const NatsServer&) = delete;
+  NatsServer(NatsServer&&) = delete;
+  NatsServer& operator=(NatsServer&&) = delete;
+  ~NatsServer() {
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      waitpid(pid_, nullptr, 0);
+    }
+    std::remove(conf_.c_str());
+  }
+  bool ready() const { return ready_; }
+  const std::string& url() const { return url_; }
+
+ private:
+  pid_t pid_ = 0;
+  std::uint16_t port_;
+  std::string conf_;
+  std::string url_;
+  bool ready_ = false;
+};
+
+void on_nats_msg(natsConnection* /*nc*/, natsSubscription* /*sub*/, natsMsg* msg, void* closure) {
+  auto* sink = static_cast<Sink*>(closure);
+  std::int64_t stamp = 0;
+  const int len = natsMsg_GetDataLength(msg);
+  if (len >= static_cast<int>(sizeof stamp)) std::memcpy(&stamp, natsMsg_GetData(msg), sizeof stamp);
+  sink->got(static_cast<std::size_t>(len), stamp);
+  natsMsg_Destroy(msg);
+}
+
+Result run_nats(const std::string& url, const Workload& w, int run) {
+  const std::string subject = "bench." + std::to_string(run);
+  Sink sink;
+  Result failed;
+  std::vector<natsConnection*> conns(kSubscribers, nullptr);
+  std::vector<natsSubscription*> subs(kSubscribers, nullptr);
+  for (int i = 0; i < kSubscribers; ++i) {
+    if (natsConnection_ConnectTo(&conns[i], url.c_str()) != NATS_OK ||
+        natsConnection_Subscribe(&subs[i], conns[i], subject.c_str(), on_nats_msg, &sink) !=
+            NATS_OK) {
+      failed.error = "cannot subscribe";
+      return failed;
+    }
+    natsSubscription_SetPendingLimits(subs[i], 10'000'000, 2'000'000'000);
+    natsConnection_Flush(conns[i]);  // the server has the subscription
+  }
+  natsConnection* pub = nullptr;
+  natsConnection_ConnectTo(&pub, url.c_str());
+  std::string payload(w.size, 'p');
+  const std::int64_t start = now_ns();
+  for (std::uint64_t i = 0; i < w.count; ++i) {
+    pace(w, start, i);
+    const std::int64_t stamp = now_ns();
+    std::memcpy(payload.data(), &stamp, std::min(sizeof stamp, payload.size()));
+    natsConnection_Publish(pub, subject.c_str(), payload.data(), static_cast<int>(payload.size()));
+  }
+  natsConnection_Flush(pub);
+  Result r = finish(sink, w, start);
+  for (int i = 0; i < kSubscribers; ++i) {
+    natsSubscription_Unsubscribe(subs[i]);
+    natsSubscription_Destroy(subs[i]);
+    natsConnection_Destroy(conns[i]);
+  }
+  natsConnection_Destroy(pub);
+  return r;
+}
+
+void print_latency(const char* who, const Result& r) {
+  std::printf("      %-7s p50 %8.1f us  p99 %8.1f us  max %8.1f us  (%llu received, %llu lost)%s%s\n",
+              who, r.latency.percentile(0.5) / 1e3, r.latency.percentile(0.99) / 1e3,
+              static_cast<double>(r.latency.max()) / 1e3,
+              static_cast<unsigned long long>(r.delivered),
+              static_cast<unsigned long long>(r.lost), r.error.empty() ? "" : "  error: ",
+              r.error.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  signal(SIGPIPE, SIG_IGN);
+  alarm(600);  // a benchmark that hangs ends, loudly, instead of holding the machine
+
+  sluice::RelayConfig config;
+  config.grpc_port = 0;
+  config.http_port = 0;
+  sluice::RelayServer relay(config);
+  relay.start();
+  const std::string target = "127.0.0.1:" + std::to_string(relay.grpc_port());
+
+  NatsServer nats;
+  if (!nats.ready()) {
+    std::printf("nats-server did not start (is the nats-server package installed?)\n");
+    return 1;
+  }
+  std::printf("Relay benchmarks: Sluice relay (gRPC, in-process, %s) vs nats-server (%s), %d "
+              "subscribers%s\n\n",
+              target.c_str(), nats.url().c_str(), kSubscribers, quick ? ", --quick" : "");
+
+  int run = 0;
+  const std::uint64_t scale = quick ? 4 : 1;
+  std::printf("R1  1 publisher -> %d subscribers, as fast as possible; delivered MB/s in total\n",
+              kSubscribers);
+  for (const Workload& w : {Workload{"1 KiB", 1024, 200'000 / scale, 0},
+                            Workload{"1 MiB", 1 << 20, 400 / scale, 0}}) {
+    const Result n = run_nats(nats.url(), w, ++run);
+    const Result s = run_sluice(target, w, ++run);
+    std::printf("  %-6s x %-7llu NATS %8.1f MB/s (lost %llu)   Sluice %8.1f MB/s (lost %llu)   "
+                "ratio %.2fx%s%s\n",
+                w.name, static_cast<unsigned long long>(w.count), n.mb_per_s(),
+                static_cast<unsigned long long>(n.lost), s.mb_per_s(),
+                static_cast<unsigned long long>(s.lost),
+                n.mb_per_s() > 0 ? s.mb_per_s() / n.mb_per_s() : 0.0,
+                s.error.empty() ? "" : "  sluice error: ", s.error.c_str());
+  }
+
+  std::printf("\nR2  paced, %d subscribers; publish -> receive latency\n", kSubscribers);
+  for (const Workload& w : {Workload{"30 fps x 1 MiB", 1 << 20, quick ? 30U : 90U, 30},
+                            Workload{"10000/s x 64 B", 64, 20'000 / scale, 10'000}}) {
+    std::printf("  %s (%llu messages)\n", w.name, static_cast<unsigned long long>(w.count));
+    const Result n = run_nats(nats.url(), w, ++run);
+    const Result s = run_sluice(target, w, ++run);
+    print_latency("NATS", n);
+    print_latency("Sluice", s);
+    const double np99 = static_cast<double>(n.latency.percentile(0.99));
+    const double sp99 = static_cast<double>(s.latency.percentile(0.99));
+    std::printf("      p99 ratio NATS/Sluice %.2fx (above 1: Sluice is faster)\n",
+                sp99 > 0 ? np99 / sp99 : 0.0);
+  }
+  relay.shutdown();
+  nats_Close();
+  return 0;
+}
