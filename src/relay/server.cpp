@@ -9,6 +9,7 @@
 #include <boost/beast/http.hpp>
 #include <chrono>
 #include <atomic>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -548,10 +549,16 @@ class PublishReactor final
       maybe_finish();
       return;
     }
-    const auto& item = req_.item();
-    if (!item.topic().empty() && (!topic_ || item.topic() != topic_->name)) {
+    const bool batch = !req_.has_item();
+    auto* items = req_.mutable_items();
+    if (batch && items->empty()) {
+      finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a PublishRequest without items"));
+      return;
+    }
+    const v1::Item& first = batch ? items->Get(0) : req_.item();
+    if (!first.topic().empty() && (!topic_ || first.topic() != topic_->name)) {
       grpc::Status status;
-      topic_ = relay_.topic(item.topic(), status);
+      topic_ = relay_.topic(first.topic(), status);
       if (!topic_) {
         finish(status);
         return;
@@ -562,17 +569,32 @@ class PublishReactor final
                           "the first item of a Publish call must name its topic"));
       return;
     }
-    if (item.payload().size() > relay_.config.max_frame_bytes) {
-      finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          "item of " + std::to_string(item.payload().size()) +
-                              " bytes exceeds the frame limit of " +
-                              std::to_string(relay_.config.max_frame_bytes) +
-                              " bytes (STREAM_MAX_FRAME_SIZE_MB)"));
+    const auto admit = [&](v1::Item& item) {
+      if (item.payload().size() > relay_.config.max_frame_bytes) {
+        finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            "item of " + std::to_string(item.payload().size()) +
+                                " bytes exceeds the frame limit of " +
+                                std::to_string(relay_.config.max_frame_bytes) +
+                                " bytes (STREAM_MAX_FRAME_SIZE_MB)"));
+        return false;
+      }
+      if (!item.topic().empty() && item.topic() != topic_->name) {
+        finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            "a batch carries one topic: item for '" + item.topic().substr(0, 200) +
+                                "' in a batch for '" + topic_->name + "'"));
+        return false;
+      }
+      pending_.push_back(RelayMessage{Buffer(std::move(*item.mutable_payload())), item.sequence(),
+                                      item.timestamp_ns()});
+      return true;
+    };
+    if (batch) {
+      for (auto& item : *items) {
+        if (!admit(item)) return;
+      }
+    } else if (!admit(*req_.mutable_item())) {
       return;
     }
-    pending_ = RelayMessage{Buffer(std::move(*req_.mutable_item()->mutable_payload())),
-                            item.sequence(), item.timestamp_ns()};
-    deadline_ = Clock::now() + topic_->config.max_wait;
     lock.unlock();
     attempt();
   }
@@ -596,42 +618,43 @@ class PublishReactor final
     std::uint64_t bytes = 0;
     {
       std::lock_guard lock(mu_);
-      if (finished_ || !pending_) return;
-      const std::uint64_t seq = pending_->sequence;
-      bytes = pending_->payload.size();
-      auto r = topic_->broadcast.try_publish(std::move(*pending_));
-      switch (r.status) {
-        case SendStatus::ok:
-          pending_.reset();
+      if (finished_ || pending_.empty()) return;
+      while (!pending_.empty()) {
+        const std::uint64_t seq = pending_.front().sequence;
+        bytes = pending_.front().payload.size();
+        auto r = topic_->broadcast.try_publish(std::move(pending_.front()));
+        if (r.status == SendStatus::ok) {
+          pending_.pop_front();
           published_ = seq;
           published_any_ = true;
-          timer_set_ = false;  // the next item that has to wait gets its own deadline
-          if (slowed_ && topic_->broadcast.queue_bytes() <= topic_->config.max_queue_bytes / 2)
-            slowed_ = false;  // hysteresis: resume at half the budget
           ack_ = seq;
-          write_next();
-          StartRead(&req_);
-          return;
-        case SendStatus::would_block:
-          if (!slowed_) {
-            slowed_ = true;
-            write_next();
-          }
-          if (Clock::now() >= deadline_) {
-            finish(exhausted());
-            return;
-          }
-          if (!timer_set_) {
-            timer_set_ = true;
-            relay_.io.at(deadline_, later(&PublishReactor::attempt));
-          }
-          arm = true;
-          break;
-        default:
+          timer_set_ = false;  // the next item that has to wait gets its own deadline
+          continue;
+        }
+        if (r.status != SendStatus::would_block) {
           finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
                               "topic '" + topic_->name + "' is closed (the relay is stopping)"));
           return;
+        }
+        if (!slowed_) slowed_ = true;
+        const auto now = Clock::now();
+        if (!timer_set_) {  // max_wait counts from when this item first found no room
+          timer_set_ = true;
+          deadline_ = now + topic_->config.max_wait;
+          relay_.io.at(deadline_, later(&PublishReactor::attempt));
+        } else if (now >= deadline_) {
+          finish(exhausted());
+          return;
+        }
+        arm = true;
+        break;
       }
+      if (!arm) {
+        if (slowed_ && topic_->broadcast.queue_bytes() <= topic_->config.max_queue_bytes / 2)
+          slowed_ = false;  // hysteresis: resume at half the budget
+        StartRead(&req_);
+      }
+      write_next();
     }
     if (arm) {
       topic_->broadcast.on_writable(later(&PublishReactor::attempt), bytes);
@@ -686,7 +709,7 @@ class PublishReactor final
     StartWrite(&out_);
   }
   void maybe_finish() {  // caller holds mu_
-    if (reads_done_ && !writing_ && !ack_ && slowed_ == told_slowed_ && !pending_)
+    if (reads_done_ && !writing_ && !ack_ && slowed_ == told_slowed_ && pending_.empty())
       finish(grpc::Status::OK);
   }
 
@@ -697,7 +720,7 @@ class PublishReactor final
   bool published_any_ = false;
   v1::PublishRequest req_;
   std::shared_ptr<Topic> topic_;
-  std::optional<RelayMessage> pending_;
+  std::deque<RelayMessage> pending_;  // read from the producer, not yet in the topic
   Clock::time_point deadline_;
   bool timer_set_ = false;
   std::optional<std::uint64_t> ack_;  // the newest ack not yet written
