@@ -1,21 +1,25 @@
 // Sluice — the C++ client of the relay (service sluice.v1.Relay over gRPC).
 //
 // Publisher
-// - publish() sends one item on one long-lived Publish call. It blocks while the relay holds
-//   the call back (a full lossless topic stops reading, HTTP/2 flow control closes the window)
-//   and while `window_bytes` of the publisher's items are unacknowledged: the publisher's own
-//   memory is bounded by the window, whatever the transport buffers.
-// - Loss: none silently. Items are numbered 0, 1, 2, ... per Publisher. When the relay ends the
-//   call with RESOURCE_EXHAUSTED (the topic stayed full for max_wait), the publisher waits a
-//   bounded exponential backoff, opens a new call and resends exactly the items the relay had
-//   not put into the topic (it says which in trailing metadata), so subscribers see each item
-//   once, in order. After `max_retries` attempts in a row without progress, or on any other
-//   error, publish() and close() return the error, and the items not acknowledged are reported
-//   by unacknowledged().
-// - Events (acks, slow_down, resume, retrying) reach `on_event` on the publisher's reader
-//   thread (acks) or the publishing thread (retrying); keep the callback short.
-// - Thread-safety: one thread publishes at a time (publish/close are not to be called
-//   concurrently); accessors may be called from any thread.
+// - publish() numbers the item (0, 1, 2, ... per Publisher), queues it and returns; it blocks
+//   only while `window_bytes` of the publisher's items are unacknowledged. The publisher's
+//   memory is bounded by the window, whatever the transport buffers hold.
+// - A writer thread sends what is queued on one long-lived Publish call, as one batch per
+//   write (what accumulated while the previous write was in flight: no added latency when the
+//   relay keeps up). While the relay holds the call back (a full lossless topic stops reading,
+//   HTTP/2 flow control closes the window) the writer blocks, the window fills, and publish()
+//   blocks: backpressure reaches the caller.
+// - Loss: none silently. When the relay ends the call with RESOURCE_EXHAUSTED (the topic stayed
+//   full for max_wait), the writer waits a bounded exponential backoff, opens a new call and
+//   resends exactly the items the relay had not put into the topic (it says which in trailing
+//   metadata), so subscribers see each item once, in order. After `max_retries` attempts in a
+//   row without progress, or on any other error, publishing stops: the next publish() and
+//   close() return the error, and unacknowledged() counts the items not known to be in the
+//   topic.
+// - Events: acks, slow_down and resume on the reader thread, retrying on the writer thread;
+//   keep the callback short.
+// - Thread-safety: publish() from one thread at a time; close() once, after the last
+//   publish(); accessors from any thread. The destructor cancels a call that was not closed.
 //
 // Subscriber
 // - Constructing one opens a Subscribe call and returns once the relay has registered the
@@ -78,17 +82,18 @@ class Publisher {
  public:
   explicit Publisher(PublisherOptions options,
                      std::function<void(const PublisherEvent&)> on_event = {});
-  ~Publisher();  // cancels the call if close() was not called; never blocks for long
+  ~Publisher();  // cancels the call if close() was not called
   Publisher(const Publisher&) = delete;
   Publisher& operator=(const Publisher&) = delete;
   Publisher(Publisher&&) = delete;
   Publisher& operator=(Publisher&&) = delete;
 
-  /// Sends `payload` stamped with `timestamp_ns` (default: now, Unix time in ns). Blocks as
-  /// described above. Returns the error that ended publishing, if any; later calls return it
-  /// again.
+  /// Queues `payload` stamped with `timestamp_ns` (default: now, Unix time in ns); waits
+  /// while the window is full. Returns the error that ended publishing, if there was one
+  /// (FAILED_PRECONDITION after close()).
   Status publish(Buffer payload, std::int64_t timestamp_ns = 0);
-  /// Ends the call once every item is acknowledged (or the error that prevented it).
+  /// Sends what is queued, half-closes the call and waits until every item is acknowledged.
+  /// OK, or the error that prevented it.
   Status close();
 
   PublisherStats stats() const;

@@ -64,6 +64,9 @@ std::string_view to_string(PublisherEvent::Kind kind) noexcept {
 
 // ---- Publisher ----
 
+// publish() queues the item in the window and returns; a writer thread sends what is queued,
+// as one batch per write (what accumulated while the previous write was in flight), and owns
+// the call: it reopens it after RESOURCE_EXHAUSTED and resends. A reader thread takes acks.
 struct Publisher::Impl {
   using Stream = grpc::ClientReaderWriter<v1::PublishRequest, v1::PublishEvent>;
   struct Pending {
@@ -71,6 +74,8 @@ struct Publisher::Impl {
     Buffer payload;
     std::int64_t timestamp_ns = 0;
   };
+  static constexpr std::size_t kBatchItems = 256;
+  static constexpr std::uint64_t kBatchBytes = 1u << 20;
 
   Impl(PublisherOptions o, std::function<void(const PublisherEvent&)> cb)
       : options(std::move(o)),
@@ -78,29 +83,38 @@ struct Publisher::Impl {
         stub(v1::Relay::NewStub(
             grpc::CreateChannel(options.target, grpc::InsecureChannelCredentials()))) {
     open_call();
+    writer = std::thread([this] { write_loop(); });
   }
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
   Impl(Impl&&) = delete;
   Impl& operator=(Impl&&) = delete;
   ~Impl() {
-    if (stream) {
-      ctx->TryCancel();
-      end_call();
+    {
+      std::lock_guard lock(mu);
+      if (!finished) {
+        stopping = true;  // no retries from here on
+        if (ctx) ctx->TryCancel();
+      }
+      cv.notify_all();
     }
+    if (writer.joinable()) writer.join();
   }
 
   void emit(const PublisherEvent& e) const {
     if (on_event) on_event(e);
   }
 
+  // Writer thread only (and the constructor, before it starts).
   void open_call() {
-    ctx = std::make_unique<grpc::ClientContext>();
-    stream = stub->Publish(ctx.get());
+    auto next_ctx = std::make_unique<grpc::ClientContext>();
     {
       std::lock_guard lock(mu);
+      ctx = std::move(next_ctx);
       call_ended = false;
+      if (stopping) ctx->TryCancel();
     }
+    stream = stub->Publish(ctx.get());
     named_topic = false;
     reader = std::thread([this] { read_events(); });
   }
@@ -158,7 +172,8 @@ struct Publisher::Impl {
     }
   }
 
-  // Waits for the call to end, collects its status and prunes what the relay says it has.
+  // Writer thread: waits for the call to end, collects its status and prunes what the relay
+  // says it has (trailing metadata).
   Status end_call() {
     if (reader.joinable()) reader.join();
     const grpc::Status status = stream->Finish();
@@ -172,124 +187,173 @@ struct Publisher::Impl {
     return from_grpc(status);
   }
 
-  bool write(const Pending& p) {
+  // Writer thread: one write of `batch` (one item, or several as PublishRequest.items).
+  bool write(const std::vector<Pending>& batch) {
     v1::PublishRequest req;
-    auto* item = req.mutable_item();
-    if (!named_topic) item->set_topic(options.topic);
-    item->set_payload(std::string(p.payload.view()));  // protobuf owns its bytes
-    item->set_sequence(p.sequence);
-    item->set_timestamp_ns(p.timestamp_ns);
-    if (!stream->Write(req)) return false;
-    named_topic = true;
+    for (const auto& p : batch) {
+      v1::Item* item = batch.size() == 1 ? req.mutable_item() : req.add_items();
+      if (!named_topic) {
+        item->set_topic(options.topic);
+        named_topic = true;
+      }
+      item->set_payload(std::string(p.payload.view()));  // protobuf owns its bytes
+      item->set_sequence(p.sequence);
+      item->set_timestamp_ns(p.timestamp_ns);
+    }
+    return stream->Write(req);
+  }
+
+  // Writer thread: the call ended with `st`. After RESOURCE_EXHAUSTED, while retries are
+  // left: waits the backoff and opens a new call from which everything unacknowledged is sent
+  // again (true). Anything else ends publishing with that error (false).
+  bool retry(const Status& st) {
+    std::unique_lock lock(mu);
+    if (stopping || st.code != static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED) ||
+        retries_in_a_row >= options.max_retries) {
+      fail(st.ok() ? Status{static_cast<int>(grpc::StatusCode::UNAVAILABLE),
+                            "the relay ended the Publish call"}
+                   : st);
+      return false;
+    }
+    const int shift = std::min(retries_in_a_row, 20);
+    const auto backoff =
+        std::min(options.initial_backoff * (std::int64_t{1} << shift), options.max_backoff);
+    ++retries_in_a_row;
+    ++counters.retries;
+    lock.unlock();
+    PublisherEvent e;
+    e.kind = PublisherEvent::Kind::retrying;
+    e.backoff = backoff;
+    e.message = st.to_string();
+    emit(e);
+    lock.lock();
+    if (cv.wait_for(lock, backoff, [&] { return stopping; })) {
+      fail({static_cast<int>(grpc::StatusCode::CANCELLED), "the publisher was destroyed"});
+      return false;
+    }
+    next_to_send = unacked.empty() ? next_sequence : unacked.front().sequence;
+    counters.resent += next_sequence - next_to_send;
+    lock.unlock();
+    open_call();
     return true;
   }
 
-  // The current call ended with `st` (end_call() done). After RESOURCE_EXHAUSTED, while
-  // retries are left: waits the backoff, opens a new call and resends what the topic does not
-  // have; OK once that is done. Anything else ends publishing with that error.
-  Status retry(Status st) {
+  void fail(const Status& st) {  // caller holds mu
+    error = st;
+    finished = true;
+    cv.notify_all();
+  }
+
+  void write_loop() {
+    std::vector<Pending> batch;
     for (;;) {
-      if (st.code != static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED) ||
-          retries_in_a_row >= options.max_retries) {
-        error = st.ok() ? Status{static_cast<int>(grpc::StatusCode::UNAVAILABLE),
-                                 "the relay ended the Publish call"}
-                        : st;
-        return error;
-      }
-      const int shift = std::min(retries_in_a_row, 20);
-      const auto backoff = std::min(options.initial_backoff * (std::int64_t{1} << shift),
-                                    options.max_backoff);
-      ++retries_in_a_row;
-      PublisherEvent e;
-      e.kind = PublisherEvent::Kind::retrying;
-      e.backoff = backoff;
-      e.message = st.to_string();
-      emit(e);
-      std::this_thread::sleep_for(backoff);
-      open_call();
-      std::vector<Pending> again;
+      bool half_close = false;
       {
-        std::lock_guard lock(mu);
-        ++counters.retries;
-        again.assign(unacked.begin(), unacked.end());  // Buffers: references, not bytes
-        counters.resent += again.size();
+        std::unique_lock lock(mu);
+        cv.wait(lock, [&] {
+          return next_to_send < next_sequence || closing || call_ended || stopping;
+        });
+        if (stopping && !call_ended) {
+          ctx->TryCancel();
+        }
+        if (call_ended || stopping) {
+          // fall through to ending the call below
+        } else if (next_to_send < next_sequence) {
+          batch.clear();
+          std::uint64_t bytes = 0;
+          auto it = unacked.begin() + static_cast<std::ptrdiff_t>(next_to_send -
+                                                                  unacked.front().sequence);
+          for (; it != unacked.end() && batch.size() < kBatchItems && bytes < kBatchBytes; ++it) {
+            batch.push_back(*it);  // Buffers: references, not bytes
+            bytes += it->payload.size();
+          }
+        } else {
+          half_close = true;  // closing, everything sent
+        }
       }
-      const bool sent = std::all_of(again.begin(), again.end(), [&](const Pending& p) {
-        return write(p);
-      });
-      if (sent) return {};
-      st = end_call();
+      if (!batch.empty() && !call_ended_now()) {
+        if (write(batch)) {
+          std::lock_guard lock(mu);
+          next_to_send += batch.size();
+          batch.clear();
+          continue;
+        }
+      }
+      batch.clear();
+      if (half_close) stream->WritesDone();
+      // The call is over (or, after WritesDone, ends once the relay has placed everything).
+      const Status st = end_call();
+      if (half_close && st.ok()) {
+        std::lock_guard lock(mu);
+        if (!unacked.empty()) {
+          fail({static_cast<int>(grpc::StatusCode::DATA_LOSS),
+                std::to_string(unacked.size()) + " items were not acknowledged"});
+        } else {
+          finished = true;
+          cv.notify_all();
+        }
+        return;
+      }
+      if (!retry(st)) return;
     }
   }
 
-  bool ended() {
+  bool call_ended_now() {
     std::lock_guard lock(mu);
     return call_ended;
   }
 
   Status publish(Buffer payload, std::int64_t ts) {
-    if (!error.ok()) return error;
-    if (!stream) {
-      return error = {static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION),
-                      "publish() after close()"};
-    }
     if (ts == 0) ts = unix_now_ns();
     const std::uint64_t size = payload.size();
-    Pending item;
-    {
-      std::unique_lock lock(mu);
-      for (;;) {
-        cv.wait(lock, [&] {
-          return call_ended || unacked.empty() || unacked_bytes + size <= options.window_bytes;
-        });
-        if (!call_ended) break;
-        lock.unlock();
-        if (Status st = retry(end_call()); !st.ok()) return st;
-        lock.lock();
-      }
-      unacked.push_back({next_sequence++, std::move(payload), ts});
-      unacked_bytes += size;
-      ++counters.published;
-      counters.bytes += size;
-      item = unacked.back();  // a reference-counted copy
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] {
+      return finished || unacked.empty() || unacked_bytes + size <= options.window_bytes;
+    });
+    if (finished || closing) {
+      return error.ok() ? Status{static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION),
+                                 "publish() after close()"}
+                        : error;
     }
-    if (!write(item)) return retry(end_call());
+    unacked.push_back({next_sequence++, std::move(payload), ts});
+    unacked_bytes += size;
+    ++counters.published;
+    counters.bytes += size;
+    cv.notify_all();
     return {};
   }
 
   Status close() {
-    for (;;) {
-      if (!error.ok()) return error;
-      if (!stream) return {};
-      stream->WritesDone();
-      // The relay finishes the call once it has read and placed every item.
-      Status st = end_call();
-      if (st.ok()) {
-        std::lock_guard lock(mu);
-        if (unacked.empty()) return {};
-        error = {static_cast<int>(grpc::StatusCode::DATA_LOSS),
-                 std::to_string(unacked.size()) + " items were not acknowledged"};
-        return error;
-      }
-      if (st = retry(st); !st.ok()) return st;
+    {
+      std::lock_guard lock(mu);
+      closing = true;
+      cv.notify_all();
     }
+    if (writer.joinable()) writer.join();
+    std::lock_guard lock(mu);
+    return error;
   }
 
   const PublisherOptions options;
   const std::function<void(const PublisherEvent&)> on_event;
   std::unique_ptr<v1::Relay::Stub> stub;
-  std::unique_ptr<grpc::ClientContext> ctx;
-  std::unique_ptr<Stream> stream;
+  std::unique_ptr<Stream> stream;  // writer thread (reader reads through it)
   std::thread reader;
-  bool named_topic = false;  // the current call's first item carried the topic
-  Status error;              // sticky once publishing has failed
+  std::thread writer;
+  bool named_topic = false;  // writer: the current call's first item carried the topic
 
   mutable std::mutex mu;
   std::condition_variable cv;
-  std::deque<Pending> unacked;  // guarded by mu
+  std::unique_ptr<grpc::ClientContext> ctx;  // replaced under mu (the destructor cancels it)
+  std::deque<Pending> unacked;               // sent or not, not yet acknowledged
   std::uint64_t unacked_bytes = 0;
-  std::uint64_t next_sequence = 0;
-  bool call_ended = false;
+  std::uint64_t next_sequence = 0;  // the next item's number
+  std::uint64_t next_to_send = 0;   // the first item not written on the current call
+  bool call_ended = false;          // the reader saw the end of the current call
+  bool closing = false;             // close() was called
+  bool stopping = false;            // the destructor runs
+  bool finished = false;            // the writer is done: closed, or `error`
+  Status error;
   int retries_in_a_row = 0;
   PublisherStats counters;
 };

@@ -4,6 +4,7 @@
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -71,6 +72,9 @@ class IoThread {
     if (thread_.joinable()) thread_.join();
   }
   boost::asio::io_context& context() { return io_; }
+
+  /// Runs `fn` on the I/O thread soon (never inside the caller's stack).
+  void post(std::function<void()> fn) { boost::asio::post(io_, std::move(fn)); }
 
   /// Runs `fn` on the I/O thread at `when`.
   void at(Clock::time_point when, std::function<void()> fn) {
@@ -657,7 +661,10 @@ class PublishReactor final
       write_next();
     }
     if (arm) {
-      topic_->broadcast.on_writable(later(&PublishReactor::attempt), bytes);
+      // Posted, not run inline: the hook may fire at once (room appeared meanwhile) or from a
+      // consumer's stack, and attempt() must not re-enter itself or hold up the consumer.
+      topic_->broadcast.on_writable(
+          [io = &relay_.io, again = later(&PublishReactor::attempt)] { io->post(again); }, bytes);
     }
   }
 
