@@ -171,15 +171,16 @@ std::uint16_t free_port() {
 
 class NatsServer {
  public:
-  NatsServer() : port_(free_port()), conf_("/tmp/sluice-bench-nats-" + std::to_string(getpid()) + ".conf") {
+  NatsServer()
+      : port_(free_port()), conf_("/tmp/sluice-bench-nats-" + std::to_string(getpid()) + ".conf") {
     // 1 MiB payloads need max_payload above the default 1 MB; and a roomier per-connection
     // buffer so that a subscriber momentarily behind is not cut off as a slow consumer.
     std::ofstream(conf_) << "max_payload: 8388608\nmax_pending: 268435456\n";
     const std::string port = std::to_string(port_);
-    const char* argv[] = {"nats-server", "-a", "127.0.0.1", "-p", port.c_str(), "-c",
-                          conf_.c_str(), nullptr};
-    if (posix_spawnp(&pid_, "nats-server", nullptr, nullptr, const_cast<char**>(argv),
-                     environ) != 0) {
+    const char* argv[] = {"nats-server", "-a", "127.0.0.1",   "-p",
+                          port.c_str(),  "-c", conf_.c_str(), nullptr};
+    if (posix_spawnp(&pid_, "nats-server", nullptr, nullptr, const_cast<char**>(argv), environ) !=
+        0) {
       pid_ = 0;
       return;
     }
@@ -220,7 +221,8 @@ void on_nats_msg(natsConnection* /*nc*/, natsSubscription* /*sub*/, natsMsg* msg
   auto* sink = static_cast<Sink*>(closure);
   std::int64_t stamp = 0;
   const int len = natsMsg_GetDataLength(msg);
-  if (len >= static_cast<int>(sizeof stamp)) std::memcpy(&stamp, natsMsg_GetData(msg), sizeof stamp);
+  if (len >= static_cast<int>(sizeof stamp))
+    std::memcpy(&stamp, natsMsg_GetData(msg), sizeof stamp);
   sink->got(static_cast<std::size_t>(len), stamp);
   natsMsg_Destroy(msg);
 }
@@ -263,12 +265,11 @@ Result run_nats(const std::string& url, const Workload& w, int run) {
 }
 
 void print_latency(const char* who, const Result& r) {
-  std::printf("      %-7s p50 %8.1f us  p99 %8.1f us  max %8.1f us  (%llu received, %llu lost)%s%s\n",
-              who, r.latency.percentile(0.5) / 1e3, r.latency.percentile(0.99) / 1e3,
-              static_cast<double>(r.latency.max()) / 1e3,
-              static_cast<unsigned long long>(r.delivered),
-              static_cast<unsigned long long>(r.lost), r.error.empty() ? "" : "  error: ",
-              r.error.c_str());
+  std::printf(
+      "      %-7s p50 %8.1f us  p99 %8.1f us  max %8.1f us  (%llu received, %llu lost)%s%s\n", who,
+      r.latency.percentile(0.5) / 1e3, r.latency.percentile(0.99) / 1e3,
+      static_cast<double>(r.latency.max()) / 1e3, static_cast<unsigned long long>(r.delivered),
+      static_cast<unsigned long long>(r.lost), r.error.empty() ? "" : "  error: ", r.error.c_str());
 }
 
 }  // namespace
@@ -291,25 +292,27 @@ int main(int argc, char** argv) {
     std::printf("nats-server did not start (is the nats-server package installed?)\n");
     return 1;
   }
-  std::printf("Relay benchmarks: Sluice relay (gRPC, in-process, %s) vs nats-server (%s), %d "
-              "subscribers%s\n\n",
-              target.c_str(), nats.url().c_str(), kSubscribers, quick ? ", --quick" : "");
+  std::printf(
+      "Relay benchmarks: Sluice relay (gRPC, in-process, %s) vs nats-server (%s), %d "
+      "subscribers%s\n\n",
+      target.c_str(), nats.url().c_str(), kSubscribers, quick ? ", --quick" : "");
 
   int run = 0;
   const std::uint64_t scale = quick ? 4 : 1;
   std::printf("R1  1 publisher -> %d subscribers, as fast as possible; delivered MB/s in total\n",
               kSubscribers);
-  for (const Workload& w : {Workload{"1 KiB", 1024, 200'000 / scale, 0},
-                            Workload{"1 MiB", 1 << 20, 400 / scale, 0}}) {
+  for (const Workload& w :
+       {Workload{"1 KiB", 1024, 200'000 / scale, 0}, Workload{"1 MiB", 1 << 20, 400 / scale, 0}}) {
     const Result n = run_nats(nats.url(), w, ++run);
     const Result s = run_sluice(target, w, ++run);
-    std::printf("  %-6s x %-7llu NATS %8.1f MB/s (lost %llu)   Sluice %8.1f MB/s (lost %llu)   "
-                "ratio %.2fx%s%s\n",
-                w.name, static_cast<unsigned long long>(w.count), n.mb_per_s(),
-                static_cast<unsigned long long>(n.lost), s.mb_per_s(),
-                static_cast<unsigned long long>(s.lost),
-                n.mb_per_s() > 0 ? s.mb_per_s() / n.mb_per_s() : 0.0,
-                s.error.empty() ? "" : "  sluice error: ", s.error.c_str());
+    std::printf(
+        "  %-6s x %-7llu NATS %8.1f MB/s (lost %llu)   Sluice %8.1f MB/s (lost %llu)   "
+        "ratio %.2fx%s%s\n",
+        w.name, static_cast<unsigned long long>(w.count), n.mb_per_s(),
+        static_cast<unsigned long long>(n.lost), s.mb_per_s(),
+        static_cast<unsigned long long>(s.lost),
+        n.mb_per_s() > 0 ? s.mb_per_s() / n.mb_per_s() : 0.0,
+        s.error.empty() ? "" : "  sluice error: ", s.error.c_str());
   }
 
   std::printf("\nR2  paced, %d subscribers; publish -> receive latency\n", kSubscribers);

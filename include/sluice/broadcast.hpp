@@ -114,10 +114,10 @@ struct BroadcastStats {
   std::size_t max_bytes = 0;
   bool closed = false;
   std::uint64_t published = 0;
-  std::uint64_t evicted = 0;                 // subscribers removed by evict_after
-  std::uint64_t would_block = 0;             // try_publish answers would_block (lossless)
-  std::uint64_t timeouts = 0;                // publishes that gave up at their deadline (lossless)
-  double blocked_seconds = 0;                // time publishers spent parked waiting for subscribers
+  std::uint64_t evicted = 0;      // subscribers removed by evict_after
+  std::uint64_t would_block = 0;  // try_publish answers would_block (lossless)
+  std::uint64_t timeouts = 0;     // publishes that gave up at their deadline (lossless)
+  double blocked_seconds = 0;     // time publishers waited for subscribers (spinning or parked)
   std::vector<SubscriberStats> subscribers;  // current subscribers, in joining order
   HistogramSnapshot latency_ns;              // publish→receive, sampled, all subscribers
 };
@@ -529,17 +529,17 @@ SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline, Clock
       return {SendStatus::would_block, DropReason::overflow, 0, {}};
     }
     lock.unlock();
-    if (backoff.spin()) {
-      lock.lock();
-      continue;
-    }
-    if (blocked_since == Clock::time_point{}) {
+    if (blocked_since == Clock::time_point{}) {  // blocked from here, spinning included
       blocked_since = Clock::now();
       deadline = detail::resolve_deadline(deadline, timeout, blocked_since);
       if (s.config.evict_after.count() > 0) {
         evict_at =
             blocked_since + std::chrono::duration_cast<Clock::duration>(s.config.evict_after);
       }
+    }
+    if (backoff.spin()) {
+      lock.lock();
+      continue;
     }
     const auto now = Clock::now();
     if (now >= evict_at) {

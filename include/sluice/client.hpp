@@ -54,15 +54,15 @@ struct PublisherOptions {
   std::uint64_t window_bytes = 8u << 20;  // unacknowledged payload bytes in flight, at most
   std::chrono::milliseconds initial_backoff{100};  // after the first RESOURCE_EXHAUSTED
   std::chrono::milliseconds max_backoff{5000};     // doubling stops here
-  int max_retries = 5;                              // in a row without progress; 0: never
+  int max_retries = 5;                             // in a row without progress; 0: never
 };
 
 struct PublisherEvent {
   enum class Kind : std::uint8_t { ack, slow_down, resume, retrying };
   Kind kind = Kind::ack;
-  std::uint64_t sequence = 0;     // ack: everything up to here is in the topic
-  std::uint64_t queue_bytes = 0;  // slow_down / resume
-  std::uint64_t limit_bytes = 0;  // slow_down
+  std::uint64_t sequence = 0;            // ack: everything up to here is in the topic
+  std::uint64_t queue_bytes = 0;         // slow_down / resume
+  std::uint64_t limit_bytes = 0;         // slow_down
   std::chrono::milliseconds backoff{0};  // retrying: how long before the next attempt
   std::string message;                   // slow_down: reason; retrying: the relay's status
 };

@@ -120,8 +120,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 1e9));
   pub_cmd->add_option("--window-bytes", pub.window_bytes, "Unacknowledged bytes in flight")
       ->check(CLI::Range(1UL, 1UL << 40));
-  pub_cmd->add_option("--max-retries", pub.max_retries,
-                      "Reopen attempts after RESOURCE_EXHAUSTED without progress")
+  pub_cmd
+      ->add_option("--max-retries", pub.max_retries,
+                   "Reopen attempts after RESOURCE_EXHAUSTED without progress")
       ->check(CLI::Range(0, 1000));
   pub_cmd->add_flag("--quiet", pub.quiet, "No event lines on stderr");
 

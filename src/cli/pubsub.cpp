@@ -30,7 +30,8 @@ std::int64_t unix_now_ns() {
 }
 
 void print_line(std::FILE* out, const nlohmann::json& j) {
-  std::fprintf(out, "%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  std::fprintf(out, "%s\n",
+               j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   std::fflush(out);
 }
 

@@ -36,12 +36,23 @@ std::int64_t unix_now_ns() {
 }  // namespace
 
 std::string Status::to_string() const {
-  static constexpr std::array<const char*, 17> kNames = {
-      "OK",        "CANCELLED",          "UNKNOWN",           "INVALID_ARGUMENT",
-      "DEADLINE_EXCEEDED", "NOT_FOUND",  "ALREADY_EXISTS",    "PERMISSION_DENIED",
-      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-      "UNIMPLEMENTED", "INTERNAL",       "UNAVAILABLE",       "DATA_LOSS",
-      "UNAUTHENTICATED"};
+  static constexpr std::array<const char*, 17> kNames = {"OK",
+                                                         "CANCELLED",
+                                                         "UNKNOWN",
+                                                         "INVALID_ARGUMENT",
+                                                         "DEADLINE_EXCEEDED",
+                                                         "NOT_FOUND",
+                                                         "ALREADY_EXISTS",
+                                                         "PERMISSION_DENIED",
+                                                         "RESOURCE_EXHAUSTED",
+                                                         "FAILED_PRECONDITION",
+                                                         "ABORTED",
+                                                         "OUT_OF_RANGE",
+                                                         "UNIMPLEMENTED",
+                                                         "INTERNAL",
+                                                         "UNAVAILABLE",
+                                                         "DATA_LOSS",
+                                                         "UNAUTHENTICATED"};
   std::string name = code >= 0 && code < static_cast<int>(kNames.size())
                          ? kNames[static_cast<std::size_t>(code)]
                          : "CODE_" + std::to_string(code);
@@ -250,9 +261,8 @@ struct Publisher::Impl {
       bool half_close = false;
       {
         std::unique_lock lock(mu);
-        cv.wait(lock, [&] {
-          return next_to_send < next_sequence || closing || call_ended || stopping;
-        });
+        cv.wait(lock,
+                [&] { return next_to_send < next_sequence || closing || call_ended || stopping; });
         if (stopping && !call_ended) {
           ctx->TryCancel();
         }
@@ -261,8 +271,8 @@ struct Publisher::Impl {
         } else if (next_to_send < next_sequence) {
           batch.clear();
           std::uint64_t bytes = 0;
-          auto it = unacked.begin() + static_cast<std::ptrdiff_t>(next_to_send -
-                                                                  unacked.front().sequence);
+          auto it = unacked.begin() +
+                    static_cast<std::ptrdiff_t>(next_to_send - unacked.front().sequence);
           for (; it != unacked.end() && batch.size() < kBatchItems && bytes < kBatchBytes; ++it) {
             batch.push_back(*it);  // Buffers: references, not bytes
             bytes += it->payload.size();
@@ -364,7 +374,9 @@ Publisher::~Publisher() = default;
 Status Publisher::publish(Buffer payload, std::int64_t timestamp_ns) {
   return impl_->publish(std::move(payload), timestamp_ns);
 }
-Status Publisher::close() { return impl_->close(); }
+Status Publisher::close() {
+  return impl_->close();
+}
 PublisherStats Publisher::stats() const {
   std::lock_guard lock(impl_->mu);
   return impl_->counters;
@@ -378,7 +390,8 @@ std::uint64_t Publisher::unacknowledged() const {
 
 struct Subscriber::Impl {
   explicit Impl(const SubscriberOptions& o)
-      : stub(v1::Relay::NewStub(grpc::CreateChannel(o.target, grpc::InsecureChannelCredentials()))) {
+      : stub(
+            v1::Relay::NewStub(grpc::CreateChannel(o.target, grpc::InsecureChannelCredentials()))) {
     v1::SubscribeRequest req;
     req.set_topic(o.topic);
     req.set_name(o.name);
@@ -398,8 +411,7 @@ struct Subscriber::Impl {
   SubscriberStats counters;  // guarded by mu (read from other threads)
 };
 
-Subscriber::Subscriber(SubscriberOptions options)
-    : impl_(std::make_unique<Impl>(options)) {}
+Subscriber::Subscriber(SubscriberOptions options) : impl_(std::make_unique<Impl>(options)) {}
 
 Subscriber::~Subscriber() {
   if (!impl_->status) {
@@ -479,7 +491,9 @@ Status Subscriber::finish() {
   return *d.status;
 }
 
-void Subscriber::cancel() { impl_->ctx.TryCancel(); }
+void Subscriber::cancel() {
+  impl_->ctx.TryCancel();
+}
 
 SubscriberStats Subscriber::stats() const {
   std::lock_guard lock(impl_->mu);

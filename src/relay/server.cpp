@@ -2,6 +2,7 @@
 // endpoint (Boost.Beast): /metrics, /healthz, /v1/stats.
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
@@ -9,7 +10,6 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <chrono>
-#include <atomic>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -289,8 +289,7 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
     registry.gauge_fn("sluice_topic_subscribers", "Current subscribers", labels,
                       stat([](const BroadcastStats& s) { return double(s.subscribers.size()); }));
     registry.gauge_fn("sluice_topic_queue_bytes",
-                      "Bytes the furthest-behind subscriber has outstanding", labels,
-                      [weak] {
+                      "Bytes the furthest-behind subscriber has outstanding", labels, [weak] {
                         const auto topic = weak.lock();
                         return topic ? double(topic->broadcast.queue_bytes()) : 0.0;
                       });
@@ -523,7 +522,7 @@ class SubscribeReactor final
   std::shared_ptr<Topic> topic_;
   Subscription<RelayMessage> sub_;
   metrics::Labels labels_;
-  v1::SubscribeEvent event_;  // guarded by mu_ while a write is in flight
+  v1::SubscribeEvent event_;                      // guarded by mu_ while a write is in flight
   std::optional<RecvResult<RelayMessage>> held_;  // a gap or the end, due after the batch
   bool writing_ = false;
 };
@@ -785,22 +784,24 @@ grpc::ServerWriteReactor<v1::SubscribeEvent>* RelayServer::Impl::Subscribe(
   auto t = topic(req->topic(), status);
   if (!t) return new Failed(status);
   if (req->depth() > t->broadcast.config().capacity) {
-    return new Failed(grpc::Status(
-        grpc::StatusCode::INVALID_ARGUMENT,
-        "depth " + std::to_string(req->depth()) + " is above topic '" + t->name +
-            "''s capacity of " + std::to_string(t->broadcast.config().capacity) +
-            " (0 takes the topic's default, " + std::to_string(t->broadcast.config().default_depth) +
-            ")"));
+    return new Failed(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                   "depth " + std::to_string(req->depth()) + " is above topic '" +
+                                       t->name + "''s capacity of " +
+                                       std::to_string(t->broadcast.config().capacity) +
+                                       " (0 takes the topic's default, " +
+                                       std::to_string(t->broadcast.config().default_depth) + ")"));
   }
   const std::string name = req->name().empty() ? "subscriber" : req->name().substr(0, 128);
-  return new SubscribeReactor(*this, std::move(slot), t, t->broadcast.subscribe(name, req->depth()));
+  return new SubscribeReactor(*this, std::move(slot), t,
+                              t->broadcast.subscribe(name, req->depth()));
 }
 
 grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>* RelayServer::Impl::Publish(
     grpc::CallbackServerContext* ctx) {
   grpc::Status status;
   SessionSlot slot = session(status);
-  if (!slot) return new Refused<grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>>(status);
+  if (!slot)
+    return new Refused<grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>>(status);
   return new PublishReactor(*this, ctx, std::move(slot));
 }
 

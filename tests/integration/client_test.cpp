@@ -182,7 +182,8 @@ TEST(Client, SubscriberSeesGapNoticesOnARealtimeTopic) {
   constexpr int kFrames = 2000;
   {
     Publisher pub(pub_options(relay, "camera"));
-    for (int i = 0; i < kFrames; ++i) ASSERT_TRUE(pub.publish(Buffer(std::string(16 * 1024, 'f'))).ok());
+    for (int i = 0; i < kFrames; ++i)
+      ASSERT_TRUE(pub.publish(Buffer(std::string(16 * 1024, 'f'))).ok());
     ASSERT_TRUE(pub.close().ok());
   }
   std::uint64_t got = 0;
