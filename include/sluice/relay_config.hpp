@@ -48,6 +48,8 @@ struct RelayConfig {
   // [limits]
   std::uint64_t max_frame_bytes = std::uint64_t{5} << 20;  // STREAM_MAX_FRAME_SIZE_MB
   std::size_t max_sessions = 10;                           // STREAM_MAX_SESSIONS
+  std::chrono::milliseconds send_timeout{100};  // a WebSocket write slower than this times out
+  std::size_t max_send_timeouts = 10;           // in a row: the viewer is disconnected
   // [frame_gate]
   double drop_threshold = 0.10;      // STREAM_DROP_THRESHOLD
   double slowdown_threshold = 0.30;  // STREAM_SLOWDOWN_THRESHOLD

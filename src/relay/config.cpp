@@ -120,6 +120,14 @@ const std::vector<Setting>& settings() {
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.max_sessions = static_cast<std::size_t>(parse_int(s, v, 1, 100000, "1 to 100000"));
        }},
+      {"limits.send_timeout_ms", "SLUICE_SEND_TIMEOUT_MS", "send-timeout-ms",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.send_timeout = std::chrono::milliseconds(parse_int(s, v, 1, 60'000, "1 to 60000 (ms)"));
+       }},
+      {"limits.max_send_timeouts", "SLUICE_MAX_SEND_TIMEOUTS", "max-send-timeouts",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.max_send_timeouts = static_cast<std::size_t>(parse_int(s, v, 1, 1000, "1 to 1000"));
+       }},
       {"frame_gate.drop_threshold", "STREAM_DROP_THRESHOLD", "drop-threshold",
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.drop_threshold = parse_double(s, v, 0, 1, true, "a fraction in (0, 1], e.g. 0.10");
@@ -313,7 +321,8 @@ std::string to_toml(const RelayConfig& c) {
   o << "[server]\nhost = \"" << c.host << "\"\ngrpc_port = " << c.grpc_port
     << "\nhttp_port = " << c.http_port << "\nthreads = " << c.threads << "\n\n[limits]\n"
     << "max_frame_size_mb = " << static_cast<double>(c.max_frame_bytes) / (1024.0 * 1024.0)
-    << "\nmax_sessions = " << c.max_sessions
+    << "\nmax_sessions = " << c.max_sessions << "\nsend_timeout_ms = " << c.send_timeout.count()
+    << "\nmax_send_timeouts = " << c.max_send_timeouts
     << "\n\n[frame_gate]\ndrop_threshold = " << c.drop_threshold
     << "\nslowdown_threshold = " << c.slowdown_threshold
     << "\n\n[topics]\nauto_create = " << (c.auto_create ? "true" : "false") << "\nmode = \""

@@ -2,6 +2,7 @@
 // endpoint (Boost.Beast): /metrics, /healthz, /v1/stats.
 #include <grpcpp/grpcpp.h>
 
+#include <array>
 #include <atomic>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -9,7 +10,10 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
+#include <cctype>
 #include <chrono>
+#include <cstdlib>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -23,6 +27,7 @@
 #include "sluice/broadcast.hpp"
 #include "sluice/metrics.hpp"
 #include "sluice/relay_server.hpp"
+#include "sluice/slow_consumer.hpp"
 #include "sluice/v1/relay.grpc.pb.h"
 
 namespace sluice {
@@ -111,9 +116,13 @@ class HttpServer {
  public:
   using Handler = std::function<void(const std::string& target, unsigned& status,
                                      std::string& content_type, std::string& body)>;
+  using Request = boost::beast::http::request<boost::beast::http::string_body>;
+  /// A WebSocket upgrade request: takes the socket (true), or answers with status and body.
+  using Upgrade = std::function<bool(boost::asio::ip::tcp::socket& socket, Request& request,
+                                     unsigned& status, std::string& body)>;
   HttpServer(boost::asio::io_context& io, const std::string& host, std::uint16_t port,
-             Handler handler)
-      : acceptor_(io), handler_(std::move(handler)) {
+             Handler handler, Upgrade upgrade)
+      : acceptor_(io), handler_(std::move(handler)), upgrade_(std::move(upgrade)) {
     namespace ip = boost::asio::ip;
     boost::system::error_code ec;
     const ip::tcp::endpoint endpoint(ip::make_address(host, ec), port);
@@ -142,6 +151,7 @@ class HttpServer {
     boost::asio::ip::tcp::socket socket;
     boost::beast::flat_buffer buffer;
     boost::beast::http::request_parser<boost::beast::http::string_body> parser;
+    Request request;
     boost::beast::http::response<boost::beast::http::string_body> response;
   };
 
@@ -159,11 +169,14 @@ class HttpServer {
         session->socket, session->buffer, session->parser,
         [this, session](boost::beast::error_code ec, std::size_t /*bytes*/) {
           if (ec) return;  // the client went away or sent garbage: nothing to answer
-          const auto& request = session->parser.get();
+          session->request = session->parser.release();
+          auto& request = session->request;
           unsigned status = 200;
           std::string type = "text/plain; charset=utf-8";
           std::string body;
-          if (request.method() != http::verb::get) {
+          if (boost::beast::websocket::is_upgrade(request)) {
+            if (upgrade_(session->socket, request, status, body)) return;  // a WebSocket now
+          } else if (request.method() != http::verb::get) {
             status = 405;
             body = "only GET is served here\n";
           } else {
@@ -185,6 +198,7 @@ class HttpServer {
 
   boost::asio::ip::tcp::acceptor acceptor_;
   Handler handler_;
+  Upgrade upgrade_;
   std::uint16_t port_ = 0;
 };
 
@@ -232,7 +246,13 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
   Impl& operator=(const Impl&) = delete;
   Impl(Impl&&) = delete;
   Impl& operator=(Impl&&) = delete;
-  ~Impl() override { io.stop(); }  // before http_server's acceptor is destroyed
+  // The I/O thread stops first; the acceptor goes while its io_context exists; then `io` (the
+  // last member) is destroyed first, and with it the WebSocket sessions its handlers hold,
+  // while everything they refer to is still there.
+  ~Impl() override {
+    io.stop();
+    http_server.reset();
+  }
 
   // The topic `name`, created with the defaults if allowed; nullptr and a status otherwise.
   std::shared_ptr<Topic> topic(const std::string& name, grpc::Status& status) {
@@ -317,6 +337,10 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
     }
   }
 
+  // A WebSocket upgrade on the HTTP port (defined below with the sessions).
+  bool upgrade(boost::asio::ip::tcp::socket& socket, HttpServer::Request& request, unsigned& status,
+               std::string& body);
+
   std::string stats_json() const {
     nlohmann::json j;
     j["topics"] = nlohmann::json::array();
@@ -360,7 +384,6 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
   }
 
   const RelayConfig config;
-  IoThread io;  // stopped before http_server goes (see shutdown and ~Impl)
   metrics::Registry registry;
   std::unique_ptr<HttpServer> http_server;
   mutable std::mutex mu;
@@ -372,6 +395,14 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
   std::atomic<std::uint64_t> next_session_id{1};
   metrics::Counter& sessions_refused = registry.counter(
       "sluice_sessions_refused_total", "Calls refused because max_sessions were open");
+  SlowConsumerDetector viewers{[this] {
+    SlowConsumerConfig c;
+    c.consecutive_timeouts = config.max_send_timeouts;
+    c.action = SlowAction::disconnect;
+    return c;
+  }()};
+  std::atomic<std::uint64_t> next_ws_id{1};
+  IoThread io;  // last: see ~Impl
 };
 
 namespace {
@@ -737,6 +768,386 @@ class PublishReactor final
   bool reads_done_ = false;
 };
 
+// ---- WebSocket (on the HTTP port): /v1/ws/publish/{topic}, /v1/ws/subscribe/{topic} ----
+//
+// Binary frames: a 16-byte header (frame_index u64, timestamp_ns i64, little-endian) and the
+// payload. Text frames: JSON control events. Everything runs on the relay's I/O thread; hooks
+// from other threads post to it. See docs/protocol.md.
+
+namespace ws = boost::beast::websocket;
+using WsStream = ws::stream<boost::beast::tcp_stream>;
+constexpr std::size_t kWsHeader = 16;
+constexpr std::size_t kMaxControlQueued = 64;  // unread control events before we give up
+
+std::int64_t unix_now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+void put_u64(unsigned char* out, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<unsigned char>(v >> (8 * i));
+}
+std::uint64_t get_u64(const unsigned char* in) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= std::uint64_t{in[i]} << (8 * i);
+  return v;
+}
+
+std::string json_text(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+// What both kinds of WebSocket session share: the stream, its slot, text events (one write at
+// a time, bounded), closing once.
+template <class Derived>
+class WsSession : public std::enable_shared_from_this<Derived> {
+ public:
+  WsSession(RelayServer::Impl& relay, SessionSlot slot, std::shared_ptr<Topic> topic,
+            boost::asio::ip::tcp::socket socket)
+      : relay_(relay),
+        slot_(std::move(slot)),
+        topic_(std::move(topic)),
+        ws_(std::move(socket)),
+        timer_(ws_.get_executor()) {}
+
+  void start(HttpServer::Request request) {
+    ws::stream_base::timeout t{};
+    t.handshake_timeout = std::chrono::seconds(10);
+    t.idle_timeout = std::chrono::seconds(60);  // pings keep a quiet peer alive
+    t.keep_alive_pings = true;
+    ws_.set_option(t);
+    ws_.read_message_max(relay_.config.max_frame_bytes + kWsHeader);
+    request_ = std::move(request);
+    ws_.async_accept(request_, [self = this->shared_from_this()](boost::beast::error_code ec) {
+      if (!ec) self->opened();
+    });
+  }
+
+ protected:
+  Derived& self() { return static_cast<Derived&>(*this); }
+
+  // Queues a text event; the derived class's write_next() sends it.
+  void send_event(const nlohmann::json& event) {
+    if (closing_) return;
+    if (events_.size() >= kMaxControlQueued) {
+      close(ws::close_code::policy_error, "64 control events unread");
+      return;
+    }
+    events_.push_back(json_text(event));
+    self().write_next();
+  }
+  // Starts writing the oldest text event. Caller checked !writing_ and !events_.empty().
+  void write_event() {
+    writing_ = true;
+    ws_.text(true);
+    ws_.async_write(boost::asio::buffer(events_.front()),
+                    [self = this->shared_from_this()](boost::beast::error_code ec, std::size_t) {
+                      self->writing_ = false;
+                      self->events_.pop_front();
+                      if (!ec) self->write_next();
+                    });
+  }
+  void close(ws::close_code code, std::string_view reason) {
+    if (closing_) return;
+    closing_ = true;
+    timer_.cancel();
+    // (Beast holds the close frame back until a write in flight is done.)
+    ws_.async_close(ws::close_reason(code, boost::beast::string_view(reason.data(), reason.size())),
+                    [self = this->shared_from_this()](boost::beast::error_code) {});
+  }
+  // A callback for hooks on other threads: runs `method` on the I/O thread if still alive.
+  std::function<void()> posted(void (Derived::*method)()) {
+    return [w = this->weak_from_this(), io = &relay_.io, method] {
+      io->post([w, method] {
+        if (auto s = w.lock()) (s.get()->*method)();
+      });
+    };
+  }
+
+  RelayServer::Impl& relay_;
+  SessionSlot slot_;
+  std::shared_ptr<Topic> topic_;
+  WsStream ws_;
+  boost::asio::steady_timer timer_;
+  HttpServer::Request request_;
+  std::deque<std::string> events_;  // text events waiting to be written
+  bool writing_ = false;
+  bool closing_ = false;
+};
+
+// A producer: reads a frame, puts it into the topic, and only then reads the next one (a
+// full lossless topic holds the socket back: TCP flow control reaches the producer).
+class WsPublisher final : public WsSession<WsPublisher> {
+ public:
+  using WsSession::WsSession;
+  void opened() { read(); }
+  void write_next() {
+    if (!writing_ && !events_.empty()) write_event();
+  }
+
+ private:
+  void read() {
+    if (closing_) return;
+    in_.clear();
+    ws_.async_read(in_, [self = shared_from_this()](boost::beast::error_code ec, std::size_t) {
+      self->on_read(ec);
+    });
+  }
+
+  void on_read(boost::beast::error_code ec) {
+    if (ec) return;  // closed (by either side), too big (Beast closed with 1009), or gone
+    const std::size_t size = in_.size();
+    if (ws_.got_text()) {
+      const auto text = boost::beast::buffers_to_string(in_.data());
+      const auto j = nlohmann::json::parse(text, nullptr, false);
+      if (j.is_discarded()) {
+        send_event({{"error", "invalid JSON in a text frame"}});
+      } else {
+        send_event({{"error",
+                     "unknown control event (publishers send none yet): " + text.substr(0, 100)}});
+      }
+      read();
+      return;
+    }
+    if (size < kWsHeader) {
+      send_event({{"error", "a frame of " + std::to_string(size) +
+                                " bytes: binary frames start with a 16-byte header "
+                                "(frame_index u64, timestamp_ns i64, little-endian)"}});
+      read();
+      return;
+    }
+    // One copy out of the socket's buffer; from here the payload is shared, never copied.
+    const Buffer frame = Buffer::copy(in_.data().data(), size);
+    const auto* head = reinterpret_cast<const unsigned char*>(frame.data());
+    const std::uint64_t index = get_u64(head);
+    auto stamp = static_cast<std::int64_t>(get_u64(head + 8));
+    pending_ = RelayMessage{frame.slice(kWsHeader), index, stamp != 0 ? stamp : unix_now_ns()};
+    attempt();
+  }
+
+  void attempt() {
+    if (!pending_ || closing_) return;
+    const std::uint64_t bytes = pending_->payload.size();
+    const std::uint64_t index = pending_->sequence;
+    auto r = topic_->broadcast.try_publish(std::move(*pending_));
+    if (r.status == SendStatus::ok) {
+      pending_.reset();
+      waiting_ = false;
+      timer_.cancel();
+      if (slowed_ && topic_->broadcast.queue_bytes() <= topic_->config.max_queue_bytes / 2) {
+        slowed_ = false;
+        send_event({{"resume", true}, {"queue_bytes", topic_->broadcast.queue_bytes()}});
+      }
+      read();
+      return;
+    }
+    if (r.status != SendStatus::would_block) {
+      close(ws::close_code::going_away, "the relay is stopping");
+      return;
+    }
+    if (!slowed_) {
+      slowed_ = true;
+      send_event({{"warning", "slow_down"},
+                  {"topic", topic_->name},
+                  {"queue_bytes", topic_->broadcast.queue_bytes()},
+                  {"limit_bytes", topic_->config.max_queue_bytes}});
+    }
+    const auto now = Clock::now();
+    if (!waiting_) {
+      waiting_ = true;
+      deadline_ = now + topic_->config.max_wait;
+      timer_.expires_at(deadline_);
+      // The timer holds the session while it waits (no read is pending meanwhile).
+      timer_.async_wait([self = shared_from_this()](boost::beast::error_code ec) {
+        if (!ec) self->attempt();
+      });
+    } else if (now >= deadline_) {
+      send_event(
+          {{"error", "topic '" + topic_->name + "' stayed full for " +
+                         std::to_string(topic_->config.max_wait.count()) +
+                         " ms (max_wait_ms / SLUICE_MAX_WAIT_MS); queue_bytes " +
+                         std::to_string(topic_->broadcast.queue_bytes()) + " of max_queue_bytes " +
+                         std::to_string(topic_->config.max_queue_bytes)},
+           {"frame_index", index}});
+      close(ws::close_code::try_again_later, "topic full past max_wait_ms (SLUICE_MAX_WAIT_MS)");
+      return;
+    }
+    topic_->broadcast.on_writable(posted(&WsPublisher::attempt), bytes);
+  }
+
+  boost::beast::flat_buffer in_;
+  std::optional<RelayMessage> pending_;
+  Clock::time_point deadline_;
+  bool waiting_ = false;
+  bool slowed_ = false;
+};
+
+// A viewer: the subscription's cursor is its only queue; one write at a time; gap notices
+// before the next frame; a viewer whose writes keep timing out is disconnected (4008).
+class WsSubscriber final : public WsSession<WsSubscriber> {
+ public:
+  WsSubscriber(RelayServer::Impl& relay, SessionSlot slot, std::shared_ptr<Topic> topic,
+               boost::asio::ip::tcp::socket socket, Subscription<RelayMessage> sub)
+      : WsSession(relay, std::move(slot), std::move(topic), std::move(socket)),
+        sub_(std::move(sub)),
+        sink_(topic_->name + "/" + sub_.name() + "#" +
+              std::to_string(relay.next_ws_id.fetch_add(1))) {}
+  WsSubscriber(const WsSubscriber&) = delete;
+  WsSubscriber& operator=(const WsSubscriber&) = delete;
+  WsSubscriber(WsSubscriber&&) = delete;
+  WsSubscriber& operator=(WsSubscriber&&) = delete;
+  ~WsSubscriber() { relay_.viewers.remove(sink_); }
+
+  void opened() {
+    read();  // control frames (ping, close) are answered while reading
+    write_next();
+  }
+
+  // Control events first (in order), then the subscription.
+  void write_next() {
+    if (writing_ || closing_) return;
+    if (!events_.empty()) {
+      write_event();
+      return;
+    }
+    auto r = sub_.try_recv();
+    switch (r.status) {
+      case RecvStatus::ok:
+        frame_ = std::move(*r);
+        put_u64(header_.data(), frame_->sequence);
+        put_u64(header_.data() + 8, static_cast<std::uint64_t>(frame_->timestamp_ns));
+        write_frame();
+        return;
+      case RecvStatus::gap:
+        send_event({{"gap", r.lost}, {"reason", std::string(to_string(r.reason))}});
+        return;
+      case RecvStatus::would_block:
+        sub_.on_readable(posted(&WsSubscriber::write_next));
+        return;
+      case RecvStatus::evicted:
+        close(ws::close_code::policy_error, "evicted: the topic's publisher could not wait");
+        return;
+      default:
+        close(ws::close_code::normal, "topic closed");
+        return;
+    }
+  }
+
+ private:
+  void read() {
+    ws_.async_read(in_, [self = shared_from_this()](boost::beast::error_code ec, std::size_t) {
+      if (ec) {  // the viewer went away or closed: leave the topic now
+        self->sub_.unsubscribe();
+        self->closing_ = true;
+        self->timer_.cancel();
+        return;
+      }
+      self->in_.clear();
+      self->send_event({{"error", "viewers send no frames on a subscribe socket"}});
+      self->read();
+    });
+  }
+
+  void write_frame() {
+    writing_ = true;
+    started_ = Clock::now();
+    arm_send_timer();
+    ws_.binary(true);
+    const std::array<boost::asio::const_buffer, 2> parts{
+        boost::asio::buffer(header_),
+        boost::asio::buffer(frame_->payload.data(), frame_->payload.size())};
+    ws_.async_write(parts, [self = shared_from_this()](boost::beast::error_code ec, std::size_t) {
+      self->writing_ = false;
+      self->frame_.reset();
+      self->timer_.cancel();
+      if (ec) return;
+      if (auto event =
+              self->relay_.viewers.record_write(self->sink_, Clock::now() - self->started_);
+          event && event->kind == SinkEvent::Kind::became_slow) {
+        self->slow(event->reason);
+        return;
+      }
+      self->write_next();
+    });
+  }
+
+  // Each send_timeout a frame is still in flight counts as a timeout.
+  void arm_send_timer() {
+    timer_.expires_after(relay_.config.send_timeout);
+    timer_.async_wait([w = weak_from_this()](boost::beast::error_code ec) {
+      auto s = w.lock();
+      if (!s || ec || !s->writing_ || s->closing_) return;
+      if (auto event = s->relay_.viewers.record_timeout(s->sink_);
+          event && event->kind == SinkEvent::Kind::became_slow) {
+        s->slow(event->reason);
+        return;
+      }
+      s->arm_send_timer();
+    });
+  }
+
+  void slow(const std::string& why) {
+    send_event({{"error", "disconnected as a slow consumer: " + why +
+                              " (limits.send_timeout_ms, limits.max_send_timeouts)"}});
+    sub_.unsubscribe();  // a lossless topic stops waiting for us now
+    close(static_cast<ws::close_code>(4008), "slow consumer: sends kept timing out");
+    // If the viewer never reads again, the close frame cannot go out either: drop the socket.
+    kill_.emplace(ws_.get_executor());
+    kill_->expires_after(std::chrono::seconds(5));
+    kill_->async_wait([w = weak_from_this()](boost::beast::error_code ec) {
+      if (auto s = w.lock(); s && !ec) boost::beast::get_lowest_layer(s->ws_).close();
+    });
+  }
+
+  Subscription<RelayMessage> sub_;
+  const std::string sink_;
+  boost::beast::flat_buffer in_;
+  std::optional<RelayMessage> frame_;  // the frame being written (its Buffer stays alive)
+  std::array<unsigned char, kWsHeader> header_{};
+  Clock::time_point started_;
+  std::optional<boost::asio::steady_timer> kill_;
+};
+
+std::string url_decode(std::string_view in) {
+  std::string out;
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    if (in[i] == '%' && i + 2 < in.size() &&
+        std::isxdigit(static_cast<unsigned char>(in[i + 1])) != 0 &&
+        std::isxdigit(static_cast<unsigned char>(in[i + 2])) != 0) {
+      out.push_back(static_cast<char>(std::stoi(std::string(in.substr(i + 1, 2)), nullptr, 16)));
+      i += 2;
+    } else {
+      out.push_back(in[i] == '+' ? ' ' : in[i]);
+    }
+  }
+  return out;
+}
+
+// The value of `key` in a query string ("a=1&b=2"), decoded; empty if absent.
+std::string query_value(std::string_view query, std::string_view key) {
+  while (!query.empty()) {
+    const auto amp = query.find('&');
+    const auto pair = query.substr(0, amp);
+    if (const auto eq = pair.find('='); eq != std::string_view::npos && pair.substr(0, eq) == key)
+      return url_decode(pair.substr(eq + 1));
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+  return {};
+}
+
+unsigned http_status(const grpc::Status& s) {
+  switch (s.error_code()) {
+    case grpc::StatusCode::NOT_FOUND:
+      return 404;
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return 503;
+    default:
+      return 400;
+  }
+}
+
 }  // namespace
 
 SubscribeReactor::SubscribeReactor(RelayServer::Impl& relay, SessionSlot slot,
@@ -805,6 +1216,62 @@ grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>* RelayServer::Impl
   return new PublishReactor(*this, ctx, std::move(slot));
 }
 
+bool RelayServer::Impl::upgrade(boost::asio::ip::tcp::socket& socket, HttpServer::Request& request,
+                                unsigned& status, std::string& body) {
+  const std::string_view target(request.target().data(), request.target().size());
+  const auto qmark = target.find('?');
+  const std::string_view path = target.substr(0, qmark);
+  const std::string_view query =
+      qmark == std::string_view::npos ? std::string_view{} : target.substr(qmark + 1);
+  constexpr std::string_view kPublish = "/v1/ws/publish/";
+  constexpr std::string_view kSubscribe = "/v1/ws/subscribe/";
+  const bool publish = path.starts_with(kPublish);
+  if (!publish && !path.starts_with(kSubscribe)) {
+    status = 404;
+    body = "no WebSocket endpoint at " + std::string(path.substr(0, 200)) +
+           " (try /v1/ws/publish/{topic} or /v1/ws/subscribe/{topic}?name=...&depth=...)\n";
+    return false;
+  }
+  const std::string name = url_decode(path.substr(publish ? kPublish.size() : kSubscribe.size()));
+  grpc::Status st;
+  SessionSlot slot = session(st);
+  if (!slot) {
+    status = 503;
+    body = st.error_message() + "\n";
+    return false;
+  }
+  auto t = topic(name, st);
+  if (!t) {
+    status = http_status(st);
+    body = st.error_message() + "\n";
+    return false;
+  }
+  if (publish) {
+    std::make_shared<WsPublisher>(*this, std::move(slot), t, std::move(socket))
+        ->start(std::move(request));
+    return true;
+  }
+  std::size_t depth = 0;
+  if (const std::string d = query_value(query, "depth"); !d.empty()) {
+    char* end = nullptr;
+    const unsigned long v = std::strtoul(d.c_str(), &end, 10);
+    if (end == d.c_str() || *end != '\0' || v == 0 || v > t->broadcast.config().capacity) {
+      status = 400;
+      body = "depth '" + d.substr(0, 20) + "': accepted 1 to the topic's capacity, " +
+             std::to_string(t->broadcast.config().capacity) + "\n";
+      return false;
+    }
+    depth = v;
+  }
+  std::string viewer = query_value(query, "name");
+  if (viewer.empty()) viewer = "viewer";
+  viewer = viewer.substr(0, 128);
+  auto sub = t->broadcast.subscribe(viewer, depth);
+  std::make_shared<WsSubscriber>(*this, std::move(slot), t, std::move(socket), std::move(sub))
+      ->start(std::move(request));
+  return true;
+}
+
 RelayServer::RelayServer(RelayConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}
 
 RelayServer::~RelayServer() {
@@ -829,7 +1296,9 @@ void RelayServer::start() {
       impl_->io.context(), impl_->config.host, impl_->config.http_port,
       [impl](const std::string& target, unsigned& status, std::string& type, std::string& body) {
         impl->http(target, status, type, body);
-      });
+      },
+      [impl](boost::asio::ip::tcp::socket& socket, HttpServer::Request& request, unsigned& status,
+             std::string& body) { return impl->upgrade(socket, request, status, body); });
 }
 
 void RelayServer::shutdown() {

@@ -1,0 +1,290 @@
+// The relay's WebSocket endpoints on 127.0.0.1 (ephemeral ports), driven by real Beast clients.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <utility>  // before Asio: Boost 1.74 with C++20 needs it
+#include <vector>
+
+#include "sluice/relay_server.hpp"
+
+namespace sluice {
+namespace {
+
+using namespace std::chrono_literals;
+namespace ws = boost::beast::websocket;
+
+RelayConfig loopback() {
+  RelayConfig c;
+  c.host = "127.0.0.1";
+  c.grpc_port = 0;
+  c.http_port = 0;
+  return c;
+}
+
+// header (frame_index, timestamp_ns; little-endian) + payload
+std::string frame(std::uint64_t index, std::int64_t stamp, const std::string& payload) {
+  std::string f(16, '\0');
+  for (int i = 0; i < 8; ++i) {
+    f[static_cast<std::size_t>(i)] = static_cast<char>(index >> (8 * i));
+    f[static_cast<std::size_t>(8 + i)] =
+        static_cast<char>(static_cast<std::uint64_t>(stamp) >> (8 * i));
+  }
+  return f + payload;
+}
+std::uint64_t index_of(const std::string& f) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < 8; ++i)
+    v |= std::uint64_t{static_cast<unsigned char>(f[static_cast<std::size_t>(i)])} << (8 * i);
+  return v;
+}
+
+struct WsClient {
+  boost::asio::io_context io;
+  ws::stream<boost::asio::ip::tcp::socket> s{io};
+  unsigned http_status = 0;
+  std::string http_body;
+
+  boost::beast::error_code connect(std::uint16_t port, const std::string& target) {
+    s.next_layer().connect({boost::asio::ip::make_address("127.0.0.1"), port});
+    ws::response_type res;
+    boost::beast::error_code ec;
+    s.handshake(res, "127.0.0.1", target, ec);
+    if (ec == ws::error::upgrade_declined) refused(port, target);
+    return ec;
+  }
+  // Beast does not hand back a declined handshake's response: ask again with a plain HTTP
+  // client and the same upgrade headers, and keep the status and body.
+  void refused(std::uint16_t port, const std::string& target) {
+    namespace http = boost::beast::http;
+    boost::asio::ip::tcp::socket socket(io);
+    socket.connect({boost::asio::ip::make_address("127.0.0.1"), port});
+    http::request<http::empty_body> req{http::verb::get, target, 11};
+    req.set(http::field::host, "127.0.0.1");
+    req.set(http::field::connection, "Upgrade");
+    req.set(http::field::upgrade, "websocket");
+    req.set(http::field::sec_websocket_version, "13");
+    req.set(http::field::sec_websocket_key, "dGhlIHNhbXBsZSBub25jZQ==");
+    http::write(socket, req);
+    boost::beast::flat_buffer buffer;
+    http::response<http::string_body> res;
+    http::read(socket, buffer, res);
+    http_status = res.result_int();
+    http_body = res.body();
+  }
+  void send_binary(const std::string& bytes) {
+    s.binary(true);
+    s.write(boost::asio::buffer(bytes));
+  }
+  void send_text(const std::string& text) {
+    s.text(true);
+    s.write(boost::asio::buffer(text));
+  }
+  // The next message: (is_text, bytes), or an error (closed: s.reason() has the code).
+  boost::beast::error_code read(bool& text, std::string& bytes) {
+    boost::beast::flat_buffer b;
+    boost::beast::error_code ec;
+    s.read(b, ec);
+    text = s.got_text();
+    bytes = boost::beast::buffers_to_string(b.data());
+    return ec;
+  }
+};
+
+TEST(RelayWs, FramesFromAPublisherReachEveryViewerWithTheirHeader) {
+  RelayServer relay(loopback());
+  relay.start();
+  const auto port = relay.http_port();
+  WsClient a;
+  WsClient b;
+  ASSERT_FALSE(a.connect(port, "/v1/ws/subscribe/cam?name=a"));
+  ASSERT_FALSE(b.connect(port, "/v1/ws/subscribe/cam?name=b%20two"));
+  WsClient pub;
+  ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/cam"));
+  constexpr int kFrames = 100;
+  for (int i = 0; i < kFrames; ++i)
+    pub.send_binary(frame(i, 1000 + i, "frame-" + std::to_string(i)));
+  for (WsClient* viewer : {&a, &b}) {
+    for (int i = 0; i < kFrames; ++i) {
+      bool text = true;
+      std::string bytes;
+      ASSERT_FALSE(viewer->read(text, bytes));
+      ASSERT_FALSE(text) << bytes;
+      EXPECT_EQ(index_of(bytes), static_cast<std::uint64_t>(i));
+      EXPECT_EQ(bytes.substr(16), "frame-" + std::to_string(i));
+    }
+  }
+  EXPECT_NE(relay.stats_json().find("\"b two\""), std::string::npos);  // names are decoded
+  pub.s.close(ws::close_code::normal);
+  a.s.close(ws::close_code::normal);
+  b.s.close(ws::close_code::normal);
+}
+
+TEST(RelayWs, ALappedViewerGetsGapEventsBeforeItsNextFrame) {
+  RelayConfig c = loopback();
+  c.defaults.mode = TopicMode::realtime;
+  c.defaults.depth = 2;
+  RelayServer relay(c);
+  relay.start();
+  WsClient viewer;
+  ASSERT_FALSE(viewer.connect(relay.http_port(), "/v1/ws/subscribe/camera?name=late"));
+  WsClient pub;
+  ASSERT_FALSE(pub.connect(relay.http_port(), "/v1/ws/publish/camera"));
+  constexpr int kFrames = 2000;  // 32 MiB: more than the socket buffers hold
+  const std::string payload(16 * 1024, 'f');
+  for (int i = 0; i < kFrames; ++i) pub.send_binary(frame(i, 0, payload));
+  std::uint64_t got = 0;
+  std::uint64_t lost = 0;
+  std::uint64_t last = 0;
+  while (got + lost < kFrames) {
+    bool text = false;
+    std::string bytes;
+    ASSERT_FALSE(viewer.read(text, bytes));
+    if (text) {
+      const auto j = nlohmann::json::parse(bytes);
+      ASSERT_TRUE(j.contains("gap")) << bytes;
+      EXPECT_EQ(j["reason"], "slow_consumer");
+      lost += j["gap"].get<std::uint64_t>();
+    } else {
+      ++got;
+      last = index_of(bytes);
+    }
+  }
+  EXPECT_EQ(got + lost, static_cast<std::uint64_t>(kFrames));
+  EXPECT_GT(lost, 0U);
+  EXPECT_EQ(last, static_cast<std::uint64_t>(kFrames - 1));
+}
+
+TEST(RelayWs, BadFramesGetTheirErrorAndOthersAreUntouched) {
+  RelayConfig c = loopback();
+  c.max_frame_bytes = 1024;
+  RelayServer relay(c);
+  relay.start();
+  const auto port = relay.http_port();
+  WsClient viewer;
+  ASSERT_FALSE(viewer.connect(port, "/v1/ws/subscribe/t?name=v"));
+
+  WsClient chatty;  // text that is not JSON, a frame shorter than the header: error events
+  ASSERT_FALSE(chatty.connect(port, "/v1/ws/publish/t"));
+  chatty.send_text("not json {");
+  chatty.send_binary("short");
+  bool text = false;
+  std::string bytes;
+  ASSERT_FALSE(chatty.read(text, bytes));
+  EXPECT_TRUE(text);
+  EXPECT_NE(bytes.find("invalid JSON"), std::string::npos) << bytes;
+  ASSERT_FALSE(chatty.read(text, bytes));
+  EXPECT_NE(bytes.find("16-byte header"), std::string::npos) << bytes;
+  chatty.send_binary(frame(1, 0, "still fine"));  // the session goes on
+
+  WsClient big;  // over the frame limit: closed with 1009 and a reason
+  ASSERT_FALSE(big.connect(port, "/v1/ws/publish/t"));
+  big.send_binary(frame(2, 0, std::string(4096, 'x')));
+  const auto ec = big.read(text, bytes);
+  EXPECT_EQ(ec, ws::error::closed);
+  EXPECT_EQ(big.s.reason().code, ws::close_code::too_big);
+
+  ASSERT_FALSE(viewer.read(text, bytes));  // the viewer saw the good frame, nothing else
+  EXPECT_FALSE(text);
+  EXPECT_EQ(bytes.substr(16), "still fine");
+}
+
+TEST(RelayWs, RefusalsAreHttpErrorsBeforeTheUpgrade) {
+  RelayConfig c = loopback();
+  c.auto_create = false;
+  c.max_sessions = 1;
+  c.topics.push_back(TopicConfig{.name = "known"});
+  RelayServer relay(c);
+  relay.start();
+  const auto port = relay.http_port();
+  {
+    WsClient unknown;
+    EXPECT_EQ(unknown.connect(port, "/v1/ws/subscribe/nowhere"), ws::error::upgrade_declined);
+    EXPECT_EQ(unknown.http_status, 404U);
+    EXPECT_NE(unknown.http_body.find("auto_create"), std::string::npos) << unknown.http_body;
+  }
+  {
+    WsClient bad;
+    EXPECT_EQ(bad.connect(port, "/v1/ws/publish/bad%20name"), ws::error::upgrade_declined);
+    EXPECT_EQ(bad.http_status, 400U);
+  }
+  {
+    WsClient nowhere;
+    EXPECT_EQ(nowhere.connect(port, "/v1/ws/elsewhere"), ws::error::upgrade_declined);
+    EXPECT_EQ(nowhere.http_status, 404U);
+  }
+  WsClient first;
+  ASSERT_FALSE(first.connect(port, "/v1/ws/subscribe/known?name=only"));
+  WsClient second;
+  EXPECT_EQ(second.connect(port, "/v1/ws/subscribe/known"), ws::error::upgrade_declined);
+  EXPECT_EQ(second.http_status, 503U);
+  EXPECT_NE(second.http_body.find("STREAM_MAX_SESSIONS"), std::string::npos) << second.http_body;
+  first.s.close(ws::close_code::normal);
+}
+
+// A viewer that stops reading is disconnected after max_send_timeouts sends that each took
+// longer than send_timeout, with close code 4008; the publisher (held back by the lossless
+// topic until then) and the other viewer carry on and lose nothing.
+TEST(RelayWs, AViewerThatStopsReadingIsDisconnectedAndOthersCarryOn) {
+  RelayConfig c = loopback();
+  c.send_timeout = 50ms;
+  c.max_send_timeouts = 5;
+  c.defaults.max_queue_bytes = 1 << 20;
+  c.defaults.max_wait = 30s;
+  RelayServer relay(c);
+  relay.start();
+  const auto port = relay.http_port();
+  WsClient fast;
+  ASSERT_FALSE(fast.connect(port, "/v1/ws/subscribe/feed?name=fast"));
+  WsClient stuck;
+  ASSERT_FALSE(stuck.connect(port, "/v1/ws/subscribe/feed?name=stuck"));
+  constexpr int kFrames = 400;  // 25 MiB
+  std::atomic<int> fast_got{0};
+  std::thread fast_reader([&] {
+    for (int i = 0; i < kFrames; ++i) {
+      bool text = false;
+      std::string bytes;
+      ASSERT_FALSE(fast.read(text, bytes));
+      if (text) {  // nothing but frames for a fast viewer of a lossless topic
+        ADD_FAILURE() << bytes;
+        return;
+      }
+      ASSERT_EQ(index_of(bytes), static_cast<std::uint64_t>(i));
+      ++fast_got;
+    }
+  });
+  WsClient pub;
+  ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/feed"));
+  std::thread publisher([&] {
+    const std::string payload(64 * 1024, 'p');
+    for (int i = 0; i < kFrames; ++i) pub.send_binary(frame(i, 0, payload));
+  });
+  std::this_thread::sleep_for(1500ms);  // the stuck viewer reads nothing meanwhile
+  int stuck_got = 0;
+  boost::beast::error_code ec;
+  for (;;) {
+    bool text = false;
+    std::string bytes;
+    ec = stuck.read(text, bytes);
+    if (ec) break;
+    stuck_got += text ? 0 : 1;
+  }
+  EXPECT_EQ(ec, ws::error::closed) << ec.message();
+  EXPECT_EQ(static_cast<int>(stuck.s.reason().code), 4008);
+  EXPECT_LT(stuck_got, kFrames);
+  publisher.join();
+  fast_reader.join();
+  EXPECT_EQ(fast_got.load(), kFrames);
+}
+
+}  // namespace
+}  // namespace sluice
