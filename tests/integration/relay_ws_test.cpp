@@ -190,8 +190,10 @@ TEST(RelayWs, BadFramesGetTheirErrorAndOthersAreUntouched) {
   ASSERT_FALSE(big.connect(port, "/v1/ws/publish/t"));
   big.send_binary(frame(2, 0, std::string(4096, 'x')));
   const auto ec = big.read(text, bytes);
-  EXPECT_EQ(ec, ws::error::closed);
-  EXPECT_EQ(big.s.reason().code, ws::close_code::too_big);
+  // The close frame arrived (its code is kept); answering it may find the socket already
+  // gone (broken pipe, not connected), which is fine.
+  EXPECT_TRUE(ec) << "the oversized frame's connection stayed open";
+  EXPECT_EQ(big.s.reason().code, ws::close_code::too_big) << ec.message();
 
   ASSERT_FALSE(viewer.read(text, bytes));  // the viewer saw the good frame, nothing else
   EXPECT_FALSE(text);
