@@ -11,8 +11,9 @@
 // R2  paced: 30 fps x 1 MiB (3 s) and 10,000 msg/s x 64 B (2 s), 3 subscribers, publish ->
 //     receive latency (steady clock, one process): p50 / p99 / max.
 //
-// The Sluice relay runs in this process (RelayServer on 127.0.0.1, ephemeral port) and is
-// driven by sluice::client; nats-server runs as a child process on a free loopback port.
+// The Sluice relay runs in this process (RelayServer on 127.0.0.1, ephemeral ports) and is
+// driven over gRPC by sluice::client and over WebSocket by Beast clients (16-byte header +
+// payload frames); nats-server runs as a child process on a free loopback port.
 #include <nats/nats.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -23,6 +24,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/websocket.hpp>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -31,6 +35,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 #include <vector>
 
 #include "sluice/buffer.hpp"
@@ -151,6 +156,89 @@ Result run_sluice(const std::string& target, const Workload& w, int run) {
   Result r = finish(sink, w, start);
   if (!st.ok()) r.error = st.to_string();
   for (auto& s : subs) s->cancel();
+  for (auto& t : readers) t.join();
+  return r;
+}
+
+// ---- Sluice over WebSocket: the relay's HTTP port, Beast clients ----
+
+namespace websocket = boost::beast::websocket;
+using WsClient = websocket::stream<boost::asio::ip::tcp::socket>;
+
+void put64(char* out, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(v >> (8 * i));
+}
+std::uint64_t get64(const char* in) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= std::uint64_t{static_cast<unsigned char>(in[i])} << (8 * i);
+  return v;
+}
+
+bool ws_connect(WsClient& ws, std::uint16_t port, const std::string& target) {
+  boost::beast::error_code ec;
+  ws.next_layer().connect({boost::asio::ip::make_address("127.0.0.1"), port}, ec);
+  if (!ec) ws.handshake("127.0.0.1", target, ec);
+  return !ec;
+}
+
+Result run_sluice_ws(std::uint16_t port, const Workload& w, int run) {
+  std::string topic = "bench.ws.";
+  topic.append(std::to_string(run));
+  Sink sink;
+  Result failed;
+  std::vector<std::unique_ptr<boost::asio::io_context>> ios;
+  std::vector<std::unique_ptr<WsClient>> viewers;
+  for (int i = 0; i < kSubscribers; ++i) {
+    ios.push_back(std::make_unique<boost::asio::io_context>());
+    viewers.push_back(std::make_unique<WsClient>(*ios.back()));
+    std::string target = "/v1/ws/subscribe/" + topic + "?name=v";
+    target.append(std::to_string(i));
+    if (!ws_connect(*viewers.back(), port, target)) {
+      failed.error = "cannot subscribe over WebSocket";
+      return failed;
+    }
+    viewers.back()->read_message_max(0);
+  }
+  std::vector<std::thread> readers;
+  for (auto& v : viewers) {
+    readers.emplace_back([&sink, &w, ws = v.get()] {
+      boost::beast::flat_buffer b;
+      for (std::uint64_t n = 0; n < w.count;) {
+        boost::beast::error_code ec;
+        b.clear();
+        ws->read(b, ec);
+        if (ec) return;
+        if (ws->got_text() || b.size() < 16) continue;  // gap notices (none on lossless)
+        const auto* data = static_cast<const char*>(b.data().data());
+        sink.got(b.size() - 16, static_cast<std::int64_t>(get64(data + 8)));
+        ++n;
+      }
+    });
+  }
+  boost::asio::io_context pub_io;
+  WsClient pub(pub_io);
+  if (!ws_connect(pub, port, "/v1/ws/publish/" + topic)) {
+    failed.error = "cannot publish over WebSocket";
+    for (auto& v : viewers) v->next_layer().close();
+    for (auto& t : readers) t.join();
+    return failed;
+  }
+  pub.binary(true);
+  std::string frame(16 + w.size, 'p');
+  const std::int64_t start = now_ns();
+  boost::beast::error_code ec;
+  for (std::uint64_t i = 0; i < w.count && !ec; ++i) {
+    pace(w, start, i);
+    put64(frame.data(), i);
+    put64(frame.data() + 8, static_cast<std::uint64_t>(now_ns()));
+    pub.write(boost::asio::buffer(frame), ec);
+  }
+  Result r = finish(sink, w, start);
+  if (ec) r.error = ec.message();
+  pub.close(websocket::close_code::normal, ec);
+  for (auto& v : viewers) {  // unblocks a reader still waiting (only if something was lost)
+    v->next_layer().shutdown(boost::asio::ip::tcp::socket::shutdown_both, ec);
+  }
   for (auto& t : readers) t.join();
   return r;
 }
@@ -305,14 +393,17 @@ int main(int argc, char** argv) {
        {Workload{"1 KiB", 1024, 200'000 / scale, 0}, Workload{"1 MiB", 1 << 20, 400 / scale, 0}}) {
     const Result n = run_nats(nats.url(), w, ++run);
     const Result s = run_sluice(target, w, ++run);
-    std::printf(
-        "  %-6s x %-7llu NATS %8.1f MB/s (lost %llu)   Sluice %8.1f MB/s (lost %llu)   "
-        "ratio %.2fx%s%s\n",
-        w.name, static_cast<unsigned long long>(w.count), n.mb_per_s(),
-        static_cast<unsigned long long>(n.lost), s.mb_per_s(),
-        static_cast<unsigned long long>(s.lost),
-        n.mb_per_s() > 0 ? s.mb_per_s() / n.mb_per_s() : 0.0,
-        s.error.empty() ? "" : "  sluice error: ", s.error.c_str());
+    const Result sw = run_sluice_ws(relay.http_port(), w, ++run);
+    std::printf("  %-6s x %-7llu NATS %8.1f MB/s (lost %llu)\n", w.name,
+                static_cast<unsigned long long>(w.count), n.mb_per_s(),
+                static_cast<unsigned long long>(n.lost));
+    for (const auto& [how, r] :
+         {std::pair<const char*, const Result*>{"gRPC", &s}, {"WebSocket", &sw}}) {
+      std::printf("                   Sluice %-9s %8.1f MB/s (lost %llu)   ratio %.2fx%s%s\n", how,
+                  r->mb_per_s(), static_cast<unsigned long long>(r->lost),
+                  n.mb_per_s() > 0 ? r->mb_per_s() / n.mb_per_s() : 0.0,
+                  r->error.empty() ? "" : "  error: ", r->error.c_str());
+    }
   }
 
   std::printf("\nR2  paced, %d subscribers; publish -> receive latency\n", kSubscribers);
@@ -321,12 +412,17 @@ int main(int argc, char** argv) {
     std::printf("  %s (%llu messages)\n", w.name, static_cast<unsigned long long>(w.count));
     const Result n = run_nats(nats.url(), w, ++run);
     const Result s = run_sluice(target, w, ++run);
+    const Result sw = run_sluice_ws(relay.http_port(), w, ++run);
     print_latency("NATS", n);
-    print_latency("Sluice", s);
+    print_latency("gRPC", s);
+    print_latency("WS", sw);
     const double np99 = static_cast<double>(n.latency.percentile(0.99));
     const double sp99 = static_cast<double>(s.latency.percentile(0.99));
-    std::printf("      p99 ratio NATS/Sluice %.2fx (above 1: Sluice is faster)\n",
-                sp99 > 0 ? np99 / sp99 : 0.0);
+    const double wp99 = static_cast<double>(sw.latency.percentile(0.99));
+    std::printf(
+        "      p99 ratio NATS/Sluice: gRPC %.2fx, WebSocket %.2fx (above 1: Sluice is "
+        "faster)\n",
+        sp99 > 0 ? np99 / sp99 : 0.0, wp99 > 0 ? np99 / wp99 : 0.0);
   }
   relay.shutdown();
   nats_Close();
