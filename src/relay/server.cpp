@@ -407,6 +407,52 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
 
 namespace {
 
+// A subscriber's series in /metrics (labels topic, subscriber, session), read from its
+// Subscription at scrape time and removed when this goes (the registry serializes removal with
+// scrapes). The subscription must outlive this, or be inactive by the time it is read.
+class SubscriberSeries {
+ public:
+  SubscriberSeries(metrics::Registry& registry, const std::string& topic,
+                   const Subscription<RelayMessage>* sub, std::uint64_t session)
+      : registry_(registry),
+        labels_{
+            {"topic", topic}, {"subscriber", sub->name()}, {"session", std::to_string(session)}},
+        lost_labels_(with_reason(labels_)) {
+    registry_.counter_fn("sluice_subscriber_received_total", "Items this subscriber received",
+                         labels_,
+                         [sub] { return sub->active() ? double(sub->stats().received) : 0.0; });
+    registry_.counter_fn(
+        "sluice_subscriber_dropped_total", "Items this subscriber lost, by reason", lost_labels_,
+        [sub] {
+          return sub->active() ? double(sub->stats().lost[DropReason::slow_consumer]) : 0.0;
+        });
+    registry_.gauge_fn("sluice_subscriber_lag_items", "Items published and not yet received",
+                       labels_, [sub] { return sub->active() ? double(sub->lag()) : 0.0; });
+    registry_.gauge_fn("sluice_subscriber_lag_bytes",
+                       "Bytes published and not yet received (lossless topics)", labels_,
+                       [sub] { return sub->active() ? double(sub->stats().lag_bytes) : 0.0; });
+  }
+  SubscriberSeries(const SubscriberSeries&) = delete;
+  SubscriberSeries& operator=(const SubscriberSeries&) = delete;
+  SubscriberSeries(SubscriberSeries&&) = delete;
+  SubscriberSeries& operator=(SubscriberSeries&&) = delete;
+  ~SubscriberSeries() {
+    for (const char* name : {"sluice_subscriber_received_total", "sluice_subscriber_lag_items",
+                             "sluice_subscriber_lag_bytes"})
+      registry_.remove(name, labels_);
+    registry_.remove("sluice_subscriber_dropped_total", lost_labels_);
+  }
+
+ private:
+  static metrics::Labels with_reason(metrics::Labels labels) {
+    labels.emplace_back("reason", std::string(to_string(DropReason::slow_consumer)));
+    return labels;
+  }
+  metrics::Registry& registry_;
+  const metrics::Labels labels_;
+  const metrics::Labels lost_labels_;
+};
+
 // What both streaming reactors share: a lock, finishing once, cancel and done, and a guard
 // through which callbacks from other threads (hooks, timers) reach the reactor only while it
 // exists.
@@ -544,15 +590,11 @@ class SubscribeReactor final
   static constexpr std::size_t kBatchItems = 256;
   static constexpr std::size_t kBatchBytes = std::size_t{1} << 20;
 
-  // Per-subscriber series (topic, subscriber, session), read from sub_ at scrape time and
-  // removed before sub_ goes (the registry serializes removal with scrapes).
-  void register_metrics();
-
   RelayServer::Impl& relay_;
   SessionSlot slot_;
   std::shared_ptr<Topic> topic_;
   Subscription<RelayMessage> sub_;
-  metrics::Labels labels_;
+  SubscriberSeries series_;                       // after sub_: removed before it goes
   v1::SubscribeEvent event_;                      // guarded by mu_ while a write is in flight
   std::optional<RecvResult<RelayMessage>> held_;  // a gap or the end, due after the batch
   bool writing_ = false;
@@ -992,7 +1034,9 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
       : WsSession(relay, std::move(slot), std::move(topic), std::move(socket)),
         sub_(std::move(sub)),
         sink_(topic_->name + "/" + sub_.name() + "#" +
-              std::to_string(relay.next_ws_id.fetch_add(1))) {}
+              std::to_string(relay.next_ws_id.fetch_add(1))) {
+    series_.emplace(relay_.registry, topic_->name, &sub_, relay_.next_session_id.fetch_add(1));
+  }
   WsSubscriber(const WsSubscriber&) = delete;
   WsSubscriber& operator=(const WsSubscriber&) = delete;
   WsSubscriber(WsSubscriber&&) = delete;
@@ -1101,6 +1145,7 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
   }
 
   Subscription<RelayMessage> sub_;
+  std::optional<SubscriberSeries> series_;  // (scrapes run on this thread: no race with leaving)
   const std::string sink_;
   boost::beast::flat_buffer in_;
   std::optional<RelayMessage> frame_;  // the frame being written (its Buffer stays alive)
@@ -1152,39 +1197,16 @@ unsigned http_status(const grpc::Status& s) {
 
 SubscribeReactor::SubscribeReactor(RelayServer::Impl& relay, SessionSlot slot,
                                    std::shared_ptr<Topic> topic, Subscription<RelayMessage> sub)
-    : relay_(relay), slot_(std::move(slot)), topic_(std::move(topic)), sub_(std::move(sub)) {
-  register_metrics();
+    : relay_(relay),
+      slot_(std::move(slot)),
+      topic_(std::move(topic)),
+      sub_(std::move(sub)),
+      series_(relay_.registry, topic_->name, &sub_, relay_.next_session_id.fetch_add(1)) {
   StartSendInitialMetadata();  // tells the client the subscription exists (Subscriber waits)
   pump();
 }
 
-SubscribeReactor::~SubscribeReactor() {
-  for (const char* name : {"sluice_subscriber_received_total", "sluice_subscriber_lag_items",
-                           "sluice_subscriber_lag_bytes"})
-    relay_.registry.remove(name, labels_);
-  auto lost = labels_;
-  lost.emplace_back("reason", std::string(to_string(DropReason::slow_consumer)));
-  relay_.registry.remove("sluice_subscriber_dropped_total", lost);
-}
-
-void SubscribeReactor::register_metrics() {
-  labels_ = {{"topic", topic_->name},
-             {"subscriber", sub_.name()},
-             {"session", std::to_string(relay_.next_session_id.fetch_add(1))}};
-  const Subscription<RelayMessage>* sub = &sub_;
-  auto& r = relay_.registry;
-  r.counter_fn("sluice_subscriber_received_total", "Items this subscriber received", labels_,
-               [sub] { return double(sub->stats().received); });
-  auto lost = labels_;
-  lost.emplace_back("reason", std::string(to_string(DropReason::slow_consumer)));
-  r.counter_fn("sluice_subscriber_dropped_total", "Items this subscriber lost, by reason", lost,
-               [sub] { return double(sub->stats().lost[DropReason::slow_consumer]); });
-  r.gauge_fn("sluice_subscriber_lag_items", "Items published and not yet received", labels_,
-             [sub] { return double(sub->lag()); });
-  r.gauge_fn("sluice_subscriber_lag_bytes",
-             "Bytes published and not yet received (lossless topics)", labels_,
-             [sub] { return double(sub->stats().lag_bytes); });
-}
+SubscribeReactor::~SubscribeReactor() = default;
 
 grpc::ServerWriteReactor<v1::SubscribeEvent>* RelayServer::Impl::Subscribe(
     grpc::CallbackServerContext* /*ctx*/, const v1::SubscribeRequest* req) {

@@ -100,6 +100,20 @@ struct WsClient {
   }
 };
 
+std::string http_get(std::uint16_t port, const std::string& target) {
+  namespace http = boost::beast::http;
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::socket socket(io);
+  socket.connect({boost::asio::ip::make_address("127.0.0.1"), port});
+  http::request<http::empty_body> req{http::verb::get, target, 11};
+  req.set(http::field::host, "127.0.0.1");
+  http::write(socket, req);
+  boost::beast::flat_buffer buffer;
+  http::response<http::string_body> res;
+  http::read(socket, buffer, res);
+  return res.body();
+}
+
 TEST(RelayWs, FramesFromAPublisherReachEveryViewerWithTheirHeader) {
   RelayServer relay(loopback());
   relay.start();
@@ -124,6 +138,10 @@ TEST(RelayWs, FramesFromAPublisherReachEveryViewerWithTheirHeader) {
     }
   }
   EXPECT_NE(relay.stats_json().find("\"b two\""), std::string::npos);  // names are decoded
+  // Viewers have their series in /metrics, like gRPC subscribers.
+  const std::string metrics = http_get(port, "/metrics");
+  EXPECT_NE(metrics.find("subscriber=\"b two\",topic=\"cam\"} 100"), std::string::npos)
+      << metrics;
   pub.s.close(ws::close_code::normal);
   a.s.close(ws::close_code::normal);
   b.s.close(ws::close_code::normal);
