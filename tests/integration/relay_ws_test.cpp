@@ -140,8 +140,7 @@ TEST(RelayWs, FramesFromAPublisherReachEveryViewerWithTheirHeader) {
   EXPECT_NE(relay.stats_json().find("\"b two\""), std::string::npos);  // names are decoded
   // Viewers have their series in /metrics, like gRPC subscribers.
   const std::string metrics = http_get(port, "/metrics");
-  EXPECT_NE(metrics.find("subscriber=\"b two\",topic=\"cam\"} 100"), std::string::npos)
-      << metrics;
+  EXPECT_NE(metrics.find("subscriber=\"b two\",topic=\"cam\"} 100"), std::string::npos) << metrics;
   pub.s.close(ws::close_code::normal);
   a.s.close(ws::close_code::normal);
   b.s.close(ws::close_code::normal);
