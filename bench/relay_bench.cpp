@@ -41,7 +41,9 @@
 #include "sluice/buffer.hpp"
 #include "sluice/client.hpp"
 #include "sluice/histogram.hpp"
+#include "sluice/latency.hpp"
 #include "sluice/relay_server.hpp"
+#include "sluice/ws_frame.hpp"
 
 extern char** environ;
 
@@ -54,9 +56,7 @@ using sluice::HistogramSnapshot;
 
 constexpr int kSubscribers = 3;
 
-std::int64_t now_ns() {
-  return duration_cast<nanoseconds>(steady_clock::now().time_since_epoch()).count();
-}
+using sluice::detail::now_ns;  // steady clock, ns
 
 struct Workload {
   const char* name;
@@ -165,15 +165,6 @@ Result run_sluice(const std::string& target, const Workload& w, int run) {
 namespace websocket = boost::beast::websocket;
 using WsClient = websocket::stream<boost::asio::ip::tcp::socket>;
 
-void put64(char* out, std::uint64_t v) {
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(v >> (8 * i));
-}
-std::uint64_t get64(const char* in) {
-  std::uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= std::uint64_t{static_cast<unsigned char>(in[i])} << (8 * i);
-  return v;
-}
-
 bool ws_connect(WsClient& ws, std::uint16_t port, const std::string& target) {
   boost::beast::error_code ec;
   ws.next_layer().connect({boost::asio::ip::make_address("127.0.0.1"), port}, ec);
@@ -208,9 +199,10 @@ Result run_sluice_ws(std::uint16_t port, const Workload& w, int run) {
         b.clear();
         ws->read(b, ec);
         if (ec) return;
-        if (ws->got_text() || b.size() < 16) continue;  // gap notices (none on lossless)
-        const auto* data = static_cast<const char*>(b.data().data());
-        sink.got(b.size() - 16, static_cast<std::int64_t>(get64(data + 8)));
+        if (ws->got_text() || b.size() < sluice::ws::kFrameHeaderBytes)
+          continue;  // gap notices (none on lossless)
+        sink.got(b.size() - sluice::ws::kFrameHeaderBytes,
+                 sluice::ws::decode(b.data().data()).timestamp_ns);
         ++n;
       }
     });
@@ -224,13 +216,13 @@ Result run_sluice_ws(std::uint16_t port, const Workload& w, int run) {
     return failed;
   }
   pub.binary(true);
-  std::string frame(16 + w.size, 'p');
+  std::string frame(sluice::ws::kFrameHeaderBytes + w.size, 'p');
   const std::int64_t start = now_ns();
   boost::beast::error_code ec;
   for (std::uint64_t i = 0; i < w.count && !ec; ++i) {
     pace(w, start, i);
-    put64(frame.data(), i);
-    put64(frame.data() + 8, static_cast<std::uint64_t>(now_ns()));
+    const auto header = sluice::ws::encode({i, now_ns()});
+    std::memcpy(frame.data(), header.data(), header.size());
     pub.write(boost::asio::buffer(frame), ec);
   }
   Result r = finish(sink, w, start);

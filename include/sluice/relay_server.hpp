@@ -10,6 +10,7 @@
 // Thread-safety: start(), shutdown() and the accessors may be called from any thread.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -24,6 +25,14 @@ namespace sluice {
 /// such item's sequence number (decimal). A producer whose call ended early resends only the
 /// items after it (what sluice::client::Publisher does).
 inline constexpr std::string_view kPublishedThroughKey = "sluice-published-through";
+
+/// The clock of RelayMessage::timestamp_ns when the relay or a client stamps an item: Unix
+/// time in nanoseconds (comparable across processes on one host).
+inline std::int64_t unix_now_ns() noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 /// One item of a topic, as the relay stores it.
 struct RelayMessage {

@@ -16,18 +16,13 @@
 
 #include "sluice/client.hpp"
 #include "sluice/histogram.hpp"
+#include "sluice/relay_server.hpp"  // unix_now_ns
 
 namespace sluice::cli {
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-std::int64_t unix_now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 void print_line(std::FILE* out, const nlohmann::json& j) {
   std::fprintf(out, "%s\n",

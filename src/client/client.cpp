@@ -14,7 +14,7 @@
 #include <utility>
 #include <vector>
 
-#include "sluice/relay_server.hpp"  // kPublishedThroughKey
+#include "sluice/relay_server.hpp"  // kPublishedThroughKey, unix_now_ns
 #include "sluice/v1/relay.grpc.pb.h"
 
 namespace sluice::client {
@@ -25,12 +25,6 @@ namespace v1 = ::sluice::v1;
 
 Status from_grpc(const grpc::Status& s) {
   return {static_cast<int>(s.error_code()), s.error_message()};
-}
-
-std::int64_t unix_now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
 }
 
 }  // namespace

@@ -22,13 +22,13 @@
 #include <stdexcept>
 #include <thread>
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
-#include <utility>
 
 #include "sluice/broadcast.hpp"
 #include "sluice/metrics.hpp"
 #include "sluice/relay_server.hpp"
 #include "sluice/slow_consumer.hpp"
 #include "sluice/v1/relay.grpc.pb.h"
+#include "sluice/ws_frame.hpp"
 
 namespace sluice {
 
@@ -816,25 +816,9 @@ class PublishReactor final
 // payload. Text frames: JSON control events. Everything runs on the relay's I/O thread; hooks
 // from other threads post to it. See docs/protocol.md.
 
-namespace ws = boost::beast::websocket;
-using WsStream = ws::stream<boost::beast::tcp_stream>;
-constexpr std::size_t kWsHeader = 16;
+namespace websocket = boost::beast::websocket;
+using WsStream = websocket::stream<boost::beast::tcp_stream>;
 constexpr std::size_t kMaxControlQueued = 64;  // unread control events before we give up
-
-std::int64_t unix_now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-void put_u64(unsigned char* out, std::uint64_t v) {
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<unsigned char>(v >> (8 * i));
-}
-std::uint64_t get_u64(const unsigned char* in) {
-  std::uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= std::uint64_t{in[i]} << (8 * i);
-  return v;
-}
 
 std::string json_text(const nlohmann::json& j) {
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -854,12 +838,12 @@ class WsSession : public std::enable_shared_from_this<Derived> {
         timer_(ws_.get_executor()) {}
 
   void start(HttpServer::Request request) {
-    ws::stream_base::timeout t{};
+    websocket::stream_base::timeout t{};
     t.handshake_timeout = std::chrono::seconds(10);
     t.idle_timeout = std::chrono::seconds(60);  // pings keep a quiet peer alive
     t.keep_alive_pings = true;
     ws_.set_option(t);
-    ws_.read_message_max(relay_.config.max_frame_bytes + kWsHeader);
+    ws_.read_message_max(relay_.config.max_frame_bytes + ws::kFrameHeaderBytes);
     request_ = std::move(request);
     ws_.async_accept(request_, [self = this->shared_from_this()](boost::beast::error_code ec) {
       if (!ec) self->opened();
@@ -873,7 +857,7 @@ class WsSession : public std::enable_shared_from_this<Derived> {
   void send_event(const nlohmann::json& event) {
     if (closing_) return;
     if (events_.size() >= kMaxControlQueued) {
-      close(ws::close_code::policy_error, "64 control events unread");
+      close(websocket::close_code::policy_error, "64 control events unread");
       return;
     }
     events_.push_back(json_text(event));
@@ -890,13 +874,14 @@ class WsSession : public std::enable_shared_from_this<Derived> {
                       if (!ec) self->write_next();
                     });
   }
-  void close(ws::close_code code, std::string_view reason) {
+  void close(websocket::close_code code, std::string_view reason) {
     if (closing_) return;
     closing_ = true;
     timer_.cancel();
     // (Beast holds the close frame back until a write in flight is done.)
-    ws_.async_close(ws::close_reason(code, boost::beast::string_view(reason.data(), reason.size())),
-                    [self = this->shared_from_this()](boost::beast::error_code) {});
+    ws_.async_close(
+        websocket::close_reason(code, boost::beast::string_view(reason.data(), reason.size())),
+        [self = this->shared_from_this()](boost::beast::error_code) {});
   }
   // A callback for hooks on other threads: runs `method` on the I/O thread if still alive.
   std::function<void()> posted(void (Derived::*method)()) {
@@ -952,7 +937,7 @@ class WsPublisher final : public WsSession<WsPublisher> {
       read();
       return;
     }
-    if (size < kWsHeader) {
+    if (size < ws::kFrameHeaderBytes) {
       send_event({{"error", "a frame of " + std::to_string(size) +
                                 " bytes: binary frames start with a 16-byte header "
                                 "(frame_index u64, timestamp_ns i64, little-endian)"}});
@@ -961,10 +946,9 @@ class WsPublisher final : public WsSession<WsPublisher> {
     }
     // One copy out of the socket's buffer; from here the payload is shared, never copied.
     const Buffer frame = Buffer::copy(in_.data().data(), size);
-    const auto* head = reinterpret_cast<const unsigned char*>(frame.data());
-    const std::uint64_t index = get_u64(head);
-    auto stamp = static_cast<std::int64_t>(get_u64(head + 8));
-    pending_ = RelayMessage{frame.slice(kWsHeader), index, stamp != 0 ? stamp : unix_now_ns()};
+    const auto head = ws::decode(frame.data());
+    pending_ = RelayMessage{frame.slice(ws::kFrameHeaderBytes), head.index,
+                            head.timestamp_ns != 0 ? head.timestamp_ns : unix_now_ns()};
     attempt();
   }
 
@@ -985,7 +969,7 @@ class WsPublisher final : public WsSession<WsPublisher> {
       return;
     }
     if (r.status != SendStatus::would_block) {
-      close(ws::close_code::going_away, "the relay is stopping");
+      close(websocket::close_code::going_away, "the relay is stopping");
       return;
     }
     if (!slowed_) {
@@ -1012,7 +996,8 @@ class WsPublisher final : public WsSession<WsPublisher> {
                          std::to_string(topic_->broadcast.queue_bytes()) + " of max_queue_bytes " +
                          std::to_string(topic_->config.max_queue_bytes)},
            {"frame_index", index}});
-      close(ws::close_code::try_again_later, "topic full past max_wait_ms (SLUICE_MAX_WAIT_MS)");
+      close(websocket::close_code::try_again_later,
+            "topic full past max_wait_ms (SLUICE_MAX_WAIT_MS)");
       return;
     }
     topic_->broadcast.on_writable(posted(&WsPublisher::attempt), bytes);
@@ -1059,8 +1044,7 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
     switch (r.status) {
       case RecvStatus::ok:
         frame_ = std::move(*r);
-        put_u64(header_.data(), frame_->sequence);
-        put_u64(header_.data() + 8, static_cast<std::uint64_t>(frame_->timestamp_ns));
+        header_ = ws::encode({frame_->sequence, frame_->timestamp_ns});
         write_frame();
         return;
       case RecvStatus::gap:
@@ -1070,10 +1054,10 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
         sub_.on_readable(posted(&WsSubscriber::write_next));
         return;
       case RecvStatus::evicted:
-        close(ws::close_code::policy_error, "evicted: the topic's publisher could not wait");
+        close(websocket::close_code::policy_error, "evicted: the topic's publisher could not wait");
         return;
       default:
-        close(ws::close_code::normal, "topic closed");
+        close(websocket::close_code::normal, "topic closed");
         return;
     }
   }
@@ -1135,7 +1119,7 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
     send_event({{"error", "disconnected as a slow consumer: " + why +
                               " (limits.send_timeout_ms, limits.max_send_timeouts)"}});
     sub_.unsubscribe();  // a lossless topic stops waiting for us now
-    close(static_cast<ws::close_code>(4008), "slow consumer: sends kept timing out");
+    close(static_cast<websocket::close_code>(4008), "slow consumer: sends kept timing out");
     // If the viewer never reads again, the close frame cannot go out either: drop the socket.
     kill_.emplace(ws_.get_executor());
     kill_->expires_after(std::chrono::seconds(5));
@@ -1149,7 +1133,7 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
   const std::string sink_;
   boost::beast::flat_buffer in_;
   std::optional<RelayMessage> frame_;  // the frame being written (its Buffer stays alive)
-  std::array<unsigned char, kWsHeader> header_{};
+  std::array<unsigned char, ws::kFrameHeaderBytes> header_{};
   Clock::time_point started_;
   std::optional<boost::asio::steady_timer> kill_;
 };

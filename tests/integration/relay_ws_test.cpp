@@ -16,12 +16,13 @@
 #include <vector>
 
 #include "sluice/relay_server.hpp"
+#include "sluice/ws_frame.hpp"
 
 namespace sluice {
 namespace {
 
 using namespace std::chrono_literals;
-namespace ws = boost::beast::websocket;
+namespace websocket = boost::beast::websocket;
 
 RelayConfig loopback() {
   RelayConfig c;
@@ -31,35 +32,27 @@ RelayConfig loopback() {
   return c;
 }
 
-// header (frame_index, timestamp_ns; little-endian) + payload
+// header (frame_index, timestamp_ns) + payload
 std::string frame(std::uint64_t index, std::int64_t stamp, const std::string& payload) {
-  std::string f(16, '\0');
-  for (int i = 0; i < 8; ++i) {
-    f[static_cast<std::size_t>(i)] = static_cast<char>(index >> (8 * i));
-    f[static_cast<std::size_t>(8 + i)] =
-        static_cast<char>(static_cast<std::uint64_t>(stamp) >> (8 * i));
-  }
-  return f + payload;
+  const auto header = ws::encode({index, stamp});
+  return std::string(header.begin(), header.end()) + payload;
 }
 std::uint64_t index_of(const std::string& f) {
-  std::uint64_t v = 0;
-  for (int i = 0; i < 8; ++i)
-    v |= std::uint64_t{static_cast<unsigned char>(f[static_cast<std::size_t>(i)])} << (8 * i);
-  return v;
+  return ws::decode(f.data()).index;
 }
 
 struct WsClient {
   boost::asio::io_context io;
-  ws::stream<boost::asio::ip::tcp::socket> s{io};
+  websocket::stream<boost::asio::ip::tcp::socket> s{io};
   unsigned http_status = 0;
   std::string http_body;
 
   boost::beast::error_code connect(std::uint16_t port, const std::string& target) {
     s.next_layer().connect({boost::asio::ip::make_address("127.0.0.1"), port});
-    ws::response_type res;
+    websocket::response_type res;
     boost::beast::error_code ec;
     s.handshake(res, "127.0.0.1", target, ec);
-    if (ec == ws::error::upgrade_declined) refused(port, target);
+    if (ec == websocket::error::upgrade_declined) refused(port, target);
     return ec;
   }
   // Beast does not hand back a declined handshake's response: ask again with a plain HTTP
@@ -141,9 +134,9 @@ TEST(RelayWs, FramesFromAPublisherReachEveryViewerWithTheirHeader) {
   // Viewers have their series in /metrics, like gRPC subscribers.
   const std::string metrics = http_get(port, "/metrics");
   EXPECT_NE(metrics.find("subscriber=\"b two\",topic=\"cam\"} 100"), std::string::npos) << metrics;
-  pub.s.close(ws::close_code::normal);
-  a.s.close(ws::close_code::normal);
-  b.s.close(ws::close_code::normal);
+  pub.s.close(websocket::close_code::normal);
+  a.s.close(websocket::close_code::normal);
+  b.s.close(websocket::close_code::normal);
 }
 
 TEST(RelayWs, ALappedViewerGetsGapEventsBeforeItsNextFrame) {
@@ -213,7 +206,7 @@ TEST(RelayWs, BadFramesGetTheirErrorAndOthersAreUntouched) {
   // The close frame arrived (its code is kept); answering it may find the socket already
   // gone (broken pipe, not connected), which is fine.
   EXPECT_TRUE(ec) << "the oversized frame's connection stayed open";
-  EXPECT_EQ(big.s.reason().code, ws::close_code::too_big) << ec.message();
+  EXPECT_EQ(big.s.reason().code, websocket::close_code::too_big) << ec.message();
 
   ASSERT_FALSE(viewer.read(text, bytes));  // the viewer saw the good frame, nothing else
   EXPECT_FALSE(text);
@@ -230,27 +223,28 @@ TEST(RelayWs, RefusalsAreHttpErrorsBeforeTheUpgrade) {
   const auto port = relay.http_port();
   {
     WsClient unknown;
-    EXPECT_EQ(unknown.connect(port, "/v1/ws/subscribe/nowhere"), ws::error::upgrade_declined);
+    EXPECT_EQ(unknown.connect(port, "/v1/ws/subscribe/nowhere"),
+              websocket::error::upgrade_declined);
     EXPECT_EQ(unknown.http_status, 404U);
     EXPECT_NE(unknown.http_body.find("auto_create"), std::string::npos) << unknown.http_body;
   }
   {
     WsClient bad;
-    EXPECT_EQ(bad.connect(port, "/v1/ws/publish/bad%20name"), ws::error::upgrade_declined);
+    EXPECT_EQ(bad.connect(port, "/v1/ws/publish/bad%20name"), websocket::error::upgrade_declined);
     EXPECT_EQ(bad.http_status, 400U);
   }
   {
     WsClient nowhere;
-    EXPECT_EQ(nowhere.connect(port, "/v1/ws/elsewhere"), ws::error::upgrade_declined);
+    EXPECT_EQ(nowhere.connect(port, "/v1/ws/elsewhere"), websocket::error::upgrade_declined);
     EXPECT_EQ(nowhere.http_status, 404U);
   }
   WsClient first;
   ASSERT_FALSE(first.connect(port, "/v1/ws/subscribe/known?name=only"));
   WsClient second;
-  EXPECT_EQ(second.connect(port, "/v1/ws/subscribe/known"), ws::error::upgrade_declined);
+  EXPECT_EQ(second.connect(port, "/v1/ws/subscribe/known"), websocket::error::upgrade_declined);
   EXPECT_EQ(second.http_status, 503U);
   EXPECT_NE(second.http_body.find("STREAM_MAX_SESSIONS"), std::string::npos) << second.http_body;
-  first.s.close(ws::close_code::normal);
+  first.s.close(websocket::close_code::normal);
 }
 
 // A viewer that stops reading is disconnected after max_send_timeouts sends that each took
@@ -300,7 +294,7 @@ TEST(RelayWs, AViewerThatStopsReadingIsDisconnectedAndOthersCarryOn) {
     if (ec) break;
     stuck_got += text ? 0 : 1;
   }
-  EXPECT_EQ(ec, ws::error::closed) << ec.message();
+  EXPECT_EQ(ec, websocket::error::closed) << ec.message();
   EXPECT_EQ(static_cast<int>(stuck.s.reason().code), 4008);
   EXPECT_LT(stuck_got, kFrames);
   publisher.join();
