@@ -55,9 +55,66 @@ struct Topic {
     }
     return b;
   }
+  // Why a publish gave up after max_wait: the topic, the slowest subscriber, its bytes, the
+  // limit, and the settings to change.
+  std::string full_message() const {
+    const auto s = broadcast.stats();
+    std::string slowest = "(none)";
+    std::uint64_t bytes = 0;
+    for (const auto& sub : s.subscribers) {
+      if (sub.lag_bytes >= bytes) {
+        bytes = sub.lag_bytes;
+        slowest = sub.name;
+      }
+    }
+    return "topic '" + name + "' is full: waited " + std::to_string(config.max_wait.count()) +
+           " ms for room; subscriber '" + slowest + "' holds " + std::to_string(bytes) +
+           " bytes of max_queue_bytes " + std::to_string(config.max_queue_bytes) +
+           ". Speed up the consumer, or raise max_queue_bytes (SLUICE_MAX_QUEUE_BYTES) or "
+           "max_wait_ms (SLUICE_MAX_WAIT_MS)";
+  }
+
   std::string name;
   TopicConfig config;
   Broadcast<RelayMessage> broadcast;
+};
+
+// A publisher held back by a full lossless topic: when throttling starts (slow_down), when it
+// ends (resume, once the topic has drained to half its budget), and the max_wait deadline of
+// the item that waits. Shared by the gRPC and WebSocket publishers; its owner serializes calls.
+class Throttle {
+ public:
+  enum class Wait : std::uint8_t {
+    started,  // the first refusal of this item: arm a wake-up at deadline()
+    waiting,  // refused again before the deadline
+    expired,  // past max_wait: give up
+  };
+  /// An item found no room now.
+  Wait blocked(const Topic& t) {
+    slowed_ = true;
+    const auto now = Clock::now();
+    if (!waiting_) {  // max_wait counts from when this item first found no room
+      waiting_ = true;
+      deadline_ = now + t.config.max_wait;
+      return Wait::started;
+    }
+    return now >= deadline_ ? Wait::expired : Wait::waiting;
+  }
+  /// An item went in: the next one that has to wait gets its own deadline.
+  void admitted() { waiting_ = false; }
+  /// Ends throttling if the topic has drained to half its budget; true if it just ended.
+  bool resumed(const Topic& t) {
+    if (!slowed_ || t.broadcast.queue_bytes() > t.config.max_queue_bytes / 2) return false;
+    slowed_ = false;
+    return true;
+  }
+  bool slowed() const { return slowed_; }
+  Clock::time_point deadline() const { return deadline_; }
+
+ private:
+  bool slowed_ = false;
+  bool waiting_ = false;
+  Clock::time_point deadline_;
 };
 
 // One Asio thread for the relay's own I/O: the HTTP endpoint and publish deadlines.
@@ -704,7 +761,7 @@ class PublishReactor final
           published_ = seq;
           published_any_ = true;
           ack_ = seq;
-          timer_set_ = false;  // the next item that has to wait gets its own deadline
+          throttle_.admitted();
           continue;
         }
         if (r.status != SendStatus::would_block) {
@@ -712,22 +769,21 @@ class PublishReactor final
                               "topic '" + topic_->name + "' is closed (the relay is stopping)"));
           return;
         }
-        if (!slowed_) slowed_ = true;
-        const auto now = Clock::now();
-        if (!timer_set_) {  // max_wait counts from when this item first found no room
-          timer_set_ = true;
-          deadline_ = now + topic_->config.max_wait;
-          relay_.io.at(deadline_, later(&PublishReactor::attempt));
-        } else if (now >= deadline_) {
-          finish(exhausted());
-          return;
+        switch (throttle_.blocked(*topic_)) {
+          case Throttle::Wait::started:
+            relay_.io.at(throttle_.deadline(), later(&PublishReactor::attempt));
+            break;
+          case Throttle::Wait::expired:
+            finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, topic_->full_message()));
+            return;
+          case Throttle::Wait::waiting:
+            break;
         }
         arm = true;
         break;
       }
       if (!arm) {
-        if (slowed_ && topic_->broadcast.queue_bytes() <= topic_->config.max_queue_bytes / 2)
-          slowed_ = false;  // hysteresis: resume at half the budget
+        throttle_.resumed(*topic_);  // (told to the producer by write_next)
         StartRead(&req_);
       }
       write_next();
@@ -740,34 +796,15 @@ class PublishReactor final
     }
   }
 
-  grpc::Status exhausted() const {
-    const auto s = topic_->broadcast.stats();
-    std::string slowest = "(none)";
-    std::uint64_t bytes = 0;
-    for (const auto& sub : s.subscribers) {
-      if (sub.lag_bytes >= bytes) {
-        bytes = sub.lag_bytes;
-        slowest = sub.name;
-      }
-    }
-    return {grpc::StatusCode::RESOURCE_EXHAUSTED,
-            "topic '" + topic_->name + "' is full: waited " +
-                std::to_string(topic_->config.max_wait.count()) + " ms for room; subscriber '" +
-                slowest + "' holds " + std::to_string(bytes) + " bytes of max_queue_bytes " +
-                std::to_string(topic_->config.max_queue_bytes) +
-                ". Speed up the consumer, or raise max_queue_bytes (SLUICE_MAX_QUEUE_BYTES) or "
-                "max_wait_ms (SLUICE_MAX_WAIT_MS)"};
-  }
-
   // One write at a time; what waits is coalesced: the flow state the producer has not been
   // told yet, then the newest ack. Caller holds mu_.
   void write_next() {
     if (writing_ || finished_) return;
     out_.Clear();
-    if (slowed_ != told_slowed_) {
-      told_slowed_ = slowed_;
+    if (throttle_.slowed() != told_slowed_) {
+      told_slowed_ = throttle_.slowed();
       const std::uint64_t queued = topic_->broadcast.queue_bytes();
-      if (slowed_) {
+      if (told_slowed_) {
         auto* e = out_.mutable_slow_down();
         e->set_topic(topic_->name);
         e->set_queue_bytes(queued);
@@ -788,7 +825,7 @@ class PublishReactor final
     StartWrite(&out_);
   }
   void maybe_finish() {  // caller holds mu_
-    if (reads_done_ && !writing_ && !ack_ && slowed_ == told_slowed_ && pending_.empty())
+    if (reads_done_ && !writing_ && !ack_ && throttle_.slowed() == told_slowed_ && pending_.empty())
       finish(grpc::Status::OK);
   }
 
@@ -800,10 +837,8 @@ class PublishReactor final
   v1::PublishRequest req_;
   std::shared_ptr<Topic> topic_;
   std::deque<RelayMessage> pending_;  // read from the producer, not yet in the topic
-  Clock::time_point deadline_;
-  bool timer_set_ = false;
+  Throttle throttle_;
   std::optional<std::uint64_t> ack_;  // the newest ack not yet written
-  bool slowed_ = false;               // the topic is holding this call back
   bool told_slowed_ = false;          // what the last flow event said
   v1::PublishEvent out_;              // the write in flight
   bool writing_ = false;
@@ -959,12 +994,10 @@ class WsPublisher final : public WsSession<WsPublisher> {
     auto r = topic_->broadcast.try_publish(std::move(*pending_));
     if (r.status == SendStatus::ok) {
       pending_.reset();
-      waiting_ = false;
+      throttle_.admitted();
       timer_.cancel();
-      if (slowed_ && topic_->broadcast.queue_bytes() <= topic_->config.max_queue_bytes / 2) {
-        slowed_ = false;
+      if (throttle_.resumed(*topic_))
         send_event({{"resume", true}, {"queue_bytes", topic_->broadcast.queue_bytes()}});
-      }
       read();
       return;
     }
@@ -972,42 +1005,33 @@ class WsPublisher final : public WsSession<WsPublisher> {
       close(websocket::close_code::going_away, "the relay is stopping");
       return;
     }
-    if (!slowed_) {
-      slowed_ = true;
+    const bool was_slowed = throttle_.slowed();
+    const auto wait = throttle_.blocked(*topic_);
+    if (!was_slowed) {
       send_event({{"warning", "slow_down"},
                   {"topic", topic_->name},
                   {"queue_bytes", topic_->broadcast.queue_bytes()},
                   {"limit_bytes", topic_->config.max_queue_bytes}});
     }
-    const auto now = Clock::now();
-    if (!waiting_) {
-      waiting_ = true;
-      deadline_ = now + topic_->config.max_wait;
-      timer_.expires_at(deadline_);
+    if (wait == Throttle::Wait::expired) {
+      send_event({{"error", topic_->full_message()}, {"frame_index", index}});
+      close(websocket::close_code::try_again_later,
+            "topic full past max_wait_ms (SLUICE_MAX_WAIT_MS)");
+      return;
+    }
+    if (wait == Throttle::Wait::started) {
+      timer_.expires_at(throttle_.deadline());
       // The timer holds the session while it waits (no read is pending meanwhile).
       timer_.async_wait([self = shared_from_this()](boost::beast::error_code ec) {
         if (!ec) self->attempt();
       });
-    } else if (now >= deadline_) {
-      send_event(
-          {{"error", "topic '" + topic_->name + "' stayed full for " +
-                         std::to_string(topic_->config.max_wait.count()) +
-                         " ms (max_wait_ms / SLUICE_MAX_WAIT_MS); queue_bytes " +
-                         std::to_string(topic_->broadcast.queue_bytes()) + " of max_queue_bytes " +
-                         std::to_string(topic_->config.max_queue_bytes)},
-           {"frame_index", index}});
-      close(websocket::close_code::try_again_later,
-            "topic full past max_wait_ms (SLUICE_MAX_WAIT_MS)");
-      return;
     }
     topic_->broadcast.on_writable(posted(&WsPublisher::attempt), bytes);
   }
 
   boost::beast::flat_buffer in_;
   std::optional<RelayMessage> pending_;
-  Clock::time_point deadline_;
-  bool waiting_ = false;
-  bool slowed_ = false;
+  Throttle throttle_;
 };
 
 // A viewer: the subscription's cursor is its only queue; one write at a time; gap notices
