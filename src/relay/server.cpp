@@ -4,6 +4,7 @@
 
 #include <array>
 #include <atomic>
+#include <boost/asio/buffer.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
@@ -949,19 +950,21 @@ class WsPublisher final : public WsSession<WsPublisher> {
   }
 
  private:
+  // Reads into a string the frame's Buffer then owns: the payload is never copied.
   void read() {
     if (closing_) return;
     in_.clear();
-    ws_.async_read(in_, [self = shared_from_this()](boost::beast::error_code ec, std::size_t) {
-      self->on_read(ec);
-    });
+    in_buffer_.emplace(in_);
+    ws_.async_read(*in_buffer_, [self = shared_from_this()](boost::beast::error_code ec,
+                                                            std::size_t) { self->on_read(ec); });
   }
 
   void on_read(boost::beast::error_code ec) {
     if (ec) return;  // closed (by either side), too big (Beast closed with 1009), or gone
-    const std::size_t size = in_.size();
+    const std::size_t size = in_buffer_->size();
+    in_.resize(size);  // (the string may hold spare room the buffer prepared)
     if (ws_.got_text()) {
-      const auto text = boost::beast::buffers_to_string(in_.data());
+      const std::string& text = in_;
       const auto j = nlohmann::json::parse(text, nullptr, false);
       if (j.is_discarded()) {
         send_event({{"error", "invalid JSON in a text frame"}});
@@ -979,8 +982,7 @@ class WsPublisher final : public WsSession<WsPublisher> {
       read();
       return;
     }
-    // One copy out of the socket's buffer; from here the payload is shared, never copied.
-    const Buffer frame = Buffer::copy(in_.data().data(), size);
+    const Buffer frame(std::move(in_));  // takes the bytes as read; shared from here on
     const auto head = ws::decode(frame.data());
     pending_ = RelayMessage{frame.slice(ws::kFrameHeaderBytes), head.index,
                             head.timestamp_ns != 0 ? head.timestamp_ns : unix_now_ns()};
@@ -1029,7 +1031,10 @@ class WsPublisher final : public WsSession<WsPublisher> {
     topic_->broadcast.on_writable(posted(&WsPublisher::attempt), bytes);
   }
 
-  boost::beast::flat_buffer in_;
+  std::string in_;  // the frame being read
+  std::optional<boost::asio::dynamic_string_buffer<char, std::char_traits<char>,
+                                                   std::allocator<char>>>
+      in_buffer_;  // reads into in_ (made anew per frame: in_ moves into a Buffer)
   std::optional<RelayMessage> pending_;
   Throttle throttle_;
 };
