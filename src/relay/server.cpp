@@ -364,8 +364,10 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
     registry.counter_fn("sluice_topic_publish_timeouts_total",
                         "Publishes that gave up after max_wait (RESOURCE_EXHAUSTED)", labels,
                         stat([](const BroadcastStats& s) { return double(s.timeouts); }));
-    registry.gauge_fn("sluice_topic_subscribers", "Current subscribers", labels,
-                      stat([](const BroadcastStats& s) { return double(s.subscribers.size()); }));
+    registry.gauge_fn("sluice_topic_subscribers", "Current subscribers", labels, [weak] {
+      const auto topic = weak.lock();
+      return topic ? double(topic->broadcast.subscriber_count()) : 0.0;
+    });
     registry.gauge_fn("sluice_topic_queue_bytes",
                       "Bytes the furthest-behind subscriber has outstanding", labels, [weak] {
                         const auto topic = weak.lock();
@@ -433,12 +435,26 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
     if (!slot) {
       sessions_refused.inc();
       status = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                            "too many sessions: " + std::to_string(config.max_sessions) +
-                                " Publish/Subscribe calls are open, max_sessions is " +
+                            "too many sessions: max_sessions (STREAM_MAX_SESSIONS / "
+                            "--max-sessions) = " +
                                 std::to_string(config.max_sessions) +
-                                " (STREAM_MAX_SESSIONS / --max-sessions)");
+                                " gRPC and WebSocket sessions are already open");
     }
     return slot;
+  }
+
+  // Joins `t` as `name` (at most 128 bytes; empty: `fallback`) with `depth` (0: the topic's
+  // default); the broadcast's own check refuses a depth above its capacity.
+  static std::optional<Subscription<RelayMessage>> subscribe(Topic& t, const std::string& name,
+                                                             const char* fallback,
+                                                             std::size_t depth,
+                                                             grpc::Status& status) {
+    try {
+      return t.broadcast.subscribe(name.empty() ? fallback : name.substr(0, 128), depth);
+    } catch (const std::invalid_argument& e) {
+      status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, e.what());
+      return std::nullopt;
+    }
   }
 
   const RelayConfig config;
@@ -459,7 +475,6 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
     c.action = SlowAction::disconnect;
     return c;
   }()};
-  std::atomic<std::uint64_t> next_ws_id{1};
   IoThread io;  // last: see ~Impl
 };
 
@@ -1047,10 +1062,9 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
                boost::asio::ip::tcp::socket socket, Subscription<RelayMessage> sub)
       : WsSession(relay, std::move(slot), std::move(topic), std::move(socket)),
         sub_(std::move(sub)),
-        sink_(topic_->name + "/" + sub_.name() + "#" +
-              std::to_string(relay.next_ws_id.fetch_add(1))) {
-    series_.emplace(relay_.registry, topic_->name, &sub_, relay_.next_session_id.fetch_add(1));
-  }
+        id_(relay.next_session_id.fetch_add(1)),
+        sink_(topic_->name + "/" + sub_.name() + "#" + std::to_string(id_)),
+        series_(relay_.registry, topic_->name, &sub_, id_) {}
   WsSubscriber(const WsSubscriber&) = delete;
   WsSubscriber& operator=(const WsSubscriber&) = delete;
   WsSubscriber(WsSubscriber&&) = delete;
@@ -1158,8 +1172,9 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
   }
 
   Subscription<RelayMessage> sub_;
-  std::optional<SubscriberSeries> series_;  // (scrapes run on this thread: no race with leaving)
+  const std::uint64_t id_;  // the session label in metrics, and the sink's
   const std::string sink_;
+  SubscriberSeries series_;  // reads sub_ (inactive once left); scrapes run on this thread
   boost::beast::flat_buffer in_;
   std::optional<RelayMessage> frame_;  // the frame being written (its Buffer stays alive)
   std::array<unsigned char, ws::kFrameHeaderBytes> header_{};
@@ -1229,17 +1244,9 @@ grpc::ServerWriteReactor<v1::SubscribeEvent>* RelayServer::Impl::Subscribe(
   if (!slot) return new Failed(status);
   auto t = topic(req->topic(), status);
   if (!t) return new Failed(status);
-  if (req->depth() > t->broadcast.config().capacity) {
-    return new Failed(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                   "depth " + std::to_string(req->depth()) + " is above topic '" +
-                                       t->name + "''s capacity of " +
-                                       std::to_string(t->broadcast.config().capacity) +
-                                       " (0 takes the topic's default, " +
-                                       std::to_string(t->broadcast.config().default_depth) + ")"));
-  }
-  const std::string name = req->name().empty() ? "subscriber" : req->name().substr(0, 128);
-  return new SubscribeReactor(*this, std::move(slot), t,
-                              t->broadcast.subscribe(name, req->depth()));
+  auto sub = subscribe(*t, req->name(), "subscriber", req->depth(), status);
+  if (!sub) return new Failed(status);
+  return new SubscribeReactor(*this, std::move(slot), t, std::move(*sub));
 }
 
 grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>* RelayServer::Impl::Publish(
@@ -1286,23 +1293,23 @@ bool RelayServer::Impl::upgrade(boost::asio::ip::tcp::socket& socket, HttpServer
         ->start(std::move(request));
     return true;
   }
-  std::size_t depth = 0;
+  std::size_t depth = 0;  // the topic's default
   if (const std::string d = query_value(query, "depth"); !d.empty()) {
     char* end = nullptr;
-    const unsigned long v = std::strtoul(d.c_str(), &end, 10);
-    if (end == d.c_str() || *end != '\0' || v == 0 || v > t->broadcast.config().capacity) {
+    depth = std::strtoul(d.c_str(), &end, 10);
+    if (end == d.c_str() || *end != '\0' || depth == 0) {
       status = 400;
-      body = "depth '" + d.substr(0, 20) + "': accepted 1 to the topic's capacity, " +
-             std::to_string(t->broadcast.config().capacity) + "\n";
+      body = "depth '" + d.substr(0, 20) + "': a whole number from 1 to the topic's capacity\n";
       return false;
     }
-    depth = v;
   }
-  std::string viewer = query_value(query, "name");
-  if (viewer.empty()) viewer = "viewer";
-  viewer = viewer.substr(0, 128);
-  auto sub = t->broadcast.subscribe(viewer, depth);
-  std::make_shared<WsSubscriber>(*this, std::move(slot), t, std::move(socket), std::move(sub))
+  auto sub = subscribe(*t, query_value(query, "name"), "viewer", depth, st);
+  if (!sub) {
+    status = 400;
+    body = st.error_message() + "\n";
+    return false;
+  }
+  std::make_shared<WsSubscriber>(*this, std::move(slot), t, std::move(socket), std::move(*sub))
       ->start(std::move(request));
   return true;
 }
