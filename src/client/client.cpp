@@ -257,13 +257,9 @@ struct Publisher::Impl {
         std::unique_lock lock(mu);
         cv.wait(lock,
                 [&] { return next_to_send < next_sequence || closing || call_ended || stopping; });
-        if (stopping && !call_ended) {
-          ctx->TryCancel();
-        }
-        if (call_ended || stopping) {
-          // fall through to ending the call below
-        } else if (next_to_send < next_sequence) {
-          batch.clear();
+        if (stopping && !call_ended) ctx->TryCancel();
+        const bool ending = call_ended || stopping;  // then straight to ending the call below
+        if (!ending && next_to_send < next_sequence) {
           std::uint64_t bytes = 0;
           auto it = unacked.begin() +
                     static_cast<std::ptrdiff_t>(next_to_send - unacked.front().sequence);
@@ -271,11 +267,11 @@ struct Publisher::Impl {
             batch.push_back(*it);  // Buffers: references, not bytes
             bytes += it->payload.size();
           }
-        } else {
+        } else if (!ending) {
           half_close = true;  // closing, everything sent
         }
       }
-      if (!batch.empty() && !call_ended_now()) {
+      if (!batch.empty()) {  // (a call that ended meanwhile fails the write)
         if (write(batch)) {
           std::lock_guard lock(mu);
           next_to_send += batch.size();
@@ -300,11 +296,6 @@ struct Publisher::Impl {
       }
       if (!retry(st)) return;
     }
-  }
-
-  bool call_ended_now() {
-    std::lock_guard lock(mu);
-    return call_ended;
   }
 
   Status publish(Buffer payload, std::int64_t ts) {
