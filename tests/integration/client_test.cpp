@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "loopback.hpp"
 #include "sluice/relay_server.hpp"
 
 namespace sluice {
@@ -28,15 +29,9 @@ constexpr int kResourceExhausted = 8;
 constexpr int kNotFound = 5;
 
 struct Relay {
-  explicit Relay(RelayConfig c) : server(prepare(std::move(c))) {
+  explicit Relay(RelayConfig c) : server(testing::loopback(std::move(c))) {
     server.start();
     target = "127.0.0.1:" + std::to_string(server.grpc_port());
-  }
-  static RelayConfig prepare(RelayConfig c) {
-    c.host = "127.0.0.1";
-    c.grpc_port = 0;
-    c.http_port = 0;
-    return c;
   }
   RelayServer server;
   std::string target;

@@ -4,19 +4,15 @@
 
 #include <algorithm>
 #include <atomic>
-#include <boost/asio/connect.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
 #include <chrono>
 #include <cstdio>
 #include <map>
 #include <memory>
 #include <string>
 #include <thread>
-#include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 #include <vector>
 
+#include "loopback.hpp"
 #include "sluice/relay_server.hpp"
 #include "sluice/v1/relay.grpc.pb.h"
 
@@ -26,28 +22,8 @@ namespace {
 using namespace std::chrono_literals;
 namespace v1 = ::sluice::v1;
 
-RelayConfig loopback() {
-  RelayConfig c;
-  c.host = "127.0.0.1";
-  c.grpc_port = 0;
-  c.http_port = 0;
-  return c;
-}
-
-// GET http://127.0.0.1:port/target -> (status, body), with a real HTTP client (Beast).
-std::pair<unsigned, std::string> http_get(std::uint16_t port, const std::string& target) {
-  namespace http = boost::beast::http;
-  boost::asio::io_context io;
-  boost::asio::ip::tcp::socket socket(io);
-  socket.connect({boost::asio::ip::make_address("127.0.0.1"), port});
-  http::request<http::empty_body> req{http::verb::get, target, 11};
-  req.set(http::field::host, "127.0.0.1");
-  http::write(socket, req);
-  boost::beast::flat_buffer buffer;
-  http::response<http::string_body> res;
-  http::read(socket, buffer, res);
-  return {res.result_int(), res.body()};
-}
+using testing::http_get;
+using testing::loopback;
 
 struct Relay {
   explicit Relay(RelayConfig c) : server(std::move(c)) {
@@ -95,6 +71,21 @@ Ended end_publish(Stream& stream) {
   }
   e.status = stream->Finish();
   return e;
+}
+
+// Publishes one item on a new call, retrying while the relay refuses for the session limit
+// (a session's slot frees once its call is done, a moment after the client saw it end).
+Ended publish_when_a_slot_is_free(Relay& relay, const std::string& topic, std::string payload) {
+  Ended ended;
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    grpc::ClientContext ctx;
+    auto stream = relay.stub->Publish(&ctx);
+    stream->Write(item(topic, 1, payload));
+    ended = end_publish(stream);
+    if (ended.status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) break;
+    std::this_thread::sleep_for(5ms);
+  }
+  return ended;
 }
 
 // Opens a subscription and waits until the relay has registered it.
@@ -418,15 +409,7 @@ TEST(RelayGrpc, SessionsOverTheLimitAreRefusedAndOthersKeepWorking) {
   v1::SubscribeEvent e;
   EXPECT_FALSE(b->Read(&e));
   b->Finish();
-  Ended ended;
-  for (int attempt = 0; attempt < 200; ++attempt) {  // the slot frees when the call is done
-    grpc::ClientContext ctx;
-    auto stream = relay.stub->Publish(&ctx);
-    stream->Write(item("t", 7, "hello"));
-    ended = end_publish(stream);
-    if (ended.status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) break;
-    std::this_thread::sleep_for(5ms);
-  }
+  const Ended ended = publish_when_a_slot_is_free(relay, "t", "hello");
   EXPECT_TRUE(ended.status.ok()) << ended.status.error_message();
   ASSERT_TRUE(read_event(a, e));
   EXPECT_EQ(e.item().payload(), "hello");
@@ -475,15 +458,7 @@ TEST(RelayGrpc, ClientsCancellingMidStreamLeaveNoTraceAndHarmNoOne) {
     name.append(std::to_string(i));
     readers.push_back(subscribe(relay, *ctxs.back(), "calm", name));
   }
-  Ended ended;
-  for (int attempt = 0; attempt < 200; ++attempt) {
-    grpc::ClientContext ctx;
-    auto stream = relay.stub->Publish(&ctx);
-    stream->Write(item("calm", 1, "still here"));
-    ended = end_publish(stream);
-    if (ended.status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) break;
-    std::this_thread::sleep_for(5ms);
-  }
+  const Ended ended = publish_when_a_slot_is_free(relay, "calm", "still here");
   EXPECT_TRUE(ended.status.ok()) << ended.status.error_message();
   for (auto& r : readers) {
     v1::SubscribeEvent e;

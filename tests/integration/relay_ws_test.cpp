@@ -4,17 +4,17 @@
 #include <atomic>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
 #include <boost/beast/websocket.hpp>
 #include <chrono>
 #include <cstdint>
-#include <cstring>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 #include <vector>
 
+#include "loopback.hpp"
 #include "sluice/relay_server.hpp"
 #include "sluice/ws_frame.hpp"
 
@@ -24,13 +24,7 @@ namespace {
 using namespace std::chrono_literals;
 namespace websocket = boost::beast::websocket;
 
-RelayConfig loopback() {
-  RelayConfig c;
-  c.host = "127.0.0.1";
-  c.grpc_port = 0;
-  c.http_port = 0;
-  return c;
-}
+using testing::loopback;
 
 // header (frame_index, timestamp_ns) + payload
 std::string frame(std::uint64_t index, std::int64_t stamp, const std::string& payload) {
@@ -58,21 +52,7 @@ struct WsClient {
   // Beast does not hand back a declined handshake's response: ask again with a plain HTTP
   // client and the same upgrade headers, and keep the status and body.
   void refused(std::uint16_t port, const std::string& target) {
-    namespace http = boost::beast::http;
-    boost::asio::ip::tcp::socket socket(io);
-    socket.connect({boost::asio::ip::make_address("127.0.0.1"), port});
-    http::request<http::empty_body> req{http::verb::get, target, 11};
-    req.set(http::field::host, "127.0.0.1");
-    req.set(http::field::connection, "Upgrade");
-    req.set(http::field::upgrade, "websocket");
-    req.set(http::field::sec_websocket_version, "13");
-    req.set(http::field::sec_websocket_key, "dGhlIHNhbXBsZSBub25jZQ==");
-    http::write(socket, req);
-    boost::beast::flat_buffer buffer;
-    http::response<http::string_body> res;
-    http::read(socket, buffer, res);
-    http_status = res.result_int();
-    http_body = res.body();
+    std::tie(http_status, http_body) = testing::http_get(port, target, /*as_upgrade=*/true);
   }
   void send_binary(const std::string& bytes) {
     s.binary(true);
@@ -92,20 +72,6 @@ struct WsClient {
     return ec;
   }
 };
-
-std::string http_get(std::uint16_t port, const std::string& target) {
-  namespace http = boost::beast::http;
-  boost::asio::io_context io;
-  boost::asio::ip::tcp::socket socket(io);
-  socket.connect({boost::asio::ip::make_address("127.0.0.1"), port});
-  http::request<http::empty_body> req{http::verb::get, target, 11};
-  req.set(http::field::host, "127.0.0.1");
-  http::write(socket, req);
-  boost::beast::flat_buffer buffer;
-  http::response<http::string_body> res;
-  http::read(socket, buffer, res);
-  return res.body();
-}
 
 TEST(RelayWs, FramesFromAPublisherReachEveryViewerWithTheirHeader) {
   RelayServer relay(loopback());
@@ -132,7 +98,7 @@ TEST(RelayWs, FramesFromAPublisherReachEveryViewerWithTheirHeader) {
   }
   EXPECT_NE(relay.stats_json().find("\"b two\""), std::string::npos);  // names are decoded
   // Viewers have their series in /metrics, like gRPC subscribers.
-  const std::string metrics = http_get(port, "/metrics");
+  const std::string metrics = testing::http_get(port, "/metrics").second;
   EXPECT_NE(metrics.find("subscriber=\"b two\",topic=\"cam\"} 100"), std::string::npos) << metrics;
   pub.s.close(websocket::close_code::normal);
   a.s.close(websocket::close_code::normal);
