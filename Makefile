@@ -12,6 +12,8 @@ CMAKE_COMMON := -G Ninja -DSLUICE_WERROR=$(SLUICE_WERROR) -DCMAKE_EXPORT_COMPILE
 # Stress tests: items per test under the sanitizers (slower by 5-20x); `make soak` runs long.
 SAN_STRESS_ITEMS ?= 200000
 SOAK_ITEMS   ?= 20000000
+SOAK_SECONDS ?= 600
+SOAK_CHURN_CYCLES ?= 1000
 CTEST        := ctest --output-on-failure --timeout 300 -j $(JOBS)
 
 .PHONY: all deps build run demo test test-release test-tsan test-asan soak bench bench-core bench-broadcast bench-relay format tidy clean
@@ -55,9 +57,11 @@ test-asan: deps
 	cd build-asan && SLUICE_STRESS_ITEMS=$(SAN_STRESS_ITEMS) ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" \
 	  UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" $(CTEST)
 
-# The stress tests at soak scale (minutes), release build.
+# The stress tests at soak scale and the relay soaks at benchmark scale (R3: 10 min, R5: 1000
+# cycles), release build.
 soak: build
-	cd build && SLUICE_STRESS_ITEMS=$(SOAK_ITEMS) $(CTEST) -L stress --timeout 3600
+	cd build && SLUICE_STRESS_ITEMS=$(SOAK_ITEMS) SLUICE_SOAK_SECONDS=$(SOAK_SECONDS) \
+	  SLUICE_CHURN_CYCLES=$(SOAK_CHURN_CYCLES) $(CTEST) -L "stress|soak" --timeout 3600
 
 # Every benchmark against its peers (a few minutes): core C1-C3, broadcast B1-B3, relay R1-R2.
 bench: build

@@ -1,11 +1,16 @@
 // Sluice — SlowConsumerDetector: tells which sinks (sockets, subscribers, workers) cannot keep
 // up, from the durations of their writes (seeds 002 and 003).
 //
-// Feed it every write to a sink: record_write(sink, duration) or record_timeout(sink) when
-// the write gave up. A sink becomes slow after
-//   - `slow_writes` writes longer than `slow_write` among its last `window_writes` writes
-//     (default: 5 over 500 ms among the last 20), or
-//   - `consecutive_timeouts` timeouts in a row (default 10; seed 003 used 100 ms writes).
+// Feed it every write to a sink: record_write(sink, duration) when a write completed, or
+// record_timeout(sink) each time a write was pending for a send timeout (a write still pending
+// after three timeouts records three). Two findings:
+//   - slow: `slow_writes` bad writes (longer than `slow_write`, or timed out) among its last
+//     `window_writes` (default: 5 over 500 ms among the last 20). A sink that keeps up, only
+//     late, is slow: the policy's `action` (default drop: keep it, it loses data while slow).
+//   - stalled: `consecutive_timeouts` timeouts with no write completing in between (default 10;
+//     seed 003 used 100 ms sends): the sink is not draining at all. The policy's
+//     `stall_action` (default disconnect). A sink already slow can still stall: the stall is
+//     reported, once per run of timeouts (a completed write ends the run).
 // A slow sink is healthy again after `healthy_after` good writes in a row (default 20); its
 // history is cleared then, so one bad write does not make it slow again at once.
 // Each transition is returned as an event naming the sink, the evidence, and the action the
@@ -39,16 +44,17 @@ struct SlowConsumerConfig {
   std::size_t window_writes = 20;
   std::size_t consecutive_timeouts = 10;
   std::size_t healthy_after = 20;
-  SlowAction action = SlowAction::drop;
+  SlowAction action = SlowAction::drop;              // for a slow sink
+  SlowAction stall_action = SlowAction::disconnect;  // for a stalled one
   /// Throws std::invalid_argument naming the setting, its value and what is accepted.
   void validate() const;
 };
 
 struct SinkEvent {
-  enum class Kind : std::uint8_t { became_slow, recovered };
+  enum class Kind : std::uint8_t { became_slow, stalled, recovered };
   Kind kind = Kind::became_slow;
   std::string sink;
-  SlowAction action = SlowAction::drop;  // for became_slow: what the policy says to do
+  SlowAction action = SlowAction::drop;  // became_slow: `action`; stalled: `stall_action`
   std::string reason;                    // e.g. "5 of the last 20 writes took over 500 ms"
 };
 
@@ -58,7 +64,8 @@ struct SinkHealth {
   std::uint64_t writes = 0;
   std::uint64_t slow_writes = 0;  // all time
   std::uint64_t timeouts = 0;     // all time
-  std::uint64_t times_slow = 0;   // how often it became slow
+  std::uint64_t times_slow = 0;   // how often it became slow (stalls included)
+  std::uint64_t stalls = 0;       // how often it stalled
   std::chrono::nanoseconds last_write{0};
 };
 

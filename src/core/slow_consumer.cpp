@@ -76,19 +76,21 @@ std::optional<SinkEvent> SlowConsumerDetector::record(std::string_view name, boo
   s.consecutive_timeouts = timed_out ? s.consecutive_timeouts + 1 : 0;
   s.consecutive_good = bad ? 0 : s.consecutive_good + 1;
 
+  if (s.consecutive_timeouts == config_.consecutive_timeouts) {  // once per run of timeouts
+    if (!s.health.slow) ++s.health.times_slow;
+    s.health.slow = true;
+    ++s.health.stalls;
+    return SinkEvent{
+        SinkEvent::Kind::stalled, s.health.sink, config_.stall_action,
+        std::to_string(s.consecutive_timeouts) + " write timeouts in a row (no write completed)"};
+  }
   if (!s.health.slow) {
-    std::string reason;
-    if (s.consecutive_timeouts >= config_.consecutive_timeouts) {
-      reason = std::to_string(s.consecutive_timeouts) + " write timeouts in a row";
-    } else if (s.slow_in_window >= config_.slow_writes) {
-      reason = std::to_string(s.slow_in_window) + " of the last " + std::to_string(s.filled) +
-               " writes took over " + millis(config_.slow_write) + " or timed out";
-    }
-    if (reason.empty()) return std::nullopt;
+    if (s.slow_in_window < config_.slow_writes) return std::nullopt;
     s.health.slow = true;
     ++s.health.times_slow;
     return SinkEvent{SinkEvent::Kind::became_slow, s.health.sink, config_.action,
-                     std::move(reason)};
+                     std::to_string(s.slow_in_window) + " of the last " + std::to_string(s.filled) +
+                         " writes took over " + millis(config_.slow_write) + " or timed out"};
   }
   if (s.consecutive_good >= config_.healthy_after) {
     s.health.slow = false;

@@ -472,7 +472,8 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
   SlowConsumerDetector viewers{[this] {
     SlowConsumerConfig c;
     c.consecutive_timeouts = config.max_send_timeouts;
-    c.action = SlowAction::disconnect;
+    c.action = SlowAction::drop;  // a late viewer stays (real-time depth drops for it)
+    c.stall_action = SlowAction::disconnect;
     return c;
   }()};
   IoThread io;  // last: see ~Impl
@@ -1133,12 +1134,9 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
       self->frame_.reset();
       self->timer_.cancel();
       if (ec) return;
-      if (auto event =
-              self->relay_.viewers.record_write(self->sink_, Clock::now() - self->started_);
-          event && event->kind == SinkEvent::Kind::became_slow) {
-        self->slow(event->reason);
+      if (!self->on_sink_event(
+              self->relay_.viewers.record_write(self->sink_, Clock::now() - self->started_)))
         return;
-      }
       self->write_next();
     });
   }
@@ -1149,20 +1147,35 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
     timer_.async_wait([w = weak_from_this()](boost::beast::error_code ec) {
       auto s = w.lock();
       if (!s || ec || !s->writing_ || s->closing_) return;
-      if (auto event = s->relay_.viewers.record_timeout(s->sink_);
-          event && event->kind == SinkEvent::Kind::became_slow) {
-        s->slow(event->reason);
-        return;
-      }
-      s->arm_send_timer();
+      if (s->on_sink_event(s->relay_.viewers.record_timeout(s->sink_))) s->arm_send_timer();
     });
   }
 
-  void slow(const std::string& why) {
+  // Acts on what the detector found; false once the viewer is being disconnected. A late
+  // viewer (slow) stays: on a real-time topic its depth drops for it, announced as gaps.
+  bool on_sink_event(const std::optional<SinkEvent>& event) {
+    if (!event || event->kind == SinkEvent::Kind::recovered) return true;
+    relay_.registry
+        .counter("sluice_slow_viewers_total",
+                 "WebSocket viewers found slow (late sends) or stalled (sends not completing)",
+                 {{"kind", event->kind == SinkEvent::Kind::stalled ? "stalled" : "slow"},
+                  {"topic", topic_->name}})
+        .inc();
+    if (event->action != SlowAction::disconnect) return true;
+    disconnect_slow(event->reason);
+    return false;
+  }
+
+  void disconnect_slow(const std::string& why) {
     send_event({{"error", "disconnected as a slow consumer: " + why +
                               " (limits.send_timeout_ms, limits.max_send_timeouts)"}});
     sub_.unsubscribe();  // a lossless topic stops waiting for us now
-    close(static_cast<websocket::close_code>(4008), "slow consumer: sends kept timing out");
+    const auto ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(relay_.config.send_timeout);
+    close(static_cast<websocket::close_code>(4008),
+          "slow consumer: no send done in " + std::to_string(relay_.config.max_send_timeouts) +
+              " x " + std::to_string(ms.count()) +
+              " ms (limits.max_send_timeouts, limits.send_timeout_ms)");
     // If the viewer never reads again, the close frame cannot go out either: drop the socket.
     kill_.emplace(ws_.get_executor());
     kill_->expires_after(std::chrono::seconds(5));

@@ -17,6 +17,7 @@
 #include "loopback.hpp"
 #include "sluice/relay_server.hpp"
 #include "sluice/ws_frame.hpp"
+#include "ws_client.hpp"
 
 namespace sluice {
 namespace {
@@ -24,54 +25,10 @@ namespace {
 using namespace std::chrono_literals;
 namespace websocket = boost::beast::websocket;
 
+using testing::frame;
+using testing::index_of;
 using testing::loopback;
-
-// header (frame_index, timestamp_ns) + payload
-std::string frame(std::uint64_t index, std::int64_t stamp, const std::string& payload) {
-  const auto header = ws::encode({index, stamp});
-  return std::string(header.begin(), header.end()) + payload;
-}
-std::uint64_t index_of(const std::string& f) {
-  return ws::decode(f.data()).index;
-}
-
-struct WsClient {
-  boost::asio::io_context io;
-  websocket::stream<boost::asio::ip::tcp::socket> s{io};
-  unsigned http_status = 0;
-  std::string http_body;
-
-  boost::beast::error_code connect(std::uint16_t port, const std::string& target) {
-    s.next_layer().connect({boost::asio::ip::make_address("127.0.0.1"), port});
-    websocket::response_type res;
-    boost::beast::error_code ec;
-    s.handshake(res, "127.0.0.1", target, ec);
-    if (ec == websocket::error::upgrade_declined) refused(port, target);
-    return ec;
-  }
-  // Beast does not hand back a declined handshake's response: ask again with a plain HTTP
-  // client and the same upgrade headers, and keep the status and body.
-  void refused(std::uint16_t port, const std::string& target) {
-    std::tie(http_status, http_body) = testing::http_get(port, target, /*as_upgrade=*/true);
-  }
-  void send_binary(const std::string& bytes) {
-    s.binary(true);
-    s.write(boost::asio::buffer(bytes));
-  }
-  void send_text(const std::string& text) {
-    s.text(true);
-    s.write(boost::asio::buffer(text));
-  }
-  // The next message: (is_text, bytes), or an error (closed: s.reason() has the code).
-  boost::beast::error_code read(bool& text, std::string& bytes) {
-    boost::beast::flat_buffer b;
-    boost::beast::error_code ec;
-    s.read(b, ec);
-    text = s.got_text();
-    bytes = boost::beast::buffers_to_string(b.data());
-    return ec;
-  }
-};
+using testing::WsClient;
 
 TEST(RelayWs, FramesFromAPublisherReachEveryViewerWithTheirHeader) {
   RelayServer relay(loopback());
@@ -213,9 +170,10 @@ TEST(RelayWs, RefusalsAreHttpErrorsBeforeTheUpgrade) {
   first.s.close(websocket::close_code::normal);
 }
 
-// A viewer that stops reading is disconnected after max_send_timeouts sends that each took
-// longer than send_timeout, with close code 4008; the publisher (held back by the lossless
-// topic until then) and the other viewer carry on and lose nothing.
+// A viewer that stops reading is disconnected once its send stayed in flight for
+// max_send_timeouts send timeouts in a row, with close code 4008 and a reason naming both
+// settings; the publisher (held back by the lossless topic until then) and the other viewer
+// carry on and lose nothing.
 TEST(RelayWs, AViewerThatStopsReadingIsDisconnectedAndOthersCarryOn) {
   RelayConfig c = loopback();
   c.send_timeout = 100ms;  // the stuck viewer goes after 0.5 s; the fast one has margin
@@ -262,6 +220,9 @@ TEST(RelayWs, AViewerThatStopsReadingIsDisconnectedAndOthersCarryOn) {
   }
   EXPECT_EQ(ec, websocket::error::closed) << ec.message();
   EXPECT_EQ(static_cast<int>(stuck.s.reason().code), 4008);
+  EXPECT_EQ(std::string(stuck.s.reason().reason.c_str()),
+            "slow consumer: no send done in 5 x 100 ms (limits.max_send_timeouts, "
+            "limits.send_timeout_ms)");
   EXPECT_LT(stuck_got, kFrames);
   publisher.join();
   fast_reader.join();

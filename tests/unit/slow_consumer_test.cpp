@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -39,18 +40,46 @@ TEST(SlowConsumer, SlowWritesSpreadBeyondTheWindowDoNotAccumulate) {
   EXPECT_FALSE(d.is_slow("s"));
 }
 
-TEST(SlowConsumer, TenTimeoutsInARowMakeASinkSlowAndTheActionIsThePolicys) {
+TEST(SlowConsumer, TenTimeoutsInARowStallASinkAndTheActionIsThePolicys) {
   SlowConsumerConfig c;
-  c.action = SlowAction::disconnect;
   c.slow_writes = 20;  // leave only the timeout rule
   SlowConsumerDetector d(c);
   for (int i = 0; i < 9; ++i) EXPECT_FALSE(d.record_timeout("ws-7"));
-  EXPECT_FALSE(d.record_write("ws-7", 1ms));  // a good write resets the run
+  EXPECT_FALSE(d.record_write("ws-7", 1ms));  // a completed write ends the run
   for (int i = 0; i < 9; ++i) EXPECT_FALSE(d.record_timeout("ws-7"));
   auto e = d.record_timeout("ws-7");
   ASSERT_TRUE(e);
-  EXPECT_EQ(e->action, SlowAction::disconnect);
+  EXPECT_EQ(e->kind, SinkEvent::Kind::stalled);
+  EXPECT_EQ(e->action, SlowAction::disconnect);  // stall_action's default; `action` is drop
   EXPECT_NE(e->reason.find("10 write timeouts in a row"), std::string::npos) << e->reason;
+  EXPECT_TRUE(d.is_slow("ws-7"));
+  EXPECT_FALSE(d.record_timeout("ws-7"));  // one event per run
+  const auto h = d.health();
+  ASSERT_EQ(h.size(), 1U);
+  EXPECT_EQ(h[0].stalls, 1U);
+  EXPECT_EQ(h[0].times_slow, 1U);
+}
+
+// Seed 003's viewer that reads a frame every 200 ms: each send times out once, then completes.
+// It is slow (the policy drops for it), and never stalls; one that stops reading then stalls.
+TEST(SlowConsumer, ALateSinkIsSlowButOnlyAStoppedOneStalls) {
+  SlowConsumerDetector d;
+  std::optional<SinkEvent> slow;
+  for (int i = 0; i < 100; ++i) {
+    if (auto e = d.record_timeout("late")) {
+      EXPECT_EQ(e->kind, SinkEvent::Kind::became_slow);
+      EXPECT_FALSE(slow) << "a second event: " << e->reason;
+      slow = e;
+    }
+    EXPECT_FALSE(d.record_write("late", 200ms));
+  }
+  ASSERT_TRUE(slow);
+  EXPECT_EQ(slow->action, SlowAction::drop);
+  for (int i = 0; i < 9; ++i) EXPECT_FALSE(d.record_timeout("late"));
+  auto e = d.record_timeout("late");
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind, SinkEvent::Kind::stalled);
+  EXPECT_EQ(e->action, SlowAction::disconnect);
 }
 
 TEST(SlowConsumer, RecoversAfterGoodWritesInARowThenCanBeSlowAgain) {
