@@ -449,7 +449,15 @@ TEST(RelayGrpc, ClientsCancellingMidStreamLeaveNoTraceAndHarmNoOne) {
     }
     EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
   }
-  // All three session slots are free again (the relay releases them as the calls finish).
+  // All three session slots are free again (the relay releases them as the calls finish, on
+  // its own threads: wait for that, then use all three).
+  const auto open_sessions = [&] {
+    const auto metrics = http_get(relay.server.http_port(), "/metrics").second;
+    const auto at = metrics.find("\nsluice_sessions ");
+    return at == std::string::npos ? -1 : std::stol(metrics.substr(at + 17));
+  };
+  for (int i = 0; i < 1000 && open_sessions() != 0; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(open_sessions(), 0);
   std::vector<std::unique_ptr<grpc::ClientContext>> ctxs;
   std::vector<std::unique_ptr<grpc::ClientReader<v1::SubscribeEvent>>> readers;
   for (int i = 0; i < 2; ++i) {
