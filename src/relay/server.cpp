@@ -22,6 +22,7 @@
 #include <optional>
 #include <stdexcept>
 #include <thread>
+#include <type_traits>
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 
 #include "sluice/broadcast.hpp"
@@ -870,7 +871,10 @@ class PublishReactor final
 
 namespace websocket = boost::beast::websocket;
 using WsStream = websocket::stream<boost::beast::tcp_stream>;
-constexpr std::size_t kMaxControlQueued = 64;  // unread control events before we give up
+constexpr std::size_t kMaxControlQueued = 64;         // unread control events before we give up
+constexpr std::size_t kMaxViewerMessage = 64 * 1024;  // viewers send no frames: refused
+
+class WsPublisher;
 
 std::string json_text(const nlohmann::json& j) {
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -895,7 +899,9 @@ class WsSession : public std::enable_shared_from_this<Derived> {
     t.idle_timeout = std::chrono::seconds(60);  // pings keep a quiet peer alive
     t.keep_alive_pings = true;
     ws_.set_option(t);
-    ws_.read_message_max(relay_.config.max_frame_bytes + ws::kFrameHeaderBytes);
+    // Publishers' frames are measured as they arrive (WsPublisher::on_read_some: a 1009 with
+    // a reason); a viewer sends nothing but control frames, so Beast's own limit is enough.
+    ws_.read_message_max(std::is_same_v<Derived, WsPublisher> ? 0 : kMaxViewerMessage);
     request_ = std::move(request);
     ws_.async_accept(request_, [self = this->shared_from_this()](boost::beast::error_code ec) {
       if (!ec) self->opened();
@@ -966,17 +972,44 @@ class WsPublisher final : public WsSession<WsPublisher> {
   }
 
  private:
-  // Reads into a string the frame's Buffer then owns: the payload is never copied.
+  // Reads into a string the frame's Buffer then owns: the payload is never copied. Reads
+  // piecemeal so that a frame over the limit is refused with 1009 and a reason as soon as its
+  // size is known (the header of its first WebSocket frame), before its payload is read.
   void read() {
     if (closing_) return;
     in_.clear();
     in_buffer_.emplace(in_);
-    ws_.async_read(*in_buffer_, [self = shared_from_this()](boost::beast::error_code ec,
-                                                            std::size_t) { self->on_read(ec); });
+    read_some();
+  }
+  void read_some() {
+    // (0: as much as the current WebSocket frame still holds, known once its header is read)
+    ws_.async_read_some(*in_buffer_, 0,
+                        [self = shared_from_this()](boost::beast::error_code ec, std::size_t) {
+                          self->on_read_some(ec);
+                        });
+  }
+  void on_read_some(boost::beast::error_code ec) {
+    if (ec) return;  // closed (by either side) or gone
+    const std::uint64_t limit = relay_.config.max_frame_bytes + ws::kFrameHeaderBytes;
+    const std::uint64_t known =
+        in_buffer_->size() + (ws_.is_message_done() ? 0 : ws_.read_size_hint(1));
+    if (known > limit) {
+      // (a close reason holds 123 bytes at most; a fragmented message's size is known only
+      // up to its current WebSocket frame)
+      close(websocket::close_code::too_big, "message of at least " + std::to_string(known) +
+                                                " B; STREAM_MAX_FRAME_SIZE_MB allows " +
+                                                std::to_string(limit) +
+                                                " B (with the 16 B header)");
+      return;
+    }
+    if (!ws_.is_message_done()) {
+      read_some();
+      return;
+    }
+    on_read();
   }
 
-  void on_read(boost::beast::error_code ec) {
-    if (ec) return;  // closed (by either side), too big (Beast closed with 1009), or gone
+  void on_read() {
     const std::size_t size = in_buffer_->size();
     in_.resize(size);  // (the string may hold spare room the buffer prepared)
     if (ws_.got_text()) {

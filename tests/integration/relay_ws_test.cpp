@@ -130,6 +130,9 @@ TEST(RelayWs, BadFramesGetTheirErrorAndOthersAreUntouched) {
   // gone (broken pipe, not connected), which is fine.
   EXPECT_TRUE(ec) << "the oversized frame's connection stayed open";
   EXPECT_EQ(big.s.reason().code, websocket::close_code::too_big) << ec.message();
+  EXPECT_EQ(std::string(big.s.reason().reason.c_str()),
+            "message of at least 4096 B; STREAM_MAX_FRAME_SIZE_MB allows 1040 B (with the 16 B "
+            "header)");  // (Beast clients send 4 KiB WebSocket frames: the first one tells)
 
   ASSERT_FALSE(viewer.read(text, bytes));  // the viewer saw the good frame, nothing else
   EXPECT_FALSE(text);
