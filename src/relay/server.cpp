@@ -27,6 +27,7 @@
 
 #include "sluice/broadcast.hpp"
 #include "sluice/metrics.hpp"
+#include "sluice/priority_channel.hpp"
 #include "sluice/relay_server.hpp"
 #include "sluice/slow_consumer.hpp"
 #include "sluice/v1/relay.grpc.pb.h"
@@ -871,8 +872,9 @@ class PublishReactor final
 
 namespace websocket = boost::beast::websocket;
 using WsStream = websocket::stream<boost::beast::tcp_stream>;
-constexpr std::size_t kMaxControlQueued = 64;         // unread control events before we give up
-constexpr std::size_t kMaxViewerMessage = 64 * 1024;  // viewers send no frames: refused
+constexpr std::size_t kMaxControlQueued = 64;          // unread control events before we give up
+constexpr std::size_t kMaxViewerMessage = 64 * 1024;   // viewers send no frames: refused
+constexpr auto kCloseGrace = std::chrono::seconds(5);  // for a close handshake to complete
 
 class WsPublisher;
 
@@ -880,18 +882,46 @@ std::string json_text(const nlohmann::json& j) {
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-// What both kinds of WebSocket session share: the stream, its slot, text events (one write at
-// a time, bounded), closing once.
+// One WebSocket message on its way out: a JSON event (text), or a frame (binary: the 16-byte
+// header, then the payload Buffer shared with every other viewer).
+struct Outgoing {
+  std::string text;
+  std::optional<RelayMessage> frame;
+  std::size_t size_bytes() const {
+    return frame ? ws::kFrameHeaderBytes + frame->payload.size() : text.size();
+  }
+};
+
+// A connection's one outgoing queue. Control events (errors, slow_down, resume) and critical
+// ones (gap notices; drop notices) overtake frames and are never dropped: when 64 of a class
+// are unread the peer is not reading, and the session is closed (1008) instead. Frames (bulk)
+// come from the viewer's subscription one at a time: its cursor stays the real queue.
+PriorityChannelConfig outbox_config(const std::string& name) {
+  PriorityChannelConfig c;
+  c.name = name;
+  c[Priority::control].max_items = kMaxControlQueued;
+  c[Priority::critical].max_items = kMaxControlQueued;
+  c[Priority::important].max_items = 1;  // (unused)
+  c[Priority::bulk].max_items = 1;
+  c.max_items = 2 * kMaxControlQueued + 2;
+  c.max_bytes = kUnlimitedBytes;  // bounded by the items: a frame is at most max_frame_bytes
+  c.protected_full = PriorityChannelConfig::ProtectedFull::reject;
+  return c;
+}
+
+// What both kinds of WebSocket session share: the stream, its slot, the outgoing queue (one
+// write at a time), closing once. Everything here runs on the relay's I/O thread.
 template <class Derived>
 class WsSession : public std::enable_shared_from_this<Derived> {
  public:
   WsSession(RelayServer::Impl& relay, SessionSlot slot, std::shared_ptr<Topic> topic,
-            boost::asio::ip::tcp::socket socket)
+            boost::asio::ip::tcp::socket socket, const std::string& name)
       : relay_(relay),
         slot_(std::move(slot)),
         topic_(std::move(topic)),
         ws_(std::move(socket)),
-        timer_(ws_.get_executor()) {}
+        timer_(ws_.get_executor()),
+        out_(outbox_config(name)) {}
 
   void start(HttpServer::Request request) {
     websocket::stream_base::timeout t{};
@@ -908,29 +938,42 @@ class WsSession : public std::enable_shared_from_this<Derived> {
     });
   }
 
+  // Writes the next outgoing message, if none is in flight: the most important first.
+  void write_next() {
+    if (writing_ || closing_) return;
+    self().refill();
+    if (closing_) return;
+    auto r = out_.try_recv();
+    if (r.status == RecvStatus::ok) {
+      write(std::move(r->item));
+      return;
+    }
+    if (ending_) {  // everything before the end went out
+      close(ending_->first, ending_->second);
+      return;
+    }
+    self().idle();
+  }
+
  protected:
   Derived& self() { return static_cast<Derived&>(*this); }
 
-  // Queues a text event; the derived class's write_next() sends it.
-  void send_event(const nlohmann::json& event) {
-    if (closing_) return;
-    if (events_.size() >= kMaxControlQueued) {
-      close(websocket::close_code::policy_error, "64 control events unread");
-      return;
-    }
-    events_.push_back(json_text(event));
-    self().write_next();
+  // Queues a message without writing it; false (and the session closing) if its class is full.
+  bool enqueue(Priority p, Outgoing m) {
+    if (closing_) return false;
+    if (out_.try_send(p, std::move(m)).status == SendStatus::ok) return true;
+    close(websocket::close_code::policy_error,
+          std::to_string(kMaxControlQueued) + " " + std::string(to_string(p)) +
+              " events unread: the peer is not reading its socket");
+    return false;
   }
-  // Starts writing the oldest text event. Caller checked !writing_ and !events_.empty().
-  void write_event() {
-    writing_ = true;
-    ws_.text(true);
-    ws_.async_write(boost::asio::buffer(events_.front()),
-                    [self = this->shared_from_this()](boost::beast::error_code ec, std::size_t) {
-                      self->writing_ = false;
-                      self->events_.pop_front();
-                      if (!ec) self->write_next();
-                    });
+  // Queues a JSON event (control by default) and writes it as soon as it is its turn.
+  void send_event(const nlohmann::json& event, Priority p = Priority::control) {
+    if (enqueue(p, Outgoing{json_text(event), std::nullopt})) write_next();
+  }
+  // Closes once everything queued so far has been written (at write_next()'s next turn).
+  void end_after_queued(websocket::close_code code, std::string reason) {
+    ending_.emplace(code, std::move(reason));
   }
   void close(websocket::close_code code, std::string_view reason) {
     if (closing_) return;
@@ -940,6 +983,13 @@ class WsSession : public std::enable_shared_from_this<Derived> {
     ws_.async_close(
         websocket::close_reason(code, boost::beast::string_view(reason.data(), reason.size())),
         [self = this->shared_from_this()](boost::beast::error_code) {});
+    // A peer that does not read lets neither the write in flight nor the close frame out:
+    // drop the connection if the close has not completed after kCloseGrace.
+    kill_.emplace(ws_.get_executor());
+    kill_->expires_after(kCloseGrace);
+    kill_->async_wait([w = this->weak_from_this()](boost::beast::error_code ec) {
+      if (auto s = w.lock(); s && !ec) boost::beast::get_lowest_layer(s->ws_).close();
+    });
   }
   // A callback for hooks on other threads: runs `method` on the I/O thread if still alive.
   std::function<void()> posted(void (Derived::*method)()) {
@@ -950,26 +1000,61 @@ class WsSession : public std::enable_shared_from_this<Derived> {
     };
   }
 
+  // What a derived session may add (defaults: nothing).
+  void refill() {}                        // top up the queue (a viewer: from its subscription)
+  void idle() {}                          // nothing to write: arm what will call write_next()
+  void write_started(const Outgoing&) {}  // e.g. start a send timer
+  bool write_done(const Outgoing&) { return true; }  // false: stop (the session is ending)
+
   RelayServer::Impl& relay_;
   SessionSlot slot_;
   std::shared_ptr<Topic> topic_;
   WsStream ws_;
   boost::asio::steady_timer timer_;
   HttpServer::Request request_;
-  std::deque<std::string> events_;  // text events waiting to be written
-  bool writing_ = false;
+  PriorityChannel<Outgoing> out_;
+  std::optional<boost::asio::steady_timer> kill_;  // after close(): see there
   bool closing_ = false;
+
+ private:
+  void write(Outgoing m) {
+    writing_ = true;
+    current_ = std::move(m);
+    self().write_started(current_);
+    auto done = [self = this->shared_from_this()](boost::beast::error_code ec, std::size_t) {
+      self->writing_ = false;
+      const Outgoing written = std::exchange(self->current_, Outgoing{});
+      if (ec || !self->self().write_done(written)) return;
+      self->write_next();
+    };
+    if (!current_.frame) {
+      ws_.text(true);
+      ws_.async_write(boost::asio::buffer(current_.text), std::move(done));
+      return;
+    }
+    header_ = ws::encode({current_.frame->sequence, current_.frame->timestamp_ns});
+    ws_.binary(true);
+    const std::array<boost::asio::const_buffer, 2> parts{
+        boost::asio::buffer(header_),
+        boost::asio::buffer(current_.frame->payload.data(), current_.frame->payload.size())};
+    ws_.async_write(parts, std::move(done));
+  }
+
+  Outgoing current_;  // being written (a frame's Buffer stays alive until then)
+  std::array<unsigned char, ws::kFrameHeaderBytes> header_{};
+  std::optional<std::pair<websocket::close_code, std::string>> ending_;
+  bool writing_ = false;
 };
 
 // A producer: reads a frame, puts it into the topic, and only then reads the next one (a
 // full lossless topic holds the socket back: TCP flow control reaches the producer).
 class WsPublisher final : public WsSession<WsPublisher> {
  public:
-  using WsSession::WsSession;
-  void opened() { read(); }
-  void write_next() {
-    if (!writing_ && !events_.empty()) write_event();
+  WsPublisher(RelayServer::Impl& relay, SessionSlot slot, std::shared_ptr<Topic> topic,
+              boost::asio::ip::tcp::socket socket)
+      : WsSession(relay, std::move(slot), topic, std::move(socket), "ws-publisher/" + topic->name) {
   }
+  void opened() { read(); }
 
  private:
   // Reads into a string the frame's Buffer then owns: the payload is never copied. Reads
@@ -1088,13 +1173,16 @@ class WsPublisher final : public WsSession<WsPublisher> {
   Throttle throttle_;
 };
 
-// A viewer: the subscription's cursor is its only queue; one write at a time; gap notices
-// before the next frame; a viewer whose writes keep timing out is disconnected (4008).
+// A viewer: the subscription's cursor is its queue of frames; the outgoing queue holds at most
+// one of them, behind control events and gap notices (each gap goes out before the frame
+// after it). One write at a time; a viewer whose send stays in flight for max_send_timeouts
+// send timeouts is disconnected (4008).
 class WsSubscriber final : public WsSession<WsSubscriber> {
  public:
   WsSubscriber(RelayServer::Impl& relay, SessionSlot slot, std::shared_ptr<Topic> topic,
                boost::asio::ip::tcp::socket socket, Subscription<RelayMessage> sub)
-      : WsSession(relay, std::move(slot), std::move(topic), std::move(socket)),
+      : WsSession(relay, std::move(slot), topic, std::move(socket),
+                  "ws-viewer/" + topic->name + "/" + sub.name()),
         sub_(std::move(sub)),
         id_(relay.next_session_id.fetch_add(1)),
         sink_(topic_->name + "/" + sub_.name() + "#" + std::to_string(id_)),
@@ -1110,36 +1198,53 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
     write_next();
   }
 
-  // Control events first (in order), then the subscription.
-  void write_next() {
-    if (writing_ || closing_) return;
-    if (!events_.empty()) {
-      write_event();
-      return;
-    }
-    auto r = sub_.try_recv();
-    switch (r.status) {
-      case RecvStatus::ok:
-        frame_ = std::move(*r);
-        header_ = ws::encode({frame_->sequence, frame_->timestamp_ns});
-        write_frame();
-        return;
-      case RecvStatus::gap:
-        send_event({{"gap", r.lost}, {"reason", std::string(to_string(r.reason))}});
-        return;
-      case RecvStatus::would_block:
-        sub_.on_readable(posted(&WsSubscriber::write_next));
-        return;
-      case RecvStatus::evicted:
-        close(websocket::close_code::policy_error, "evicted: the topic's publisher could not wait");
-        return;
-      default:
-        close(websocket::close_code::normal, "topic closed");
-        return;
+ private:
+  friend class WsSession<WsSubscriber>;
+
+  // Moves the subscription's next frame (and the gap notice before it) into the outgoing
+  // queue, unless a frame already waits there.
+  void refill() {
+    while (!frame_queued_ && !ending()) {
+      auto r = sub_.try_recv();
+      switch (r.status) {
+        case RecvStatus::ok:
+          frame_queued_ = enqueue(Priority::bulk, Outgoing{{}, std::move(*r)});
+          return;
+        case RecvStatus::gap:
+          if (!enqueue(Priority::critical,
+                       Outgoing{json_text({{"gap", r.lost},
+                                           {"reason", std::string(to_string(r.reason))}}),
+                                std::nullopt}))
+            return;
+          continue;  // the frame after the gap
+        case RecvStatus::would_block:
+          return;
+        case RecvStatus::evicted:
+          end_after_queued(websocket::close_code::policy_error,
+                           "evicted: the topic's publisher could not wait");
+          return;
+        default:
+          end_after_queued(websocket::close_code::normal, "topic closed");
+          return;
+      }
     }
   }
+  bool ending() const { return closing_ || ending_set_; }
+  void end_after_queued(websocket::close_code code, std::string reason) {
+    ending_set_ = true;
+    WsSession::end_after_queued(code, std::move(reason));
+  }
+  // Nothing to write: wake up when the subscription has something.
+  void idle() {
+    if (sub_armed_ || ending()) return;
+    sub_armed_ = true;
+    sub_.on_readable(posted(&WsSubscriber::readable));
+  }
+  void readable() {
+    sub_armed_ = false;
+    write_next();
+  }
 
- private:
   void read() {
     ws_.async_read(in_, [self = shared_from_this()](boost::beast::error_code ec, std::size_t) {
       if (ec) {  // the viewer went away or closed: leave the topic now
@@ -1154,24 +1259,18 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
     });
   }
 
-  void write_frame() {
-    writing_ = true;
+  // Every write is timed (the detector's input); a frame leaving the queue makes room for the
+  // next one.
+  void write_started(const Outgoing& m) {
+    if (m.frame) frame_queued_ = false;
+    in_flight_ = true;
     started_ = Clock::now();
     arm_send_timer();
-    ws_.binary(true);
-    const std::array<boost::asio::const_buffer, 2> parts{
-        boost::asio::buffer(header_),
-        boost::asio::buffer(frame_->payload.data(), frame_->payload.size())};
-    ws_.async_write(parts, [self = shared_from_this()](boost::beast::error_code ec, std::size_t) {
-      self->writing_ = false;
-      self->frame_.reset();
-      self->timer_.cancel();
-      if (ec) return;
-      if (!self->on_sink_event(
-              self->relay_.viewers.record_write(self->sink_, Clock::now() - self->started_)))
-        return;
-      self->write_next();
-    });
+  }
+  bool write_done(const Outgoing&) {
+    in_flight_ = false;
+    timer_.cancel();
+    return on_sink_event(relay_.viewers.record_write(sink_, Clock::now() - started_));
   }
 
   // Each send_timeout a frame is still in flight counts as a timeout.
@@ -1179,7 +1278,7 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
     timer_.expires_after(relay_.config.send_timeout);
     timer_.async_wait([w = weak_from_this()](boost::beast::error_code ec) {
       auto s = w.lock();
-      if (!s || ec || !s->writing_ || s->closing_) return;
+      if (!s || ec || !s->in_flight_ || s->closing_) return;
       if (s->on_sink_event(s->relay_.viewers.record_timeout(s->sink_))) s->arm_send_timer();
     });
   }
@@ -1209,12 +1308,6 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
           "slow consumer: no send done in " + std::to_string(relay_.config.max_send_timeouts) +
               " x " + std::to_string(ms.count()) +
               " ms (limits.max_send_timeouts, limits.send_timeout_ms)");
-    // If the viewer never reads again, the close frame cannot go out either: drop the socket.
-    kill_.emplace(ws_.get_executor());
-    kill_->expires_after(std::chrono::seconds(5));
-    kill_->async_wait([w = weak_from_this()](boost::beast::error_code ec) {
-      if (auto s = w.lock(); s && !ec) boost::beast::get_lowest_layer(s->ws_).close();
-    });
   }
 
   Subscription<RelayMessage> sub_;
@@ -1222,10 +1315,11 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
   const std::string sink_;
   SubscriberSeries series_;  // reads sub_ (inactive once left); scrapes run on this thread
   boost::beast::flat_buffer in_;
-  std::optional<RelayMessage> frame_;  // the frame being written (its Buffer stays alive)
-  std::array<unsigned char, ws::kFrameHeaderBytes> header_{};
   Clock::time_point started_;
-  std::optional<boost::asio::steady_timer> kill_;
+  bool frame_queued_ = false;  // a frame waits in the outgoing queue
+  bool sub_armed_ = false;     // a readable hook is registered with the subscription
+  bool in_flight_ = false;     // a write is in flight (the send timer's subject)
+  bool ending_set_ = false;    // the topic ended for us: close once the queue is written
 };
 
 std::string url_decode(std::string_view in) {

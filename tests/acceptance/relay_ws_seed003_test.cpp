@@ -247,7 +247,7 @@ TEST(Seed003, ChurnLeavesNoDescriptorAndMemoryReturnsToBaseline) {
   WsClient pub;
   ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/camera"));
   std::atomic<bool> stop{false};
-  std::thread publisher([&] { publish_30fps(pub, 256 * 1024, stop); });
+  std::thread publisher([&] { publish_30fps(pub, 64 * 1024, stop); });
 
   auto cycle = [&](std::uint64_t i) {
     WsClient viewer;

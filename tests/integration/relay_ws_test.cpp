@@ -7,6 +7,7 @@
 #include <boost/beast/websocket.hpp>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
@@ -137,6 +138,73 @@ TEST(RelayWs, BadFramesGetTheirErrorAndOthersAreUntouched) {
   ASSERT_FALSE(viewer.read(text, bytes));  // the viewer saw the good frame, nothing else
   EXPECT_FALSE(text);
   EXPECT_EQ(bytes.substr(16), "still fine");
+}
+
+// Control events are never dropped: a publisher that keeps sending bad text frames and reads
+// none of the error events gets each of them, in order, up to the point where 64 wait unread
+// in its outgoing queue; then the relay closes it with 1008 naming why. Others are untouched.
+TEST(RelayWs, APublisherLeavingItsEventsUnreadIsClosedNoEventIsDropped) {
+  RelayServer relay(loopback());
+  relay.start();
+  const auto port = relay.http_port();
+  WsClient viewer;
+  ASSERT_FALSE(viewer.connect(port, "/v1/ws/subscribe/t?name=v"));
+  WsClient deaf;
+  deaf.s.next_layer().open(boost::asio::ip::tcp::v4());
+  deaf.s.next_layer().set_option(boost::asio::socket_base::receive_buffer_size(4096));
+  ASSERT_FALSE(deaf.connect(port, "/v1/ws/publish/t"));
+  // Each unknown event is answered with an error quoting its first 100 characters. Sent
+  // until a send does not complete within a second: the relay closed and stopped reading.
+  // By then more events were due than the socket buffers hold, and the queue filled.
+  const std::string pad(80, 'p');
+  int sent = 0;
+  bool stuck = false;
+  bool done = false;  // (outlives the write left pending)
+  std::string event;
+  while (!stuck && sent < 200000) {
+    event = "{\"n\":" + std::to_string(sent) + ",\"pad\":\"" + pad + "\"}";
+    deaf.s.text(true);
+    done = false;
+    deaf.s.async_write(boost::asio::buffer(event),
+                       [&](boost::beast::error_code, std::size_t) { done = true; });
+    deaf.io.restart();
+    deaf.io.run_for(1s);
+    stuck = !done;
+    sent += done ? 1 : 0;
+  }
+  ASSERT_TRUE(stuck) << "the relay read 200000 events' worth without closing";
+  // Now read: every event, in order, then the close (the write left pending fails later).
+  int next = 0;
+  boost::beast::flat_buffer b;
+  std::function<void(boost::beast::error_code, std::size_t)> on_read =
+      [&](boost::beast::error_code ec, std::size_t) {
+        if (ec) return;
+        const auto error =
+            nlohmann::json::parse(boost::beast::buffers_to_string(b.data())).value("error", "");
+        b.clear();
+        if (error.find("{\"n\":" + std::to_string(next) + ",") == std::string::npos) {
+          ADD_FAILURE() << "expected the error for event " << next << ", got " << error;
+          return;
+        }
+        ++next;
+        deaf.s.async_read(b, on_read);
+      };
+  deaf.s.async_read(b, on_read);
+  deaf.io.restart();
+  deaf.io.run_for(30s);
+  EXPECT_EQ(deaf.s.reason().code, websocket::close_code::policy_error);
+  EXPECT_EQ(std::string(deaf.s.reason().reason.c_str()),
+            "64 control events unread: the peer is not reading its socket");
+  EXPECT_GT(next, 64);
+  EXPECT_LT(next, sent);
+
+  WsClient pub;  // the topic and its viewer are fine
+  ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/t"));
+  pub.send_binary(frame(7, 0, "after"));
+  bool text = true;
+  std::string bytes;
+  ASSERT_FALSE(viewer.read(text, bytes));
+  EXPECT_EQ(bytes.substr(16), "after");
 }
 
 TEST(RelayWs, RefusalsAreHttpErrorsBeforeTheUpgrade) {
