@@ -50,6 +50,12 @@ struct RelayConfig {
   std::size_t max_sessions = 10;                           // STREAM_MAX_SESSIONS
   std::chrono::milliseconds send_timeout{100};  // a WebSocket write slower than this times out
   std::size_t max_send_timeouts = 10;           // in a row: the viewer is disconnected
+  // An HTTP request (and a WebSocket upgrade) must arrive within this; so must a close
+  // handshake complete.
+  std::chrono::milliseconds handshake_timeout{10'000};
+  // A WebSocket peer silent this long is closed; at half of it the relay pings it (a peer that
+  // answers pings stays).
+  std::chrono::milliseconds idle_timeout{60'000};
   // [frame_gate]
   double drop_threshold = 0.10;      // STREAM_DROP_THRESHOLD
   double slowdown_threshold = 0.30;  // STREAM_SLOWDOWN_THRESHOLD

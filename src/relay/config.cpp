@@ -128,6 +128,16 @@ const std::vector<Setting>& settings() {
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.max_send_timeouts = static_cast<std::size_t>(parse_int(s, v, 1, 1000, "1 to 1000"));
        }},
+      {"limits.handshake_timeout_ms", "SLUICE_HANDSHAKE_TIMEOUT_MS", "handshake-timeout-ms",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.handshake_timeout =
+             std::chrono::milliseconds(parse_int(s, v, 1, 600'000, "1 to 600000 (ms)"));
+       }},
+      {"limits.idle_timeout_ms", "SLUICE_IDLE_TIMEOUT_MS", "idle-timeout-ms",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.idle_timeout =
+             std::chrono::milliseconds(parse_int(s, v, 2, 86'400'000, "2 to 86400000 (ms)"));
+       }},
       {"frame_gate.drop_threshold", "STREAM_DROP_THRESHOLD", "drop-threshold",
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.drop_threshold = parse_double(s, v, 0, 1, true, "a fraction in (0, 1], e.g. 0.10");
@@ -323,6 +333,8 @@ std::string to_toml(const RelayConfig& c) {
     << "max_frame_size_mb = " << static_cast<double>(c.max_frame_bytes) / (1024.0 * 1024.0)
     << "\nmax_sessions = " << c.max_sessions << "\nsend_timeout_ms = " << c.send_timeout.count()
     << "\nmax_send_timeouts = " << c.max_send_timeouts
+    << "\nhandshake_timeout_ms = " << c.handshake_timeout.count()
+    << "\nidle_timeout_ms = " << c.idle_timeout.count()
     << "\n\n[frame_gate]\ndrop_threshold = " << c.drop_threshold
     << "\nslowdown_threshold = " << c.slowdown_threshold
     << "\n\n[topics]\nauto_create = " << (c.auto_create ? "true" : "false") << "\nmode = \""

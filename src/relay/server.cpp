@@ -180,9 +180,13 @@ class HttpServer {
   /// A WebSocket upgrade request: takes the socket (true), or answers with status and body.
   using Upgrade = std::function<bool(boost::asio::ip::tcp::socket& socket, Request& request,
                                      unsigned& status, std::string& body)>;
+  /// A client has `timeout` to send its request and read the answer (or upgrade).
   HttpServer(boost::asio::io_context& io, const std::string& host, std::uint16_t port,
-             Handler handler, Upgrade upgrade)
-      : acceptor_(io), handler_(std::move(handler)), upgrade_(std::move(upgrade)) {
+             std::chrono::milliseconds timeout, Handler handler, Upgrade upgrade)
+      : acceptor_(io),
+        timeout_(timeout),
+        handler_(std::move(handler)),
+        upgrade_(std::move(upgrade)) {
     namespace ip = boost::asio::ip;
     boost::system::error_code ec;
     const ip::tcp::endpoint endpoint(ip::make_address(host, ec), port);
@@ -207,8 +211,10 @@ class HttpServer {
 
  private:
   struct Session {
-    explicit Session(boost::asio::ip::tcp::socket s) : socket(std::move(s)) {}
+    explicit Session(boost::asio::ip::tcp::socket s)
+        : socket(std::move(s)), deadline(socket.get_executor()) {}
     boost::asio::ip::tcp::socket socket;
+    boost::asio::steady_timer deadline;  // closes a client that takes too long
     boost::beast::flat_buffer buffer;
     boost::beast::http::request_parser<boost::beast::http::string_body> parser;
     Request request;
@@ -225,6 +231,14 @@ class HttpServer {
   void serve(const std::shared_ptr<Session>& session) {
     namespace http = boost::beast::http;
     session->parser.body_limit(8 * 1024);  // requests here are small
+    session->deadline.expires_after(timeout_);
+    session->deadline.async_wait(
+        [w = std::weak_ptr<Session>(session)](boost::beast::error_code ec) {
+          if (auto s = w.lock(); s && !ec) {
+            boost::system::error_code ignored;
+            s->socket.close(ignored);  // ends the read or write in flight
+          }
+        });
     http::async_read(
         session->socket, session->buffer, session->parser,
         [this, session](boost::beast::error_code ec, std::size_t /*bytes*/) {
@@ -235,6 +249,7 @@ class HttpServer {
           std::string type = "text/plain; charset=utf-8";
           std::string body;
           if (boost::beast::websocket::is_upgrade(request)) {
+            session->deadline.cancel();  // (the WebSocket has its own)
             if (upgrade_(session->socket, request, status, body)) return;  // a WebSocket now
           } else if (request.method() != http::verb::get) {
             status = 405;
@@ -250,6 +265,7 @@ class HttpServer {
           res.body() = std::move(body);
           res.prepare_payload();
           http::async_write(session->socket, res, [session](boost::beast::error_code, std::size_t) {
+            session->deadline.cancel();
             boost::system::error_code ignored;
             session->socket.shutdown(boost::asio::ip::tcp::socket::shutdown_both, ignored);
           });
@@ -257,6 +273,7 @@ class HttpServer {
   }
 
   boost::asio::ip::tcp::acceptor acceptor_;
+  std::chrono::milliseconds timeout_;
   Handler handler_;
   Upgrade upgrade_;
   std::uint16_t port_ = 0;
@@ -872,9 +889,8 @@ class PublishReactor final
 
 namespace websocket = boost::beast::websocket;
 using WsStream = websocket::stream<boost::beast::tcp_stream>;
-constexpr std::size_t kMaxControlQueued = 64;          // unread control events before we give up
-constexpr std::size_t kMaxViewerMessage = 64 * 1024;   // viewers send no frames: refused
-constexpr auto kCloseGrace = std::chrono::seconds(5);  // for a close handshake to complete
+constexpr std::size_t kMaxControlQueued = 64;         // unread control events before we give up
+constexpr std::size_t kMaxViewerMessage = 64 * 1024;  // viewers send no frames: refused
 
 class WsPublisher;
 
@@ -925,8 +941,8 @@ class WsSession : public std::enable_shared_from_this<Derived> {
 
   void start(HttpServer::Request request) {
     websocket::stream_base::timeout t{};
-    t.handshake_timeout = std::chrono::seconds(10);
-    t.idle_timeout = std::chrono::seconds(60);  // pings keep a quiet peer alive
+    t.handshake_timeout = relay_.config.handshake_timeout;
+    t.idle_timeout = relay_.config.idle_timeout;  // pings at half of it keep a quiet peer alive
     t.keep_alive_pings = true;
     ws_.set_option(t);
     // Publishers' frames are measured as they arrive (WsPublisher::on_read_some: a 1009 with
@@ -984,9 +1000,9 @@ class WsSession : public std::enable_shared_from_this<Derived> {
         websocket::close_reason(code, boost::beast::string_view(reason.data(), reason.size())),
         [self = this->shared_from_this()](boost::beast::error_code) {});
     // A peer that does not read lets neither the write in flight nor the close frame out:
-    // drop the connection if the close has not completed after kCloseGrace.
+    // drop the connection if the close has not completed within the handshake timeout.
     kill_.emplace(ws_.get_executor());
-    kill_->expires_after(kCloseGrace);
+    kill_->expires_after(relay_.config.handshake_timeout);
     kill_->async_wait([w = this->weak_from_this()](boost::beast::error_code ec) {
       if (auto s = w.lock(); s && !ec) boost::beast::get_lowest_layer(s->ws_).close();
     });
@@ -1476,6 +1492,7 @@ void RelayServer::start() {
   Impl* impl = impl_.get();
   impl_->http_server = std::make_unique<HttpServer>(
       impl_->io.context(), impl_->config.host, impl_->config.http_port,
+      impl_->config.handshake_timeout,
       [impl](const std::string& target, unsigned& status, std::string& type, std::string& body) {
         impl->http(target, status, type, body);
       },

@@ -1,6 +1,7 @@
 // The relay's WebSocket endpoints on 127.0.0.1 (ephemeral ports), driven by real Beast clients.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <atomic>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
@@ -8,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
@@ -205,6 +207,112 @@ TEST(RelayWs, APublisherLeavingItsEventsUnreadIsClosedNoEventIsDropped) {
   std::string bytes;
   ASSERT_FALSE(viewer.read(text, bytes));
   EXPECT_EQ(bytes.substr(16), "after");
+}
+
+// Silent peers do not hold connections: a TCP client that sends nothing, or half a request,
+// is closed after handshake_timeout; a WebSocket peer that answers no ping is closed after
+// idle_timeout; one that reads (and so answers pings) stays, however quiet the topic.
+TEST(RelayWs, SilentClientsAreClosedAfterTheTimeoutsAQuietReaderStays) {
+  RelayConfig c = loopback();
+  c.handshake_timeout = 300ms;
+  c.idle_timeout = 600ms;
+  RelayServer relay(c);
+  relay.start();
+  const auto port = relay.http_port();
+  const boost::asio::ip::tcp::endpoint at(boost::asio::ip::make_address("127.0.0.1"), port);
+
+  // Closed by the relay: a read on the client's side ends (within 10 s, or the test fails).
+  auto closed_by_relay = [](boost::asio::io_context& io, auto& stream) {
+    bool ended = false;
+    auto buffer = std::make_shared<std::array<char, 4096>>();
+    std::function<void(boost::beast::error_code, std::size_t)> on_read =
+        [&](boost::beast::error_code ec, std::size_t) {
+          if (ec) {
+            ended = true;
+            return;
+          }
+          stream.async_read_some(boost::asio::buffer(*buffer), on_read);
+        };
+    stream.async_read_some(boost::asio::buffer(*buffer), on_read);
+    io.restart();
+    io.run_for(10s);
+    return ended;
+  };
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::socket mute(io);
+  mute.connect(at);
+  EXPECT_TRUE(closed_by_relay(io, mute)) << "a client that sent nothing";
+  boost::asio::ip::tcp::socket slow(io);
+  slow.connect(at);
+  boost::asio::write(slow, boost::asio::buffer(std::string("GET /metrics HTTP/1.1\r\n")));
+  EXPECT_TRUE(closed_by_relay(io, slow)) << "a client that sent half a request";
+
+  WsClient deaf;  // never reads: answers no ping
+  ASSERT_FALSE(deaf.connect(port, "/v1/ws/subscribe/quiet?name=deaf"));
+  WsClient reader;  // reads all along on a topic where nothing is published
+  ASSERT_FALSE(reader.connect(port, "/v1/ws/subscribe/quiet?name=reader"));
+  boost::beast::flat_buffer got;
+  bool read_done = false;
+  boost::beast::error_code read_ec;
+  reader.s.async_read(got, [&](boost::beast::error_code ec, std::size_t) {
+    read_done = true;
+    read_ec = ec;
+  });
+  reader.io.run_for(1500ms);  // 2.5 idle timeouts: pings come and are answered
+  EXPECT_FALSE(read_done) << read_ec.message();
+
+  bool text = false;
+  std::string bytes;
+  EXPECT_TRUE(deaf.read(text, bytes)) << "the deaf viewer is still connected: " << bytes;
+
+  WsClient pub;
+  ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/quiet"));
+  pub.send_binary(frame(1, 0, "at last"));
+  reader.io.restart();
+  reader.io.run_for(10s);
+  ASSERT_TRUE(read_done);
+  ASSERT_FALSE(read_ec) << read_ec.message();
+  EXPECT_EQ(boost::beast::buffers_to_string(got.data()).substr(16), "at last");
+}
+
+// A publisher that vanishes in the middle of a frame (its header announced 1000 bytes, 10
+// came): its session ends and frees its slot; the topic and its viewer carry on.
+TEST(RelayWs, APublisherVanishingMidFrameHarmsNoOne) {
+  RelayConfig c = loopback();
+  c.max_sessions = 3;
+  RelayServer relay(c);
+  relay.start();
+  const auto port = relay.http_port();
+  WsClient viewer;
+  ASSERT_FALSE(viewer.connect(port, "/v1/ws/subscribe/t?name=v"));
+  {
+    WsClient gone;
+    ASSERT_FALSE(gone.connect(port, "/v1/ws/publish/t"));
+    // FIN + binary; masked, 16-bit length 1000; the mask; 10 bytes of the 1000.
+    const unsigned char partial[] = {0x82, 0x80 | 126, 0x03, 0xE8, 1,   2,   3,   4,   'a',
+                                     'b',  'c',        'd',  'e',  'f', 'g', 'h', 'i', 'j'};
+    boost::asio::write(gone.s.next_layer(), boost::asio::buffer(partial));
+    gone.s.next_layer().close();
+  }
+  // Its slot comes back (the relay notices on its own thread): two more publishers fit
+  // beside the viewer.
+  const auto open_sessions = [&] {
+    const auto metrics = testing::http_get(port, "/metrics").second;
+    const auto at = metrics.find("\nsluice_sessions ");
+    return at == std::string::npos ? -1 : std::stol(metrics.substr(at + 17));
+  };
+  for (int i = 0; i < 1000 && open_sessions() != 1; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(open_sessions(), 1);
+  WsClient a;
+  WsClient b;
+  ASSERT_FALSE(a.connect(port, "/v1/ws/publish/t"));
+  ASSERT_FALSE(b.connect(port, "/v1/ws/publish/t"));
+  b.send_binary(frame(2, 0, "intact"));
+  bool text = true;
+  std::string bytes;
+  ASSERT_FALSE(viewer.read(text, bytes));
+  EXPECT_FALSE(text);
+  EXPECT_EQ(bytes.substr(16), "intact");
 }
 
 TEST(RelayWs, RefusalsAreHttpErrorsBeforeTheUpgrade) {
