@@ -288,7 +288,7 @@ RelayConfig load_relay_config(const std::optional<std::string>& file,
   for (const Setting& s : settings()) known.insert(s.flag);
   for (const auto& [flag, value] : cli) {
     const auto it = std::find_if(settings().begin(), settings().end(),
-                                 [&](const Setting& s) { return s.flag == flag; });
+                                 [&f = flag](const Setting& s) { return s.flag == f; });
     if (it == settings().end()) throw ConfigError("unknown setting --" + flag);
     it->apply(c, Source{"command line --" + flag}, value);
   }

@@ -230,7 +230,7 @@ class HttpServer {
 
   void serve(const std::shared_ptr<Session>& session) {
     namespace http = boost::beast::http;
-    session->parser.body_limit(8 * 1024);  // requests here are small
+    session->parser.body_limit(std::uint64_t{8} * 1024);  // requests here are small
     session->deadline.expires_after(timeout_);
     session->deadline.async_wait(
         [w = std::weak_ptr<Session>(session)](boost::beast::error_code ec) {
@@ -401,7 +401,8 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
         }));
   }
 
-  void http(const std::string& target, unsigned& status, std::string& type, std::string& body) {
+  void http(const std::string& target, unsigned& status, std::string& type,
+            std::string& body) const {
     if (target == "/metrics") {
       type = "text/plain; version=0.0.4; charset=utf-8";
       body = registry.prometheus_text();
@@ -889,8 +890,9 @@ class PublishReactor final
 
 namespace websocket = boost::beast::websocket;
 using WsStream = websocket::stream<boost::beast::tcp_stream>;
-constexpr std::size_t kMaxControlQueued = 64;         // unread control events before we give up
-constexpr std::size_t kMaxViewerMessage = 64 * 1024;  // viewers send no frames: refused
+constexpr std::size_t kMaxControlQueued = 64;  // unread control events before we give up
+constexpr std::size_t kMaxViewerMessage =
+    std::size_t{64} * 1024;  // viewers send no frames: refused
 
 class WsPublisher;
 
@@ -1017,10 +1019,10 @@ class WsSession : public std::enable_shared_from_this<Derived> {
   }
 
   // What a derived session may add (defaults: nothing).
-  void refill() {}                        // top up the queue (a viewer: from its subscription)
-  void idle() {}                          // nothing to write: arm what will call write_next()
-  void write_started(const Outgoing&) {}  // e.g. start a send timer
-  bool write_done(const Outgoing&) { return true; }  // false: stop (the session is ending)
+  void refill() {}  // top up the queue (a viewer: from its subscription)
+  void idle() {}    // nothing to write: arm what will call write_next()
+  void write_started(const Outgoing& /*m*/) {}             // e.g. start a send timer
+  bool write_done(const Outgoing& /*m*/) { return true; }  // false: stop (the session is ending)
 
   RelayServer::Impl& relay_;
   SessionSlot slot_;
@@ -1066,7 +1068,7 @@ class WsSession : public std::enable_shared_from_this<Derived> {
 // full lossless topic holds the socket back: TCP flow control reaches the producer).
 class WsPublisher final : public WsSession<WsPublisher> {
  public:
-  WsPublisher(RelayServer::Impl& relay, SessionSlot slot, std::shared_ptr<Topic> topic,
+  WsPublisher(RelayServer::Impl& relay, SessionSlot slot, const std::shared_ptr<Topic>& topic,
               boost::asio::ip::tcp::socket socket)
       : WsSession(relay, std::move(slot), topic, std::move(socket), "ws-publisher/" + topic->name) {
   }
@@ -1195,7 +1197,7 @@ class WsPublisher final : public WsSession<WsPublisher> {
 // send timeouts is disconnected (4008).
 class WsSubscriber final : public WsSession<WsSubscriber> {
  public:
-  WsSubscriber(RelayServer::Impl& relay, SessionSlot slot, std::shared_ptr<Topic> topic,
+  WsSubscriber(RelayServer::Impl& relay, SessionSlot slot, const std::shared_ptr<Topic>& topic,
                boost::asio::ip::tcp::socket socket, Subscription<RelayMessage> sub)
       : WsSession(relay, std::move(slot), topic, std::move(socket),
                   "ws-viewer/" + topic->name + "/" + sub.name()),
@@ -1283,7 +1285,7 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
     started_ = Clock::now();
     arm_send_timer();
   }
-  bool write_done(const Outgoing&) {
+  bool write_done(const Outgoing& /*m*/) {
     in_flight_ = false;
     timer_.cancel();
     return on_sink_event(relay_.viewers.record_write(sink_, Clock::now() - started_));
