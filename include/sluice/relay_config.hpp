@@ -82,6 +82,10 @@ RelayConfig load_relay_config(const std::optional<std::string>& file,
                               const std::function<const char*(const char*)>& env,
                               const Overrides& cli);
 
+/// The command-line flag (without dashes) of every setting that has one, in the order of
+/// docs/configuration.md: what `load_relay_config` accepts in `cli`.
+std::vector<std::string> relay_setting_flags();
+
 /// The effective configuration as TOML (what `sluice config` prints).
 std::string to_toml(const RelayConfig& config);
 

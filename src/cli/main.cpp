@@ -21,13 +21,9 @@ struct ConfigCommand {
 
   void add(CLI::App* cmd) {
     cmd->add_option("--config", file, "TOML configuration file");
-    for (const char* flag :
-         {"host", "grpc-port", "http-port", "threads", "max-frame-size-mb", "max-sessions",
-          "send-timeout-ms", "max-send-timeouts", "handshake-timeout-ms", "idle-timeout-ms",
-          "drop-threshold", "slowdown-threshold", "auto-create", "topic-mode", "max-queue-bytes",
-          "max-wait-ms", "depth"}) {
+    for (const std::string& flag : sluice::relay_setting_flags()) {
       cmd->add_option_function<std::string>(
-          std::string("--") + flag, [this, flag](const std::string& v) { values[flag] = v; },
+          "--" + flag, [this, flag](const std::string& v) { values[flag] = v; },
           "see docs/configuration.md");
     }
   }

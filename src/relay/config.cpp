@@ -284,8 +284,6 @@ RelayConfig load_relay_config(const std::optional<std::string>& file,
   for (const Setting& s : settings()) {
     if (const char* v = env(s.env.c_str())) s.apply(c, Source{"environment " + s.env}, v);
   }
-  std::set<std::string> known;
-  for (const Setting& s : settings()) known.insert(s.flag);
   for (const auto& [flag, value] : cli) {
     const auto it = std::find_if(settings().begin(), settings().end(),
                                  [&f = flag](const Setting& s) { return s.flag == f; });
@@ -324,6 +322,13 @@ RelayConfig load_relay_config(const std::optional<std::string>& file,
     c.topics.push_back(std::move(t));
   }
   return c;
+}
+
+std::vector<std::string> relay_setting_flags() {
+  std::vector<std::string> flags;
+  flags.reserve(settings().size());
+  for (const Setting& s : settings()) flags.push_back(s.flag);
+  return flags;
 }
 
 std::string to_toml(const RelayConfig& c) {
