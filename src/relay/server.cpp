@@ -993,6 +993,9 @@ class WsSession : public std::enable_shared_from_this<Derived> {
   void end_after_queued(websocket::close_code code, std::string reason) {
     ending_.emplace(code, std::move(reason));
   }
+  // Closing, or due to close once the queue is written: nothing more is to be queued.
+  bool ending() const { return closing_ || ending_.has_value(); }
+  bool writing() const { return writing_; }  // a message is being written
   void close(websocket::close_code code, std::string_view reason) {
     if (closing_) return;
     closing_ = true;
@@ -1021,8 +1024,8 @@ class WsSession : public std::enable_shared_from_this<Derived> {
   // What a derived session may add (defaults: nothing).
   void refill() {}  // top up the queue (a viewer: from its subscription)
   void idle() {}    // nothing to write: arm what will call write_next()
-  void write_started(const Outgoing& /*m*/) {}             // e.g. start a send timer
-  bool write_done(const Outgoing& /*m*/) { return true; }  // false: stop (the session is ending)
+  void write_started(const Outgoing& /*m*/) {}  // e.g. start a send timer
+  bool write_done() { return true; }            // false: stop (the session is ending)
 
   RelayServer::Impl& relay_;
   SessionSlot slot_;
@@ -1041,8 +1044,8 @@ class WsSession : public std::enable_shared_from_this<Derived> {
     self().write_started(current_);
     auto done = [self = this->shared_from_this()](boost::beast::error_code ec, std::size_t) {
       self->writing_ = false;
-      const Outgoing written = std::exchange(self->current_, Outgoing{});
-      if (ec || !self->self().write_done(written)) return;
+      self->current_ = {};  // (a frame's Buffer is released here)
+      if (ec || !self->self().write_done()) return;
       self->write_next();
     };
     if (!current_.frame) {
@@ -1247,11 +1250,6 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
       }
     }
   }
-  bool ending() const { return closing_ || ending_set_; }
-  void end_after_queued(websocket::close_code code, std::string reason) {
-    ending_set_ = true;
-    WsSession::end_after_queued(code, std::move(reason));
-  }
   // Nothing to write: wake up when the subscription has something.
   void idle() {
     if (sub_armed_ || ending()) return;
@@ -1281,12 +1279,10 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
   // next one.
   void write_started(const Outgoing& m) {
     if (m.frame) frame_queued_ = false;
-    in_flight_ = true;
     started_ = Clock::now();
     arm_send_timer();
   }
-  bool write_done(const Outgoing& /*m*/) {
-    in_flight_ = false;
+  bool write_done() {
     timer_.cancel();
     return on_sink_event(relay_.viewers.record_write(sink_, Clock::now() - started_));
   }
@@ -1296,7 +1292,7 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
     timer_.expires_after(relay_.config.send_timeout);
     timer_.async_wait([w = weak_from_this()](boost::beast::error_code ec) {
       auto s = w.lock();
-      if (!s || ec || !s->in_flight_ || s->closing_) return;
+      if (!s || ec || !s->writing() || s->closing_) return;
       if (s->on_sink_event(s->relay_.viewers.record_timeout(s->sink_))) s->arm_send_timer();
     });
   }
@@ -1336,8 +1332,6 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
   Clock::time_point started_;
   bool frame_queued_ = false;  // a frame waits in the outgoing queue
   bool sub_armed_ = false;     // a readable hook is registered with the subscription
-  bool in_flight_ = false;     // a write is in flight (the send timer's subject)
-  bool ending_set_ = false;    // the topic ended for us: close once the queue is written
 };
 
 std::string url_decode(std::string_view in) {
