@@ -26,7 +26,9 @@
 //   subscription (or refused it): items published after that are seen.
 // - next() blocks for the next item or gap notice; returns false at the end of the stream
 //   (relay shut down, topic closed, cancel()), after which finish() gives the status.
-// - cancel() may be called from any thread; everything else from the reading thread.
+// - cancel() and stats() may be called from any thread (each counter is exact; a stats() taken
+//   while items arrive may count an item and not yet its bytes); everything else from the
+//   reading thread.
 #pragma once
 
 #include <chrono>
@@ -156,7 +158,6 @@ class Subscriber {
 
  private:
   bool next_discard();
-  void take_item(SubscriberEvent& event, void* message);  // message: a sluice.v1.Item
   std::unique_ptr<Impl> impl_;
 };
 

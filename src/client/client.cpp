@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -392,8 +393,26 @@ struct Subscriber::Impl {
   int batch_next = 0;  // the next item of ev's batch to hand out
   bool ended = false;
   std::optional<Status> status;
-  mutable std::mutex mu;
-  SubscriberStats counters;  // guarded by mu (read from other threads)
+  // Written by the reading thread only, read by stats() from any thread: no lock per message.
+  std::atomic<std::uint64_t> items{0};
+  std::atomic<std::uint64_t> bytes{0};
+  std::atomic<std::uint64_t> gaps{0};
+  std::atomic<std::uint64_t> lost{0};
+
+  static void add(std::atomic<std::uint64_t>& counter, std::uint64_t n) {  // single writer
+    counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
+
+  void take_item(SubscriberEvent& event, v1::Item& item) {
+    event.kind = SubscriberEvent::Kind::item;
+    event.payload = Buffer(std::move(*item.mutable_payload()));  // no copy of the bytes
+    event.sequence = item.sequence();
+    event.timestamp_ns = item.timestamp_ns();
+    event.lost = 0;
+    event.reason.clear();
+    add(items, 1);
+    add(bytes, event.payload.size());
+  }
 };
 
 Subscriber::Subscriber(SubscriberOptions options) : impl_(std::make_unique<Impl>(options)) {}
@@ -409,7 +428,7 @@ bool Subscriber::next(SubscriberEvent& event) {
   auto& d = *impl_;
   for (;;) {
     if (d.batch_next < d.ev.batch().items_size()) {  // the rest of a batch first
-      take_item(event, d.ev.mutable_batch()->mutable_items(d.batch_next++));
+      d.take_item(event, *d.ev.mutable_batch()->mutable_items(d.batch_next++));
       return true;
     }
     if (d.ended || !d.reader->Read(&d.ev)) {
@@ -419,7 +438,7 @@ bool Subscriber::next(SubscriberEvent& event) {
     d.batch_next = 0;
     if (d.ev.has_batch()) continue;
     if (d.ev.has_item()) {
-      take_item(event, d.ev.mutable_item());
+      d.take_item(event, *d.ev.mutable_item());
       return true;
     }
     if (d.ev.has_gap()) {
@@ -427,26 +446,12 @@ bool Subscriber::next(SubscriberEvent& event) {
       event.payload = Buffer();
       event.lost = d.ev.gap().lost();
       event.reason = d.ev.gap().reason();
-      std::lock_guard lock(d.mu);
-      ++d.counters.gaps;
-      d.counters.lost += event.lost;
+      Impl::add(d.gaps, 1);
+      Impl::add(d.lost, event.lost);
       return true;
     }
     // An event this client does not know (a newer relay): skipped.
   }
-}
-
-void Subscriber::take_item(SubscriberEvent& event, void* message) {
-  auto* item = static_cast<v1::Item*>(message);
-  event.kind = SubscriberEvent::Kind::item;
-  event.payload = Buffer(std::move(*item->mutable_payload()));  // no copy of the bytes
-  event.sequence = item->sequence();
-  event.timestamp_ns = item->timestamp_ns();
-  event.lost = 0;
-  event.reason.clear();
-  std::lock_guard lock(impl_->mu);
-  ++impl_->counters.items;
-  impl_->counters.bytes += event.payload.size();
 }
 
 bool Subscriber::next_discard() {
@@ -481,8 +486,9 @@ void Subscriber::cancel() {
 }
 
 SubscriberStats Subscriber::stats() const {
-  std::lock_guard lock(impl_->mu);
-  return impl_->counters;
+  const auto& d = *impl_;
+  return {d.items.load(std::memory_order_relaxed), d.bytes.load(std::memory_order_relaxed),
+          d.gaps.load(std::memory_order_relaxed), d.lost.load(std::memory_order_relaxed)};
 }
 
 }  // namespace sluice::client
