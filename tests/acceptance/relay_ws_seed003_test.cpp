@@ -47,6 +47,7 @@ namespace websocket = boost::beast::websocket;
 using testing::frame;
 using testing::index_of;
 using testing::loopback;
+using testing::metric;
 using testing::WsClient;
 
 constexpr double kMiB = 1024.0 * 1024.0;
@@ -64,25 +65,6 @@ std::size_t open_fds() {
   for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/proc/self/fd"))
     ++n;
   return n;
-}
-
-// The value of the first /metrics sample whose line starts with `name{` and contains `has`.
-double metric(std::uint16_t port, const std::string& name, const std::string& has) {
-  const std::string text = testing::http_get(port, "/metrics").second;
-  std::size_t at = 0;
-  while ((at = text.find(name + "{", at)) != std::string::npos) {
-    const std::size_t end = text.find('\n', at);
-    const std::string line = text.substr(at, end - at);
-    if (line.find(has) != std::string::npos) return std::stod(line.substr(line.rfind(' ') + 1));
-    at = end;
-  }
-  return -1;
-}
-
-double sessions(std::uint16_t port) {
-  const std::string text = testing::http_get(port, "/metrics").second;
-  const std::size_t at = text.find("\nsluice_sessions ");
-  return at == std::string::npos ? -1 : std::stod(text.substr(at + 17));
 }
 
 // Publishes 30 frames a second of `bytes` each, paced by the clock, until `stop`; then one
@@ -262,14 +244,8 @@ TEST(Seed003, ChurnLeavesNoDescriptorAndMemoryReturnsToBaseline) {
       viewer.s.next_layer().close();  // vanishes mid-stream
     }
   };
-  for (std::uint64_t i = 0; i < 10; ++i) cycle(i);  // warm-up: allocator pools, topic ring full
-  const auto sessions_settle = [&] {
-    for (auto deadline = Clock::now() + 10s; Clock::now() < deadline;
-         std::this_thread::sleep_for(20ms))
-      if (sessions(port) == 1.0) return true;  // the publisher only
-    return false;
-  };
-  ASSERT_TRUE(sessions_settle());
+  for (std::uint64_t i = 0; i < 10; ++i) cycle(i);   // warm-up: allocator pools, topic ring full
+  ASSERT_TRUE(testing::wait_for_sessions(port, 1));  // the publisher only
   std::this_thread::sleep_for(200ms);  // the relay's side of the last HTTP scrape closes
   const std::size_t fds_base = open_fds();
   const double rss_base = rss_mib();
@@ -279,7 +255,8 @@ TEST(Seed003, ChurnLeavesNoDescriptorAndMemoryReturnsToBaseline) {
     cycle(i);
     if (::testing::Test::HasFatalFailure()) break;
   }
-  ASSERT_TRUE(sessions_settle()) << "sessions still open: " << sessions(port);
+  ASSERT_TRUE(testing::wait_for_sessions(port, 1))
+      << "sessions still open: " << metric(port, "sluice_sessions");
   std::size_t fds_after = open_fds();  // (sockets close asynchronously: allow a moment)
   for (auto deadline = Clock::now() + 5s; fds_after != fds_base && Clock::now() < deadline;
        fds_after = open_fds())

@@ -5,8 +5,11 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <chrono>
 #include <cstdint>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 
 #include "sluice/relay_config.hpp"
@@ -42,6 +45,30 @@ inline std::pair<unsigned, std::string> http_get(std::uint16_t port, const std::
   http::response<http::string_body> res;
   http::read(socket, buffer, res);
   return {res.result_int(), res.body()};
+}
+
+/// The value of the first sample in the relay's /metrics whose series is `name` (bare or with
+/// labels) and whose line contains `has`; -1 if there is none.
+inline double metric(std::uint16_t port, const std::string& name, const std::string& has = "") {
+  std::istringstream text(http_get(port, "/metrics").second);
+  for (std::string line; std::getline(text, line);) {
+    if (line.size() > name.size() && line.compare(0, name.size(), name) == 0 &&
+        (line[name.size()] == ' ' || line[name.size()] == '{') &&
+        line.find(has) != std::string::npos)
+      return std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return -1;
+}
+
+/// Waits up to 10 s until the relay counts `n` open sessions (it releases a session on its own
+/// threads once the call or socket has ended); true if it did.
+inline bool wait_for_sessions(std::uint16_t port, double n) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (metric(port, "sluice_sessions") != n) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
 }
 
 }  // namespace sluice::testing

@@ -413,11 +413,8 @@ TEST(RelayGrpc, SessionsOverTheLimitAreRefusedAndOthersKeepWorking) {
   EXPECT_TRUE(ended.status.ok()) << ended.status.error_message();
   ASSERT_TRUE(read_event(a, e));
   EXPECT_EQ(e.item().payload(), "hello");
-  const auto metrics = http_get(relay.server.http_port(), "/metrics").second;
   // Two refusals above, plus any attempt above made before b's slot was released.
-  const auto at = metrics.find("\nsluice_sessions_refused_total ");
-  ASSERT_NE(at, std::string::npos) << metrics;
-  EXPECT_GE(std::stoul(metrics.substr(at + 31)), 2U) << metrics;
+  EXPECT_GE(testing::metric(relay.server.http_port(), "sluice_sessions_refused_total"), 2.0);
   a_ctx.TryCancel();
 }
 
@@ -451,13 +448,7 @@ TEST(RelayGrpc, ClientsCancellingMidStreamLeaveNoTraceAndHarmNoOne) {
   }
   // All three session slots are free again (the relay releases them as the calls finish, on
   // its own threads: wait for that, then use all three).
-  const auto open_sessions = [&] {
-    const auto metrics = http_get(relay.server.http_port(), "/metrics").second;
-    const auto at = metrics.find("\nsluice_sessions ");
-    return at == std::string::npos ? -1 : std::stol(metrics.substr(at + 17));
-  };
-  for (int i = 0; i < 1000 && open_sessions() != 0; ++i) std::this_thread::sleep_for(10ms);
-  ASSERT_EQ(open_sessions(), 0);
+  ASSERT_TRUE(testing::wait_for_sessions(relay.server.http_port(), 0));
   std::vector<std::unique_ptr<grpc::ClientContext>> ctxs;
   std::vector<std::unique_ptr<grpc::ClientReader<v1::SubscribeEvent>>> readers;
   for (int i = 0; i < 2; ++i) {

@@ -296,13 +296,7 @@ TEST(RelayWs, APublisherVanishingMidFrameHarmsNoOne) {
   }
   // Its slot comes back (the relay notices on its own thread): two more publishers fit
   // beside the viewer.
-  const auto open_sessions = [&] {
-    const auto metrics = testing::http_get(port, "/metrics").second;
-    const auto at = metrics.find("\nsluice_sessions ");
-    return at == std::string::npos ? -1 : std::stol(metrics.substr(at + 17));
-  };
-  for (int i = 0; i < 1000 && open_sessions() != 1; ++i) std::this_thread::sleep_for(10ms);
-  ASSERT_EQ(open_sessions(), 1);
+  ASSERT_TRUE(testing::wait_for_sessions(port, 1));
   WsClient a;
   WsClient b;
   ASSERT_FALSE(a.connect(port, "/v1/ws/publish/t"));
