@@ -1000,6 +1000,10 @@ class WsSession : public std::enable_shared_from_this<Derived> {
     if (closing_) return;
     closing_ = true;
     timer_.cancel();
+    relay_.registry
+        .counter("sluice_ws_closes_total", "WebSocket sessions the relay closed, by close code",
+                 {{"code", std::to_string(static_cast<int>(code))}})
+        .inc();
     // (Beast holds the close frame back until a write in flight is done.)
     ws_.async_close(
         websocket::close_reason(code, boost::beast::string_view(reason.data(), reason.size())),

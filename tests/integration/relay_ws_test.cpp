@@ -146,7 +146,9 @@ TEST(RelayWs, BadFramesGetTheirErrorAndOthersAreUntouched) {
 // none of the error events gets each of them, in order, up to the point where 64 wait unread
 // in its outgoing queue; then the relay closes it with 1008 naming why. Others are untouched.
 TEST(RelayWs, APublisherLeavingItsEventsUnreadIsClosedNoEventIsDropped) {
-  RelayServer relay(loopback());
+  RelayConfig c = loopback();
+  c.handshake_timeout = 60s;  // the close waits while this test reads every event (sanitizers)
+  RelayServer relay(c);
   relay.start();
   const auto port = relay.http_port();
   WsClient viewer;
@@ -155,26 +157,32 @@ TEST(RelayWs, APublisherLeavingItsEventsUnreadIsClosedNoEventIsDropped) {
   deaf.s.next_layer().open(boost::asio::ip::tcp::v4());
   deaf.s.next_layer().set_option(boost::asio::socket_base::receive_buffer_size(4096));
   ASSERT_FALSE(deaf.connect(port, "/v1/ws/publish/t"));
-  // Each unknown event is answered with an error quoting its first 100 characters. Sent
-  // until a send does not complete within a second: the relay closed and stopped reading.
-  // By then more events were due than the socket buffers hold, and the queue filled.
+  // Each unknown event is answered with an error quoting its first 100 characters. Sent until
+  // the relay says (in /metrics) that it closed a session with 1008: by then more events were
+  // due than the socket buffers hold, the queue filled, and the relay stopped reading.
   const std::string pad(80, 'p');
   int sent = 0;
-  bool stuck = false;
+  bool closed = false;
   bool done = false;  // (outlives the write left pending)
   std::string event;
-  while (!stuck && sent < 200000) {
+  while (!closed && sent < 200000) {
     event = "{\"n\":" + std::to_string(sent) + ",\"pad\":\"" + pad + "\"}";
     deaf.s.text(true);
     done = false;
     deaf.s.async_write(boost::asio::buffer(event),
                        [&](boost::beast::error_code, std::size_t) { done = true; });
-    deaf.io.restart();
-    deaf.io.run_for(1s);
-    stuck = !done;
+    for (;;) {  // until the write completes, or the relay has closed us
+      deaf.io.restart();
+      deaf.io.run_for(100ms);
+      if (done) break;
+      if (testing::metric(port, "sluice_ws_closes_total", "code=\"1008\"") >= 1) {
+        closed = true;
+        break;
+      }
+    }
     sent += done ? 1 : 0;
   }
-  ASSERT_TRUE(stuck) << "the relay read 200000 events' worth without closing";
+  ASSERT_TRUE(closed) << "the relay read 200000 events' worth without closing";
   // Now read: every event, in order, then the close (the write left pending fails later).
   int next = 0;
   boost::beast::flat_buffer b;
