@@ -23,9 +23,11 @@ enum class DropReason : std::uint8_t {
   too_large,      // the item is larger than max_item_bytes
   expired,        // the item outlived its deadline before anyone received it
   evicted,        // the consumer was removed for holding a lossless stream hostage
+  no_worker,      // a Dispatcher had no worker that could take the item (none, or all unhealthy)
+  worker_failed,  // the workers of a Dispatcher failed the item (errors, timeouts, leaving)
 };
 
-inline constexpr std::size_t kDropReasonCount = 9;
+inline constexpr std::size_t kDropReasonCount = 11;
 
 /// The wire/metrics spelling of a reason, e.g. "slow_consumer".
 std::string_view to_string(DropReason reason) noexcept;
@@ -38,6 +40,7 @@ inline constexpr std::array<DropReason, kDropReasonCount> kAllDropReasons = {
     DropReason::overflow,  DropReason::slow_consumer, DropReason::frame_late,
     DropReason::drop_rate, DropReason::in_flight,     DropReason::priority_shed,
     DropReason::too_large, DropReason::expired,       DropReason::evicted,
+    DropReason::no_worker, DropReason::worker_failed,
 };
 
 /// Drop counters indexed by reason. A plain value: snapshots copy it.
