@@ -168,6 +168,8 @@ using WsClient = websocket::stream<boost::asio::ip::tcp::socket>;
 bool ws_connect(WsClient& ws, std::uint16_t port, const std::string& target) {
   boost::beast::error_code ec;
   ws.next_layer().connect({boost::asio::ip::make_address("127.0.0.1"), port}, ec);
+  // As the NATS and gRPC clients do: small messages leave at once (no Nagle delay).
+  if (!ec) ws.next_layer().set_option(boost::asio::ip::tcp::no_delay(true), ec);
   if (!ec) ws.handshake("127.0.0.1", target, ec);
   return !ec;
 }

@@ -329,8 +329,8 @@ class Dispatcher {
         const WorkerHealth h = health(w);
         int tier = 0;
         if (h == WorkerHealth::unhealthy) {
-          const bool probe_due = now - w.last_failure >= config.probe_after &&
-                                 w.in_flight.empty() && w.queue.empty();
+          const bool probe_due =
+              now - w.last_failure >= config.probe_after && w.in_flight.empty() && w.queue.empty();
           if (!probe_due) continue;
           tier = -1;  // probe it now: one item tells whether it recovered
         } else if (h != WorkerHealth::healthy) {
@@ -352,8 +352,8 @@ class Dispatcher {
       return best;
     }
 
-    void enqueue(WorkerState& w, std::uint64_t task, Held held, Clock::time_point now,
-                 Deferred& d, bool front = false) {
+    void enqueue(WorkerState& w, std::uint64_t task, Held held, Clock::time_point now, Deferred& d,
+                 bool front = false) {
       if (health(w) == WorkerHealth::unhealthy) {
         w.probing = true;
         ++w.stats.probes;
@@ -379,8 +379,7 @@ class Dispatcher {
 
     static std::size_t size_of(const T& item) { return size_bytes(item); }
 
-    RouteResult route(T& item, Clock::time_point now, Clock::time_point deadline,
-                      bool may_wait) {
+    RouteResult route(T& item, Clock::time_point now, Clock::time_point deadline, bool may_wait) {
       Deferred d;
       RouteResult r;
       {
@@ -490,8 +489,8 @@ class Dispatcher {
         w.queue.clear();
         w.queued_bytes = 0;
         for (auto& [task, held] : queue) {
-          retry(task, std::move(held), w.id, false,
-                "worker " + w.config.name + " became unhealthy", now, d);
+          retry(task, std::move(held), w.id, false, "worker " + w.config.name + " became unhealthy",
+                now, d);
         }
       }
     }
@@ -544,9 +543,8 @@ class Dispatcher {
             held.since = now;
             out = Task{task, held.item, held.attempt};
             w.in_flight.emplace(task, std::move(held));
-            w.stats.max_in_flight_seen =
-                std::max<std::uint32_t>(w.stats.max_in_flight_seen,
-                                        static_cast<std::uint32_t>(w.in_flight.size()));
+            w.stats.max_in_flight_seen = std::max<std::uint32_t>(
+                w.stats.max_in_flight_seen, static_cast<std::uint32_t>(w.in_flight.size()));
             cv.notify_all();  // its queue has room again
             break;
           }
@@ -577,9 +575,9 @@ class Dispatcher {
           w.in_flight.erase(it);
           const double sample = static_cast<double>((now - held.since).count());
           if (ok) {
-            w.smoothed_ns = w.smoothed_ns ? *w.smoothed_ns + config.smoothing *
-                                                                 (sample - *w.smoothed_ns)
-                                          : sample;
+            w.smoothed_ns = w.smoothed_ns
+                                ? *w.smoothed_ns + config.smoothing * (sample - *w.smoothed_ns)
+                                : sample;
             w.stats.consecutive_failures = 0;
             w.probing = false;
             ++w.stats.completed;

@@ -99,6 +99,7 @@ struct FrameGateStats {
   std::uint64_t offered = 0;
   std::uint64_t admitted = 0;
   std::uint64_t done = 0;
+  std::uint64_t abandoned = 0;  // admitted, then lost further on (see abandon())
   DropCounts dropped;  // by reason: in_flight, frame_late, drop_rate
   std::uint64_t in_flight = 0;
   std::chrono::nanoseconds smoothed_processing{0};
@@ -119,6 +120,10 @@ class FrameGate {
 
   /// The stage finished an admitted frame, in `processing_time`.
   void done(std::uint64_t frame_index, std::chrono::nanoseconds processing_time);
+
+  /// An admitted frame the stage will never finish (refused or lost further on, and counted
+  /// there): frees its in-flight place without a processing-time sample.
+  void abandon(std::uint64_t frame_index);
 
   FrameGateStats stats() const;
   const FrameGateConfig& config() const noexcept { return config_; }

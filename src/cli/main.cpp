@@ -1,4 +1,4 @@
-// The `sluice` executable. Subcommands: serve, pub, sub, config, demo.
+// The `sluice` executable. Subcommands: serve, pub, sub, worker, config, demo.
 #include <CLI/CLI.hpp>
 #include <csignal>
 #include <cstdio>
@@ -11,6 +11,7 @@
 #include "pubsub.hpp"
 #include "sluice/relay_config.hpp"
 #include "sluice/relay_server.hpp"
+#include "worker.hpp"
 
 namespace {
 
@@ -133,7 +134,32 @@ int main(int argc, char** argv) {
   sub_cmd->add_option("--count", sub.count, "Stop after this many items (0: until the end)");
   sub_cmd->add_flag("--print", sub.print, "Write each payload to stdout, one per line");
 
+  sluice::StageWorkerOptions worker;
+  auto* worker_cmd = app.add_subcommand(
+      "worker",
+      "Join a topic's processing stage over WebSocket: grayscale, downscale and mean brightness "
+      "of each RGB frame (docs/stages.md)");
+  worker_cmd->add_option("--host", worker.host, "The relay's host");
+  worker_cmd->add_option("--port", worker.port, "The relay's HTTP port");
+  worker_cmd->add_option("--topic", worker.topic, "A topic with a stage")->required();
+  worker_cmd->add_option("--name", worker.name, "The worker's name in the relay's metrics");
+  worker_cmd->add_option("--concurrency", worker.concurrency, "Frames sent before an answer")
+      ->check(CLI::Range(1U, 1024U));
+  worker_cmd->add_option("--width", worker.width, "Frame width in pixels (0: one row)");
+  worker_cmd->add_option("--height", worker.height, "Frame height in pixels (0: from the size)");
+  worker_cmd->add_option("--downscale", worker.downscale, "Downscale factor per direction")
+      ->check(CLI::Range(1U, 64U));
+  std::int64_t delay_ms = 0;
+  worker_cmd
+      ->add_option("--delay-ms", delay_ms,
+                   "Extra time per frame, to play a slow model and see the gate work")
+      ->check(CLI::Range(0L, 60'000L));
+
   CLI11_PARSE(app, argc, argv);
+  if (worker_cmd->parsed()) {
+    worker.delay = std::chrono::milliseconds(delay_ms);
+    return sluice::cli::run_worker(worker);
+  }
   if (pub_cmd->parsed()) return sluice::cli::run_pub(pub);
   if (sub_cmd->parsed()) return sluice::cli::run_sub(sub);
   if (demo_cmd->parsed()) return sluice::cli::run_demo(demo);

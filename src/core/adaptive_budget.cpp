@@ -8,8 +8,7 @@
 namespace sluice {
 
 void AdaptiveBudgetConfig::validate() const {
-  const auto bad = [&](std::string_view setting, const std::string& value,
-                       std::string_view range) {
+  const auto bad = [&](std::string_view setting, const std::string& value, std::string_view range) {
     detail::throw_bad_setting("adaptive budget", name, setting, value, range);
   };
   if (name.empty()) bad("name", "\"\"", "a non-empty name");
@@ -68,9 +67,9 @@ void AdaptiveBudget::adjust_locked(Clock::time_point now) {
     ++stats_.decreases;
     last_decrease_ = now;
   } else if (interval_saturated_) {
-    b = std::min(config_.max_bytes,
-                 b > config_.max_bytes - config_.increase_bytes ? config_.max_bytes
-                                                                : b + config_.increase_bytes);
+    b = std::min(config_.max_bytes, b > config_.max_bytes - config_.increase_bytes
+                                        ? config_.max_bytes
+                                        : b + config_.increase_bytes);
     ++stats_.increases;
   }
   bytes_.store(b, std::memory_order_relaxed);

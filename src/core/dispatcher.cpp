@@ -8,7 +8,9 @@ namespace sluice {
 
 namespace {
 
-std::string ns_text(std::chrono::nanoseconds d) { return std::to_string(d.count()) + " ns"; }
+std::string ns_text(std::chrono::nanoseconds d) {
+  return std::to_string(d.count()) + " ns";
+}
 
 }  // namespace
 
@@ -43,8 +45,7 @@ std::string_view to_string(RouteStatus status) noexcept {
 }
 
 void DispatcherConfig::validate() const {
-  const auto bad = [&](std::string_view setting, const std::string& value,
-                       std::string_view range) {
+  const auto bad = [&](std::string_view setting, const std::string& value, std::string_view range) {
     detail::throw_bad_setting("dispatcher", name, setting, value, range);
   };
   if (name.empty()) bad("name", "\"\"", "a non-empty name");
@@ -64,8 +65,7 @@ void DispatcherConfig::validate() const {
 }
 
 void WorkerConfig::validate() const {
-  const auto bad = [&](std::string_view setting, const std::string& value,
-                       std::string_view range) {
+  const auto bad = [&](std::string_view setting, const std::string& value, std::string_view range) {
     detail::throw_bad_setting("worker", name, setting, value, range);
   };
   if (name.empty()) bad("name", "\"\"", "a non-empty name");

@@ -172,6 +172,12 @@ void FrameGate::done(std::uint64_t /*frame_index*/, std::chrono::nanoseconds pro
       smoothed_ns_ == 0 ? t : config_.smoothing * t + (1 - config_.smoothing) * smoothed_ns_;
 }
 
+void FrameGate::abandon(std::uint64_t /*frame_index*/) {
+  std::lock_guard lock(mu_);
+  if (in_flight_ > 0) --in_flight_;
+  ++stats_.abandoned;
+}
+
 FrameGateStats FrameGate::stats() const {
   std::lock_guard lock(mu_);
   FrameGateStats s = stats_;

@@ -2,6 +2,7 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -184,6 +185,18 @@ std::optional<std::string> scalar_text(const toml::node& node) {
   return std::nullopt;
 }
 
+constexpr std::array<std::string_view, 11> kTopicKeys = {"mode",
+                                                         "max_queue_bytes",
+                                                         "max_wait_ms",
+                                                         "depth",
+                                                         "stage",
+                                                         "stage_fps",
+                                                         "stage_max_in_flight",
+                                                         "stage_results",
+                                                         "stage_worker_queue",
+                                                         "stage_task_timeout_ms",
+                                                         "stage_slow_ms"};
+
 struct PendingTopic {
   std::string name;
   std::map<std::string, std::pair<Source, std::string>> fields;  // field -> (source, text)
@@ -218,12 +231,13 @@ void load_file(const std::string& path, RelayConfig& c, std::vector<PendingTopic
           if (!text) bad(src, "(a table or array)", "a string, number or boolean");
           if (key == "name") {
             p.name = *text;
-          } else if (key == "mode" || key == "max_queue_bytes" || key == "max_wait_ms" ||
-                     key == "depth") {
+          } else if (std::find(kTopicKeys.begin(), kTopicKeys.end(), key) != kTopicKeys.end()) {
             p.fields[key] = {src, *text};
           } else {
+            std::string accepted = "name";
+            for (const auto known : kTopicKeys) accepted += ", " + std::string(known);
             throw ConfigError("invalid configuration file " + path + ": unknown key topic." + key +
-                              " (accepted: name, mode, max_queue_bytes, max_wait_ms, depth)");
+                              " (accepted: " + accepted + ")");
           }
         }
         topics.push_back(std::move(p));
@@ -248,6 +262,68 @@ void load_file(const std::string& path, RelayConfig& c, std::vector<PendingTopic
       if (!text) bad(src, "(a table or array)", "a string, number or boolean");
       it->apply(c, src, *text);
     }
+  }
+}
+
+// The stage_* keys of a [[topic]]: `stage = true` declares the stage, the others tune it.
+void apply_stage(const PendingTopic& p, TopicConfig& t) {
+  const auto field = [&](const char* key) -> const std::pair<Source, std::string>* {
+    const auto it = p.fields.find(key);
+    return it == p.fields.end() ? nullptr : &it->second;
+  };
+  bool declared = false;
+  if (const auto* f = field("stage")) {
+    if (f->second == "true") {
+      declared = true;
+    } else if (f->second != "false") {
+      bad(f->first, f->second, "true or false");
+    }
+  }
+  StageConfig st;
+  bool tuned = false;
+  if (const auto* f = field("stage_fps")) {
+    tuned = true;
+    st.fps = parse_double(f->first, f->second, 0.1, 1000, false, "0.1 to 1000");
+  }
+  if (const auto* f = field("stage_max_in_flight")) {
+    tuned = true;
+    st.max_in_flight =
+        static_cast<std::size_t>(parse_int(f->first, f->second, 1, 1024, "1 to 1024"));
+  }
+  if (const auto* f = field("stage_results")) {
+    tuned = true;
+    if (const std::string problem = topic_name_problem(f->second); !problem.empty()) {
+      bad(f->first, f->second, "a topic name (" + problem + ")");
+    }
+    if (f->second == p.name) bad(f->first, f->second, "a topic other than the stage's own");
+    st.results_topic = f->second;
+  }
+  if (const auto* f = field("stage_worker_queue")) {
+    tuned = true;
+    st.worker_queue =
+        static_cast<std::size_t>(parse_int(f->first, f->second, 1, 1024, "1 to 1024"));
+  }
+  if (const auto* f = field("stage_task_timeout_ms")) {
+    tuned = true;
+    st.task_timeout = std::chrono::milliseconds(
+        parse_int(f->first, f->second, 1, 3'600'000, "1 to 3600000 (ms)"));
+  }
+  if (const auto* f = field("stage_slow_ms")) {
+    tuned = true;
+    st.slow_latency = std::chrono::milliseconds(
+        parse_int(f->first, f->second, 1, 3'600'000, "1 to 3600000 (ms)"));
+  }
+  if (tuned && !declared) {
+    throw ConfigError("invalid configuration: [[topic]] \"" + p.name +
+                      "\" sets stage_* keys without stage = true");
+  }
+  if (declared) {
+    if (st.results_topic.empty()) st.results_topic = p.name + ".results";
+    if (const std::string problem = topic_name_problem(st.results_topic); !problem.empty()) {
+      throw ConfigError("invalid configuration: [[topic]] \"" + p.name + "\": results topic \"" +
+                        st.results_topic + "\": " + problem + " (set stage_results)");
+    }
+    t.stage = st;
   }
 }
 
@@ -319,6 +395,7 @@ RelayConfig load_relay_config(const std::optional<std::string>& file,
       if (field == "depth")
         t.depth = static_cast<std::size_t>(parse_int(src, text, 1, 1024, "1 to 1024"));
     }
+    apply_stage(p, t);
     c.topics.push_back(std::move(t));
   }
   return c;
@@ -350,6 +427,13 @@ std::string to_toml(const RelayConfig& c) {
     o << "\n[[topic]]\nname = \"" << t.name << "\"\nmode = \"" << to_string(t.mode)
       << "\"\nmax_queue_bytes = " << t.max_queue_bytes << "\nmax_wait_ms = " << t.max_wait.count()
       << "\ndepth = " << t.depth << "\n";
+    if (t.stage) {
+      o << "stage = true\nstage_fps = " << t.stage->fps
+        << "\nstage_max_in_flight = " << t.stage->max_in_flight << "\nstage_results = \""
+        << t.stage->results_topic << "\"\nstage_worker_queue = " << t.stage->worker_queue
+        << "\nstage_task_timeout_ms = " << t.stage->task_timeout.count()
+        << "\nstage_slow_ms = " << t.stage->slow_latency.count() << "\n";
+    }
   }
   return o.str();
 }

@@ -1,5 +1,6 @@
 // The relay's gRPC service (callback API): Publish, Subscribe, Stats over topics; and its HTTP
-// endpoint (Boost.Beast): /metrics, /healthz, /v1/stats.
+// endpoint (Boost.Beast): /metrics, /healthz, /v1/stats, and the WebSocket publishers,
+// viewers and stage workers.
 #include <grpcpp/grpcpp.h>
 
 #include <array>
@@ -32,6 +33,7 @@
 #include "sluice/slow_consumer.hpp"
 #include "sluice/v1/relay.grpc.pb.h"
 #include "sluice/ws_frame.hpp"
+#include "stage.hpp"
 
 namespace sluice {
 
@@ -80,6 +82,7 @@ struct Topic {
   std::string name;
   TopicConfig config;
   Broadcast<RelayMessage> broadcast;
+  std::shared_ptr<relay::Stage> stage;  // when the topic declares one
 };
 
 // A publisher held back by a full lossless topic: when throttling starts (slow_down), when it
@@ -223,7 +226,13 @@ class HttpServer {
 
   void accept() {
     acceptor_.async_accept([this](boost::system::error_code ec, boost::asio::ip::tcp::socket s) {
-      if (!ec) serve(std::make_shared<Session>(std::move(s)));
+      if (!ec) {
+        // Real-time frames and small control events go out now, not after Nagle's wait for
+        // the peer's (delayed) acknowledgement: up to 40 ms per small message otherwise.
+        boost::system::error_code opt;
+        s.set_option(boost::asio::ip::tcp::no_delay(true), opt);
+        serve(std::make_shared<Session>(std::move(s)));
+      }
       if (acceptor_.is_open()) accept();
     });
   }
@@ -339,6 +348,9 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
       return nullptr;
     }
     std::lock_guard lock(mu);
+    return topic_locked(name, status);
+  }
+  std::shared_ptr<Topic> topic_locked(const std::string& name, grpc::Status& status) {
     if (auto it = topics.find(name); it != topics.end()) return it->second;
     const TopicConfig* declared = config.topic(name);
     if (declared == nullptr && !config.auto_create) {
@@ -351,9 +363,40 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
     TopicConfig tc = declared != nullptr ? *declared : config.defaults;
     tc.name = name;
     auto t = std::make_shared<Topic>(name, tc);
+    if (tc.stage) {
+      // Its results form a topic of their own (declared, or made with the defaults).
+      grpc::Status results_status;
+      auto results = topic_locked(tc.stage->results_topic, results_status);
+      if (!results) {
+        status = grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                              "topic '" + name + "': its stage's results topic '" +
+                                  tc.stage->results_topic +
+                                  "' cannot be made: " + results_status.error_message());
+        return nullptr;
+      }
+      t->stage = std::make_shared<relay::Stage>(
+          name, *tc.stage, config.drop_threshold, config.slowdown_threshold,
+          [results](RelayMessage&& m) {
+            return results->broadcast.try_publish(std::move(m)).status == SendStatus::ok;
+          },
+          registry);
+    }
     topics.emplace(name, t);
     register_metrics(t);
     return t;
+  }
+
+  // Times out frames the stages' workers hold too long; every 100 ms on the I/O thread.
+  void poll_stages() {
+    std::vector<std::shared_ptr<relay::Stage>> stages;
+    {
+      std::lock_guard lock(mu);
+      for (const auto& [name, t] : topics) {
+        if (t->stage) stages.push_back(t->stage);
+      }
+    }
+    for (const auto& st : stages) st->poll();
+    io.at(Clock::now() + std::chrono::milliseconds(100), [this] { poll_stages(); });
   }
 
   grpc::ServerWriteReactor<v1::SubscribeEvent>* Subscribe(grpc::CallbackServerContext* ctx,
@@ -444,9 +487,57 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
       }
       tj["queue_bytes"] = worst_bytes;
       tj["timeouts"] = s.timeouts;
+      if (t->stage) tj["stage"] = stage_json(*t->stage);
       j["topics"].push_back(std::move(tj));
     }
     return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+
+  static nlohmann::json stage_json(const relay::Stage& st) {
+    const auto g = st.gate_stats();
+    const auto d = st.dispatcher_stats();
+    nlohmann::json j;
+    j["results_topic"] = st.config().results_topic;
+    j["gate"] = {{"state", std::string(to_string(g.state))},
+                 {"drop_rate", g.drop_rate},
+                 {"offered", g.offered},
+                 {"admitted", g.admitted},
+                 {"done", g.done},
+                 {"in_flight", g.in_flight},
+                 {"smoothed_processing_ms",
+                  std::chrono::duration<double, std::milli>(g.smoothed_processing).count()},
+                 {"slow_downs", g.slow_downs},
+                 {"resumes", g.resumes}};
+    nlohmann::json dropped = nlohmann::json::object();
+    for (const DropReason r : kAllDropReasons) {
+      if (const auto n = g.dropped[r] + d.dropped[r] + d.failed_by_reason[r]; n > 0) {
+        dropped[std::string(to_string(r))] = n;
+      }
+    }
+    j["dropped"] = dropped;
+    j["results"] = st.results();
+    j["accepted"] = d.accepted;
+    j["completed"] = d.completed;
+    j["rerouted"] = d.rerouted;
+    j["queued"] = d.queued;
+    j["in_flight"] = d.in_flight;
+    j["workers"] = nlohmann::json::array();
+    for (const auto& w : d.workers) {
+      j["workers"].push_back(
+          {{"id", w.id},
+           {"name", w.name},
+           {"health", std::string(to_string(w.health))},
+           {"in_flight", w.in_flight},
+           {"max_concurrent", w.max_concurrent},
+           {"queued", w.queued},
+           {"queue_items", w.queue_items},
+           {"completed", w.completed},
+           {"errors", w.errors},
+           {"timeouts", w.timeouts},
+           {"smoothed_latency_ms",
+            std::chrono::duration<double, std::milli>(w.smoothed_latency).count()}});
+    }
+    return j;
   }
 
   // A slot for a new Publish or Subscribe call, or an empty one and RESOURCE_EXHAUSTED.
@@ -895,6 +986,7 @@ constexpr std::size_t kMaxViewerMessage =
     std::size_t{64} * 1024;  // viewers send no frames: refused
 
 class WsPublisher;
+class WsWorker;
 
 std::string json_text(const nlohmann::json& j) {
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -949,7 +1041,12 @@ class WsSession : public std::enable_shared_from_this<Derived> {
     ws_.set_option(t);
     // Publishers' frames are measured as they arrive (WsPublisher::on_read_some: a 1009 with
     // a reason); a viewer sends nothing but control frames, so Beast's own limit is enough.
-    ws_.read_message_max(std::is_same_v<Derived, WsPublisher> ? 0 : kMaxViewerMessage);
+    // A worker's results are frames like a publisher's.
+    if constexpr (std::is_same_v<Derived, WsWorker>) {
+      ws_.read_message_max(relay_.config.max_frame_bytes + ws::kFrameHeaderBytes);
+    } else {
+      ws_.read_message_max(std::is_same_v<Derived, WsPublisher> ? 0 : kMaxViewerMessage);
+    }
     request_ = std::move(request);
     ws_.async_accept(request_, [self = this->shared_from_this()](boost::beast::error_code ec) {
       if (!ec) self->opened();
@@ -1072,14 +1169,36 @@ class WsSession : public std::enable_shared_from_this<Derived> {
 };
 
 // A producer: reads a frame, puts it into the topic, and only then reads the next one (a
-// full lossless topic holds the socket back: TCP flow control reaches the producer).
-class WsPublisher final : public WsSession<WsPublisher> {
+// full lossless topic holds the socket back: TCP flow control reaches the producer). On a
+// topic with a stage, each frame is also offered to the stage, whose drop notices and
+// slow_down / resume signals come back on this socket.
+class WsPublisher final : public WsSession<WsPublisher>, public relay::StageListener {
  public:
   WsPublisher(RelayServer::Impl& relay, SessionSlot slot, const std::shared_ptr<Topic>& topic,
               boost::asio::ip::tcp::socket socket)
       : WsSession(relay, std::move(slot), topic, std::move(socket), "ws-publisher/" + topic->name) {
   }
   void opened() { read(); }
+
+  // (any thread) A drop notice: critical, so never dropped and never behind a frame.
+  void stage_dropped(std::uint64_t frame_index, DropReason reason,
+                     const std::string& detail) override {
+    nlohmann::json event{{"frame_index", frame_index},
+                         {"dropped", true},
+                         {"reason", std::string(to_string(reason))}};
+    if (!detail.empty()) event["detail"] = detail;
+    post_event(std::move(event), Priority::critical);
+  }
+  void stage_signal(const GateSignal& signal) override {
+    if (signal.kind == GateSignal::Kind::slow_down) {
+      post_event(
+          {{"warning", "slow_down"}, {"stage", topic_->name}, {"drop_rate", signal.drop_rate}},
+          Priority::control);
+    } else {
+      post_event({{"resume", true}, {"stage", topic_->name}, {"drop_rate", signal.drop_rate}},
+                 Priority::control);
+    }
+  }
 
  private:
   // Reads into a string the frame's Buffer then owns: the payload is never copied. Reads
@@ -1145,6 +1264,7 @@ class WsPublisher final : public WsSession<WsPublisher> {
     const auto head = ws::decode(frame.data());
     pending_ = RelayMessage{frame.slice(ws::kFrameHeaderBytes), head.index,
                             head.timestamp_ns != 0 ? head.timestamp_ns : unix_now_ns()};
+    if (topic_->stage) topic_->stage->offer(*pending_, weak_from_this());
     attempt();
   }
 
@@ -1190,12 +1310,154 @@ class WsPublisher final : public WsSession<WsPublisher> {
     topic_->broadcast.on_writable(posted(&WsPublisher::attempt), bytes);
   }
 
+  void post_event(nlohmann::json event, Priority p) {
+    relay_.io.post([w = weak_from_this(), event = std::move(event), p] {
+      if (auto self = w.lock(); self && !self->ending()) self->send_event(event, p);
+    });
+  }
+
   std::string in_;  // the frame being read
   std::optional<boost::asio::dynamic_string_buffer<char, std::char_traits<char>,
                                                    std::allocator<char>>>
       in_buffer_;  // reads into in_ (made anew per frame: in_ moves into a Buffer)
   std::optional<RelayMessage> pending_;
   Throttle throttle_;
+};
+
+// A stage worker (/v1/ws/work/{topic}?name=...&concurrency=...): the relay sends it frames
+// (binary, the same 16-byte header as viewers get), at most `concurrency` not yet answered; it
+// answers each with a binary result carrying the frame's header (published to the results
+// topic) or a text {"frame_index":N,"error":"..."} (the frame goes to another worker or is
+// failed, and its publisher told). When it leaves, what it held is re-routed or failed.
+class WsWorker final : public WsSession<WsWorker> {
+ public:
+  WsWorker(RelayServer::Impl& relay, SessionSlot slot, const std::shared_ptr<Topic>& topic,
+           boost::asio::ip::tcp::socket socket, std::string name, std::uint32_t concurrency)
+      : WsSession(relay, std::move(slot), topic, std::move(socket),
+                  "ws-worker/" + topic->name + "/" + name),
+        name_(std::move(name)),
+        concurrency_(concurrency) {}
+  WsWorker(const WsWorker&) = delete;
+  WsWorker& operator=(const WsWorker&) = delete;
+  WsWorker(WsWorker&&) = delete;
+  WsWorker& operator=(WsWorker&&) = delete;
+  ~WsWorker() { topic_->stage->leave(handle_); }
+
+  void opened() {
+    handle_ = topic_->stage->join(name_, concurrency_);
+    send_event({{"stage", topic_->name},
+                {"worker", name_},
+                {"id", handle_.id()},
+                {"concurrency", concurrency_},
+                {"results", topic_->stage->config().results_topic}});
+    read();
+    pump();
+  }
+
+ private:
+  friend class WsSession<WsWorker>;
+
+  // Takes what the dispatcher has for this worker (within its credit); re-arms the hook.
+  void pump() {
+    armed_ = false;
+    if (ending() || !handle_.joined()) return;
+    while (auto t = handle_.try_take()) {
+      to_send_.push_back(t->item.frame);
+      held_.emplace(t->item.frame.sequence, std::move(*t));
+    }
+    armed_ = true;
+    handle_.on_ready(posted(&WsWorker::pump));
+    write_next();
+  }
+  void refill() {
+    if (frame_queued_ || to_send_.empty() || ending()) return;
+    frame_queued_ = enqueue(Priority::bulk, Outgoing{{}, std::move(to_send_.front())});
+    to_send_.pop_front();
+  }
+  void write_started(const Outgoing& m) {
+    if (m.frame) frame_queued_ = false;
+  }
+
+  void read() {
+    in_.clear();
+    in_buffer_.emplace(in_);
+    ws_.async_read(
+        *in_buffer_, [self = shared_from_this()](boost::beast::error_code ec, std::size_t) {
+          if (ec) {  // gone, closed, or over the frame limit (Beast answers 1009)
+            self->closing_ = true;
+            self->timer_.cancel();
+            self->held_.clear();
+            self->topic_->stage->leave(self->handle_);  // its frames go to the others now
+            return;
+          }
+          self->on_message();
+          self->read();
+        });
+  }
+
+  void on_message() {
+    in_.resize(in_buffer_->size());
+    if (ws_.got_text()) {
+      const auto j = nlohmann::json::parse(in_, nullptr, false);
+      if (j.is_discarded()) {
+        send_event({{"error", "invalid JSON in a text frame"}});
+        return;
+      }
+      if (!j.is_object() || !j.contains("frame_index") || !j["frame_index"].is_number_unsigned() ||
+          !j.contains("error") || !j["error"].is_string()) {
+        send_event({{"error",
+                     "unknown event: workers send {\"frame_index\":N,\"error\":\"...\"} "
+                     "or a binary result: " +
+                         in_.substr(0, 100)}});
+        return;
+      }
+      const auto index = j["frame_index"].get<std::uint64_t>();
+      auto it = held_.find(index);
+      if (it == held_.end()) {
+        not_held(index);
+        return;
+      }
+      const auto task = std::move(it->second);
+      held_.erase(it);
+      topic_->stage->failed(handle_, task, j["error"].get<std::string>().substr(0, 200));
+      return;
+    }
+    if (in_.size() < ws::kFrameHeaderBytes) {
+      send_event({{"error", "a result of " + std::to_string(in_.size()) +
+                                " bytes: results start with the frame's 16-byte header"}});
+      return;
+    }
+    const Buffer result(std::move(in_));
+    const auto head = ws::decode(result.data());
+    auto it = held_.find(head.index);
+    if (it == held_.end()) {
+      not_held(head.index);
+      return;
+    }
+    const auto task = std::move(it->second);
+    held_.erase(it);
+    if (!topic_->stage->completed(handle_, task, result.slice(ws::kFrameHeaderBytes))) {
+      not_held(head.index);
+    }
+  }
+  void not_held(std::uint64_t index) {
+    send_event({{"error", "frame " + std::to_string(index) +
+                              " is not held by this worker (it timed out and went to another "
+                              "worker, or was never sent)"},
+                {"frame_index", index}});
+  }
+
+  const std::string name_;
+  const std::uint32_t concurrency_;
+  relay::Stage::Worker handle_;
+  std::deque<RelayMessage> to_send_;                       // taken, not yet queued to write
+  std::multimap<std::uint64_t, relay::Stage::Task> held_;  // by frame index
+  std::string in_;
+  std::optional<
+      boost::asio::dynamic_string_buffer<char, std::char_traits<char>, std::allocator<char>>>
+      in_buffer_;
+  bool frame_queued_ = false;
+  bool armed_ = false;
 };
 
 // A viewer: the subscription's cursor is its queue of frames; the outgoing queue holds at most
@@ -1423,14 +1685,19 @@ bool RelayServer::Impl::upgrade(boost::asio::ip::tcp::socket& socket, HttpServer
       qmark == std::string_view::npos ? std::string_view{} : target.substr(qmark + 1);
   constexpr std::string_view kPublish = "/v1/ws/publish/";
   constexpr std::string_view kSubscribe = "/v1/ws/subscribe/";
+  constexpr std::string_view kWork = "/v1/ws/work/";
   const bool publish = path.starts_with(kPublish);
-  if (!publish && !path.starts_with(kSubscribe)) {
+  const bool work = path.starts_with(kWork);
+  if (!publish && !work && !path.starts_with(kSubscribe)) {
     status = 404;
     body = "no WebSocket endpoint at " + std::string(path.substr(0, 200)) +
-           " (try /v1/ws/publish/{topic} or /v1/ws/subscribe/{topic}?name=...&depth=...)\n";
+           " (try /v1/ws/publish/{topic}, /v1/ws/subscribe/{topic}?name=...&depth=... or "
+           "/v1/ws/work/{topic}?name=...&concurrency=...)\n";
     return false;
   }
-  const std::string name = url_decode(path.substr(publish ? kPublish.size() : kSubscribe.size()));
+  const std::string name = url_decode(path.substr(publish ? kPublish.size()
+                                                  : work  ? kWork.size()
+                                                          : kSubscribe.size()));
   grpc::Status st;
   SessionSlot slot = session(st);
   if (!slot) {
@@ -1446,6 +1713,31 @@ bool RelayServer::Impl::upgrade(boost::asio::ip::tcp::socket& socket, HttpServer
   }
   if (publish) {
     std::make_shared<WsPublisher>(*this, std::move(slot), t, std::move(socket))
+        ->start(std::move(request));
+    return true;
+  }
+  if (work) {
+    if (!t->stage) {
+      status = 404;
+      body = "topic '" + name +
+             "' has no stage: declare one with stage = true in its [[topic]] (docs/stages.md)\n";
+      return false;
+    }
+    std::uint32_t concurrency = 4;
+    if (const std::string c = query_value(query, "concurrency"); !c.empty()) {
+      char* end = nullptr;
+      const unsigned long v = std::strtoul(c.c_str(), &end, 10);
+      if (end == c.c_str() || *end != '\0' || v == 0 || v > 1024) {
+        status = 400;
+        body = "concurrency '" + c.substr(0, 20) + "': a whole number from 1 to 1024\n";
+        return false;
+      }
+      concurrency = static_cast<std::uint32_t>(v);
+    }
+    std::string worker = query_value(query, "name");
+    worker = worker.empty() ? "worker" : worker.substr(0, 128);
+    std::make_shared<WsWorker>(*this, std::move(slot), t, std::move(socket), std::move(worker),
+                               concurrency)
         ->start(std::move(request));
     return true;
   }
@@ -1498,6 +1790,7 @@ void RelayServer::start() {
       },
       [impl](boost::asio::ip::tcp::socket& socket, HttpServer::Request& request, unsigned& status,
              std::string& body) { return impl->upgrade(socket, request, status, body); });
+  impl_->io.post([impl] { impl->poll_stages(); });
 }
 
 void RelayServer::shutdown() {

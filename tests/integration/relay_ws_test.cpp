@@ -321,7 +321,9 @@ TEST(RelayWs, RefusalsAreHttpErrorsBeforeTheUpgrade) {
   RelayConfig c = loopback();
   c.auto_create = false;
   c.max_sessions = 1;
-  c.topics.push_back(TopicConfig{.name = "known"});
+  TopicConfig known;
+  known.name = "known";
+  c.topics.push_back(known);
   RelayServer relay(c);
   relay.start();
   const auto port = relay.http_port();

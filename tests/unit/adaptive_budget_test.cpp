@@ -5,8 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <chrono>
+#include <cstdio>
 #include <deque>
 #include <stdexcept>
 #include <string>
@@ -96,10 +96,11 @@ TEST(AdaptiveBudget, ConvergesAndHoldsLatencyWithinTwiceTheTargetAsTheConsumerCh
   const double speeds[] = {1000, 250, 2000, 1000};
   for (std::size_t i = 0; i < results.size(); ++i) {
     SCOPED_TRACE("phase " + std::to_string(i) + " at " + std::to_string(speeds[i]) + " B/ms");
-    std::printf("phase %zu: consumer %.0f B/ms, steady max latency %.1f ms, busy %.3f, "
-                "budget %zu B (target x speed = %.0f B)\n",
-                i, speeds[i], std::chrono::duration<double, std::milli>(results[i].max_latency).count(),
-                results[i].busy, results[i].budget_at_end, 50 * speeds[i]);
+    std::printf(
+        "phase %zu: consumer %.0f B/ms, steady max latency %.1f ms, busy %.3f, "
+        "budget %zu B (target x speed = %.0f B)\n",
+        i, speeds[i], std::chrono::duration<double, std::milli>(results[i].max_latency).count(),
+        results[i].busy, results[i].budget_at_end, 50 * speeds[i]);
     EXPECT_LE(results[i].max_latency, 100ms) << "steady-state latency above 2× the target";
     // Not bought by starving the consumer: the queue rarely runs dry.
     EXPECT_GE(results[i].busy, 0.9);

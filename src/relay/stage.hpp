@@ -1,0 +1,100 @@
+// The relay's processing stage behind a topic (seed 001 + seed 002 "GPU provider flow
+// control"): each frame a publisher sends to the topic is offered to a FrameGate; an admitted
+// frame goes to a Dispatcher, which hands it to a worker (joined over /v1/ws/work/{topic});
+// the worker's result is published to the results topic. Every frame the gate or the
+// dispatcher refuses, and every frame the workers fail, is told to the publisher that sent it
+// (a drop notice with the frame index and the reason) and counted by reason in /metrics; the
+// gate's slow_down and resume go to the publisher too.
+//
+// Thread-safety: every member may be called from any thread (the gate and the dispatcher lock
+// themselves). Listener callbacks run on the thread of the call that caused them and must not
+// block (the WebSocket publisher posts to its I/O thread).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "sluice/dispatcher.hpp"
+#include "sluice/frame_gate.hpp"
+#include "sluice/metrics.hpp"
+#include "sluice/relay_config.hpp"
+#include "sluice/relay_server.hpp"
+
+namespace sluice::relay {
+
+/// The publisher of a stage's frames, as the stage sees it.
+class StageListener {
+ public:
+  virtual ~StageListener() = default;
+  /// Frame `frame_index` will not be processed: `reason` (frame_late, drop_rate, in_flight,
+  /// overflow, no_worker, worker_failed) and, for the dispatcher's, what happened.
+  virtual void stage_dropped(std::uint64_t frame_index, DropReason reason,
+                             const std::string& detail) = 0;
+  /// The gate turned critical (slow_down) or back to normal (resume).
+  virtual void stage_signal(const GateSignal& signal) = 0;
+};
+
+/// A frame on its way through the stage.
+struct StageItem {
+  RelayMessage frame;
+  std::weak_ptr<StageListener> publisher;
+  std::chrono::steady_clock::time_point admitted;
+};
+inline std::size_t size_bytes(const StageItem& item) noexcept {
+  return item.frame.payload.size();
+}
+
+class Stage {
+ public:
+  using Clock = std::chrono::steady_clock;
+  using Worker = Dispatcher<StageItem>::Worker;
+  using Task = Dispatcher<StageItem>::Task;
+  /// Publishes a result to the results topic; false if it could not (counted as a drop).
+  using PublishFn = std::function<bool(RelayMessage&&)>;
+
+  /// Throws std::invalid_argument on a bad setting (named).
+  Stage(std::string topic, const StageConfig& config, double drop_threshold,
+        double slowdown_threshold, PublishFn publish_result, metrics::Registry& registry);
+  ~Stage();
+  Stage(const Stage&) = delete;
+  Stage& operator=(const Stage&) = delete;
+
+  const std::string& topic() const noexcept { return topic_; }
+  const StageConfig& config() const noexcept { return config_; }
+
+  /// A frame from `publisher`: admitted and routed to a worker, or dropped and told.
+  void offer(const RelayMessage& frame, const std::weak_ptr<StageListener>& publisher);
+
+  /// A worker joins (its series appear in /metrics until it leaves).
+  Worker join(const std::string& name, std::uint32_t concurrency);
+  /// The worker leaves: what it held is re-routed or failed (and told); its series go.
+  void leave(Worker& worker);
+  /// The worker finished `task` with `result` (payload; sequence and timestamp are the
+  /// frame's): published to the results topic. False if the worker no longer held it.
+  bool completed(Worker& worker, const Task& task, Buffer result);
+  /// The worker could not process `task`: re-routed or failed (and told). False if not held.
+  bool failed(Worker& worker, const Task& task, const std::string& why);
+  /// Times out frames held too long (call every 100 ms or so).
+  void poll();
+
+  DispatcherStats dispatcher_stats() const { return dispatcher_.stats(); }
+  FrameGateStats gate_stats() const { return gate_.stats(); }
+  std::uint64_t results() const { return results_->value(); }
+
+ private:
+  void dropped(const StageItem& item, DropReason reason, const std::string& detail);
+
+  const std::string topic_;
+  const StageConfig config_;
+  PublishFn publish_;
+  metrics::Registry& registry_;
+  FrameGate gate_;
+  Dispatcher<StageItem> dispatcher_;
+  metrics::Counter* results_;
+  metrics::Counter* results_dropped_;
+};
+
+}  // namespace sluice::relay
