@@ -138,6 +138,58 @@ TEST(RelayConfig, UnknownKeysSyntaxErrorsAndBadTopicsAreRefused) {
             std::string::npos);
 }
 
+TEST(RelayConfig, ATopicDeclaresAStageWithItsSettings) {
+  TempFile f(R"(
+[[topic]]
+name = "camera"
+mode = "realtime"
+stage = true
+stage_fps = 15
+stage_max_in_flight = 2
+stage_worker_queue = 8
+stage_task_timeout_ms = 500
+stage_slow_ms = 250
+[[topic]]
+name = "lidar"
+stage = true
+stage_results = "lidar.points"
+[[topic]]
+name = "logs"
+)");
+  const RelayConfig c = load(f.path());
+  const auto& cam = c.topic("camera")->stage;
+  ASSERT_TRUE(cam);
+  EXPECT_EQ(cam->fps, 15);
+  EXPECT_EQ(cam->max_in_flight, 2U);
+  EXPECT_EQ(cam->worker_queue, 8U);
+  EXPECT_EQ(cam->task_timeout.count(), 500);
+  EXPECT_EQ(cam->slow_latency.count(), 250);
+  EXPECT_EQ(cam->results_topic, "camera.results");  // the default
+  EXPECT_EQ(c.topic("lidar")->stage->results_topic, "lidar.points");
+  EXPECT_FALSE(c.topic("logs")->stage);
+  TempFile again(to_toml(c));
+  EXPECT_EQ(to_toml(load(again.path())), to_toml(c));
+}
+
+TEST(RelayConfig, BadStageSettingsAreNamed) {
+  TempFile fps("[[topic]]\nname = \"a\"\nstage = true\nstage_fps = 0\n");
+  EXPECT_NE(error_of(fps.path()).find("key topic.stage_fps = \"0\" (accepted: 0.1 to 1000)"),
+            std::string::npos)
+      << error_of(fps.path());
+  TempFile orphan("[[topic]]\nname = \"a\"\nstage_fps = 10\n");
+  EXPECT_NE(error_of(orphan.path()).find("stage_* keys without stage = true"), std::string::npos)
+      << error_of(orphan.path());
+  TempFile self("[[topic]]\nname = \"a\"\nstage = true\nstage_results = \"a\"\n");
+  EXPECT_NE(error_of(self.path()).find("a topic other than the stage's own"), std::string::npos)
+      << error_of(self.path());
+  TempFile flag("[[topic]]\nname = \"a\"\nstage = \"yes\"\n");
+  EXPECT_NE(error_of(flag.path()).find("key topic.stage = \"yes\" (accepted: true or false)"),
+            std::string::npos)
+      << error_of(flag.path());
+  TempFile typo("[[topic]]\nname = \"a\"\nstage_fsp = 1\n");
+  EXPECT_NE(error_of(typo.path()).find("unknown key topic.stage_fsp"), std::string::npos);
+}
+
 TEST(RelayConfig, TopicNames) {
   EXPECT_EQ(topic_name_problem("camera.front-1_a"), "");
   EXPECT_NE(topic_name_problem(""), "");
