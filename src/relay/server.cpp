@@ -403,6 +403,8 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
                                                           const v1::SubscribeRequest* req) override;
   grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>* Publish(
       grpc::CallbackServerContext* ctx) override;
+  grpc::ServerBidiReactor<v1::WorkRequest, v1::WorkEvent>* Work(
+      grpc::CallbackServerContext* ctx) override;
   grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx, const v1::StatsRequest* /*req*/,
                                   v1::StatsReply* reply) override {
     reply->set_json(stats_json());
@@ -670,6 +672,13 @@ class GuardedReactor : public Reactor {
       g->with([method](GuardedReactor& self) { (static_cast<Derived&>(self).*method)(); });
     };
   }
+  // A callback that passes its argument to `method` on the reactor if it is still there.
+  template <class Arg>
+  std::function<void(Arg)> later_with(void (Derived::*method)(Arg)) const {
+    return [g = guard_, method](Arg arg) {
+      g->with([&](GuardedReactor& self) { (static_cast<Derived&>(self).*method)(std::move(arg)); });
+    };
+  }
   void finish(const grpc::Status& status) {  // caller holds mu_
     if (finished_) return;
     finished_ = true;
@@ -786,6 +795,53 @@ class SubscribeReactor final
 };
 
 // ---- Publish: the next read starts only once the current item is in the topic ----
+constexpr std::size_t kMaxControlQueued = 64;  // unread control events before we give up
+constexpr std::size_t kMaxStageEventsUnread = 1024;
+
+// A gRPC producer as a stage sees it: each event is posted to the relay's I/O thread, then
+// given to the reactor if it is still there (no lock of the reactor's is taken on the thread
+// that caused the event, which may hold one).
+class GrpcStageListener final : public relay::StageListener {
+ public:
+  GrpcStageListener(IoThread& io, std::string stage, std::function<void(v1::PublishEvent)> deliver)
+      : io_(io), stage_(std::move(stage)), deliver_(std::move(deliver)) {}
+  void stage_dropped(std::uint64_t frame_index, DropReason reason,
+                     const std::string& detail) override {
+    v1::PublishEvent e;
+    auto* d = e.mutable_dropped();
+    d->set_sequence(frame_index);
+    d->set_reason(std::string(to_string(reason)));
+    d->set_detail(detail);
+    post(std::move(e));
+  }
+  void stage_signal(const GateSignal& signal) override {
+    v1::PublishEvent e;
+    if (signal.kind == GateSignal::Kind::slow_down) {
+      auto* s = e.mutable_slow_down();
+      s->set_topic(stage_);
+      s->set_stage(stage_);
+      s->set_drop_rate(signal.drop_rate);
+      s->set_reason(
+          "the stage's windowed drop rate passed the slowdown threshold "
+          "(STREAM_SLOWDOWN_THRESHOLD): send fewer frames");
+    } else {
+      auto* r = e.mutable_resume();
+      r->set_topic(stage_);
+      r->set_stage(stage_);
+      r->set_drop_rate(signal.drop_rate);
+    }
+    post(std::move(e));
+  }
+
+ private:
+  void post(v1::PublishEvent e) {
+    io_.post([deliver = deliver_, e = std::move(e)]() mutable { deliver(std::move(e)); });
+  }
+  IoThread& io_;
+  const std::string stage_;
+  std::function<void(v1::PublishEvent)> deliver_;
+};
+
 class PublishReactor final
     : public GuardedReactor<PublishReactor,
                             grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>> {
@@ -849,6 +905,7 @@ class PublishReactor final
                                       item.timestamp_ns()});
       return true;
     };
+    const std::size_t before = pending_.size();
     if (batch) {
       for (auto& item : *items) {
         if (!admit(item)) return;
@@ -856,8 +913,36 @@ class PublishReactor final
     } else if (!admit(*req_.mutable_item())) {
       return;
     }
+    // A topic with a stage: offer the new frames to it (outside our lock: its events come back
+    // through the I/O thread into stage_event()).
+    std::vector<RelayMessage> offers;
+    if (topic_->stage) {
+      offers.assign(pending_.begin() + static_cast<std::ptrdiff_t>(before), pending_.end());
+      if (!listener_) {
+        listener_ = std::make_shared<GrpcStageListener>(relay_.io, topic_->name,
+                                                        later_with(&PublishReactor::stage_event));
+      }
+    }
+    const auto stage = topic_->stage;
+    const std::weak_ptr<relay::StageListener> listener = listener_;
     lock.unlock();
+    for (const auto& m : offers) stage->offer(m, listener);
     attempt();
+  }
+
+  // (I/O thread) A stage's drop notice or signal: each is delivered, in order, before acks.
+  void stage_event(v1::PublishEvent e) {
+    std::lock_guard lock(mu_);
+    if (finished_) return;
+    if (stage_events_.size() >= kMaxStageEventsUnread) {
+      finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          std::to_string(kMaxStageEventsUnread) +
+                              " stage events unread: the producer is not reading its Publish "
+                              "call's events"));
+      return;
+    }
+    stage_events_.push_back(std::move(e));
+    write_next();
   }
 
   void OnWriteDone(bool ok) override {
@@ -929,7 +1014,10 @@ class PublishReactor final
   void write_next() {
     if (writing_ || finished_) return;
     out_.Clear();
-    if (throttle_.slowed() != told_slowed_) {
+    if (!stage_events_.empty()) {
+      out_ = std::move(stage_events_.front());
+      stage_events_.pop_front();
+    } else if (throttle_.slowed() != told_slowed_) {
       told_slowed_ = throttle_.slowed();
       const std::uint64_t queued = topic_->broadcast.queue_bytes();
       if (told_slowed_) {
@@ -953,7 +1041,8 @@ class PublishReactor final
     StartWrite(&out_);
   }
   void maybe_finish() {  // caller holds mu_
-    if (reads_done_ && !writing_ && !ack_ && throttle_.slowed() == told_slowed_ && pending_.empty())
+    if (reads_done_ && !writing_ && !ack_ && throttle_.slowed() == told_slowed_ &&
+        pending_.empty() && stage_events_.empty())
       finish(grpc::Status::OK);
   }
 
@@ -971,6 +1060,8 @@ class PublishReactor final
   v1::PublishEvent out_;              // the write in flight
   bool writing_ = false;
   bool reads_done_ = false;
+  std::shared_ptr<GrpcStageListener> listener_;  // for a topic with a stage
+  std::deque<v1::PublishEvent> stage_events_;    // drop notices and signals not yet written
 };
 
 // ---- WebSocket (on the HTTP port): /v1/ws/publish/{topic}, /v1/ws/subscribe/{topic} ----
@@ -981,9 +1072,176 @@ class PublishReactor final
 
 namespace websocket = boost::beast::websocket;
 using WsStream = websocket::stream<boost::beast::tcp_stream>;
-constexpr std::size_t kMaxControlQueued = 64;  // unread control events before we give up
 constexpr std::size_t kMaxViewerMessage =
     std::size_t{64} * 1024;  // viewers send no frames: refused
+
+// A stage worker over gRPC (Work): the first message joins the topic's stage; frames go out
+// one write at a time, at most `concurrency` unanswered (the dispatcher's credit); results and
+// errors come back by sequence. When the call ends, what the worker held is re-routed or
+// failed.
+class WorkReactor final
+    : public GuardedReactor<WorkReactor, grpc::ServerBidiReactor<v1::WorkRequest, v1::WorkEvent>> {
+ public:
+  WorkReactor(RelayServer::Impl& relay, SessionSlot slot) : relay_(relay), slot_(std::move(slot)) {
+    StartRead(&req_);
+  }
+  WorkReactor(const WorkReactor&) = delete;
+  WorkReactor& operator=(const WorkReactor&) = delete;
+  WorkReactor(WorkReactor&&) = delete;
+  WorkReactor& operator=(WorkReactor&&) = delete;
+  ~WorkReactor() override {
+    if (topic_) topic_->stage->leave(handle_);
+  }
+
+  void OnReadDone(bool ok) override {
+    std::lock_guard lock(mu_);
+    if (finished_) return;
+    if (!ok) {  // the worker is done: leave now, so that what it held goes elsewhere
+      if (topic_) topic_->stage->leave(handle_);
+      held_.clear();
+      to_send_.clear();
+      reads_done_ = true;
+      if (!writing_) finish(grpc::Status::OK);
+      return;
+    }
+    if (!topic_) {
+      if (!join()) return;
+    } else if (req_.has_join()) {
+      finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a Work call joins once"));
+      return;
+    } else if (req_.has_result() || req_.has_error()) {
+      const std::uint64_t seq =
+          req_.has_result() ? req_.result().sequence() : req_.error().sequence();
+      auto it = held_.find(seq);
+      if (it == held_.end() && errors_.size() >= kMaxControlQueued) {
+        finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                            std::to_string(kMaxControlQueued) +
+                                " error events unread: the worker is not reading its call"));
+        return;
+      }
+      if (it == held_.end()) {
+        errors_.push_back("frame " + std::to_string(seq) +
+                          " is not held by this worker (it timed out and went to another "
+                          "worker, or was never sent)");
+      } else {
+        const auto task = std::move(it->second);
+        held_.erase(it);
+        if (req_.has_result()) {
+          if (!topic_->stage->completed(
+                  handle_, task, Buffer(std::move(*req_.mutable_result()->mutable_payload())))) {
+            errors_.push_back("frame " + std::to_string(seq) + " timed out before its result");
+          }
+        } else {
+          topic_->stage->failed(handle_, task, req_.error().error().substr(0, 200));
+        }
+      }
+    } else {
+      finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "a WorkRequest without join, result or error"));
+      return;
+    }
+    write_next();
+    StartRead(&req_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard lock(mu_);
+    writing_ = false;
+    if (!ok) {
+      finish(grpc::Status(grpc::StatusCode::CANCELLED, "worker went away"));
+      return;
+    }
+    if (reads_done_) {
+      finish(grpc::Status::OK);
+      return;
+    }
+    write_next();
+  }
+
+ private:
+  bool join() {  // caller holds mu_
+    if (!req_.has_join()) {
+      finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "the first WorkRequest of a Work call must be a join"));
+      return false;
+    }
+    const auto& j = req_.join();
+    grpc::Status status;
+    auto t = relay_.topic(j.topic(), status);
+    if (!t) {
+      finish(status);
+      return false;
+    }
+    if (!t->stage) {
+      finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          "topic '" + t->name +
+                              "' has no stage: declare one with stage = true in its [[topic]] "
+                              "(docs/stages.md)"));
+      return false;
+    }
+    const std::uint32_t concurrency = j.concurrency() == 0 ? 4 : j.concurrency();
+    if (concurrency > 1024) {
+      finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "concurrency " + std::to_string(concurrency) + ": at most 1024"));
+      return false;
+    }
+    topic_ = t;
+    handle_ = t->stage->join(j.name().empty() ? "worker" : j.name().substr(0, 128), concurrency);
+    joined_ = true;
+    relay_.io.post(later(&WorkReactor::pump));
+    return true;
+  }
+
+  // Takes what the dispatcher has for this worker (within its credit); re-arms the hook.
+  void pump() {
+    std::lock_guard lock(mu_);
+    if (finished_ || reads_done_ || !handle_.joined()) return;
+    while (auto t = handle_.try_take()) {
+      to_send_.push_back(t->item.frame);
+      held_.emplace(t->item.frame.sequence, std::move(*t));
+    }
+    // (the hook only posts: it may run at once, on this thread, under our lock)
+    handle_.on_ready([io = &relay_.io, again = later(&WorkReactor::pump)] { io->post(again); });
+    write_next();
+  }
+
+  void write_next() {  // caller holds mu_
+    if (writing_ || finished_) return;
+    out_.Clear();
+    if (joined_) {
+      out_.mutable_joined()->set_id(handle_.id());
+      out_.mutable_joined()->set_results_topic(topic_->stage->config().results_topic);
+      joined_ = false;
+    } else if (!errors_.empty()) {
+      out_.set_error(errors_.front());
+      errors_.pop_front();
+    } else if (!to_send_.empty()) {
+      const RelayMessage& m = to_send_.front();
+      auto* item = out_.mutable_frame();
+      item->set_payload(m.payload.data(), m.payload.size());
+      item->set_sequence(m.sequence);
+      item->set_timestamp_ns(m.timestamp_ns);
+      to_send_.pop_front();
+    } else {
+      return;
+    }
+    writing_ = true;
+    StartWrite(&out_);
+  }
+
+  RelayServer::Impl& relay_;
+  SessionSlot slot_;
+  v1::WorkRequest req_;
+  v1::WorkEvent out_;
+  std::shared_ptr<Topic> topic_;
+  relay::Stage::Worker handle_;
+  std::deque<RelayMessage> to_send_;
+  std::multimap<std::uint64_t, relay::Stage::Task> held_;
+  std::deque<std::string> errors_;  // about the worker's messages, bounded by its reads
+  bool joined_ = false;             // the joined event is due
+  bool writing_ = false;
+  bool reads_done_ = false;
+};
 
 class WsPublisher;
 class WsWorker;
@@ -1674,6 +1932,14 @@ grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>* RelayServer::Impl
   if (!slot)
     return new Refused<grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>>(status);
   return new PublishReactor(*this, ctx, std::move(slot));
+}
+
+grpc::ServerBidiReactor<v1::WorkRequest, v1::WorkEvent>* RelayServer::Impl::Work(
+    grpc::CallbackServerContext* /*ctx*/) {
+  grpc::Status status;
+  SessionSlot slot = session(status);
+  if (!slot) return new Refused<grpc::ServerBidiReactor<v1::WorkRequest, v1::WorkEvent>>(status);
+  return new WorkReactor(*this, std::move(slot));
 }
 
 bool RelayServer::Impl::upgrade(boost::asio::ip::tcp::socket& socket, HttpServer::Request& request,

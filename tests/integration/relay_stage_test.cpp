@@ -1,6 +1,7 @@
 // A topic's processing stage against the real relay on loopback: bad requests and bad worker
 // messages get their documented errors; a worker that fails a frame, stalls or vanishes costs
 // no silent loss (the frame goes to another worker, or its publisher is told why).
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -13,6 +14,7 @@
 #include "loopback.hpp"
 #include "sluice/relay_server.hpp"
 #include "sluice/stage_worker.hpp"
+#include "sluice/v1/relay.grpc.pb.h"
 #include "ws_async.hpp"
 #include "ws_client.hpp"
 
@@ -259,6 +261,107 @@ TEST(RelayStage, AFrameHeldPastTheTaskTimeoutGoesToAnotherWorker) {
   EXPECT_TRUE(drops(camera).empty());
   real.stop();
   serving.join();
+}
+
+// Over gRPC: a worker joins with Work, a producer publishes with Publish; the producer's call
+// carries the stage's drop notices.
+TEST(RelayStageGrpc, AWorkCallServesFramesAndTheProducerIsToldOfAFailedOne) {
+  RelayServer relay(stage_relay());
+  relay.start();
+  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(relay.grpc_port()),
+                                     grpc::InsecureChannelCredentials());
+  auto stub = v1::Relay::NewStub(channel);
+  AsyncWs viewer;
+  ASSERT_TRUE(viewer.connect(relay.http_port(), "/v1/ws/subscribe/camera.results"));
+
+  grpc::ClientContext work_ctx;
+  auto work = stub->Work(&work_ctx);
+  v1::WorkRequest join;
+  join.mutable_join()->set_topic("camera");
+  join.mutable_join()->set_name("grpc-gpu");
+  join.mutable_join()->set_concurrency(1);
+  ASSERT_TRUE(work->Write(join));
+  v1::WorkEvent event;
+  ASSERT_TRUE(work->Read(&event));
+  ASSERT_TRUE(event.has_joined());
+  EXPECT_EQ(event.joined().results_topic(), "camera.results");
+
+  grpc::ClientContext pub_ctx;
+  auto pub = stub->Publish(&pub_ctx);
+  for (std::uint64_t i = 1; i <= 2; ++i) {
+    v1::PublishRequest req;
+    req.mutable_item()->set_topic("camera");
+    req.mutable_item()->set_sequence(i);
+    req.mutable_item()->set_payload("frame " + std::to_string(i));
+    ASSERT_TRUE(pub->Write(req));
+    // The worker gets it, answers: a result for the first, an error for the second.
+    ASSERT_TRUE(work->Read(&event));
+    ASSERT_TRUE(event.has_frame());
+    EXPECT_EQ(event.frame().sequence(), i);
+    EXPECT_EQ(event.frame().payload(), "frame " + std::to_string(i));
+    v1::WorkRequest answer;
+    if (i == 1) {
+      answer.mutable_result()->set_sequence(i);
+      answer.mutable_result()->set_payload("result 1");
+    } else {
+      answer.mutable_error()->set_sequence(i);
+      answer.mutable_error()->set_error("model crashed");
+    }
+    ASSERT_TRUE(work->Write(answer));
+    std::this_thread::sleep_for(50ms);  // past the gate's frame interval
+  }
+  ASSERT_TRUE(viewer.wait([](const Messages& ms) { return count_binary(ms) == 1; }, 5s));
+  EXPECT_EQ(results(viewer), std::set<std::uint64_t>{1});
+  // The producer's call: acks, and the drop notice for frame 2.
+  bool told = false;
+  v1::PublishEvent pe;
+  while (!told && pub->Read(&pe)) {
+    if (pe.has_dropped()) {
+      EXPECT_EQ(pe.dropped().sequence(), 2U);
+      EXPECT_EQ(pe.dropped().reason(), "worker_failed");
+      EXPECT_NE(pe.dropped().detail().find("model crashed"), std::string::npos);
+      told = true;
+    }
+  }
+  EXPECT_TRUE(told);
+  // A result for a frame it does not hold: an error event; the call goes on.
+  v1::WorkRequest stray;
+  stray.mutable_result()->set_sequence(42);
+  ASSERT_TRUE(work->Write(stray));
+  ASSERT_TRUE(work->Read(&event));
+  ASSERT_TRUE(event.has_error());
+  EXPECT_NE(event.error().find("frame 42 is not held"), std::string::npos) << event.error();
+  work->WritesDone();
+  pub->WritesDone();
+  EXPECT_TRUE(work->Finish().ok());
+  EXPECT_TRUE(pub->Finish().ok());
+}
+
+TEST(RelayStageGrpc, AWorkCallMustJoinATopicWithAStage) {
+  RelayServer relay(stage_relay());
+  relay.start();
+  auto stub = v1::Relay::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(relay.grpc_port()), grpc::InsecureChannelCredentials()));
+  {
+    grpc::ClientContext ctx;
+    auto work = stub->Work(&ctx);
+    v1::WorkRequest join;
+    join.mutable_join()->set_topic("plain");
+    (void)work->Write(join);
+    const auto status = work->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_NE(status.error_message().find("has no stage"), std::string::npos);
+  }
+  {
+    grpc::ClientContext ctx;
+    auto work = stub->Work(&ctx);
+    v1::WorkRequest result;
+    result.mutable_result()->set_sequence(1);
+    (void)work->Write(result);
+    const auto status = work->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(status.error_message().find("must be a join"), std::string::npos);
+  }
 }
 
 }  // namespace
