@@ -1297,6 +1297,10 @@ class WsSession : public std::enable_shared_from_this<Derived> {
     t.idle_timeout = relay_.config.idle_timeout;  // pings at half of it keep a quiet peer alive
     t.keep_alive_pings = true;
     ws_.set_option(t);
+    // One WebSocket frame per message, written in one gather (header + shared payload). Beast
+    // would otherwise cut a message into frames of its 4 KiB write buffer: 256 writes for a
+    // 1 MiB frame, each a system call.
+    ws_.auto_fragment(false);
     // Publishers' frames are measured as they arrive (WsPublisher::on_read_some: a 1009 with
     // a reason); a viewer sends nothing but control frames, so Beast's own limit is enough.
     // A worker's results are frames like a publisher's.
