@@ -204,6 +204,8 @@ class Dispatcher {
   ~Dispatcher() { close(); }
   Dispatcher(const Dispatcher&) = delete;
   Dispatcher& operator=(const Dispatcher&) = delete;
+  Dispatcher(Dispatcher&&) = delete;  // workers' handles hold its state, not its address
+  Dispatcher& operator=(Dispatcher&&) = delete;
 
   /// Registers a worker. Throws std::invalid_argument if its configuration is invalid.
   Worker join(WorkerConfig config) {
@@ -244,7 +246,7 @@ class Dispatcher {
  private:
   struct Held {
     T item;
-    std::uint32_t attempt;
+    std::uint32_t attempt = 1;
     Clock::time_point since;  // taken at (in flight) or routed at (queued)
   };
   struct WorkerState {
@@ -288,7 +290,7 @@ class Dispatcher {
       }
     }
 
-    std::uint64_t join(WorkerConfig wc) {
+    std::uint64_t join(WorkerConfig wc) {  // NOLINT(performance-unnecessary-value-param): moved
       std::lock_guard lock(mu);
       const std::uint64_t id = next_worker++;
       WorkerState& w = workers[id];
@@ -434,7 +436,8 @@ class Dispatcher {
                " workers are unhealthy (≥ " + std::to_string(config.unhealthy_after) +
                " consecutive errors or timeouts)";
       }
-      std::size_t queued = 0, capacity = 0;
+      std::size_t queued = 0;
+      std::size_t capacity = 0;
       for (const auto& [id, w] : workers) {
         queued += w.queue.size();
         capacity += w.config.queue_items;
@@ -446,7 +449,7 @@ class Dispatcher {
 
     // An attempt of `held` failed on worker `from`: re-route it or fail it.
     void retry(std::uint64_t task, Held held, std::uint64_t from, bool counts_attempt,
-               std::string why, Clock::time_point now, Deferred& d) {
+               const std::string& why, Clock::time_point now, Deferred& d) {
       if (counts_attempt && held.attempt >= config.max_attempts) {
         fail_item(std::move(held.item), DropReason::worker_failed,
                   why + " (attempt " + std::to_string(held.attempt) + " of " +
@@ -573,7 +576,7 @@ class Dispatcher {
           known = true;
           Held held = std::move(it->second);
           w.in_flight.erase(it);
-          const double sample = static_cast<double>((now - held.since).count());
+          const auto sample = static_cast<double>((now - held.since).count());
           if (ok) {
             w.smoothed_ns = w.smoothed_ns
                                 ? *w.smoothed_ns + config.smoothing * (sample - *w.smoothed_ns)
@@ -708,6 +711,8 @@ class Dispatcher<T>::Worker {
     return *this;
   }
   ~Worker() { leave(); }
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
 
   std::uint64_t id() const noexcept { return id_; }
   bool joined() const noexcept { return core_ != nullptr && id_ != 0; }

@@ -53,6 +53,8 @@ class StageWorker {
   ~StageWorker();
   StageWorker(const StageWorker&) = delete;
   StageWorker& operator=(const StageWorker&) = delete;
+  StageWorker(StageWorker&&) = delete;  // run() on one thread, stop() on another: a fixed address
+  StageWorker& operator=(StageWorker&&) = delete;
 
   /// Connects and joins the stage; throws std::runtime_error with the relay's answer (HTTP
   /// status and body) if it refuses.

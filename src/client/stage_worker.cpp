@@ -37,8 +37,10 @@ GrayImage grayscale_downscale(std::string_view rgb, unsigned width, unsigned hei
   for (unsigned y = 0; y < out.height; ++y) {
     for (unsigned x = 0; x < out.width; ++x) {
       // The box of source pixels this output pixel covers (the last row/column takes the rest).
-      const unsigned x0 = x * width / out.width, x1 = (x + 1) * width / out.width;
-      const unsigned y0 = y * height / out.height, y1 = (y + 1) * height / out.height;
+      const unsigned x0 = x * width / out.width;
+      const unsigned x1 = (x + 1) * width / out.width;
+      const unsigned y0 = y * height / out.height;
+      const unsigned y1 = (y + 1) * height / out.height;
       std::uint64_t sum = 0;
       for (unsigned sy = y0; sy < y1; ++sy) {
         const unsigned char* row = p + (std::size_t{sy} * width) * 3;
@@ -168,7 +170,7 @@ std::string StageWorker::run() {
     }
     const auto head = ws::decode(frame.data());
     const std::string_view rgb = frame.substr(ws::kFrameHeaderBytes);
-    const unsigned pixels = static_cast<unsigned>(rgb.size() / 3);
+    const auto pixels = static_cast<unsigned>(rgb.size() / 3);
     const unsigned width = options_.width != 0 ? options_.width : pixels;
     const unsigned height =
         options_.height != 0 ? options_.height : (width != 0 ? pixels / width : 0);

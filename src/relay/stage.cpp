@@ -34,10 +34,10 @@ double seconds(std::chrono::nanoseconds d) {
 
 }  // namespace
 
-Stage::Stage(std::string topic, const StageConfig& config, double drop_threshold,
+Stage::Stage(std::string topic, StageConfig config, double drop_threshold,
              double slowdown_threshold, PublishFn publish_result, metrics::Registry& registry)
     : topic_(std::move(topic)),
-      config_(config),
+      config_(std::move(config)),
       publish_(std::move(publish_result)),
       registry_(registry),
       gate_(gate_config(topic_, config_, drop_threshold, slowdown_threshold)),

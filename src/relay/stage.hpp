@@ -56,8 +56,8 @@ class Stage {
   using PublishFn = std::function<bool(RelayMessage&&)>;
 
   /// Throws std::invalid_argument on a bad setting (named).
-  Stage(std::string topic, const StageConfig& config, double drop_threshold,
-        double slowdown_threshold, PublishFn publish_result, metrics::Registry& registry);
+  Stage(std::string topic, StageConfig config, double drop_threshold, double slowdown_threshold,
+        PublishFn publish_result, metrics::Registry& registry);
   ~Stage();
   Stage(const Stage&) = delete;
   Stage& operator=(const Stage&) = delete;
@@ -76,7 +76,7 @@ class Stage {
   /// frame's): published to the results topic. False if the worker no longer held it.
   bool completed(Worker& worker, const Task& task, Buffer result);
   /// The worker could not process `task`: re-routed or failed (and told). False if not held.
-  bool failed(Worker& worker, const Task& task, const std::string& why);
+  static bool failed(Worker& worker, const Task& task, const std::string& why);
   /// Times out frames held too long (call every 100 ms or so).
   void poll();
 
