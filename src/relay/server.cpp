@@ -363,11 +363,15 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
     TopicConfig tc = declared != nullptr ? *declared : config.defaults;
     tc.name = name;
     auto t = std::make_shared<Topic>(name, tc);
+    // In the map first: a results topic whose own stage's results are this topic finds it
+    // (stages A -> B -> A) instead of making it again, forever.
+    topics.emplace(name, t);
     if (tc.stage) {
       // Its results form a topic of their own (declared, or made with the defaults).
       grpc::Status results_status;
       auto results = topic_locked(tc.stage->results_topic, results_status);
       if (!results) {
+        topics.erase(name);
         status = grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                               "topic '" + name + "': its stage's results topic '" +
                                   tc.stage->results_topic +
@@ -376,12 +380,13 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
       }
       t->stage = std::make_shared<relay::Stage>(
           name, *tc.stage, config.drop_threshold, config.slowdown_threshold,
-          [results](RelayMessage&& m) {
-            return results->broadcast.try_publish(std::move(m)).status == SendStatus::ok;
+          // (weak: two stages may publish into each other's topics; the map owns topics)
+          [weak = std::weak_ptr<Topic>(results)](RelayMessage&& m) {
+            const auto r = weak.lock();
+            return r && r->broadcast.try_publish(std::move(m)).status == SendStatus::ok;
           },
           registry);
     }
-    topics.emplace(name, t);
     register_metrics(t);
     return t;
   }

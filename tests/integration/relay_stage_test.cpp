@@ -107,6 +107,37 @@ TEST(RelayStage, AWorkerForATopicWithoutAStageIsRefusedWith404) {
   }
 }
 
+// Two stages that publish their results into each other's topics: both topics are made once
+// (no endless recursion), and a result lands in the other topic.
+TEST(RelayStage, StagesWhoseResultsFeedEachOtherAreMadeOnce) {
+  RelayConfig c = loopback();
+  for (const auto& [name, results] : {std::pair{"a", "b"}, std::pair{"b", "a"}}) {
+    TopicConfig t;
+    t.name = name;
+    StageConfig st;
+    st.results_topic = results;
+    t.stage = st;
+    c.topics.push_back(t);
+  }
+  RelayServer relay(c);
+  relay.start();
+  const auto port = relay.http_port();
+  AsyncWs worker;
+  ASSERT_TRUE(worker.connect(port, "/v1/ws/work/a?name=w&concurrency=1"));
+  AsyncWs viewer;
+  ASSERT_TRUE(viewer.connect(port, "/v1/ws/subscribe/b"));
+  AsyncWs pub;
+  ASSERT_TRUE(pub.connect(port, "/v1/ws/publish/a"));
+  ASSERT_TRUE(testing::wait_for_sessions(port, 3));
+  pub.send(frame(3, 0, "x"));
+  ASSERT_TRUE(worker.wait([](const Messages& ms) { return count_binary(ms) == 1; }, 5s));
+  worker.send(frame(3, 0, "result of 3"));
+  ASSERT_TRUE(viewer.wait([](const Messages& ms) { return count_binary(ms) == 1; }, 5s));
+  EXPECT_EQ(results(viewer), std::set<std::uint64_t>{3});
+  const auto stats = nlohmann::json::parse(relay.stats_json());
+  EXPECT_EQ(stats["topics"].size(), 2U);
+}
+
 TEST(RelayStage, ABadConcurrencyIsRefusedWith400) {
   RelayServer relay(stage_relay());
   relay.start();
