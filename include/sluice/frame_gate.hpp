@@ -100,7 +100,7 @@ struct FrameGateStats {
   std::uint64_t admitted = 0;
   std::uint64_t done = 0;
   std::uint64_t abandoned = 0;  // admitted, then lost further on (see abandon())
-  DropCounts dropped;  // by reason: in_flight, frame_late, drop_rate
+  DropCounts dropped;           // by reason: in_flight, frame_late, drop_rate
   std::uint64_t in_flight = 0;
   std::chrono::nanoseconds smoothed_processing{0};
   std::uint64_t slow_downs = 0;

@@ -34,10 +34,10 @@ std::string_view to_string(TopicMode mode) noexcept;
 /// A processing stage behind a topic (docs/stages.md): its frames pass a FrameGate into a
 /// Dispatcher; workers join over /v1/ws/work/{topic}; their results form another topic.
 struct StageConfig {
-  double fps = 30;                 // the gate's nominal frame rate (frame interval)
-  std::size_t max_in_flight = 1;   // frames admitted and not yet done (all workers together)
-  std::string results_topic;       // empty: "{topic}.results"
-  std::size_t worker_queue = 4;    // each worker's queue (items routed, not yet sent to it)
+  double fps = 30;                // the gate's nominal frame rate (frame interval)
+  std::size_t max_in_flight = 1;  // frames admitted and not yet done (all workers together)
+  std::string results_topic;      // empty: "{topic}.results"
+  std::size_t worker_queue = 4;   // each worker's queue (items routed, not yet sent to it)
   std::chrono::milliseconds task_timeout{10'000};  // a worker holding a frame longer: timeout
   std::chrono::milliseconds slow_latency{2'000};   // a worker slower than this is "slow"
 };
