@@ -237,6 +237,11 @@ class Dispatcher {
   void close() { core_->close(); }
 
   DispatcherStats stats() const { return core_->stats(); }
+  /// One worker's figures (what Worker::stats() returns), without the others'; nullopt once
+  /// it has left.
+  std::optional<WorkerStats> worker_stats(std::uint64_t worker_id) const {
+    return core_->stats_of(worker_id);
+  }
   const DispatcherConfig& config() const noexcept { return core_->config; }
   std::size_t workers() const {
     std::lock_guard lock(core_->mu);

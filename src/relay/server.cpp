@@ -1094,16 +1094,13 @@ class WorkReactor final
   WorkReactor& operator=(const WorkReactor&) = delete;
   WorkReactor(WorkReactor&&) = delete;
   WorkReactor& operator=(WorkReactor&&) = delete;
-  ~WorkReactor() override {
-    if (topic_) topic_->stage->leave(handle_);
-  }
+  ~WorkReactor() override = default;  // (member_ leaves: what it held goes elsewhere)
 
   void OnReadDone(bool ok) override {
     std::lock_guard lock(mu_);
     if (finished_) return;
     if (!ok) {  // the worker is done: leave now, so that what it held goes elsewhere
-      if (topic_) topic_->stage->leave(handle_);
-      held_.clear();
+      member_.leave();
       to_send_.clear();
       reads_done_ = true;
       if (!writing_) finish(grpc::Status::OK);
@@ -1115,31 +1112,18 @@ class WorkReactor final
       finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a Work call joins once"));
       return;
     } else if (req_.has_result() || req_.has_error()) {
-      const std::uint64_t seq =
-          req_.has_result() ? req_.result().sequence() : req_.error().sequence();
-      auto it = held_.find(seq);
-      if (it == held_.end() && errors_.size() >= kMaxControlQueued) {
+      auto problem =
+          req_.has_result()
+              ? member_.result(req_.result().sequence(),
+                               Buffer(std::move(*req_.mutable_result()->mutable_payload())))
+              : member_.error(req_.error().sequence(), req_.error().error());
+      if (problem && errors_.size() >= kMaxControlQueued) {
         finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                             std::to_string(kMaxControlQueued) +
                                 " error events unread: the worker is not reading its call"));
         return;
       }
-      if (it == held_.end()) {
-        errors_.push_back("frame " + std::to_string(seq) +
-                          " is not held by this worker (it timed out and went to another "
-                          "worker, or was never sent)");
-      } else {
-        const auto task = std::move(it->second);
-        held_.erase(it);
-        if (req_.has_result()) {
-          if (!topic_->stage->completed(
-                  handle_, task, Buffer(std::move(*req_.mutable_result()->mutable_payload())))) {
-            errors_.push_back("frame " + std::to_string(seq) + " timed out before its result");
-          }
-        } else {
-          topic_->stage->failed(handle_, task, req_.error().error().substr(0, 200));
-        }
-      }
+      if (problem) errors_.push_back(std::move(*problem));
     } else {
       finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                           "a WorkRequest without join, result or error"));
@@ -1191,7 +1175,8 @@ class WorkReactor final
       return false;
     }
     topic_ = t;
-    handle_ = t->stage->join(j.name().empty() ? "worker" : j.name().substr(0, 128), concurrency);
+    member_ = relay::StageMember(t->stage, j.name().empty() ? "worker" : j.name().substr(0, 128),
+                                 concurrency);
     joined_ = true;
     relay_.io.post(later(&WorkReactor::pump));
     return true;
@@ -1200,13 +1185,10 @@ class WorkReactor final
   // Takes what the dispatcher has for this worker (within its credit); re-arms the hook.
   void pump() {
     std::lock_guard lock(mu_);
-    if (finished_ || reads_done_ || !handle_.joined()) return;
-    while (auto t = handle_.try_take()) {
-      to_send_.push_back(t->item.frame);
-      held_.emplace(t->item.frame.sequence, std::move(*t));
-    }
+    if (finished_ || reads_done_ || !member_.joined()) return;
+    member_.take(to_send_);
     // (the hook only posts: it may run at once, on this thread, under our lock)
-    handle_.on_ready([io = &relay_.io, again = later(&WorkReactor::pump)] { io->post(again); });
+    member_.on_ready([io = &relay_.io, again = later(&WorkReactor::pump)] { io->post(again); });
     write_next();
   }
 
@@ -1214,7 +1196,7 @@ class WorkReactor final
     if (writing_ || finished_) return;
     out_.Clear();
     if (joined_) {
-      out_.mutable_joined()->set_id(handle_.id());
+      out_.mutable_joined()->set_id(member_.id());
       out_.mutable_joined()->set_results_topic(topic_->stage->config().results_topic);
       joined_ = false;
     } else if (!errors_.empty()) {
@@ -1239,9 +1221,8 @@ class WorkReactor final
   v1::WorkRequest req_;
   v1::WorkEvent out_;
   std::shared_ptr<Topic> topic_;
-  relay::Stage::Worker handle_;
+  relay::StageMember member_;
   std::deque<RelayMessage> to_send_;
-  std::multimap<std::uint64_t, relay::Stage::Task> held_;
   std::deque<std::string> errors_;  // about the worker's messages, bounded by its reads
   bool joined_ = false;             // the joined event is due
   bool writing_ = false;
@@ -1604,17 +1585,12 @@ class WsWorker final : public WsSession<WsWorker> {
                   "ws-worker/" + topic->name + "/" + name),
         name_(std::move(name)),
         concurrency_(concurrency) {}
-  WsWorker(const WsWorker&) = delete;
-  WsWorker& operator=(const WsWorker&) = delete;
-  WsWorker(WsWorker&&) = delete;
-  WsWorker& operator=(WsWorker&&) = delete;
-  ~WsWorker() { topic_->stage->leave(handle_); }
 
   void opened() {
-    handle_ = topic_->stage->join(name_, concurrency_);
+    member_ = relay::StageMember(topic_->stage, name_, concurrency_);
     send_event({{"stage", topic_->name},
                 {"worker", name_},
-                {"id", handle_.id()},
+                {"id", member_.id()},
                 {"concurrency", concurrency_},
                 {"results", topic_->stage->config().results_topic}});
     read();
@@ -1626,14 +1602,9 @@ class WsWorker final : public WsSession<WsWorker> {
 
   // Takes what the dispatcher has for this worker (within its credit); re-arms the hook.
   void pump() {
-    armed_ = false;
-    if (ending() || !handle_.joined()) return;
-    while (auto t = handle_.try_take()) {
-      to_send_.push_back(t->item.frame);
-      held_.emplace(t->item.frame.sequence, std::move(*t));
-    }
-    armed_ = true;
-    handle_.on_ready(posted(&WsWorker::pump));
+    if (ending() || !member_.joined()) return;
+    member_.take(to_send_);
+    member_.on_ready(posted(&WsWorker::pump));
     write_next();
   }
   void refill() {
@@ -1648,22 +1619,23 @@ class WsWorker final : public WsSession<WsWorker> {
   void read() {
     in_.clear();
     in_buffer_.emplace(in_);
-    ws_.async_read(
-        *in_buffer_, [self = shared_from_this()](boost::beast::error_code ec, std::size_t) {
-          if (ec) {  // gone, closed, or over the frame limit (Beast answers 1009)
-            self->closing_ = true;
-            self->timer_.cancel();
-            self->held_.clear();
-            self->topic_->stage->leave(self->handle_);  // its frames go to the others now
-            return;
-          }
-          self->on_message();
-          self->read();
-        });
+    ws_.async_read(*in_buffer_,
+                   [self = shared_from_this()](boost::beast::error_code ec, std::size_t) {
+                     if (ec) {  // gone, closed, or over the frame limit (Beast answers 1009)
+                       self->closing_ = true;
+                       self->timer_.cancel();
+                       self->member_.leave();  // its frames go to the others now
+                       return;
+                     }
+                     self->on_message();
+                     self->read();
+                   });
   }
 
   void on_message() {
     in_.resize(in_buffer_->size());
+    std::uint64_t index = 0;
+    std::optional<std::string> problem;
     if (ws_.got_text()) {
       const auto j = nlohmann::json::parse(in_, nullptr, false);
       if (j.is_discarded()) {
@@ -1678,53 +1650,30 @@ class WsWorker final : public WsSession<WsWorker> {
                          in_.substr(0, 100)}});
         return;
       }
-      const auto index = j["frame_index"].get<std::uint64_t>();
-      auto it = held_.find(index);
-      if (it == held_.end()) {
-        not_held(index);
+      index = j["frame_index"].get<std::uint64_t>();
+      problem = member_.error(index, j["error"].get<std::string>());
+    } else {
+      if (in_.size() < ws::kFrameHeaderBytes) {
+        send_event({{"error", "a result of " + std::to_string(in_.size()) +
+                                  " bytes: results start with the frame's 16-byte header"}});
         return;
       }
-      const auto task = std::move(it->second);
-      held_.erase(it);
-      topic_->stage->failed(handle_, task, j["error"].get<std::string>().substr(0, 200));
-      return;
+      const Buffer result(std::move(in_));
+      index = ws::decode(result.data()).index;
+      problem = member_.result(index, result.slice(ws::kFrameHeaderBytes));
     }
-    if (in_.size() < ws::kFrameHeaderBytes) {
-      send_event({{"error", "a result of " + std::to_string(in_.size()) +
-                                " bytes: results start with the frame's 16-byte header"}});
-      return;
-    }
-    const Buffer result(std::move(in_));
-    const auto head = ws::decode(result.data());
-    auto it = held_.find(head.index);
-    if (it == held_.end()) {
-      not_held(head.index);
-      return;
-    }
-    const auto task = std::move(it->second);
-    held_.erase(it);
-    if (!topic_->stage->completed(handle_, task, result.slice(ws::kFrameHeaderBytes))) {
-      not_held(head.index);
-    }
-  }
-  void not_held(std::uint64_t index) {
-    send_event({{"error", "frame " + std::to_string(index) +
-                              " is not held by this worker (it timed out and went to another "
-                              "worker, or was never sent)"},
-                {"frame_index", index}});
+    if (problem) send_event({{"error", *problem}, {"frame_index", index}});
   }
 
   const std::string name_;
   const std::uint32_t concurrency_;
-  relay::Stage::Worker handle_;
-  std::deque<RelayMessage> to_send_;                       // taken, not yet queued to write
-  std::multimap<std::uint64_t, relay::Stage::Task> held_;  // by frame index
+  relay::StageMember member_;         // leaves when the session goes
+  std::deque<RelayMessage> to_send_;  // taken, not yet queued to write
   std::string in_;
   std::optional<
       boost::asio::dynamic_string_buffer<char, std::char_traits<char>, std::allocator<char>>>
       in_buffer_;
   bool frame_queued_ = false;
-  bool armed_ = false;
 };
 
 // A viewer: the subscription's cursor is its queue of frames; the outgoing queue holds at most

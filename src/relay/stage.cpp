@@ -52,6 +52,19 @@ Stage::Stage(std::string topic, StageConfig config, double drop_threshold,
           "sluice_stage_results_dropped_total",
           "Results the results topic refused (a full lossless topic)", {{"stage", topic_}})) {
   const metrics::Labels labels{{"stage", topic_}};
+  frames_ = &registry_.counter("sluice_stage_frames_total", "Frames offered to the stage", labels);
+  for (const DropReason r :
+       {DropReason::in_flight, DropReason::frame_late, DropReason::drop_rate, DropReason::overflow,
+        DropReason::no_worker, DropReason::worker_failed}) {
+    dropped_.at(static_cast<std::size_t>(r)) = &registry_.counter(
+        "sluice_stage_dropped_total", "Frames the stage did not process, by reason",
+        {{"stage", topic_}, {"reason", std::string(to_string(r))}});
+  }
+  for (const auto kind : {GateSignal::Kind::slow_down, GateSignal::Kind::resume}) {
+    signals_.at(static_cast<std::size_t>(kind)) = &registry_.counter(
+        "sluice_stage_signals_total", "slow_down and resume signals sent to publishers",
+        {{"stage", topic_}, {"kind", std::string(to_string(kind))}});
+  }
   registry_.gauge_fn("sluice_stage_in_flight", "Frames held by the stage's workers", labels,
                      [this] { return double(dispatcher_.stats().in_flight); });
   registry_.gauge_fn("sluice_stage_queued", "Frames routed to a worker and not yet sent to it",
@@ -82,15 +95,11 @@ Stage::~Stage() {
 }
 
 void Stage::offer(const RelayMessage& frame, const std::weak_ptr<StageListener>& publisher) {
-  registry_.counter("sluice_stage_frames_total", "Frames offered to the stage", {{"stage", topic_}})
-      .inc();
+  frames_->inc();
   const auto now = Clock::now();
   const Admission a = gate_.admit(frame.sequence, now);
   if (a.signal) {
-    registry_
-        .counter("sluice_stage_signals_total", "slow_down and resume signals sent to publishers",
-                 {{"stage", topic_}, {"kind", std::string(to_string(a.signal->kind))}})
-        .inc();
+    signals_.at(static_cast<std::size_t>(a.signal->kind))->inc();
     if (auto p = publisher.lock()) p->stage_signal(*a.signal);
   }
   StageItem item{frame, publisher, now};
@@ -117,10 +126,8 @@ Stage::Worker Stage::join(const std::string& name, std::uint32_t concurrency) {
   const std::uint64_t id = handle.id();
   const auto stat = [this, id](auto pick) {
     return [this, id, pick]() -> double {
-      for (const auto& s : dispatcher_.stats().workers) {
-        if (s.id == id) return pick(s);
-      }
-      return 0.0;
+      const auto s = dispatcher_.worker_stats(id);
+      return s ? pick(*s) : 0.0;
     };
   };
   registry_.gauge_fn("sluice_worker_in_flight", "Frames the worker holds", labels,
@@ -174,20 +181,67 @@ bool Stage::completed(Worker& worker, const Task& task, Buffer result) {
   return true;
 }
 
-bool Stage::failed(Worker& worker, const Task& task, const std::string& why) {
-  return worker.fail(task.id, why);
-}
-
 void Stage::poll() {
   dispatcher_.poll();
 }
 
+metrics::Counter& Stage::counter(DropReason reason) const {
+  return *dropped_.at(static_cast<std::size_t>(reason));
+}
+
 void Stage::dropped(const StageItem& item, DropReason reason, const std::string& detail) {
-  registry_
-      .counter("sluice_stage_dropped_total", "Frames the stage did not process, by reason",
-               {{"stage", topic_}, {"reason", std::string(to_string(reason))}})
-      .inc();
+  counter(reason).inc();
   if (auto p = item.publisher.lock()) p->stage_dropped(item.frame.sequence, reason, detail);
+}
+
+StageMember::StageMember(std::shared_ptr<Stage> stage, const std::string& name,
+                         std::uint32_t concurrency)
+    : stage_(std::move(stage)), handle_(stage_->join(name, concurrency)) {}
+
+StageMember& StageMember::operator=(StageMember&& other) noexcept {
+  if (this != &other) {
+    leave();
+    stage_ = std::move(other.stage_);
+    handle_ = std::move(other.handle_);
+    held_ = std::move(other.held_);
+  }
+  return *this;
+}
+
+void StageMember::take(std::deque<RelayMessage>& out) {
+  while (auto t = handle_.try_take()) {
+    out.push_back(t->item.frame);
+    held_.emplace(t->item.frame.sequence, std::move(*t));
+  }
+}
+
+std::optional<std::string> StageMember::result(std::uint64_t index, Buffer payload) {
+  const auto it = held_.find(index);
+  if (it == held_.end()) return not_held(index);
+  const Stage::Task task = std::move(it->second);
+  held_.erase(it);
+  if (!stage_->completed(handle_, task, std::move(payload))) return not_held(index);
+  return std::nullopt;
+}
+
+std::optional<std::string> StageMember::error(std::uint64_t index, const std::string& why) {
+  const auto it = held_.find(index);
+  if (it == held_.end()) return not_held(index);
+  const std::uint64_t task = it->second.id;
+  held_.erase(it);
+  if (!handle_.fail(task, why.substr(0, 200))) return not_held(index);
+  return std::nullopt;
+}
+
+void StageMember::leave() {
+  held_.clear();
+  if (stage_) stage_->leave(handle_);
+}
+
+std::string StageMember::not_held(std::uint64_t index) {
+  return "frame " + std::to_string(index) +
+         " is not held by this worker (it timed out and went to another worker, or was never "
+         "sent)";
 }
 
 }  // namespace sluice::relay

@@ -11,10 +11,14 @@
 // block (the WebSocket publisher posts to its I/O thread).
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "sluice/dispatcher.hpp"
@@ -75,8 +79,6 @@ class Stage {
   /// The worker finished `task` with `result` (payload; sequence and timestamp are the
   /// frame's): published to the results topic. False if the worker no longer held it.
   bool completed(Worker& worker, const Task& task, Buffer result);
-  /// The worker could not process `task`: re-routed or failed (and told). False if not held.
-  static bool failed(Worker& worker, const Task& task, const std::string& why);
   /// Times out frames held too long (call every 100 ms or so).
   void poll();
 
@@ -86,6 +88,7 @@ class Stage {
 
  private:
   void dropped(const StageItem& item, DropReason reason, const std::string& detail);
+  metrics::Counter& counter(DropReason reason) const;
 
   const std::string topic_;
   const StageConfig config_;
@@ -95,6 +98,45 @@ class Stage {
   Dispatcher<StageItem> dispatcher_;
   metrics::Counter* results_;
   metrics::Counter* results_dropped_;
+  metrics::Counter* frames_;
+  std::array<metrics::Counter*, kDropReasonCount> dropped_{};  // the reasons a stage drops for
+  std::array<metrics::Counter*, 2> signals_{};                 // by GateSignal::Kind
+};
+
+/// One worker's place in a stage, for the session that serves it (WebSocket or gRPC): its
+/// dispatcher handle and the frames it holds, by frame index. Leaving (leave(), or destroying
+/// it) gives what it held to the other workers. Not thread-safe: its session serializes calls.
+class StageMember {
+ public:
+  StageMember() = default;
+  StageMember(std::shared_ptr<Stage> stage, const std::string& name, std::uint32_t concurrency);
+  ~StageMember() { leave(); }
+  StageMember(StageMember&&) noexcept = default;
+  StageMember& operator=(StageMember&& other) noexcept;
+  StageMember(const StageMember&) = delete;
+  StageMember& operator=(const StageMember&) = delete;
+
+  bool joined() const noexcept { return handle_.joined(); }
+  std::uint64_t id() const noexcept { return handle_.id(); }
+
+  /// Appends to `out` the frames the worker may take now (within its credit).
+  void take(std::deque<RelayMessage>& out);
+  /// One-shot: `fn` runs when take() would find a frame (see Dispatcher::Worker::on_ready).
+  void on_ready(std::function<void()> fn) { handle_.on_ready(std::move(fn)); }
+  /// The worker's result for frame `index` (published to the results topic), or its error
+  /// (the frame goes to another worker or is failed). nullopt, or what to tell the worker
+  /// when it does not hold that frame.
+  std::optional<std::string> result(std::uint64_t index, Buffer payload);
+  std::optional<std::string> error(std::uint64_t index, const std::string& why);
+  /// Leaves the stage (idempotent).
+  void leave();
+
+ private:
+  static std::string not_held(std::uint64_t index);
+
+  std::shared_ptr<Stage> stage_;
+  Stage::Worker handle_;
+  std::multimap<std::uint64_t, Stage::Task> held_;
 };
 
 }  // namespace sluice::relay
