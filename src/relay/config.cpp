@@ -280,18 +280,14 @@ void apply_stage(const PendingTopic& p, TopicConfig& t) {
     }
   }
   StageConfig st;
-  bool tuned = false;
   if (const auto* f = field("stage_fps")) {
-    tuned = true;
     st.fps = parse_double(f->first, f->second, 0.1, 1000, false, "0.1 to 1000");
   }
   if (const auto* f = field("stage_max_in_flight")) {
-    tuned = true;
     st.max_in_flight =
         static_cast<std::size_t>(parse_int(f->first, f->second, 1, 1024, "1 to 1024"));
   }
   if (const auto* f = field("stage_results")) {
-    tuned = true;
     if (const std::string problem = topic_name_problem(f->second); !problem.empty()) {
       bad(f->first, f->second, "a topic name (" + problem + ")");
     }
@@ -299,20 +295,19 @@ void apply_stage(const PendingTopic& p, TopicConfig& t) {
     st.results_topic = f->second;
   }
   if (const auto* f = field("stage_worker_queue")) {
-    tuned = true;
     st.worker_queue =
         static_cast<std::size_t>(parse_int(f->first, f->second, 1, 1024, "1 to 1024"));
   }
   if (const auto* f = field("stage_task_timeout_ms")) {
-    tuned = true;
     st.task_timeout = std::chrono::milliseconds(
         parse_int(f->first, f->second, 1, 3'600'000, "1 to 3600000 (ms)"));
   }
   if (const auto* f = field("stage_slow_ms")) {
-    tuned = true;
     st.slow_latency = std::chrono::milliseconds(
         parse_int(f->first, f->second, 1, 3'600'000, "1 to 3600000 (ms)"));
   }
+  const bool tuned = std::any_of(p.fields.begin(), p.fields.end(),
+                                 [](const auto& f) { return f.first.starts_with("stage_"); });
   if (tuned && !declared) {
     throw ConfigError("invalid configuration: [[topic]] \"" + p.name +
                       "\" sets stage_* keys without stage = true");
