@@ -38,6 +38,7 @@
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 #include <vector>
 
+#include "relay/coalescing_socket.hpp"
 #include "sluice/buffer.hpp"
 #include "sluice/client.hpp"
 #include "sluice/histogram.hpp"
@@ -163,13 +164,23 @@ Result run_sluice(const std::string& target, const Workload& w, int run) {
 // ---- Sluice over WebSocket: the relay's HTTP port, Beast clients ----
 
 namespace websocket = boost::beast::websocket;
-using WsClient = websocket::stream<boost::asio::ip::tcp::socket>;
+// The clients sit on the relay's own socket layer: viewers read 64 KiB per system call (Beast
+// alone reads 1536 bytes at a time), the publisher batches its writes and flushes when a
+// message is due, as nats.c buffers publishes and flushes them.
+using WsClient = websocket::stream<sluice::relay::CoalescingSocket>;
+
+sluice::relay::CoalescingSocket::Options viewer_socket() {
+  sluice::relay::CoalescingSocket::Options o;
+  o.read_ahead = 64 * 1024;
+  return o;
+}
 
 bool ws_connect(WsClient& ws, std::uint16_t port, const std::string& target) {
   boost::beast::error_code ec;
-  ws.next_layer().connect({boost::asio::ip::make_address("127.0.0.1"), port}, ec);
+  auto& socket = boost::beast::get_lowest_layer(ws);
+  socket.connect({boost::asio::ip::make_address("127.0.0.1"), port}, ec);
   // As the NATS and gRPC clients do: small messages leave at once (no Nagle delay).
-  if (!ec) ws.next_layer().set_option(boost::asio::ip::tcp::no_delay(true), ec);
+  if (!ec) socket.set_option(boost::asio::ip::tcp::no_delay(true), ec);
   if (!ec) ws.handshake("127.0.0.1", target, ec);
   return !ec;
 }
@@ -183,7 +194,7 @@ Result run_sluice_ws(std::uint16_t port, const Workload& w, int run) {
   std::vector<std::unique_ptr<WsClient>> viewers;
   for (int i = 0; i < kSubscribers; ++i) {
     ios.push_back(std::make_unique<boost::asio::io_context>());
-    viewers.push_back(std::make_unique<WsClient>(*ios.back()));
+    viewers.push_back(std::make_unique<WsClient>(*ios.back(), viewer_socket()));
     std::string target = "/v1/ws/subscribe/" + topic + "?name=v";
     target.append(std::to_string(i));
     if (!ws_connect(*viewers.back(), port, target)) {
@@ -213,11 +224,15 @@ Result run_sluice_ws(std::uint16_t port, const Workload& w, int run) {
   WsClient pub(pub_io);
   if (!ws_connect(pub, port, "/v1/ws/publish/" + topic)) {
     failed.error = "cannot publish over WebSocket";
-    for (auto& v : viewers) v->next_layer().close();
+    for (auto& v : viewers) boost::beast::get_lowest_layer(*v).close();
     for (auto& t : readers) t.join();
     return failed;
   }
   pub.binary(true);
+  pub.next_layer().sync_batch(true);
+  // One WebSocket frame per message, masked 64 KiB at a time (Beast's default: 4 KiB frames).
+  pub.auto_fragment(false);
+  pub.write_buffer_bytes(64 * 1024);
   std::string frame(sluice::ws::kFrameHeaderBytes + w.size, 'p');
   const std::int64_t start = now_ns();
   boost::beast::error_code ec;
@@ -226,12 +241,14 @@ Result run_sluice_ws(std::uint16_t port, const Workload& w, int run) {
     const auto header = sluice::ws::encode({i, now_ns()});
     std::memcpy(frame.data(), header.data(), header.size());
     pub.write(boost::asio::buffer(frame), ec);
+    if (w.rate > 0 && !ec) pub.next_layer().flush(ec);  // paced: each message is due now
   }
+  if (!ec) pub.next_layer().flush(ec);
   Result r = finish(sink, w, start);
   if (ec) r.error = ec.message();
   pub.close(websocket::close_code::normal, ec);
   for (auto& v : viewers) {  // unblocks a reader still waiting (only if something was lost)
-    v->next_layer().shutdown(boost::asio::ip::tcp::socket::shutdown_both, ec);
+    boost::beast::get_lowest_layer(*v).shutdown(boost::asio::ip::tcp::socket::shutdown_both, ec);
   }
   for (auto& t : readers) t.join();
   return r;
@@ -357,7 +374,22 @@ void print_latency(const char* who, const Result& r) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  bool quick = false;
+  std::string only;  // --only=nats,grpc,ws (default: all three)
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--quick") {
+      quick = true;
+    } else if (a.rfind("--only=", 0) == 0) {
+      only = a.substr(7);
+    } else {
+      std::printf("usage: %s [--quick] [--only=nats,grpc,ws]\n", argv[0]);
+      return 2;
+    }
+  }
+  const auto runs = [&only](const char* who) {
+    return only.empty() || only.find(who) != std::string::npos;
+  };
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   signal(SIGPIPE, SIG_IGN);
   alarm(600);  // a benchmark that hangs ends, loudly, instead of holding the machine
@@ -385,9 +417,9 @@ int main(int argc, char** argv) {
               kSubscribers);
   for (const Workload& w :
        {Workload{"1 KiB", 1024, 200'000 / scale, 0}, Workload{"1 MiB", 1 << 20, 400 / scale, 0}}) {
-    const Result n = run_nats(nats.url(), w, ++run);
-    const Result s = run_sluice(target, w, ++run);
-    const Result sw = run_sluice_ws(relay.http_port(), w, ++run);
+    const Result n = runs("nats") ? run_nats(nats.url(), w, ++run) : Result{};
+    const Result s = runs("grpc") ? run_sluice(target, w, ++run) : Result{};
+    const Result sw = runs("ws") ? run_sluice_ws(relay.http_port(), w, ++run) : Result{};
     std::printf("  %-6s x %-7llu NATS %8.1f MB/s (lost %llu)\n", w.name,
                 static_cast<unsigned long long>(w.count), n.mb_per_s(),
                 static_cast<unsigned long long>(n.lost));
@@ -404,9 +436,9 @@ int main(int argc, char** argv) {
   for (const Workload& w : {Workload{"30 fps x 1 MiB", 1 << 20, quick ? 30U : 90U, 30},
                             Workload{"10000/s x 64 B", 64, 20'000 / scale, 10'000}}) {
     std::printf("  %s (%llu messages)\n", w.name, static_cast<unsigned long long>(w.count));
-    const Result n = run_nats(nats.url(), w, ++run);
-    const Result s = run_sluice(target, w, ++run);
-    const Result sw = run_sluice_ws(relay.http_port(), w, ++run);
+    const Result n = runs("nats") ? run_nats(nats.url(), w, ++run) : Result{};
+    const Result s = runs("grpc") ? run_sluice(target, w, ++run) : Result{};
+    const Result sw = runs("ws") ? run_sluice_ws(relay.http_port(), w, ++run) : Result{};
     print_latency("NATS", n);
     print_latency("gRPC", s);
     print_latency("WS", sw);

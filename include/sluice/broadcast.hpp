@@ -829,8 +829,16 @@ void Subscription<T>::on_readable(std::function<void()> fn) {
   if (!sub_->hooked.exchange(true, std::memory_order_seq_cst)) {
     state_->hooked_subs.fetch_add(1, std::memory_order_seq_cst);
   }
-  detail::heavy_fence();  // against the publisher's light fence after it moves head
-  if (readable_now()) sub_->readable.fire();
+  // Publishers move head and look at the hooks under the lock (as close and evictions change
+  // what readable_now() reads): re-checking under it, either the publish came first and is seen
+  // here, or it comes after and sees the hook. A mutex rather than the asymmetric heavy fence
+  // (a membarrier system call that interrupts every CPU): event loops arm hooks all the time.
+  bool ready = false;
+  {
+    std::lock_guard lock(state_->mu);
+    ready = readable_now();
+  }
+  if (ready) sub_->readable.fire();
 }
 
 template <class T>

@@ -1,0 +1,356 @@
+// A TCP socket for Beast's WebSocket stream to sit on, which saves system calls on small
+// messages without copying large ones:
+//
+//  - Reads ahead (when `read_ahead` > 0): a read smaller than `read_ahead` with nothing
+//    buffered fills a `read_ahead`-byte buffer in one system call and is served from it, as
+//    are the reads after it (Beast itself reads at most 1536 bytes at a time: one call per
+//    1 KiB message without this). A read at least `read_ahead` long with nothing buffered goes
+//    straight into the caller's memory (a large payload is not copied).
+//  - Coalesces writes: a write of at most `copy_max` bytes is copied into a batch and completes
+//    at once; the batch goes to the kernel in one write when the writer pauses (a flush posted
+//    to the executor, put off while writes keep arriving), when it is full (`batch_bytes`), or
+//    together with the next write too large to copy (one gather write: nothing of that one is
+//    copied). While a batch is being written the next one fills; a write that finds both full
+//    waits for the one in flight.
+//
+// Contract: the same as a socket's for one reader and one writer at a time (Beast serializes
+// its own writes: messages, pings, pongs, the close frame), all on the socket's executor
+// (single-threaded use, or a strand). Bytes leave in the order they were written. A write that
+// completed may still be in the batch: its bytes are either written later or the connection
+// fails (a failed flush fails every later write with the same error). Memory: at most
+// 2 x `batch_bytes` + `read_ahead` per socket, allocated on first use. Tearing down (the
+// WebSocket close) flushes first. Destroying the socket with operations in flight is safe:
+// they complete with operation_aborted without touching it.
+//
+// Synchronous use (clients): read_some() reads ahead the same way; write_some() batches only
+// with `sync_batch` set, and then the caller flush()es when its messages are due (as a NATS
+// client's buffered publishes are flushed).
+#pragma once
+
+#include <algorithm>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/bind_handler.hpp>
+#include <boost/beast/core/buffers_cat.hpp>
+#include <boost/beast/websocket/teardown.hpp>
+#include <cstddef>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <type_traits>
+#include <utility>  // before Asio: Boost 1.74 with C++20 needs it
+#include <vector>
+
+namespace sluice::relay {
+
+class CoalescingSocket {
+ public:
+  using socket_type = boost::asio::ip::tcp::socket;
+  using next_layer_type = socket_type;
+  using executor_type = socket_type::executor_type;
+  using error_code = boost::system::error_code;
+
+  struct Options {
+    std::size_t read_ahead = 0;           // 0: reads go straight to the socket
+    std::size_t batch_bytes = 64 * 1024;  // a batch is written once this full
+    std::size_t copy_max = 16 * 1024;     // larger writes are never copied
+    bool sync_batch = false;              // synchronous writes batch too (then flush() when due)
+  };
+
+  CoalescingSocket(socket_type socket, const Options& options)
+      : socket_(std::move(socket)), st_(make_state(options)) {}
+  CoalescingSocket(boost::asio::io_context& io, const Options& options)
+      : socket_(io), st_(make_state(options)) {}
+  explicit CoalescingSocket(socket_type socket) : CoalescingSocket(std::move(socket), Options{}) {}
+  explicit CoalescingSocket(boost::asio::io_context& io) : CoalescingSocket(io, Options{}) {}
+  CoalescingSocket(const CoalescingSocket&) = delete;
+  CoalescingSocket& operator=(const CoalescingSocket&) = delete;
+  CoalescingSocket(CoalescingSocket&&) = delete;
+  CoalescingSocket& operator=(CoalescingSocket&&) = delete;
+  ~CoalescingSocket() { st_->socket = nullptr; }
+
+  executor_type get_executor() noexcept { return socket_.get_executor(); }
+  socket_type& next_layer() noexcept { return socket_; }
+  const socket_type& next_layer() const noexcept { return socket_; }
+  socket_type& lowest_layer() noexcept { return socket_; }
+
+  // Bytes written (completed) but not yet handed to the kernel.
+  std::size_t unflushed_bytes() const noexcept { return st_->batch.size() + st_->sending.size(); }
+  // Whether the last asynchronous write completed into the batch (no system call waited on).
+  bool last_write_batched() const noexcept { return st_->last_batched; }
+
+  // ---- asynchronous (Beast's AsyncReadStream / AsyncWriteStream) ----
+
+  template <class MutableBuffers, class Handler>
+  auto async_read_some(const MutableBuffers& buffers, Handler&& handler) {
+    return boost::asio::async_initiate<Handler, void(error_code, std::size_t)>(
+        [this](auto h, const MutableBuffers& b) { start_read(b, std::move(h)); }, handler, buffers);
+  }
+
+  template <class ConstBuffers, class Handler>
+  auto async_write_some(const ConstBuffers& buffers, Handler&& handler) {
+    return boost::asio::async_initiate<Handler, void(error_code, std::size_t)>(
+        [this](auto h, const ConstBuffers& b) {
+          start_write(st_, socket_.get_executor(), b, std::move(h));
+        },
+        handler, buffers);
+  }
+
+  // ---- synchronous (Beast's SyncReadStream / SyncWriteStream) ----
+
+  template <class MutableBuffers>
+  std::size_t read_some(const MutableBuffers& buffers, error_code& ec) {
+    ec = {};
+    State& s = *st_;
+    const std::size_t want = boost::asio::buffer_size(buffers);
+    if (want == 0) return 0;
+    if (s.read_begin < s.read_end) return copy_out(s, buffers);
+    if (s.options.read_ahead == 0 || want >= s.options.read_ahead)
+      return socket_.read_some(buffers, ec);
+    s.read_buf.resize(s.options.read_ahead);
+    const std::size_t n = socket_.read_some(boost::asio::buffer(s.read_buf), ec);
+    s.read_begin = 0;
+    s.read_end = n;
+    return n > 0 ? copy_out(s, buffers) : 0;
+  }
+  template <class MutableBuffers>
+  std::size_t read_some(const MutableBuffers& buffers) {
+    error_code ec;
+    const std::size_t n = read_some(buffers, ec);
+    if (ec) throw boost::system::system_error(ec);
+    return n;
+  }
+  template <class ConstBuffers>
+  std::size_t write_some(const ConstBuffers& buffers, error_code& ec) {
+    ec = {};
+    State& s = *st_;
+    const std::size_t n = boost::asio::buffer_size(buffers);
+    if (!s.options.sync_batch) {
+      if (!flush(ec)) return 0;
+      return socket_.write_some(buffers, ec);
+    }
+    if (n <= s.options.copy_max && s.batch.size() + n <= s.options.batch_bytes) {
+      const std::size_t at = s.batch.size();
+      s.batch.resize(at + n);
+      boost::asio::buffer_copy(boost::asio::buffer(s.batch.data() + at, n), buffers);
+      return n;
+    }
+    const std::size_t head = s.batch.size();
+    const std::size_t written = boost::asio::write(
+        socket_, boost::beast::buffers_cat(boost::asio::buffer(s.batch), buffers), ec);
+    s.batch.clear();
+    return written > head ? written - head : 0;
+  }
+  // (synchronous use) Turns batching of synchronous writes on or off (e.g. on once the
+  // WebSocket handshake is done: its request must leave at once).
+  void sync_batch(bool on) noexcept { st_->options.sync_batch = on; }
+  // (synchronous use) Writes what is batched; false on error.
+  bool flush(error_code& ec) {
+    ec = {};
+    State& s = *st_;
+    if (s.batch.empty()) return true;
+    boost::asio::write(socket_, boost::asio::buffer(s.batch), ec);
+    s.batch.clear();
+    return !ec;
+  }
+  template <class ConstBuffers>
+  std::size_t write_some(const ConstBuffers& buffers) {
+    error_code ec;
+    const std::size_t n = write_some(buffers, ec);
+    if (ec) throw boost::system::system_error(ec);
+    return n;
+  }
+
+  // ---- the WebSocket close: flush, then the TCP teardown ----
+
+  friend void teardown(boost::beast::role_type role, CoalescingSocket& s, error_code& ec) {
+    if (!s.flush(ec)) return;
+    boost::beast::websocket::teardown(role, s.socket_, ec);
+  }
+
+  template <class Handler>
+  friend void async_teardown(boost::beast::role_type role, CoalescingSocket& s, Handler&& handler) {
+    auto st = s.st_;
+    auto hp = std::make_shared<std::decay_t<Handler>>(std::forward<Handler>(handler));
+    after_flush(st, s.get_executor(), [st, role, hp](error_code ec) {
+      if (!ec && st->socket == nullptr) ec = boost::asio::error::operation_aborted;
+      if (ec) {
+        (*hp)(ec);
+        return;
+      }
+      boost::beast::websocket::async_teardown(role, *st->socket, std::move(*hp));
+    });
+  }
+
+ private:
+  struct State {
+    Options options;
+    socket_type* socket = nullptr;  // null once the CoalescingSocket is gone
+    std::vector<char> read_buf;     // read ahead: [read_begin, read_end) not yet taken
+    std::size_t read_begin = 0;
+    std::size_t read_end = 0;
+    std::vector<char> batch;    // completed writes not yet handed to the kernel
+    std::vector<char> sending;  // the batch being written
+    bool flushing = false;      // a write to the socket is in flight
+    bool flush_posted = false;  // a flush step is queued on the executor
+    bool appended = false;      // appended to since that step was queued
+    bool last_batched = false;
+    error_code error;  // a failed write: every later one fails with it
+    std::vector<std::function<void(error_code)>> waiters;  // until the write in flight is done
+  };
+
+  std::shared_ptr<State> make_state(const Options& options) {
+    auto st = std::make_shared<State>();
+    st->options = options;
+    st->socket = &socket_;
+    return st;
+  }
+
+  template <class MutableBuffers>
+  static std::size_t copy_out(State& s, const MutableBuffers& buffers) {
+    const std::size_t n = boost::asio::buffer_copy(
+        buffers, boost::asio::buffer(s.read_buf.data() + s.read_begin, s.read_end - s.read_begin));
+    s.read_begin += n;
+    return n;
+  }
+
+  // Completes `h` later, from the executor (never from inside the initiating call).
+  template <class Handler>
+  static void post_completion(const executor_type& ex, Handler h, error_code ec, std::size_t n) {
+    boost::asio::post(ex, boost::beast::bind_front_handler(std::move(h), ec, n));
+  }
+
+  template <class MutableBuffers, class Handler>
+  void start_read(const MutableBuffers& buffers, Handler h) {
+    State& s = *st_;
+    const std::size_t want = boost::asio::buffer_size(buffers);
+    if (want == 0 || s.read_begin < s.read_end) {
+      post_completion(socket_.get_executor(), std::move(h), {},
+                      want == 0 ? 0 : copy_out(s, buffers));
+      return;
+    }
+    if (s.options.read_ahead == 0 || want >= s.options.read_ahead) {
+      socket_.async_read_some(buffers, std::move(h));
+      return;
+    }
+    s.read_buf.resize(s.options.read_ahead);
+    auto ex = boost::asio::get_associated_executor(h, socket_.get_executor());
+    socket_.async_read_some(
+        boost::asio::buffer(s.read_buf),
+        boost::asio::bind_executor(
+            ex, [st = st_, buffers, h = std::move(h)](error_code ec, std::size_t n) mutable {
+              st->read_begin = 0;
+              st->read_end = n;
+              const std::size_t got = n > 0 ? copy_out(*st, buffers) : 0;
+              h(got > 0 ? error_code{} : ec, got);
+            }));
+  }
+
+  template <class ConstBuffers, class Handler>
+  static void start_write(const std::shared_ptr<State>& st, const executor_type& ex,
+                          const ConstBuffers& buffers, Handler h) {
+    State& s = *st;
+    s.last_batched = false;
+    if (!s.error && s.socket == nullptr) s.error = boost::asio::error::operation_aborted;
+    if (s.error) {
+      post_completion(ex, std::move(h), s.error, 0);
+      return;
+    }
+    const std::size_t n = boost::asio::buffer_size(buffers);
+    if (n <= s.options.copy_max && s.batch.size() + n <= s.options.batch_bytes) {
+      const std::size_t at = s.batch.size();
+      s.batch.resize(at + n);
+      boost::asio::buffer_copy(boost::asio::buffer(s.batch.data() + at, n), buffers);
+      s.last_batched = true;
+      post_completion(ex, std::move(h), {}, n);
+      schedule_flush(st, ex);
+      return;
+    }
+    if (s.flushing) {  // both batches full, or too large to copy: after the write in flight
+      auto hp = std::make_shared<Handler>(std::move(h));
+      s.waiters.emplace_back(
+          [st, ex, buffers, hp](error_code) { start_write(st, ex, buffers, std::move(*hp)); });
+      return;
+    }
+    // The batch, then these bytes (not copied), in one gather write.
+    s.flushing = true;
+    s.sending.swap(s.batch);
+    const std::size_t head = s.sending.size();
+    auto hx = boost::asio::get_associated_executor(h, ex);
+    boost::asio::async_write(
+        *s.socket, boost::beast::buffers_cat(boost::asio::buffer(s.sending), buffers),
+        boost::asio::bind_executor(
+            hx, [st, ex, head, h = std::move(h)](error_code ec, std::size_t written) mutable {
+              write_done(st, ex, ec);
+              h(ec, written > head ? written - head : 0);
+            }));
+  }
+
+  static void schedule_flush(const std::shared_ptr<State>& st, const executor_type& ex) {
+    if (st->flush_posted) {
+      st->appended = true;
+      return;
+    }
+    st->flush_posted = true;
+    boost::asio::post(ex, [st, ex] { flush_step(st, ex); });
+  }
+
+  // Writes the batch once the writer has paused for a turn of the executor.
+  static void flush_step(const std::shared_ptr<State>& st, const executor_type& ex) {
+    State& s = *st;
+    s.flush_posted = false;
+    if (s.socket == nullptr || s.error) return;
+    if (s.appended) {
+      s.appended = false;
+      schedule_flush(st, ex);
+      return;
+    }
+    if (s.flushing || s.batch.empty()) return;  // (the write in flight reschedules when done)
+    start_flush(st, ex);
+  }
+
+  static void start_flush(const std::shared_ptr<State>& st, const executor_type& ex) {
+    State& s = *st;
+    s.flushing = true;
+    s.sending.swap(s.batch);
+    boost::asio::async_write(*s.socket, boost::asio::buffer(s.sending),
+                             boost::asio::bind_executor(ex, [st, ex](error_code ec, std::size_t) {
+                               write_done(st, ex, ec);
+                             }));
+  }
+
+  static void write_done(const std::shared_ptr<State>& st, const executor_type& ex, error_code ec) {
+    State& s = *st;
+    s.flushing = false;
+    s.sending.clear();
+    if (ec && !s.error) s.error = ec;
+    if (s.socket == nullptr && !s.error) s.error = boost::asio::error::operation_aborted;
+    auto waiters = std::move(s.waiters);
+    s.waiters.clear();
+    for (auto& w : waiters) w(s.error);
+    if (!s.error && !s.flushing && !s.batch.empty()) schedule_flush(st, ex);
+  }
+
+  // Runs `fn` once nothing is batched or being written (with the error a write met, if any).
+  static void after_flush(const std::shared_ptr<State>& st, const executor_type& ex,
+                          std::function<void(error_code)> fn) {
+    State& s = *st;
+    if (s.socket == nullptr && !s.error) s.error = boost::asio::error::operation_aborted;
+    if (s.error || (!s.flushing && s.batch.empty())) {
+      boost::asio::post(ex, [fn = std::move(fn), ec = s.error] { fn(ec); });
+      return;
+    }
+    if (!s.flushing) start_flush(st, ex);
+    s.waiters.emplace_back([st, ex, fn = std::move(fn)](error_code) { after_flush(st, ex, fn); });
+  }
+
+  socket_type socket_;
+  std::shared_ptr<State> st_;
+};
+
+}  // namespace sluice::relay
