@@ -7,11 +7,15 @@
 //    1 KiB message without this). A read at least `read_ahead` long with nothing buffered goes
 //    straight into the caller's memory (a large payload is not copied).
 //  - Coalesces writes: a write of at most `copy_max` bytes is copied into a batch and completes
-//    at once; the batch goes to the kernel in one write when the writer pauses (a flush posted
-//    to the executor, put off while writes keep arriving), when it is full (`batch_bytes`), or
+//    at once; the batch goes to the kernel in one write at the end of the event loop's round
+//    (a FlushQueue; without one, a flush posted to the executor and put off while writes keep
+//    arriving), when it is full (`batch_bytes`), or
 //    together with the next write too large to copy (one gather write: nothing of that one is
 //    copied). While a batch is being written the next one fills; a write that finds both full
 //    waits for the one in flight.
+//
+// async_write_some() always completes with all its bytes written (or an error): each call's
+// bytes stay together in the stream, whatever other writes are batched meanwhile.
 //
 // Contract: the same as a socket's for one reader and one writer at a time (Beast serializes
 // its own writes: messages, pings, pongs, the close frame), all on the socket's executor
@@ -48,6 +52,26 @@
 
 namespace sluice::relay {
 
+// Flushes deferred to the end of an event-loop round: the loop that owns the sockets runs
+// them once it has no ready handler left (or after a bounded number of them), so that messages
+// fanned out while it worked through a publisher's read leave in one write per connection.
+// One per event-loop thread; used from that thread only.
+class FlushQueue {
+ public:
+  void defer(std::function<void()> flush) { pending_.push_back(std::move(flush)); }
+  // Runs (and forgets) the deferred flushes; false if there were none.
+  bool run() {
+    if (pending_.empty()) return false;
+    std::vector<std::function<void()>> now;
+    now.swap(pending_);
+    for (auto& f : now) f();
+    return true;
+  }
+
+ private:
+  std::vector<std::function<void()>> pending_;
+};
+
 class CoalescingSocket {
  public:
   using socket_type = boost::asio::ip::tcp::socket;
@@ -60,6 +84,9 @@ class CoalescingSocket {
     std::size_t batch_bytes = 64 * 1024;  // a batch is written once this full
     std::size_t copy_max = 16 * 1024;     // larger writes are never copied
     bool sync_batch = false;              // synchronous writes batch too (then flush() when due)
+    // Where a batch waits to be flushed: the event loop's queue, or (null) a handler posted
+    // to the executor, put off while writes keep arriving.
+    FlushQueue* flush_queue = nullptr;
   };
 
   CoalescingSocket(socket_type socket, const Options& options)
@@ -101,6 +128,23 @@ class CoalescingSocket {
         handler, buffers);
   }
 
+  // Appends one write's bytes (e.g. a whole WebSocket frame) to the batch at once, if they are
+  // small enough to copy, fit, and no write waits; true: done (it goes out like any batched
+  // write). False: nothing written; write them with async_write_some instead. A writer beside
+  // Beast may use this (and async_write_some) for whole frames: each write call's bytes stay
+  // together, so its frames and Beast's control frames never interleave.
+  template <class ConstBuffers>
+  bool try_append(const ConstBuffers& buffers) {
+    State& s = *st_;
+    const std::size_t n = boost::asio::buffer_size(buffers);
+    if (s.error || !s.waiters.empty() || n > s.options.copy_max ||
+        s.batch.size() + n > s.options.batch_bytes)
+      return false;
+    append(s, buffers);
+    schedule_flush(st_, socket_.get_executor());
+    return true;
+  }
+
   // ---- synchronous (Beast's SyncReadStream / SyncWriteStream) ----
 
   template <class MutableBuffers>
@@ -135,9 +179,7 @@ class CoalescingSocket {
       return socket_.write_some(buffers, ec);
     }
     if (n <= s.options.copy_max && s.batch.size() + n <= s.options.batch_bytes) {
-      const std::size_t at = s.batch.size();
-      s.batch.resize(at + n);
-      boost::asio::buffer_copy(boost::asio::buffer(s.batch.data() + at, n), buffers);
+      append(s, buffers);
       return n;
     }
     const std::size_t head = s.batch.size();
@@ -211,6 +253,17 @@ class CoalescingSocket {
     return st;
   }
 
+  // Copies into the batch (no zero-fill first).
+  template <class ConstBuffers>
+  static void append(State& s, const ConstBuffers& buffers) {
+    for (auto it = boost::asio::buffer_sequence_begin(buffers);
+         it != boost::asio::buffer_sequence_end(buffers); ++it) {
+      const boost::asio::const_buffer b(*it);
+      const auto* p = static_cast<const char*>(b.data());
+      s.batch.insert(s.batch.end(), p, p + b.size());
+    }
+  }
+
   template <class MutableBuffers>
   static std::size_t copy_out(State& s, const MutableBuffers& buffers) {
     const std::size_t n = boost::asio::buffer_copy(
@@ -263,9 +316,7 @@ class CoalescingSocket {
     }
     const std::size_t n = boost::asio::buffer_size(buffers);
     if (n <= s.options.copy_max && s.batch.size() + n <= s.options.batch_bytes) {
-      const std::size_t at = s.batch.size();
-      s.batch.resize(at + n);
-      boost::asio::buffer_copy(boost::asio::buffer(s.batch.data() + at, n), buffers);
+      append(s, buffers);
       s.last_batched = true;
       post_completion(ex, std::move(h), {}, n);
       schedule_flush(st, ex);
@@ -297,7 +348,11 @@ class CoalescingSocket {
       return;
     }
     st->flush_posted = true;
-    boost::asio::post(ex, [st, ex] { flush_step(st, ex); });
+    if (st->options.flush_queue != nullptr) {
+      st->options.flush_queue->defer([st, ex] { flush_step(st, ex); });
+    } else {
+      boost::asio::post(ex, [st, ex] { flush_step(st, ex); });
+    }
   }
 
   // Writes the batch once the writer has paused for a turn of the executor.
@@ -305,7 +360,7 @@ class CoalescingSocket {
     State& s = *st;
     s.flush_posted = false;
     if (s.socket == nullptr || s.error) return;
-    if (s.appended) {
+    if (s.appended && s.options.flush_queue == nullptr) {  // (the queue runs when idle)
       s.appended = false;
       schedule_flush(st, ex);
       return;

@@ -131,7 +131,7 @@ class IoThread {
   IoThread()
       : work_(boost::asio::make_work_guard(io_)), thread_([this] {
           pthread_setname_np(pthread_self(), "sluice-io");  // (in top -H, perf, gdb)
-          io_.run();
+          run();
         }) {}
   IoThread(const IoThread&) = delete;
   IoThread& operator=(const IoThread&) = delete;
@@ -146,6 +146,8 @@ class IoThread {
     if (thread_.joinable()) thread_.join();
   }
   boost::asio::io_context& context() { return io_; }
+  /// Socket flushes run at the end of each round of the loop (see run()); I/O thread only.
+  relay::FlushQueue& flushes() { return flushes_; }
 
   /// Runs `fn` on the I/O thread soon (never inside the caller's stack).
   void post(std::function<void()> fn) { boost::asio::post(io_, std::move(fn)); }
@@ -159,8 +161,23 @@ class IoThread {
   }
 
  private:
+  // Rounds: wait for a handler, run what else is ready (at most kRound handlers, so that a
+  // busy loop still flushes), then flush the connections written to meanwhile: a publisher's
+  // read-ahead of many messages fans out in one write per viewer, as nats-server flushes its
+  // clients after each read.
+  void run() {
+    constexpr int kRound = 256;
+    while (!io_.stopped()) {
+      if (io_.run_one() == 0) continue;
+      for (int i = 0; i < kRound && io_.poll_one() != 0; ++i) {
+      }
+      flushes_.run();
+    }
+  }
+
   boost::asio::io_context io_;
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
+  relay::FlushQueue flushes_;
   std::thread thread_;
 };
 
@@ -1280,7 +1297,7 @@ class WsSession : public std::enable_shared_from_this<Derived> {
       : relay_(relay),
         slot_(std::move(slot)),
         topic_(std::move(topic)),
-        ws_(std::move(socket), socket_options()),
+        ws_(std::move(socket), socket_options(relay)),
         timer_(ws_.get_executor()),
         out_(outbox_config(name)) {}
 
@@ -1310,27 +1327,34 @@ class WsSession : public std::enable_shared_from_this<Derived> {
 
   // Producers (publishers, workers' results) read ahead 64 KiB per system call; viewers read
   // nothing but control frames. Every session's small writes are coalesced.
-  static relay::CoalescingSocket::Options socket_options() {
+  static relay::CoalescingSocket::Options socket_options(RelayServer::Impl& relay) {
     relay::CoalescingSocket::Options o;
+    o.flush_queue = &relay.io.flushes();
     o.read_ahead = std::is_same_v<Derived, WsSubscriber> ? 0 : 64 * 1024;
     return o;
   }
 
-  // Writes the next outgoing message, if none is in flight: the most important first.
+  // Writes the queued messages, the most important first, unless a write is in flight: each
+  // into the socket's batch while it fits there (flushed at the end of the I/O thread's round,
+  // one system call for many messages), then one asynchronous write.
   void write_next() {
     if (writing_ || closing_) return;
-    self().refill();
-    if (closing_) return;
-    auto r = out_.try_recv();
-    if (r.status == RecvStatus::ok) {
-      write(std::move(r->item));
-      return;
+    for (;;) {
+      self().refill();
+      if (closing_) return;
+      auto r = out_.try_recv();
+      if (r.status != RecvStatus::ok) {
+        if (ending_) {  // everything before the end went out
+          close(ending_->first, ending_->second);
+          return;
+        }
+        self().idle();
+        return;
+      }
+      // Beast is answering the peer's close (the read ends next): nothing more may follow it.
+      if (!ws_.is_open()) return;
+      if (!write(std::move(r->item))) return;
     }
-    if (ending_) {  // everything before the end went out
-      close(ending_->first, ending_->second);
-      return;
-    }
-    self().idle();
   }
 
  protected:
@@ -1386,9 +1410,10 @@ class WsSession : public std::enable_shared_from_this<Derived> {
   }
 
   // What a derived session may add (defaults: nothing).
-  void refill() {}  // top up the queue (a viewer: from its subscription)
-  void idle() {}    // nothing to write: arm what will call write_next()
-  void write_started(const Outgoing& /*m*/) {}  // e.g. start a send timer
+  void refill() {}                      // top up the queue (a viewer: from its subscription)
+  void idle() {}                        // nothing to write: arm what will call write_next()
+  void taken(const Outgoing& /*m*/) {}  // a message left the queue to be written
+  void write_started(const Outgoing& /*m*/) {}  // an asynchronous write: e.g. time it
   bool write_done() { return true; }            // false: stop (the session is ending)
 
   RelayServer::Impl& relay_;
@@ -1402,31 +1427,72 @@ class WsSession : public std::enable_shared_from_this<Derived> {
   bool closing_ = false;
 
  private:
-  void write(Outgoing m) {
-    writing_ = true;
-    current_ = std::move(m);
-    self().write_started(current_);
-    auto done = [self = this->shared_from_this()](boost::beast::error_code ec, std::size_t) {
-      self->writing_ = false;
-      self->current_ = {};  // (a frame's Buffer is released here)
-      if (ec || !self->self().write_done()) return;
-      self->write_next();
-    };
-    if (!current_.frame) {
-      ws_.text(true);
-      ws_.async_write(boost::asio::buffer(current_.text), std::move(done));
-      return;
+  // Writes one message as one unframented WebSocket frame, built here rather than by Beast's
+  // write operation (one per message, with a completion each): the socket layer keeps each
+  // write's bytes together, so these frames and Beast's own control frames (pongs, pings, the
+  // close) never interleave. True if it went into the batch; false if an asynchronous write
+  // is now in flight (write_done() and write_next() follow its completion).
+  bool write(Outgoing m) {
+    self().taken(m);
+    const bool binary = m.frame.has_value();
+    std::size_t head = 0;
+    std::uint64_t size = 0;
+    if (binary) {
+      const auto header = ws::encode({m.frame->sequence, m.frame->timestamp_ns});
+      size = ws::kFrameHeaderBytes + m.frame->payload.size();
+      head = ws_frame_header(true, size);
+      std::memcpy(header_.data() + head, header.data(), header.size());
+    } else {
+      size = m.text.size();
+      head = ws_frame_header(false, size);
     }
-    header_ = ws::encode({current_.frame->sequence, current_.frame->timestamp_ns});
-    ws_.binary(true);
     const std::array<boost::asio::const_buffer, 2> parts{
-        boost::asio::buffer(header_),
-        boost::asio::buffer(current_.frame->payload.data(), current_.frame->payload.size())};
-    ws_.async_write(parts, std::move(done));
+        boost::asio::const_buffer(header_.data(), head + (binary ? ws::kFrameHeaderBytes : 0)),
+        binary ? boost::asio::const_buffer(m.frame->payload.data(), m.frame->payload.size())
+               : boost::asio::const_buffer(m.text.data(), m.text.size())};
+    if (ws_.next_layer().try_append(parts)) return true;
+    writing_ = true;
+    current_ = std::move(m);  // (the buffers point into it, moved or not: the heap, or header_)
+    const std::array<boost::asio::const_buffer, 2> held{
+        boost::asio::const_buffer(header_.data(), head + (binary ? ws::kFrameHeaderBytes : 0)),
+        binary ? boost::asio::const_buffer(current_.frame->payload.data(),
+                                           current_.frame->payload.size())
+               : boost::asio::const_buffer(current_.text.data(), current_.text.size())};
+    self().write_started(current_);
+    // (The layer's async_write_some writes all of it, as one unit; asio::async_write would
+    // split it into 64 KiB calls, between which Beast's control frames could slip.)
+    ws_.next_layer().async_write_some(
+        held, [self = this->shared_from_this()](boost::beast::error_code ec, std::size_t) {
+          self->writing_ = false;
+          self->current_ = {};  // (a frame's Buffer is released here)
+          if (ec || !self->self().write_done()) return;
+          self->write_next();
+        });
+    return false;
+  }
+
+  // An unmasked (server) WebSocket frame header with FIN set for `size` payload bytes into
+  // header_; its length.
+  std::size_t ws_frame_header(bool binary, std::uint64_t size) {
+    header_[0] = binary ? 0x82 : 0x81;
+    if (size < 126) {
+      header_[1] = static_cast<unsigned char>(size);
+      return 2;
+    }
+    if (size <= 0xFFFF) {
+      header_[1] = 126;
+      header_[2] = static_cast<unsigned char>(size >> 8);
+      header_[3] = static_cast<unsigned char>(size);
+      return 4;
+    }
+    header_[1] = 127;
+    for (int i = 0; i < 8; ++i) header_[2 + i] = static_cast<unsigned char>(size >> (56 - 8 * i));
+    return 10;
   }
 
   Outgoing current_;  // being written (a frame's Buffer stays alive until then)
-  std::array<unsigned char, ws::kFrameHeaderBytes> header_{};
+  // The WebSocket frame header (at most 10 bytes), then a frame's 16-byte header.
+  std::array<unsigned char, 10 + ws::kFrameHeaderBytes> header_{};
   std::optional<std::pair<websocket::close_code, std::string>> ending_;
   bool writing_ = false;
 };
@@ -1627,7 +1693,7 @@ class WsWorker final : public WsSession<WsWorker> {
     frame_queued_ = enqueue(Priority::bulk, Outgoing{{}, std::move(to_send_.front())});
     to_send_.pop_front();
   }
-  void write_started(const Outgoing& m) {
+  void taken(const Outgoing& m) {
     if (m.frame) frame_queued_ = false;
   }
 
@@ -1772,10 +1838,14 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
     });
   }
 
-  // Every write is timed (the detector's input); a frame leaving the queue makes room for the
-  // next one.
-  void write_started(const Outgoing& m) {
+  // A frame leaving the queue makes room for the next one.
+  void taken(const Outgoing& m) {
     if (m.frame) frame_queued_ = false;
+  }
+  // Every write that waits on the socket is timed (the detector's input); messages that went
+  // into the socket's batch waited on nothing, and a batch that cannot leave makes the next
+  // write wait.
+  void write_started(const Outgoing& /*m*/) {
     started_ = Clock::now();
     arm_send_timer();
   }
