@@ -17,9 +17,10 @@
 // async_write_some() always completes with all its bytes written (or an error): each call's
 // bytes stay together in the stream, whatever other writes are batched meanwhile.
 //
-// Contract: the same as a socket's for one reader and one writer at a time (Beast serializes
-// its own writes: messages, pings, pongs, the close frame), all on the socket's executor
-// (single-threaded use, or a strand). Bytes leave in the order they were written. A write that
+// Contract: one reader at a time; writers may be several (Beast, which serializes its own
+// writes: messages, pings, pongs, the close frame; and a writer of whole frames beside it), each
+// call's bytes kept together; everything on the socket's executor (single-threaded use, or a
+// strand). Bytes leave in the order the calls were made. A write that
 // completed may still be in the batch: its bytes are either written later or the connection
 // fails (a failed flush fails every later write with the same error). Memory: at most
 // 2 x `batch_bytes` + `read_ahead` per socket, allocated on first use. Tearing down (the
