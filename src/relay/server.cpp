@@ -148,6 +148,8 @@ class IoThread {
   boost::asio::io_context& context() { return io_; }
   /// Socket flushes run at the end of each round of the loop (see run()); I/O thread only.
   relay::FlushQueue& flushes() { return flushes_; }
+  /// Completions ready at once, run in bursts (see relay::ReadyQueue); I/O thread only.
+  relay::ReadyQueue& ready() { return ready_; }
 
   /// Runs `fn` on the I/O thread soon (never inside the caller's stack).
   void post(std::function<void()> fn) { boost::asio::post(io_, std::move(fn)); }
@@ -178,6 +180,7 @@ class IoThread {
   boost::asio::io_context io_;
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
   relay::FlushQueue flushes_;
+  relay::ReadyQueue ready_{io_.get_executor()};
   std::thread thread_;
 };
 
@@ -1330,6 +1333,7 @@ class WsSession : public std::enable_shared_from_this<Derived> {
   static relay::CoalescingSocket::Options socket_options(RelayServer::Impl& relay) {
     relay::CoalescingSocket::Options o;
     o.flush_queue = &relay.io.flushes();
+    o.ready_queue = &relay.io.ready();
     o.read_ahead = std::is_same_v<Derived, WsSubscriber> ? 0 : 64 * 1024;
     return o;
   }
@@ -1561,6 +1565,9 @@ class WsPublisher final : public WsSession<WsPublisher>, public relay::StageList
       return;
     }
     if (!ws_.is_message_done()) {
+      // Room for the rest of the frame at once: the next reads go straight into it, as large
+      // as the socket has (Beast would otherwise grow the string from 512 bytes, copying).
+      if (in_.capacity() < known) in_.reserve(known);
       read_some();
       return;
     }

@@ -161,8 +161,12 @@ TEST(CoalescingSocket, WritesStayWholeAndInOrderWhateverTheirSizesAndWriters) {
     auto work = asio::make_work_guard(io);  // (as the relay's loop: it never runs out of work)
     auto [a, b] = connected_pair(io);
     FlushQueue flushes;
+    ReadyQueue ready(io.get_executor());
     CoalescingSocket::Options o;
-    if (with_queue) o.flush_queue = &flushes;
+    if (with_queue) {  // as in the relay: the loop's queues
+      o.flush_queue = &flushes;
+      o.ready_queue = &ready;
+    }
     CoalescingSocket s(std::move(a), o);
     // Three writers at once: appends + writes, writes only (a Beast), tiny control-like ones.
     auto w0 = std::make_shared<Writer>(s, 0, records_of(0, 3000, 300 * 1024, 1), true);
@@ -300,8 +304,10 @@ TEST(CoalescingSocket, AWebSocketOnItSendsEveryMessageBeforeItsClose) {
     }
   });
   FlushQueue flushes;
+  ReadyQueue ready(io.get_executor());
   CoalescingSocket::Options o;
   o.flush_queue = &flushes;
+  o.ready_queue = &ready;
   o.read_ahead = 64 * 1024;
   auto ws = std::make_unique<websocket::stream<CoalescingSocket>>(acceptor.accept(), o);
   ws->accept();
