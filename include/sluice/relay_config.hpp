@@ -56,7 +56,7 @@ struct RelayConfig {
   std::string host = "127.0.0.1";
   std::uint16_t grpc_port = 7400;  // 0: ephemeral
   std::uint16_t http_port = 7401;  // 0: ephemeral
-  unsigned threads = 0;            // 0: the number of cores
+  unsigned threads = 0;  // event loops of the HTTP port (WebSocket viewers spread); 0: one per core
   // [limits]
   std::uint64_t max_frame_bytes = std::uint64_t{5} << 20;  // STREAM_MAX_FRAME_SIZE_MB
   std::size_t max_sessions = 10;                           // STREAM_MAX_SESSIONS

@@ -3,6 +3,7 @@
 // viewers and stage workers.
 #include <grpcpp/grpcpp.h>
 #include <pthread.h>
+#include <unistd.h>
 
 #include <array>
 #include <atomic>
@@ -125,12 +126,14 @@ class Throttle {
   Clock::time_point deadline_;
 };
 
-// One Asio thread for the relay's own I/O: the HTTP endpoint and publish deadlines.
+// One event loop on one thread: the relay's own (the HTTP endpoint, WebSocket publishers and
+// workers, publish deadlines, stage polls) and each of the more that share the viewers
+// (server.threads).
 class IoThread {
  public:
-  IoThread()
-      : work_(boost::asio::make_work_guard(io_)), thread_([this] {
-          pthread_setname_np(pthread_self(), "sluice-io");  // (in top -H, perf, gdb)
+  explicit IoThread(std::string name)
+      : name_(std::move(name)), work_(boost::asio::make_work_guard(io_)), thread_([this] {
+          pthread_setname_np(pthread_self(), name_.c_str());  // (in top -H, perf, gdb)
           run();
         }) {}
   IoThread(const IoThread&) = delete;
@@ -146,10 +149,15 @@ class IoThread {
     if (thread_.joinable()) thread_.join();
   }
   boost::asio::io_context& context() { return io_; }
+  /// The thread's name (at most 15 bytes shown by the system).
+  const std::string& name() const { return name_; }
   /// Socket flushes run at the end of each round of the loop (see run()); I/O thread only.
   relay::FlushQueue& flushes() { return flushes_; }
   /// Completions ready at once, run in bursts (see relay::ReadyQueue); I/O thread only.
   relay::ReadyQueue& ready() { return ready_; }
+
+  /// WebSocket viewers served here (a viewer goes to the loop with the fewest).
+  std::atomic<std::size_t> viewers{0};
 
   /// Runs `fn` on the I/O thread soon (never inside the caller's stack).
   void post(std::function<void()> fn) { boost::asio::post(io_, std::move(fn)); }
@@ -177,6 +185,7 @@ class IoThread {
     }
   }
 
+  const std::string name_;
   boost::asio::io_context io_;
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
   relay::FlushQueue flushes_;
@@ -353,16 +362,22 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
                       [this] { return double(sessions.load(std::memory_order_relaxed)); });
     registry.gauge_fn("sluice_sessions_max", "max_sessions (STREAM_MAX_SESSIONS)", {},
                       [this] { return double(config.max_sessions); });
+    for (IoThread* l : loops()) {
+      registry.gauge_fn("sluice_io_thread_viewers",
+                        "WebSocket viewers each event-loop thread serves (server.threads)",
+                        {{"thread", l->name()}},
+                        [l] { return double(l->viewers.load(std::memory_order_relaxed)); });
+    }
   }
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
   Impl(Impl&&) = delete;
   Impl& operator=(Impl&&) = delete;
-  // The I/O thread stops first; the acceptor goes while its io_context exists; then `io` (the
-  // last member) is destroyed first, and with it the WebSocket sessions its handlers hold,
-  // while everything they refer to is still there.
+  // The I/O threads stop first; the acceptor goes while its io_context exists; then `io` and
+  // `more_io` (the last members) are destroyed first, and with them the WebSocket sessions
+  // their handlers hold, while everything they refer to is still there.
   ~Impl() override {
-    io.stop();
+    stop_io();
     http_server.reset();
   }
 
@@ -620,7 +635,37 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
     c.stall_action = SlowAction::disconnect;
     return c;
   }()};
-  IoThread io;  // last: see ~Impl
+  // The viewers' share of server.threads: the loops beyond `io` (none with one thread).
+  std::vector<std::unique_ptr<IoThread>> more_io = [this] {
+    unsigned n = config.threads != 0 ? config.threads : std::thread::hardware_concurrency();
+    std::vector<std::unique_ptr<IoThread>> v;
+    for (unsigned i = 1; i < n; ++i)
+      v.push_back(std::make_unique<IoThread>("sluice-io-" + std::to_string(i)));
+    return v;
+  }();
+  IoThread io{"sluice-io"};  // last: see ~Impl
+
+  // The loop a new viewer joins: the one serving the fewest (the loops beyond `io` first: it
+  // also reads the publishers).
+  IoThread& viewer_loop() {
+    IoThread* best = &io;
+    for (auto& l : more_io) {
+      if (l->viewers.load(std::memory_order_relaxed) <=
+          best->viewers.load(std::memory_order_relaxed))
+        best = l.get();
+    }
+    return *best;
+  }
+  std::vector<IoThread*> loops() {
+    std::vector<IoThread*> v{&io};
+    for (auto& l : more_io) v.push_back(l.get());
+    return v;
+  }
+  // Stops every loop (idempotent): the WebSocket sessions stop where they are.
+  void stop_io() {
+    for (auto& l : more_io) l->stop();
+    io.stop();
+  }
 };
 
 namespace {
@@ -636,19 +681,20 @@ class SubscriberSeries {
         labels_{
             {"topic", topic}, {"subscriber", sub->name()}, {"session", std::to_string(session)}},
         lost_labels_(with_reason(labels_)) {
-    registry_.counter_fn("sluice_subscriber_received_total", "Items this subscriber received",
-                         labels_,
-                         [sub] { return sub->active() ? double(sub->stats().received) : 0.0; });
+    registry_.counter_fn(
+        "sluice_subscriber_received_total", "Items this subscriber received", labels_,
+        [this, sub] { return read(sub, [&] { return double(sub->stats().received); }); });
     registry_.counter_fn(
         "sluice_subscriber_dropped_total", "Items this subscriber lost, by reason", lost_labels_,
-        [sub] {
-          return sub->active() ? double(sub->stats().lost[DropReason::slow_consumer]) : 0.0;
+        [this, sub] {
+          return read(sub, [&] { return double(sub->stats().lost[DropReason::slow_consumer]); });
         });
     registry_.gauge_fn("sluice_subscriber_lag_items", "Items published and not yet received",
-                       labels_, [sub] { return sub->active() ? double(sub->lag()) : 0.0; });
-    registry_.gauge_fn("sluice_subscriber_lag_bytes",
-                       "Bytes published and not yet received (lossless topics)", labels_,
-                       [sub] { return sub->active() ? double(sub->stats().lag_bytes) : 0.0; });
+                       labels_,
+                       [this, sub] { return read(sub, [&] { return double(sub->lag()); }); });
+    registry_.gauge_fn(
+        "sluice_subscriber_lag_bytes", "Bytes published and not yet received (lossless topics)",
+        labels_, [this, sub] { return read(sub, [&] { return double(sub->stats().lag_bytes); }); });
   }
   SubscriberSeries(const SubscriberSeries&) = delete;
   SubscriberSeries& operator=(const SubscriberSeries&) = delete;
@@ -661,7 +707,19 @@ class SubscriberSeries {
     registry_.remove("sluice_subscriber_dropped_total", lost_labels_);
   }
 
+  // Leaves the topic: for a subscriber on another thread than the scrapes (a WebSocket viewer
+  // on a loop of its own), whose series must not read the subscription as it goes.
+  void leave(Subscription<RelayMessage>& sub) {
+    std::lock_guard lock(mu_);
+    sub.unsubscribe();
+  }
+
  private:
+  template <class F>
+  double read(const Subscription<RelayMessage>* sub, F&& f) const {
+    std::lock_guard lock(mu_);
+    return sub->active() ? f() : 0.0;
+  }
   static metrics::Labels with_reason(metrics::Labels labels) {
     labels.emplace_back("reason", std::string(to_string(DropReason::slow_consumer)));
     return labels;
@@ -669,6 +727,7 @@ class SubscriberSeries {
   metrics::Registry& registry_;
   const metrics::Labels labels_;
   const metrics::Labels lost_labels_;
+  mutable std::mutex mu_;  // leave() against the scrapes
 };
 
 // What both streaming reactors share: a lock, finishing once, cancel and done, and a guard
@@ -1290,17 +1349,21 @@ PriorityChannelConfig outbox_config(const std::string& name) {
   return c;
 }
 
-// What both kinds of WebSocket session share: the stream, its slot, the outgoing queue (one
-// write at a time), closing once. Everything here runs on the relay's I/O thread.
+// What every kind of WebSocket session shares: the stream, its slot, the outgoing queue (one
+// write at a time), closing once. Everything here runs on the session's loop (`loop`, which
+// `socket` belongs to): the relay's I/O thread for publishers and workers, one of the loops
+// of server.threads for a viewer.
 template <class Derived>
 class WsSession : public std::enable_shared_from_this<Derived> {
  public:
-  WsSession(RelayServer::Impl& relay, SessionSlot slot, std::shared_ptr<Topic> topic,
-            boost::asio::ip::tcp::socket socket, const std::string& name)
+  WsSession(RelayServer::Impl& relay, IoThread& loop, SessionSlot slot,
+            std::shared_ptr<Topic> topic, boost::asio::ip::tcp::socket socket,
+            const std::string& name)
       : relay_(relay),
+        loop_(loop),
         slot_(std::move(slot)),
         topic_(std::move(topic)),
-        ws_(std::move(socket), socket_options(relay)),
+        ws_(std::move(socket), socket_options(loop)),
         timer_(ws_.get_executor()),
         out_(outbox_config(name)) {}
 
@@ -1330,10 +1393,10 @@ class WsSession : public std::enable_shared_from_this<Derived> {
 
   // Producers (publishers, workers' results) read ahead 64 KiB per system call; viewers read
   // nothing but control frames. Every session's small writes are coalesced.
-  static relay::CoalescingSocket::Options socket_options(RelayServer::Impl& relay) {
+  static relay::CoalescingSocket::Options socket_options(IoThread& loop) {
     relay::CoalescingSocket::Options o;
-    o.flush_queue = &relay.io.flushes();
-    o.ready_queue = &relay.io.ready();
+    o.flush_queue = &loop.flushes();
+    o.ready_queue = &loop.ready();
     o.read_ahead = std::is_same_v<Derived, WsSubscriber> ? 0 : 64 * 1024;
     return o;
   }
@@ -1404,9 +1467,9 @@ class WsSession : public std::enable_shared_from_this<Derived> {
       if (auto s = w.lock(); s && !ec) boost::beast::get_lowest_layer(s->ws_).close();
     });
   }
-  // A callback for hooks on other threads: runs `method` on the I/O thread if still alive.
+  // A callback for hooks on other threads: runs `method` on the session's loop if still alive.
   std::function<void()> posted(void (Derived::*method)()) {
-    return [w = this->weak_from_this(), io = &relay_.io, method] {
+    return [w = this->weak_from_this(), io = &loop_, method] {
       io->post([w, method] {
         if (auto s = w.lock()) (s.get()->*method)();
       });
@@ -1421,6 +1484,7 @@ class WsSession : public std::enable_shared_from_this<Derived> {
   bool write_done() { return true; }            // false: stop (the session is ending)
 
   RelayServer::Impl& relay_;
+  IoThread& loop_;
   SessionSlot slot_;
   std::shared_ptr<Topic> topic_;
   WsStream ws_;
@@ -1509,8 +1573,8 @@ class WsPublisher final : public WsSession<WsPublisher>, public relay::StageList
  public:
   WsPublisher(RelayServer::Impl& relay, SessionSlot slot, const std::shared_ptr<Topic>& topic,
               boost::asio::ip::tcp::socket socket)
-      : WsSession(relay, std::move(slot), topic, std::move(socket), "ws-publisher/" + topic->name) {
-  }
+      : WsSession(relay, relay.io, std::move(slot), topic, std::move(socket),
+                  "ws-publisher/" + topic->name) {}
   void opened() { read(); }
 
   // (any thread) A drop notice: critical, so never dropped and never behind a frame.
@@ -1669,7 +1733,7 @@ class WsWorker final : public WsSession<WsWorker> {
  public:
   WsWorker(RelayServer::Impl& relay, SessionSlot slot, const std::shared_ptr<Topic>& topic,
            boost::asio::ip::tcp::socket socket, std::string name, std::uint32_t concurrency)
-      : WsSession(relay, std::move(slot), topic, std::move(socket),
+      : WsSession(relay, relay.io, std::move(slot), topic, std::move(socket),
                   "ws-worker/" + topic->name + "/" + name),
         name_(std::move(name)),
         concurrency_(concurrency) {}
@@ -1770,9 +1834,11 @@ class WsWorker final : public WsSession<WsWorker> {
 // send timeouts is disconnected (4008).
 class WsSubscriber final : public WsSession<WsSubscriber> {
  public:
-  WsSubscriber(RelayServer::Impl& relay, SessionSlot slot, const std::shared_ptr<Topic>& topic,
-               boost::asio::ip::tcp::socket socket, Subscription<RelayMessage> sub)
-      : WsSession(relay, std::move(slot), topic, std::move(socket),
+  // `socket` belongs to `loop`, where the session runs.
+  WsSubscriber(RelayServer::Impl& relay, IoThread& loop, SessionSlot slot,
+               const std::shared_ptr<Topic>& topic, boost::asio::ip::tcp::socket socket,
+               Subscription<RelayMessage> sub)
+      : WsSession(relay, loop, std::move(slot), topic, std::move(socket),
                   "ws-viewer/" + topic->name + "/" + sub.name()),
         sub_(std::move(sub)),
         id_(relay.next_session_id.fetch_add(1)),
@@ -1782,7 +1848,10 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
   WsSubscriber& operator=(const WsSubscriber&) = delete;
   WsSubscriber(WsSubscriber&&) = delete;
   WsSubscriber& operator=(WsSubscriber&&) = delete;
-  ~WsSubscriber() { relay_.viewers.remove(sink_); }
+  ~WsSubscriber() {
+    relay_.viewers.remove(sink_);
+    loop_.viewers.fetch_sub(1, std::memory_order_relaxed);
+  }
 
   void opened() {
     read();  // control frames (ping, close) are answered while reading
@@ -1834,7 +1903,7 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
   void read() {
     ws_.async_read(in_, [self = shared_from_this()](boost::beast::error_code ec, std::size_t) {
       if (ec) {  // the viewer went away or closed: leave the topic now
-        self->sub_.unsubscribe();
+        self->series_.leave(self->sub_);
         self->closing_ = true;
         self->timer_.cancel();
         return;
@@ -1889,7 +1958,7 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
   void disconnect_slow(const std::string& why) {
     send_event({{"error", "disconnected as a slow consumer: " + why +
                               " (limits.send_timeout_ms, limits.max_send_timeouts)"}});
-    sub_.unsubscribe();  // a lossless topic stops waiting for us now
+    series_.leave(sub_);  // a lossless topic stops waiting for us now
     const auto ms =
         std::chrono::duration_cast<std::chrono::milliseconds>(relay_.config.send_timeout);
     close(static_cast<websocket::close_code>(4008),
@@ -1901,7 +1970,7 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
   Subscription<RelayMessage> sub_;
   const std::uint64_t id_;  // the session label in metrics, and the sink's
   const std::string sink_;
-  SubscriberSeries series_;  // reads sub_ (inactive once left); scrapes run on this thread
+  SubscriberSeries series_;  // reads sub_ (inactive once left, see leave()) from the scrapes
   boost::beast::flat_buffer in_;
   Clock::time_point started_;
   bool frame_queued_ = false;  // a frame waits in the outgoing queue
@@ -2073,8 +2142,30 @@ bool RelayServer::Impl::upgrade(boost::asio::ip::tcp::socket& socket, HttpServer
     body = st.error_message() + "\n";
     return false;
   }
-  std::make_shared<WsSubscriber>(*this, std::move(slot), t, std::move(socket), std::move(*sub))
-      ->start(std::move(request));
+  // The viewer goes to the loop serving the fewest; its socket moves there (nothing is
+  // buffered past the upgrade request: the client waits for the answer).
+  IoThread* loop = &viewer_loop();
+  boost::asio::ip::tcp::socket own(loop->context());
+  if (loop != &io) {
+    boost::system::error_code ec;
+    const auto protocol = socket.local_endpoint(ec).protocol();
+    const int fd = ec ? -1 : socket.release(ec);
+    if (!ec) own.assign(protocol, fd, ec);
+    if (ec) {
+      if (fd >= 0) ::close(fd);
+      status = 503;
+      body = "cannot hand the connection to an I/O thread: " + ec.message() + "\n";
+      return false;
+    }
+  } else {
+    own = std::move(socket);
+  }
+  loop->viewers.fetch_add(1, std::memory_order_relaxed);
+  auto viewer = std::make_shared<WsSubscriber>(*this, *loop, std::move(slot), t, std::move(own),
+                                               std::move(*sub));
+  boost::asio::post(loop->context(), [viewer, request = std::move(request)]() mutable {
+    viewer->start(std::move(request));
+  });
   return true;
 }
 
@@ -2118,7 +2209,7 @@ void RelayServer::shutdown() {
   }
   impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   impl_->server->Wait();
-  impl_->io.stop();
+  impl_->stop_io();
   impl_->http_server.reset();
 }
 

@@ -65,6 +65,84 @@ TEST(RelayWs, FramesFromAPublisherReachEveryViewerWithTheirHeader) {
   b.s.close(websocket::close_code::normal);
 }
 
+// server.threads: viewers are spread over the event-loop threads (the one with the fewest
+// first). With one thread and with three, every viewer receives every frame of a lossless
+// topic in order while /metrics is scraped from another loop; viewers leaving (half cleanly,
+// half by dropping the connection) take their series and their loop's count with them.
+TEST(RelayWs, ViewersOnEveryEventLoopGetEveryFrameAndLeaveNothingBehind) {
+  for (const unsigned threads : {1U, 3U}) {
+    SCOPED_TRACE("server.threads = " + std::to_string(threads));
+    RelayConfig c = loopback();
+    c.threads = threads;
+    RelayServer relay(c);
+    relay.start();
+    const auto port = relay.http_port();
+    constexpr int kViewers = 5;
+    constexpr int kFrames = 2000;
+    std::vector<std::unique_ptr<WsClient>> viewers;
+    for (int v = 0; v < kViewers; ++v) {
+      viewers.push_back(std::make_unique<WsClient>());
+      ASSERT_FALSE(
+          viewers.back()->connect(port, "/v1/ws/subscribe/spread?name=v" + std::to_string(v)));
+    }
+    ASSERT_TRUE(testing::wait_for_sessions(port, kViewers));
+    // Each loop serves some viewers: counts 2, 2, 1 (or 5 on the one loop).
+    double served = 0;
+    for (unsigned t = 0; t < threads; ++t) {
+      const std::string name = t == 0 ? "sluice-io" : "sluice-io-" + std::to_string(t);
+      const double n = testing::metric(port, "sluice_io_thread_viewers", "\"" + name + "\"");
+      EXPECT_GE(n, 1) << name;
+      served += n;
+    }
+    EXPECT_EQ(served, kViewers);
+
+    WsClient pub;
+    ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/spread"));
+    std::atomic<bool> done{false};
+    std::thread scraper([&] {  // scrapes read every viewer's series meanwhile
+      while (!done.load()) (void)testing::http_get(port, "/metrics");
+    });
+    std::vector<std::thread> readers;
+    std::vector<int> in_order(kViewers, 0);
+    for (int v = 0; v < kViewers; ++v) {
+      readers.emplace_back([&, v] {
+        for (int i = 0; i < kFrames; ++i) {
+          bool text = true;
+          std::string bytes;
+          if (viewers[v]->read(text, bytes) || text) return;
+          if (index_of(bytes) != static_cast<std::uint64_t>(i)) return;
+          if (bytes.substr(16) != std::string(100 + i % 900, char('a' + i % 26))) return;
+          in_order[v] = i + 1;
+        }
+      });
+    }
+    for (int i = 0; i < kFrames; ++i)
+      pub.send_binary(frame(i, 1, std::string(100 + i % 900, char('a' + i % 26))));
+    for (auto& r : readers) r.join();
+    for (int v = 0; v < kViewers; ++v) EXPECT_EQ(in_order[v], kFrames) << "viewer " << v;
+
+    // Leave while the scrapes go on: the even ones close, the odd ones vanish.
+    for (int v = 0; v < kViewers; ++v) {
+      if (v % 2 == 0) {
+        viewers[v]->s.close(websocket::close_code::normal);
+      } else {
+        boost::system::error_code ec;
+        viewers[v]->s.next_layer().close(ec);
+      }
+    }
+    EXPECT_TRUE(testing::wait_for_sessions(port, 1));  // the publisher
+    done = true;
+    scraper.join();
+    const std::string metrics = testing::http_get(port, "/metrics").second;
+    EXPECT_EQ(metrics.find("subscriber=\"v"), std::string::npos) << metrics;
+    for (unsigned t = 0; t < threads; ++t) {
+      const std::string name = t == 0 ? "sluice-io" : "sluice-io-" + std::to_string(t);
+      EXPECT_EQ(testing::metric(port, "sluice_io_thread_viewers", "\"" + name + "\""), 0) << name;
+    }
+    pub.s.close(websocket::close_code::normal);
+  }
+}
+
 TEST(RelayWs, ALappedViewerGetsGapEventsBeforeItsNextFrame) {
   RelayConfig c = loopback();
   c.defaults.mode = TopicMode::realtime;
