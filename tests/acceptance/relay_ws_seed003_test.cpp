@@ -204,9 +204,11 @@ TEST(Seed003, FastViewersGetEveryFrameTheSlowOnesLossesAreAnnouncedMemoryStaysFl
   const double minutes = double(seconds) / 60.0;
   // R3: < 1 MiB/min, with 2 MiB of noise. A run shorter than a minute (CI's 12 s) ends before
   // the allocator's arenas reach their working size (the 120 s and 600 s runs level off after
-  // about 40 s, at ~125 MiB): there the check is only that growth stays under 8 frames (a leak
-  // of every frame would be 180 MiB in 6 s); `make soak` checks the real figure.
-  const double allowed = seconds < 60 ? 8.0 : std::max(2.0, 1.0 * minutes);
+  // about 40 s, at ~125 MiB; with the viewers on event loops of their own, glibc's per-thread
+  // arenas step up by as much as 24 MiB in the first 12 s, from run to run): there the check is
+  // only that growth stays under 32 frames, a sixth of the 180 MiB a leak of every frame would
+  // add after the 6 s warm-up; `make soak` checks the real figure.
+  const double allowed = seconds < 60 ? 32.0 : std::max(2.0, 1.0 * minutes);
   std::printf(
       "R3: %llu frames in %llu s; slow viewer %llu frames + %llu announced as gaps; "
       "RSS after warm-up %.1f MiB, peak after %.1f MiB (growth %.2f MiB, allowed %.1f)\n",
