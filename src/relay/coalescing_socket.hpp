@@ -183,7 +183,8 @@ class CoalescingSocket {
   template <class MutableBuffers, class Handler>
   auto async_read_some(const MutableBuffers& buffers, Handler&& handler) {
     return boost::asio::async_initiate<Handler, void(error_code, std::size_t)>(
-        [this](auto h, const MutableBuffers& b) { start_read(b, std::move(h)); }, handler, buffers);
+        [this](auto h, const MutableBuffers& b) { this->start_read(b, std::move(h)); }, handler,
+        buffers);
   }
 
   template <class ConstBuffers, class Handler>

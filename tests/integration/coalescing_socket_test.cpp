@@ -48,7 +48,7 @@ std::pair<tcp::socket, tcp::socket> connected_pair(asio::io_context& io) {
 // (writer, sequence, position): a torn, reordered or interleaved record does not parse.
 std::string record(std::uint32_t writer, std::uint32_t seq, std::size_t payload) {
   std::string r(12 + payload, '\0');
-  const std::uint32_t len = static_cast<std::uint32_t>(8 + payload);
+  const auto len = static_cast<std::uint32_t>(8 + payload);
   std::memcpy(r.data(), &len, 4);
   std::memcpy(r.data() + 4, &writer, 4);
   std::memcpy(r.data() + 8, &seq, 4);
@@ -159,7 +159,9 @@ TEST(CoalescingSocket, WritesStayWholeAndInOrderWhateverTheirSizesAndWriters) {
   for (const bool with_queue : {false, true}) {
     asio::io_context io;
     auto work = asio::make_work_guard(io);  // (as the relay's loop: it never runs out of work)
-    auto [a, b] = connected_pair(io);
+    auto pair = connected_pair(io);
+    auto& a = pair.first;
+    auto& b = pair.second;
     FlushQueue flushes;
     ReadyQueue ready(io.get_executor());
     CoalescingSocket::Options o;
@@ -169,8 +171,9 @@ TEST(CoalescingSocket, WritesStayWholeAndInOrderWhateverTheirSizesAndWriters) {
     }
     CoalescingSocket s(std::move(a), o);
     // Three writers at once: appends + writes, writes only (a Beast), tiny control-like ones.
-    auto w0 = std::make_shared<Writer>(s, 0, records_of(0, 3000, 300 * 1024, 1), true);
-    auto w1 = std::make_shared<Writer>(s, 1, records_of(1, 1000, 300 * 1024, 2), false);
+    auto w0 = std::make_shared<Writer>(s, 0, records_of(0, 3000, std::size_t{300} * 1024, 1), true);
+    auto w1 =
+        std::make_shared<Writer>(s, 1, records_of(1, 1000, std::size_t{300} * 1024, 2), false);
     auto w2 = std::make_shared<Writer>(s, 2, records_of(2, 500, 100, 3), false);
     const std::size_t total = 4500;
     RecordReader reader;
@@ -246,7 +249,7 @@ TEST(CoalescingSocket, ReadAheadServesSmallReadsAndLargeOnesGoStraightThrough) {
   asio::io_context io;
   auto [a, b] = connected_pair(io);
   CoalescingSocket::Options o;
-  o.read_ahead = 64 * 1024;
+  o.read_ahead = std::size_t{64} * 1024;
   CoalescingSocket s(std::move(a), o);
   std::string small;
   for (int i = 0; i < 500; ++i) small += record(0, static_cast<std::uint32_t>(i), 90);
@@ -308,7 +311,7 @@ TEST(CoalescingSocket, AWebSocketOnItSendsEveryMessageBeforeItsClose) {
   CoalescingSocket::Options o;
   o.flush_queue = &flushes;
   o.ready_queue = &ready;
-  o.read_ahead = 64 * 1024;
+  o.read_ahead = std::size_t{64} * 1024;
   auto ws = std::make_unique<websocket::stream<CoalescingSocket>>(acceptor.accept(), o);
   ws->accept();
   ws->binary(true);
@@ -385,7 +388,7 @@ TEST(CoalescingSocket, SynchronousBatchingWaitsForFlush) {
   char probe = 0;
   EXPECT_EQ(::recv(b.native_handle(), &probe, 1, MSG_DONTWAIT), -1);
   // A write too large to batch takes the batch with it, in order.
-  const std::string large = record(0, 30, 100 * 1024);
+  const std::string large = record(0, 30, std::size_t{100} * 1024);
   sent += large;
   error_code ec;
   std::size_t done = 0;

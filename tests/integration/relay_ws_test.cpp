@@ -103,6 +103,7 @@ TEST(RelayWs, ViewersOnEveryEventLoopGetEveryFrameAndLeaveNothingBehind) {
       while (!done.load()) (void)testing::http_get(port, "/metrics");
     });
     std::vector<std::thread> readers;
+    readers.reserve(kViewers);
     std::vector<int> in_order(kViewers, 0);
     for (int v = 0; v < kViewers; ++v) {
       readers.emplace_back([&, v] {
@@ -157,7 +158,7 @@ TEST(RelayWs, ALappedViewerGetsGapEventsBeforeItsNextFrame) {
   WsClient pub;
   ASSERT_FALSE(pub.connect(relay.http_port(), "/v1/ws/publish/camera"));
   constexpr int kFrames = 2000;  // 32 MiB: more than the socket buffers hold
-  const std::string payload(16 * 1024, 'f');
+  const std::string payload(std::size_t{16} * 1024, 'f');
   for (int i = 0; i < kFrames; ++i) pub.send_binary(frame(i, 0, payload));
   std::uint64_t got = 0;
   std::uint64_t lost = 0;
@@ -244,7 +245,7 @@ TEST(RelayWs, APublisherLeavingItsEventsUnreadIsClosedNoEventIsDropped) {
   bool done = false;  // (outlives the write left pending)
   std::string event;
   while (!closed && sent < 200000) {
-    event = "{\"n\":" + std::to_string(sent) + ",\"pad\":\"" + pad + "\"}";
+    event = R"({"n":)" + std::to_string(sent) + R"(,"pad":")" + pad + R"("})";
     deaf.s.text(true);
     done = false;
     deaf.s.async_write(boost::asio::buffer(event),
@@ -466,7 +467,7 @@ TEST(RelayWs, AViewerThatStopsReadingIsDisconnectedAndOthersCarryOn) {
   WsClient pub;
   ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/feed"));
   std::thread publisher([&] {
-    const std::string payload(64 * 1024, 'p');
+    const std::string payload(std::size_t{64} * 1024, 'p');
     for (int i = 0; i < kFrames; ++i) pub.send_binary(frame(i, 0, payload));
   });
   std::this_thread::sleep_for(1500ms);  // the stuck viewer reads nothing meanwhile
