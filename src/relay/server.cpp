@@ -1843,7 +1843,9 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
         sub_(std::move(sub)),
         id_(relay.next_session_id.fetch_add(1)),
         sink_(topic_->name + "/" + sub_.name() + "#" + std::to_string(id_)),
-        series_(relay_.registry, topic_->name, &sub_, id_) {}
+        series_(relay_.registry, topic_->name, &sub_, id_) {
+    loop_.viewers.fetch_add(1, std::memory_order_relaxed);
+  }
   WsSubscriber(const WsSubscriber&) = delete;
   WsSubscriber& operator=(const WsSubscriber&) = delete;
   WsSubscriber(WsSubscriber&&) = delete;
@@ -2005,6 +2007,21 @@ std::string query_value(std::string_view query, std::string_view key) {
   return {};
 }
 
+// `socket` (of the relay's loop) as a socket of `loop`: the same connection, now watched by
+// that loop's reactor. Nothing is buffered past an upgrade request (the client waits for the
+// answer), so nothing is lost. On failure `ec` is set and the connection closed.
+boost::asio::ip::tcp::socket move_to(IoThread& loop, boost::asio::ip::tcp::socket& socket,
+                                     boost::system::error_code& ec) {
+  if (socket.get_executor() == boost::asio::any_io_executor(loop.context().get_executor()))
+    return std::move(socket);  // already there
+  boost::asio::ip::tcp::socket moved(loop.context());
+  const auto protocol = socket.local_endpoint(ec).protocol();
+  const int fd = ec ? -1 : socket.release(ec);
+  if (!ec) moved.assign(protocol, fd, ec);
+  if (ec && fd >= 0) ::close(fd);
+  return moved;
+}
+
 unsigned http_status(const grpc::Status& s) {
   switch (s.error_code()) {
     case grpc::StatusCode::NOT_FOUND:
@@ -2142,28 +2159,18 @@ bool RelayServer::Impl::upgrade(boost::asio::ip::tcp::socket& socket, HttpServer
     body = st.error_message() + "\n";
     return false;
   }
-  // The viewer goes to the loop serving the fewest; its socket moves there (nothing is
-  // buffered past the upgrade request: the client waits for the answer).
-  IoThread* loop = &viewer_loop();
-  boost::asio::ip::tcp::socket own(loop->context());
-  if (loop != &io) {
-    boost::system::error_code ec;
-    const auto protocol = socket.local_endpoint(ec).protocol();
-    const int fd = ec ? -1 : socket.release(ec);
-    if (!ec) own.assign(protocol, fd, ec);
-    if (ec) {
-      if (fd >= 0) ::close(fd);
-      status = 503;
-      body = "cannot hand the connection to an I/O thread: " + ec.message() + "\n";
-      return false;
-    }
-  } else {
-    own = std::move(socket);
+  // The viewer goes to the loop serving the fewest; its socket moves there.
+  IoThread& loop = viewer_loop();
+  boost::system::error_code ec;
+  auto own = move_to(loop, socket, ec);
+  if (ec) {
+    status = 503;
+    body = "cannot hand the connection to an I/O thread: " + ec.message() + "\n";
+    return false;
   }
-  loop->viewers.fetch_add(1, std::memory_order_relaxed);
-  auto viewer = std::make_shared<WsSubscriber>(*this, *loop, std::move(slot), t, std::move(own),
+  auto viewer = std::make_shared<WsSubscriber>(*this, loop, std::move(slot), t, std::move(own),
                                                std::move(*sub));
-  boost::asio::post(loop->context(), [viewer, request = std::move(request)]() mutable {
+  boost::asio::post(loop.context(), [viewer, request = std::move(request)]() mutable {
     viewer->start(std::move(request));
   });
   return true;
