@@ -29,7 +29,9 @@
 //
 // Synchronous use (clients): read_some() reads ahead the same way; write_some() batches only
 // with `sync_batch` set, and then the caller flush()es when its messages are due (as a NATS
-// client's buffered publishes are flushed).
+// client's buffered publishes are flushed). A read that has to wait on the socket flushes the
+// batch first: the peer may be waiting for it (a WebSocket close waits for the reply to the
+// close frame it just wrote).
 #pragma once
 
 #include <algorithm>
@@ -222,6 +224,9 @@ class CoalescingSocket {
     const std::size_t want = boost::asio::buffer_size(buffers);
     if (want == 0) return 0;
     if (s.read_begin < s.read_end) return copy_out(s, buffers);
+    // About to wait for the peer, which may be waiting for what is batched (a WebSocket close
+    // frame, then the read of the peer's close reply): it leaves first.
+    if (!flush(ec)) return 0;
     if (s.options.read_ahead == 0 || want >= s.options.read_ahead)
       return socket_.read_some(buffers, ec);
     s.read_buf.resize(s.options.read_ahead);

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include <array>
+#include <atomic>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -16,6 +17,7 @@
 #include <boost/beast/core/buffers_to_string.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/websocket.hpp>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -402,6 +404,52 @@ TEST(CoalescingSocket, SynchronousBatchingWaitsForFlush) {
   std::string got(sent.size(), '\0');
   asio::read(b, asio::buffer(got));
   EXPECT_EQ(got, sent);
+}
+
+// A synchronous WebSocket client that batches its writes closes: Beast writes the close frame
+// (small: batched) and then reads for the reply; that read flushes the batch first, or both
+// ends would wait for each other forever (the relay benchmark's publisher did).
+TEST(CoalescingSocket, ASynchronousReadFlushesTheBatchBeforeItWaits) {
+  namespace websocket = boost::beast::websocket;
+  asio::io_context io;
+  tcp::acceptor acceptor(io, {asio::ip::make_address("127.0.0.1"), 0});
+  const auto port = acceptor.local_endpoint().port();
+  constexpr int kMessages = 50;
+  int server_got = 0;
+  boost::beast::error_code server_end;
+  std::thread server([&] {
+    websocket::stream<tcp::socket> ws(acceptor.accept());
+    ws.accept();
+    for (;;) {
+      boost::beast::flat_buffer buf;
+      ws.read(buf, server_end);  // answers the close, then ends with `closed`
+      if (server_end) break;
+      ++server_got;
+    }
+  });
+  asio::io_context cio;
+  websocket::stream<CoalescingSocket> ws(cio);
+  boost::beast::get_lowest_layer(ws).connect({asio::ip::make_address("127.0.0.1"), port});
+  ws.handshake("127.0.0.1", "/");
+  ws.next_layer().sync_batch(true);
+  ws.binary(true);
+  for (int i = 0; i < kMessages; ++i) ws.write(asio::buffer(std::string(100, 'm')));
+  ASSERT_TRUE(ws.next_layer().unflushed_bytes() > 0);  // batched: the peer has none yet
+  // A server that never got the close would hold this forever: a watchdog ends it instead.
+  std::atomic<bool> closed{false};
+  std::thread watchdog([&] {
+    for (int i = 0; i < 500 && !closed.load(); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (!closed.load()) boost::beast::get_lowest_layer(ws).shutdown(tcp::socket::shutdown_both);
+  });
+  error_code ec;
+  ws.close(websocket::close_code::normal, ec);
+  closed = true;
+  watchdog.join();
+  server.join();
+  EXPECT_FALSE(ec) << ec.message();
+  EXPECT_EQ(server_got, kMessages);
+  EXPECT_EQ(server_end, websocket::error::closed);
 }
 
 }  // namespace
