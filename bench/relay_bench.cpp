@@ -73,6 +73,7 @@ struct Result {
   std::uint64_t lost = 0;       // expected - delivered
   HistogramSnapshot latency;
   std::string error;
+  bool ran = true;  // false: left out by --only
   double mb_per_s() const { return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e6 : 0; }
 };
 
@@ -363,7 +364,17 @@ Result run_nats(const std::string& url, const Workload& w, int run) {
   return r;
 }
 
+Result skipped() {
+  Result r;
+  r.ran = false;
+  return r;
+}
+
 void print_latency(const char* who, const Result& r) {
+  if (!r.ran) {
+    std::printf("      %-7s (not run: --only)\n", who);
+    return;
+  }
   std::printf(
       "      %-7s p50 %8.1f us  p99 %8.1f us  max %8.1f us  (%llu received, %llu lost)%s%s\n", who,
       r.latency.percentile(0.5) / 1e3, r.latency.percentile(0.99) / 1e3,
@@ -417,14 +428,20 @@ int main(int argc, char** argv) {
               kSubscribers);
   for (const Workload& w :
        {Workload{"1 KiB", 1024, 200'000 / scale, 0}, Workload{"1 MiB", 1 << 20, 400 / scale, 0}}) {
-    const Result n = runs("nats") ? run_nats(nats.url(), w, ++run) : Result{};
-    const Result s = runs("grpc") ? run_sluice(target, w, ++run) : Result{};
-    const Result sw = runs("ws") ? run_sluice_ws(relay.http_port(), w, ++run) : Result{};
-    std::printf("  %-6s x %-7llu NATS %8.1f MB/s (lost %llu)\n", w.name,
-                static_cast<unsigned long long>(w.count), n.mb_per_s(),
-                static_cast<unsigned long long>(n.lost));
+    const Result n = runs("nats") ? run_nats(nats.url(), w, ++run) : skipped();
+    const Result s = runs("grpc") ? run_sluice(target, w, ++run) : skipped();
+    const Result sw = runs("ws") ? run_sluice_ws(relay.http_port(), w, ++run) : skipped();
+    if (n.ran) {
+      std::printf("  %-6s x %-7llu NATS %8.1f MB/s (lost %llu)\n", w.name,
+                  static_cast<unsigned long long>(w.count), n.mb_per_s(),
+                  static_cast<unsigned long long>(n.lost));
+    } else {
+      std::printf("  %-6s x %-7llu NATS (not run: --only)\n", w.name,
+                  static_cast<unsigned long long>(w.count));
+    }
     for (const auto& [how, r] :
          {std::pair<const char*, const Result*>{"gRPC", &s}, {"WebSocket", &sw}}) {
+      if (!r->ran) continue;
       std::printf("                   Sluice %-9s %8.1f MB/s (lost %llu)   ratio %.2fx%s%s\n", how,
                   r->mb_per_s(), static_cast<unsigned long long>(r->lost),
                   n.mb_per_s() > 0 ? r->mb_per_s() / n.mb_per_s() : 0.0,
@@ -436,19 +453,21 @@ int main(int argc, char** argv) {
   for (const Workload& w : {Workload{"30 fps x 1 MiB", 1 << 20, quick ? 30U : 90U, 30},
                             Workload{"10000/s x 64 B", 64, 20'000 / scale, 10'000}}) {
     std::printf("  %s (%llu messages)\n", w.name, static_cast<unsigned long long>(w.count));
-    const Result n = runs("nats") ? run_nats(nats.url(), w, ++run) : Result{};
-    const Result s = runs("grpc") ? run_sluice(target, w, ++run) : Result{};
-    const Result sw = runs("ws") ? run_sluice_ws(relay.http_port(), w, ++run) : Result{};
+    const Result n = runs("nats") ? run_nats(nats.url(), w, ++run) : skipped();
+    const Result s = runs("grpc") ? run_sluice(target, w, ++run) : skipped();
+    const Result sw = runs("ws") ? run_sluice_ws(relay.http_port(), w, ++run) : skipped();
     print_latency("NATS", n);
     print_latency("gRPC", s);
     print_latency("WS", sw);
-    const double np99 = static_cast<double>(n.latency.percentile(0.99));
-    const double sp99 = static_cast<double>(s.latency.percentile(0.99));
-    const double wp99 = static_cast<double>(sw.latency.percentile(0.99));
-    std::printf(
-        "      p99 ratio NATS/Sluice: gRPC %.2fx, WebSocket %.2fx (above 1: Sluice is "
-        "faster)\n",
-        sp99 > 0 ? np99 / sp99 : 0.0, wp99 > 0 ? np99 / wp99 : 0.0);
+    if (n.ran && (s.ran || sw.ran)) {
+      const double np99 = static_cast<double>(n.latency.percentile(0.99));
+      const double sp99 = static_cast<double>(s.latency.percentile(0.99));
+      const double wp99 = static_cast<double>(sw.latency.percentile(0.99));
+      std::printf(
+          "      p99 ratio NATS/Sluice: gRPC %.2fx, WebSocket %.2fx (above 1: Sluice is "
+          "faster)\n",
+          sp99 > 0 ? np99 / sp99 : 0.0, wp99 > 0 ? np99 / wp99 : 0.0);
+    }
   }
   relay.shutdown();
   nats_Close();
