@@ -18,6 +18,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -33,6 +34,7 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
@@ -74,8 +76,40 @@ struct Result {
   HistogramSnapshot latency;
   std::string error;
   bool ran = true;  // false: left out by --only
+  double cpu = 0;   // CPU seconds of the clients and the server, setup included
   double mb_per_s() const { return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e6 : 0; }
 };
+
+// The child nats-server (0: none), whose CPU time counts with its clients'.
+pid_t g_nats_pid = 0;
+
+// CPU seconds used so far by this process (clients, and the in-process relay) and by
+// nats-server: both systems' runs are charged everything they make a CPU do, a figure less
+// at the mercy of a noisy machine than throughput.
+double cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  double s = static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+             static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+  if (g_nats_pid > 0) {
+    std::ifstream stat("/proc/" + std::to_string(g_nats_pid) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    const auto end = line.rfind(')');  // (the name may hold spaces): fields 14, 15 after it
+    if (end != std::string::npos) {
+      std::istringstream in(line.substr(end + 2));
+      std::string field;
+      unsigned long long utime = 0;
+      unsigned long long stime = 0;
+      for (int i = 3; i <= 15 && in >> field; ++i) {
+        if (i == 14) utime = std::stoull(field);
+        if (i == 15) stime = std::stoull(field);
+      }
+      s += static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+    }
+  }
+  return s;
+}
 
 // What every subscriber of either system records.
 struct Sink {
@@ -284,6 +318,7 @@ class NatsServer {
       pid_ = 0;
       return;
     }
+    g_nats_pid = pid_;
     url_ = "nats://127.0.0.1:" + port;
     for (int i = 0; i < 100; ++i) {  // until it accepts connections
       natsConnection* nc = nullptr;
@@ -301,6 +336,7 @@ class NatsServer {
   NatsServer& operator=(NatsServer&&) = delete;
   ~NatsServer() {
     if (pid_ > 0) {
+      g_nats_pid = 0;
       kill(pid_, SIGTERM);
       waitpid(pid_, nullptr, 0);
     }
@@ -370,16 +406,27 @@ Result skipped() {
   return r;
 }
 
+// Runs one system's workload and charges it the CPU time used meanwhile.
+template <class Run>
+Result charged(Run run) {
+  const double before = cpu_seconds();
+  Result r = run();
+  r.cpu = cpu_seconds() - before;
+  return r;
+}
+
 void print_latency(const char* who, const Result& r) {
   if (!r.ran) {
     std::printf("      %-7s (not run: --only)\n", who);
     return;
   }
   std::printf(
-      "      %-7s p50 %8.1f us  p99 %8.1f us  max %8.1f us  (%llu received, %llu lost)%s%s\n", who,
-      r.latency.percentile(0.5) / 1e3, r.latency.percentile(0.99) / 1e3,
+      "      %-7s p50 %8.1f us  p99 %8.1f us  max %8.1f us  (%llu received, %llu lost; CPU %.2f "
+      "s)%s%s\n",
+      who, r.latency.percentile(0.5) / 1e3, r.latency.percentile(0.99) / 1e3,
       static_cast<double>(r.latency.max()) / 1e3, static_cast<unsigned long long>(r.delivered),
-      static_cast<unsigned long long>(r.lost), r.error.empty() ? "" : "  error: ", r.error.c_str());
+      static_cast<unsigned long long>(r.lost), r.cpu,
+      r.error.empty() ? "" : "  error: ", r.error.c_str());
 }
 
 }  // namespace
@@ -428,13 +475,17 @@ int main(int argc, char** argv) {
               kSubscribers);
   for (const Workload& w :
        {Workload{"1 KiB", 1024, 200'000 / scale, 0}, Workload{"1 MiB", 1 << 20, 400 / scale, 0}}) {
-    const Result n = runs("nats") ? run_nats(nats.url(), w, ++run) : skipped();
-    const Result s = runs("grpc") ? run_sluice(target, w, ++run) : skipped();
-    const Result sw = runs("ws") ? run_sluice_ws(relay.http_port(), w, ++run) : skipped();
+    const Result n =
+        runs("nats") ? charged([&] { return run_nats(nats.url(), w, ++run); }) : skipped();
+    const Result s =
+        runs("grpc") ? charged([&] { return run_sluice(target, w, ++run); }) : skipped();
+    const Result sw = runs("ws")
+                          ? charged([&] { return run_sluice_ws(relay.http_port(), w, ++run); })
+                          : skipped();
     if (n.ran) {
-      std::printf("  %-6s x %-7llu NATS %8.1f MB/s (lost %llu)\n", w.name,
+      std::printf("  %-6s x %-7llu NATS %8.1f MB/s (lost %llu; CPU %.2f s)\n", w.name,
                   static_cast<unsigned long long>(w.count), n.mb_per_s(),
-                  static_cast<unsigned long long>(n.lost));
+                  static_cast<unsigned long long>(n.lost), n.cpu);
     } else {
       std::printf("  %-6s x %-7llu NATS (not run: --only)\n", w.name,
                   static_cast<unsigned long long>(w.count));
@@ -442,10 +493,11 @@ int main(int argc, char** argv) {
     for (const auto& [how, r] :
          {std::pair<const char*, const Result*>{"gRPC", &s}, {"WebSocket", &sw}}) {
       if (!r->ran) continue;
-      std::printf("                   Sluice %-9s %8.1f MB/s (lost %llu)   ratio %.2fx%s%s\n", how,
-                  r->mb_per_s(), static_cast<unsigned long long>(r->lost),
-                  n.mb_per_s() > 0 ? r->mb_per_s() / n.mb_per_s() : 0.0,
-                  r->error.empty() ? "" : "  error: ", r->error.c_str());
+      std::printf(
+          "                   Sluice %-9s %8.1f MB/s (lost %llu; CPU %.2f s)   ratio %.2fx%s%s\n",
+          how, r->mb_per_s(), static_cast<unsigned long long>(r->lost), r->cpu,
+          n.mb_per_s() > 0 ? r->mb_per_s() / n.mb_per_s() : 0.0,
+          r->error.empty() ? "" : "  error: ", r->error.c_str());
     }
   }
 
@@ -453,9 +505,13 @@ int main(int argc, char** argv) {
   for (const Workload& w : {Workload{"30 fps x 1 MiB", 1 << 20, quick ? 30U : 90U, 30},
                             Workload{"10000/s x 64 B", 64, 20'000 / scale, 10'000}}) {
     std::printf("  %s (%llu messages)\n", w.name, static_cast<unsigned long long>(w.count));
-    const Result n = runs("nats") ? run_nats(nats.url(), w, ++run) : skipped();
-    const Result s = runs("grpc") ? run_sluice(target, w, ++run) : skipped();
-    const Result sw = runs("ws") ? run_sluice_ws(relay.http_port(), w, ++run) : skipped();
+    const Result n =
+        runs("nats") ? charged([&] { return run_nats(nats.url(), w, ++run); }) : skipped();
+    const Result s =
+        runs("grpc") ? charged([&] { return run_sluice(target, w, ++run); }) : skipped();
+    const Result sw = runs("ws")
+                          ? charged([&] { return run_sluice_ws(relay.http_port(), w, ++run); })
+                          : skipped();
     print_latency("NATS", n);
     print_latency("gRPC", s);
     print_latency("WS", sw);

@@ -162,6 +162,21 @@ class IoThread {
   /// Runs `fn` on the I/O thread soon (never inside the caller's stack).
   void post(std::function<void()> fn) { boost::asio::post(io_, std::move(fn)); }
 
+  /// Like post(), for wake-ups that come in bursts (a subscription became readable, a topic
+  /// has room again). Called on another loop's thread, the post waits for the end of that
+  /// loop's round and carries everything due here meanwhile: a publisher's read-ahead of many
+  /// messages wakes each viewer loop once, not once per message (a wake-up of a sleeping loop
+  /// is a system call and a context switch), as nats-server signals the clients a read fed
+  /// once the read is processed. From any other thread, or this loop's own, it is post().
+  void post_soon(std::function<void()> fn) {
+    IoThread* current = current_;
+    if (current == nullptr || current == this) {
+      post(std::move(fn));
+      return;
+    }
+    current->defer(*this, std::move(fn));
+  }
+
   /// Runs `fn` on the I/O thread at `when`.
   void at(Clock::time_point when, std::function<void()> fn) {
     auto timer = std::make_shared<boost::asio::steady_timer>(io_, when);
@@ -176,14 +191,43 @@ class IoThread {
   // read-ahead of many messages fans out in one write per viewer, as nats-server flushes its
   // clients after each read.
   void run() {
+    current_ = this;
     constexpr int kRound = 256;
     while (!io_.stopped()) {
       if (io_.run_one() == 0) continue;
       for (int i = 0; i < kRound && io_.poll_one() != 0; ++i) {
       }
+      run_deferred();  // (first: the loops woken work while this one writes)
       flushes_.run();
+      run_deferred();  // (anything the flushes' completions put off: none may wait for a
+                       // next round that an idle loop would not have)
     }
   }
+
+  // What post_soon() put off, for `target`: one post at the end of the round. I/O thread only.
+  void defer(IoThread& target, std::function<void()> fn) {
+    for (auto& [loop, fns] : deferred_) {
+      if (loop == &target) {
+        fns.push_back(std::move(fn));
+        return;
+      }
+    }
+    deferred_.emplace_back(&target, std::vector<std::function<void()>>{});
+    deferred_.back().second.push_back(std::move(fn));
+  }
+  void run_deferred() {
+    for (auto& [loop, fns] : deferred_) {
+      if (fns.empty()) continue;
+      loop->post([fns = std::move(fns)] {
+        for (const auto& fn : fns) fn();
+      });
+      fns.clear();  // (moved from: empty, and valid again)
+    }
+  }
+
+  static inline thread_local IoThread* current_ = nullptr;  // the loop this thread runs
+  // Wake-ups put off to the end of the round, per loop (few: server.threads at most).
+  std::vector<std::pair<IoThread*, std::vector<std::function<void()>>>> deferred_;
 
   const std::string name_;
   boost::asio::io_context io_;
@@ -1095,7 +1139,8 @@ class PublishReactor final
       // Posted, not run inline: the hook may fire at once (room appeared meanwhile) or from a
       // consumer's stack, and attempt() must not re-enter itself or hold up the consumer.
       topic_->broadcast.on_writable(
-          [io = &relay_.io, again = later(&PublishReactor::attempt)] { io->post(again); }, bytes);
+          [io = &relay_.io, again = later(&PublishReactor::attempt)] { io->post_soon(again); },
+          bytes);
     }
   }
 
@@ -1273,7 +1318,8 @@ class WorkReactor final
     if (finished_ || reads_done_ || !member_.joined()) return;
     member_.take(to_send_);
     // (the hook only posts: it may run at once, on this thread, under our lock)
-    member_.on_ready([io = &relay_.io, again = later(&WorkReactor::pump)] { io->post(again); });
+    member_.on_ready(
+        [io = &relay_.io, again = later(&WorkReactor::pump)] { io->post_soon(again); });
     write_next();
   }
 
@@ -1467,10 +1513,11 @@ class WsSession : public std::enable_shared_from_this<Derived> {
       if (auto s = w.lock(); s && !ec) boost::beast::get_lowest_layer(s->ws_).close();
     });
   }
-  // A callback for hooks on other threads: runs `method` on the session's loop if still alive.
+  // A callback for hooks on other threads: runs `method` on the session's loop if still alive
+  // (from another loop, at the end of its round: IoThread::post_soon).
   std::function<void()> posted(void (Derived::*method)()) {
     return [w = this->weak_from_this(), io = &loop_, method] {
-      io->post([w, method] {
+      io->post_soon([w, method] {
         if (auto s = w.lock()) (s.get()->*method)();
       });
     };
