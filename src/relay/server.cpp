@@ -163,14 +163,15 @@ class IoThread {
   void post(std::function<void()> fn) { boost::asio::post(io_, std::move(fn)); }
 
   /// Like post(), for wake-ups that come in bursts (a subscription became readable, a topic
-  /// has room again). Called on another loop's thread, the post waits for the end of that
-  /// loop's round and carries everything due here meanwhile: a publisher's read-ahead of many
+  /// has room again). Called on a loop's thread, the post waits for the end of that loop's
+  /// round and carries everything due here meanwhile: a publisher's read-ahead of many
   /// messages wakes each viewer loop once, not once per message (a wake-up of a sleeping loop
   /// is a system call and a context switch), as nats-server signals the clients a read fed
-  /// once the read is processed. From any other thread, or this loop's own, it is post().
+  /// once the read is processed. The other loops are woken before the caller's own loop runs
+  /// what it put off (a viewer there may write 1 MiB meanwhile). From any other thread: post().
   void post_soon(std::function<void()> fn) {
     IoThread* current = current_;
-    if (current == nullptr || current == this) {
+    if (current == nullptr) {
       post(std::move(fn));
       return;
     }
@@ -216,12 +217,14 @@ class IoThread {
     deferred_.back().second.push_back(std::move(fn));
   }
   void run_deferred() {
-    for (auto& [loop, fns] : deferred_) {
-      if (fns.empty()) continue;
-      loop->post([fns = std::move(fns)] {
-        for (const auto& fn : fns) fn();
-      });
-      fns.clear();  // (moved from: empty, and valid again)
+    for (const bool own : {false, true}) {  // the other loops first
+      for (auto& [loop, fns] : deferred_) {
+        if (fns.empty() || (loop == this) != own) continue;
+        loop->post([fns = std::move(fns)] {
+          for (const auto& fn : fns) fn();
+        });
+        fns.clear();  // (moved from: empty, and valid again)
+      }
     }
   }
 
