@@ -43,6 +43,14 @@ class Buffer {
 
   /// Adopts `size` bytes owned by `bytes`; no copy.
   static Buffer adopt(std::unique_ptr<std::byte[]> bytes, std::size_t size);
+  /// Views `size` bytes at `data`, which `owner` keeps alive, and unchanged, for as long as any
+  /// Buffer refers to it; no copy. For storage that its owner's deleter recycles (a pool): the
+  /// deleter runs once the last Buffer viewing it is gone, on that Buffer's thread.
+  static Buffer view_of(std::shared_ptr<const void> owner, const std::byte* data,
+                        std::size_t size) noexcept {
+    if (size == 0) return {};
+    return {std::move(owner), data, size};
+  }
 
   const std::byte* data() const noexcept { return data_; }
   std::size_t size() const noexcept { return size_; }

@@ -29,6 +29,7 @@
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 
 #include "coalescing_socket.hpp"
+#include "frame_buffer.hpp"
 #include "sluice/broadcast.hpp"
 #include "sluice/metrics.hpp"
 #include "sluice/priority_channel.hpp"
@@ -682,6 +683,8 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
     c.stall_action = SlowAction::disconnect;
     return c;
   }()};
+  // Producers' large frames are read into recycled memory (see relay/frame_buffer.hpp).
+  relay::FramePool frames;
   // The viewers' share of server.threads: the loops beyond `io` (none with one thread).
   std::vector<std::unique_ptr<IoThread>> more_io = [this] {
     unsigned n = config.threads != 0 ? config.threads : std::thread::hardware_concurrency();
@@ -1648,18 +1651,18 @@ class WsPublisher final : public WsSession<WsPublisher>, public relay::StageList
   }
 
  private:
-  // Reads into a string the frame's Buffer then owns: the payload is never copied. Reads
-  // piecemeal so that a frame over the limit is refused with 1009 and a reason as soon as its
-  // size is known (the header of its first WebSocket frame), before its payload is read.
+  // Reads into memory the frame's Buffer then owns (relay::FrameBuffer: not zeroed, large
+  // blocks recycled): the payload is never copied. Reads piecemeal so that a frame over the
+  // limit is refused with 1009 and a reason as soon as its size is known (the header of its
+  // first WebSocket frame), before its payload is read.
   void read() {
     if (closing_) return;
     in_.clear();
-    in_buffer_.emplace(in_);
     read_some();
   }
   void read_some() {
     // (0: as much as the current WebSocket frame still holds, known once its header is read)
-    ws_.async_read_some(*in_buffer_, 0,
+    ws_.async_read_some(in_, 0,
                         [self = shared_from_this()](boost::beast::error_code ec, std::size_t) {
                           self->on_read_some(ec);
                         });
@@ -1667,8 +1670,7 @@ class WsPublisher final : public WsSession<WsPublisher>, public relay::StageList
   void on_read_some(boost::beast::error_code ec) {
     if (ec) return;  // closed (by either side) or gone
     const std::uint64_t limit = relay_.config.max_frame_bytes + ws::kFrameHeaderBytes;
-    const std::uint64_t known =
-        in_buffer_->size() + (ws_.is_message_done() ? 0 : ws_.read_size_hint(1));
+    const std::uint64_t known = in_.size() + (ws_.is_message_done() ? 0 : ws_.read_size_hint(1));
     if (known > limit) {
       // (a close reason holds 123 bytes at most; a fragmented message's size is known only
       // up to its current WebSocket frame)
@@ -1680,8 +1682,8 @@ class WsPublisher final : public WsSession<WsPublisher>, public relay::StageList
     }
     if (!ws_.is_message_done()) {
       // Room for the rest of the frame at once: the next reads go straight into it, as large
-      // as the socket has (Beast would otherwise grow the string from 512 bytes, copying).
-      if (in_.capacity() < known) in_.reserve(known);
+      // as the socket has (Beast would otherwise grow the buffer from 512 bytes, copying).
+      in_.reserve(known);
       read_some();
       return;
     }
@@ -1689,10 +1691,9 @@ class WsPublisher final : public WsSession<WsPublisher>, public relay::StageList
   }
 
   void on_read() {
-    const std::size_t size = in_buffer_->size();
-    in_.resize(size);  // (the string may hold spare room the buffer prepared)
+    const std::size_t size = in_.size();
     if (ws_.got_text()) {
-      const std::string& text = in_;
+      const std::string text(in_.view());
       const auto j = nlohmann::json::parse(text, nullptr, false);
       if (j.is_discarded()) {
         send_event({{"error", "invalid JSON in a text frame"}});
@@ -1710,7 +1711,7 @@ class WsPublisher final : public WsSession<WsPublisher>, public relay::StageList
       read();
       return;
     }
-    const Buffer frame(std::move(in_));  // takes the bytes as read; shared from here on
+    const Buffer frame = in_.freeze();  // takes the bytes as read; shared from here on
     const auto head = ws::decode(frame.data());
     pending_ = RelayMessage{frame.slice(ws::kFrameHeaderBytes), head.index,
                             head.timestamp_ns != 0 ? head.timestamp_ns : unix_now_ns()};
@@ -1766,10 +1767,7 @@ class WsPublisher final : public WsSession<WsPublisher>, public relay::StageList
     });
   }
 
-  std::string in_;  // the frame being read
-  std::optional<boost::asio::dynamic_string_buffer<char, std::char_traits<char>,
-                                                   std::allocator<char>>>
-      in_buffer_;  // reads into in_ (made anew per frame: in_ moves into a Buffer)
+  relay::FrameBuffer in_{relay_.frames};  // the frame being read
   std::optional<RelayMessage> pending_;
   Throttle throttle_;
 };
@@ -1820,26 +1818,23 @@ class WsWorker final : public WsSession<WsWorker> {
 
   void read() {
     in_.clear();
-    in_buffer_.emplace(in_);
-    ws_.async_read(*in_buffer_,
-                   [self = shared_from_this()](boost::beast::error_code ec, std::size_t) {
-                     if (ec) {  // gone, closed, or over the frame limit (Beast answers 1009)
-                       self->closing_ = true;
-                       self->timer_.cancel();
-                       self->member_.leave();  // its frames go to the others now
-                       return;
-                     }
-                     self->on_message();
-                     self->read();
-                   });
+    ws_.async_read(in_, [self = shared_from_this()](boost::beast::error_code ec, std::size_t) {
+      if (ec) {  // gone, closed, or over the frame limit (Beast answers 1009)
+        self->closing_ = true;
+        self->timer_.cancel();
+        self->member_.leave();  // its frames go to the others now
+        return;
+      }
+      self->on_message();
+      self->read();
+    });
   }
 
   void on_message() {
-    in_.resize(in_buffer_->size());
     std::uint64_t index = 0;
     std::optional<std::string> problem;
     if (ws_.got_text()) {
-      const auto j = nlohmann::json::parse(in_, nullptr, false);
+      const auto j = nlohmann::json::parse(in_.view(), nullptr, false);
       if (j.is_discarded()) {
         send_event({{"error", "invalid JSON in a text frame"}});
         return;
@@ -1849,7 +1844,7 @@ class WsWorker final : public WsSession<WsWorker> {
         send_event({{"error",
                      "unknown event: workers send {\"frame_index\":N,\"error\":\"...\"} "
                      "or a binary result: " +
-                         in_.substr(0, 100)}});
+                         std::string(in_.view().substr(0, 100))}});
         return;
       }
       index = j["frame_index"].get<std::uint64_t>();
@@ -1860,7 +1855,7 @@ class WsWorker final : public WsSession<WsWorker> {
                                   " bytes: results start with the frame's 16-byte header"}});
         return;
       }
-      const Buffer result(std::move(in_));
+      const Buffer result = in_.freeze();
       index = ws::decode(result.data()).index;
       problem = member_.result(index, result.slice(ws::kFrameHeaderBytes));
     }
@@ -1869,12 +1864,9 @@ class WsWorker final : public WsSession<WsWorker> {
 
   const std::string name_;
   const std::uint32_t concurrency_;
-  relay::StageMember member_;         // leaves when the session goes
-  std::deque<RelayMessage> to_send_;  // taken, not yet queued to write
-  std::string in_;
-  std::optional<
-      boost::asio::dynamic_string_buffer<char, std::char_traits<char>, std::allocator<char>>>
-      in_buffer_;
+  relay::StageMember member_;             // leaves when the session goes
+  std::deque<RelayMessage> to_send_;      // taken, not yet queued to write
+  relay::FrameBuffer in_{relay_.frames};  // the message being read (see relay/frame_buffer.hpp)
   bool frame_queued_ = false;
 };
 
