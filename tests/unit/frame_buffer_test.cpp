@@ -18,6 +18,9 @@
 namespace sluice::relay {
 namespace {
 
+constexpr std::size_t kKiB = 1024;
+constexpr std::size_t kMiB = 1024 * kKiB;
+
 static_assert(boost::asio::is_dynamic_buffer_v1<FrameBuffer>::value,
               "Beast reads into a FrameBuffer as into any DynamicBuffer");
 
@@ -40,10 +43,10 @@ std::string pattern(std::size_t size) {
 TEST(FrameBuffer, FillsInPiecesAndFreezesWhatWasReadWithoutACopy) {
   FramePool pool;
   FrameBuffer b(pool);
-  const std::string text = pattern(300 * 1024);
+  const std::string text = pattern(300 * kKiB);
   b.reserve(text.size());
   const std::byte* block = static_cast<const std::byte*>(b.prepare(1).data());
-  fill(b, text, 64 * 1024);
+  fill(b, text, 64 * kKiB);
   EXPECT_EQ(b.size(), text.size());
   EXPECT_EQ(b.view(), text);
   const Buffer frozen = b.freeze();
@@ -59,7 +62,7 @@ TEST(FrameBuffer, GrowingKeepsWhatWasReadAndConsumeDropsTheFront) {
   const std::string text = pattern(5000);
   fill(b, text, 700);  // from no block at all, grown as the pieces come
   EXPECT_EQ(b.view(), text);
-  b.prepare(100 * 1024);  // a read prepares more than it gets: nothing read is lost
+  b.prepare(100 * kKiB);  // a read prepares more than it gets: nothing read is lost
   b.commit(0);
   EXPECT_EQ(b.view(), text);
   b.consume(1000);
@@ -72,9 +75,9 @@ TEST(FrameBuffer, GrowingKeepsWhatWasReadAndConsumeDropsTheFront) {
 TEST(FramePool, ALargeBlockIsHandedOutAgainOnlyOnceItsLastBufferIsGone) {
   FramePool pool;
   FrameBuffer b(pool);
-  const std::string first = pattern(1 << 20);
+  const std::string first = pattern(kMiB);
   b.reserve(first.size());
-  fill(b, first, 64 * 1024);
+  fill(b, first, 64 * kKiB);
   Buffer frame = b.freeze();
   Buffer slice = frame.slice(16);
   const std::byte* block = frame.data();
@@ -82,7 +85,7 @@ TEST(FramePool, ALargeBlockIsHandedOutAgainOnlyOnceItsLastBufferIsGone) {
   EXPECT_EQ(pool.spare_bytes(), 0U);  // the slice still views it
   // Meanwhile the next frame gets another block: the first one's bytes stay as they were.
   b.reserve(first.size());
-  fill(b, std::string(first.size(), 'z'), 64 * 1024);
+  fill(b, std::string(first.size(), 'z'), 64 * kKiB);
   EXPECT_NE(static_cast<const std::byte*>(b.data().data()), block);
   EXPECT_EQ(slice.view(), std::string_view(first).substr(16));
   Buffer second = b.freeze();
@@ -91,15 +94,15 @@ TEST(FramePool, ALargeBlockIsHandedOutAgainOnlyOnceItsLastBufferIsGone) {
   {
     const Buffer last = std::move(slice);  // (gone at the end of the scope)
   }
-  EXPECT_EQ(pool.spare_bytes(), std::size_t{1} << 20);
-  const FrameBlock again = pool.take(1 << 20);
+  EXPECT_EQ(pool.spare_bytes(), kMiB);
+  const FrameBlock again = pool.take(kMiB);
   EXPECT_EQ(again.bytes.get(), block);  // recycled: no fresh pages to fault in
   EXPECT_EQ(pool.spare_bytes(), 0U);
   second = {};
 }
 
 TEST(FramePool, SmallFramesAreLeftToTheAllocatorAndTheSpareBytesAreBounded) {
-  FramePool pool(3 << 20);
+  FramePool pool(3 * kMiB);
   {
     FrameBuffer b(pool);
     fill(b, pattern(1024), 1024);
@@ -109,16 +112,16 @@ TEST(FramePool, SmallFramesAreLeftToTheAllocatorAndTheSpareBytesAreBounded) {
   std::vector<Buffer> frames;
   for (int i = 0; i < 5; ++i) {
     FrameBuffer b(pool);
-    b.reserve(1 << 20);
-    fill(b, pattern(1 << 20), 1 << 20);
+    b.reserve(kMiB);
+    fill(b, pattern(kMiB), kMiB);
     frames.push_back(b.freeze());
   }
   frames.clear();
-  EXPECT_EQ(pool.spare_bytes(), std::size_t{3} << 20);  // three kept, two freed
+  EXPECT_EQ(pool.spare_bytes(), 3 * kMiB);  // three kept, two freed
   // A spare block much larger than asked for is not handed out (it would be held meanwhile).
-  const FrameBlock modest = pool.take(100 * 1024);
+  const FrameBlock modest = pool.take(100 * kKiB);
   EXPECT_EQ(modest.capacity, 100U * 1024);
-  EXPECT_EQ(pool.spare_bytes(), std::size_t{3} << 20);
+  EXPECT_EQ(pool.spare_bytes(), 3 * kMiB);
 }
 
 TEST(FramePool, BuffersOutliveThePool) {
@@ -126,43 +129,44 @@ TEST(FramePool, BuffersOutliveThePool) {
   {
     FramePool pool;
     FrameBuffer b(pool);
-    b.reserve(1 << 20);
-    fill(b, pattern(1 << 20), 256 * 1024);
+    b.reserve(kMiB);
+    fill(b, pattern(kMiB), 256 * kKiB);
     frame = b.freeze();
   }
-  EXPECT_EQ(frame.view(), pattern(1 << 20));
+  EXPECT_EQ(frame.view(), pattern(kMiB));
   frame = {};  // the block is freed: no pool to go back to
 }
 
 TEST(FramePool, BlocksComeBackFromManyThreadsWhileOthersAreTaken) {
-  FramePool pool(16 << 20);
+  FramePool pool(16 * kMiB);
   constexpr int kFrames = 400;
   std::vector<std::thread> readers;
+  readers.reserve(4);
   std::atomic<int> checked{0};
   std::vector<Buffer> frames(kFrames);
   for (int i = 0; i < kFrames; ++i) {
     FrameBuffer b(pool);
-    const std::string text(100 * 1024, static_cast<char>('a' + i % 26));
+    const std::string text(100 * kKiB, static_cast<char>('a' + i % 26));
     b.reserve(text.size());
-    fill(b, text, 32 * 1024);
+    fill(b, text, 32 * kKiB);
     frames[static_cast<std::size_t>(i)] = b.freeze();
   }
   for (int t = 0; t < 4; ++t) {
     readers.emplace_back([&, t] {
       for (int i = t; i < kFrames; i += 4) {
         Buffer f = std::move(frames[static_cast<std::size_t>(i)]);
-        if (f.view() == std::string(100 * 1024, static_cast<char>('a' + i % 26))) ++checked;
+        if (f.view() == std::string(100 * kKiB, static_cast<char>('a' + i % 26))) ++checked;
       }
     });
   }
   // Meanwhile this thread takes blocks back out and writes them.
   for (int i = 0; i < 200; ++i) {
-    FrameBlock block = pool.take(100 * 1024);
+    FrameBlock block = pool.take(100 * kKiB);
     std::memset(block.bytes.get(), 'x', block.capacity);
   }
   for (auto& r : readers) r.join();
   EXPECT_EQ(checked.load(), kFrames);
-  EXPECT_LE(pool.spare_bytes(), std::size_t{16} << 20);
+  EXPECT_LE(pool.spare_bytes(), 16 * kMiB);
 }
 
 }  // namespace
