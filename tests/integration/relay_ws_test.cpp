@@ -447,7 +447,11 @@ TEST(RelayWs, AViewerThatStopsReadingIsDisconnectedAndOthersCarryOn) {
   const auto port = relay.http_port();
   WsClient fast;
   ASSERT_FALSE(fast.connect(port, "/v1/ws/subscribe/feed?name=fast"));
+  // A small receive buffer: the relay's writes to the stuck viewer soon wait, however large
+  // the kernel would let an unread socket's buffer grow (tcp_rmem; 32 MiB on recent kernels).
   WsClient stuck;
+  stuck.s.next_layer().open(boost::asio::ip::tcp::v4());
+  stuck.s.next_layer().set_option(boost::asio::socket_base::receive_buffer_size(4096));
   ASSERT_FALSE(stuck.connect(port, "/v1/ws/subscribe/feed?name=stuck"));
   constexpr int kFrames = 400;  // 25 MiB
   std::atomic<int> fast_got{0};
@@ -470,9 +474,24 @@ TEST(RelayWs, AViewerThatStopsReadingIsDisconnectedAndOthersCarryOn) {
     const std::string payload(std::size_t{64} * 1024, 'p');
     for (int i = 0; i < kFrames; ++i) pub.send_binary(frame(i, 0, payload));
   });
-  std::this_thread::sleep_for(1500ms);  // the stuck viewer reads nothing meanwhile
+  // The stuck viewer reads nothing until the relay says (in /metrics) that it closed a session
+  // with 4008; on a slow machine (sanitizers) that can take a while, but not forever.
+  const auto give_up = std::chrono::steady_clock::now() + 60s;
+  while (testing::metric(port, "sluice_ws_closes_total", "code=\"4008\"") < 1) {
+    if (std::chrono::steady_clock::now() > give_up) {
+      ADD_FAILURE() << "the stuck viewer was not disconnected within 60 s";
+      stuck.s.next_layer().shutdown(boost::asio::socket_base::shutdown_both);  // (ends the reads)
+      break;
+    }
+    std::this_thread::sleep_for(20ms);
+  }
   int stuck_got = 0;
   boost::beast::error_code ec;
+  std::atomic<bool> read_all{false};
+  std::thread watchdog([&] {  // a relay that never closes it fails the test, not hangs it
+    for (int i = 0; i < 3000 && !read_all.load(); ++i) std::this_thread::sleep_for(20ms);
+    if (!read_all.load()) stuck.s.next_layer().shutdown(boost::asio::socket_base::shutdown_both);
+  });
   for (;;) {
     bool text = false;
     std::string bytes;
@@ -480,6 +499,8 @@ TEST(RelayWs, AViewerThatStopsReadingIsDisconnectedAndOthersCarryOn) {
     if (ec) break;
     stuck_got += text ? 0 : 1;
   }
+  read_all = true;
+  watchdog.join();
   EXPECT_EQ(ec, websocket::error::closed) << ec.message();
   EXPECT_EQ(static_cast<int>(stuck.s.reason().code), 4008);
   EXPECT_EQ(std::string(stuck.s.reason().reason.c_str()),
