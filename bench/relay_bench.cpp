@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
@@ -470,18 +471,21 @@ int main(int argc, char** argv) {
       target.c_str(), nats.url().c_str(), kSubscribers, quick ? ", --quick" : "");
 
   int run = 0;
+  // One workload against each system (those --only names), one after the other.
+  const auto run_all = [&](const Workload& w) {
+    std::array<Result, 3> r;  // NATS, Sluice gRPC, Sluice WebSocket
+    r[0] = runs("nats") ? charged([&] { return run_nats(nats.url(), w, ++run); }) : skipped();
+    r[1] = runs("grpc") ? charged([&] { return run_sluice(target, w, ++run); }) : skipped();
+    r[2] = runs("ws") ? charged([&] { return run_sluice_ws(relay.http_port(), w, ++run); })
+                      : skipped();
+    return r;
+  };
   const std::uint64_t scale = quick ? 4 : 1;
   std::printf("R1  1 publisher -> %d subscribers, as fast as possible; delivered MB/s in total\n",
               kSubscribers);
   for (const Workload& w :
        {Workload{"1 KiB", 1024, 200'000 / scale, 0}, Workload{"1 MiB", 1 << 20, 400 / scale, 0}}) {
-    const Result n =
-        runs("nats") ? charged([&] { return run_nats(nats.url(), w, ++run); }) : skipped();
-    const Result s =
-        runs("grpc") ? charged([&] { return run_sluice(target, w, ++run); }) : skipped();
-    const Result sw = runs("ws")
-                          ? charged([&] { return run_sluice_ws(relay.http_port(), w, ++run); })
-                          : skipped();
+    const auto [n, s, sw] = run_all(w);
     if (n.ran) {
       std::printf("  %-6s x %-7llu NATS %8.1f MB/s (lost %llu; CPU %.2f s)\n", w.name,
                   static_cast<unsigned long long>(w.count), n.mb_per_s(),
@@ -505,13 +509,7 @@ int main(int argc, char** argv) {
   for (const Workload& w : {Workload{"30 fps x 1 MiB", 1 << 20, quick ? 30U : 90U, 30},
                             Workload{"10000/s x 64 B", 64, 20'000 / scale, 10'000}}) {
     std::printf("  %s (%llu messages)\n", w.name, static_cast<unsigned long long>(w.count));
-    const Result n =
-        runs("nats") ? charged([&] { return run_nats(nats.url(), w, ++run); }) : skipped();
-    const Result s =
-        runs("grpc") ? charged([&] { return run_sluice(target, w, ++run); }) : skipped();
-    const Result sw = runs("ws")
-                          ? charged([&] { return run_sluice_ws(relay.http_port(), w, ++run); })
-                          : skipped();
+    const auto [n, s, sw] = run_all(w);
     print_latency("NATS", n);
     print_latency("gRPC", s);
     print_latency("WS", sw);
