@@ -14,6 +14,9 @@ SAN_STRESS_ITEMS ?= 200000
 SOAK_ITEMS   ?= 20000000
 SOAK_SECONDS ?= 600
 SOAK_CHURN_CYCLES ?= 1000
+# ccache: a clone at another path (CI's clean clone) reuses what any other clone compiled.
+export CCACHE_BASEDIR   := $(CURDIR)
+export CCACHE_NOHASHDIR := 1
 CTEST        := ctest --output-on-failure --timeout 300 -j $(JOBS)
 
 .PHONY: all deps build run demo test test-release test-tsan test-asan soak bench bench-core bench-broadcast bench-relay format tidy clean
