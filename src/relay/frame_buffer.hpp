@@ -34,7 +34,7 @@ struct FrameBlock {
   std::size_t capacity = 0;
 };
 
-// Recycles the blocks of large frames. Blocks below `min_bytes` are plain allocations (the
+// Recycles the blocks of large frames. Blocks below kMinPooledBytes are plain allocations (the
 // allocator serves those from memory already in use); larger ones come back here when the
 // last Buffer viewing them goes, up to `max_spare_bytes` kept in total (beyond: freed).
 class FramePool {
@@ -82,7 +82,7 @@ class FramePool {
     return Buffer::view_of(std::move(owner), data, size);
   }
 
-  // Bytes kept for reuse now (for tests and /metrics).
+  // Bytes kept for reuse now (for tests; not yet in /metrics).
   std::size_t spare_bytes() const {
     std::lock_guard lock(st_->mu);
     return st_->spare_bytes;

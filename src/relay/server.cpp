@@ -1693,13 +1693,13 @@ class WsPublisher final : public WsSession<WsPublisher>, public relay::StageList
   void on_read() {
     const std::size_t size = in_.size();
     if (ws_.got_text()) {
-      const std::string text(in_.view());
+      const std::string_view text = in_.view();
       const auto j = nlohmann::json::parse(text, nullptr, false);
       if (j.is_discarded()) {
         send_event({{"error", "invalid JSON in a text frame"}});
       } else {
-        send_event({{"error",
-                     "unknown control event (publishers send none yet): " + text.substr(0, 100)}});
+        send_event({{"error", "unknown control event (publishers send none yet): " +
+                                  std::string(text.substr(0, 100))}});
       }
       read();
       return;
