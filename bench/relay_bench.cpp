@@ -9,13 +9,16 @@
 //     NATS: core pub/sub with the subscribers' pending limits raised so that it does not drop;
 //     whatever it still loses is counted and printed.
 // R2  paced: 30 fps x 1 MiB (3 s) and 10,000 msg/s x 64 B (2 s), 3 subscribers, publish ->
-//     receive latency (steady clock, one process): p50 / p99 / max.
+//     receive latency (steady clock, one process): p50 / p99 / max. Beside them, the
+//     machine's floor for the pattern: plain blocking threads forwarding the same frames over
+//     loopback TCP, no relay (run_floor), which no relay here can beat.
 //
 // The Sluice relay runs in this process (RelayServer on 127.0.0.1, ephemeral ports) and is
 // driven over gRPC by sluice::client and over WebSocket by Beast clients (16-byte header +
 // payload frames); nats-server runs as a child process on a free loopback port.
 #include <nats/nats.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/resource.h>
@@ -34,6 +37,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <initializer_list>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -266,10 +270,11 @@ Result run_sluice_ws(std::uint16_t port, const Workload& w, int run) {
   }
   pub.binary(true);
   pub.next_layer().sync_batch(true);
-  // One WebSocket frame per message, masked 64 KiB at a time (Beast's default: 4 KiB frames).
-  pub.auto_fragment(false);
-  pub.write_buffer_bytes(64 * 1024);
   std::string frame(sluice::ws::kFrameHeaderBytes + w.size, 'p');
+  // One WebSocket frame per message (Beast's default: 4 KiB frames), masked into a buffer that
+  // holds all of it, so that it leaves in one system call as nats.c writes a large payload.
+  pub.auto_fragment(false);
+  pub.write_buffer_bytes(std::max<std::size_t>(64 * 1024, frame.size() + 14));
   const std::int64_t start = now_ns();
   boost::beast::error_code ec;
   for (std::uint64_t i = 0; i < w.count && !ec; ++i) {
@@ -287,6 +292,112 @@ Result run_sluice_ws(std::uint16_t port, const Workload& w, int run) {
     boost::beast::get_lowest_layer(*v).shutdown(boost::asio::ip::tcp::socket::shutdown_both, ec);
   }
   for (auto& t : readers) t.join();
+  return r;
+}
+
+// ---- The machine's floor: no relay, plain blocking threads ----
+
+// A connected loopback TCP pair, Nagle off on both ends; false if the system refused.
+bool tcp_pair(int& a, int& b) {
+  const int listener = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  a = socket(AF_INET, SOCK_STREAM, 0);
+  const bool ok = listener >= 0 && a >= 0 &&
+                  bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+                  listen(listener, 1) == 0 &&
+                  getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) == 0 &&
+                  connect(a, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+                  (b = accept(listener, nullptr, nullptr)) >= 0;
+  if (listener >= 0) close(listener);
+  const int one = 1;
+  if (ok) {
+    setsockopt(a, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(b, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  return ok;
+}
+
+bool read_all(int fd, char* p, std::size_t n) {
+  while (n > 0) {
+    const ssize_t r = read(fd, p, n);
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<std::size_t>(r);
+  }
+  return true;
+}
+
+bool write_all(int fd, const char* p, std::size_t n) {
+  while (n > 0) {
+    const ssize_t r = write(fd, p, n);
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<std::size_t>(r);
+  }
+  return true;
+}
+
+// What any relay of this pattern costs here at the least: a publisher thread writes each frame
+// (16-byte header + payload) in one system call over loopback TCP to a forwarder thread, which
+// reads the whole frame and writes it to 3 reader threads' sockets, one after the other;
+// blocking calls, no event loop, no protocol, no queue. A relay's latency can approach this
+// figure, not beat it: the same copies through the same kernel on the same 2 CPUs.
+Result run_floor(const Workload& w) {
+  Sink sink;
+  Result failed;
+  const std::size_t frame = sluice::ws::kFrameHeaderBytes + w.size;
+  int in_w = -1;
+  int in_r = -1;
+  std::array<int, kSubscribers> out_w{};
+  std::array<int, kSubscribers> out_r{};
+  out_w.fill(-1);
+  out_r.fill(-1);
+  bool ok = tcp_pair(in_w, in_r);
+  for (int i = 0; ok && i < kSubscribers; ++i) ok = tcp_pair(out_w[i], out_r[i]);
+  const auto close_all = [&] {
+    for (int fd : {in_w, in_r}) {
+      if (fd >= 0) close(fd);
+    }
+    for (int i = 0; i < kSubscribers; ++i) {
+      if (out_w[i] >= 0) close(out_w[i]);
+      if (out_r[i] >= 0) close(out_r[i]);
+    }
+  };
+  if (!ok) {
+    close_all();
+    failed.error = "cannot connect loopback sockets";
+    return failed;
+  }
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kSubscribers; ++i) {
+    threads.emplace_back([&sink, &w, frame, fd = out_r[i]] {
+      std::vector<char> b(frame);
+      for (std::uint64_t n = 0; n < w.count && read_all(fd, b.data(), frame); ++n)
+        sink.got(w.size, sluice::ws::decode(b.data()).timestamp_ns);
+    });
+  }
+  threads.emplace_back([&w, frame, in_r, &out_w] {
+    std::vector<char> b(frame);
+    for (std::uint64_t n = 0; n < w.count && read_all(in_r, b.data(), frame); ++n) {
+      for (int fd : out_w) write_all(fd, b.data(), frame);
+    }
+  });
+  std::vector<char> f(frame, 'p');
+  const std::int64_t start = now_ns();
+  for (std::uint64_t i = 0; i < w.count; ++i) {
+    pace(w, start, i);
+    const auto header = sluice::ws::encode({i, now_ns()});
+    std::memcpy(f.data(), header.data(), header.size());
+    if (!write_all(in_w, f.data(), frame)) break;
+  }
+  Result r = finish(sink, w, start);
+  for (int fd : out_w) shutdown(fd, SHUT_RDWR);  // unblocks a reader still waiting
+  shutdown(in_r, SHUT_RDWR);
+  for (auto& t : threads) t.join();
+  close_all();
   return r;
 }
 
@@ -416,6 +527,15 @@ Result charged(Run run) {
   return r;
 }
 
+// "1.23x" for num / den, or why there is no ratio (a run left out, or one that measured nothing).
+std::string ratio(const Result& num_run, double num, const Result& den_run, double den) {
+  if (!num_run.ran || !den_run.ran) return "not run";
+  if (num <= 0 || den <= 0) return "none (nothing measured)";
+  char text[32];
+  std::snprintf(text, sizeof text, "%.2fx", num / den);
+  return text;
+}
+
 void print_latency(const char* who, const Result& r) {
   if (!r.ran) {
     std::printf("      %-7s (not run: --only)\n", who);
@@ -434,21 +554,31 @@ void print_latency(const char* who, const Result& r) {
 
 int main(int argc, char** argv) {
   bool quick = false;
-  std::string only;  // --only=nats,grpc,ws (default: all three)
+  std::string only;      // --only=nats,grpc,ws,r1,r2 (default: all)
+  unsigned threads = 0;  // --threads=N: the relay's server.threads (0: one per core)
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") {
       quick = true;
     } else if (a.rfind("--only=", 0) == 0) {
       only = a.substr(7);
+    } else if (a.rfind("--threads=", 0) == 0) {
+      threads = static_cast<unsigned>(std::stoul(a.substr(10)));
     } else {
-      std::printf("usage: %s [--quick] [--only=nats,grpc,ws]\n", argv[0]);
+      std::printf("usage: %s [--quick] [--only=nats,grpc,ws,floor,r1,r2] [--threads=N]\n", argv[0]);
       return 2;
     }
   }
-  const auto runs = [&only](const char* who) {
-    return only.empty() || only.find(who) != std::string::npos;
+  // --only names systems (nats, grpc, ws, floor) and may name workloads (r1, r2): those run.
+  const auto named = [&only](std::initializer_list<const char*> names) {
+    return std::any_of(names.begin(), names.end(),
+                       [&only](const char* x) { return only.find(x) != std::string::npos; });
   };
+  const auto runs = [&](const char* who) {
+    return !named({"nats", "grpc", "ws", "floor"}) || named({who});
+  };
+  const auto workload = [&](const char* id) { return !named({"r1", "r2"}) || named({id}); };
+
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   signal(SIGPIPE, SIG_IGN);
   alarm(600);  // a benchmark that hangs ends, loudly, instead of holding the machine
@@ -456,6 +586,7 @@ int main(int argc, char** argv) {
   sluice::RelayConfig config;
   config.grpc_port = 0;
   config.http_port = 0;
+  config.threads = threads;
   sluice::RelayServer relay(config);
   relay.start();
   const std::string target = "127.0.0.1:" + std::to_string(relay.grpc_port());
@@ -481,46 +612,55 @@ int main(int argc, char** argv) {
     return r;
   };
   const std::uint64_t scale = quick ? 4 : 1;
-  std::printf("R1  1 publisher -> %d subscribers, as fast as possible; delivered MB/s in total\n",
-              kSubscribers);
-  for (const Workload& w :
-       {Workload{"1 KiB", 1024, 200'000 / scale, 0}, Workload{"1 MiB", 1 << 20, 400 / scale, 0}}) {
-    const auto [n, s, sw] = run_all(w);
-    if (n.ran) {
-      std::printf("  %-6s x %-7llu NATS %8.1f MB/s (lost %llu; CPU %.2f s)\n", w.name,
-                  static_cast<unsigned long long>(w.count), n.mb_per_s(),
-                  static_cast<unsigned long long>(n.lost), n.cpu);
-    } else {
-      std::printf("  %-6s x %-7llu NATS (not run: --only)\n", w.name,
-                  static_cast<unsigned long long>(w.count));
-    }
-    for (const auto& [how, r] :
-         {std::pair<const char*, const Result*>{"gRPC", &s}, {"WebSocket", &sw}}) {
-      if (!r->ran) continue;
-      std::printf(
-          "                   Sluice %-9s %8.1f MB/s (lost %llu; CPU %.2f s)   ratio %.2fx%s%s\n",
-          how, r->mb_per_s(), static_cast<unsigned long long>(r->lost), r->cpu,
-          n.mb_per_s() > 0 ? r->mb_per_s() / n.mb_per_s() : 0.0,
-          r->error.empty() ? "" : "  error: ", r->error.c_str());
+  if (workload("r1")) {
+    std::printf("R1  1 publisher -> %d subscribers, as fast as possible; delivered MB/s in total\n",
+                kSubscribers);
+    for (const Workload& w : {Workload{"1 KiB", 1024, 200'000 / scale, 0},
+                              Workload{"1 MiB", 1 << 20, 400 / scale, 0}}) {
+      const auto [n, s, sw] = run_all(w);
+      if (n.ran) {
+        std::printf("  %-6s x %-7llu NATS %8.1f MB/s (lost %llu; CPU %.2f s)\n", w.name,
+                    static_cast<unsigned long long>(w.count), n.mb_per_s(),
+                    static_cast<unsigned long long>(n.lost), n.cpu);
+      } else {
+        std::printf("  %-6s x %-7llu NATS (not run: --only)\n", w.name,
+                    static_cast<unsigned long long>(w.count));
+      }
+      for (const auto& [how, r] :
+           {std::pair<const char*, const Result*>{"gRPC", &s}, {"WebSocket", &sw}}) {
+        if (!r->ran) continue;
+        std::printf(
+            "                   Sluice %-9s %8.1f MB/s (lost %llu; CPU %.2f s)   ratio %s%s%s\n",
+            how, r->mb_per_s(), static_cast<unsigned long long>(r->lost), r->cpu,
+            ratio(*r, r->mb_per_s(), n, n.mb_per_s()).c_str(),
+            r->error.empty() ? "" : "  error: ", r->error.c_str());
+      }
     }
   }
-
-  std::printf("\nR2  paced, %d subscribers; publish -> receive latency\n", kSubscribers);
-  for (const Workload& w : {Workload{"30 fps x 1 MiB", 1 << 20, quick ? 30U : 90U, 30},
-                            Workload{"10000/s x 64 B", 64, 20'000 / scale, 10'000}}) {
-    std::printf("  %s (%llu messages)\n", w.name, static_cast<unsigned long long>(w.count));
-    const auto [n, s, sw] = run_all(w);
-    print_latency("NATS", n);
-    print_latency("gRPC", s);
-    print_latency("WS", sw);
-    if (n.ran && (s.ran || sw.ran)) {
-      const double np99 = static_cast<double>(n.latency.percentile(0.99));
-      const double sp99 = static_cast<double>(s.latency.percentile(0.99));
-      const double wp99 = static_cast<double>(sw.latency.percentile(0.99));
-      std::printf(
-          "      p99 ratio NATS/Sluice: gRPC %.2fx, WebSocket %.2fx (above 1: Sluice is "
-          "faster)\n",
-          sp99 > 0 ? np99 / sp99 : 0.0, wp99 > 0 ? np99 / wp99 : 0.0);
+  if (workload("r2")) {
+    std::printf("\nR2  paced, %d subscribers; publish -> receive latency\n", kSubscribers);
+    for (const Workload& w : {Workload{"30 fps x 1 MiB", 1 << 20, quick ? 30U : 90U, 30},
+                              Workload{"10000/s x 64 B", 64, 20'000 / scale, 10'000}}) {
+      std::printf("  %s (%llu messages)\n", w.name, static_cast<unsigned long long>(w.count));
+      const auto [n, s, sw] = run_all(w);
+      const Result floor = runs("floor") ? charged([&] { return run_floor(w); }) : skipped();
+      print_latency("NATS", n);
+      print_latency("gRPC", s);
+      print_latency("WS", sw);
+      print_latency("floor", floor);
+      const auto p99 = [](const Result& r) {
+        return static_cast<double>(r.latency.percentile(0.99));
+      };
+      if (n.ran && (s.ran || sw.ran)) {
+        std::printf(
+            "      p99 ratio NATS/Sluice: gRPC %s, WebSocket %s (above 1: Sluice is faster)\n",
+            ratio(n, p99(n), s, p99(s)).c_str(), ratio(n, p99(n), sw, p99(sw)).c_str());
+      }
+      if (floor.ran && (s.ran || sw.ran)) {
+        std::printf("      p99 over the floor's (no relay, plain threads): gRPC %s, WebSocket %s\n",
+                    ratio(s, p99(s), floor, p99(floor)).c_str(),
+                    ratio(sw, p99(sw), floor, p99(floor)).c_str());
+      }
     }
   }
   relay.shutdown();
