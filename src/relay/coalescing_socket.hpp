@@ -257,8 +257,7 @@ class CoalescingSocket {
     }
     const std::size_t head = s.batch.size();
     const std::size_t written = boost::asio::write(
-        socket_, boost::beast::buffers_cat(boost::asio::buffer(s.batch), buffers), all_at_once,
-        ec);
+        socket_, boost::beast::buffers_cat(boost::asio::buffer(s.batch), buffers), all_at_once, ec);
     s.batch.clear();
     return written > head ? written - head : 0;
   }

@@ -82,7 +82,7 @@ class FramePool {
     return Buffer::view_of(std::move(owner), data, size);
   }
 
-  // Bytes kept for reuse now (for tests; not yet in /metrics).
+  // Bytes kept for reuse now (/metrics: sluice_frame_pool_spare_bytes).
   std::size_t spare_bytes() const {
     std::lock_guard lock(st_->mu);
     return st_->spare_bytes;

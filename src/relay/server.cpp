@@ -416,6 +416,9 @@ struct RelayServer::Impl final : v1::Relay::CallbackService {
                         {{"thread", l->name()}},
                         [l] { return double(l->viewers.load(std::memory_order_relaxed)); });
     }
+    registry.gauge_fn("sluice_frame_pool_spare_bytes",
+                      "Memory kept to read producers' large frames into again (at most 64 MiB)", {},
+                      [this] { return double(frames.spare_bytes()); });
   }
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;

@@ -65,6 +65,55 @@ TEST(RelayWs, FramesFromAPublisherReachEveryViewerWithTheirHeader) {
   b.s.close(websocket::close_code::normal);
 }
 
+// Producers' large frames are read into blocks the relay recycles (relay/frame_buffer.hpp):
+// frames of 256 KiB reach the viewer intact, one after another (each read into a block an
+// earlier frame gave back); once small frames have pushed the large ones out of the topic, their
+// blocks are kept for reuse, which /metrics shows (bounded at 64 MiB).
+TEST(RelayWs, LargeFramesArriveIntactAndTheirBlocksAreKeptForReuse) {
+  RelayConfig c = loopback();
+  c.defaults.mode = TopicMode::realtime;
+  c.defaults.depth = 4;  // the topic holds 8 frames at most
+  RelayServer relay(c);
+  relay.start();
+  const auto port = relay.http_port();
+  EXPECT_EQ(testing::metric(port, "sluice_frame_pool_spare_bytes"), 0.0);
+  WsClient viewer;
+  ASSERT_FALSE(viewer.connect(port, "/v1/ws/subscribe/big?name=v"));
+  WsClient pub;
+  ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/big"));
+  const auto send_and_receive = [&](int i, const std::string& payload) {
+    pub.send_binary(frame(i, 1000 + i, payload));
+    bool text = true;
+    std::string bytes;
+    ASSERT_FALSE(viewer.read(text, bytes));
+    ASSERT_FALSE(text) << bytes;
+    ASSERT_EQ(index_of(bytes), static_cast<std::uint64_t>(i));
+    ASSERT_EQ(bytes.substr(16), payload) << "frame " << i;
+  };
+  int i = 0;
+  for (; i < 40; ++i) {
+    std::string payload(256 * 1024, static_cast<char>('a' + i % 26));
+    payload.replace(0, 8, std::to_string(10'000'000 + i));  // each frame's own bytes
+    send_and_receive(i, payload);
+    if (HasFatalFailure()) return;
+  }
+  for (; i < 60; ++i) {
+    send_and_receive(i, "small-" + std::to_string(i));
+    if (HasFatalFailure()) return;
+  }
+  // (A block comes back when its last reference goes, on whichever thread that is.)
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  double spare = 0;
+  while ((spare = testing::metric(port, "sluice_frame_pool_spare_bytes")) < 256.0 * 1024 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_GE(spare, 256.0 * 1024);
+  EXPECT_LE(spare, 64.0 * 1024 * 1024);
+  pub.s.close(websocket::close_code::normal);
+  viewer.s.close(websocket::close_code::normal);
+}
+
 // server.threads: viewers are spread over the event-loop threads (the one with the fewest
 // first). With one thread and with three, every viewer receives every frame of a lossless
 // topic in order while /metrics is scraped from another loop; viewers leaving (half cleanly,
