@@ -65,7 +65,7 @@ class RelayServer {
   /// Topics, their subscribers and counters, as JSON.
   std::string stats_json() const;
 
-  struct Impl;  // the service; defined in src/relay/server.cpp
+  struct Impl;  // the relay's state and services; defined in src/relay/relay_impl.hpp
 
  private:
   std::unique_ptr<Impl> impl_;

@@ -1,0 +1,134 @@
+// The relay's HTTP/1.1 endpoint (Boost.Beast): one request per connection, answered by a
+// handler, or a WebSocket upgrade handed over with its socket. Relay-internal.
+#pragma once
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>  // before Asio: Boost 1.74 with C++20 needs it
+
+namespace sluice::relay {
+
+// A small HTTP/1.1 server on the relay's I/O thread: one request per connection.
+class HttpServer {
+ public:
+  using Handler = std::function<void(const std::string& target, unsigned& status,
+                                     std::string& content_type, std::string& body)>;
+  using Request = boost::beast::http::request<boost::beast::http::string_body>;
+  /// A WebSocket upgrade request: takes the socket (true), or answers with status and body.
+  using Upgrade = std::function<bool(boost::asio::ip::tcp::socket& socket, Request& request,
+                                     unsigned& status, std::string& body)>;
+  /// A client has `timeout` to send its request and read the answer (or upgrade).
+  HttpServer(boost::asio::io_context& io, const std::string& host, std::uint16_t port,
+             std::chrono::milliseconds timeout, Handler handler, Upgrade upgrade)
+      : acceptor_(io),
+        timeout_(timeout),
+        handler_(std::move(handler)),
+        upgrade_(std::move(upgrade)) {
+    namespace ip = boost::asio::ip;
+    boost::system::error_code ec;
+    const ip::tcp::endpoint endpoint(ip::make_address(host, ec), port);
+    if (ec) throw std::runtime_error("relay: invalid host " + host + " (server.host)");
+    acceptor_.open(endpoint.protocol());
+    acceptor_.set_option(ip::tcp::acceptor::reuse_address(true));
+    acceptor_.bind(endpoint, ec);
+    if (ec) {
+      throw std::runtime_error("relay: cannot listen on " + host + ":" + std::to_string(port) +
+                               " for HTTP (server.http_port / SLUICE_HTTP_PORT): " + ec.message());
+    }
+    acceptor_.listen();
+    port_ = acceptor_.local_endpoint().port();
+    accept();
+  }
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+  HttpServer(HttpServer&&) = delete;
+  HttpServer& operator=(HttpServer&&) = delete;
+  ~HttpServer() = default;  // after the I/O thread has stopped
+  std::uint16_t port() const { return port_; }
+
+ private:
+  struct Session {
+    explicit Session(boost::asio::ip::tcp::socket s)
+        : socket(std::move(s)), deadline(socket.get_executor()) {}
+    boost::asio::ip::tcp::socket socket;
+    boost::asio::steady_timer deadline;  // closes a client that takes too long
+    boost::beast::flat_buffer buffer;
+    boost::beast::http::request_parser<boost::beast::http::string_body> parser;
+    Request request;
+    boost::beast::http::response<boost::beast::http::string_body> response;
+  };
+
+  void accept() {
+    acceptor_.async_accept([this](boost::system::error_code ec, boost::asio::ip::tcp::socket s) {
+      if (!ec) {
+        // Real-time frames and small control events go out now, not after Nagle's wait for
+        // the peer's (delayed) acknowledgement: up to 40 ms per small message otherwise.
+        boost::system::error_code opt;
+        s.set_option(boost::asio::ip::tcp::no_delay(true), opt);
+        serve(std::make_shared<Session>(std::move(s)));
+      }
+      if (acceptor_.is_open()) accept();
+    });
+  }
+
+  void serve(const std::shared_ptr<Session>& session) {
+    namespace http = boost::beast::http;
+    session->parser.body_limit(std::uint64_t{8} * 1024);  // requests here are small
+    session->deadline.expires_after(timeout_);
+    session->deadline.async_wait(
+        [w = std::weak_ptr<Session>(session)](boost::beast::error_code ec) {
+          if (auto s = w.lock(); s && !ec) {
+            boost::system::error_code ignored;
+            s->socket.close(ignored);  // ends the read or write in flight
+          }
+        });
+    http::async_read(
+        session->socket, session->buffer, session->parser,
+        [this, session](boost::beast::error_code ec, std::size_t /*bytes*/) {
+          if (ec) return;  // the client went away or sent garbage: nothing to answer
+          session->request = session->parser.release();
+          auto& request = session->request;
+          unsigned status = 200;
+          std::string type = "text/plain; charset=utf-8";
+          std::string body;
+          if (boost::beast::websocket::is_upgrade(request)) {
+            session->deadline.cancel();  // (the WebSocket has its own)
+            if (upgrade_(session->socket, request, status, body)) return;  // a WebSocket now
+          } else if (request.method() != http::verb::get) {
+            status = 405;
+            body = "only GET is served here\n";
+          } else {
+            handler_(std::string(request.target()), status, type, body);
+          }
+          auto& res = session->response;
+          res.version(request.version());
+          res.result(status);
+          res.set(http::field::content_type, type);
+          res.set(http::field::connection, "close");
+          res.body() = std::move(body);
+          res.prepare_payload();
+          http::async_write(session->socket, res, [session](boost::beast::error_code, std::size_t) {
+            session->deadline.cancel();
+            boost::system::error_code ignored;
+            session->socket.shutdown(boost::asio::ip::tcp::socket::shutdown_both, ignored);
+          });
+        });
+  }
+
+  boost::asio::ip::tcp::acceptor acceptor_;
+  std::chrono::milliseconds timeout_;
+  Handler handler_;
+  Upgrade upgrade_;
+  std::uint16_t port_ = 0;
+};
+
+}  // namespace sluice::relay
