@@ -1,7 +1,7 @@
-// Relay benchmarks R1 and R2 (see docs/benchmarks.md): the Sluice relay over gRPC against
-// nats-server driven by the nats.c client, same machine, same run.
+// Relay benchmarks R1 and R2 (see docs/benchmarks.md): the Sluice relay over gRPC and over
+// WebSocket against nats-server driven by the nats.c client, same machine, same run.
 //
-//   make bench-relay            (or ./build/bench/sluice_relay_bench [--quick])
+//   make bench-relay   (or ./build/bench/sluice_relay_bench [--quick] [--runs=N] [--only=...])
 //
 // R1  1 publisher -> 3 subscribers, as fast as possible, 1 KiB and 1 MiB payloads. Delivered
 //     bytes/s in total (3 x published bytes / time from the first publish to the last
@@ -12,6 +12,11 @@
 //     receive latency (steady clock, one process): p50 / p99 / max. Beside them, the
 //     machine's floor for the pattern: plain blocking threads forwarding the same frames over
 //     loopback TCP, no relay (run_floor), which no relay here can beat.
+//
+// Each workload runs --runs times (default 3), every system once per repetition, in turn: on a
+// noisy machine one run's ratio says little. R1 prints the median throughput and the median of
+// the repetitions' ratios (each against the NATS run beside it), R2 the repetitions' samples
+// pooled, with each run's p99.
 //
 // The Sluice relay runs in this process (RelayServer on 127.0.0.1, ephemeral ports) and is
 // driven over gRPC by sluice::client and over WebSocket by Beast clients (16-byte header +
@@ -527,27 +532,119 @@ Result charged(Run run) {
   return r;
 }
 
-// "1.23x" for num / den, or why there is no ratio (a run left out, or one that measured nothing).
-std::string ratio(const Result& num_run, double num, const Result& den_run, double den) {
-  if (!num_run.ran || !den_run.ran) return "not run";
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const std::size_t m = v.size() / 2;
+  return v.size() % 2 == 1 ? v[m] : (v[m - 1] + v[m]) / 2;
+}
+
+// "1.23x", or why there is no ratio (a system left out, or a run that measured nothing).
+std::string times(double num, double den) {
   if (num <= 0 || den <= 0) return "none (nothing measured)";
   char text[32];
   std::snprintf(text, sizeof text, "%.2fx", num / den);
   return text;
 }
 
-void print_latency(const char* who, const Result& r) {
-  if (!r.ran) {
+// One system's results over the repetitions of a workload (each repetition runs every system
+// once, in turn; the order rotates so that none always goes first).
+struct Runs {
+  std::vector<Result> each;
+
+  bool ran() const { return !each.empty() && each.front().ran; }
+  template <class F>
+  std::vector<double> values(F f) const {
+    std::vector<double> v;
+    for (const Result& r : each) v.push_back(f(r));
+    return v;
+  }
+  double mb_per_s() const {
+    return median(values([](const Result& r) { return r.mb_per_s(); }));
+  }
+  double cpu() const {
+    return median(values([](const Result& r) { return r.cpu; }));
+  }
+  std::uint64_t delivered() const {
+    std::uint64_t n = 0;
+    for (const Result& r : each) n += r.delivered;
+    return n;
+  }
+  std::uint64_t lost() const {
+    std::uint64_t n = 0;
+    for (const Result& r : each) n += r.lost;
+    return n;
+  }
+  std::string error() const {
+    for (const Result& r : each) {
+      if (!r.error.empty()) return "  error: " + r.error;
+    }
+    return "";
+  }
+  // Every repetition's samples together.
+  HistogramSnapshot latency() const {
+    HistogramSnapshot all;
+    for (const Result& r : each) all.merge(r.latency);
+    return all;
+  }
+  double p99() const { return static_cast<double>(latency().percentile(0.99)); }
+};
+
+// "a b c" with `digits` decimals.
+std::string listed(const std::vector<double>& v, int digits) {
+  std::string out;
+  for (double x : v) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%s%.*f", out.empty() ? "" : " ", digits, x);
+    out += text;
+  }
+  return out;
+}
+
+// Throughput against NATS: the median of the repetitions' ratios (each measured close in time
+// to its own NATS run), and each of them.
+std::string throughput_ratio(const Runs& sluice, const Runs& nats) {
+  if (!nats.ran()) return "(NATS not run)";
+  std::vector<double> each;
+  for (std::size_t i = 0; i < sluice.each.size() && i < nats.each.size(); ++i) {
+    const double n = nats.each[i].mb_per_s();
+    each.push_back(n > 0 ? sluice.each[i].mb_per_s() / n : 0.0);
+  }
+  return "ratio " + times(median(each), 1.0) + " (runs " + listed(each, 2) + ")";
+}
+
+void print_throughput(const char* who, const Runs& r, const Runs& nats) {
+  if (!r.ran()) {
+    std::printf("      %-17s (not run: --only)\n", who);
+    return;
+  }
+  const bool peer = std::string(who) == "NATS";
+  std::printf("      %-17s %8.1f MB/s  CPU %.2f s   runs %s MB/s%s%s%s\n", who, r.mb_per_s(),
+              r.cpu(), listed(r.values([](const Result& x) { return x.mb_per_s(); }), 1).c_str(),
+              peer ? "" : "   ", peer ? "" : throughput_ratio(r, nats).c_str(),
+              (r.lost() > 0 ? "  LOST " + std::to_string(r.lost()) : std::string()).c_str());
+  if (const std::string e = r.error(); !e.empty()) std::printf("      %s\n", e.c_str());
+}
+
+void print_latency(const char* who, const Runs& r) {
+  if (!r.ran()) {
     std::printf("      %-7s (not run: --only)\n", who);
     return;
   }
+  const HistogramSnapshot l = r.latency();
   std::printf(
       "      %-7s p50 %8.1f us  p99 %8.1f us  max %8.1f us  (%llu received, %llu lost; CPU %.2f "
-      "s)%s%s\n",
-      who, r.latency.percentile(0.5) / 1e3, r.latency.percentile(0.99) / 1e3,
-      static_cast<double>(r.latency.max()) / 1e3, static_cast<unsigned long long>(r.delivered),
-      static_cast<unsigned long long>(r.lost), r.cpu,
-      r.error.empty() ? "" : "  error: ", r.error.c_str());
+      "s per run; p99 per run %s ms)%s\n",
+      who, static_cast<double>(l.percentile(0.5)) / 1e3,
+      static_cast<double>(l.percentile(0.99)) / 1e3, static_cast<double>(l.max()) / 1e3,
+      static_cast<unsigned long long>(r.delivered()), static_cast<unsigned long long>(r.lost()),
+      r.cpu(),
+      listed(r.values([](const Result& x) {
+        return static_cast<double>(x.latency.percentile(0.99)) / 1e6;
+      }),
+             2)
+          .c_str(),
+      r.error().c_str());
 }
 
 }  // namespace
@@ -556,6 +653,8 @@ int main(int argc, char** argv) {
   bool quick = false;
   std::string only;      // --only=nats,grpc,ws,r1,r2 (default: all)
   unsigned threads = 0;  // --threads=N: the relay's server.threads (0: one per core)
+  int repeat = 3;        // --runs=N: repetitions of each workload (--quick: 1)
+  bool repeat_set = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") {
@@ -564,8 +663,13 @@ int main(int argc, char** argv) {
       only = a.substr(7);
     } else if (a.rfind("--threads=", 0) == 0) {
       threads = static_cast<unsigned>(std::stoul(a.substr(10)));
+    } else if (a.rfind("--runs=", 0) == 0) {
+      repeat = std::max(1, std::stoi(a.substr(7)));
+      repeat_set = true;
     } else {
-      std::printf("usage: %s [--quick] [--only=nats,grpc,ws,floor,r1,r2] [--threads=N]\n", argv[0]);
+      std::printf(
+          "usage: %s [--quick] [--only=nats,grpc,ws,floor,r1,r2] [--threads=N] [--runs=N]\n",
+          argv[0]);
       return 2;
     }
   }
@@ -578,6 +682,7 @@ int main(int argc, char** argv) {
     return !named({"nats", "grpc", "ws", "floor"}) || named({who});
   };
   const auto workload = [&](const char* id) { return !named({"r1", "r2"}) || named({id}); };
+  if (quick && !repeat_set) repeat = 1;
 
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   signal(SIGPIPE, SIG_IGN);
@@ -602,64 +707,67 @@ int main(int argc, char** argv) {
       target.c_str(), nats.url().c_str(), kSubscribers, quick ? ", --quick" : "");
 
   int run = 0;
-  // One workload against each system (those --only names), one after the other.
-  const auto run_all = [&](const Workload& w) {
-    std::array<Result, 3> r;  // NATS, Sluice gRPC, Sluice WebSocket
-    r[0] = runs("nats") ? charged([&] { return run_nats(nats.url(), w, ++run); }) : skipped();
-    r[1] = runs("grpc") ? charged([&] { return run_sluice(target, w, ++run); }) : skipped();
-    r[2] = runs("ws") ? charged([&] { return run_sluice_ws(relay.http_port(), w, ++run); })
-                      : skipped();
+  // A workload `repeat` times against each system (those --only names), the systems in turn,
+  // starting with a different one each time: NATS, Sluice gRPC, Sluice WebSocket, the floor.
+  const auto run_all = [&](const Workload& w, bool with_floor) {
+    std::array<Runs, 4> r;
+    for (int rep = 0; rep < repeat; ++rep) {
+      for (int k = 0; k < 4; ++k) {
+        const int who = (k + rep) % 4;
+        Result x;
+        if (who == 0) {
+          x = runs("nats") ? charged([&] { return run_nats(nats.url(), w, ++run); }) : skipped();
+        } else if (who == 1) {
+          x = runs("grpc") ? charged([&] { return run_sluice(target, w, ++run); }) : skipped();
+        } else if (who == 2) {
+          x = runs("ws") ? charged([&] { return run_sluice_ws(relay.http_port(), w, ++run); })
+                         : skipped();
+        } else {
+          x = with_floor && runs("floor") ? charged([&] { return run_floor(w); }) : skipped();
+        }
+        r[who].each.push_back(std::move(x));
+      }
+    }
     return r;
   };
   const std::uint64_t scale = quick ? 4 : 1;
   if (workload("r1")) {
-    std::printf("R1  1 publisher -> %d subscribers, as fast as possible; delivered MB/s in total\n",
-                kSubscribers);
+    std::printf(
+        "R1  1 publisher -> %d subscribers, as fast as possible; delivered MB/s in total (median "
+        "of %d run%s)\n",
+        kSubscribers, repeat, repeat == 1 ? "" : "s");
     for (const Workload& w : {Workload{"1 KiB", 1024, 200'000 / scale, 0},
                               Workload{"1 MiB", 1 << 20, 400 / scale, 0}}) {
-      const auto [n, s, sw] = run_all(w);
-      if (n.ran) {
-        std::printf("  %-6s x %-7llu NATS %8.1f MB/s (lost %llu; CPU %.2f s)\n", w.name,
-                    static_cast<unsigned long long>(w.count), n.mb_per_s(),
-                    static_cast<unsigned long long>(n.lost), n.cpu);
-      } else {
-        std::printf("  %-6s x %-7llu NATS (not run: --only)\n", w.name,
-                    static_cast<unsigned long long>(w.count));
-      }
-      for (const auto& [how, r] :
-           {std::pair<const char*, const Result*>{"gRPC", &s}, {"WebSocket", &sw}}) {
-        if (!r->ran) continue;
-        std::printf(
-            "                   Sluice %-9s %8.1f MB/s (lost %llu; CPU %.2f s)   ratio %s%s%s\n",
-            how, r->mb_per_s(), static_cast<unsigned long long>(r->lost), r->cpu,
-            ratio(*r, r->mb_per_s(), n, n.mb_per_s()).c_str(),
-            r->error.empty() ? "" : "  error: ", r->error.c_str());
-      }
+      std::printf("  %s x %llu\n", w.name, static_cast<unsigned long long>(w.count));
+      const auto r = run_all(w, false);
+      print_throughput("NATS", r[0], r[0]);
+      print_throughput("Sluice gRPC", r[1], r[0]);
+      print_throughput("Sluice WebSocket", r[2], r[0]);
     }
   }
   if (workload("r2")) {
-    std::printf("\nR2  paced, %d subscribers; publish -> receive latency\n", kSubscribers);
+    std::printf(
+        "\nR2  paced, %d subscribers; publish -> receive latency (%d run%s, samples pooled)\n",
+        kSubscribers, repeat, repeat == 1 ? "" : "s");
     for (const Workload& w : {Workload{"30 fps x 1 MiB", 1 << 20, quick ? 30U : 90U, 30},
                               Workload{"10000/s x 64 B", 64, 20'000 / scale, 10'000}}) {
-      std::printf("  %s (%llu messages)\n", w.name, static_cast<unsigned long long>(w.count));
-      const auto [n, s, sw] = run_all(w);
-      const Result floor = runs("floor") ? charged([&] { return run_floor(w); }) : skipped();
+      std::printf("  %s (%llu messages a run)\n", w.name, static_cast<unsigned long long>(w.count));
+      const auto [n, s, sw, floor] = run_all(w, true);
       print_latency("NATS", n);
       print_latency("gRPC", s);
       print_latency("WS", sw);
       print_latency("floor", floor);
-      const auto p99 = [](const Result& r) {
-        return static_cast<double>(r.latency.percentile(0.99));
+      const auto of = [](const Runs& a, const Runs& b) {
+        return a.ran() && b.ran() ? times(a.p99(), b.p99()) : std::string("not run");
       };
-      if (n.ran && (s.ran || sw.ran)) {
+      if (n.ran() && (s.ran() || sw.ran())) {
         std::printf(
             "      p99 ratio NATS/Sluice: gRPC %s, WebSocket %s (above 1: Sluice is faster)\n",
-            ratio(n, p99(n), s, p99(s)).c_str(), ratio(n, p99(n), sw, p99(sw)).c_str());
+            of(n, s).c_str(), of(n, sw).c_str());
       }
-      if (floor.ran && (s.ran || sw.ran)) {
+      if (floor.ran() && (s.ran() || sw.ran())) {
         std::printf("      p99 over the floor's (no relay, plain threads): gRPC %s, WebSocket %s\n",
-                    ratio(s, p99(s), floor, p99(floor)).c_str(),
-                    ratio(sw, p99(sw), floor, p99(floor)).c_str());
+                    of(s, floor).c_str(), of(sw, floor).c_str());
       }
     }
   }
