@@ -69,9 +69,15 @@ std::uint64_t parse_bytes(const Source& src, const std::string& text, std::uint6
       unit = mult;
     }
   }
-  const auto n = static_cast<std::uint64_t>(
-      parse_int(src, digits, 0, static_cast<std::int64_t>(hi / unit), accepted));
-  const std::uint64_t v = n * unit;
+  char* end = nullptr;
+  errno = 0;
+  const long long n = std::strtoll(digits.c_str(), &end, 10);
+  // (an error names the value as written, unit included)
+  if (digits.empty() || end != digits.c_str() + digits.size() || errno != 0 || n < 0 ||
+      static_cast<std::uint64_t>(n) > hi / unit) {
+    bad(src, text, accepted);
+  }
+  const std::uint64_t v = static_cast<std::uint64_t>(n) * unit;
   if (v < lo || v > hi) bad(src, text, accepted);
   return v;
 }
@@ -128,6 +134,15 @@ const std::vector<Setting>& settings() {
       {"limits.max_send_timeouts", "SLUICE_MAX_SEND_TIMEOUTS", "max-send-timeouts",
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.max_send_timeouts = static_cast<std::size_t>(parse_int(s, v, 1, 1000, "1 to 1000"));
+       }},
+      {"limits.viewer_send_buffer_bytes", "SLUICE_VIEWER_SEND_BUFFER_BYTES",
+       "viewer-send-buffer-bytes",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         constexpr std::string_view kAccepted =
+             "0 (the kernel's) or 4 KiB to 64 MiB; a number of bytes, or with KiB, MiB";
+         const std::uint64_t n = parse_bytes(s, v, 0, 64ULL << 20, kAccepted);
+         if (n != 0 && n < 4096) bad(s, v, kAccepted);
+         c.viewer_send_buffer_bytes = n;
        }},
       {"limits.handshake_timeout_ms", "SLUICE_HANDSHAKE_TIMEOUT_MS", "handshake-timeout-ms",
        [](RelayConfig& c, const Source& s, const std::string& v) {
@@ -410,6 +425,7 @@ std::string to_toml(const RelayConfig& c) {
     << "max_frame_size_mb = " << static_cast<double>(c.max_frame_bytes) / (1024.0 * 1024.0)
     << "\nmax_sessions = " << c.max_sessions << "\nsend_timeout_ms = " << c.send_timeout.count()
     << "\nmax_send_timeouts = " << c.max_send_timeouts
+    << "\nviewer_send_buffer_bytes = " << c.viewer_send_buffer_bytes
     << "\nhandshake_timeout_ms = " << c.handshake_timeout.count()
     << "\nidle_timeout_ms = " << c.idle_timeout.count()
     << "\n\n[frame_gate]\ndrop_threshold = " << c.drop_threshold

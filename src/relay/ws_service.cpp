@@ -856,6 +856,18 @@ bool RelayServer::Impl::upgrade(boost::asio::ip::tcp::socket& socket, HttpServer
     body = "cannot hand the connection to an I/O thread: " + ec.message() + "\n";
     return false;
   }
+  if (config.viewer_send_buffer_bytes > 0) {  // (a bound on what waits in the kernel for it)
+    own.set_option(boost::asio::socket_base::send_buffer_size(
+                       static_cast<int>(config.viewer_send_buffer_bytes)),
+                   ec);
+    if (ec) {
+      status = 503;
+      body =
+          "cannot set the viewer's send buffer (limits.viewer_send_buffer_bytes): " + ec.message() +
+          "\n";
+      return false;
+    }
+  }
   auto viewer = std::make_shared<WsSubscriber>(*this, loop, std::move(slot), t, std::move(own),
                                                std::move(*sub));
   boost::asio::post(loop.context(), [viewer, request = std::move(request)]() mutable {

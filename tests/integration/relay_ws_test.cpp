@@ -8,9 +8,11 @@
 #include <boost/beast/websocket.hpp>
 #include <chrono>
 #include <cstdint>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -479,6 +481,73 @@ TEST(RelayWs, RefusalsAreHttpErrorsBeforeTheUpgrade) {
   EXPECT_EQ(second.http_status, 503U);
   EXPECT_NE(second.http_body.find("STREAM_MAX_SESSIONS"), std::string::npos) << second.http_body;
   first.s.close(websocket::close_code::normal);
+}
+
+// The bytes waiting in the kernel to be sent on the relay's socket of the connection whose
+// relay end is `relay_port` and whose client end is local port `peer_port` (/proc/net/tcp's
+// tx_queue); -1 if there is no such connection.
+long kernel_unsent_bytes(std::uint16_t relay_port, std::uint16_t peer_port) {
+  std::ifstream tcp("/proc/net/tcp");
+  std::string line;
+  std::getline(tcp, line);  // the header
+  while (std::getline(tcp, line)) {
+    std::istringstream in(line);
+    std::string slot;
+    std::string local;
+    std::string remote;
+    std::string state;
+    std::string queues;
+    in >> slot >> local >> remote >> state >> queues;
+    const auto port_of = [](const std::string& address) {
+      return static_cast<std::uint16_t>(
+          std::stoul(address.substr(address.find(':') + 1), nullptr, 16));
+    };
+    if (port_of(local) == relay_port && port_of(remote) == peer_port)
+      return std::stol(queues.substr(0, queues.find(':')), nullptr, 16);
+  }
+  return -1;
+}
+
+// limits.viewer_send_buffer_bytes bounds what waits in the relay's kernel for a viewer that
+// does not read: with 64 KiB (the kernel doubles it), a viewer that stopped reading holds at
+// most a few hundred KiB there while 16 MiB are published (without the bound, 2.9 MB were
+// measured), and a fast viewer still gets every 256 KiB frame whole through a buffer smaller
+// than one frame.
+TEST(RelayWs, AViewersSendBufferBoundsWhatWaitsInTheKernelForIt) {
+  RelayConfig c = loopback();
+  c.viewer_send_buffer_bytes = 64 * 1024;
+  c.defaults.mode = TopicMode::realtime;  // the stuck viewer loses frames, the publisher goes on
+  c.defaults.depth = 8;
+  c.max_send_timeouts = 1000;  // (the stuck viewer stays connected while it is measured)
+  RelayServer relay(c);
+  relay.start();
+  const auto port = relay.http_port();
+  WsClient stuck;
+  stuck.s.next_layer().open(boost::asio::ip::tcp::v4());
+  stuck.s.next_layer().set_option(boost::asio::socket_base::receive_buffer_size(4096));
+  ASSERT_FALSE(stuck.connect(port, "/v1/ws/subscribe/feed?name=stuck"));
+  const std::uint16_t stuck_port = stuck.s.next_layer().local_endpoint().port();
+  WsClient fast;
+  ASSERT_FALSE(fast.connect(port, "/v1/ws/subscribe/feed?name=fast&depth=8"));
+  WsClient pub;
+  ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/feed"));
+  constexpr int kFrames = 64;  // 16 MiB
+  long most = 0;
+  for (int i = 0; i < kFrames; ++i) {
+    std::string payload(256 * 1024, static_cast<char>('a' + i % 26));
+    pub.send_binary(frame(i, 0, payload));
+    bool text = true;
+    std::string bytes;
+    ASSERT_FALSE(fast.read(text, bytes));  // one at a time: the fast viewer loses nothing
+    ASSERT_FALSE(text) << bytes;
+    ASSERT_EQ(index_of(bytes), static_cast<std::uint64_t>(i));
+    ASSERT_EQ(bytes.substr(16), payload);
+    most = std::max(most, kernel_unsent_bytes(port, stuck_port));
+  }
+  EXPECT_GT(most, 0) << "the stuck viewer's connection was not found in /proc/net/tcp";
+  EXPECT_LE(most, 3 * 64 * 1024) << "bytes waiting in the kernel for the stuck viewer";
+  pub.s.close(websocket::close_code::normal);
+  fast.s.close(websocket::close_code::normal);
 }
 
 // A viewer that stops reading is disconnected once its send stayed in flight for

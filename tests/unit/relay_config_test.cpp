@@ -63,6 +63,7 @@ TEST(RelayConfig, EmbeddedDefaultsMatchTheSeeds) {
   EXPECT_EQ(c.defaults.max_queue_bytes, 100U << 20);  // SLUICE_MAX_QUEUE_BYTES = 100 MiB
   EXPECT_EQ(c.defaults.max_wait.count(), 5000);
   EXPECT_TRUE(c.auto_create);
+  EXPECT_EQ(c.viewer_send_buffer_bytes, 0U);  // the kernel's own
 }
 
 TEST(RelayConfig, FileThenEnvironmentThenFlagsEachOverrideTheLayerBelow) {
@@ -123,6 +124,19 @@ TEST(RelayConfig, BadValuesNameTheSettingTheSourceAndTheRange) {
             std::string::npos);
   EXPECT_NE(error_of(std::nullopt, {{"SLUICE_AUTO_CREATE", "maybe"}}).find("true or false"),
             std::string::npos);
+  EXPECT_EQ(error_of(std::nullopt, {{"SLUICE_VIEWER_SEND_BUFFER_BYTES", "100"}}),
+            "invalid configuration: environment SLUICE_VIEWER_SEND_BUFFER_BYTES = \"100\" "
+            "(accepted: 0 (the kernel's) or 4 KiB to 64 MiB; a number of bytes, or with KiB, MiB)");
+  EXPECT_NE(error_of(std::nullopt, {}, {{"viewer-send-buffer-bytes", "1GiB"}})
+                .find("--viewer-send-buffer-bytes = \"1GiB\""),
+            std::string::npos);
+  EXPECT_NE(error_of(std::nullopt, {{"SLUICE_MAX_QUEUE_BYTES", "2048GiB"}})
+                .find("SLUICE_MAX_QUEUE_BYTES = \"2048GiB\" (accepted: 1 B to 1 TiB"),
+            std::string::npos)
+      << "a size is named as written, unit included";
+  EXPECT_EQ(
+      load(std::nullopt, {{"SLUICE_VIEWER_SEND_BUFFER_BYTES", "256KiB"}}).viewer_send_buffer_bytes,
+      256U * 1024);
 }
 
 TEST(RelayConfig, UnknownKeysSyntaxErrorsAndBadTopicsAreRefused) {
