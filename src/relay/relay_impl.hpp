@@ -171,12 +171,23 @@ struct Refused final : Base {
 // scrapes). The subscription must outlive this, or be inactive by the time it is read.
 class SubscriberSeries {
  public:
+  // `unsent` (WebSocket viewers): where the viewer's loop leaves the bytes its socket last
+  // held unsent in the kernel, shown as sluice_subscriber_unsent_bytes.
   SubscriberSeries(metrics::Registry& registry, const std::string& topic,
-                   const Subscription<RelayMessage>* sub, std::uint64_t session)
+                   const Subscription<RelayMessage>* sub, std::uint64_t session,
+                   std::shared_ptr<const std::atomic<std::uint64_t>> unsent = nullptr)
       : registry_(registry),
         labels_{
             {"topic", topic}, {"subscriber", sub->name()}, {"session", std::to_string(session)}},
-        lost_labels_(with_reason(labels_)) {
+        lost_labels_(with_reason(labels_)),
+        has_unsent_(unsent != nullptr) {
+    if (unsent) {
+      registry_.gauge_fn(
+          "sluice_subscriber_unsent_bytes",
+          "Bytes in the kernel's send buffer not yet taken by this WebSocket viewer (sampled "
+          "when a send completes or times out)",
+          labels_, [unsent] { return double(unsent->load(std::memory_order_relaxed)); });
+    }
     registry_.counter_fn(
         "sluice_subscriber_received_total", "Items this subscriber received", labels_,
         [this, sub] { return read(sub, [&] { return double(sub->stats().received); }); });
@@ -201,6 +212,7 @@ class SubscriberSeries {
                              "sluice_subscriber_lag_bytes"})
       registry_.remove(name, labels_);
     registry_.remove("sluice_subscriber_dropped_total", lost_labels_);
+    if (has_unsent_) registry_.remove("sluice_subscriber_unsent_bytes", labels_);
   }
 
   // Leaves the topic: for a subscriber on another thread than the scrapes (a WebSocket viewer
@@ -223,6 +235,7 @@ class SubscriberSeries {
   metrics::Registry& registry_;
   const metrics::Labels labels_;
   const metrics::Labels lost_labels_;
+  const bool has_unsent_;
   mutable std::mutex mu_;  // leave() against the scrapes
 };
 

@@ -1,6 +1,8 @@
 // The relay's WebSocket endpoints on its HTTP port (Boost.Beast over relay::CoalescingSocket):
 // publishers (/v1/ws/publish/{topic}), viewers (/v1/ws/subscribe/{topic}) and stage workers
 // (/v1/ws/work/{topic}); the upgrade that routes a request to one of them.
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <array>
@@ -574,7 +576,7 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
         sub_(std::move(sub)),
         id_(relay.next_session_id.fetch_add(1)),
         sink_(topic_->name + "/" + sub_.name() + "#" + std::to_string(id_)),
-        series_(relay_.registry, topic_->name, &sub_, id_) {
+        series_(relay_.registry, topic_->name, &sub_, id_, unsent_) {
     loop_.viewers.fetch_add(1, std::memory_order_relaxed);
   }
   WsSubscriber(const WsSubscriber&) = delete;
@@ -660,7 +662,18 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
   }
   bool write_done() {
     timer_.cancel();
+    sample_unsent();
     return on_sink_event(relay_.viewers.record_write(sink_, Clock::now() - started_));
+  }
+
+  // The bytes the kernel holds unsent for this viewer (SIOCOUTQ), for /metrics. On the
+  // session's loop, which owns the socket; sampled when a send completes or times out, not
+  // per message.
+  void sample_unsent() {
+    int n = 0;
+    auto& socket = boost::beast::get_lowest_layer(ws_);
+    if (socket.is_open() && ::ioctl(socket.native_handle(), SIOCOUTQ, &n) == 0 && n >= 0)
+      unsent_->store(static_cast<std::uint64_t>(n), std::memory_order_relaxed);
   }
 
   // Each send_timeout a frame is still in flight counts as a timeout.
@@ -669,6 +682,7 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
     timer_.async_wait([w = weak_from_this()](boost::beast::error_code ec) {
       auto s = w.lock();
       if (!s || ec || !s->writing() || s->closing_) return;
+      s->sample_unsent();
       if (s->on_sink_event(s->relay_.viewers.record_timeout(s->sink_))) s->arm_send_timer();
     });
   }
@@ -703,6 +717,9 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
   Subscription<RelayMessage> sub_;
   const std::uint64_t id_;  // the session label in metrics, and the sink's
   const std::string sink_;
+  // What the socket held unsent at the last sample (sample_unsent), read by the scrapes.
+  const std::shared_ptr<std::atomic<std::uint64_t>> unsent_ =
+      std::make_shared<std::atomic<std::uint64_t>>(0);
   SubscriberSeries series_;  // reads sub_ (inactive once left, see leave()) from the scrapes
   boost::beast::flat_buffer in_;
   Clock::time_point started_;

@@ -511,8 +511,8 @@ long kernel_unsent_bytes(std::uint16_t relay_port, std::uint16_t peer_port) {
 // limits.viewer_send_buffer_bytes bounds what waits in the relay's kernel for a viewer that
 // does not read: with 64 KiB (the kernel doubles it), a viewer that stopped reading holds at
 // most a few hundred KiB there while 16 MiB are published (without the bound, 2.9 MB were
-// measured), and a fast viewer still gets every 256 KiB frame whole through a buffer smaller
-// than one frame.
+// measured), /metrics shows it (sluice_subscriber_unsent_bytes), and a fast viewer still gets
+// every 256 KiB frame whole through a buffer smaller than one frame.
 TEST(RelayWs, AViewersSendBufferBoundsWhatWaitsInTheKernelForIt) {
   RelayConfig c = loopback();
   c.viewer_send_buffer_bytes = 64 * 1024;
@@ -546,6 +546,17 @@ TEST(RelayWs, AViewersSendBufferBoundsWhatWaitsInTheKernelForIt) {
   }
   EXPECT_GT(most, 0) << "the stuck viewer's connection was not found in /proc/net/tcp";
   EXPECT_LE(most, 3 * 64 * 1024) << "bytes waiting in the kernel for the stuck viewer";
+  // /metrics shows it too (sampled at each send timeout while the viewer's send waits).
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  double unsent = 0;
+  while ((unsent = testing::metric(port, "sluice_subscriber_unsent_bytes",
+                                   "subscriber=\"stuck\"")) <= 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_GT(unsent, 0.0) << "sluice_subscriber_unsent_bytes of the stuck viewer";
+  EXPECT_LE(unsent, 3.0 * 64 * 1024);
+  EXPECT_GE(testing::metric(port, "sluice_subscriber_unsent_bytes", "subscriber=\"fast\""), 0.0);
   pub.s.close(websocket::close_code::normal);
   fast.s.close(websocket::close_code::normal);
 }
