@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -25,15 +26,21 @@ struct Source {
                     "\" (accepted: " + std::string(accepted) + ")");
 }
 
-std::int64_t parse_int(const Source& src, const std::string& text, std::int64_t lo, std::int64_t hi,
-                       std::string_view accepted) {
+// A whole decimal number in [lo, hi], all of `text`; nothing otherwise.
+std::optional<std::int64_t> to_int(const std::string& text, std::int64_t lo, std::int64_t hi) {
   char* end = nullptr;
   errno = 0;
   const long long v = std::strtoll(text.c_str(), &end, 10);
-  if (text.empty() || end != text.c_str() + text.size() || errno != 0 || v < lo || v > hi) {
-    bad(src, text, accepted);
-  }
+  if (text.empty() || end != text.c_str() + text.size() || errno != 0 || v < lo || v > hi)
+    return std::nullopt;
   return v;
+}
+
+std::int64_t parse_int(const Source& src, const std::string& text, std::int64_t lo, std::int64_t hi,
+                       std::string_view accepted) {
+  const auto v = to_int(text, lo, hi);
+  if (!v) bad(src, text, accepted);
+  return *v;
 }
 
 double parse_double(const Source& src, const std::string& text, double lo, double hi, bool lo_open,
@@ -69,15 +76,9 @@ std::uint64_t parse_bytes(const Source& src, const std::string& text, std::uint6
       unit = mult;
     }
   }
-  char* end = nullptr;
-  errno = 0;
-  const long long n = std::strtoll(digits.c_str(), &end, 10);
-  // (an error names the value as written, unit included)
-  if (digits.empty() || end != digits.c_str() + digits.size() || errno != 0 || n < 0 ||
-      static_cast<std::uint64_t>(n) > hi / unit) {
-    bad(src, text, accepted);
-  }
-  const std::uint64_t v = static_cast<std::uint64_t>(n) * unit;
+  const auto n = to_int(digits, 0, static_cast<std::int64_t>(hi / unit));
+  if (!n) bad(src, text, accepted);  // (named as written, unit included)
+  const std::uint64_t v = static_cast<std::uint64_t>(*n) * unit;
   if (v < lo || v > hi) bad(src, text, accepted);
   return v;
 }
