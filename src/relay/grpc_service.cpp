@@ -14,7 +14,6 @@
 
 #include "relay_impl.hpp"
 #include "sluice/broadcast.hpp"
-#include "sluice/ws_frame.hpp"
 #include "stage.hpp"
 
 namespace sluice {

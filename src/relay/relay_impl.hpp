@@ -172,16 +172,16 @@ struct Refused final : Base {
 class SubscriberSeries {
  public:
   // `unsent` (WebSocket viewers): where the viewer's loop leaves the bytes its socket last
-  // held unsent in the kernel, shown as sluice_subscriber_unsent_bytes.
+  // held unsent in the kernel, shown as sluice_subscriber_unsent_bytes; like `sub`, it must
+  // outlive this.
   SubscriberSeries(metrics::Registry& registry, const std::string& topic,
                    const Subscription<RelayMessage>* sub, std::uint64_t session,
-                   std::shared_ptr<const std::atomic<std::uint64_t>> unsent = nullptr)
+                   const std::atomic<std::uint64_t>* unsent = nullptr)
       : registry_(registry),
         labels_{
             {"topic", topic}, {"subscriber", sub->name()}, {"session", std::to_string(session)}},
-        lost_labels_(with_reason(labels_)),
-        has_unsent_(unsent != nullptr) {
-    if (unsent) {
+        lost_labels_(with_reason(labels_)) {
+    if (unsent != nullptr) {
       registry_.gauge_fn(
           "sluice_subscriber_unsent_bytes",
           "Bytes in the kernel's send buffer not yet taken by this WebSocket viewer (sampled "
@@ -212,7 +212,7 @@ class SubscriberSeries {
                              "sluice_subscriber_lag_bytes"})
       registry_.remove(name, labels_);
     registry_.remove("sluice_subscriber_dropped_total", lost_labels_);
-    if (has_unsent_) registry_.remove("sluice_subscriber_unsent_bytes", labels_);
+    registry_.remove("sluice_subscriber_unsent_bytes", labels_);  // (if a viewer's)
   }
 
   // Leaves the topic: for a subscriber on another thread than the scrapes (a WebSocket viewer
@@ -235,7 +235,6 @@ class SubscriberSeries {
   metrics::Registry& registry_;
   const metrics::Labels labels_;
   const metrics::Labels lost_labels_;
-  const bool has_unsent_;
   mutable std::mutex mu_;  // leave() against the scrapes
 };
 

@@ -576,7 +576,7 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
         sub_(std::move(sub)),
         id_(relay.next_session_id.fetch_add(1)),
         sink_(topic_->name + "/" + sub_.name() + "#" + std::to_string(id_)),
-        series_(relay_.registry, topic_->name, &sub_, id_, unsent_) {
+        series_(relay_.registry, topic_->name, &sub_, id_, &unsent_) {
     loop_.viewers.fetch_add(1, std::memory_order_relaxed);
   }
   WsSubscriber(const WsSubscriber&) = delete;
@@ -673,7 +673,7 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
     int n = 0;
     auto& socket = boost::beast::get_lowest_layer(ws_);
     if (socket.is_open() && ::ioctl(socket.native_handle(), SIOCOUTQ, &n) == 0 && n >= 0)
-      unsent_->store(static_cast<std::uint64_t>(n), std::memory_order_relaxed);
+      unsent_.store(static_cast<std::uint64_t>(n), std::memory_order_relaxed);
   }
 
   // Each send_timeout a frame is still in flight counts as a timeout.
@@ -718,8 +718,7 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
   const std::uint64_t id_;  // the session label in metrics, and the sink's
   const std::string sink_;
   // What the socket held unsent at the last sample (sample_unsent), read by the scrapes.
-  const std::shared_ptr<std::atomic<std::uint64_t>> unsent_ =
-      std::make_shared<std::atomic<std::uint64_t>>(0);
+  std::atomic<std::uint64_t> unsent_{0};
   SubscriberSeries series_;  // reads sub_ (inactive once left, see leave()) from the scrapes
   boost::beast::flat_buffer in_;
   Clock::time_point started_;
