@@ -325,24 +325,22 @@ bool tcp_pair(int& a, int& b) {
   return ok;
 }
 
-bool read_all(int fd, char* p, std::size_t n) {
+// All `n` bytes at `p` through `call` (read or write), however many calls it takes.
+template <class Call, class Bytes>
+bool transfer_all(Call call, int fd, Bytes* p, std::size_t n) {
   while (n > 0) {
-    const ssize_t r = read(fd, p, n);
+    const ssize_t r = call(fd, p, n);
     if (r <= 0) return false;
     p += r;
     n -= static_cast<std::size_t>(r);
   }
   return true;
 }
-
+bool read_all(int fd, char* p, std::size_t n) {
+  return transfer_all(::read, fd, p, n);
+}
 bool write_all(int fd, const char* p, std::size_t n) {
-  while (n > 0) {
-    const ssize_t r = write(fd, p, n);
-    if (r <= 0) return false;
-    p += r;
-    n -= static_cast<std::size_t>(r);
-  }
-  return true;
+  return transfer_all(::write, fd, p, n);
 }
 
 // What any relay of this pattern costs here at the least: a publisher thread writes each frame
@@ -618,7 +616,7 @@ void print_throughput(const char* who, const Runs& r, const Runs& nats) {
     std::printf("      %-17s (not run: --only)\n", who);
     return;
   }
-  const bool peer = std::string(who) == "NATS";
+  const bool peer = &r == &nats;  // (NATS itself: no ratio)
   std::printf("      %-17s %8.1f MB/s  CPU %.2f s   runs %s MB/s%s%s%s\n", who, r.mb_per_s(),
               r.cpu(), listed(r.values([](const Result& x) { return x.mb_per_s(); }), 1).c_str(),
               peer ? "" : "   ", peer ? "" : throughput_ratio(r, nats).c_str(),
