@@ -52,11 +52,11 @@
 
 #include "relay/coalescing_socket.hpp"
 #include "sluice/buffer.hpp"
-#include "sluice/client.hpp"
+#include "sluice/client/client.hpp"
 #include "sluice/histogram.hpp"
 #include "sluice/latency.hpp"
-#include "sluice/relay_server.hpp"
-#include "sluice/ws_frame.hpp"
+#include "sluice/relay/server.hpp"
+#include "sluice/relay/protocol.hpp"
 
 extern char** environ;
 

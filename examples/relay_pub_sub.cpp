@@ -6,8 +6,8 @@
 #include <string>
 #include <thread>
 
-#include "sluice/client.hpp"
-#include "sluice/relay_server.hpp"
+#include "sluice/client/client.hpp"
+#include "sluice/relay/server.hpp"
 
 int main() {
   sluice::RelayConfig config;

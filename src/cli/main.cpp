@@ -9,8 +9,8 @@
 
 #include "demo.hpp"
 #include "pubsub.hpp"
-#include "sluice/relay_config.hpp"
-#include "sluice/relay_server.hpp"
+#include "sluice/relay/config.hpp"
+#include "sluice/relay/server.hpp"
 #include "worker.hpp"
 
 namespace {

@@ -14,9 +14,9 @@
 #include <string>
 #include <thread>
 
-#include "sluice/client.hpp"
+#include "sluice/client/client.hpp"
 #include "sluice/histogram.hpp"
-#include "sluice/relay_server.hpp"  // unix_now_ns
+#include "sluice/relay/protocol.hpp"  // unix_now_ns
 
 namespace sluice::cli {
 

@@ -1,8 +1,8 @@
 // `sluice worker`: joins a topic's processing stage over WebSocket and transforms its frames
-// (grayscale, downscale, mean brightness); see include/sluice/stage_worker.hpp.
+// (grayscale, downscale, mean brightness); see include/sluice/client/stage_worker.hpp.
 #pragma once
 
-#include "sluice/stage_worker.hpp"
+#include "sluice/client/stage_worker.hpp"
 
 namespace sluice::cli {
 

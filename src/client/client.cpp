@@ -1,6 +1,6 @@
 // The relay's C++ client: Publisher (window, acks, RESOURCE_EXHAUSTED backoff and exact
 // resend) and Subscriber (items and gap notices) over the generated gRPC stubs.
-#include "sluice/client.hpp"
+#include "sluice/client/client.hpp"
 
 #include <grpcpp/grpcpp.h>
 
@@ -15,7 +15,7 @@
 #include <utility>
 #include <vector>
 
-#include "sluice/relay_server.hpp"  // kPublishedThroughKey, unix_now_ns
+#include "sluice/relay/protocol.hpp"  // kPublishedThroughKey, unix_now_ns
 #include "sluice/v1/relay.grpc.pb.h"
 
 namespace sluice::client {

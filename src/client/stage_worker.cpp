@@ -1,4 +1,4 @@
-#include "sluice/stage_worker.hpp"
+#include "sluice/client/stage_worker.hpp"
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -12,7 +12,7 @@
 #include <stdexcept>
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 
-#include "sluice/ws_frame.hpp"
+#include "sluice/relay/protocol.hpp"
 
 namespace sluice {
 

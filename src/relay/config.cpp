@@ -1,4 +1,6 @@
 // The relay's configuration: one table of settings, read from four layers.
+#include "sluice/relay/config.hpp"
+
 #include <toml++/toml.h>
 
 #include <algorithm>
@@ -9,8 +11,6 @@
 #include <optional>
 #include <set>
 #include <sstream>
-
-#include "sluice/relay_config.hpp"
 
 namespace sluice {
 

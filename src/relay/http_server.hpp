@@ -11,21 +11,29 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 
 namespace sluice::relay {
 
+/// An answer to an HTTP request.
+struct HttpResponse {
+  unsigned status = 200;
+  std::string content_type = "text/plain; charset=utf-8";
+  std::string body;
+};
+
 // A small HTTP/1.1 server on the relay's I/O thread: one request per connection.
 class HttpServer {
  public:
-  using Handler = std::function<void(const std::string& target, unsigned& status,
-                                     std::string& content_type, std::string& body)>;
+  /// A GET request's answer, by target (path and query).
+  using Handler = std::function<HttpResponse(const std::string& target)>;
   using Request = boost::beast::http::request<boost::beast::http::string_body>;
-  /// A WebSocket upgrade request: takes the socket (true), or answers with status and body.
-  using Upgrade = std::function<bool(boost::asio::ip::tcp::socket& socket, Request& request,
-                                     unsigned& status, std::string& body)>;
+  /// A WebSocket upgrade request: takes the socket (nullopt), or answers it.
+  using Upgrade = std::function<std::optional<HttpResponse>(boost::asio::ip::tcp::socket& socket,
+                                                            Request& request)>;
   /// A client has `timeout` to send its request and read the answer (or upgrade).
   HttpServer(boost::asio::io_context& io, const std::string& host, std::uint16_t port,
              std::chrono::milliseconds timeout, Handler handler, Upgrade upgrade)
@@ -97,24 +105,23 @@ class HttpServer {
           if (ec) return;  // the client went away or sent garbage: nothing to answer
           session->request = session->parser.release();
           auto& request = session->request;
-          unsigned status = 200;
-          std::string type = "text/plain; charset=utf-8";
-          std::string body;
+          HttpResponse answer;
           if (boost::beast::websocket::is_upgrade(request)) {
             session->deadline.cancel();  // (the WebSocket has its own)
-            if (upgrade_(session->socket, request, status, body)) return;  // a WebSocket now
+            auto refused = upgrade_(session->socket, request);
+            if (!refused) return;  // a WebSocket now
+            answer = std::move(*refused);
           } else if (request.method() != http::verb::get) {
-            status = 405;
-            body = "only GET is served here\n";
+            answer = {405, "text/plain; charset=utf-8", "only GET is served here\n"};
           } else {
-            handler_(std::string(request.target()), status, type, body);
+            answer = handler_(std::string(request.target()));
           }
           auto& res = session->response;
           res.version(request.version());
-          res.result(status);
-          res.set(http::field::content_type, type);
+          res.result(answer.status);
+          res.set(http::field::content_type, answer.content_type);
           res.set(http::field::connection, "close");
-          res.body() = std::move(body);
+          res.body() = std::move(answer.body);
           res.prepare_payload();
           http::async_write(session->socket, res, [session](boost::beast::error_code, std::size_t) {
             session->deadline.cancel();

@@ -21,9 +21,7 @@
 
 namespace sluice::relay {
 
-// One event loop on one thread: the relay's own (the HTTP endpoint, WebSocket publishers and
-// workers, publish deadlines, stage polls) and each of the more that share the viewers
-// (server.threads).
+// One event loop on one thread (see relay::LoopPool for what each serves).
 class IoThread {
  public:
   explicit IoThread(std::string name)
@@ -51,8 +49,8 @@ class IoThread {
   /// Completions ready at once, run in bursts (see relay::ReadyQueue); I/O thread only.
   relay::ReadyQueue& ready() { return ready_; }
 
-  /// WebSocket viewers served here (a viewer goes to the loop with the fewest).
-  std::atomic<std::size_t> viewers{0};
+  /// WebSocket subscribers served here (a subscriber goes to the loop with the fewest).
+  std::atomic<std::size_t> subscribers{0};
 
   /// Runs `fn` on the I/O thread soon (never inside the caller's stack).
   void post(std::function<void()> fn) { boost::asio::post(io_, std::move(fn)); }
@@ -60,10 +58,10 @@ class IoThread {
   /// Like post(), for wake-ups that come in bursts (a subscription became readable, a topic
   /// has room again). Called on a loop's thread, the post waits for the end of that loop's
   /// round and carries everything due here meanwhile: a publisher's read-ahead of many
-  /// messages wakes each viewer loop once, not once per message (a wake-up of a sleeping loop
+  /// messages wakes each subscriber loop once, not once per message (a wake-up of a sleeping loop
   /// is a system call and a context switch), as nats-server signals the clients a read fed
   /// once the read is processed. The other loops are woken before the caller's own loop runs
-  /// what it put off (a viewer there may write 1 MiB meanwhile). From any other thread: post().
+  /// what it put off (a subscriber there may write 1 MiB meanwhile). From any other thread: post().
   void post_soon(std::function<void()> fn) {
     IoThread* current = current_;
     if (current == nullptr) {
@@ -84,7 +82,7 @@ class IoThread {
  private:
   // Rounds: wait for a handler, run what else is ready (at most kRound handlers, so that a
   // busy loop still flushes), then flush the connections written to meanwhile: a publisher's
-  // read-ahead of many messages fans out in one write per viewer, as nats-server flushes its
+  // read-ahead of many messages fans out in one write per subscriber, as nats-server flushes its
   // clients after each read.
   void run() {
     current_ = this;

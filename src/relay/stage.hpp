@@ -24,8 +24,8 @@
 #include "sluice/dispatcher.hpp"
 #include "sluice/frame_gate.hpp"
 #include "sluice/metrics.hpp"
-#include "sluice/relay_config.hpp"
-#include "sluice/relay_server.hpp"
+#include "sluice/relay/config.hpp"
+#include "sluice/relay/protocol.hpp"
 
 namespace sluice::relay {
 

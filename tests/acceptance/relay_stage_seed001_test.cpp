@@ -20,8 +20,8 @@
 #include "../integration/loopback.hpp"
 #include "../integration/ws_async.hpp"
 #include "../integration/ws_client.hpp"
-#include "sluice/relay_server.hpp"
-#include "sluice/stage_worker.hpp"
+#include "sluice/relay/server.hpp"
+#include "sluice/client/stage_worker.hpp"
 
 namespace sluice {
 namespace {

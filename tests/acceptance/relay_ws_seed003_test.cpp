@@ -25,7 +25,7 @@
 #include "../integration/loopback.hpp"
 #include "../integration/ws_client.hpp"
 #include "../soak/stress_scale.hpp"
-#include "sluice/relay_server.hpp"
+#include "sluice/relay/server.hpp"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define SLUICE_RSS_MEANINGFUL 0

@@ -1,5 +1,5 @@
 // The C++ client (Publisher, Subscriber) against the real relay on 127.0.0.1, ephemeral ports.
-#include "sluice/client.hpp"
+#include "sluice/client/client.hpp"
 
 #include <gtest/gtest.h>
 
@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "loopback.hpp"
-#include "sluice/relay_server.hpp"
+#include "sluice/relay/server.hpp"
 
 namespace sluice {
 namespace {

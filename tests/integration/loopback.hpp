@@ -12,7 +12,7 @@
 #include <thread>
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 
-#include "sluice/relay_config.hpp"
+#include "sluice/relay/config.hpp"
 
 namespace sluice::testing {
 

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "loopback.hpp"
-#include "sluice/relay_server.hpp"
+#include "sluice/relay/server.hpp"
 #include "sluice/v1/relay.grpc.pb.h"
 
 namespace sluice {

@@ -12,8 +12,8 @@
 #include <thread>
 
 #include "loopback.hpp"
-#include "sluice/relay_server.hpp"
-#include "sluice/stage_worker.hpp"
+#include "sluice/relay/server.hpp"
+#include "sluice/client/stage_worker.hpp"
 #include "sluice/v1/relay.grpc.pb.h"
 #include "ws_async.hpp"
 #include "ws_client.hpp"
@@ -375,6 +375,8 @@ TEST(RelayStageGrpc, AWorkCallServesFramesAndTheProducerIsToldOfAFailedOne) {
   EXPECT_TRUE(pub->Finish().ok());
 }
 
+// A topic without a stage is the same refusal over every transport: not_found (gRPC
+// NOT_FOUND here, HTTP 404 before a WebSocket upgrade: AWorkerForATopicWithoutAStageIsRefusedWith404).
 TEST(RelayStageGrpc, AWorkCallMustJoinATopicWithAStage) {
   RelayServer relay(stage_relay());
   relay.start();
@@ -387,7 +389,7 @@ TEST(RelayStageGrpc, AWorkCallMustJoinATopicWithAStage) {
     join.mutable_join()->set_topic("plain");
     (void)work->Write(join);
     const auto status = work->Finish();
-    EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
     EXPECT_NE(status.error_message().find("has no stage"), std::string::npos);
   }
   {

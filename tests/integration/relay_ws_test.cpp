@@ -20,8 +20,8 @@
 #include <vector>
 
 #include "loopback.hpp"
-#include "sluice/relay_server.hpp"
-#include "sluice/ws_frame.hpp"
+#include "sluice/relay/server.hpp"
+#include "sluice/relay/protocol.hpp"
 #include "ws_client.hpp"
 
 namespace sluice {

@@ -11,7 +11,7 @@
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 
 #include "loopback.hpp"
-#include "sluice/ws_frame.hpp"
+#include "sluice/relay/protocol.hpp"
 
 namespace sluice::testing {
 

@@ -1,6 +1,6 @@
 // Relay configuration: precedence (defaults < file < environment < flags), validation with
 // messages that name the setting, its source, the value and the range.
-#include "sluice/relay_config.hpp"
+#include "sluice/relay/config.hpp"
 
 #include <gtest/gtest.h>
 #include <unistd.h>

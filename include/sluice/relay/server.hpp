@@ -10,38 +10,14 @@
 // Thread-safety: start(), shutdown() and the accessors may be called from any thread.
 #pragma once
 
-#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <string_view>
 
-#include "sluice/buffer.hpp"
-#include "sluice/relay_config.hpp"
+#include "sluice/relay/config.hpp"
+#include "sluice/relay/protocol.hpp"
 
 namespace sluice {
-
-/// Trailing metadata of a Publish call that put at least one item into its topic: the last
-/// such item's sequence number (decimal). A producer whose call ended early resends only the
-/// items after it (what sluice::client::Publisher does).
-inline constexpr std::string_view kPublishedThroughKey = "sluice-published-through";
-
-/// The clock of RelayMessage::timestamp_ns when the relay or a client stamps an item: Unix
-/// time in nanoseconds (comparable across processes on one host).
-inline std::int64_t unix_now_ns() noexcept {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-/// One item of a topic, as the relay stores it.
-struct RelayMessage {
-  Buffer payload;
-  std::uint64_t sequence = 0;
-  std::int64_t timestamp_ns = 0;
-  /// What a topic's byte budget counts: the payload.
-  std::size_t size_bytes() const noexcept { return payload.size(); }
-};
 
 class RelayServer {
  public:
@@ -65,7 +41,7 @@ class RelayServer {
   /// Topics, their subscribers and counters, as JSON.
   std::string stats_json() const;
 
-  struct Impl;  // the relay's state and services; defined in src/relay/relay_impl.hpp
+  struct Impl;  // the relay's core and transports; defined in src/relay/server.cpp
 
  private:
   std::unique_ptr<Impl> impl_;

@@ -1,0 +1,79 @@
+// Sluice — the relay's wire constants, shared by the relay and every client
+// (docs/protocol.md): the item a topic carries, the gRPC trailing metadata a Publish call ends
+// with, and the 16-byte header of a WebSocket binary frame.
+//
+// Every binary frame, in both directions, is a 16-byte header followed by the payload:
+//   bytes 0-7   frame_index   unsigned 64-bit, little-endian (the producer's numbering: an
+//                             item's sequence)
+//   bytes 8-15  timestamp_ns  signed 64-bit, little-endian (the producer's clock; 0: the relay
+//                             stamps arrival, Unix time in ns)
+// Plain values and functions over bytes; no allocation, no state.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "sluice/buffer.hpp"
+
+namespace sluice {
+
+/// Trailing metadata of a Publish call that put at least one item into its topic: the last
+/// such item's sequence number (decimal). A producer whose call ended early resends only the
+/// items after it (what sluice::client::Publisher does).
+inline constexpr std::string_view kPublishedThroughKey = "sluice-published-through";
+
+/// The clock of RelayMessage::timestamp_ns when the relay or a client stamps an item: Unix
+/// time in nanoseconds (comparable across processes on one host).
+inline std::int64_t unix_now_ns() noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+/// One item of a topic, as the relay stores it and every transport carries it.
+struct RelayMessage {
+  Buffer payload;
+  std::uint64_t sequence = 0;     // the producer's numbering (WebSocket: frame_index)
+  std::int64_t timestamp_ns = 0;  // the producer's clock (Unix ns), passed through
+  /// What a topic's byte budget counts: the payload.
+  std::size_t size_bytes() const noexcept { return payload.size(); }
+};
+
+namespace ws {
+
+inline constexpr std::size_t kFrameHeaderBytes = 16;
+
+struct FrameHeader {
+  std::uint64_t index = 0;  // the item's sequence
+  std::int64_t timestamp_ns = 0;
+};
+
+/// The 16 header bytes for `h`.
+inline std::array<unsigned char, kFrameHeaderBytes> encode(const FrameHeader& h) noexcept {
+  std::array<unsigned char, kFrameHeaderBytes> out{};
+  const auto stamp = static_cast<std::uint64_t>(h.timestamp_ns);
+  for (std::size_t i = 0; i < 8; ++i) {
+    out[i] = static_cast<unsigned char>(h.index >> (8 * i));
+    out[8 + i] = static_cast<unsigned char>(stamp >> (8 * i));
+  }
+  return out;
+}
+
+/// The header at the start of a frame of at least kFrameHeaderBytes bytes.
+inline FrameHeader decode(const void* frame) noexcept {
+  const auto* in = static_cast<const unsigned char*>(frame);
+  std::uint64_t index = 0;
+  std::uint64_t stamp = 0;
+  for (std::size_t i = 0; i < 8; ++i) {
+    index |= std::uint64_t{in[i]} << (8 * i);
+    stamp |= std::uint64_t{in[8 + i]} << (8 * i);
+  }
+  return {index, static_cast<std::int64_t>(stamp)};
+}
+
+}  // namespace ws
+
+}  // namespace sluice

@@ -1,0 +1,132 @@
+// The relay's gRPC transport (service sluice.v1.Relay, callback API; relay-internal): each
+// call is a thin reactor over a role — Publish over PublishSession (grpc_publish.cpp),
+// Subscribe over SubscriberPump (grpc_subscribe.cpp), Work over WorkerSession
+// (grpc_work.cpp) — that decodes requests into it and encodes its events. Refusals become
+// statuses through the refusal table (to_grpc).
+//
+// Threading: reactor callbacks run on gRPC's threads; each reactor serializes them with its
+// lock. Hooks from other threads (a topic has room, a subscription is readable, a stage's
+// notice) reach a reactor through GuardedReactor::later(), only while it exists.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <functional>
+#include <memory>
+#include <utility>
+
+#include "refusal.hpp"
+#include "relay_core.hpp"
+#include "sluice/detail/thread_annotations.hpp"
+#include "sluice/v1/relay.grpc.pb.h"
+#include "stats_view.hpp"
+
+namespace sluice::relay {
+
+inline grpc::Status to_grpc(const Refusal& r) {
+  return {static_cast<grpc::StatusCode>(codes(r.kind).grpc_code), r.message};
+}
+
+class GrpcService final : public v1::Relay::CallbackService {
+ public:
+  explicit GrpcService(RelayCore& core) : core_(core) {}
+
+  grpc::ServerWriteReactor<v1::SubscribeEvent>* Subscribe(grpc::CallbackServerContext* ctx,
+                                                          const v1::SubscribeRequest* req) override;
+  grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>* Publish(
+      grpc::CallbackServerContext* ctx) override;
+  grpc::ServerBidiReactor<v1::WorkRequest, v1::WorkEvent>* Work(
+      grpc::CallbackServerContext* ctx) override;
+  grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx, const v1::StatsRequest* /*req*/,
+                                  v1::StatsReply* reply) override {
+    reply->set_json(stats_json(core_.topics));
+    auto* r = ctx->DefaultReactor();
+    r->Finish(grpc::Status::OK);
+    return r;
+  }
+
+ private:
+  RelayCore& core_;
+};
+
+// A call refused before it started: finishes at once with the refusal's status.
+template <class Base>
+struct Refused final : Base {
+  explicit Refused(const Refusal& r) { this->Finish(to_grpc(r)); }
+  void OnDone() override { delete this; }
+};
+
+// A reactor's address that callbacks from other threads may use until the reactor is done.
+template <class R>
+struct Guard {
+  Mutex mu;
+  R* self SLUICE_GUARDED_BY(mu) = nullptr;
+  template <class F>
+  void with(F&& f) {
+    MutexLock lock(mu);
+    if (self != nullptr) f(*self);
+  }
+  void clear() {
+    MutexLock lock(mu);
+    self = nullptr;
+  }
+};
+
+// What the streaming reactors share: a lock, finishing once, cancel and done, and a guard
+// through which callbacks from other threads (hooks, timers) reach the reactor only while it
+// exists.
+template <class Derived, class Reactor>
+class GuardedReactor : public Reactor {
+ public:
+  GuardedReactor(const GuardedReactor&) = delete;
+  GuardedReactor& operator=(const GuardedReactor&) = delete;
+  GuardedReactor(GuardedReactor&&) = delete;
+  GuardedReactor& operator=(GuardedReactor&&) = delete;
+  ~GuardedReactor() override = default;
+
+  void OnCancel() override {
+    MutexLock lock(mu_);
+    finish(grpc::Status::CANCELLED);
+  }
+  void OnDone() override {
+    guard_->clear();
+    delete static_cast<Derived*>(this);
+  }
+
+ protected:
+  // The guard holds the base pointer: casting to Derived here, before Derived is constructed,
+  // would be undefined. The cast happens in `later`, when the callback runs, by which time the
+  // derived constructor has begun (callbacks are armed from its body at the earliest).
+  GuardedReactor() : guard_(std::make_shared<Guard<GuardedReactor>>()) {
+    MutexLock lock(guard_->mu);
+    guard_->self = this;
+  }
+  // A callback that runs `method` on the reactor if it is still there.
+  std::function<void()> later(void (Derived::*method)()) const {
+    return [g = guard_, method] {
+      g->with([method](GuardedReactor& self) { (static_cast<Derived&>(self).*method)(); });
+    };
+  }
+  // A callback that passes its argument to `method` on the reactor if it is still there.
+  template <class Arg>
+  std::function<void(Arg)> later_with(void (Derived::*method)(Arg)) const {
+    return [g = guard_, method](Arg arg) {
+      g->with([&](GuardedReactor& self) { (static_cast<Derived&>(self).*method)(std::move(arg)); });
+    };
+  }
+  void finish(const grpc::Status& status) SLUICE_REQUIRES(mu_) {
+    if (finished_) return;
+    finished_ = true;
+    static_cast<Derived*>(this)->before_finish();
+    this->Finish(status);
+  }
+  void before_finish() {}  // a derived reactor's hook (trailing metadata), caller holds mu_
+
+  Mutex mu_;
+  bool finished_ SLUICE_GUARDED_BY(mu_) = false;
+
+ private:
+  std::shared_ptr<Guard<GuardedReactor>> guard_;
+};
+
+}  // namespace sluice::relay

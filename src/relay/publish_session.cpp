@@ -1,0 +1,171 @@
+#include "publish_session.hpp"
+
+#include <utility>
+
+namespace sluice::relay {
+
+// The producer as the stage sees it: each notice is posted to the session's loop and handed
+// to the transport there (no lock of the transport's is taken on the thread that caused it,
+// which may hold the stage's).
+class PublishSession::Notices final : public StageListener {
+ public:
+  Notices(IoThread& loop, std::string stage, std::function<void(PublishEvent)> deliver)
+      : loop_(loop), stage_(std::move(stage)), deliver_(std::move(deliver)) {}
+  void stage_dropped(std::uint64_t sequence, DropReason reason,
+                     const std::string& detail) override {
+    PublishEvent e;
+    e.kind = PublishEvent::Kind::dropped;
+    e.topic = stage_;
+    e.sequence = sequence;
+    e.reason = reason;
+    e.detail = detail;
+    post(std::move(e));
+  }
+  void stage_signal(const GateSignal& signal) override {
+    PublishEvent e;
+    e.topic = stage_;
+    e.drop_rate = signal.drop_rate;
+    if (signal.kind == GateSignal::Kind::slow_down) {
+      e.kind = PublishEvent::Kind::stage_slow_down;
+      e.detail =
+          "the stage's windowed drop rate passed the slowdown threshold "
+          "(STREAM_SLOWDOWN_THRESHOLD): send fewer frames";
+    } else {
+      e.kind = PublishEvent::Kind::stage_resume;
+    }
+    post(std::move(e));
+  }
+
+ private:
+  void post(PublishEvent e) {
+    loop_.post([deliver = deliver_, e = std::move(e)]() mutable { deliver(std::move(e)); });
+  }
+  IoThread& loop_;
+  const std::string stage_;
+  std::function<void(PublishEvent)> deliver_;
+};
+
+PublishSession::~PublishSession() = default;
+
+void PublishSession::connect(std::function<void()> wake,
+                             std::function<void(PublishEvent)> stage_event) {
+  wake_ = std::move(wake);
+  stage_event_ = std::move(stage_event);
+  listen();
+}
+
+std::optional<Refusal> PublishSession::open(const std::string& name) {
+  if (topic_ && topic_->name == name) return std::nullopt;
+  auto t = core_.topics.find(name);
+  if (!t) return std::move(t.refusal());
+  topic_ = std::move(*t);
+  listen();
+  return std::nullopt;
+}
+
+// A topic with a stage hears from it once the session is open and connected.
+void PublishSession::listen() {
+  if (topic_ && topic_->stage && stage_event_ && !notices_)
+    notices_ = std::make_shared<Notices>(loop_, topic_->name, stage_event_);
+}
+
+std::optional<Refusal> PublishSession::check_size(std::uint64_t bytes) const {
+  const std::uint64_t limit = core_.config.max_frame_bytes;
+  if (bytes <= limit) return std::nullopt;
+  return Refusal{RefusalKind::frame_too_big,
+                 "item of " + std::to_string(bytes) + " bytes exceeds the frame limit of " +
+                     std::to_string(limit) + " bytes (STREAM_MAX_FRAME_SIZE_MB)",
+                 "STREAM_MAX_FRAME_SIZE_MB"};
+}
+
+void PublishSession::add(RelayMessage item) {
+  if (topic_->stage) topic_->stage->offer(item, notices_);
+  pending_.push_back(std::move(item));
+}
+
+Outcome<PublishSession::Progress> PublishSession::publish() {
+  if (pending_.empty()) return Progress::idle;
+  while (!pending_.empty()) {
+    const std::uint64_t sequence = pending_.front().sequence;
+    const std::uint64_t bytes = pending_.front().payload.size();
+    const auto r = topic_->broadcast.try_publish(std::move(pending_.front()));
+    if (r.status == SendStatus::ok) {
+      pending_.pop_front();
+      published_ = sequence;
+      ack_ = sequence;
+      waiting_ = false;  // the next item that has to wait gets its own deadline
+      continue;
+    }
+    if (r.status != SendStatus::would_block) {
+      return Refusal{RefusalKind::stopping,
+                     "topic '" + topic_->name + "' is closed (the relay is stopping)", ""};
+    }
+    if (auto refusal = blocked(bytes)) return std::move(*refusal);
+    return Progress::waiting;
+  }
+  // Throttling ends once the topic has drained to half its budget.
+  if (slowed_ && topic_->broadcast.queue_bytes() <= topic_->config.max_queue_bytes / 2)
+    slowed_ = false;
+  return Progress::all_in;
+}
+
+// The front item found no room: max_wait counts from its first refusal; the session is woken
+// when the topic has room for it, or at the deadline.
+std::optional<Refusal> PublishSession::blocked(std::uint64_t bytes) {
+  slowed_ = true;
+  const auto now = std::chrono::steady_clock::now();
+  if (!waiting_) {
+    waiting_ = true;
+    deadline_ = now + topic_->config.max_wait;
+    loop_.at(deadline_, wake_);
+  } else if (now >= deadline_) {
+    return topic_->full();
+  }
+  // Posted, not run inline: the hook may fire at once (room appeared meanwhile) or from a
+  // consumer's stack, and publish() must not re-enter itself or hold up the consumer.
+  topic_->broadcast.on_writable([loop = &loop_, wake = wake_] { loop->post_soon(wake); }, bytes);
+  return std::nullopt;
+}
+
+std::optional<Refusal> PublishSession::stage_event(PublishEvent e) {
+  if (stage_events_.size() >= kMaxStageEventsUnread) {
+    return Refusal{RefusalKind::events_unread,
+                   std::to_string(kMaxStageEventsUnread) +
+                       " stage events unread: the producer is not reading its events",
+                   ""};
+  }
+  stage_events_.push_back(std::move(e));
+  return std::nullopt;
+}
+
+std::optional<PublishEvent> PublishSession::next_event(bool acks) {
+  PublishEvent e;
+  if (!stage_events_.empty()) {
+    e = std::move(stage_events_.front());
+    stage_events_.pop_front();
+    return e;
+  }
+  if (topic_ && slowed_ != told_slowed_) {
+    told_slowed_ = slowed_;
+    e.kind = slowed_ ? PublishEvent::Kind::slow_down : PublishEvent::Kind::resume;
+    e.topic = topic_->name;
+    e.queue_bytes = topic_->broadcast.queue_bytes();
+    e.limit_bytes = topic_->config.max_queue_bytes;
+    if (slowed_)
+      e.detail = "topic full: the relay stopped reading this call until subscribers catch up";
+    return e;
+  }
+  if (acks && ack_) {
+    e.kind = PublishEvent::Kind::ack;
+    e.sequence = *ack_;
+    ack_.reset();
+    return e;
+  }
+  return std::nullopt;
+}
+
+bool PublishSession::drained(bool acks) const {
+  return pending_.empty() && stage_events_.empty() && slowed_ == told_slowed_ && (!acks || !ack_);
+}
+
+}  // namespace sluice::relay

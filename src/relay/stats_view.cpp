@@ -1,0 +1,97 @@
+#include "stats_view.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <nlohmann/json.hpp>
+
+namespace sluice::relay {
+
+namespace {
+
+double ms(std::chrono::nanoseconds d) {
+  return std::chrono::duration<double, std::milli>(d).count();
+}
+
+nlohmann::json gate_json(const FrameGateStats& g) {
+  return {{"state", std::string(to_string(g.state))},
+          {"drop_rate", g.drop_rate},
+          {"offered", g.offered},
+          {"admitted", g.admitted},
+          {"done", g.done},
+          {"in_flight", g.in_flight},
+          {"smoothed_processing_ms", ms(g.smoothed_processing)},
+          {"slow_downs", g.slow_downs},
+          {"resumes", g.resumes}};
+}
+
+nlohmann::json worker_json(const WorkerStats& w) {
+  return {{"id", w.id},
+          {"name", w.name},
+          {"health", std::string(to_string(w.health))},
+          {"in_flight", w.in_flight},
+          {"max_concurrent", w.max_concurrent},
+          {"queued", w.queued},
+          {"queue_items", w.queue_items},
+          {"completed", w.completed},
+          {"errors", w.errors},
+          {"timeouts", w.timeouts},
+          {"smoothed_latency_ms", ms(w.smoothed_latency)}};
+}
+
+nlohmann::json stage_json(const Stage& st) {
+  const auto g = st.gate_stats();
+  const auto d = st.dispatcher_stats();
+  nlohmann::json j;
+  j["results_topic"] = st.config().results_topic;
+  j["gate"] = gate_json(g);
+  nlohmann::json dropped = nlohmann::json::object();
+  for (const DropReason r : kAllDropReasons) {
+    if (const auto n = g.dropped[r] + d.dropped[r] + d.failed_by_reason[r]; n > 0)
+      dropped[std::string(to_string(r))] = n;
+  }
+  j["dropped"] = dropped;
+  j["results"] = st.results();
+  j["accepted"] = d.accepted;
+  j["completed"] = d.completed;
+  j["rerouted"] = d.rerouted;
+  j["queued"] = d.queued;
+  j["in_flight"] = d.in_flight;
+  j["workers"] = nlohmann::json::array();
+  for (const auto& w : d.workers) j["workers"].push_back(worker_json(w));
+  return j;
+}
+
+nlohmann::json topic_json(const Topic& t) {
+  const auto s = t.broadcast.stats();
+  nlohmann::json tj;
+  tj["name"] = t.name;
+  tj["mode"] = to_string(t.config.mode);
+  tj["published"] = s.published;
+  tj["max_queue_bytes"] = t.config.max_queue_bytes;
+  std::uint64_t worst_bytes = 0;
+  tj["subscribers"] = nlohmann::json::array();
+  for (const auto& sub : s.subscribers) {
+    worst_bytes = std::max(worst_bytes, sub.lag_bytes);
+    tj["subscribers"].push_back({{"name", sub.name},
+                                 {"received", sub.received},
+                                 {"lost", sub.lost.total()},
+                                 {"lag", sub.lag},
+                                 {"lag_bytes", sub.lag_bytes}});
+  }
+  tj["queue_bytes"] = worst_bytes;
+  tj["timeouts"] = s.timeouts;
+  if (t.stage) tj["stage"] = stage_json(*t.stage);
+  return tj;
+}
+
+}  // namespace
+
+std::string stats_json(const TopicRegistry& topics) {
+  nlohmann::json j;
+  j["topics"] = nlohmann::json::array();
+  for (const auto& t : topics.all()) j["topics"].push_back(topic_json(*t));
+  return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+}  // namespace sluice::relay

@@ -1,0 +1,117 @@
+#include "subscriber_pump.hpp"
+
+#include <stdexcept>
+#include <utility>
+
+namespace sluice::relay {
+
+Outcome<std::unique_ptr<SubscriberPump>> SubscriberPump::join(RelayCore& core,
+                                                              const SubscribeRequest& r,
+                                                              const char* default_name,
+                                                              bool kernel_unsent) {
+  auto t = core.topics.find(r.topic);
+  if (!t) return std::move(t.refusal());
+  try {
+    auto sub =
+        (*t)->broadcast.subscribe(r.name.empty() ? default_name : r.name.substr(0, 128), r.depth);
+    return std::unique_ptr<SubscriberPump>(
+        new SubscriberPump(core, std::move(*t), std::move(sub), kernel_unsent));
+  } catch (const std::invalid_argument& e) {  // (the broadcast's own check: depth)
+    return Refusal{RefusalKind::bad_request, e.what(), ""};
+  }
+}
+
+SubscriberPump::SubscriberPump(RelayCore& core, std::shared_ptr<Topic> topic,
+                               Subscription<RelayMessage> sub, bool kernel_unsent)
+    : core_(core),
+      topic_(std::move(topic)),
+      sub_(std::move(sub)),
+      id_(core.admission.next_id()),
+      sink_(topic_->name + "/" + sub_.name() + "#" + std::to_string(id_)),
+      series_(core.metrics, topic_->name, sub_, id_, kernel_unsent ? &unsent_ : nullptr) {}
+
+SubscriberPump::~SubscriberPump() {
+  if (judged_) core_.slow_subscribers.remove(sink_);
+}
+
+SubscriberPump::Next SubscriberPump::next(std::size_t max_items, std::size_t max_bytes) {
+  batch_.clear();
+  std::size_t bytes = 0;
+  while (batch_.size() < max_items && bytes < max_bytes) {
+    auto r = held_ ? std::move(*held_) : sub_.try_recv();
+    held_.reset();
+    switch (r.status) {
+      case RecvStatus::ok:
+        bytes += r->payload.size();
+        batch_.push_back(std::move(*r));
+        continue;
+      case RecvStatus::would_block:
+        return batch_.empty() ? Next::idle : Next::items;
+      default:
+        break;
+    }
+    if (!batch_.empty()) {  // a gap or the end goes after this batch
+      held_ = std::move(r);
+      return Next::items;
+    }
+    if (r.status == RecvStatus::gap) {
+      gap_lost_ = r.lost;
+      gap_reason_ = r.reason;
+      return Next::gap;
+    }
+    if (r.status == RecvStatus::evicted) {
+      end_ = Refusal{RefusalKind::evicted, "evicted: the topic's publisher could not wait", ""};
+    }
+    return Next::end;
+  }
+  return Next::items;
+}
+
+void SubscriberPump::arm(std::function<void()> wake) {
+  sub_.on_readable(std::move(wake));
+}
+
+void SubscriberPump::write_started() {
+  write_started_ = std::chrono::steady_clock::now();
+}
+
+std::optional<Refusal> SubscriberPump::write_done() {
+  judged_ = true;
+  return judged(core_.slow_subscribers.record_write(
+      sink_, std::chrono::steady_clock::now() - write_started_));
+}
+
+std::optional<Refusal> SubscriberPump::write_timed_out() {
+  judged_ = true;
+  return judged(core_.slow_subscribers.record_timeout(sink_));
+}
+
+// Acts on what the judge found. A late subscriber (slow) stays: on a real-time topic its depth
+// drops for it, announced as gaps. A stalled one leaves the topic at once (a lossless topic
+// stops waiting for it) and its session ends.
+std::optional<Refusal> SubscriberPump::judged(const std::optional<SinkEvent>& event) {
+  if (!event || event->kind == SinkEvent::Kind::recovered) return std::nullopt;
+  core_.metrics
+      .counter("sluice_slow_viewers_total",
+               "WebSocket subscribers found slow (late sends) or stalled (sends not completing)",
+               {{"kind", event->kind == SinkEvent::Kind::stalled ? "stalled" : "slow"},
+                {"topic", topic_->name}})
+      .inc();
+  if (event->action != SlowAction::disconnect) return std::nullopt;
+  leave();
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(core_.config.send_timeout).count();
+  return Refusal{RefusalKind::slow_consumer,
+                 "disconnected as a slow consumer: " + event->reason +
+                     " (limits.send_timeout_ms, limits.max_send_timeouts)",
+                 "limits.max_send_timeouts",
+                 "slow consumer: no send done in " +
+                     std::to_string(core_.config.max_send_timeouts) + " x " + std::to_string(ms) +
+                     " ms (limits.max_send_timeouts, limits.send_timeout_ms)"};
+}
+
+void SubscriberPump::leave() {
+  series_.leave();
+}
+
+}  // namespace sluice::relay

@@ -1,0 +1,107 @@
+// A subscriber's session with a topic, whatever carries it (relay-internal): its place in the
+// topic (the subscription's cursor is its only queue in the relay), batches of what queued up,
+// gap notices, the end of the stream, its series in /metrics, and the judgement of its sends
+// (late ones are counted and it stays; stalled ones end it with slow_consumer). The
+// transports (grpc_subscribe.cpp, ws_subscribe.cpp) encode what it yields.
+//
+// Protocol with the transport: when it can write, the transport calls next():
+//   items    batch() holds the next items, in order (at most max_items, and at most max_bytes
+//            unless a single item is larger): write them, then call next() again;
+//   gap      gap() items were lost before the next one: tell the subscriber first;
+//   idle     nothing yet: arm(wake) once; `wake` runs (from any thread) when there is;
+//   end      the stream is over: normally (the topic closed; refusal() is empty) or with
+//            refusal() (evicted).
+//   Transports that time their writes call write_started() / write_done() / write_timed_out()
+//   (every send_timeout_ms a write is still in flight); a refusal from them (slow_consumer)
+//   ends the session, and the pump has already left the topic.
+//
+// Thread-safety: not thread-safe; the transport serializes calls. The scrapes of its series
+// may run on any thread (leave() is serialized with them).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "outcome.hpp"
+#include "relay_core.hpp"
+#include "sluice/broadcast.hpp"
+#include "subscriber_series.hpp"
+#include "topic.hpp"
+
+namespace sluice::relay {
+
+/// What a subscriber asks for (the transport decodes it): the topic, a name for stats and
+/// metrics (at most 128 bytes kept; empty: a default), a depth (real-time topics; 0: the
+/// topic's).
+struct SubscribeRequest {
+  std::string topic;
+  std::string name;
+  std::uint64_t depth = 0;
+};
+
+class SubscriberPump {
+ public:
+  enum class Next : std::uint8_t { items, gap, idle, end };
+
+  /// Joins the topic; bad_request (name, depth above the topic's capacity), not_found.
+  /// `kernel_unsent`: its transport samples what the kernel holds unsent for it
+  /// (set_unsent(), shown in /metrics as sluice_subscriber_unsent_bytes).
+  static Outcome<std::unique_ptr<SubscriberPump>> join(RelayCore& core, const SubscribeRequest& r,
+                                                       const char* default_name,
+                                                       bool kernel_unsent);
+  SubscriberPump(const SubscriberPump&) = delete;
+  SubscriberPump& operator=(const SubscriberPump&) = delete;
+  SubscriberPump(SubscriberPump&&) = delete;
+  SubscriberPump& operator=(SubscriberPump&&) = delete;
+  ~SubscriberPump();
+
+  const Topic& topic() const noexcept { return *topic_; }
+  const std::string& name() const noexcept { return sub_.name(); }
+  /// The session's number (label "session" in /metrics).
+  std::uint64_t id() const noexcept { return id_; }
+
+  /// See the protocol above.
+  Next next(std::size_t max_items, std::size_t max_bytes);
+  std::vector<RelayMessage>& batch() noexcept { return batch_; }
+  std::uint64_t gap() const noexcept { return gap_lost_; }
+  DropReason gap_reason() const noexcept { return gap_reason_; }
+  const std::optional<Refusal>& refusal() const noexcept { return end_; }
+  /// One-shot: `wake` runs (on any thread) once next() would not answer idle.
+  void arm(std::function<void()> wake);
+
+  void write_started();
+  std::optional<Refusal> write_done();
+  std::optional<Refusal> write_timed_out();
+  /// The bytes the transport's socket last held unsent in the kernel.
+  void set_unsent(std::uint64_t bytes) { unsent_.store(bytes, std::memory_order_relaxed); }
+  /// Leaves the topic now (a lossless topic stops waiting for it); idempotent.
+  void leave();
+
+ private:
+  SubscriberPump(RelayCore& core, std::shared_ptr<Topic> topic, Subscription<RelayMessage> sub,
+                 bool kernel_unsent);
+  std::optional<Refusal> judged(const std::optional<SinkEvent>& event);
+
+  RelayCore& core_;
+  std::shared_ptr<Topic> topic_;
+  Subscription<RelayMessage> sub_;
+  const std::uint64_t id_;
+  const std::string sink_;                // its name for the slow-consumer judge
+  std::atomic<std::uint64_t> unsent_{0};  // read by the scrapes
+  SubscriberSeries series_;               // after sub_: removed before it goes
+  std::vector<RelayMessage> batch_;
+  std::optional<RecvResult<RelayMessage>> held_;  // a gap or the end, due after the batch
+  std::uint64_t gap_lost_ = 0;
+  DropReason gap_reason_ = DropReason::slow_consumer;
+  std::optional<Refusal> end_;
+  std::chrono::steady_clock::time_point write_started_;
+  bool judged_ = false;  // the judge knows this sink
+};
+
+}  // namespace sluice::relay

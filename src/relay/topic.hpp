@@ -1,0 +1,68 @@
+// A topic of the relay (relay-internal): its name, its settings, the Broadcast that holds its
+// items for its subscribers, and the stage behind it (if it declares one).
+//
+// Thread-safety: `name`, `config` and `stage` are set before the topic is shared and never
+// change; `broadcast` is thread-safe.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "refusal.hpp"
+#include "sluice/broadcast.hpp"
+#include "sluice/relay/config.hpp"
+#include "sluice/relay/protocol.hpp"
+#include "stage.hpp"
+
+namespace sluice::relay {
+
+struct Topic {
+  Topic(std::string n, const TopicConfig& c) : name(std::move(n)), config(c), broadcast(make(c)) {}
+  static BroadcastConfig make(const TopicConfig& c) {
+    BroadcastConfig b;
+    b.name = c.name.empty() ? "topic" : c.name;
+    if (c.mode == TopicMode::lossless) {
+      b.mode = BroadcastMode::lossless;
+      b.capacity = 1024;
+      b.default_depth = 1024;  // the byte budget is what binds
+      b.max_bytes = c.max_queue_bytes;
+      b.max_wait = c.max_wait;
+    } else {
+      b.mode = BroadcastMode::lossy;
+      b.capacity = std::max<std::size_t>(2 * c.depth, 8);
+      b.default_depth = c.depth;
+    }
+    return b;
+  }
+
+  /// Why a publish gave up after max_wait: the topic, the slowest subscriber, its bytes, the
+  /// limit, and the settings to change.
+  Refusal full() const {
+    const auto s = broadcast.stats();
+    std::string slowest = "(none)";
+    std::uint64_t bytes = 0;
+    for (const auto& sub : s.subscribers) {
+      if (sub.lag_bytes >= bytes) {
+        bytes = sub.lag_bytes;
+        slowest = sub.name;
+      }
+    }
+    return {RefusalKind::topic_full,
+            "topic '" + name + "' is full: waited " + std::to_string(config.max_wait.count()) +
+                " ms for room; subscriber '" + slowest + "' holds " + std::to_string(bytes) +
+                " bytes of max_queue_bytes " + std::to_string(config.max_queue_bytes) +
+                ". Speed up the consumer, or raise max_queue_bytes (SLUICE_MAX_QUEUE_BYTES) or "
+                "max_wait_ms (SLUICE_MAX_WAIT_MS)",
+            "SLUICE_MAX_WAIT_MS"};
+  }
+
+  const std::string name;
+  const TopicConfig config;
+  Broadcast<RelayMessage> broadcast;
+  std::shared_ptr<Stage> stage;  // when the topic declares one (set before it is shared)
+};
+
+}  // namespace sluice::relay

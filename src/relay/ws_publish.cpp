@@ -1,0 +1,184 @@
+// A producer over WebSocket (/v1/ws/publish/{topic}): binary frames decoded into a
+// PublishSession, its events encoded as JSON text. A frame is read, put into the topic, and
+// only then is the next one read: a full lossless topic holds the socket back, and TCP flow
+// control reaches the producer.
+#include <chrono>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "frame_buffer.hpp"
+#include "publish_session.hpp"
+#include "ws_session.hpp"
+
+namespace sluice::relay {
+
+namespace {
+
+// The JSON event for `e` and its class in the outgoing queue (stage drop notices are
+// critical: never dropped, never behind a frame); nullopt for what WebSocket does not carry.
+std::optional<std::pair<nlohmann::json, Priority>> encode(const PublishEvent& e) {
+  using Kind = PublishEvent::Kind;
+  switch (e.kind) {
+    case Kind::ack:
+      return std::nullopt;
+    case Kind::slow_down:
+      return {{{{"warning", "slow_down"},
+                {"topic", e.topic},
+                {"queue_bytes", e.queue_bytes},
+                {"limit_bytes", e.limit_bytes}},
+               Priority::control}};
+    case Kind::resume:
+      return {{{{"resume", true}, {"queue_bytes", e.queue_bytes}}, Priority::control}};
+    case Kind::dropped: {
+      nlohmann::json j{{"frame_index", e.sequence},
+                       {"dropped", true},
+                       {"reason", std::string(to_string(e.reason))}};
+      if (!e.detail.empty()) j["detail"] = e.detail;
+      return {{std::move(j), Priority::critical}};
+    }
+    case Kind::stage_slow_down:
+      return {{{{"warning", "slow_down"}, {"stage", e.topic}, {"drop_rate", e.drop_rate}},
+               Priority::control}};
+    case Kind::stage_resume:
+      return {
+          {{{"resume", true}, {"stage", e.topic}, {"drop_rate", e.drop_rate}}, Priority::control}};
+  }
+  return std::nullopt;
+}
+
+class WsPublisher final : public WsSession<WsPublisher> {
+ public:
+  // Frames are measured as they arrive (on_read_some), not by Beast's limit.
+  WsPublisher(RelayCore& core, SessionSlot slot, boost::asio::ip::tcp::socket socket,
+              std::unique_ptr<PublishSession> session)
+      : WsSession(core, core.loops.main(), std::move(slot), std::move(socket),
+                  "ws-publisher/" + session->topic().name, {0, 64 * 1024}),
+        session_(std::move(session)) {}
+
+  void launch(HttpServer::Request request) {
+    session_->connect(posted(&WsPublisher::attempt), [w = weak_from_this()](PublishEvent e) {
+      if (auto self = w.lock(); self && !self->ending()) {
+        if (auto refusal = self->session_->stage_event(std::move(e))) self->end(*refusal);
+        self->tell();
+      }
+    });
+    start(std::move(request));
+  }
+  void opened() { read(); }
+
+ private:
+  // Reads into memory the frame's Buffer then owns (FrameBuffer: not zeroed, large blocks
+  // recycled): the payload is never copied. Reads piecemeal so that a frame over the limit is
+  // refused with 1009 and a reason as soon as its size is known (the header of its first
+  // WebSocket frame), before its payload is read.
+  void read() {
+    if (closing_) return;
+    in_.clear();
+    read_some();
+  }
+  void read_some() {
+    // (0: as much as the current WebSocket frame still holds, known once its header is read)
+    ws_.async_read_some(in_, 0,
+                        [self = shared_from_this()](boost::beast::error_code ec, std::size_t) {
+                          self->on_read_some(ec);
+                        });
+  }
+  void on_read_some(boost::beast::error_code ec) {
+    if (ec) return;  // closed (by either side) or gone
+    const std::uint64_t limit = core_.config.max_frame_bytes + ws::kFrameHeaderBytes;
+    const std::uint64_t known = in_.size() + (ws_.is_message_done() ? 0 : ws_.read_size_hint(1));
+    if (known > limit) {
+      // (a close reason holds 123 bytes at most; a fragmented message's size is known only
+      // up to its current WebSocket frame)
+      close(websocket::close_code::too_big, "message of at least " + std::to_string(known) +
+                                                " B; STREAM_MAX_FRAME_SIZE_MB allows " +
+                                                std::to_string(limit) +
+                                                " B (with the 16 B header)");
+      return;
+    }
+    if (!ws_.is_message_done()) {
+      // Room for the rest of the frame at once: the next reads go straight into it, as large
+      // as the socket has (Beast would otherwise grow the buffer from 512 bytes, copying).
+      in_.reserve(known);
+      read_some();
+      return;
+    }
+    on_message();
+  }
+
+  void on_message() {
+    if (ws_.got_text()) {
+      const std::string_view text = in_.view();
+      const bool json = !nlohmann::json::parse(text, nullptr, false).is_discarded();
+      send_event({{"error", json ? "unknown control event (publishers send none yet): " +
+                                       std::string(text.substr(0, 100))
+                                 : std::string("invalid JSON in a text frame")}});
+      read();
+      return;
+    }
+    if (in_.size() < ws::kFrameHeaderBytes) {
+      send_event({{"error", "a frame of " + std::to_string(in_.size()) +
+                                " bytes: binary frames start with a 16-byte header "
+                                "(frame_index u64, timestamp_ns i64, little-endian)"}});
+      read();
+      return;
+    }
+    const Buffer frame = in_.freeze();  // takes the bytes as read; shared from here on
+    const auto head = ws::decode(frame.data());
+    sequence_ = head.index;
+    session_->add(RelayMessage{frame.slice(ws::kFrameHeaderBytes), head.index,
+                               head.timestamp_ns != 0 ? head.timestamp_ns : unix_now_ns()});
+    attempt();
+  }
+
+  // (also a wake-up: the topic has room, or the frame's max_wait is up)
+  void attempt() {
+    if (closing_) return;
+    auto progress = session_->publish();
+    tell();
+    if (!progress) {
+      end(progress.refusal(), sequence_);
+      return;
+    }
+    switch (*progress) {
+      case PublishSession::Progress::all_in:
+        timer_.cancel();
+        read();
+        break;
+      case PublishSession::Progress::waiting:
+        // No read is pending meanwhile to hold the session: a wait on the timer does (until
+        // the frame is in, or the session closes; the loop's end drops it too).
+        timer_.expires_at(std::chrono::steady_clock::time_point::max());
+        timer_.async_wait([self = shared_from_this()](boost::beast::error_code) {});
+        break;
+      case PublishSession::Progress::idle:
+        break;
+    }
+  }
+
+  // Queues the session's events for the producer.
+  void tell() {
+    while (auto e = session_->next_event(/*acks=*/false)) {
+      if (auto event = encode(*e)) send_event(event->first, event->second);
+    }
+  }
+
+  std::unique_ptr<PublishSession> session_;
+  FrameBuffer in_{core_.frames};  // the frame being read
+  std::uint64_t sequence_ = 0;    // the last frame's
+};
+
+}  // namespace
+
+std::optional<HttpResponse> ws_publish(RelayCore& core, SessionSlot slot, const WsRoute& route,
+                                       boost::asio::ip::tcp::socket& socket,
+                                       HttpServer::Request& request) {
+  auto session = std::make_unique<PublishSession>(core, core.loops.main());
+  if (auto refusal = session->open(route.topic)) return http_refusal(*refusal);
+  std::make_shared<WsPublisher>(core, std::move(slot), std::move(socket), std::move(session))
+      ->launch(std::move(request));
+  return std::nullopt;
+}
+
+}  // namespace sluice::relay

@@ -1,0 +1,29 @@
+// A WebSocket upgrade on the relay's HTTP port: which endpoint it asks for, a session slot,
+// then the role's adapter (ws_publish.cpp, ws_subscribe.cpp, ws_work.cpp), which starts the
+// session or refuses the upgrade. Every refusal is an HTTP response from the refusal table.
+#include "ws_upgrade.hpp"
+
+#include "ws_session.hpp"
+
+namespace sluice::relay {
+
+std::optional<HttpResponse> ws_upgrade(RelayCore& core, boost::asio::ip::tcp::socket& socket,
+                                       HttpServer::Request& request) {
+  const auto target =
+      HttpTarget::parse(std::string_view(request.target().data(), request.target().size()));
+  auto route = ws_route(target);
+  if (!route) return http_refusal(route.refusal());
+  auto slot = core.admission.admit();
+  if (!slot) return http_refusal(slot.refusal());
+  switch (route->endpoint) {
+    case WsEndpoint::publish:
+      return ws_publish(core, std::move(*slot), *route, socket, request);
+    case WsEndpoint::subscribe:
+      return ws_subscribe(core, std::move(*slot), *route, target, socket, request);
+    case WsEndpoint::work:
+      return ws_work(core, std::move(*slot), *route, target, socket, request);
+  }
+  return http_refusal({RefusalKind::not_found, "no such WebSocket endpoint"});
+}
+
+}  // namespace sluice::relay
