@@ -1,7 +1,7 @@
 # Sluice: two commands.
 #   make run    set up what is missing, build, start the relay with its embedded defaults
-#   make test   set up what is missing, build, run every test, then the core tests under
-#               ThreadSanitizer and the whole suite under AddressSanitizer + UBSan
+#   make test   set up what is missing, build, run every test, check the lock annotations with
+#               clang, then the core tests under ThreadSanitizer and the whole suite under AddressSanitizer + UBSan
 # Other targets: make build, make bench, make soak, make format, make tidy, make clean.
 
 SHELL        := /bin/bash
@@ -19,7 +19,7 @@ export CCACHE_BASEDIR   := $(CURDIR)
 export CCACHE_NOHASHDIR := 1
 CTEST        := ctest --output-on-failure --timeout 300 -j $(JOBS)
 
-.PHONY: all deps build run demo test test-release test-tsan test-asan soak bench bench-core bench-broadcast bench-relay format tidy clean
+.PHONY: all deps build run demo test test-release check-locks test-tsan test-asan soak bench bench-core bench-broadcast bench-relay format tidy clean
 
 all: build
 
@@ -40,10 +40,15 @@ run: build
 demo: build
 	./build/src/cli/sluice demo
 
-test: test-release test-tsan test-asan
+test: test-release check-locks test-tsan test-asan
 
 test-release: build
 	cd build && $(CTEST)
+
+# clang's thread-safety analysis over the core and the relay: a member annotated
+# SLUICE_GUARDED_BY touched without its lock is an error (include/sluice/detail/thread_annotations.hpp).
+check-locks: build
+	python3 scripts/check-locks.py build
 
 # ThreadSanitizer covers the core (label "core"): everything with threads and atomics; and the
 # relay's WebSocket sessions, whose viewers run on several event-loop threads, and its frame

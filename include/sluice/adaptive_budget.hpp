@@ -37,6 +37,8 @@
 #include <optional>
 #include <string>
 
+#include "sluice/detail/thread_annotations.hpp"
+
 namespace sluice {
 
 struct AdaptiveBudgetConfig {
@@ -96,17 +98,17 @@ class AdaptiveBudget {
   const AdaptiveBudgetConfig& config() const noexcept { return config_; }
 
  private:
-  void adjust_locked(Clock::time_point now);
+  void adjust_locked(Clock::time_point now) SLUICE_REQUIRES(mu_);
 
   const AdaptiveBudgetConfig config_;
   std::atomic<std::size_t> bytes_;
-  mutable std::mutex mu_;
-  std::optional<Clock::time_point> interval_start_;
-  std::optional<Clock::time_point> last_decrease_;
-  std::chrono::nanoseconds interval_max_{0};
-  bool interval_saturated_ = false;
-  bool interval_observed_ = false;
-  AdaptiveBudgetStats stats_;
+  mutable Mutex mu_;
+  std::optional<Clock::time_point> interval_start_ SLUICE_GUARDED_BY(mu_);
+  std::optional<Clock::time_point> last_decrease_ SLUICE_GUARDED_BY(mu_);
+  std::chrono::nanoseconds interval_max_ SLUICE_GUARDED_BY(mu_){0};
+  bool interval_saturated_ SLUICE_GUARDED_BY(mu_) = false;
+  bool interval_observed_ SLUICE_GUARDED_BY(mu_) = false;
+  AdaptiveBudgetStats stats_ SLUICE_GUARDED_BY(mu_);
 };
 
 }  // namespace sluice

@@ -40,6 +40,7 @@
 #include <string_view>
 #include <vector>
 
+#include "sluice/detail/thread_annotations.hpp"
 #include "sluice/drop_reason.hpp"
 
 namespace sluice {
@@ -130,21 +131,21 @@ class FrameGate {
 
  private:
   enum class Outcome : std::uint8_t { admitted, pressure, shed };
-  double rate(std::uint64_t drops) const noexcept;
+  double rate(std::uint64_t drops) const noexcept SLUICE_REQUIRES(mu_);
 
   const FrameGateConfig config_;
-  mutable std::mutex mu_;
-  std::vector<Outcome> window_;  // ring of the last window_frames outcomes
-  std::size_t window_next_ = 0;
-  std::size_t window_len_ = 0;
-  std::uint64_t window_pressure_ = 0;  // pressure drops in the window
-  std::uint64_t window_shed_ = 0;      // shed drops in the window
-  std::uint64_t in_flight_ = 0;
-  double smoothed_ns_ = 0;  // 0 until the first done()
-  std::optional<Clock::time_point> last_admit_;
-  GateState state_ = GateState::normal;
-  bool slow_down_armed_ = true;
-  FrameGateStats stats_;
+  mutable Mutex mu_;
+  std::vector<Outcome> window_ SLUICE_GUARDED_BY(mu_);  // ring of the last window_frames outcomes
+  std::size_t window_next_ SLUICE_GUARDED_BY(mu_) = 0;
+  std::size_t window_len_ SLUICE_GUARDED_BY(mu_) = 0;
+  std::uint64_t window_pressure_ SLUICE_GUARDED_BY(mu_) = 0;  // pressure drops in the window
+  std::uint64_t window_shed_ SLUICE_GUARDED_BY(mu_) = 0;      // shed drops in the window
+  std::uint64_t in_flight_ SLUICE_GUARDED_BY(mu_) = 0;
+  double smoothed_ns_ SLUICE_GUARDED_BY(mu_) = 0;  // 0 until the first done()
+  std::optional<Clock::time_point> last_admit_ SLUICE_GUARDED_BY(mu_);
+  GateState state_ SLUICE_GUARDED_BY(mu_) = GateState::normal;
+  bool slow_down_armed_ SLUICE_GUARDED_BY(mu_) = true;
+  FrameGateStats stats_ SLUICE_GUARDED_BY(mu_);
 };
 
 }  // namespace sluice

@@ -31,6 +31,7 @@
 #include <utility>
 #include <vector>
 
+#include "sluice/detail/thread_annotations.hpp"
 #include "sluice/histogram.hpp"
 
 namespace sluice::metrics {
@@ -111,10 +112,11 @@ class Registry {
     Type type = Type::counter;
     std::map<std::string, Series> series;  // key: rendered labels
   };
-  Series& series(std::string_view name, std::string_view help, Type type, const Labels& labels);
+  Series& series(std::string_view name, std::string_view help, Type type, const Labels& labels)
+      SLUICE_REQUIRES(mu_);
 
-  mutable std::mutex mu_;
-  std::map<std::string, Family, std::less<>> families_;
+  mutable Mutex mu_;
+  std::map<std::string, Family, std::less<>> families_ SLUICE_GUARDED_BY(mu_);
 };
 
 /// Escapes a label value for the exposition format: \ → \\, " → \", newline → \n.

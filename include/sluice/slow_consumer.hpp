@@ -30,6 +30,8 @@
 #include <string_view>
 #include <vector>
 
+#include "sluice/detail/thread_annotations.hpp"
+
 namespace sluice {
 
 enum class SlowAction : std::uint8_t {
@@ -95,11 +97,11 @@ class SlowConsumerDetector {
     SinkHealth health;
   };
   std::optional<SinkEvent> record(std::string_view name, bool timed_out,
-                                  std::chrono::nanoseconds duration);
+                                  std::chrono::nanoseconds duration) SLUICE_EXCLUDES(mu_);
 
   const SlowConsumerConfig config_;
-  mutable std::mutex mu_;
-  std::map<std::string, Sink, std::less<>> sinks_;
+  mutable Mutex mu_;
+  std::map<std::string, Sink, std::less<>> sinks_ SLUICE_GUARDED_BY(mu_);
 };
 
 }  // namespace sluice

@@ -38,7 +38,7 @@ AdaptiveBudget::AdaptiveBudget(AdaptiveBudgetConfig config)
 
 std::size_t AdaptiveBudget::observe(std::chrono::nanoseconds queueing_latency,
                                     Clock::time_point now) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (!interval_start_) interval_start_ = now;
   ++stats_.observations;
   // An item queued before the last decrease waited in the queue that decrease is draining: it
@@ -52,7 +52,7 @@ std::size_t AdaptiveBudget::observe(std::chrono::nanoseconds queueing_latency,
 }
 
 void AdaptiveBudget::saturated(Clock::time_point now) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (!interval_start_) interval_start_ = now;
   interval_saturated_ = true;
   adjust_locked(now);
@@ -81,7 +81,7 @@ void AdaptiveBudget::adjust_locked(Clock::time_point now) {
 }
 
 AdaptiveBudgetStats AdaptiveBudget::stats() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   AdaptiveBudgetStats s = stats_;
   s.bytes = bytes_.load(std::memory_order_relaxed);
   return s;

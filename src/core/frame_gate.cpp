@@ -95,7 +95,7 @@ double FrameGate::rate(std::uint64_t drops) const noexcept {
 }
 
 Admission FrameGate::admit(std::uint64_t frame_index, Clock::time_point now) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Admission a;
   a.frame_index = frame_index;
   ++stats_.offered;
@@ -164,7 +164,7 @@ Admission FrameGate::admit(std::uint64_t frame_index, Clock::time_point now) {
 }
 
 void FrameGate::done(std::uint64_t /*frame_index*/, std::chrono::nanoseconds processing_time) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (in_flight_ > 0) --in_flight_;
   ++stats_.done;
   const auto t = static_cast<double>(processing_time.count());
@@ -173,13 +173,13 @@ void FrameGate::done(std::uint64_t /*frame_index*/, std::chrono::nanoseconds pro
 }
 
 void FrameGate::abandon(std::uint64_t /*frame_index*/) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (in_flight_ > 0) --in_flight_;
   ++stats_.abandoned;
 }
 
 FrameGateStats FrameGate::stats() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   FrameGateStats s = stats_;
   s.state = state_;
   s.drop_rate = rate(window_pressure_ + window_shed_);

@@ -167,14 +167,14 @@ Registry::Series& Registry::series(std::string_view name, std::string_view help,
 }
 
 Counter& Registry::counter(std::string_view name, std::string_view help, const Labels& labels) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Series& s = series(name, help, Type::counter, labels);
   if (!s.counter) s.counter = std::make_unique<Counter>();
   return *s.counter;
 }
 
 Gauge& Registry::gauge(std::string_view name, std::string_view help, const Labels& labels) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Series& s = series(name, help, Type::gauge, labels);
   if (!s.gauge) s.gauge = std::make_unique<Gauge>();
   return *s.gauge;
@@ -182,7 +182,7 @@ Gauge& Registry::gauge(std::string_view name, std::string_view help, const Label
 
 LatencyHistogram& Registry::histogram(std::string_view name, std::string_view help,
                                       const Labels& labels) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Series& s = series(name, help, Type::histogram, labels);
   if (!s.histogram) s.histogram = std::make_unique<LatencyHistogram>();
   return *s.histogram;
@@ -190,20 +190,20 @@ LatencyHistogram& Registry::histogram(std::string_view name, std::string_view he
 
 void Registry::gauge_fn(std::string_view name, std::string_view help, const Labels& labels,
                         std::function<double()> read) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Series& s = series(name, help, Type::gauge, labels);
   s.read = std::move(read);
 }
 
 void Registry::counter_fn(std::string_view name, std::string_view help, const Labels& labels,
                           std::function<double()> read) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Series& s = series(name, help, Type::counter, labels);
   s.read = std::move(read);
 }
 
 bool Registry::remove(std::string_view name, const Labels& labels) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = families_.find(name);
   if (it == families_.end()) return false;
   Labels sorted = labels;
@@ -214,7 +214,7 @@ bool Registry::remove(std::string_view name, const Labels& labels) {
 }
 
 std::string Registry::prometheus_text() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   std::string out;
   for (const auto& [name, family] : families_) {
     out += "# HELP " + name + " " + escape_help(family.help) + "\n";
@@ -254,7 +254,7 @@ std::string Registry::prometheus_text() const {
 }
 
 std::string Registry::json() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   nlohmann::json root = nlohmann::json::object();
   for (const auto& [name, family] : families_) {
     nlohmann::json f;

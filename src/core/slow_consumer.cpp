@@ -49,7 +49,7 @@ std::optional<SinkEvent> SlowConsumerDetector::record_timeout(std::string_view s
 
 std::optional<SinkEvent> SlowConsumerDetector::record(std::string_view name, bool timed_out,
                                                       std::chrono::nanoseconds duration) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = sinks_.find(name);
   if (it == sinks_.end()) {
     it = sinks_.emplace(std::string(name), Sink{}).first;
@@ -105,18 +105,18 @@ std::optional<SinkEvent> SlowConsumerDetector::record(std::string_view name, boo
 }
 
 void SlowConsumerDetector::remove(std::string_view sink) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (auto it = sinks_.find(sink); it != sinks_.end()) sinks_.erase(it);
 }
 
 bool SlowConsumerDetector::is_slow(std::string_view sink) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   const auto it = sinks_.find(sink);
   return it != sinks_.end() && it->second.health.slow;
 }
 
 std::vector<SinkHealth> SlowConsumerDetector::health() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   std::vector<SinkHealth> out;
   out.reserve(sinks_.size());
   for (const auto& [name, s] : sinks_) out.push_back(s.health);

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "sluice/buffer.hpp"
+#include "sluice/detail/thread_annotations.hpp"
 
 namespace sluice::relay {
 
@@ -49,7 +50,7 @@ class FramePool {
   // its size again, else a new one. Its bytes are whatever they were.
   FrameBlock take(std::size_t capacity) {
     if (capacity >= kMinPooledBytes) {
-      std::lock_guard lock(st_->mu);
+      MutexLock lock(st_->mu);
       auto& spare = st_->spare;
       auto best = spare.end();
       for (auto it = spare.begin(); it != spare.end(); ++it) {
@@ -84,7 +85,7 @@ class FramePool {
 
   // Bytes kept for reuse now (/metrics: sluice_frame_pool_spare_bytes).
   std::size_t spare_bytes() const {
-    std::lock_guard lock(st_->mu);
+    MutexLock lock(st_->mu);
     return st_->spare_bytes;
   }
 
@@ -92,14 +93,14 @@ class FramePool {
   struct State {
     explicit State(std::size_t max) : max_spare_bytes(max) {}
     void give_back(FrameBlock&& b) {
-      std::lock_guard lock(mu);
+      MutexLock lock(mu);
       if (b.bytes == nullptr || spare_bytes + b.capacity > max_spare_bytes) return;
       spare_bytes += b.capacity;
       spare.push_back(std::move(b));
     }
-    std::mutex mu;
-    std::vector<FrameBlock> spare;  // guarded by mu
-    std::size_t spare_bytes = 0;    // guarded by mu
+    Mutex mu;
+    std::vector<FrameBlock> spare SLUICE_GUARDED_BY(mu);
+    std::size_t spare_bytes SLUICE_GUARDED_BY(mu) = 0;
     const std::size_t max_spare_bytes;
   };
   std::shared_ptr<State> st_;

@@ -12,6 +12,14 @@ namespace sluice::relay {
 
 namespace {
 
+// A stage's signal (SlowDown or Resume) names the stage and its drop rate.
+template <class Signal>
+void encode_stage(Signal* signal, PublishEvent& e) {
+  signal->set_topic(e.topic);
+  signal->set_stage(std::move(e.topic));
+  signal->set_drop_rate(e.drop_rate);
+}
+
 void encode(PublishEvent& e, v1::PublishEvent& out) {
   using Kind = PublishEvent::Kind;
   switch (e.kind) {
@@ -37,21 +45,13 @@ void encode(PublishEvent& e, v1::PublishEvent& out) {
       d->set_detail(std::move(e.detail));
       break;
     }
-    case Kind::stage_slow_down: {
-      auto* s = out.mutable_slow_down();
-      s->set_topic(e.topic);
-      s->set_stage(std::move(e.topic));
-      s->set_drop_rate(e.drop_rate);
-      s->set_reason(std::move(e.detail));
+    case Kind::stage_slow_down:
+      encode_stage(out.mutable_slow_down(), e);
+      out.mutable_slow_down()->set_reason(std::move(e.detail));
       break;
-    }
-    case Kind::stage_resume: {
-      auto* r = out.mutable_resume();
-      r->set_topic(e.topic);
-      r->set_stage(std::move(e.topic));
-      r->set_drop_rate(e.drop_rate);
+    case Kind::stage_resume:
+      encode_stage(out.mutable_resume(), e);
       break;
-    }
   }
 }
 
@@ -88,11 +88,7 @@ class PublishReactor final
 
   void OnWriteDone(bool ok) override {
     MutexLock lock(mu_);
-    writing_ = false;
-    if (!ok) {
-      finish(grpc::Status(grpc::StatusCode::CANCELLED, "producer went away"));
-      return;
-    }
+    if (!written(ok, "producer")) return;
     write_next();
     maybe_finish();
   }
@@ -174,7 +170,6 @@ class PublishReactor final
   v1::PublishRequest req_;  // the read in flight
   PublishSession session_ SLUICE_GUARDED_BY(mu_);
   v1::PublishEvent out_;  // the write in flight
-  bool writing_ SLUICE_GUARDED_BY(mu_) = false;
   bool reads_done_ SLUICE_GUARDED_BY(mu_) = false;
 };
 

@@ -13,6 +13,7 @@
 
 #include <functional>
 #include <memory>
+#include <string>
 #include <utility>
 
 #include "refusal.hpp"
@@ -121,9 +122,17 @@ class GuardedReactor : public Reactor {
     this->Finish(status);
   }
   void before_finish() {}  // a derived reactor's hook (trailing metadata), caller holds mu_
+  // A write completed: false (and the call finished, CANCELLED) if `peer` went away.
+  bool written(bool ok, const char* peer) SLUICE_REQUIRES(mu_) {
+    writing_ = false;
+    if (ok) return true;
+    finish(grpc::Status(grpc::StatusCode::CANCELLED, std::string(peer) + " went away"));
+    return false;
+  }
 
   Mutex mu_;
   bool finished_ SLUICE_GUARDED_BY(mu_) = false;
+  bool writing_ SLUICE_GUARDED_BY(mu_) = false;  // one write in flight at most
 
  private:
   std::shared_ptr<Guard<GuardedReactor>> guard_;

@@ -23,11 +23,7 @@ class SubscribeReactor final
   void OnWriteDone(bool ok) override {
     {
       MutexLock lock(mu_);
-      writing_ = false;
-      if (!ok) {
-        finish(grpc::Status(grpc::StatusCode::CANCELLED, "subscriber went away"));
-        return;
-      }
+      if (!written(ok, "subscriber")) return;
     }
     pump();
   }
@@ -86,7 +82,6 @@ class SubscribeReactor final
   SessionSlot slot_;
   const std::unique_ptr<SubscriberPump> pump_;  // its calls are serialized by mu_
   v1::SubscribeEvent event_;                    // the write in flight
-  bool writing_ SLUICE_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace

@@ -41,11 +41,7 @@ class WorkReactor final
 
   void OnWriteDone(bool ok) override {
     MutexLock lock(mu_);
-    writing_ = false;
-    if (!ok) {
-      finish(grpc::Status(grpc::StatusCode::CANCELLED, "worker went away"));
-      return;
-    }
+    if (!written(ok, "worker")) return;
     if (reads_done_) {
       finish(grpc::Status::OK);
       return;
@@ -129,7 +125,6 @@ class WorkReactor final
   std::deque<RelayMessage> to_send_ SLUICE_GUARDED_BY(mu_);
   std::deque<std::string> errors_ SLUICE_GUARDED_BY(mu_);      // about the worker's messages
   std::optional<WorkerJoined> joined_ SLUICE_GUARDED_BY(mu_);  // the joined event, when due
-  bool writing_ SLUICE_GUARDED_BY(mu_) = false;
   bool reads_done_ SLUICE_GUARDED_BY(mu_) = false;
 };
 
