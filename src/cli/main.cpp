@@ -145,9 +145,10 @@ int main(int argc, char** argv) {
   worker_cmd->add_option("--name", worker.name, "The worker's name in the relay's metrics");
   worker_cmd->add_option("--concurrency", worker.concurrency, "Frames sent before an answer")
       ->check(CLI::Range(1U, 1024U));
-  worker_cmd->add_option("--width", worker.width, "Frame width in pixels (0: one row)");
-  worker_cmd->add_option("--height", worker.height, "Frame height in pixels (0: from the size)");
-  worker_cmd->add_option("--downscale", worker.downscale, "Downscale factor per direction")
+  sluice::cli::ImageModelOptions model;
+  worker_cmd->add_option("--width", model.width, "Frame width in pixels (0: one row)");
+  worker_cmd->add_option("--height", model.height, "Frame height in pixels (0: from the size)");
+  worker_cmd->add_option("--downscale", model.downscale, "Downscale factor per direction")
       ->check(CLI::Range(1U, 64U));
   std::int64_t delay_ms = 0;
   worker_cmd
@@ -157,8 +158,8 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   if (worker_cmd->parsed()) {
-    worker.delay = std::chrono::milliseconds(delay_ms);
-    return sluice::cli::run_worker(worker);
+    model.delay = std::chrono::milliseconds(delay_ms);
+    return sluice::cli::run_worker(worker, model);
   }
   if (pub_cmd->parsed()) return sluice::cli::run_pub(pub);
   if (sub_cmd->parsed()) return sluice::cli::run_sub(sub);

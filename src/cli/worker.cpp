@@ -9,14 +9,15 @@
 
 namespace sluice::cli {
 
-int run_worker(const StageWorkerOptions& options) {
+int run_worker(const StageWorkerOptions& options, const ImageModelOptions& model_options) {
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGUSR1);                   // (sent to itself when the relay ended the run)
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // before any thread starts
-  StageWorker worker(options);
+  const ImageModel model(model_options);
+  StageWorker worker(options, [&model](const WorkFrame& frame) { return model(frame); });
   try {
     worker.connect();
   } catch (const std::exception& e) {
@@ -38,7 +39,7 @@ int run_worker(const StageWorkerOptions& options) {
   waiter.join();
   std::printf("{\"event\":\"stopped\",\"processed\":%llu,\"refused\":%llu,\"why\":\"%s\"}\n",
               static_cast<unsigned long long>(worker.processed()),
-              static_cast<unsigned long long>(worker.refused()), why.c_str());
+              static_cast<unsigned long long>(worker.failed()), why.c_str());
   return 0;
 }
 

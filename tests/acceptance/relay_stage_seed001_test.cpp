@@ -20,6 +20,7 @@
 #include "../integration/loopback.hpp"
 #include "../integration/ws_async.hpp"
 #include "../integration/ws_client.hpp"
+#include "image_model.hpp"
 #include "sluice/relay/server.hpp"
 #include "sluice/client/stage_worker.hpp"
 
@@ -62,16 +63,22 @@ RelayConfig stage_relay(double fps, std::size_t max_in_flight) {
 // A worker on its own thread.
 struct RunningWorker {
   RunningWorker(std::uint16_t port, const std::string& name, std::chrono::milliseconds delay)
-      : worker([&] {
-          StageWorkerOptions o;
-          o.port = port;
-          o.topic = "camera";
-          o.name = name;
+      : model([&] {
+          cli::ImageModelOptions o;
           o.width = kWidth;
           o.height = kHeight;
           o.delay = delay;
           return o;
-        }()) {
+        }()),
+        worker(
+            [&] {
+              StageWorkerOptions o;
+              o.port = port;
+              o.topic = "camera";
+              o.name = name;
+              return o;
+            }(),
+            [this](const WorkFrame& f) { return model(f); }) {
     worker.connect();
     thread = std::thread([this] { why = worker.run(); });
   }
@@ -79,6 +86,7 @@ struct RunningWorker {
     worker.stop();
     thread.join();
   }
+  cli::ImageModel model;
   StageWorker worker;
   std::string why;
   std::thread thread;
@@ -156,7 +164,7 @@ TEST(Seed001, DropNoticesForExactlyTheDroppedFramesSlowDownThenResumeNoRunaway) 
   const std::size_t events_before_speed_up = camera.events().size();
 
   // 2) The model gets faster: the client is told to resume, and drops all but stop.
-  worker.worker.set_delay(0ms);
+  worker.model.set_delay(0ms);
   constexpr std::uint64_t kFastFrames = 180;
   publish(camera, kSlowFrames, kSlowFrames + kFastFrames, 30);
   constexpr std::uint64_t kTotal = kSlowFrames + kFastFrames;

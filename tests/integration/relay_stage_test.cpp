@@ -6,11 +6,13 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <thread>
 
+#include "image_model.hpp"
 #include "loopback.hpp"
 #include "sluice/relay/server.hpp"
 #include "sluice/client/stage_worker.hpp"
@@ -83,8 +85,14 @@ StageWorkerOptions worker_options(std::uint16_t port, const std::string& name) {
   o.port = port;
   o.topic = "camera";
   o.name = name;
-  o.downscale = 1;
   return o;
+}
+
+// What `sluice worker` runs: a frame is one row of RGB pixels, kept at full size.
+WorkHandler image_model() {
+  cli::ImageModelOptions o;
+  o.downscale = 1;
+  return [model = std::make_shared<cli::ImageModel>(o)](const WorkFrame& f) { return (*model)(f); };
 }
 
 TEST(RelayStage, AWorkerForATopicWithoutAStageIsRefusedWith404) {
@@ -98,12 +106,13 @@ TEST(RelayStage, AWorkerForATopicWithoutAStageIsRefusedWith404) {
   // And the example worker says what the relay answered.
   StageWorkerOptions o = worker_options(relay.http_port(), "w");
   o.topic = "plain";
-  StageWorker worker(o);
+  StageWorker worker(o, image_model());
   try {
     worker.connect();
     FAIL() << "joined a topic without a stage";
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("HTTP 404"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("has no stage"), std::string::npos) << e.what();
   }
 }
 
@@ -230,7 +239,7 @@ TEST(RelayStage, AWorkerThatVanishesMidStreamCostsNoSilentLoss) {
   const auto port = relay.http_port();
   AsyncWs hole;  // takes frames, never answers
   ASSERT_TRUE(hole.connect(port, "/v1/ws/work/camera?name=hole&concurrency=2"));
-  StageWorker real(worker_options(port, "real"));
+  StageWorker real(worker_options(port, "real"), image_model());
   real.connect();
   std::thread serving([&] { real.run(); });
   AsyncWs viewer;
@@ -279,7 +288,7 @@ TEST(RelayStage, AFrameHeldPastTheTaskTimeoutGoesToAnotherWorker) {
   ASSERT_TRUE(testing::wait_for_sessions(port, 3));
   camera.send(frame(5, 0, "pixels"));
   ASSERT_TRUE(stalled.wait([](const Messages& ms) { return count_binary(ms) == 1; }, 5s));
-  StageWorker real(worker_options(port, "real"));
+  StageWorker real(worker_options(port, "real"), image_model());
   real.connect();
   std::thread serving([&] { real.run(); });
   ASSERT_TRUE(viewer.wait([](const Messages& ms) { return count_binary(ms) == 1; }, 5s))

@@ -1,23 +1,23 @@
 // Sluice — StageWorker: a worker for a relay topic's processing stage, over WebSocket
-// (/v1/ws/work/{topic}); what `sluice worker` runs. See docs/stages.md.
+// (/v1/ws/work/{topic}). See docs/stages.md.
 //
-// It receives frames (binary: the 16-byte header, then an RGB image of width x height x 3
-// bytes, row-major) and answers each with a result that carries the frame's header, then
-//   {"width":W,"height":H,"mean":M}\n   one line of JSON: the output size and mean brightness
-//   W x H bytes                          the frame in grayscale (BT.601 luma), downscaled by
-//                                        `downscale` in each direction (box filter)
-// A frame whose size does not match width x height x 3 is answered with
-// {"frame_index":N,"error":"..."} (the relay re-routes it to another worker or fails it and
-// tells its publisher). `delay` adds a wait before each answer, to play a slow model (the
-// setting that demonstrates gating); set_delay() changes it while running.
+// It joins the stage, then hands each frame the relay sends to a handler and answers with
+// what the handler returns (a result carrying the frame's header, published by the relay to
+// the stage's results topic). A handler that throws std::exception fails that frame: the
+// relay gets {"frame_index":N,"error":what()} and re-routes the frame to another worker or
+// drops it with worker_failed, telling its producer.
+//
+// Ordering and credit: frames are handled one at a time, in the order they arrive; the relay
+// sends at most `concurrency` unanswered.
 //
 // Threading: run() serves on the calling thread until stop() (from any thread) or until the
-// relay closes the socket. set_delay(), stop() and the counters are thread-safe.
+// relay closes the socket; the handler runs on that thread. stop() and the counters are
+// thread-safe.
 #pragma once
 
 #include <atomic>
-#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -29,50 +29,46 @@ struct StageWorkerOptions {
   std::uint16_t port = 7401;  // the relay's HTTP port
   std::string topic;          // a topic with a stage
   std::string name = "worker";
-  std::uint32_t concurrency = 1;  // frames the relay may send before an answer
-  unsigned width = 0;             // 0: the frame is one row (width = bytes / 3)
-  unsigned height = 0;            // 0: 1 (with width 0) or bytes / 3 / width
-  unsigned downscale = 4;
-  std::chrono::milliseconds delay{0};
+  std::uint32_t concurrency = 1;  // frames the relay may send before an answer (1-1024)
 };
 
-/// The image part of a result: grayscale, downscaled, and its mean brightness (0–255).
-/// Throws std::invalid_argument if `rgb` is not width x height x 3 bytes.
-struct GrayImage {
-  unsigned width = 0;
-  unsigned height = 0;
-  double mean = 0;
-  std::string pixels;
+/// A frame to process: its sequence and timestamp (the producer's) and its payload (valid
+/// during the handler's call).
+struct WorkFrame {
+  std::uint64_t sequence = 0;
+  std::int64_t timestamp_ns = 0;
+  std::string_view payload;
 };
-GrayImage grayscale_downscale(std::string_view rgb, unsigned width, unsigned height,
-                              unsigned factor);
+
+/// The result payload for a frame; throw std::exception to fail it.
+using WorkHandler = std::function<std::string(const WorkFrame& frame)>;
 
 class StageWorker {
  public:
-  explicit StageWorker(StageWorkerOptions options);
+  StageWorker(StageWorkerOptions options, WorkHandler handler);
   ~StageWorker();
   StageWorker(const StageWorker&) = delete;
   StageWorker& operator=(const StageWorker&) = delete;
   StageWorker(StageWorker&&) = delete;  // run() on one thread, stop() on another: a fixed address
   StageWorker& operator=(StageWorker&&) = delete;
 
-  /// Connects and joins the stage; throws std::runtime_error with the relay's answer (HTTP
-  /// status and body) if it refuses.
+  /// Connects and joins the stage; throws std::runtime_error with the relay's answer ("HTTP
+  /// 404: topic 'x' has no stage ...", read from the refused handshake) if it refuses.
   void connect();
   /// Serves frames until stop() or the relay closes; returns why it ended.
   std::string run();
   void stop();
-  void set_delay(std::chrono::milliseconds delay) { delay_ms_.store(delay.count()); }
 
+  /// Frames answered with a result / failed by the handler.
   std::uint64_t processed() const noexcept { return processed_.load(); }
-  std::uint64_t refused() const noexcept { return refused_.load(); }
+  std::uint64_t failed() const noexcept { return failed_.load(); }
 
  private:
   struct Impl;
   StageWorkerOptions options_;
-  std::atomic<std::int64_t> delay_ms_;
+  WorkHandler handler_;
   std::atomic<std::uint64_t> processed_{0};
-  std::atomic<std::uint64_t> refused_{0};
+  std::atomic<std::uint64_t> failed_{0};
   std::unique_ptr<Impl> impl_;
 };
 
