@@ -55,8 +55,8 @@
 #include "sluice/client/client.hpp"
 #include "sluice/histogram.hpp"
 #include "sluice/latency.hpp"
-#include "sluice/relay/server.hpp"
 #include "sluice/relay/protocol.hpp"
+#include "sluice/relay/server.hpp"
 
 extern char** environ;
 

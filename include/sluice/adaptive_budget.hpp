@@ -1,5 +1,4 @@
-// Sluice — AdaptiveBudget: a byte budget that moves to hold a target queueing latency
-// (seed 000, "adaptive backpressure").
+// Sluice — AdaptiveBudget: a byte budget that moves to hold a target queueing latency.
 //
 // A fixed byte budget is right for one consumer speed only: too small and a fast consumer
 // starves between bursts, too large and a slow one lets latency grow with the queue. An

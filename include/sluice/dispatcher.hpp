@@ -1,5 +1,4 @@
-// Sluice — Dispatcher<T>: routes work items to registered workers with credits (seed 002,
-// "GPU provider flow control", corrected).
+// Sluice — Dispatcher<T>: routes work items to registered workers with credits.
 //
 // A stage (inference, encoding, any slow transform) is served by workers that join and leave
 // at any time. Each worker joins through an RAII handle (Dispatcher::Worker) and declares:

@@ -1,4 +1,4 @@
-// Sluice — FrameGate: admission control for real-time frames (seed 001, corrected).
+// Sluice — FrameGate: admission control for real-time frames.
 //
 // A gate sits in front of a stage that processes frames (inference, encoding, a socket) and
 // decides, for each arriving frame, whether the stage gets it. It never queues: a frame is
@@ -22,8 +22,9 @@
 // `slow_down{drop_rate}` once; returning to normal after that emits `resume` and re-arms
 // slow_down. The 30 % / 10 % gap is the hysteresis: the signals do not flap.
 //
-// Why not the seed's rule: it dropped every frame once the *cumulative* drop rate passed 10 %,
-// and since dropping raises that rate, it never admitted a frame again (a runaway). Here the
+// Why not a cumulative rate: a gate that drops every frame once the *cumulative* drop rate
+// passes 10 %
+// raises that rate by dropping, and never admits a frame again (a runaway). Here the
 // rate is over a sliding window and shed frames are not pressure, so the gate recovers.
 //
 // Time is a parameter (`now`), so tests replay scenarios deterministically; the overloads

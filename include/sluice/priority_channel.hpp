@@ -1,4 +1,4 @@
-// Sluice — PriorityChannel<T>: a bounded channel with four priority classes (seed 002, fixed).
+// Sluice — PriorityChannel<T>: a bounded channel with four priority classes.
 //
 // Contract
 // - Classes, most important first: control > critical > important > bulk. Each class has its
@@ -11,7 +11,7 @@
 // - `critical` and `control` are never dropped: when there is no room for them (their class
 //   budget is full, or everything queued is critical/control) their producer waits up to its
 //   deadline (config `protected_full = block`, then `timeout`) or is answered `would_block` at
-//   once (`reject`). The seed's deque(maxlen=...) silently evicted critical messages; a test
+//   once (`reject`). A bounded deque (maxlen) silently evicts critical messages; a test
 //   proves this one never does.
 // - Receive order: the most important non-empty class first, FIFO within a class, with one
 //   anti-starvation rule: a class that has items and was passed over `starvation_limit`

@@ -1,4 +1,4 @@
-// Sluice — ReceiveSet<T>: fair receive across several channels (seed 000).
+// Sluice — ReceiveSet<T>: fair receive across several channels.
 //
 // A consumer that serves several sources (a camera and its telemetry, many producers' own
 // channels) wants one receive call, and wants a flooding source not to starve a quiet one.

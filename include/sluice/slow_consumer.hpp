@@ -1,5 +1,5 @@
 // Sluice — SlowConsumerDetector: tells which sinks (sockets, subscribers, workers) cannot keep
-// up, from the durations of their writes (seeds 002 and 003).
+// up, from the durations of their writes.
 //
 // Feed it every write to a sink: record_write(sink, duration) when a write completed, or
 // record_timeout(sink) each time a write was pending for a send timeout (a write still pending
@@ -8,7 +8,7 @@
 //     `window_writes` (default: 5 over 500 ms among the last 20). A sink that keeps up, only
 //     late, is slow: the policy's `action` (default drop: keep it, it loses data while slow).
 //   - stalled: `consecutive_timeouts` timeouts with no write completing in between (default 10;
-//     seed 003 used 100 ms sends): the sink is not draining at all. The policy's
+//     with 100 ms sends, a second): the sink is not draining at all. The policy's
 //     `stall_action` (default disconnect). A sink already slow can still stall: the stall is
 //     reported, once per run of timeouts (a completed write ends the run).
 // A slow sink is healthy again after `healthy_after` good writes in a row (default 20); its

@@ -56,7 +56,8 @@ std::string ImageModel::operator()(const WorkFrame& frame) const {
   const unsigned height =
       options_.height != 0 ? options_.height : (width != 0 ? pixels / width : 0);
   const GrayImage g = grayscale_downscale(frame.payload, width, height, options_.downscale);
-  std::string out = nlohmann::json{{"width", g.width}, {"height", g.height}, {"mean", g.mean}}.dump();
+  std::string out =
+      nlohmann::json{{"width", g.width}, {"height", g.height}, {"mean", g.mean}}.dump();
   out += '\n';
   out += g.pixels;
   return out;

@@ -306,7 +306,7 @@ class CoalescingSocket {
   // The completion condition of every write here: all the bytes, offered to the kernel in as
   // few system calls as it takes them. Asio's own conditions (asio::write's default included)
   // offer at most 64 KiB per call: a 1 MiB frame took 16 calls, each a turn of the event loop
-  // between them, and viewers on one loop had their frames interleaved 64 KiB at a time, so
+  // between them, and subscribers on one loop had their frames interleaved 64 KiB at a time, so
   // that every frame of the round finished late.
   static std::size_t all_at_once(const error_code& ec, std::size_t /*written*/) {
     return ec ? 0 : kMaxWriteCall;

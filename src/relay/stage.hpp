@@ -1,6 +1,6 @@
-// The relay's processing stage behind a topic (seed 001 + seed 002 "GPU provider flow
-// control"): each frame a publisher sends to the topic is offered to a FrameGate; an admitted
-// frame goes to a Dispatcher, which hands it to a worker (joined over /v1/ws/work/{topic});
+// The relay's processing stage behind a topic: each frame a publisher sends to the topic is
+// offered to a FrameGate; an admitted frame goes to a Dispatcher, which hands it to a worker
+// (joined over WebSocket or gRPC: WorkerSession);
 // the worker's result is published to the results topic. Every frame the gate or the
 // dispatcher refuses, and every frame the workers fail, is told to the publisher that sent it
 // (a drop notice with the frame index and the reason) and counted by reason in /metrics; the
@@ -8,7 +8,7 @@
 //
 // Thread-safety: every member may be called from any thread (the gate and the dispatcher lock
 // themselves). Listener callbacks run on the thread of the call that caused them and must not
-// block (the WebSocket publisher posts to its I/O thread).
+// block (a PublishSession's listener posts to its loop).
 #pragma once
 
 #include <array>
@@ -33,9 +33,9 @@ namespace sluice::relay {
 class StageListener {
  public:
   virtual ~StageListener() = default;
-  /// Frame `frame_index` will not be processed: `reason` (frame_late, drop_rate, in_flight,
+  /// Item `sequence` will not be processed: `reason` (frame_late, drop_rate, in_flight,
   /// overflow, no_worker, worker_failed) and, for the dispatcher's, what happened.
-  virtual void stage_dropped(std::uint64_t frame_index, DropReason reason,
+  virtual void stage_dropped(std::uint64_t sequence, DropReason reason,
                              const std::string& detail) = 0;
   /// The gate turned critical (slow_down) or back to normal (resume).
   virtual void stage_signal(const GateSignal& signal) = 0;

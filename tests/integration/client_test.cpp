@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "loopback.hpp"
+#include "relay_scene.hpp"
 #include "sluice/relay/server.hpp"
 
 namespace sluice {
@@ -28,14 +29,8 @@ using client::SubscriberOptions;
 constexpr int kResourceExhausted = 8;
 constexpr int kNotFound = 5;
 
-struct Relay {
-  explicit Relay(RelayConfig c) : server(testing::loopback(std::move(c))) {
-    server.start();
-    target = "127.0.0.1:" + std::to_string(server.grpc_port());
-  }
-  RelayServer server;
-  std::string target;
-};
+// The relay on loopback (see relay_scene.hpp).
+using Relay = testing::RelayScene;
 
 PublisherOptions pub_options(const Relay& relay, const std::string& topic) {
   PublisherOptions o;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "loopback.hpp"
+#include "relay_scene.hpp"
 #include "sluice/relay/server.hpp"
 #include "sluice/v1/relay.grpc.pb.h"
 
@@ -25,17 +26,8 @@ namespace v1 = ::sluice::v1;
 using testing::http_get;
 using testing::loopback;
 
-struct Relay {
-  explicit Relay(RelayConfig c) : server(std::move(c)) {
-    server.start();
-    channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(server.grpc_port()),
-                                  grpc::InsecureChannelCredentials());
-    stub = v1::Relay::NewStub(channel);
-  }
-  RelayServer server;
-  std::shared_ptr<grpc::Channel> channel;
-  std::unique_ptr<v1::Relay::Stub> stub;
-};
+// The relay on loopback with a gRPC stub (see relay_scene.hpp).
+using Relay = testing::RelayScene;
 
 v1::PublishRequest item(const std::string& topic, std::uint64_t seq, std::string payload) {
   v1::PublishRequest r;
@@ -225,7 +217,7 @@ TEST(RelayGrpc, StuckConsumerTurnsIntoResourceExhaustedNamingTheSetting) {
 // topic. Nothing is lost (sequence numbers), the producer is slowed to the consumer's pace, and
 // the topic's queue bytes, sampled through Stats, never exceed the budget plus one item. Prints
 // how many bytes gRPC's transport buffers held on top of the budget.
-TEST(RelayGrpc, FastProducerSlowConsumerR4NoLossWithinBudget) {
+TEST(RelayGrpc, FastProducerSlowConsumerNoLossWithinBudget) {
   RelayConfig c = loopback();
   c.defaults.max_queue_bytes = 256 * 1024;
   c.defaults.max_wait = 10s;

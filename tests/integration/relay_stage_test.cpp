@@ -14,8 +14,9 @@
 
 #include "image_model.hpp"
 #include "loopback.hpp"
-#include "sluice/relay/server.hpp"
+#include "relay_scene.hpp"
 #include "sluice/client/stage_worker.hpp"
+#include "sluice/relay/server.hpp"
 #include "sluice/v1/relay.grpc.pb.h"
 #include "ws_async.hpp"
 #include "ws_client.hpp"
@@ -96,8 +97,7 @@ WorkHandler image_model() {
 }
 
 TEST(RelayStage, AWorkerForATopicWithoutAStageIsRefusedWith404) {
-  RelayServer relay(stage_relay());
-  relay.start();
+  testing::RelayScene relay(stage_relay());
   WsClient w;
   EXPECT_TRUE(w.connect(relay.http_port(), "/v1/ws/work/plain"));
   EXPECT_EQ(w.http_status, 404U);
@@ -128,8 +128,7 @@ TEST(RelayStage, StagesWhoseResultsFeedEachOtherAreMadeOnce) {
     t.stage = st;
     c.topics.push_back(t);
   }
-  RelayServer relay(c);
-  relay.start();
+  testing::RelayScene relay(c);
   const auto port = relay.http_port();
   AsyncWs worker;
   ASSERT_TRUE(worker.connect(port, "/v1/ws/work/a?name=w&concurrency=1"));
@@ -148,8 +147,7 @@ TEST(RelayStage, StagesWhoseResultsFeedEachOtherAreMadeOnce) {
 }
 
 TEST(RelayStage, ABadConcurrencyIsRefusedWith400) {
-  RelayServer relay(stage_relay());
-  relay.start();
+  testing::RelayScene relay(stage_relay());
   for (const char* bad : {"0", "x", "5000"}) {
     WsClient w;
     EXPECT_TRUE(w.connect(relay.http_port(), std::string("/v1/ws/work/camera?concurrency=") + bad));
@@ -159,8 +157,7 @@ TEST(RelayStage, ABadConcurrencyIsRefusedWith400) {
 }
 
 TEST(RelayStage, WithoutAWorkerEachFrameIsToldAsDroppedNoWorker) {
-  RelayServer relay(stage_relay());
-  relay.start();
+  testing::RelayScene relay(stage_relay());
   const auto port = relay.http_port();
   AsyncWs camera;
   ASSERT_TRUE(camera.connect(port, "/v1/ws/publish/camera"));
@@ -179,8 +176,7 @@ TEST(RelayStage, WithoutAWorkerEachFrameIsToldAsDroppedNoWorker) {
 }
 
 TEST(RelayStage, AFrameAWorkerFailsIsToldAsWorkerFailedWithItsError) {
-  RelayServer relay(stage_relay());
-  relay.start();
+  testing::RelayScene relay(stage_relay());
   const auto port = relay.http_port();
   AsyncWs worker;
   ASSERT_TRUE(worker.connect(port, "/v1/ws/work/camera?name=gpu0&concurrency=1"));
@@ -203,8 +199,7 @@ TEST(RelayStage, AFrameAWorkerFailsIsToldAsWorkerFailedWithItsError) {
 }
 
 TEST(RelayStage, BadWorkerMessagesGetAnErrorAndTheWorkerStaysUsable) {
-  RelayServer relay(stage_relay());
-  relay.start();
+  testing::RelayScene relay(stage_relay());
   const auto port = relay.http_port();
   AsyncWs worker;
   ASSERT_TRUE(worker.connect(port, "/v1/ws/work/camera?name=w&concurrency=1"));
@@ -234,8 +229,7 @@ TEST(RelayStage, BadWorkerMessagesGetAnErrorAndTheWorkerStaysUsable) {
 // A worker that takes frames and vanishes (no close handshake) with them in hand: they go to
 // the other worker. Every frame is a result or a drop notice, exactly once.
 TEST(RelayStage, AWorkerThatVanishesMidStreamCostsNoSilentLoss) {
-  RelayServer relay(stage_relay(/*max_in_flight=*/4));
-  relay.start();
+  testing::RelayScene relay(stage_relay(/*max_in_flight=*/4));
   const auto port = relay.http_port();
   AsyncWs hole;  // takes frames, never answers
   ASSERT_TRUE(hole.connect(port, "/v1/ws/work/camera?name=hole&concurrency=2"));
@@ -276,8 +270,7 @@ TEST(RelayStage, AWorkerThatVanishesMidStreamCostsNoSilentLoss) {
 // A worker that holds a frame past stage_task_timeout_ms: the frame goes to another worker;
 // the late answer is refused with an error naming the frame.
 TEST(RelayStage, AFrameHeldPastTheTaskTimeoutGoesToAnotherWorker) {
-  RelayServer relay(stage_relay(1, 300ms));
-  relay.start();
+  testing::RelayScene relay(stage_relay(1, 300ms));
   const auto port = relay.http_port();
   AsyncWs stalled;
   ASSERT_TRUE(stalled.connect(port, "/v1/ws/work/camera?name=stalled&concurrency=1"));
@@ -306,8 +299,7 @@ TEST(RelayStage, AFrameHeldPastTheTaskTimeoutGoesToAnotherWorker) {
 // Over gRPC: a worker joins with Work, a producer publishes with Publish; the producer's call
 // carries the stage's drop notices.
 TEST(RelayStageGrpc, AWorkCallServesFramesAndTheProducerIsToldOfAFailedOne) {
-  RelayServer relay(stage_relay());
-  relay.start();
+  testing::RelayScene relay(stage_relay());
   auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(relay.grpc_port()),
                                      grpc::InsecureChannelCredentials());
   auto stub = v1::Relay::NewStub(channel);
@@ -385,10 +377,10 @@ TEST(RelayStageGrpc, AWorkCallServesFramesAndTheProducerIsToldOfAFailedOne) {
 }
 
 // A topic without a stage is the same refusal over every transport: not_found (gRPC
-// NOT_FOUND here, HTTP 404 before a WebSocket upgrade: AWorkerForATopicWithoutAStageIsRefusedWith404).
+// NOT_FOUND here, HTTP 404 before a WebSocket upgrade:
+// AWorkerForATopicWithoutAStageIsRefusedWith404).
 TEST(RelayStageGrpc, AWorkCallMustJoinATopicWithAStage) {
-  RelayServer relay(stage_relay());
-  relay.start();
+  testing::RelayScene relay(stage_relay());
   auto stub = v1::Relay::NewStub(grpc::CreateChannel(
       "127.0.0.1:" + std::to_string(relay.grpc_port()), grpc::InsecureChannelCredentials()));
   {

@@ -20,8 +20,9 @@
 #include <vector>
 
 #include "loopback.hpp"
-#include "sluice/relay/server.hpp"
+#include "relay_scene.hpp"
 #include "sluice/relay/protocol.hpp"
+#include "sluice/relay/server.hpp"
 #include "ws_client.hpp"
 
 namespace sluice {
@@ -36,8 +37,7 @@ using testing::loopback;
 using testing::WsClient;
 
 TEST(RelayWs, FramesFromAPublisherReachEveryViewerWithTheirHeader) {
-  RelayServer relay(loopback());
-  relay.start();
+  testing::RelayScene relay(loopback());
   const auto port = relay.http_port();
   WsClient a;
   WsClient b;
@@ -75,8 +75,7 @@ TEST(RelayWs, LargeFramesArriveIntactAndTheirBlocksAreKeptForReuse) {
   RelayConfig c = loopback();
   c.defaults.mode = TopicMode::realtime;
   c.defaults.depth = 4;  // the topic holds 8 frames at most
-  RelayServer relay(c);
-  relay.start();
+  testing::RelayScene relay(c);
   const auto port = relay.http_port();
   EXPECT_EQ(testing::metric(port, "sluice_frame_pool_spare_bytes"), 0.0);
   WsClient viewer;
@@ -125,8 +124,7 @@ TEST(RelayWs, ViewersOnEveryEventLoopGetEveryFrameAndLeaveNothingBehind) {
     SCOPED_TRACE("server.threads = " + std::to_string(threads));
     RelayConfig c = loopback();
     c.threads = threads;
-    RelayServer relay(c);
-    relay.start();
+    testing::RelayScene relay(c);
     const auto port = relay.http_port();
     constexpr int kViewers = 5;
     constexpr int kFrames = 2000;
@@ -202,8 +200,7 @@ TEST(RelayWs, ALappedViewerGetsGapEventsBeforeItsNextFrame) {
   // The viewer reads nothing until everything is sent; on a slow machine (sanitizers) that
   // takes long enough to be disconnected as a slow consumer, which is not what this tests.
   c.send_timeout = 60s;
-  RelayServer relay(c);
-  relay.start();
+  testing::RelayScene relay(c);
   WsClient viewer;
   ASSERT_FALSE(viewer.connect(relay.http_port(), "/v1/ws/subscribe/camera?name=late"));
   WsClient pub;
@@ -236,8 +233,7 @@ TEST(RelayWs, ALappedViewerGetsGapEventsBeforeItsNextFrame) {
 TEST(RelayWs, BadFramesGetTheirErrorAndOthersAreUntouched) {
   RelayConfig c = loopback();
   c.max_frame_bytes = 1024;
-  RelayServer relay(c);
-  relay.start();
+  testing::RelayScene relay(c);
   const auto port = relay.http_port();
   WsClient viewer;
   ASSERT_FALSE(viewer.connect(port, "/v1/ws/subscribe/t?name=v"));
@@ -278,8 +274,7 @@ TEST(RelayWs, BadFramesGetTheirErrorAndOthersAreUntouched) {
 TEST(RelayWs, APublisherLeavingItsEventsUnreadIsClosedNoEventIsDropped) {
   RelayConfig c = loopback();
   c.handshake_timeout = 60s;  // the close waits while this test reads every event (sanitizers)
-  RelayServer relay(c);
-  relay.start();
+  testing::RelayScene relay(c);
   const auto port = relay.http_port();
   WsClient viewer;
   ASSERT_FALSE(viewer.connect(port, "/v1/ws/subscribe/t?name=v"));
@@ -354,8 +349,7 @@ TEST(RelayWs, SilentClientsAreClosedAfterTheTimeoutsAQuietReaderStays) {
   RelayConfig c = loopback();
   c.handshake_timeout = 300ms;
   c.idle_timeout = 600ms;
-  RelayServer relay(c);
-  relay.start();
+  testing::RelayScene relay(c);
   const auto port = relay.http_port();
   const boost::asio::ip::tcp::endpoint at(boost::asio::ip::make_address("127.0.0.1"), port);
 
@@ -418,8 +412,7 @@ TEST(RelayWs, SilentClientsAreClosedAfterTheTimeoutsAQuietReaderStays) {
 TEST(RelayWs, APublisherVanishingMidFrameHarmsNoOne) {
   RelayConfig c = loopback();
   c.max_sessions = 3;
-  RelayServer relay(c);
-  relay.start();
+  testing::RelayScene relay(c);
   const auto port = relay.http_port();
   WsClient viewer;
   ASSERT_FALSE(viewer.connect(port, "/v1/ws/subscribe/t?name=v"));
@@ -454,8 +447,7 @@ TEST(RelayWs, RefusalsAreHttpErrorsBeforeTheUpgrade) {
   TopicConfig known;
   known.name = "known";
   c.topics.push_back(known);
-  RelayServer relay(c);
-  relay.start();
+  testing::RelayScene relay(c);
   const auto port = relay.http_port();
   {
     WsClient unknown;
@@ -519,8 +511,7 @@ TEST(RelayWs, AViewersSendBufferBoundsWhatWaitsInTheKernelForIt) {
   c.defaults.mode = TopicMode::realtime;  // the stuck viewer loses frames, the publisher goes on
   c.defaults.depth = 8;
   c.max_send_timeouts = 1000;  // (the stuck viewer stays connected while it is measured)
-  RelayServer relay(c);
-  relay.start();
+  testing::RelayScene relay(c);
   const auto port = relay.http_port();
   WsClient stuck;
   stuck.s.next_layer().open(boost::asio::ip::tcp::v4());
@@ -571,8 +562,7 @@ TEST(RelayWs, AViewerThatStopsReadingIsDisconnectedAndOthersCarryOn) {
   c.max_send_timeouts = 5;
   c.defaults.max_queue_bytes = 1 << 20;
   c.defaults.max_wait = 30s;
-  RelayServer relay(c);
-  relay.start();
+  testing::RelayScene relay(c);
   const auto port = relay.http_port();
   WsClient fast;
   ASSERT_FALSE(fast.connect(port, "/v1/ws/subscribe/feed?name=fast"));

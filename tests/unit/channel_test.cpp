@@ -48,12 +48,17 @@ TEST(ChannelBlock, SendWaitsForRoomAndSucceedsWhenAReceiverFreesIt) {
   Channel<int> ch(config(OverflowPolicy::block, 2));
   ASSERT_TRUE(ch.send(1));
   ASSERT_TRUE(ch.send(2));
+  std::atomic<bool> started{false};
   std::atomic<bool> sent{false};
   std::thread producer([&] {
+    started = true;
     auto r = ch.send(3, std::chrono::steady_clock::now() + 30s);
     EXPECT_EQ(r.status, SendStatus::ok) << r.message;
     sent = true;
   });
+  // The producer is running (not merely created) before the wait: on a loaded machine a
+  // thread may not run at all within 50 ms, and the check below would prove nothing.
+  while (!started.load()) std::this_thread::yield();
   std::this_thread::sleep_for(50ms);
   EXPECT_FALSE(sent.load());  // still blocked: the channel is full
   EXPECT_EQ(*ch.recv(), 1);

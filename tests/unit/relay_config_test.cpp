@@ -1,7 +1,5 @@
 // Relay configuration: precedence (defaults < file < environment < flags), validation with
 // messages that name the setting, its source, the value and the range.
-#include "sluice/relay/config.hpp"
-
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -9,6 +7,8 @@
 #include <fstream>
 #include <map>
 #include <string>
+
+#include "sluice/relay/config.hpp"
 
 namespace sluice {
 namespace {

@@ -56,17 +56,18 @@ struct RelayConfig {
   std::string host = "127.0.0.1";
   std::uint16_t grpc_port = 7400;  // 0: ephemeral
   std::uint16_t http_port = 7401;  // 0: ephemeral
-  unsigned threads = 0;  // event loops of the HTTP port (WebSocket viewers spread); 0: one per core
+  unsigned threads =
+      0;  // event loops of the HTTP port (WebSocket subscribers spread); 0: one per core
   // [limits]
   std::uint64_t max_frame_bytes = std::uint64_t{5} << 20;  // STREAM_MAX_FRAME_SIZE_MB
   std::size_t max_sessions = 10;                           // STREAM_MAX_SESSIONS
   std::chrono::milliseconds send_timeout{100};  // a WebSocket write slower than this times out
-  std::size_t max_send_timeouts = 10;           // in a row: the viewer is disconnected
-  // The kernel send buffer (SO_SNDBUF) of each WebSocket viewer's socket, in bytes; 0: the
+  std::size_t max_send_timeouts = 10;           // in a row: the subscriber is disconnected
+  // The kernel send buffer (SO_SNDBUF) of each WebSocket subscriber's socket, in bytes; 0: the
   // kernel's own, which grows with use (up to net.ipv4.tcp_wmem's maximum, 4 MiB by default).
-  // What a viewer has not yet taken waits there, outside the topic's depth and byte budget: a
-  // bound here bounds that memory and how stale a slow viewer's frames can get, and makes the
-  // send timeouts of a viewer that stops reading start sooner. The kernel doubles the value
+  // What a subscriber has not yet taken waits there, outside the topic's depth and byte budget: a
+  // bound here bounds that memory and how stale a slow subscriber's frames can get, and makes the
+  // send timeouts of a subscriber that stops reading start sooner. The kernel doubles the value
   // and caps it at net.core.wmem_max.
   std::uint64_t viewer_send_buffer_bytes = 0;
   // An HTTP request (and a WebSocket upgrade) must arrive within this; so must a close

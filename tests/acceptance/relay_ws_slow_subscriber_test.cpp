@@ -1,6 +1,6 @@
-// Seed 003 end to end over the relay's WebSocket endpoints, on 127.0.0.1 with real Beast
-// clients and real threads: R3 (a 30 fps x 1 MiB camera, two fast viewers and one that reads
-// a frame every 200 ms; memory flat) and R5 (subscribe/unsubscribe churn while publishing: no
+// A camera's slow subscriber over the relay's WebSocket endpoints, on 127.0.0.1 with real
+// Beast clients and real threads: a 30 fps x 1 MiB camera, two fast subscribers and one that
+// reads a frame every 200 ms (memory flat); and subscribe/unsubscribe churn while publishing: no
 // file descriptor left open, memory back near its baseline).
 //
 // Short in CI (SLUICE_SOAK_SECONDS, default 12; SLUICE_CHURN_CYCLES, default 100); `make soak`
@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "../integration/loopback.hpp"
+#include "../integration/relay_scene.hpp"
 #include "../integration/ws_client.hpp"
 #include "../soak/stress_scale.hpp"
 #include "sluice/relay/server.hpp"
@@ -85,15 +86,14 @@ bool is_end(const std::string& f) {
   return f.size() == ws::kFrameHeaderBytes + 3 && f.substr(ws::kFrameHeaderBytes) == "end";
 }
 
-// R3 / seed 003: the fast viewers receive every frame in order; the slow one's losses are all
+// The fast subscribers receive every frame in order; the slow one's losses are all
 // announced as gaps (frames + announced losses = frames published) and counted in /metrics
 // under its name; the resident set stays flat after a warm-up.
-TEST(Seed003, FastViewersGetEveryFrameTheSlowOnesLossesAreAnnouncedMemoryStaysFlat) {
+TEST(SlowSubscriber, FastOnesGetEveryFrameTheSlowOnesLossesAreAnnouncedMemoryStaysFlat) {
   RelayConfig c = loopback();
   c.defaults.mode = TopicMode::realtime;
   c.defaults.depth = 32;  // a fast viewer may fall 1 s behind (a busy CI machine) and lose nothing
-  RelayServer relay(c);
-  relay.start();
+  testing::RelayScene relay(c);
   const auto port = relay.http_port();
   const auto seconds = stress::soak_seconds();
 
@@ -223,15 +223,14 @@ TEST(Seed003, FastViewersGetEveryFrameTheSlowOnesLossesAreAnnouncedMemoryStaysFl
     client->s.close(websocket::close_code::normal);
 }
 
-// R5: viewers join and leave while a camera publishes; half leave with a close handshake, half
-// vanish (the TCP connection dropped mid-stream). Afterwards the relay holds no session, this
+// Churn: subscribers join and leave while a camera publishes; half leave with a close handshake,
+// half vanish (the TCP connection dropped mid-stream). Afterwards the relay holds no session, this
 // process no extra descriptor, and the resident set is back within 5 MiB of its baseline.
-TEST(Seed003, ChurnLeavesNoDescriptorAndMemoryReturnsToBaseline) {
+TEST(SubscriberChurn, LeavesNoDescriptorAndMemoryReturnsToBaseline) {
   RelayConfig c = loopback();
   c.defaults.mode = TopicMode::realtime;
   c.defaults.depth = 8;
-  RelayServer relay(c);
-  relay.start();
+  testing::RelayScene relay(c);
   const auto port = relay.http_port();
   WsClient pub;
   ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/camera"));

@@ -1,8 +1,8 @@
-// Seed 001 end to end over the relay's WebSocket endpoints, on 127.0.0.1 with real clients and
-// real workers (sluice::StageWorker, what `sluice worker` runs): a client publishes at 30 fps
-// into a stage whose worker takes 50 ms a frame; it is told about exactly the frames that were
-// dropped, gets slow_down once the windowed drop rate passes 30 %, and resume after the worker
-// is sped up, after which the drop rate stays below 10 % (no runaway). And seed 002's routing:
+// A processing stage end to end over the relay's WebSocket endpoints, on 127.0.0.1 with real
+// clients and real workers (sluice::StageWorker, what `sluice worker` runs): a client publishes at
+// 30 fps into a stage whose worker takes 50 ms a frame; it is told about exactly the frames that
+// were dropped, gets slow_down once the windowed drop rate passes 30 %, and resume after the worker
+// is sped up, after which the drop rate stays below 10 % (no runaway). And routing by speed:
 // of two workers, the one 4× faster takes at least three quarters of the frames.
 #include <gtest/gtest.h>
 
@@ -18,11 +18,12 @@
 #include <vector>
 
 #include "../integration/loopback.hpp"
+#include "../integration/relay_scene.hpp"
 #include "../integration/ws_async.hpp"
 #include "../integration/ws_client.hpp"
 #include "image_model.hpp"
-#include "sluice/relay/server.hpp"
 #include "sluice/client/stage_worker.hpp"
+#include "sluice/relay/server.hpp"
 
 namespace sluice {
 namespace {
@@ -139,9 +140,8 @@ std::set<std::uint64_t> result_indices(const AsyncWs& viewer) {
   return out;
 }
 
-TEST(Seed001, DropNoticesForExactlyTheDroppedFramesSlowDownThenResumeNoRunaway) {
-  RelayServer relay(stage_relay(30, 1));
-  relay.start();
+TEST(StageGating, DropNoticesForExactlyTheDroppedFramesSlowDownThenResumeNoRunaway) {
+  testing::RelayScene relay(stage_relay(30, 1));
   const auto port = relay.http_port();
   RunningWorker worker(port, "model", 50ms);  // slower than the 33 ms frame interval
   AsyncWs viewer;
@@ -239,10 +239,9 @@ TEST(Seed001, DropNoticesForExactlyTheDroppedFramesSlowDownThenResumeNoRunaway) 
   viewer.close();
 }
 
-TEST(Seed002Routing, TheFourTimesFasterWorkerTakesAtLeastThreeQuarters) {
+TEST(StageRouting, TheFourTimesFasterWorkerTakesAtLeastThreeQuarters) {
   // A stage that two workers can serve at once; frames faster than both together.
-  RelayServer relay(stage_relay(100, 2));
-  relay.start();
+  testing::RelayScene relay(stage_relay(100, 2));
   const auto port = relay.http_port();
   RunningWorker fast(port, "fast", 10ms);
   RunningWorker slow(port, "slow", 40ms);

@@ -1,9 +1,9 @@
-// Seed 004 acceptance: a camera at 30 fps fanned out to three consumers through one Broadcast
-// of Buffers (pixels shared by reference).
-//   AC-1  three consumers keeping up for 10 s: each receives every frame (~300), 0 dropped.
-//   AC-2  one consumer that stalls 200 ms at a time, depth 4, 5 s: its drop counter grows with
-//         reason slow_consumer; the two fast consumers receive every frame.
-// (AC-3, memory flat across subscriber counts, is benchmark B3 in bench/broadcast_bench.cpp.)
+// A camera at 30 fps fanned out to three consumers through one Broadcast of Buffers (pixels
+// shared by reference).
+//   - three consumers keeping up for 10 s: each receives every frame (~300), 0 dropped.
+//   - one consumer that stalls 200 ms at a time, depth 4, 5 s: its drop counter grows with
+//     reason slow_consumer; the two fast consumers receive every frame.
+// (Memory flat across subscriber counts is benchmark B3 in bench/broadcast_bench.cpp.)
 // Real threads and real time; the p99 publish→receive latency is printed, not asserted.
 #include <gtest/gtest.h>
 
@@ -92,7 +92,7 @@ std::uint64_t run_camera(std::vector<Consumer>& consumers, int seconds, Broadcas
   return total;
 }
 
-TEST(Seed004, AC1_ThreeConsumersAtThirtyFpsReceiveEveryFrame) {
+TEST(CameraFanout, ThreeConsumersAtThirtyFpsReceiveEveryFrame) {
   std::vector<Consumer> consumers{
       {"detection_client"}, {"movement_detector"}, {"telemetry_stream"}};
   BroadcastStats stats;
@@ -111,7 +111,7 @@ TEST(Seed004, AC1_ThreeConsumersAtThirtyFpsReceiveEveryFrame) {
       static_cast<unsigned long long>(stats.latency_ns.count()));
 }
 
-TEST(Seed004, AC2_SlowConsumerDropsFastConsumersUnaffected) {
+TEST(CameraFanout, ASlowConsumerDropsTheFastOnesAreUnaffected) {
   std::vector<Consumer> consumers{
       {"detection_client"}, {"movement_detector"}, {"telemetry_stream", 200ms}};
   BroadcastStats stats;
