@@ -218,6 +218,61 @@ struct PendingTopic {
   std::map<std::string, std::pair<Source, std::string>> fields;  // field -> (source, text)
 };
 
+// The [[topic]] entries of a file, their keys kept as written (checked once the file is read).
+void load_topics(const std::string& path, const toml::node& section,
+                 std::vector<PendingTopic>& topics) {
+  const auto* list = section.as_array();
+  if (list == nullptr) {
+    throw ConfigError("invalid configuration file " + path +
+                      ": `topic` must be an array of tables ([[topic]])");
+  }
+  for (const auto& entry : *list) {
+    const auto* t = entry.as_table();
+    if (t == nullptr) throw ConfigError("invalid configuration file " + path + ": [[topic]]");
+    PendingTopic p;
+    for (const auto& [k, v] : *t) {
+      const std::string key(k.str());
+      const auto text = scalar_text(v);
+      const Source src{path + " key topic." + key};
+      if (!text) bad(src, "(a table or array)", "a string, number or boolean");
+      if (key == "name") {
+        p.name = *text;
+      } else if (std::find(kTopicKeys.begin(), kTopicKeys.end(), key) != kTopicKeys.end()) {
+        p.fields[key] = {src, *text};
+      } else {
+        std::string accepted = "name";
+        for (const auto known : kTopicKeys) accepted += ", " + std::string(known);
+        throw ConfigError("invalid configuration file " + path + ": unknown key topic." + key +
+                          " (accepted: " + accepted + ")");
+      }
+    }
+    topics.push_back(std::move(p));
+  }
+}
+
+// A section's keys ([server], [limits], ...), each applied as its setting says.
+void load_section(const std::string& path, const std::string& section_name,
+                  const toml::node& section, RelayConfig& c) {
+  const auto* table = section.as_table();
+  if (table == nullptr) {
+    throw ConfigError("invalid configuration file " + path + ": unknown key " + section_name +
+                      " (sections: server, limits, frame_gate, topics, and [[topic]])");
+  }
+  for (const auto& [k, v] : *table) {
+    const std::string key = section_name + "." + std::string(k.str());
+    const auto it = std::find_if(settings().begin(), settings().end(),
+                                 [&](const Setting& s) { return s.key == key; });
+    if (it == settings().end()) {
+      throw ConfigError("invalid configuration file " + path + ": unknown key " + key +
+                        " (see docs/configuration.md)");
+    }
+    const auto text = scalar_text(v);
+    const Source src{path + " key " + key};
+    if (!text) bad(src, "(a table or array)", "a string, number or boolean");
+    it->apply(c, src, *text);
+  }
+}
+
 void load_file(const std::string& path, RelayConfig& c, std::vector<PendingTopic>& topics) {
   toml::table root;
   try {
@@ -231,52 +286,9 @@ void load_file(const std::string& path, RelayConfig& c, std::vector<PendingTopic
   for (const auto& [section_key, section] : root) {
     const std::string section_name(section_key.str());
     if (section_name == "topic") {
-      const auto* list = section.as_array();
-      if (list == nullptr) {
-        throw ConfigError("invalid configuration file " + path +
-                          ": `topic` must be an array of tables ([[topic]])");
-      }
-      for (const auto& entry : *list) {
-        const auto* t = entry.as_table();
-        if (t == nullptr) throw ConfigError("invalid configuration file " + path + ": [[topic]]");
-        PendingTopic p;
-        for (const auto& [k, v] : *t) {
-          const std::string key(k.str());
-          const auto text = scalar_text(v);
-          const Source src{path + " key topic." + key};
-          if (!text) bad(src, "(a table or array)", "a string, number or boolean");
-          if (key == "name") {
-            p.name = *text;
-          } else if (std::find(kTopicKeys.begin(), kTopicKeys.end(), key) != kTopicKeys.end()) {
-            p.fields[key] = {src, *text};
-          } else {
-            std::string accepted = "name";
-            for (const auto known : kTopicKeys) accepted += ", " + std::string(known);
-            throw ConfigError("invalid configuration file " + path + ": unknown key topic." + key +
-                              " (accepted: " + accepted + ")");
-          }
-        }
-        topics.push_back(std::move(p));
-      }
-      continue;
-    }
-    const auto* table = section.as_table();
-    if (table == nullptr) {
-      throw ConfigError("invalid configuration file " + path + ": unknown key " + section_name +
-                        " (sections: server, limits, frame_gate, topics, and [[topic]])");
-    }
-    for (const auto& [k, v] : *table) {
-      const std::string key = section_name + "." + std::string(k.str());
-      const auto it = std::find_if(settings().begin(), settings().end(),
-                                   [&](const Setting& s) { return s.key == key; });
-      if (it == settings().end()) {
-        throw ConfigError("invalid configuration file " + path + ": unknown key " + key +
-                          " (see docs/configuration.md)");
-      }
-      const auto text = scalar_text(v);
-      const Source src{path + " key " + key};
-      if (!text) bad(src, "(a table or array)", "a string, number or boolean");
-      it->apply(c, src, *text);
+      load_topics(path, section, topics);
+    } else {
+      load_section(path, section_name, section, c);
     }
   }
 }
