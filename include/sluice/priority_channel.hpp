@@ -15,8 +15,12 @@
 //   proves this one never does.
 // - Receive order: the most important non-empty class first, FIFO within a class, with one
 //   anti-starvation rule: a class that has items and was passed over `starvation_limit`
-//   times in a row (default 8) is served next. So every class present is served at least once
-//   every starvation_limit + 1 receives, whatever arrives above it.
+//   times in a row (default 8) is served next; when several reach the limit together they are
+//   served in consecutive receives, the most important first. So a class present is served at
+//   least once every starvation_limit + 1 + k receives, whatever arrives above it, where k is
+//   the number of classes more important than it that can starve (control never does: it is
+//   passed over only for starving classes, at most three in a row): starvation_limit + 1 for
+//   critical, + 2 for important, + 3 for bulk.
 // - Outcomes, close(), readiness hooks and stats as Channel's (per class here). Waiting parks
 //   on condition variables: no polling.
 // - Thread-safety: any member from any thread. One mutex guards the queues: a priority

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <stdexcept>
 #include <string>
@@ -145,6 +147,46 @@ TEST(PriorityChannel, ALowerClassIsServedAtLeastOnceEveryNPlusOneReceives) {
   EXPECT_EQ(got[3], (std::pair<Priority, int>{Priority::bulk, 100}));
   EXPECT_EQ(got[7], (std::pair<Priority, int>{Priority::bulk, 101}));
   EXPECT_EQ(ch.stats().starvation_serves, 2U);
+}
+
+// Every class starving at once (default limit 8; 30 control, 60 critical, 40 important and 40
+// bulk items queued): the classes that reach the limit together are served one after another,
+// and each waits no longer than the contract's bound — limit + 1 receives for critical, + 2 for
+// important, + 3 for bulk — measured as the receives between its serves while it has items.
+TEST(PriorityChannel, EveryClassStarvingAtOnceIsServedWithinItsBound) {
+  PriorityChannelConfig c = small(1000, 1000);
+  PriorityChannel<int> ch(c);
+  const std::array<int, kPriorityCount> queued{30, 60, 40, 40};
+  for (std::size_t p = 0; p < kPriorityCount; ++p) {
+    for (int i = 0; i < queued[p]; ++i) ASSERT_TRUE(ch.send(static_cast<Priority>(p), i));
+  }
+  const auto got = drain(ch);
+  ASSERT_EQ(got.size(), 170U);
+  // The order the contract implies at the start: 8 control, then critical, important, bulk.
+  for (std::size_t i = 0; i < 8; ++i) EXPECT_EQ(got[i].first, Priority::control) << i;
+  EXPECT_EQ(got[8].first, Priority::critical);
+  EXPECT_EQ(got[9].first, Priority::important);
+  EXPECT_EQ(got[10].first, Priority::bulk);
+  std::array<int, kPriorityCount> left = queued;
+  std::array<std::size_t, kPriorityCount> since{};  // receives since the class was last served
+  std::array<std::size_t, kPriorityCount> worst{};
+  for (const auto& [p, value] : got) {
+    const auto served = static_cast<std::size_t>(p);
+    for (std::size_t k = 0; k < kPriorityCount; ++k) {
+      if (left[k] == 0) continue;
+      ++since[k];
+      if (k == served) {
+        worst[k] = std::max(worst[k], since[k]);
+        since[k] = 0;
+      }
+    }
+    --left[served];
+  }
+  const std::size_t limit = c.starvation_limit;
+  EXPECT_LE(worst[1], limit + 1) << "critical";
+  EXPECT_LE(worst[2], limit + 2) << "important";
+  EXPECT_LE(worst[3], limit + 3) << "bulk";
+  EXPECT_EQ(worst[3], limit + 3) << "the bound for bulk is reached here, so it is the bound";
 }
 
 TEST(PriorityChannel, CloseDrainsThenClosedAndSendersSeeClosed) {
