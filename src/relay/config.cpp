@@ -121,7 +121,9 @@ const std::vector<Setting>& settings() {
        }},
       {"limits.max_frame_size_mb", "STREAM_MAX_FRAME_SIZE_MB", "max-frame-size-mb",
        [](RelayConfig& c, const Source& s, const std::string& v) {
-         const double mb = parse_double(s, v, 0, 1024, true, "more than 0 and at most 1024 (MiB)");
+         // (at least 1 KiB: a smaller limit refuses every frame a real producer sends)
+         const double mb = parse_double(s, v, 1.0 / 1024, 1024, false,
+                                        "1 KiB to 1024 MiB, in MiB (0.0009765625 to 1024)");
          c.max_frame_bytes = static_cast<std::uint64_t>(mb * 1024 * 1024);
        }},
       {"limits.max_sessions", "STREAM_MAX_SESSIONS", "max-sessions",

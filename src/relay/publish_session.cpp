@@ -119,6 +119,7 @@ std::optional<Refusal> PublishSession::blocked(std::uint64_t bytes) {
     deadline_ = now + topic_->config.max_wait;
     loop_.at(deadline_, wake_);
   } else if (now >= deadline_) {
+    topic_->publish_timeouts.fetch_add(1, std::memory_order_relaxed);
     return topic_->full();
   }
   // Posted, not run inline: the hook may fire at once (room appeared meanwhile) or from a

@@ -2,10 +2,11 @@
 // items for its subscribers, and the stage behind it (if it declares one).
 //
 // Thread-safety: `name`, `config` and `stage` are set before the topic is shared and never
-// change; `broadcast` is thread-safe.
+// change; `broadcast` and the counters are thread-safe.
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -62,6 +63,8 @@ struct Topic {
   const std::string name;
   const TopicConfig config;
   Broadcast<RelayMessage> broadcast;
+  /// Publishes that gave up after max_wait, on any transport (topic_full refusals).
+  std::atomic<std::uint64_t> publish_timeouts{0};
   std::shared_ptr<Stage> stage;  // when the topic declares one (set before it is shared)
 };
 

@@ -97,8 +97,10 @@ void TopicRegistry::register_metrics(const std::shared_ptr<Topic>& t) {
   metrics_.counter_fn("sluice_topic_published_total", "Items published to the topic", labels,
                       stat([](const BroadcastStats& s) { return double(s.published); }));
   metrics_.counter_fn("sluice_topic_publish_timeouts_total",
-                      "Publishes that gave up after max_wait (RESOURCE_EXHAUSTED)", labels,
-                      stat([](const BroadcastStats& s) { return double(s.timeouts); }));
+                      "Publishes that gave up after max_wait (RESOURCE_EXHAUSTED, WebSocket 1013)",
+                      labels, read([](const Topic& topic) {
+                        return double(topic.publish_timeouts.load(std::memory_order_relaxed));
+                      }));
   metrics_.gauge_fn(
       "sluice_topic_subscribers", "Current subscribers", labels,
       read([](const Topic& topic) { return double(topic.broadcast.subscriber_count()); }));

@@ -210,6 +210,9 @@ TEST(RelayGrpc, StuckConsumerTurnsIntoResourceExhaustedNamingTheSetting) {
   EXPECT_NE(status.error_message().find("topic 'logs'"), std::string::npos);
   EXPECT_NE(status.error_message().find("SLUICE_MAX_QUEUE_BYTES"), std::string::npos);
   EXPECT_LT(waited, 300ms + 1s);
+  // Counted, in /metrics and in the stats.
+  EXPECT_EQ(relay.metric("sluice_topic_publish_timeouts_total", "topic=\"logs\""), 1.0);
+  EXPECT_NE(relay.stats_json().find("\"timeouts\": 1"), std::string::npos) << relay.stats_json();
   sub_ctx.TryCancel();
 }
 

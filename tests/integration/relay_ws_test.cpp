@@ -1,5 +1,7 @@
 // The relay's WebSocket endpoints on 127.0.0.1 (ephemeral ports), driven by real Beast clients.
 #include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 
 #include <array>
 #include <atomic>
@@ -629,6 +631,49 @@ TEST(RelayWs, AViewerThatStopsReadingIsDisconnectedAndOthersCarryOn) {
   publisher.join();
   fast_reader.join();
   EXPECT_EQ(fast_got.load(), kFrames);
+}
+
+// A publisher whose frame waits max_wait_ms on a full lossless topic: the topic_full refusal,
+// as WebSocket says it (an error event with the whole message and the frame's index, then
+// 1013 naming the setting), counted like a gRPC one in /metrics and /v1/stats.
+TEST(RelayWs, AFrameThatWaitsPastMaxWaitIsRefusedWith1013AndCounted) {
+  RelayConfig c = loopback();
+  c.defaults.max_queue_bytes = 64 * 1024;
+  c.defaults.max_wait = 300ms;
+  c.send_timeout = 30s;  // the stuck subscriber is not judged within this test
+  // Its frames wait in the topic, not in kernel buffers (which would take 192 KiB at once).
+  c.viewer_send_buffer_bytes = 4096;
+  testing::RelayScene relay(c);
+  const auto port = relay.http_port();
+  WsClient stuck;  // reads nothing
+  stuck.s.next_layer().open(boost::asio::ip::tcp::v4());
+  stuck.s.next_layer().set_option(boost::asio::socket_base::receive_buffer_size(4096));
+  ASSERT_FALSE(stuck.connect(port, "/v1/ws/subscribe/full?name=stuck"));
+  WsClient pub;
+  ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/full"));
+  const timeval give_up{30, 0};  // a relay that never refuses fails the read, not the run
+  ::setsockopt(pub.s.next_layer().native_handle(), SOL_SOCKET, SO_RCVTIMEO, &give_up,
+               sizeof give_up);
+  const std::string payload(std::size_t{16} * 1024, 'x');
+  for (int i = 0; i < 12; ++i) pub.send_binary(frame(i, 0, payload));  // 192 KiB > budget
+  std::vector<nlohmann::json> events;
+  for (;;) {
+    bool text = false;
+    std::string bytes;
+    if (pub.read(text, bytes)) break;  // the close
+    ASSERT_TRUE(text);
+    events.push_back(nlohmann::json::parse(bytes));
+  }
+  ASSERT_GE(events.size(), 2U);
+  EXPECT_EQ(events.front().value("warning", ""), "slow_down");
+  const auto& error = events.back();
+  EXPECT_NE(error.value("error", "").find("topic 'full' is full"), std::string::npos) << error;
+  EXPECT_TRUE(error.contains("frame_index")) << error;
+  EXPECT_EQ(static_cast<int>(pub.s.reason().code), 1013);
+  EXPECT_EQ(std::string(pub.s.reason().reason.c_str()),
+            "topic full past max_wait_ms (SLUICE_MAX_WAIT_MS)");
+  EXPECT_EQ(relay.metric("sluice_topic_publish_timeouts_total", "topic=\"full\""), 1.0);
+  EXPECT_NE(relay.stats_json().find("\"timeouts\": 1"), std::string::npos) << relay.stats_json();
 }
 
 }  // namespace

@@ -53,7 +53,7 @@ std::string error_of(const std::optional<std::string>& file, const Env& env = {}
   return "(no error)";
 }
 
-TEST(RelayConfig, EmbeddedDefaultsMatchTheSeeds) {
+TEST(RelayConfig, EmbeddedDefaultsAreTheDocumentedOnes) {
   const RelayConfig c = load(std::nullopt);
   EXPECT_EQ(c.host, "127.0.0.1");
   EXPECT_EQ(c.max_frame_bytes, 5U << 20);  // STREAM_MAX_FRAME_SIZE_MB = 5
@@ -110,8 +110,12 @@ max_wait_ms = 250
 
 TEST(RelayConfig, BadValuesNameTheSettingTheSourceAndTheRange) {
   EXPECT_EQ(error_of(std::nullopt, {{"STREAM_MAX_FRAME_SIZE_MB", "0"}}),
-            "invalid configuration: environment STREAM_MAX_FRAME_SIZE_MB = \"0\" (accepted: more "
-            "than 0 and at most 1024 (MiB))");
+            "invalid configuration: environment STREAM_MAX_FRAME_SIZE_MB = \"0\" (accepted: 1 KiB "
+            "to 1024 MiB, in MiB (0.0009765625 to 1024))");
+  // A limit that rounds to a few bytes would refuse every frame: below 1 KiB is refused.
+  EXPECT_NE(error_of(std::nullopt, {{"STREAM_MAX_FRAME_SIZE_MB", "1e-9"}}).find("1 KiB to 1024 MiB"),
+            std::string::npos);
+  EXPECT_EQ(error_of(std::nullopt, {{"STREAM_MAX_FRAME_SIZE_MB", "0.0009765625"}}), "(no error)");
   EXPECT_NE(error_of(std::nullopt, {}, {{"grpc-port", "70000"}})
                 .find("command line --grpc-port = \"70000\" (accepted: 0 to 65535"),
             std::string::npos);
