@@ -130,6 +130,21 @@ const std::vector<Setting>& settings() {
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.max_sessions = static_cast<std::size_t>(parse_int(s, v, 1, 100000, "1 to 100000"));
        }},
+      {"limits.max_subscribers", "SLUICE_MAX_SUBSCRIBERS", "max-subscribers",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.max_subscribers =
+             static_cast<std::size_t>(parse_int(s, v, 1, 1'000'000, "1 to 1000000"));
+       }},
+      {"limits.max_workers", "SLUICE_MAX_WORKERS", "max-workers",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.max_workers = static_cast<std::size_t>(parse_int(s, v, 1, 100'000, "1 to 100000"));
+       }},
+      {"limits.max_sessions_per_client", "SLUICE_MAX_SESSIONS_PER_CLIENT",
+       "max-sessions-per-client",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.max_sessions_per_client =
+             static_cast<std::size_t>(parse_int(s, v, 1, 1'000'000, "1 to 1000000"));
+       }},
       {"limits.send_timeout_ms", "SLUICE_SEND_TIMEOUT_MS", "send-timeout-ms",
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.send_timeout = std::chrono::milliseconds(parse_int(s, v, 1, 60'000, "1 to 60000 (ms)"));
@@ -438,7 +453,10 @@ std::string to_toml(const RelayConfig& c) {
   o << "[server]\nhost = \"" << c.host << "\"\ngrpc_port = " << c.grpc_port
     << "\nhttp_port = " << c.http_port << "\nthreads = " << c.threads << "\n\n[limits]\n"
     << "max_frame_size_mb = " << static_cast<double>(c.max_frame_bytes) / (1024.0 * 1024.0)
-    << "\nmax_sessions = " << c.max_sessions << "\nsend_timeout_ms = " << c.send_timeout.count()
+    << "\nmax_sessions = " << c.max_sessions << "\nmax_subscribers = " << c.max_subscribers
+    << "\nmax_workers = " << c.max_workers
+    << "\nmax_sessions_per_client = " << c.max_sessions_per_client
+    << "\nsend_timeout_ms = " << c.send_timeout.count()
     << "\nmax_send_timeouts = " << c.max_send_timeouts
     << "\nviewer_send_buffer_bytes = " << c.viewer_send_buffer_bytes
     << "\nhandshake_timeout_ms = " << c.handshake_timeout.count()

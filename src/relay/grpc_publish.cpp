@@ -177,7 +177,7 @@ class PublishReactor final
 
 grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>* GrpcService::Publish(
     grpc::CallbackServerContext* ctx) {
-  auto slot = core_.admission.admit();
+  auto slot = core_.admission.admit(SessionRole::publisher, client_of_grpc_peer(ctx->peer()));
   if (!slot)
     return new Refused<grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>>(
         slot.refusal());

@@ -87,9 +87,9 @@ class SubscribeReactor final
 }  // namespace
 
 grpc::ServerWriteReactor<v1::SubscribeEvent>* GrpcService::Subscribe(
-    grpc::CallbackServerContext* /*ctx*/, const v1::SubscribeRequest* req) {
+    grpc::CallbackServerContext* ctx, const v1::SubscribeRequest* req) {
   using Failed = Refused<grpc::ServerWriteReactor<v1::SubscribeEvent>>;
-  auto slot = core_.admission.admit();
+  auto slot = core_.admission.admit(SessionRole::subscriber, client_of_grpc_peer(ctx->peer()));
   if (!slot) return new Failed(slot.refusal());
   auto pump = SubscriberPump::join(core_, {req->topic(), req->name(), req->depth()}, "subscriber",
                                    /*kernel_unsent=*/false);

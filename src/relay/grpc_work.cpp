@@ -131,8 +131,8 @@ class WorkReactor final
 }  // namespace
 
 grpc::ServerBidiReactor<v1::WorkRequest, v1::WorkEvent>* GrpcService::Work(
-    grpc::CallbackServerContext* /*ctx*/) {
-  auto slot = core_.admission.admit();
+    grpc::CallbackServerContext* ctx) {
+  auto slot = core_.admission.admit(SessionRole::worker, client_of_grpc_peer(ctx->peer()));
   if (!slot)
     return new Refused<grpc::ServerBidiReactor<v1::WorkRequest, v1::WorkEvent>>(slot.refusal());
   return new WorkReactor(core_, std::move(*slot));

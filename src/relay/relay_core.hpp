@@ -38,7 +38,7 @@ struct RelayCore {
   const RelayConfig config;
   metrics::Registry metrics;
   TopicRegistry topics{config, metrics};
-  Admission admission{config.max_sessions, metrics};
+  Admission admission{config, metrics};
   /// Producers' large frames are read into recycled memory (see frame_buffer.hpp).
   FramePool frames;
   /// Judges WebSocket subscribers by their sends: late ones stay (and lose frames on a

@@ -13,7 +13,12 @@ std::optional<HttpResponse> ws_upgrade(RelayCore& core, boost::asio::ip::tcp::so
       HttpTarget::parse(std::string_view(request.target().data(), request.target().size()));
   auto route = ws_route(target);
   if (!route) return http_refusal(route.refusal());
-  auto slot = core.admission.admit();
+  static constexpr SessionRole kRoles[] = {SessionRole::publisher, SessionRole::subscriber,
+                                           SessionRole::worker};  // by WsEndpoint
+  boost::system::error_code ec;
+  const auto peer = socket.remote_endpoint(ec);
+  auto slot = core.admission.admit(kRoles[static_cast<std::size_t>(route->endpoint)],
+                                   ec ? std::string("?") : peer.address().to_string());
   if (!slot) return http_refusal(slot.refusal());
   switch (route->endpoint) {
     case WsEndpoint::publish:

@@ -376,40 +376,89 @@ TEST(RelayGrpc, RealtimeTopicSendsGapNoticesToASlowSubscriber) {
   sub_ctx.TryCancel();
 }
 
+// Each role has its own limit: publishers STREAM_MAX_SESSIONS, subscribers
+// SLUICE_MAX_SUBSCRIBERS, and each client address SLUICE_MAX_SESSIONS_PER_CLIENT. A session over
+// a limit is refused with a message naming its setting; the others keep working, and a freed
+// slot serves the next one.
 TEST(RelayGrpc, SessionsOverTheLimitAreRefusedAndOthersKeepWorking) {
   RelayConfig c = loopback();
-  c.max_sessions = 2;
+  c.max_sessions = 1;
+  c.max_subscribers = 2;
   Relay relay(c);
   grpc::ClientContext a_ctx;
   auto a = subscribe(relay, a_ctx, "t", "a");
   grpc::ClientContext b_ctx;
   auto b = subscribe(relay, b_ctx, "t", "b");
-  {  // a third call, either kind, is refused with a message naming the setting
-    grpc::ClientContext ctx;
-    auto stream = relay.stub->Publish(&ctx);
-    const auto status = end_publish(stream).status;
-    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-    EXPECT_NE(status.error_message().find("STREAM_MAX_SESSIONS"), std::string::npos)
-        << status.error_message();
+  {  // a third subscriber is refused, naming its limit
     grpc::ClientContext sub_ctx;
     v1::SubscribeRequest req;
     req.set_topic("t");
     auto reader = relay.stub->Subscribe(&sub_ctx, req);
     v1::SubscribeEvent e;
     EXPECT_FALSE(reader->Read(&e));
-    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    const auto status = reader->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_NE(status.error_message().find("SLUICE_MAX_SUBSCRIBERS"), std::string::npos)
+        << status.error_message();
   }
-  // The two open subscriptions are unaffected; when one leaves, a producer gets its slot.
+  {  // a publisher is not: its limit is its own; a second one while it is open is refused
+    grpc::ClientContext first_ctx;
+    auto first = relay.stub->Publish(&first_ctx);
+    ASSERT_TRUE(first->Write(item("t", 0, "first")));
+    v1::SubscribeEvent e;
+    ASSERT_TRUE(read_event(a, e));  // (the first publisher's session is open by now)
+    EXPECT_EQ(e.item().payload(), "first");
+    grpc::ClientContext ctx;
+    auto second = relay.stub->Publish(&ctx);
+    const auto status = end_publish(second).status;
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_NE(status.error_message().find("STREAM_MAX_SESSIONS"), std::string::npos)
+        << status.error_message();
+    EXPECT_TRUE(end_publish(first).status.ok());
+  }
+  // The open subscriptions are unaffected; when one leaves, another subscriber gets its slot.
   b_ctx.TryCancel();
   v1::SubscribeEvent e;
   EXPECT_FALSE(b->Read(&e));
   b->Finish();
+  ASSERT_TRUE(relay.wait_for_sessions(1));
+  grpc::ClientContext c_ctx;
+  auto again = subscribe(relay, c_ctx, "t", "again");
   const Ended ended = publish_when_a_slot_is_free(relay, "t", "hello");
   EXPECT_TRUE(ended.status.ok()) << ended.status.error_message();
+  for (auto* reader : {&a, &again}) {
+    ASSERT_TRUE(read_event(*reader, e));
+    EXPECT_EQ(e.item().payload(), "hello");
+  }
+  EXPECT_EQ(relay.metric("sluice_sessions_refused_total", "limit=\"limits.max_subscribers\""), 1.0);
+  EXPECT_GE(relay.metric("sluice_sessions_refused_total", "limit=\"limits.max_sessions\""), 1.0);
+  a_ctx.TryCancel();
+  c_ctx.TryCancel();
+}
+
+// One client address holds at most SLUICE_MAX_SESSIONS_PER_CLIENT sessions of any role.
+TEST(RelayGrpc, OneClientAddressIsCappedWhateverTheRole) {
+  RelayConfig c = loopback();
+  c.max_sessions_per_client = 2;
+  Relay relay(c);
+  grpc::ClientContext a_ctx;
+  auto a = subscribe(relay, a_ctx, "t", "a");
+  grpc::ClientContext p_ctx;
+  auto p = relay.stub->Publish(&p_ctx);
+  ASSERT_TRUE(p->Write(item("t", 0, "x")));
+  v1::SubscribeEvent e;
   ASSERT_TRUE(read_event(a, e));
-  EXPECT_EQ(e.item().payload(), "hello");
-  // Two refusals above, plus any attempt above made before b's slot was released.
-  EXPECT_GE(testing::metric(relay.server.http_port(), "sluice_sessions_refused_total"), 2.0);
+  grpc::ClientContext ctx;
+  v1::SubscribeRequest req;
+  req.set_topic("t");
+  auto third = relay.stub->Subscribe(&ctx, req);
+  EXPECT_FALSE(third->Read(&e));
+  const auto status = third->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(status.error_message().find("SLUICE_MAX_SESSIONS_PER_CLIENT"), std::string::npos)
+      << status.error_message();
+  EXPECT_NE(status.error_message().find("127.0.0.1"), std::string::npos) << status.error_message();
+  EXPECT_TRUE(end_publish(p).status.ok());
   a_ctx.TryCancel();
 }
 

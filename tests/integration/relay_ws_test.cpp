@@ -445,7 +445,7 @@ TEST(RelayWs, APublisherVanishingMidFrameHarmsNoOne) {
 TEST(RelayWs, RefusalsAreHttpErrorsBeforeTheUpgrade) {
   RelayConfig c = loopback();
   c.auto_create = false;
-  c.max_sessions = 1;
+  c.max_subscribers = 1;
   TopicConfig known;
   known.name = "known";
   c.topics.push_back(known);
@@ -473,7 +473,7 @@ TEST(RelayWs, RefusalsAreHttpErrorsBeforeTheUpgrade) {
   WsClient second;
   EXPECT_EQ(second.connect(port, "/v1/ws/subscribe/known"), websocket::error::upgrade_declined);
   EXPECT_EQ(second.http_status, 503U);
-  EXPECT_NE(second.http_body.find("STREAM_MAX_SESSIONS"), std::string::npos) << second.http_body;
+  EXPECT_NE(second.http_body.find("SLUICE_MAX_SUBSCRIBERS"), std::string::npos) << second.http_body;
   first.s.close(websocket::close_code::normal);
 }
 

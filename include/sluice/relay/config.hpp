@@ -60,7 +60,10 @@ struct RelayConfig {
       0;  // event loops of the HTTP port (WebSocket subscribers spread); 0: one per core
   // [limits]
   std::uint64_t max_frame_bytes = std::uint64_t{5} << 20;  // STREAM_MAX_FRAME_SIZE_MB
-  std::size_t max_sessions = 10;                           // STREAM_MAX_SESSIONS
+  std::size_t max_sessions = 10;  // STREAM_MAX_SESSIONS: publishing sessions open at once
+  std::size_t max_subscribers = 4096;         // subscribing sessions (gRPC and WebSocket)
+  std::size_t max_workers = 1024;             // stage workers
+  std::size_t max_sessions_per_client = 1024;  // sessions of any kind from one IP address
   std::chrono::milliseconds send_timeout{100};  // a WebSocket write slower than this times out
   std::size_t max_send_timeouts = 10;           // in a row: the subscriber is disconnected
   // The kernel send buffer (SO_SNDBUF) of each WebSocket subscriber's socket, in bytes; 0: the
