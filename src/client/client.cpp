@@ -415,7 +415,7 @@ struct Subscriber::Impl {
   }
 };
 
-Subscriber::Subscriber(SubscriberOptions options) : impl_(std::make_unique<Impl>(options)) {}
+Subscriber::Subscriber(const SubscriberOptions& options) : impl_(std::make_unique<Impl>(options)) {}
 
 Subscriber::~Subscriber() {
   if (!impl_->status) {

@@ -17,7 +17,7 @@ std::string_view to_string(SessionRole role) noexcept {
 std::string client_of_grpc_peer(std::string_view peer) {
   if (const auto colon = peer.find(':'); colon != std::string_view::npos)
     peer.remove_prefix(colon + 1);  // the scheme
-  if (peer.starts_with('[')) {       // [::1]:5000
+  if (peer.starts_with('[')) {      // [::1]:5000
     const auto end = peer.find(']');
     return std::string(peer.substr(1, end == std::string_view::npos ? end : end - 1));
   }
@@ -60,8 +60,9 @@ Outcome<SessionSlot> Admission::admit(SessionRole role, const std::string& clien
     if (n >= per_client_) {
       lock.unlock();
       open.fetch_sub(1, std::memory_order_acq_rel);
-      return refuse({per_client_, "SLUICE_MAX_SESSIONS_PER_CLIENT", "limits.max_sessions_per_client"},
-                    "sessions from " + client.substr(0, 64));
+      return refuse(
+          {per_client_, "SLUICE_MAX_SESSIONS_PER_CLIENT", "limits.max_sessions_per_client"},
+          "sessions from " + client.substr(0, 64));
     }
     ++n;
   }
@@ -82,8 +83,8 @@ void Admission::release(SessionRole role, const std::string& client) {
 
 Refusal Admission::refuse(const Limit& limit, const std::string& what) {
   metrics_
-      .counter("sluice_sessions_refused_total", "Sessions refused because a session limit was reached",
-               {{"limit", limit.key}})
+      .counter("sluice_sessions_refused_total",
+               "Sessions refused because a session limit was reached", {{"limit", limit.key}})
       .inc();
   return Refusal{RefusalKind::too_many_sessions,
                  "too many sessions: " + std::string(limit.key) + " (" + limit.setting +

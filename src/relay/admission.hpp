@@ -41,7 +41,9 @@ class SessionSlot {
   SessionSlot(const SessionSlot&) = delete;
   SessionSlot& operator=(const SessionSlot&) = delete;
   SessionSlot(SessionSlot&& o) noexcept
-      : admission_(std::exchange(o.admission_, nullptr)), role_(o.role_), client_(std::move(o.client_)) {}
+      : admission_(std::exchange(o.admission_, nullptr)),
+        role_(o.role_),
+        client_(std::move(o.client_)) {}
   SessionSlot& operator=(SessionSlot&&) = delete;
   ~SessionSlot();
 

@@ -77,7 +77,8 @@ std::vector<std::shared_ptr<Stage>> TopicRegistry::stages() const {
   return v;
 }
 
-void TopicRegistry::close_all() {
+void TopicRegistry::close_all() {  // NOLINT(readability-make-member-function-const): closes the
+                                   // topics
   for (const auto& t : all()) t->broadcast.close();
 }
 

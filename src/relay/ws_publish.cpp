@@ -53,7 +53,7 @@ class WsPublisher final : public WsSession<WsPublisher> {
   WsPublisher(RelayCore& core, SessionSlot slot, boost::asio::ip::tcp::socket socket,
               std::unique_ptr<PublishSession> session)
       : WsSession(core, core.loops.main(), std::move(slot), std::move(socket),
-                  "ws-publisher/" + session->topic().name, {0, 64 * 1024}),
+                  "ws-publisher/" + session->topic().name, {0, std::size_t{64} * 1024}),
         session_(std::move(session)) {}
 
   void launch(HttpServer::Request request) {

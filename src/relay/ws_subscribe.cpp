@@ -185,7 +185,7 @@ Outcome<boost::asio::ip::tcp::socket> hand_over(RelayCore& core, IoThread& loop,
                      "limits.viewer_send_buffer_bytes"};
     }
   }
-  return Outcome<boost::asio::ip::tcp::socket>(std::move(own));
+  return {std::move(own)};
 }
 
 }  // namespace

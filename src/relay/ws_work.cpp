@@ -23,7 +23,7 @@ class WsWorker final : public WsSession<WsWorker> {
   WsWorker(RelayCore& core, SessionSlot slot, boost::asio::ip::tcp::socket socket,
            std::unique_ptr<WorkerSession> worker, const std::string& name)
       : WsSession(core, core.loops.main(), std::move(slot), std::move(socket), "ws-worker/" + name,
-                  {core.config.max_frame_bytes + ws::kFrameHeaderBytes, 64 * 1024}),
+                  {core.config.max_frame_bytes + ws::kFrameHeaderBytes, std::size_t{64} * 1024}),
         worker_(std::move(worker)) {}
 
   void opened() {

@@ -113,8 +113,9 @@ TEST(RelayConfig, BadValuesNameTheSettingTheSourceAndTheRange) {
             "invalid configuration: environment STREAM_MAX_FRAME_SIZE_MB = \"0\" (accepted: 1 KiB "
             "to 1024 MiB, in MiB (0.0009765625 to 1024))");
   // A limit that rounds to a few bytes would refuse every frame: below 1 KiB is refused.
-  EXPECT_NE(error_of(std::nullopt, {{"STREAM_MAX_FRAME_SIZE_MB", "1e-9"}}).find("1 KiB to 1024 MiB"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of(std::nullopt, {{"STREAM_MAX_FRAME_SIZE_MB", "1e-9"}}).find("1 KiB to 1024 MiB"),
+      std::string::npos);
   EXPECT_EQ(error_of(std::nullopt, {{"STREAM_MAX_FRAME_SIZE_MB", "0.0009765625"}}), "(no error)");
   EXPECT_NE(error_of(std::nullopt, {}, {{"grpc-port", "70000"}})
                 .find("command line --grpc-port = \"70000\" (accepted: 0 to 65535"),

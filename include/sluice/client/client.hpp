@@ -134,7 +134,7 @@ struct SubscriberStats {
 
 class Subscriber {
  public:
-  explicit Subscriber(SubscriberOptions options);
+  explicit Subscriber(const SubscriberOptions& options);
   ~Subscriber();  // cancels the call
   Subscriber(const Subscriber&) = delete;
   Subscriber& operator=(const Subscriber&) = delete;
