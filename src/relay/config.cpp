@@ -4,6 +4,7 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <boost/asio/ip/address.hpp>
 #include <array>
 #include <cerrno>
 #include <cmath>
@@ -104,8 +105,16 @@ const std::vector<Setting>& settings() {
   static const std::vector<Setting> table = {
       {"server.host", "SLUICE_HOST", "host",
        [](RelayConfig& c, const Source& s, const std::string& v) {
-         if (v.empty()) bad(s, v, "an address to bind, e.g. 127.0.0.1");
-         c.host = v;
+         // An IP address (IPv6 with or without brackets), or localhost (127.0.0.1).
+         constexpr std::string_view kAccepted = "an IP address to bind: 127.0.0.1, ::1 or [::1], "
+                                                "0.0.0.0, ::, or localhost";
+         std::string host = v == "localhost" ? "127.0.0.1" : v;
+         if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+           host = host.substr(1, host.size() - 2);
+         boost::system::error_code ec;
+         (void)boost::asio::ip::make_address(host, ec);
+         if (host.empty() || ec) bad(s, v, kAccepted);
+         c.host = host;
        }},
       {"server.grpc_port", "SLUICE_GRPC_PORT", "grpc-port",
        [](RelayConfig& c, const Source& s, const std::string& v) {

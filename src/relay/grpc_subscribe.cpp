@@ -1,6 +1,11 @@
 // Subscribe over gRPC: a server-streaming call over a SubscriberPump. One write in flight (a
 // gRPC rule): what queued up meanwhile goes out as one Batch; gaps as Gap events; the stream
-// ends with OK when the topic closes, or with the pump's refusal.
+// ends with OK when the topic closes, or with the pump's refusal. Writes are judged as a
+// WebSocket subscriber's are: every send_timeout_ms the write in flight has not completed
+// counts as a timeout, and a subscriber whose writes stall max_send_timeouts times in a row
+// leaves the topic at once and its call ends (slow_consumer: RESOURCE_EXHAUSTED); if it still
+// does not read, the call is cancelled handshake_timeout_ms later.
+#include <chrono>
 #include <string>
 #include <utility>
 
@@ -14,8 +19,9 @@ namespace {
 class SubscribeReactor final
     : public GuardedReactor<SubscribeReactor, grpc::ServerWriteReactor<v1::SubscribeEvent>> {
  public:
-  SubscribeReactor(SessionSlot slot, std::unique_ptr<SubscriberPump> subscriber)
-      : slot_(std::move(slot)), pump_(std::move(subscriber)) {
+  SubscribeReactor(RelayCore& core, grpc::CallbackServerContext* ctx, SessionSlot slot,
+                   std::unique_ptr<SubscriberPump> subscriber)
+      : core_(core), ctx_(ctx), slot_(std::move(slot)), pump_(std::move(subscriber)) {
     StartSendInitialMetadata();  // tells the client the subscription exists (Subscriber waits)
     pump();
   }
@@ -24,6 +30,10 @@ class SubscribeReactor final
     {
       MutexLock lock(mu_);
       if (!written(ok, "subscriber")) return;
+      if (auto refusal = pump_->write_done()) {
+        end(*refusal);
+        return;
+      }
     }
     pump();
   }
@@ -57,9 +67,40 @@ class SubscribeReactor final
         break;
     }
     writing_ = true;
+    write_started_ = std::chrono::steady_clock::now();
+    pump_->write_started();
+    judge_later();
     StartWrite(&event_);
     return true;
   }
+
+  // The write in flight is looked at every send_timeout; one timer at a time, none while idle.
+  void judge_later() SLUICE_REQUIRES(mu_) {
+    if (judging_) return;
+    judging_ = true;
+    core_.loops.main().at(std::chrono::steady_clock::now() + core_.config.send_timeout,
+                          later(&SubscribeReactor::judge));
+  }
+  void judge() {
+    MutexLock lock(mu_);
+    judging_ = false;
+    if (finished_ || !writing_) return;
+    if (std::chrono::steady_clock::now() - write_started_ >= core_.config.send_timeout) {
+      if (auto refusal = pump_->write_timed_out()) {
+        end(*refusal);
+        return;
+      }
+    }
+    judge_later();
+  }
+  // Ends the call with `r` (the pump has left the topic). The status goes out once the
+  // subscriber reads what is in flight; one that never does is cancelled.
+  void end(const Refusal& r) SLUICE_REQUIRES(mu_) {
+    finish(to_grpc(r));
+    core_.loops.main().at(std::chrono::steady_clock::now() + core_.config.handshake_timeout,
+                          later(&SubscribeReactor::cancel));
+  }
+  void cancel() { ctx_->TryCancel(); }
 
   // The pump's batch as one Item, or as a Batch of them.
   void encode_batch() SLUICE_REQUIRES(mu_) {
@@ -79,8 +120,12 @@ class SubscribeReactor final
     batch.clear();  // (the payloads are released here)
   }
 
+  RelayCore& core_;
+  grpc::CallbackServerContext* ctx_;
   SessionSlot slot_;
   const std::unique_ptr<SubscriberPump> pump_;  // its calls are serialized by mu_
+  std::chrono::steady_clock::time_point write_started_ SLUICE_GUARDED_BY(mu_);
+  bool judging_ SLUICE_GUARDED_BY(mu_) = false;  // a judge() is due
   v1::SubscribeEvent event_;                    // the write in flight
 };
 
@@ -94,7 +139,7 @@ grpc::ServerWriteReactor<v1::SubscribeEvent>* GrpcService::Subscribe(
   auto pump = SubscriberPump::join(core_, {req->topic(), req->name(), req->depth()}, "subscriber",
                                    /*kernel_unsent=*/false);
   if (!pump) return new Failed(pump.refusal());
-  return new SubscribeReactor(std::move(*slot), std::move(*pump));
+  return new SubscribeReactor(core_, ctx, std::move(*slot), std::move(*pump));
 }
 
 }  // namespace sluice::relay

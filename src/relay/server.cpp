@@ -13,6 +13,9 @@
 #include <string>
 #include <utility>
 
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
 #include "grpc_service.hpp"
 #include "http_router.hpp"
 #include "http_server.hpp"
@@ -57,12 +60,57 @@ RelayServer::~RelayServer() {
   shutdown();
 }
 
+namespace {
+
+// gRPC says only that it could not bind; the OS's reason comes from binding the address
+// ourselves first (released at once: gRPC binds it next).
+void check_grpc_address(const RelayConfig& config) {
+  namespace ip = boost::asio::ip;
+  boost::system::error_code ec;
+  const auto address = ip::make_address(config.host, ec);
+  if (ec) {
+    throw std::runtime_error("relay: server.host (SLUICE_HOST) = \"" + config.host +
+                             "\" is not an IP address to bind (e.g. 127.0.0.1, ::1, 0.0.0.0)");
+  }
+  boost::asio::io_context io;
+  ip::tcp::acceptor probe(io);
+  const ip::tcp::endpoint endpoint(address, config.grpc_port);
+  probe.open(endpoint.protocol(), ec);
+  if (!ec) probe.set_option(ip::tcp::acceptor::reuse_address(true), ec);
+  if (!ec) probe.bind(endpoint, ec);
+  if (ec) {
+    throw std::runtime_error("relay: cannot listen on " + config.host + ":" +
+                             std::to_string(config.grpc_port) +
+                             " for gRPC (server.grpc_port / SLUICE_GRPC_PORT): " + ec.message());
+  }
+}
+
+// The address as gRPC spells it: IPv6 in brackets.
+std::string grpc_address(const RelayConfig& config) {
+  const bool v6 = config.host.find(':') != std::string::npos;
+  return (v6 ? "[" + config.host + "]" : config.host) + ":" + std::to_string(config.grpc_port);
+}
+
+}  // namespace
+
 void RelayServer::start() {
   const RelayConfig& config = impl_->core.config;
+  check_grpc_address(config);
   grpc::ServerBuilder builder;
-  const std::string address = config.host + ":" + std::to_string(config.grpc_port);
+  const std::string address = grpc_address(config);
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &impl_->port);
   builder.RegisterService(&impl_->grpc_service);
+  // One relay per port: gRPC's default SO_REUSEPORT would let a second relay bind the same
+  // port and the kernel split clients between the two.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // A peer that stops answering HTTP/2 pings for idle_timeout_ms (gone, frozen, cut off) loses
+  // its connection, and its calls free their session slots; one that answers stays, however
+  // quiet (as a WebSocket peer that answers pings).
+  const auto idle_ms = static_cast<int>(std::min<std::int64_t>(config.idle_timeout.count(), INT32_MAX));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, std::max(1, idle_ms / 2));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, std::max(1, idle_ms / 2));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   // Our frame limit is enforced with a clear message; leave gRPC's own a little above it.
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(std::min<std::uint64_t>(config.max_frame_bytes + (1 << 20), INT32_MAX)));

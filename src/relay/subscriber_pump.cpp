@@ -93,7 +93,7 @@ std::optional<Refusal> SubscriberPump::judged(const std::optional<SinkEvent>& ev
   if (!event || event->kind == SinkEvent::Kind::recovered) return std::nullopt;
   core_.metrics
       .counter("sluice_slow_viewers_total",
-               "WebSocket subscribers found slow (late sends) or stalled (sends not completing)",
+               "Subscribers found slow (late sends) or stalled (sends not completing)",
                {{"kind", event->kind == SinkEvent::Kind::stalled ? "stalled" : "slow"},
                 {"topic", topic_->name}})
       .inc();

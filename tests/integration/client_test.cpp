@@ -101,6 +101,7 @@ TEST(Client, PublisherRetriesAfterResourceExhaustedWithoutLossOrDuplicates) {
   RelayConfig c;
   c.defaults.max_queue_bytes = 64 * 1024;
   c.defaults.max_wait = 300ms;
+  c.send_timeout = 1s;  // a subscriber paused 1.5 s is late, not stalled (that takes 10 s here)
   Relay relay(c);
   Subscriber sub(sub_options(relay, "logs", "late"));
   constexpr int kItems = 3000;  // 48 MiB: more than the transport buffers absorb
@@ -142,6 +143,7 @@ TEST(Client, PublisherGivesUpAfterMaxRetriesWithTheRelaysMessage) {
   RelayConfig c;
   c.defaults.max_queue_bytes = 64 * 1024;
   c.defaults.max_wait = 200ms;
+  c.send_timeout = 10s;  // the stuck subscriber stays stuck: it is not judged within the test
   Relay relay(c);
   Subscriber stuck(sub_options(relay, "logs", "stuck"));  // never reads
   PublisherOptions o = pub_options(relay, "logs");

@@ -597,5 +597,78 @@ TEST(RelayGrpc, ShutdownEndsSubscriberStreamsCleanly) {
   stopper.join();
 }
 
+// A gRPC subscriber that stops reading is judged as a WebSocket one is: once its write has
+// stayed in flight max_send_timeouts x send_timeout_ms it leaves the topic (the producer of the
+// lossless topic is no longer held back) and its call ends with RESOURCE_EXHAUSTED naming the
+// settings, delivered when it reads again. A subscriber that reads gets everything.
+TEST(RelayGrpc, AStalledSubscriberIsDisconnectedAndTheProducerCarriesOn) {
+  RelayConfig c = loopback();
+  c.send_timeout = 100ms;
+  c.max_send_timeouts = 5;
+  c.handshake_timeout = 60s;  // (the stalled call is cancelled only after this)
+  c.defaults.max_queue_bytes = 1 << 20;
+  c.defaults.max_wait = 30s;
+  Relay relay(c);
+  grpc::ClientContext stuck_ctx;
+  auto stuck = subscribe(relay, stuck_ctx, "feed", "stuck");  // reads nothing for now
+  grpc::ClientContext fast_ctx;
+  auto fast = subscribe(relay, fast_ctx, "feed", "fast");
+  constexpr int kItems = 600;  // 38 MiB: far more than gRPC's windows hold for the stuck one
+  std::thread reader([&] {
+    v1::SubscribeEvent e;
+    for (int i = 0; i < kItems; ++i) {
+      ASSERT_TRUE(read_event(fast, e));
+      ASSERT_EQ(e.item().sequence(), static_cast<std::uint64_t>(i));
+    }
+  });
+  grpc::ClientContext pub_ctx;
+  auto stream = relay.stub->Publish(&pub_ctx);
+  const std::string payload(std::size_t{64} * 1024, 'p');
+  for (int i = 0; i < kItems; ++i) ASSERT_TRUE(stream->Write(item("feed", i, payload)));
+  const Ended ended = end_publish(stream);
+  EXPECT_TRUE(ended.status.ok()) << ended.status.error_message();
+  reader.join();
+  EXPECT_GE(relay.metric("sluice_slow_viewers_total", "kind=\"stalled\""), 1.0);
+  // The stalled one reads again: what was in flight, then the status naming the settings.
+  v1::SubscribeEvent e;
+  while (stuck->Read(&e)) {
+  }
+  const auto status = stuck->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_NE(status.error_message().find("limits.max_send_timeouts"), std::string::npos)
+      << status.error_message();
+  fast_ctx.TryCancel();
+}
+
+// A second relay on a gRPC port in use fails at start, naming the setting and the OS's reason
+// (gRPC's default SO_REUSEPORT would have let it share the port and split the clients).
+TEST(RelayGrpc, APortInUseIsRefusedAtStartWithTheReason) {
+  Relay first(loopback());
+  RelayConfig c = loopback();
+  c.grpc_port = first.grpc_port();
+  RelayServer second(c);
+  try {
+    second.start();
+    FAIL() << "a second relay started on port " << c.grpc_port;
+  } catch (const std::runtime_error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("server.grpc_port"), std::string::npos) << what;
+    EXPECT_NE(what.find("in use"), std::string::npos) << what;
+  }
+}
+
+// IPv6 loopback works as well as IPv4.
+TEST(RelayGrpc, ServesOnIpv6Loopback) {
+  RelayConfig c = loopback();
+  c.host = "::1";
+  RelayServer relay(c);
+  relay.start();
+  auto stub = v1::Relay::NewStub(grpc::CreateChannel(
+      "[::1]:" + std::to_string(relay.grpc_port()), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  v1::StatsReply reply;
+  EXPECT_TRUE(stub->Stats(&ctx, v1::StatsRequest{}, &reply).ok());
+}
+
 }  // namespace
 }  // namespace sluice

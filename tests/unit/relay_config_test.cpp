@@ -108,6 +108,14 @@ max_wait_ms = 250
   EXPECT_EQ(c.topic("nope"), nullptr);
 }
 
+TEST(RelayConfig, HostsAreIpAddressesOrLocalhost) {
+  EXPECT_EQ(load(std::nullopt, {{"SLUICE_HOST", "localhost"}}).host, "127.0.0.1");
+  EXPECT_EQ(load(std::nullopt, {{"SLUICE_HOST", "[::1]"}}).host, "::1");
+  EXPECT_EQ(load(std::nullopt, {{"SLUICE_HOST", "::"}}).host, "::");
+  EXPECT_NE(error_of(std::nullopt, {{"SLUICE_HOST", "relay.example"}}).find("SLUICE_HOST"),
+            std::string::npos);
+}
+
 TEST(RelayConfig, BadValuesNameTheSettingTheSourceAndTheRange) {
   EXPECT_EQ(error_of(std::nullopt, {{"STREAM_MAX_FRAME_SIZE_MB", "0"}}),
             "invalid configuration: environment STREAM_MAX_FRAME_SIZE_MB = \"0\" (accepted: 1 KiB "
