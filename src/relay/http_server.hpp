@@ -90,7 +90,8 @@ class HttpServer {
 
   void serve(const std::shared_ptr<Session>& session) {
     namespace http = boost::beast::http;
-    session->parser.body_limit(std::uint64_t{8} * 1024);  // requests here are small
+    session->parser.header_limit(8 * 1024);  // requests here are small
+    session->parser.body_limit(std::uint64_t{8} * 1024);
     session->deadline.expires_after(timeout_);
     session->deadline.async_wait(
         [w = std::weak_ptr<Session>(session)](boost::beast::error_code ec) {
@@ -99,36 +100,65 @@ class HttpServer {
             s->socket.close(ignored);  // ends the read or write in flight
           }
         });
-    http::async_read(
-        session->socket, session->buffer, session->parser,
-        [this, session](boost::beast::error_code ec, std::size_t /*bytes*/) {
-          if (ec) return;  // the client went away or sent garbage: nothing to answer
-          session->request = session->parser.release();
-          auto& request = session->request;
-          HttpResponse answer;
-          if (boost::beast::websocket::is_upgrade(request)) {
-            session->deadline.cancel();  // (the WebSocket has its own)
-            auto refused = upgrade_(session->socket, request);
-            if (!refused) return;  // a WebSocket now
-            answer = std::move(*refused);
-          } else if (request.method() != http::verb::get) {
-            answer = {405, "text/plain; charset=utf-8", "only GET is served here\n"};
-          } else {
-            answer = handler_(std::string(request.target()));
-          }
-          auto& res = session->response;
-          res.version(request.version());
-          res.result(answer.status);
-          res.set(http::field::content_type, answer.content_type);
-          res.set(http::field::connection, "close");
-          res.body() = std::move(answer.body);
-          res.prepare_payload();
-          http::async_write(session->socket, res, [session](boost::beast::error_code, std::size_t) {
-            session->deadline.cancel();
-            boost::system::error_code ignored;
-            session->socket.shutdown(boost::asio::ip::tcp::socket::shutdown_both, ignored);
-          });
-        });
+    http::async_read(session->socket, session->buffer, session->parser,
+                     [this, session](boost::beast::error_code ec, std::size_t /*bytes*/) {
+                       if (ec) {  // the client went away, or sent what is not a request: say why
+                         if (auto bad = malformed(ec, *session))
+                           respond(session, 11, std::move(*bad));
+                         return;
+                       }
+                       session->request = session->parser.release();
+                       auto& request = session->request;
+                       HttpResponse answer;
+                       if (boost::beast::websocket::is_upgrade(request)) {
+                         session->deadline.cancel();  // (the WebSocket has its own)
+                         auto refused = upgrade_(session->socket, request);
+                         if (!refused) return;  // a WebSocket now
+                         answer = std::move(*refused);
+                       } else if (request.method() != http::verb::get) {
+                         answer = {405, "text/plain; charset=utf-8", "only GET is served here\n"};
+                       } else {
+                         answer = handler_(std::string(request.target()));
+                       }
+                       respond(session, request.version(), std::move(answer));
+                     });
+  }
+
+  // The answer to what could not be read as a request: 414 (request line over the limit), 431
+  // (headers over it), 413 (a body over it), 400 (anything else); none if the peer just left.
+  static std::optional<HttpResponse> malformed(boost::beast::error_code ec, const Session& s) {
+    namespace http = boost::beast::http;
+    if (ec == http::error::end_of_stream || ec == boost::asio::error::eof ||
+        ec == boost::asio::error::operation_aborted || ec == boost::asio::error::connection_reset)
+      return std::nullopt;
+    const std::string_view text(static_cast<const char*>(s.buffer.data().data()), s.buffer.size());
+    if (ec == http::error::header_limit) {
+      const bool line_done = text.find("\r\n") != std::string_view::npos;
+      return HttpResponse{line_done ? 431U : 414U, "text/plain; charset=utf-8",
+                          line_done ? "request headers over 8 KiB\n"
+                                    : "request line over 8 KiB (a shorter target)\n"};
+    }
+    if (ec == http::error::body_limit)
+      return HttpResponse{413, "text/plain; charset=utf-8", "request body over 8 KiB\n"};
+    return HttpResponse{400, "text/plain; charset=utf-8",
+                        "not an HTTP/1.1 request: " + ec.message() + "\n"};
+  }
+
+  static void respond(const std::shared_ptr<Session>& session, unsigned version,
+                      HttpResponse answer) {
+    namespace http = boost::beast::http;
+    auto& res = session->response;
+    res.version(version);
+    res.result(answer.status);
+    res.set(http::field::content_type, answer.content_type);
+    res.set(http::field::connection, "close");
+    res.body() = std::move(answer.body);
+    res.prepare_payload();
+    http::async_write(session->socket, res, [session](boost::beast::error_code, std::size_t) {
+      session->deadline.cancel();
+      boost::system::error_code ignored;
+      session->socket.shutdown(boost::asio::ip::tcp::socket::shutdown_both, ignored);
+    });
   }
 
   boost::asio::ip::tcp::acceptor acceptor_;

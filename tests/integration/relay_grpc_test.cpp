@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
 #include <chrono>
 #include <cstdio>
 #include <map>
@@ -663,11 +666,40 @@ TEST(RelayGrpc, ServesOnIpv6Loopback) {
   c.host = "::1";
   RelayServer relay(c);
   relay.start();
-  auto stub = v1::Relay::NewStub(grpc::CreateChannel(
-      "[::1]:" + std::to_string(relay.grpc_port()), grpc::InsecureChannelCredentials()));
+  auto stub = v1::Relay::NewStub(grpc::CreateChannel("[::1]:" + std::to_string(relay.grpc_port()),
+                                                     grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   v1::StatsReply reply;
   EXPECT_TRUE(stub->Stats(&ctx, v1::StatsRequest{}, &reply).ok());
+}
+
+// What the HTTP port cannot read as a request gets a status and a one-line reason, then the
+// connection closes: 400 (not HTTP), 414 (request line over 8 KiB), 431 (headers over 8 KiB).
+TEST(RelayHttp, MalformedRequestsAreAnsweredWithTheirStatus) {
+  Relay relay(loopback());
+  const auto raw = [&](const std::string& request) {
+    boost::asio::io_context io;
+    boost::asio::ip::tcp::socket socket(io);
+    socket.connect({boost::asio::ip::make_address("127.0.0.1"), relay.http_port()});
+    boost::system::error_code ec;
+    boost::asio::write(socket, boost::asio::buffer(request), ec);
+    std::string answer;
+    std::array<char, 4096> chunk{};
+    for (;;) {
+      const std::size_t n = socket.read_some(boost::asio::buffer(chunk), ec);
+      answer.append(chunk.data(), n);
+      if (ec) break;
+    }
+    return answer;
+  };
+  EXPECT_EQ(raw("GARBAGE\r\n\r\n").rfind("HTTP/1.1 400 ", 0), 0U);
+  const std::string long_target = raw("GET /" + std::string(10000, 'a') + " HTTP/1.1\r\n\r\n");
+  EXPECT_EQ(long_target.rfind("HTTP/1.1 414 ", 0), 0U) << long_target.substr(0, 80);
+  EXPECT_NE(long_target.find("request line over 8 KiB"), std::string::npos);
+  const std::string big_header =
+      raw("GET / HTTP/1.1\r\nX-Big: " + std::string(10000, 'a') + "\r\n\r\n");
+  EXPECT_EQ(big_header.rfind("HTTP/1.1 431 ", 0), 0U) << big_header.substr(0, 80);
+  EXPECT_EQ(http_get(relay.http_port(), "/healthz").first, 200U);  // the port serves on
 }
 
 }  // namespace
