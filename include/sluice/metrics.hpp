@@ -120,6 +120,12 @@ class Registry {
 };
 
 /// Escapes a label value for the exposition format: \ → \\, " → \", newline → \n.
+/// Invalid UTF-8 (a byte that starts no character, a truncated or overlong sequence, a
+/// surrogate) is replaced by U+FFFD first: every line of the exposition is valid UTF-8.
 std::string escape_label_value(std::string_view value);
+
+/// `text` as valid UTF-8 (each invalid byte replaced by U+FFFD), at most `max_bytes` long, cut
+/// at a character boundary. For names that clients give and labels show.
+std::string valid_utf8(std::string_view text, std::size_t max_bytes = std::string::npos);
 
 }  // namespace sluice::metrics

@@ -116,7 +116,55 @@ std::uint64_t count_at_or_below(const HistogramSnapshot& s, double seconds) {
 
 }  // namespace
 
-std::string escape_label_value(std::string_view value) {
+namespace {
+
+// The length of the valid UTF-8 character at the start of `s` (1-4), or 0 if there is none.
+std::size_t utf8_char(std::string_view s) {
+  const auto b = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
+  const unsigned char c = b(0);
+  if (c < 0x80) return 1;
+  std::size_t n = 0;
+  std::uint32_t cp = 0;
+  if ((c & 0xE0) == 0xC0) {
+    n = 2;
+    cp = c & 0x1F;
+  } else if ((c & 0xF0) == 0xE0) {
+    n = 3;
+    cp = c & 0x0F;
+  } else if ((c & 0xF8) == 0xF0) {
+    n = 4;
+    cp = c & 0x07;
+  } else {
+    return 0;
+  }
+  if (s.size() < n) return 0;
+  for (std::size_t i = 1; i < n; ++i) {
+    if ((b(i) & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (b(i) & 0x3F);
+  }
+  constexpr std::uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+  if (cp < kMin[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  return n;
+}
+
+}  // namespace
+
+std::string valid_utf8(std::string_view text, std::size_t max_bytes) {
+  constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
+  std::string out;
+  out.reserve(std::min(text.size(), max_bytes));
+  while (!text.empty()) {
+    const std::size_t n = utf8_char(text);
+    const std::string_view piece = n == 0 ? kReplacement : text.substr(0, n);
+    if (out.size() + piece.size() > max_bytes) break;
+    out += piece;
+    text.remove_prefix(n == 0 ? 1 : n);
+  }
+  return out;
+}
+
+std::string escape_label_value(std::string_view raw) {
+  const std::string value = valid_utf8(raw);
   std::string out;
   out.reserve(value.size());
   for (const char c : value) {

@@ -13,7 +13,9 @@ Outcome<std::unique_ptr<SubscriberPump>> SubscriberPump::join(RelayCore& core,
   if (!t) return std::move(t.refusal());
   try {
     auto sub =
-        (*t)->broadcast.subscribe(r.name.empty() ? default_name : r.name.substr(0, 128), r.depth);
+        // (a name shows in stats and as a label: valid UTF-8, at most 128 bytes)
+        (*t)->broadcast.subscribe(
+            r.name.empty() ? default_name : metrics::valid_utf8(r.name, 128), r.depth);
     return std::unique_ptr<SubscriberPump>(
         new SubscriberPump(core, std::move(*t), std::move(sub), kernel_unsent));
   } catch (const std::invalid_argument& e) {  // (the broadcast's own check: depth)

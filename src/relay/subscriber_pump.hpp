@@ -37,8 +37,8 @@
 namespace sluice::relay {
 
 /// What a subscriber asks for (the transport decodes it): the topic, a name for stats and
-/// metrics (at most 128 bytes kept; empty: a default), a depth (real-time topics; 0: the
-/// topic's).
+/// metrics (made valid UTF-8, cut to whole characters within 128 bytes; empty: a default), a depth
+/// (real-time topics; 0: the topic's).
 struct SubscribeRequest {
   std::string topic;
   std::string name;

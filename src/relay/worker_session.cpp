@@ -21,7 +21,7 @@ std::optional<Refusal> WorkerSession::join(const WorkerJoin& request) {
                    ""};
   }
   topic_ = std::move(*t);
-  name_ = request.name.empty() ? "worker" : request.name.substr(0, 128);
+  name_ = request.name.empty() ? "worker" : metrics::valid_utf8(request.name, 128);
   concurrency_ = request.concurrency == 0 ? kDefaultConcurrency
                                           : static_cast<std::uint32_t>(request.concurrency);
   return std::nullopt;

@@ -32,7 +32,7 @@ namespace sluice::relay {
 /// What a worker asks for (the transport decodes it).
 struct WorkerJoin {
   std::string topic;
-  std::string name;               // empty: "worker"; at most 128 bytes kept
+  std::string name;               // empty: "worker"; valid UTF-8 within 128 bytes kept
   std::uint64_t concurrency = 0;  // frames it may hold unanswered; 0: 4; at most 1024
 };
 

@@ -24,7 +24,9 @@
 #include "loopback.hpp"
 #include "relay_scene.hpp"
 #include "sluice/relay/protocol.hpp"
+#include "sluice/metrics.hpp"
 #include "sluice/relay/server.hpp"
+#include "sluice/v1/relay.grpc.pb.h"
 #include "ws_client.hpp"
 
 namespace sluice {
@@ -674,6 +676,36 @@ TEST(RelayWs, AFrameThatWaitsPastMaxWaitIsRefusedWith1013AndCounted) {
             "topic full past max_wait_ms (SLUICE_MAX_WAIT_MS)");
   EXPECT_EQ(relay.metric("sluice_topic_publish_timeouts_total", "topic=\"full\""), 1.0);
   EXPECT_NE(relay.stats_json().find("\"timeouts\": 1"), std::string::npos) << relay.stats_json();
+}
+
+// Names are the clients' own and show as labels: raw bytes that are not UTF-8 (%FF%FE) and a
+// name longer than 128 bytes of two-byte characters reach /metrics as valid UTF-8, cut on a
+// character boundary, on both transports; every line of /metrics stays valid for a scraper.
+TEST(RelayWs, HostileNamesLeaveMetricsValidUtf8) {
+  testing::RelayScene relay;
+  const auto port = relay.http_port();
+  std::string long_name;
+  for (int i = 0; i < 100; ++i) long_name += "%C3%A9";  // "é" x 100: 200 bytes
+  WsClient raw;
+  ASSERT_FALSE(raw.connect(port, "/v1/ws/subscribe/t?name=bad%FF%FEname"));
+  WsClient longer;
+  ASSERT_FALSE(longer.connect(port, "/v1/ws/subscribe/t?name=" + long_name));
+  grpc::ClientContext ctx;
+  v1::SubscribeRequest req;
+  req.set_topic("t");
+  std::string grpc_name;
+  for (int i = 0; i < 100; ++i) grpc_name += "\xC3\xA9";
+  req.set_name(grpc_name);
+  auto reader = relay.stub->Subscribe(&ctx, req);
+  ASSERT_TRUE(testing::wait_for_sessions(port, 3));
+  const std::string text = testing::http_get(port, "/metrics").second;
+  EXPECT_EQ(metrics::valid_utf8(text), text);
+  EXPECT_NE(text.find("subscriber=\"bad\xEF\xBF\xBD\xEF\xBF\xBDname\""), std::string::npos);
+  std::string kept;  // 64 x "é": 128 bytes, whole characters
+  for (int i = 0; i < 64; ++i) kept += "\xC3\xA9";
+  EXPECT_NE(text.find("subscriber=\"" + kept + "\""), std::string::npos);
+  EXPECT_EQ(text.find(kept + "\xC3"), std::string::npos);  // no half character after the cut
+  ctx.TryCancel();
 }
 
 }  // namespace
