@@ -4,7 +4,10 @@
 // - Storage: the broadcast keeps the `capacity` most recently published items in a ring. An
 //   item is stored once, whatever the number of subscribers; a subscriber receives a copy of
 //   the stored T (for sluice::Buffer, a reference: the bytes are shared, never copied).
-//   Memory held by the ring is at most `capacity` items.
+//   An item is kept only while a subscriber still needs it: the last subscriber to receive it,
+//   skip it (lapped) or leave releases it, and an item published with no subscriber is not
+//   kept at all. So memory held by the ring is at most `capacity` items, and only the items
+//   some subscriber has not passed yet (retained_bytes(): their size_bytes).
 // - Subscribers: subscribe(name, depth) returns a Subscription, an RAII handle; destroying it
 //   (or unsubscribe()) leaves and releases everything the subscriber held back. A subscriber
 //   sees the items published after it joined, in publish order. 1 ≤ depth ≤ capacity.
@@ -114,10 +117,11 @@ struct BroadcastStats {
   std::size_t max_bytes = 0;
   bool closed = false;
   std::uint64_t published = 0;
-  std::uint64_t evicted = 0;      // subscribers removed by evict_after
-  std::uint64_t would_block = 0;  // try_publish answers would_block (lossless)
-  std::uint64_t timeouts = 0;     // publishes that gave up at their deadline (lossless)
-  double blocked_seconds = 0;     // time publishers waited for subscribers (spinning or parked)
+  std::uint64_t evicted = 0;         // subscribers removed by evict_after
+  std::uint64_t would_block = 0;     // try_publish answers would_block (lossless)
+  std::uint64_t timeouts = 0;        // publishes that gave up at their deadline (lossless)
+  std::uint64_t retained_bytes = 0;  // size_bytes of the items held for subscribers, now
+  double blocked_seconds = 0;        // time publishers waited for subscribers (spinning or parked)
   std::vector<SubscriberStats> subscribers;  // current subscribers, in joining order
   HistogramSnapshot latency_ns;              // publish→receive, sampled, all subscribers
 };
@@ -169,6 +173,7 @@ struct SubscriberState {
   std::atomic<std::uint64_t> max_lag{0};
   std::atomic<bool> evicted{false};
   bool eviction_reported = false;   // subscriber thread only
+  bool released = false;            // its unread items were passed (subscriber thread only)
   std::atomic<bool> hooked{false};  // on_readable was used: counted in hooked_subs
   HookList readable;
 };
@@ -182,8 +187,12 @@ struct BroadcastState {
     // without it (acquire), as the item's "ready" flag.
     std::atomic<std::uint64_t> seq{std::numeric_limits<std::uint64_t>::max()};
     std::int64_t stamp_ns = 0;  // guarded by lock
-    std::uint64_t bytes = 0;    // size_bytes of the item (byte-budgeted broadcasts only)
-    std::optional<T> item;      // guarded by lock
+    std::uint64_t bytes = 0;    // size_bytes of the item (0 if T has none)
+    // Subscribers that have not passed the item yet; the last one releases it. Set by the
+    // publisher; counted down under the lock, or (unguarded reads) by each reader after its
+    // copy (the slot is not reused before every reader has passed it).
+    std::atomic<std::uint32_t> remaining{0};
+    std::optional<T> item;  // guarded by lock
   };
 
   explicit BroadcastState(BroadcastConfig c)
@@ -226,6 +235,33 @@ struct BroadcastState {
   std::atomic<std::uint64_t> would_block{0};
   std::atomic<std::uint64_t> timeouts{0};
   std::atomic<std::uint64_t> blocked_ns{0};
+  std::atomic<std::uint64_t> retained_bytes{0};  // size_bytes of the items the slots hold
+
+  // One subscriber fewer needs the item in `slot`: the last one takes it out, to be destroyed
+  // by the caller outside any lock. Caller holds the slot's lock, or reads unguarded.
+  std::optional<T> pass(Slot& slot) noexcept {
+    std::optional<T> out;
+    if (slot.remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      out.swap(slot.item);
+      if (out) retained_bytes.fetch_sub(slot.bytes, std::memory_order_relaxed);
+    }
+    return out;
+  }
+  // A subscriber at `cursor` will not read [cursor, end): it passes every item of that range
+  // still in its slot. Caller holds `mu` (the slots are not reused meanwhile) or is the
+  // subscriber reading guarded slots; released items go to `out`.
+  void pass_range(std::uint64_t cursor, std::uint64_t end, std::vector<std::optional<T>>& out) {
+    const std::uint64_t first =
+        end > config.capacity ? std::max(cursor, end - config.capacity) : cursor;
+    for (std::uint64_t seq = first; seq < end; ++seq) {
+      Slot& slot = slot_at(seq);
+      if (!unguarded_reads) slot.lock.lock();
+      if (slot.seq.load(std::memory_order_relaxed) == seq) {
+        if (auto item = pass(slot)) out.push_back(std::move(item));
+      }
+      if (!unguarded_reads) slot.lock.unlock();
+    }
+  }
 };
 
 SubscriberStats subscriber_stats(const SubscriberState& s, std::uint64_t head,
@@ -302,6 +338,11 @@ class Broadcast {
   /// without a byte budget. Takes the subscriber list's mutex; O(subscribers), no copies.
   std::uint64_t queue_bytes() const;
   const BroadcastConfig& config() const noexcept { return state_->config; }
+  /// size_bytes of the items held for subscribers that have not passed them yet, now (what
+  /// the ring holds; 0 with no subscriber).
+  std::uint64_t retained_bytes() const noexcept {
+    return state_->retained_bytes.load(std::memory_order_relaxed);
+  }
 
  private:
   static constexpr Clock::time_point kLazy = detail::kLazyDeadline;
@@ -397,6 +438,8 @@ class Subscription {
   void finish_take(RecvResult<T>& out, std::uint64_t cursor, std::uint64_t lag, std::int64_t stamp,
                    std::uint64_t bytes);
   bool readable_now() const noexcept;
+  // Passes every item it has not read (it reads no more); once.
+  void release_unread();
   RecvResult<T> recv_impl(Clock::time_point deadline, Clock::duration timeout, bool may_wait);
 
   std::shared_ptr<detail::BroadcastState<T>> state_;
@@ -500,7 +543,8 @@ template <class T>
 SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline, Clock::duration timeout,
                                       bool may_wait) {
   State& s = *state_;
-  const std::uint64_t size = s.account ? weigh(item) : 0;
+  const std::uint64_t weight = weigh(item);
+  const std::uint64_t size = s.account ? weight : 0;
   std::unique_lock lock(s.mu);
   const bool lossless = s.config.mode == BroadcastMode::lossless;
   detail::Backoff backoff;
@@ -574,18 +618,25 @@ SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline, Clock
   }
   finish_blocking();
 
-  // Store the item in its slot; the item it replaces is destroyed after the slot is unlocked.
+  // Store the item in its slot, for the subscribers there are now (none: it is not kept); the
+  // item it replaces is destroyed after the slot is unlocked.
   const std::uint64_t seq = s.head.load(std::memory_order_relaxed);
   auto& slot = s.slot_at(seq);
   std::optional<T> old;
   const std::int64_t stamp = s.latency.stamp(seq);
+  const auto readers = static_cast<std::uint32_t>(s.subs.size());
   // (Unguarded mode: every subscriber has moved past this slot's previous item and none reads
   // it again, so the lock would protect nothing.)
   if (!s.unguarded_reads) slot.lock.lock();
   old.swap(slot.item);
-  slot.item.emplace(std::move(item));
+  if (old) s.retained_bytes.fetch_sub(slot.bytes, std::memory_order_relaxed);  // (lapped)
+  if (readers > 0) {
+    slot.item.emplace(std::move(item));
+    s.retained_bytes.fetch_add(weight, std::memory_order_relaxed);
+  }
   slot.stamp_ns = stamp;
-  slot.bytes = size;
+  slot.bytes = weight;
+  slot.remaining.store(readers, std::memory_order_relaxed);
   slot.seq.store(seq, std::memory_order_release);  // last: marks the slot ready
   if (!s.unguarded_reads) slot.lock.unlock();
   // Release publishes the slot to subscribers; the light fence orders this store before the
@@ -662,6 +713,7 @@ BroadcastStats Broadcast<T>::stats() const {
   out.evicted = s.evicted.load(std::memory_order_relaxed);
   out.would_block = s.would_block.load(std::memory_order_relaxed);
   out.timeouts = s.timeouts.load(std::memory_order_relaxed);
+  out.retained_bytes = s.retained_bytes.load(std::memory_order_relaxed);
   out.blocked_seconds = static_cast<double>(s.blocked_ns.load(std::memory_order_relaxed)) / 1e9;
   out.latency_ns = s.latency.snapshot();
   return out;
@@ -684,6 +736,7 @@ typename Subscription<T>::Attempt Subscription<T>::try_take(RecvResult<T>& out) 
     if (sub.evicted.load(std::memory_order_acquire)) {
       if (!sub.eviction_reported) {
         sub.eviction_reported = true;
+        release_unread();  // (evicted: it reads no more)
         out.status = RecvStatus::evicted;
         out.reason = DropReason::evicted;
       } else {
@@ -707,6 +760,8 @@ typename Subscription<T>::Attempt Subscription<T>::try_take(RecvResult<T>& out) 
       // Lapped (lossy; lossless publishers never get `depth` ahead): skip to the `depth` most
       // recent items and say so once, before the next item.
       const std::uint64_t lost = lag - sub.depth;
+      std::vector<std::optional<T>> released;  // (destroyed after the slots' locks)
+      s.pass_range(cursor, cursor + lost, released);
       sub.cursor.store(cursor + lost, std::memory_order_seq_cst);
       sub.lost_slow.store(sub.lost_slow.load(std::memory_order_relaxed) + lost,
                           std::memory_order_relaxed);
@@ -719,11 +774,13 @@ typename Subscription<T>::Attempt Subscription<T>::try_take(RecvResult<T>& out) 
     auto& slot = s.slot_at(cursor);
     std::int64_t stamp = 0;
     std::uint64_t bytes = 0;
+    std::optional<T> released;  // (the last reader's: destroyed after the lock)
     slot.lock.lock();
     if (slot.seq.load(std::memory_order_relaxed) == cursor) {
       out.value.emplace(*slot.item);
       stamp = slot.stamp_ns;
       bytes = slot.bytes;
+      released = s.pass(slot);
     }
     slot.lock.unlock();
     if (!out.value) continue;  // overwritten since we read head: we were lapped; go again
@@ -740,7 +797,11 @@ typename Subscription<T>::Attempt Subscription<T>::take_unguarded(RecvResult<T>&
   // past it, so the item is stable: no lock (the acquire load of head ordered its write).
   auto& slot = state_->slot_at(cursor);
   out.value.emplace(*slot.item);
-  finish_take(out, cursor, lag, slot.stamp_ns, slot.bytes);
+  const std::int64_t stamp = slot.stamp_ns;
+  const std::uint64_t bytes = slot.bytes;
+  // (before the cursor moves: the publisher reuses the slot only after that)
+  [[maybe_unused]] const std::optional<T> released = state_->pass(slot);  // (freed here)
+  finish_take(out, cursor, lag, stamp, bytes);
   return Attempt::done;
 }
 
@@ -842,8 +903,19 @@ void Subscription<T>::on_readable(std::function<void()> fn) {
 }
 
 template <class T>
+void Subscription<T>::release_unread() {
+  if (sub_->released) return;
+  sub_->released = true;
+  std::vector<std::optional<T>> released;  // (destroyed after the lock)
+  std::lock_guard lock(state_->mu);
+  state_->pass_range(sub_->cursor.load(std::memory_order_relaxed),
+                     state_->head.load(std::memory_order_relaxed), released);
+}
+
+template <class T>
 void Subscription<T>::unsubscribe() {
   if (!sub_) return;
+  std::vector<std::optional<T>> released;  // (destroyed after the lock)
   {
     std::lock_guard lock(state_->mu);
     auto& subs = state_->subs;
@@ -853,6 +925,12 @@ void Subscription<T>::unsubscribe() {
       if (sub_->hooked.load()) state_->hooked_subs.fetch_sub(1, std::memory_order_seq_cst);
     }
     state_->gate = 0;
+    // What it did not read is released by it (an evicted one: once, itself).
+    if (!sub_->released) {
+      sub_->released = true;
+      state_->pass_range(sub_->cursor.load(std::memory_order_relaxed),
+                         state_->head.load(std::memory_order_relaxed), released);
+    }
   }
   state_->room.wake_all();  // a publisher waiting for this subscriber may go on
   if (state_->writable.armed()) state_->writable.fire();

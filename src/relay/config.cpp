@@ -4,8 +4,8 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
-#include <boost/asio/ip/address.hpp>
 #include <array>
+#include <boost/asio/ip/address.hpp>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -106,8 +106,9 @@ const std::vector<Setting>& settings() {
       {"server.host", "SLUICE_HOST", "host",
        [](RelayConfig& c, const Source& s, const std::string& v) {
          // An IP address (IPv6 with or without brackets), or localhost (127.0.0.1).
-         constexpr std::string_view kAccepted = "an IP address to bind: 127.0.0.1, ::1 or [::1], "
-                                                "0.0.0.0, ::, or localhost";
+         constexpr std::string_view kAccepted =
+             "an IP address to bind: 127.0.0.1, ::1 or [::1], "
+             "0.0.0.0, ::, or localhost";
          std::string host = v == "localhost" ? "127.0.0.1" : v;
          if (host.size() > 2 && host.front() == '[' && host.back() == ']')
            host = host.substr(1, host.size() - 2);

@@ -126,7 +126,7 @@ class SubscribeReactor final
   const std::unique_ptr<SubscriberPump> pump_;  // its calls are serialized by mu_
   std::chrono::steady_clock::time_point write_started_ SLUICE_GUARDED_BY(mu_);
   bool judging_ SLUICE_GUARDED_BY(mu_) = false;  // a judge() is due
-  v1::SubscribeEvent event_;                    // the write in flight
+  v1::SubscribeEvent event_;                     // the write in flight
 };
 
 }  // namespace

@@ -6,15 +6,14 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <chrono>
 #include <cstdint>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
-
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
 
 #include "grpc_service.hpp"
 #include "http_router.hpp"
@@ -106,7 +105,8 @@ void RelayServer::start() {
   // A peer that stops answering HTTP/2 pings for idle_timeout_ms (gone, frozen, cut off) loses
   // its connection, and its calls free their session slots; one that answers stays, however
   // quiet (as a WebSocket peer that answers pings).
-  const auto idle_ms = static_cast<int>(std::min<std::int64_t>(config.idle_timeout.count(), INT32_MAX));
+  const auto idle_ms =
+      static_cast<int>(std::min<std::int64_t>(config.idle_timeout.count(), INT32_MAX));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, std::max(1, idle_ms / 2));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, std::max(1, idle_ms / 2));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);

@@ -80,6 +80,7 @@ nlohmann::json topic_json(const Topic& t) {
                                  {"lag_bytes", sub.lag_bytes}});
   }
   tj["queue_bytes"] = worst_bytes;
+  tj["retained_bytes"] = s.retained_bytes;
   tj["timeouts"] = t.publish_timeouts.load(std::memory_order_relaxed);
   if (t.stage) tj["stage"] = stage_json(*t.stage);
   return tj;

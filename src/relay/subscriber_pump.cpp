@@ -14,8 +14,8 @@ Outcome<std::unique_ptr<SubscriberPump>> SubscriberPump::join(RelayCore& core,
   try {
     auto sub =
         // (a name shows in stats and as a label: valid UTF-8, at most 128 bytes)
-        (*t)->broadcast.subscribe(
-            r.name.empty() ? default_name : metrics::valid_utf8(r.name, 128), r.depth);
+        (*t)->broadcast.subscribe(r.name.empty() ? default_name : metrics::valid_utf8(r.name, 128),
+                                  r.depth);
     return std::unique_ptr<SubscriberPump>(
         new SubscriberPump(core, std::move(*t), std::move(sub), kernel_unsent));
   } catch (const std::invalid_argument& e) {  // (the broadcast's own check: depth)

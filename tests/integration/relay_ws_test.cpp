@@ -23,8 +23,8 @@
 
 #include "loopback.hpp"
 #include "relay_scene.hpp"
-#include "sluice/relay/protocol.hpp"
 #include "sluice/metrics.hpp"
+#include "sluice/relay/protocol.hpp"
 #include "sluice/relay/server.hpp"
 #include "sluice/v1/relay.grpc.pb.h"
 #include "ws_client.hpp"
@@ -706,6 +706,47 @@ TEST(RelayWs, HostileNamesLeaveMetricsValidUtf8) {
   EXPECT_NE(text.find("subscriber=\"" + kept + "\""), std::string::npos);
   EXPECT_EQ(text.find(kept + "\xC3"), std::string::npos);  // no half character after the cut
   ctx.TryCancel();
+}
+
+// A topic holds a frame only while a subscriber still needs it (what sluice_topic_retained_bytes
+// shows): 32 frames of 256 KiB to a topic with no subscriber leave nothing held (their memory
+// goes back to the frame pool at once), and with a subscriber that has read them all, nothing
+// either; one that has read half holds the rest.
+TEST(RelayWs, ATopicHoldsOnlyWhatASubscriberStillNeeds) {
+  testing::RelayScene relay;
+  const auto port = relay.http_port();
+  const std::string payload(std::size_t{256} * 1024, 'f');
+  WsClient pub;
+  ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/cam"));
+  for (int i = 0; i < 32; ++i) pub.send_binary(frame(i, 0, payload));
+  const auto published = [&](double n) {
+    for (int i = 0; i < 500; ++i) {
+      if (relay.metric("sluice_topic_published_total", "topic=\"cam\"") == n) return true;
+      std::this_thread::sleep_for(10ms);
+    }
+    return false;
+  };
+  ASSERT_TRUE(published(32));
+  EXPECT_EQ(relay.metric("sluice_topic_retained_bytes", "topic=\"cam\""), 0.0);
+  EXPECT_GE(relay.metric("sluice_frame_pool_spare_bytes"), 256.0 * 1024);  // freed, pooled
+  WsClient viewer;
+  ASSERT_FALSE(viewer.connect(port, "/v1/ws/subscribe/cam?name=v"));
+  ASSERT_TRUE(testing::wait_for_sessions(port, 2));
+  for (int i = 32; i < 64; ++i) pub.send_binary(frame(i, 0, payload));
+  for (int i = 32; i < 64; ++i) {
+    bool text = false;
+    std::string bytes;
+    ASSERT_FALSE(viewer.read(text, bytes));
+    ASSERT_EQ(index_of(bytes), static_cast<std::uint64_t>(i));
+  }
+  // The viewer has every frame; the relay lets go of each once it is written to the viewer.
+  bool released = false;
+  for (int i = 0; i < 500 && !released; ++i) {
+    released = relay.metric("sluice_topic_retained_bytes", "topic=\"cam\"") == 0.0;
+    if (!released) std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_TRUE(released);
+  EXPECT_NE(relay.stats_json().find("\"retained_bytes\": 0"), std::string::npos);
 }
 
 }  // namespace

@@ -419,4 +419,66 @@ TEST(BroadcastHooks, OneAsioThreadServesManySubscriptions) {
 }
 
 }  // namespace
+// An item is held only while a subscriber still needs it: with no subscriber nothing is kept;
+// the last subscriber to receive an item releases it; a subscriber leaving releases what it
+// had not read; a lapped one releases what it skipped.
+TEST(BroadcastRetention, ItemsAreHeldOnlyUntilTheLastSubscriberPassesThem) {
+  for (const auto mode : {BroadcastMode::lossless, BroadcastMode::lossy}) {
+    BroadcastConfig c;
+    c.capacity = 16;
+    c.default_depth = 8;
+    c.mode = mode;
+    Broadcast<Buffer> b(c);
+    const auto item = [](char ch) { return Buffer(std::string(1000, ch)); };
+    for (int i = 0; i < 10; ++i) ASSERT_TRUE(b.try_publish(item('a')).ok());
+    EXPECT_EQ(b.retained_bytes(), 0U) << "no subscriber: nothing kept";
+    auto fast = b.subscribe("fast");
+    auto slow = b.subscribe("slow");
+    for (int i = 0; i < 6; ++i) ASSERT_TRUE(b.try_publish(item('b')).ok());
+    EXPECT_EQ(b.retained_bytes(), 6000U);
+    for (int i = 0; i < 6; ++i) ASSERT_EQ(fast.try_recv().status, RecvStatus::ok);
+    EXPECT_EQ(b.retained_bytes(), 6000U) << "the slow one still needs them";
+    for (int i = 0; i < 2; ++i) ASSERT_EQ(slow.try_recv().status, RecvStatus::ok);
+    EXPECT_EQ(b.retained_bytes(), 4000U) << "both passed two";
+    slow.unsubscribe();
+    EXPECT_EQ(b.retained_bytes(), 0U) << "what only the leaver still needed is released";
+    EXPECT_EQ(b.stats().retained_bytes, 0U);
+  }
+  // Lossy: a lapped subscriber releases what it skips.
+  BroadcastConfig c;
+  c.capacity = 8;
+  c.default_depth = 2;
+  Broadcast<Buffer> b(c);
+  auto lapped = b.subscribe("lapped");
+  for (int i = 0; i < 6; ++i) ASSERT_TRUE(b.try_publish(Buffer(std::string(100, 'x'))).ok());
+  EXPECT_EQ(b.retained_bytes(), 600U);
+  EXPECT_EQ(lapped.try_recv().status, RecvStatus::gap);
+  EXPECT_EQ(b.retained_bytes(), 200U) << "the skipped four are gone";
+  EXPECT_EQ(lapped.try_recv().status, RecvStatus::ok);
+  EXPECT_EQ(lapped.try_recv().status, RecvStatus::ok);
+  EXPECT_EQ(b.retained_bytes(), 0U);
+}
+
+// Under concurrency the count stays exact: two subscribers on their own threads read every
+// item of a lossless broadcast; once both have, nothing is held.
+TEST(BroadcastRetention, ConcurrentReadersReleaseEveryItemExactlyOnce) {
+  BroadcastConfig c;
+  c.capacity = 64;
+  c.default_depth = 64;
+  c.mode = BroadcastMode::lossless;
+  Broadcast<Buffer> b(c);
+  auto one = b.subscribe("one");
+  auto two = b.subscribe("two");
+  constexpr int kItems = 20000;
+  const auto read_all = [&](Subscription<Buffer>& sub) {
+    for (int i = 0; i < kItems; ++i) ASSERT_EQ(sub.recv().status, RecvStatus::ok);
+  };
+  std::thread a([&] { read_all(one); });
+  std::thread d([&] { read_all(two); });
+  for (int i = 0; i < kItems; ++i) ASSERT_TRUE(b.publish(Buffer(std::string(64, 'p'))).ok());
+  a.join();
+  d.join();
+  EXPECT_EQ(b.retained_bytes(), 0U);
+}
+
 }  // namespace sluice
