@@ -22,6 +22,19 @@ namespace sluice::client {
 
 namespace {
 
+// A channel to the relay. Items are as large as the relay's frame limit allows (5 MiB by
+// default, up to 1 GiB): gRPC's default 4 MiB receive limit would refuse them, so the relay,
+// which bounds what it sends, sets the size.
+std::shared_ptr<grpc::Channel> relay_channel(const std::string& target) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+}  // namespace
+
+namespace {
+
 namespace v1 = ::sluice::v1;
 
 Status from_grpc(const grpc::Status& s) {
@@ -86,8 +99,7 @@ struct Publisher::Impl {
   Impl(PublisherOptions o, std::function<void(const PublisherEvent&)> cb)
       : options(std::move(o)),
         on_event(std::move(cb)),
-        stub(v1::Relay::NewStub(
-            grpc::CreateChannel(options.target, grpc::InsecureChannelCredentials()))) {
+        stub(v1::Relay::NewStub(relay_channel(options.target))) {
     open_call();
     writer = std::thread([this] { write_loop(); });
   }
@@ -264,7 +276,10 @@ struct Publisher::Impl {
           std::uint64_t bytes = 0;
           auto it = unacked.begin() +
                     static_cast<std::ptrdiff_t>(next_to_send - unacked.front().sequence);
-          for (; it != unacked.end() && batch.size() < kBatchItems && bytes < kBatchBytes; ++it) {
+          // At most kBatchBytes, or one larger item alone: a batch is never larger than what
+          // the relay accepts in one message (its frame limit plus a batch of small items).
+          for (; it != unacked.end() && batch.size() < kBatchItems; ++it) {
+            if (!batch.empty() && bytes + it->payload.size() > kBatchBytes) break;
             batch.push_back(*it);  // Buffers: references, not bytes
             bytes += it->payload.size();
           }
@@ -375,9 +390,7 @@ std::uint64_t Publisher::unacknowledged() const {
 // ---- Subscriber ----
 
 struct Subscriber::Impl {
-  explicit Impl(const SubscriberOptions& o)
-      : stub(
-            v1::Relay::NewStub(grpc::CreateChannel(o.target, grpc::InsecureChannelCredentials()))) {
+  explicit Impl(const SubscriberOptions& o) : stub(v1::Relay::NewStub(relay_channel(o.target))) {
     v1::SubscribeRequest req;
     req.set_topic(o.topic);
     req.set_name(o.name);

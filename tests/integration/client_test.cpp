@@ -227,4 +227,31 @@ TEST(Client, RefusalsArriveAsStatusesNamingTheProblem) {
 }
 
 }  // namespace
+// Items just under 1 MiB followed by items at the frame limit: the Publisher never puts a
+// large item into a batch that already holds a megabyte (the batch would be over what the relay
+// accepts in one message), so every item arrives.
+TEST(Client, ABatchNeverGrowsPastWhatTheRelayAccepts) {
+  RelayConfig c;
+  c.max_frame_bytes = 5u << 20;
+  Relay relay(c);
+  Subscriber sub(sub_options(relay, "big", "s"));
+  PublisherOptions o = pub_options(relay, "big");
+  o.window_bytes = 64u << 20;
+  Publisher pub(o);
+  constexpr int kPairs = 6;
+  for (int i = 0; i < kPairs; ++i) {
+    ASSERT_TRUE(pub.publish(Buffer(std::string((1u << 20) - 1, 'a'))).ok());
+    ASSERT_TRUE(pub.publish(Buffer(std::string(5u << 20, 'b'))).ok());
+  }
+  const auto closed = pub.close();
+  EXPECT_TRUE(closed.ok()) << closed.to_string();
+  for (int i = 0; i < 2 * kPairs; ++i) {
+    SubscriberEvent e;
+    ASSERT_TRUE(sub.next(e));
+    ASSERT_EQ(e.sequence, static_cast<std::uint64_t>(i));
+    EXPECT_EQ(e.payload.size(), i % 2 == 0 ? (1u << 20) - 1 : 5u << 20);
+  }
+  sub.cancel();
+}
+
 }  // namespace sluice
