@@ -7,6 +7,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/websocket.hpp>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -34,13 +35,18 @@ class HttpServer {
   /// A WebSocket upgrade request: takes the socket (nullopt), or answers it.
   using Upgrade = std::function<std::optional<HttpResponse>(boost::asio::ip::tcp::socket& socket,
                                                             Request& request)>;
+  /// An accept that failed (out of file descriptors, say): its reason ("EMFILE", ...).
+  using AcceptError = std::function<void(const std::string& reason)>;
   /// A client has `timeout` to send its request and read the answer (or upgrade).
   HttpServer(boost::asio::io_context& io, const std::string& host, std::uint16_t port,
-             std::chrono::milliseconds timeout, Handler handler, Upgrade upgrade)
+             std::chrono::milliseconds timeout, Handler handler, Upgrade upgrade,
+             AcceptError accept_error = {})
       : acceptor_(io),
+        retry_(io),
         timeout_(timeout),
         handler_(std::move(handler)),
-        upgrade_(std::move(upgrade)) {
+        upgrade_(std::move(upgrade)),
+        accept_error_(std::move(accept_error)) {
     namespace ip = boost::asio::ip;
     boost::system::error_code ec;
     const ip::tcp::endpoint endpoint(ip::make_address(host, ec), port);
@@ -77,6 +83,17 @@ class HttpServer {
 
   void accept() {
     acceptor_.async_accept([this](boost::system::error_code ec, boost::asio::ip::tcp::socket s) {
+      if (ec && ec != boost::asio::error::operation_aborted && acceptor_.is_open()) {
+        // Out of descriptors (or memory) the connection stays queued and the next accept
+        // fails at once: retrying at once would spin a core and starve this loop's sessions.
+        // Wait, then try again (a session that ends meanwhile frees a descriptor).
+        if (accept_error_) accept_error_(reason(ec));
+        retry_.expires_after(kAcceptRetry);
+        retry_.async_wait([this](boost::system::error_code wait) {
+          if (!wait && acceptor_.is_open()) accept();
+        });
+        return;
+      }
       if (!ec) {
         // Real-time frames and small control events go out now, not after Nagle's wait for
         // the peer's (delayed) acknowledgement: up to 40 ms per small message otherwise.
@@ -161,10 +178,29 @@ class HttpServer {
     });
   }
 
+  // The system's name for an accept error (EMFILE, ENFILE, ENOBUFS, ...), else its message.
+  static std::string reason(const boost::system::error_code& ec) {
+    switch (ec.value()) {
+      case EMFILE:
+        return "EMFILE";
+      case ENFILE:
+        return "ENFILE";
+      case ENOBUFS:
+        return "ENOBUFS";
+      case ENOMEM:
+        return "ENOMEM";
+      default:
+        return ec.message();
+    }
+  }
+
+  static constexpr std::chrono::milliseconds kAcceptRetry{100};
   boost::asio::ip::tcp::acceptor acceptor_;
+  boost::asio::steady_timer retry_;  // the next accept after a failed one
   std::chrono::milliseconds timeout_;
   Handler handler_;
   Upgrade upgrade_;
+  AcceptError accept_error_;
   std::uint16_t port_ = 0;
 };
 

@@ -10,6 +10,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -44,7 +45,26 @@ struct RelayServer::Impl {
                          [this] { poll_stages(); });
   }
 
+  // An accept failed: counted by reason, and told on stderr at most once every 10 s (a
+  // relay out of descriptors fails every accept).
+  void accept_failed(const std::string& reason) {
+    core.metrics
+        .counter("sluice_accept_errors_total",
+                 "Connections the HTTP port could not accept, by reason (retried after 100 ms)",
+                 {{"reason", reason}})
+        .inc();
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_accept_log < std::chrono::seconds(10)) return;  // (main loop only)
+    last_accept_log = now;
+    std::fprintf(stderr,
+                 "{\"event\":\"accept_error\",\"reason\":\"%s\",\"retry_ms\":100,"
+                 "\"hint\":\"raise the file descriptor limit (ulimit -n) or lower the session "
+                 "limits (docs/operations.md)\"}\n",
+                 reason.c_str());
+  }
+
   relay::RelayCore core;
+  std::chrono::steady_clock::time_point last_accept_log{};
   relay::GrpcService grpc_service{core};
   relay::HttpRouter router{core.metrics, core.topics};
   std::unique_ptr<grpc::Server> server;
@@ -130,7 +150,8 @@ void RelayServer::start() {
       },
       [impl](boost::asio::ip::tcp::socket& socket, relay::HttpServer::Request& request) {
         return relay::ws_upgrade(impl->core, socket, request);
-      });
+      },
+      [impl](const std::string& reason) { impl->accept_failed(reason); });
   impl_->core.loops.main().post([impl] { impl->poll_stages(); });
 }
 
