@@ -337,6 +337,9 @@ class Broadcast {
   /// byte-budgeted lossless broadcast holds against max_bytes); 0 without subscribers or
   /// without a byte budget. Takes the subscriber list's mutex; O(subscribers), no copies.
   std::uint64_t queue_bytes() const;
+  /// Items published and not yet received by the furthest-behind subscriber; 0 without
+  /// subscribers. Takes the subscriber list's mutex; O(subscribers).
+  std::uint64_t queue_items() const;
   const BroadcastConfig& config() const noexcept { return state_->config; }
   /// size_bytes of the items held for subscribers that have not passed them yet, now (what
   /// the ring holds; 0 with no subscriber).
@@ -692,6 +695,17 @@ std::uint64_t Broadcast<T>::queue_bytes() const {
   for (const auto& sub : s.subs)
     min_consumed = std::min(min_consumed, sub->consumed_bytes.load(std::memory_order_acquire));
   return published - min_consumed;
+}
+
+template <class T>
+std::uint64_t Broadcast<T>::queue_items() const {
+  const State& s = *state_;
+  std::lock_guard lock(s.mu);
+  const std::uint64_t head = s.head.load(std::memory_order_acquire);
+  std::uint64_t min_cursor = head;
+  for (const auto& sub : s.subs)
+    min_cursor = std::min(min_cursor, sub->cursor.load(std::memory_order_acquire));
+  return head > min_cursor ? head - min_cursor : 0;
 }
 
 template <class T>

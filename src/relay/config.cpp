@@ -101,6 +101,11 @@ struct Setting {
 constexpr std::string_view kPort = "0 to 65535 (0: ephemeral)";
 constexpr std::string_view kQueueBytes = "1 B to 1 TiB; a number of bytes, or with KiB, MiB, GiB";
 
+// A lossless topic's item limit: its ring has this many slots (about 128 bytes each).
+std::size_t parse_queue_items(const Source& s, const std::string& v) {
+  return static_cast<std::size_t>(parse_int(s, v, 8, 65'536, "8 to 65536"));
+}
+
 const std::vector<Setting>& settings() {
   static const std::vector<Setting> table = {
       {"server.host", "SLUICE_HOST", "host",
@@ -202,6 +207,10 @@ const std::vector<Setting>& settings() {
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.defaults.max_queue_bytes = parse_bytes(s, v, 1, 1ULL << 40, kQueueBytes);
        }},
+      {"topics.max_queue_items", "SLUICE_MAX_QUEUE_ITEMS", "max-queue-items",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.defaults.max_queue_items = parse_queue_items(s, v);
+       }},
       {"topics.max_wait_ms", "SLUICE_MAX_WAIT_MS", "max-wait-ms",
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.defaults.max_wait =
@@ -228,8 +237,9 @@ std::optional<std::string> scalar_text(const toml::node& node) {
   return std::nullopt;
 }
 
-constexpr std::array<std::string_view, 11> kTopicKeys = {"mode",
+constexpr std::array<std::string_view, 12> kTopicKeys = {"mode",
                                                          "max_queue_bytes",
+                                                         "max_queue_items",
                                                          "max_wait_ms",
                                                          "depth",
                                                          "stage",
@@ -438,6 +448,7 @@ RelayConfig load_relay_config(const std::optional<std::string>& file,
       if (field == "mode") t.mode = parse_mode(src, text);
       if (field == "max_queue_bytes")
         t.max_queue_bytes = parse_bytes(src, text, 1, 1ULL << 40, kQueueBytes);
+      if (field == "max_queue_items") t.max_queue_items = parse_queue_items(src, text);
       if (field == "max_wait_ms") {
         t.max_wait =
             std::chrono::milliseconds(parse_int(src, text, 0, 3'600'000, "0 to 3600000 (ms)"));
@@ -475,11 +486,13 @@ std::string to_toml(const RelayConfig& c) {
     << "\nslowdown_threshold = " << c.slowdown_threshold
     << "\n\n[topics]\nauto_create = " << (c.auto_create ? "true" : "false") << "\nmode = \""
     << to_string(c.defaults.mode) << "\"\nmax_queue_bytes = " << c.defaults.max_queue_bytes
+    << "\nmax_queue_items = " << c.defaults.max_queue_items
     << "\nmax_wait_ms = " << c.defaults.max_wait.count() << "\ndepth = " << c.defaults.depth
     << "\n";
   for (const auto& t : c.topics) {
     o << "\n[[topic]]\nname = \"" << t.name << "\"\nmode = \"" << to_string(t.mode)
-      << "\"\nmax_queue_bytes = " << t.max_queue_bytes << "\nmax_wait_ms = " << t.max_wait.count()
+      << "\"\nmax_queue_bytes = " << t.max_queue_bytes
+      << "\nmax_queue_items = " << t.max_queue_items << "\nmax_wait_ms = " << t.max_wait.count()
       << "\ndepth = " << t.depth << "\n";
     if (t.stage) {
       o << "stage = true\nstage_fps = " << t.stage->fps

@@ -152,8 +152,11 @@ std::optional<PublishEvent> PublishSession::next_event(bool acks) {
     e.topic = topic_->name;
     e.queue_bytes = topic_->broadcast.queue_bytes();
     e.limit_bytes = topic_->config.max_queue_bytes;
-    if (slowed_)
-      e.detail = "topic full: the relay stopped reading this call until subscribers catch up";
+    if (slowed_) {
+      e.limit = std::string(topic_->binding_limit());
+      e.detail = "topic full (" + e.limit +
+                 "): the relay stopped reading this call until subscribers catch up";
+    }
     return e;
   }
   if (acks && ack_) {

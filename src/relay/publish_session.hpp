@@ -57,6 +57,7 @@ struct PublishEvent {
   std::uint64_t sequence = 0;
   std::uint64_t queue_bytes = 0;
   std::uint64_t limit_bytes = 0;
+  std::string limit;  // slow_down: the setting that binds (max_queue_bytes, max_queue_items)
   DropReason reason = DropReason::overflow;
   double drop_rate = 0;
   std::string detail;

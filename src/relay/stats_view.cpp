@@ -69,6 +69,7 @@ nlohmann::json topic_json(const Topic& t) {
   tj["mode"] = to_string(t.config.mode);
   tj["published"] = s.published;
   tj["max_queue_bytes"] = t.config.max_queue_bytes;
+  tj["max_queue_items"] = t.config.max_queue_items;
   std::uint64_t worst_bytes = 0;
   tj["subscribers"] = nlohmann::json::array();
   for (const auto& sub : s.subscribers) {

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "refusal.hpp"
@@ -27,8 +28,8 @@ struct Topic {
     b.name = c.name.empty() ? "topic" : c.name;
     if (c.mode == TopicMode::lossless) {
       b.mode = BroadcastMode::lossless;
-      b.capacity = 1024;
-      b.default_depth = 1024;  // the byte budget is what binds
+      b.capacity = c.max_queue_items;
+      b.default_depth = c.max_queue_items;  // (each subscriber may be that far behind)
       b.max_bytes = c.max_queue_bytes;
       b.max_wait = c.max_wait;
     } else {
@@ -39,24 +40,39 @@ struct Topic {
     return b;
   }
 
-  /// Why a publish gave up after max_wait: the topic, the slowest subscriber, its bytes, the
-  /// limit, and the settings to change.
+  /// The limit that holds a producer back now: max_queue_items when a subscriber is that many
+  /// items behind, else max_queue_bytes.
+  std::string_view binding_limit() const {
+    return broadcast.queue_items() >= config.max_queue_items ? "max_queue_items"
+                                                              : "max_queue_bytes";
+  }
+
+  /// Why a publish gave up after max_wait: the topic, the slowest subscriber, what it holds
+  /// against the limit that binds, and the settings to change.
   Refusal full() const {
     const auto s = broadcast.stats();
     std::string slowest = "(none)";
     std::uint64_t bytes = 0;
+    std::uint64_t items = 0;
     for (const auto& sub : s.subscribers) {
-      if (sub.lag_bytes >= bytes) {
+      if (sub.lag >= items) {
+        items = sub.lag;
         bytes = sub.lag_bytes;
         slowest = sub.name;
       }
     }
+    const bool by_items = items >= config.max_queue_items;
+    const std::string holds =
+        by_items ? std::to_string(items) + " items of max_queue_items " +
+                       std::to_string(config.max_queue_items) +
+                       ". Speed up the consumer, or raise max_queue_items (SLUICE_MAX_QUEUE_ITEMS)"
+                 : std::to_string(bytes) + " bytes of max_queue_bytes " +
+                       std::to_string(config.max_queue_bytes) +
+                       ". Speed up the consumer, or raise max_queue_bytes (SLUICE_MAX_QUEUE_BYTES)";
     return {RefusalKind::topic_full,
             "topic '" + name + "' is full: waited " + std::to_string(config.max_wait.count()) +
-                " ms for room; subscriber '" + slowest + "' holds " + std::to_string(bytes) +
-                " bytes of max_queue_bytes " + std::to_string(config.max_queue_bytes) +
-                ". Speed up the consumer, or raise max_queue_bytes (SLUICE_MAX_QUEUE_BYTES) or "
-                "max_wait_ms (SLUICE_MAX_WAIT_MS)",
+                " ms for room; subscriber '" + slowest + "' holds " + holds +
+                " or max_wait_ms (SLUICE_MAX_WAIT_MS)",
             "SLUICE_MAX_WAIT_MS"};
   }
 

@@ -26,7 +26,8 @@ std::optional<std::pair<nlohmann::json, Priority>> encode(const PublishEvent& e)
       return {{{{"warning", "slow_down"},
                 {"topic", e.topic},
                 {"queue_bytes", e.queue_bytes},
-                {"limit_bytes", e.limit_bytes}},
+                {"limit_bytes", e.limit_bytes},
+                {"limit", e.limit}},
                Priority::control}};
     case Kind::resume:
       return {{{{"resume", true}, {"queue_bytes", e.queue_bytes}}, Priority::control}};

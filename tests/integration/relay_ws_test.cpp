@@ -1,7 +1,6 @@
 // The relay's WebSocket endpoints on 127.0.0.1 (ephemeral ports), driven by real Beast clients.
 #include <gtest/gtest.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 
 #include <array>
 #include <atomic>
@@ -9,10 +8,12 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/websocket.hpp>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -39,6 +40,33 @@ using testing::frame;
 using testing::index_of;
 using testing::loopback;
 using testing::WsClient;
+
+// Shuts a client's socket down after `limit` unless the test is done first: a blocking read
+// that would wait forever fails instead (SO_RCVTIMEO does not end Asio's synchronous reads).
+class Watchdog {
+ public:
+  Watchdog(WsClient& client, std::chrono::seconds limit)
+      : thread_([this, fd = client.s.next_layer().native_handle(), limit] {
+          std::unique_lock lock(mu_);
+          if (!cv_.wait_for(lock, limit, [this] { return done_; })) ::shutdown(fd, SHUT_RDWR);
+        }) {}
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+  ~Watchdog() {
+    {
+      std::lock_guard lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
 
 TEST(RelayWs, FramesFromAPublisherReachEveryViewerWithTheirHeader) {
   testing::RelayScene relay(loopback());
@@ -653,9 +681,7 @@ TEST(RelayWs, AFrameThatWaitsPastMaxWaitIsRefusedWith1013AndCounted) {
   ASSERT_FALSE(stuck.connect(port, "/v1/ws/subscribe/full?name=stuck"));
   WsClient pub;
   ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/full"));
-  const timeval give_up{30, 0};  // a relay that never refuses fails the read, not the run
-  ::setsockopt(pub.s.next_layer().native_handle(), SOL_SOCKET, SO_RCVTIMEO, &give_up,
-               sizeof give_up);
+  Watchdog watchdog(pub, 30s);  // a relay that never refuses fails the test, not the run
   const std::string payload(std::size_t{16} * 1024, 'x');
   for (int i = 0; i < 12; ++i) pub.send_binary(frame(i, 0, payload));  // 192 KiB > budget
   std::vector<nlohmann::json> events;
@@ -747,6 +773,41 @@ TEST(RelayWs, ATopicHoldsOnlyWhatASubscriberStillNeeds) {
   }
   EXPECT_TRUE(released);
   EXPECT_NE(relay.stats_json().find("\"retained_bytes\": 0"), std::string::npos);
+}
+
+// A lossless topic's item limit is a setting (max_queue_items), and when it is the one that
+// binds, the producer is told so: small frames fill 8 items long before 100 MiB, and slow_down
+// and the timeout name max_queue_items, not the byte budget.
+TEST(RelayWs, WhenTheItemLimitBindsTheEventsNameIt) {
+  RelayConfig c = loopback();
+  c.defaults.max_queue_items = 8;
+  c.defaults.max_wait = 300ms;
+  c.send_timeout = 30s;
+  c.viewer_send_buffer_bytes = 4096;
+  testing::RelayScene relay(c);
+  const auto port = relay.http_port();
+  WsClient stuck;  // reads nothing
+  stuck.s.next_layer().open(boost::asio::ip::tcp::v4());
+  stuck.s.next_layer().set_option(boost::asio::socket_base::receive_buffer_size(4096));
+  ASSERT_FALSE(stuck.connect(port, "/v1/ws/subscribe/small?name=stuck"));
+  WsClient pub;
+  ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/small"));
+  Watchdog watchdog(pub, 30s);
+  const std::string payload(std::size_t{16} * 1024, 'x');  // 24 x 16 KiB: far under 100 MiB
+  for (int i = 0; i < 24; ++i) pub.send_binary(frame(i, 0, payload));
+  std::vector<nlohmann::json> events;
+  for (;;) {
+    bool text = false;
+    std::string bytes;
+    if (pub.read(text, bytes)) break;
+    events.push_back(nlohmann::json::parse(bytes));
+  }
+  ASSERT_GE(events.size(), 2U);
+  EXPECT_EQ(events.front().value("limit", ""), "max_queue_items") << events.front();
+  const std::string error = events.back().value("error", "");
+  EXPECT_NE(error.find("of max_queue_items 8"), std::string::npos) << error;
+  EXPECT_NE(error.find("SLUICE_MAX_QUEUE_ITEMS"), std::string::npos) << error;
+  EXPECT_NE(relay.stats_json().find("\"max_queue_items\": 8"), std::string::npos);
 }
 
 }  // namespace

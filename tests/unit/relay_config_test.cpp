@@ -108,6 +108,14 @@ max_wait_ms = 250
   EXPECT_EQ(c.topic("nope"), nullptr);
 }
 
+TEST(RelayConfig, ALosslessTopicsItemLimitIsASetting) {
+  EXPECT_EQ(load(std::nullopt).defaults.max_queue_items, 1024U);
+  EXPECT_EQ(load(std::nullopt, {{"SLUICE_MAX_QUEUE_ITEMS", "65536"}}).defaults.max_queue_items,
+            65536U);
+  EXPECT_NE(error_of(std::nullopt, {{"SLUICE_MAX_QUEUE_ITEMS", "4"}}).find("8 to 65536"),
+            std::string::npos);
+}
+
 TEST(RelayConfig, HostsAreIpAddressesOrLocalhost) {
   EXPECT_EQ(load(std::nullopt, {{"SLUICE_HOST", "localhost"}}).host, "127.0.0.1");
   EXPECT_EQ(load(std::nullopt, {{"SLUICE_HOST", "[::1]"}}).host, "::1");

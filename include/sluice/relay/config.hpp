@@ -46,6 +46,7 @@ struct TopicConfig {
   std::string name;
   TopicMode mode = TopicMode::lossless;
   std::uint64_t max_queue_bytes = std::uint64_t{100} << 20;  // lossless budget
+  std::size_t max_queue_items = 1024;  // lossless: items a subscriber may be behind, too
   std::chrono::milliseconds max_wait{5000};                  // lossless
   std::size_t depth = 4;                                     // realtime, per subscriber
   std::optional<StageConfig> stage;                          // none: a plain topic
