@@ -17,6 +17,7 @@
 
 #include "loopback.hpp"
 #include "relay_scene.hpp"
+#include "sluice/metrics.hpp"
 #include "sluice/relay/server.hpp"
 #include "sluice/v1/relay.grpc.pb.h"
 
@@ -700,6 +701,23 @@ TEST(RelayHttp, MalformedRequestsAreAnsweredWithTheirStatus) {
       raw("GET / HTTP/1.1\r\nX-Big: " + std::string(10000, 'a') + "\r\n\r\n");
   EXPECT_EQ(big_header.rfind("HTTP/1.1 431 ", 0), 0U) << big_header.substr(0, 80);
   EXPECT_EQ(http_get(relay.http_port(), "/healthz").first, 200U);  // the port serves on
+}
+
+// A gRPC subscriber's name longer than 128 bytes of two-byte characters is cut on a character
+// boundary; /metrics stays valid UTF-8.
+TEST(RelayGrpc, HostileNamesLeaveMetricsValidUtf8) {
+  Relay relay(loopback());
+  std::string name;
+  for (int i = 0; i < 100; ++i) name += "\xC3\xA9";  // "é" x 100: 200 bytes
+  grpc::ClientContext ctx;
+  auto reader = subscribe(relay, ctx, "t", name);
+  const std::string text = http_get(relay.http_port(), "/metrics").second;
+  EXPECT_EQ(metrics::valid_utf8(text), text);
+  std::string kept;
+  for (int i = 0; i < 64; ++i) kept += "\xC3\xA9";
+  EXPECT_NE(text.find("subscriber=\"" + kept + "\""), std::string::npos);
+  EXPECT_EQ(text.find(kept + "\xC3"), std::string::npos);
+  ctx.TryCancel();
 }
 
 }  // namespace
