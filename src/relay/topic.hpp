@@ -44,7 +44,7 @@ struct Topic {
   /// items behind, else max_queue_bytes.
   std::string_view binding_limit() const {
     return broadcast.queue_items() >= config.max_queue_items ? "max_queue_items"
-                                                              : "max_queue_bytes";
+                                                             : "max_queue_bytes";
   }
 
   /// Why a publish gave up after max_wait: the topic, the slowest subscriber, what it holds

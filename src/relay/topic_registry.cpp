@@ -108,10 +108,10 @@ void TopicRegistry::register_metrics(const std::shared_ptr<Topic>& t) {
   metrics_.gauge_fn("sluice_topic_queue_bytes",
                     "Bytes the furthest-behind subscriber has outstanding", labels,
                     read([](const Topic& topic) { return double(topic.broadcast.queue_bytes()); }));
-  metrics_.gauge_fn(
-      "sluice_topic_queue_items",
-      "Items the furthest-behind subscriber has outstanding (max_queue_items)", labels,
-      read([](const Topic& topic) { return double(topic.broadcast.queue_items()); }));
+  metrics_.gauge_fn("sluice_topic_queue_items",
+                    "Items the furthest-behind subscriber has outstanding (max_queue_items)",
+                    labels,
+                    read([](const Topic& topic) { return double(topic.broadcast.queue_items()); }));
   metrics_.gauge_fn(
       "sluice_topic_retained_bytes",
       "Payload bytes the topic holds for subscribers that have not passed them", labels,
