@@ -67,7 +67,6 @@ class SubscribeReactor final
         break;
     }
     writing_ = true;
-    write_started_ = std::chrono::steady_clock::now();
     pump_->write_started();
     judge_later();
     StartWrite(&event_);
@@ -85,7 +84,7 @@ class SubscribeReactor final
     MutexLock lock(mu_);
     judging_ = false;
     if (finished_ || !writing_) return;
-    if (std::chrono::steady_clock::now() - write_started_ >= core_.config.send_timeout) {
+    if (pump_->write_age() >= core_.config.send_timeout) {
       if (auto refusal = pump_->write_timed_out()) {
         end(*refusal);
         return;
@@ -123,8 +122,7 @@ class SubscribeReactor final
   RelayCore& core_;
   grpc::CallbackServerContext* ctx_;
   SessionSlot slot_;
-  const std::unique_ptr<SubscriberPump> pump_;  // its calls are serialized by mu_
-  std::chrono::steady_clock::time_point write_started_ SLUICE_GUARDED_BY(mu_);
+  const std::unique_ptr<SubscriberPump> pump_;   // its calls are serialized by mu_
   bool judging_ SLUICE_GUARDED_BY(mu_) = false;  // a judge() is due
   v1::SubscribeEvent event_;                     // the write in flight
 };

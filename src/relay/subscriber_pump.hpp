@@ -76,6 +76,10 @@ class SubscriberPump {
   void arm(std::function<void()> wake);
 
   void write_started();
+  /// How long the write started last has been in flight (a transport's timer asks).
+  std::chrono::steady_clock::duration write_age() const {
+    return std::chrono::steady_clock::now() - write_started_;
+  }
   std::optional<Refusal> write_done();
   std::optional<Refusal> write_timed_out();
   /// The bytes the transport's socket last held unsent in the kernel.

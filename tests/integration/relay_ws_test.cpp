@@ -40,6 +40,15 @@ using testing::index_of;
 using testing::loopback;
 using testing::WsClient;
 
+// Connects a subscriber that will read nothing, with a 4 KiB receive buffer: the relay's
+// writes to it soon wait (recent kernels let an unread socket's buffer grow to 32 MiB).
+boost::beast::error_code connect_unread(WsClient& client, std::uint16_t port,
+                                        const std::string& target) {
+  client.s.next_layer().open(boost::asio::ip::tcp::v4());
+  client.s.next_layer().set_option(boost::asio::socket_base::receive_buffer_size(4096));
+  return client.connect(port, target);
+}
+
 // Shuts a client's socket down after `limit` unless the test is done first: a blocking read
 // that would wait forever fails instead (SO_RCVTIMEO does not end Asio's synchronous reads).
 class Watchdog {
@@ -675,9 +684,7 @@ TEST(RelayWs, AFrameThatWaitsPastMaxWaitIsRefusedWith1013AndCounted) {
   testing::RelayScene relay(c);
   const auto port = relay.http_port();
   WsClient stuck;  // reads nothing
-  stuck.s.next_layer().open(boost::asio::ip::tcp::v4());
-  stuck.s.next_layer().set_option(boost::asio::socket_base::receive_buffer_size(4096));
-  ASSERT_FALSE(stuck.connect(port, "/v1/ws/subscribe/full?name=stuck"));
+  ASSERT_FALSE(connect_unread(stuck, port, "/v1/ws/subscribe/full?name=stuck"));
   WsClient pub;
   ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/full"));
   Watchdog watchdog(pub, 30s);  // a relay that never refuses fails the test, not the run
@@ -779,9 +786,7 @@ TEST(RelayWs, WhenTheItemLimitBindsTheEventsNameIt) {
   testing::RelayScene relay(c);
   const auto port = relay.http_port();
   WsClient stuck;  // reads nothing
-  stuck.s.next_layer().open(boost::asio::ip::tcp::v4());
-  stuck.s.next_layer().set_option(boost::asio::socket_base::receive_buffer_size(4096));
-  ASSERT_FALSE(stuck.connect(port, "/v1/ws/subscribe/small?name=stuck"));
+  ASSERT_FALSE(connect_unread(stuck, port, "/v1/ws/subscribe/small?name=stuck"));
   WsClient pub;
   ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/small"));
   Watchdog watchdog(pub, 30s);
