@@ -56,13 +56,12 @@ void encode(PublishEvent& e, v1::PublishEvent& out) {
 }
 
 class PublishReactor final
-    : public GuardedReactor<PublishReactor,
-                            grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>> {
+    : public GuardedReactor<PublishReactor, PublishRpc> {
  public:
   PublishReactor(RelayCore& core, grpc::CallbackServerContext* ctx, SessionSlot slot)
-      : ctx_(ctx), slot_(std::move(slot)), session_(core, core.loops.main()) {
+      : core_(core), ctx_(ctx), slot_(std::move(slot)), session_(core, core.loops.main()) {
     session_.connect(later(&PublishReactor::attempt), later_with(&PublishReactor::stage_event));
-    StartRead(&req_);
+    StartRead(&in_);
   }
 
   // The last sequence this call put into the topic, so that a producer whose call ended early
@@ -96,6 +95,7 @@ class PublishReactor final
  private:
   // The request's items into the session, or why they are refused.
   std::optional<Refusal> decode() SLUICE_REQUIRES(mu_) {
+    if (auto refusal = relay::decode(core_, in_, req_)) return refusal;
     const bool batch = !req_.has_item();
     auto* items = req_.mutable_items();
     if (batch && items->empty())
@@ -137,7 +137,7 @@ class PublishReactor final
       finish(to_grpc(progress.refusal()));
       return;
     }
-    if (*progress == PublishSession::Progress::all_in) StartRead(&req_);
+    if (*progress == PublishSession::Progress::all_in) StartRead(&in_);
     write_next();
   }
 
@@ -165,9 +165,11 @@ class PublishReactor final
     if (reads_done_ && !writing_ && session_.drained(/*acks=*/true)) finish(grpc::Status::OK);
   }
 
+  RelayCore& core_;
   grpc::CallbackServerContext* ctx_;
   SessionSlot slot_;
-  v1::PublishRequest req_;  // the read in flight
+  grpc::ByteBuffer in_;     // the read in flight
+  v1::PublishRequest req_;  // what it holds
   PublishSession session_ SLUICE_GUARDED_BY(mu_);
   v1::PublishEvent out_;  // the write in flight
   bool reads_done_ SLUICE_GUARDED_BY(mu_) = false;
@@ -175,12 +177,10 @@ class PublishReactor final
 
 }  // namespace
 
-grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>* GrpcService::Publish(
-    grpc::CallbackServerContext* ctx) {
+PublishRpc* GrpcService::publish(grpc::CallbackServerContext* ctx) {
   auto slot = core_.admission.admit(SessionRole::publisher, client_of_grpc_peer(ctx->peer()));
   if (!slot)
-    return new Refused<grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>>(
-        slot.refusal());
+    return new Refused<PublishRpc>(slot.refusal());
   return new PublishReactor(core_, ctx, std::move(*slot));
 }
 

@@ -4,20 +4,28 @@
 // (grpc_work.cpp) — that decodes requests into it and encodes its events. Refusals become
 // statuses through the refusal table (to_grpc).
 //
+// Requests arrive as gRPC byte buffers and are decoded here (decode(), request_decode.hpp), not
+// by gRPC: an oversized or malformed request then gets a status that says what is wrong
+// (INVALID_ARGUMENT naming the setting or the field) instead of gRPC's own answers, and a
+// string that is not UTF-8 writes nothing to stderr. Responses are gRPC's usual typed writes.
+//
 // Threading: reactor callbacks run on gRPC's threads; each reactor serializes them with its
 // lock. Hooks from other threads (a topic has room, a subscription is readable, a stage's
 // notice) reach a reactor through GuardedReactor::later(), only while it exists.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/support/proto_buffer_reader.h>
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
 #include "refusal.hpp"
 #include "relay_core.hpp"
+#include "request_decode.hpp"
 #include "sluice/detail/thread_annotations.hpp"
 #include "sluice/v1/relay.grpc.pb.h"
 #include "stats_view.hpp"
@@ -28,16 +36,20 @@ inline grpc::Status to_grpc(const Refusal& r) {
   return {static_cast<grpc::StatusCode>(codes(r.kind).grpc_code), r.message};
 }
 
+// The calls' reactors: requests as byte buffers, responses typed.
+using PublishRpc = grpc::ServerBidiReactor<grpc::ByteBuffer, v1::PublishEvent>;
+using SubscribeRpc = grpc::ServerWriteReactor<v1::SubscribeEvent>;
+using WorkRpc = grpc::ServerBidiReactor<grpc::ByteBuffer, v1::WorkEvent>;
+
+// The service: its methods' handlers are replaced by ones that pass requests undecoded.
 class GrpcService final : public v1::Relay::CallbackService {
  public:
-  explicit GrpcService(RelayCore& core) : core_(core) {}
+  explicit GrpcService(RelayCore& core);
 
-  grpc::ServerWriteReactor<v1::SubscribeEvent>* Subscribe(grpc::CallbackServerContext* ctx,
-                                                          const v1::SubscribeRequest* req) override;
-  grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishEvent>* Publish(
-      grpc::CallbackServerContext* ctx) override;
-  grpc::ServerBidiReactor<v1::WorkRequest, v1::WorkEvent>* Work(
-      grpc::CallbackServerContext* ctx) override;
+ private:
+  SubscribeRpc* subscribe(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req);
+  PublishRpc* publish(grpc::CallbackServerContext* ctx);
+  WorkRpc* work(grpc::CallbackServerContext* ctx);
   grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx, const v1::StatsRequest* /*req*/,
                                   v1::StatsReply* reply) override {
     reply->set_json(stats_json(core_.topics));
@@ -46,9 +58,20 @@ class GrpcService final : public v1::Relay::CallbackService {
     return r;
   }
 
- private:
   RelayCore& core_;
 };
+
+/// `in` decoded into `out` (a request message), or why it is refused.
+template <class Message>
+std::optional<Refusal> decode(const RelayCore& core, grpc::ByteBuffer& in, Message& out) {
+  out.Clear();
+  const std::size_t size = in.Length();
+  return decode_request(Message::descriptor()->name(), size, max_request_bytes(core.config),
+                        [&in, &out] {
+                          grpc::ProtoBufferReader reader(&in);
+                          return out.ParseFromZeroCopyStream(&reader);
+                        });
+}
 
 // A call refused before it started: finishes at once with the refusal's status.
 template <class Base>

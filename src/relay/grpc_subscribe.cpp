@@ -17,7 +17,7 @@ namespace sluice::relay {
 namespace {
 
 class SubscribeReactor final
-    : public GuardedReactor<SubscribeReactor, grpc::ServerWriteReactor<v1::SubscribeEvent>> {
+    : public GuardedReactor<SubscribeReactor, SubscribeRpc> {
  public:
   SubscribeReactor(RelayCore& core, grpc::CallbackServerContext* ctx, SessionSlot slot,
                    std::unique_ptr<SubscriberPump> subscriber)
@@ -129,12 +129,15 @@ class SubscribeReactor final
 
 }  // namespace
 
-grpc::ServerWriteReactor<v1::SubscribeEvent>* GrpcService::Subscribe(
-    grpc::CallbackServerContext* ctx, const v1::SubscribeRequest* req) {
-  using Failed = Refused<grpc::ServerWriteReactor<v1::SubscribeEvent>>;
+SubscribeRpc* GrpcService::subscribe(grpc::CallbackServerContext* ctx,
+                                     const grpc::ByteBuffer* in) {
+  using Failed = Refused<SubscribeRpc>;
+  grpc::ByteBuffer bytes(*in);  // (shares the slices)
+  v1::SubscribeRequest req;
+  if (auto refusal = decode(core_, bytes, req)) return new Failed(*refusal);
   auto slot = core_.admission.admit(SessionRole::subscriber, client_of_grpc_peer(ctx->peer()));
   if (!slot) return new Failed(slot.refusal());
-  auto pump = SubscriberPump::join(core_, {req->topic(), req->name(), req->depth()}, "subscriber",
+  auto pump = SubscriberPump::join(core_, {req.topic(), req.name(), req.depth()}, "subscriber",
                                    /*kernel_unsent=*/false);
   if (!pump) return new Failed(pump.refusal());
   return new SubscribeReactor(core_, ctx, std::move(*slot), std::move(*pump));

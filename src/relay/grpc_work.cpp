@@ -14,11 +14,11 @@ namespace sluice::relay {
 namespace {
 
 class WorkReactor final
-    : public GuardedReactor<WorkReactor, grpc::ServerBidiReactor<v1::WorkRequest, v1::WorkEvent>> {
+    : public GuardedReactor<WorkReactor, WorkRpc> {
  public:
   WorkReactor(RelayCore& core, SessionSlot slot)
       : core_(core), slot_(std::move(slot)), worker_(core) {
-    StartRead(&req_);
+    StartRead(&in_);
   }
 
   void OnReadDone(bool ok) override {
@@ -36,7 +36,7 @@ class WorkReactor final
       return;
     }
     write_next();
-    StartRead(&req_);
+    StartRead(&in_);
   }
 
   void OnWriteDone(bool ok) override {
@@ -51,6 +51,7 @@ class WorkReactor final
 
  private:
   std::optional<Refusal> on_request() SLUICE_REQUIRES(mu_) {
+    if (auto refusal = decode(core_, in_, req_)) return refusal;
     if (!worker_.entered()) return join();
     if (req_.has_join()) return Refusal{RefusalKind::bad_request, "a Work call joins once"};
     if (!req_.has_result() && !req_.has_error())
@@ -119,7 +120,8 @@ class WorkReactor final
 
   RelayCore& core_;
   SessionSlot slot_;
-  v1::WorkRequest req_;  // the read in flight
+  grpc::ByteBuffer in_;   // the read in flight
+  v1::WorkRequest req_;  // what it holds
   v1::WorkEvent out_;    // the write in flight
   WorkerSession worker_ SLUICE_GUARDED_BY(mu_);
   std::deque<RelayMessage> to_send_ SLUICE_GUARDED_BY(mu_);
@@ -130,11 +132,10 @@ class WorkReactor final
 
 }  // namespace
 
-grpc::ServerBidiReactor<v1::WorkRequest, v1::WorkEvent>* GrpcService::Work(
-    grpc::CallbackServerContext* ctx) {
+WorkRpc* GrpcService::work(grpc::CallbackServerContext* ctx) {
   auto slot = core_.admission.admit(SessionRole::worker, client_of_grpc_peer(ctx->peer()));
   if (!slot)
-    return new Refused<grpc::ServerBidiReactor<v1::WorkRequest, v1::WorkEvent>>(slot.refusal());
+    return new Refused<WorkRpc>(slot.refusal());
   return new WorkReactor(core_, std::move(*slot));
 }
 

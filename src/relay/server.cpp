@@ -20,6 +20,7 @@
 #include "http_router.hpp"
 #include "http_server.hpp"
 #include "relay_core.hpp"
+#include "request_decode.hpp"
 #include "stats_view.hpp"
 #include "ws_upgrade.hpp"
 
@@ -131,12 +132,11 @@ void RelayServer::start() {
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, std::max(1, idle_ms / 2));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  // Our frame limit is enforced with a clear message (INVALID_ARGUMENT naming the setting);
-  // gRPC's own is the largest legal message: one item at the frame limit, or a batch of up to
-  // 1 MiB of payload (what sluice::client sends at most) with the items' fields, with room.
-  builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<std::uint64_t>(
-      std::max<std::uint64_t>(config.max_frame_bytes, std::uint64_t{1} << 20) + (2 << 20),
-      INT32_MAX)));
+  // The service refuses a request over max_request_bytes with INVALID_ARGUMENT naming the
+  // frame limit; gRPC's own limit, twice that, is the backstop that keeps a larger message from
+  // being received at all (gRPC answers it with RESOURCE_EXHAUSTED).
+  builder.SetMaxReceiveMessageSize(static_cast<int>(
+      std::min<std::uint64_t>(2 * relay::max_request_bytes(config), INT32_MAX)));
   impl_->server = builder.BuildAndStart();
   if (!impl_->server || impl_->port == 0) {
     throw std::runtime_error("relay: cannot listen on " + address +
