@@ -2,7 +2,8 @@
 #   make run    set up what is missing, build, start the relay with its embedded defaults
 #   make test   set up what is missing, build, run every test, check the lock annotations with
 #               clang, then the core tests under ThreadSanitizer and the whole suite under AddressSanitizer + UBSan
-# Other targets: make build, make bench, make soak, make format, make tidy, make clean.
+#               and every parser a client reaches under libFuzzer for ~20 s each
+# Other targets: make build, make bench, make soak, make fuzz, make format, make tidy, make clean.
 
 SHELL        := /bin/bash
 BUILD_TYPE   ?= Release
@@ -14,12 +15,15 @@ SAN_STRESS_ITEMS ?= 200000
 SOAK_ITEMS   ?= 20000000
 SOAK_SECONDS ?= 600
 SOAK_CHURN_CYCLES ?= 1000
+# libFuzzer: seconds per harness in `make fuzz`, and in `make test`.
+FUZZ_SECONDS ?= 300
+TEST_FUZZ_SECONDS ?= 20
 # ccache: a clone at another path (CI's clean clone) reuses what any other clone compiled.
 export CCACHE_BASEDIR   := $(CURDIR)
 export CCACHE_NOHASHDIR := 1
 CTEST        := ctest --output-on-failure --timeout 300 -j $(JOBS)
 
-.PHONY: all deps build run demo test test-release check-locks test-tsan test-asan soak bench bench-core bench-broadcast bench-relay format tidy clean
+.PHONY: all deps build run demo test test-release check-locks test-tsan test-asan test-fuzz fuzz fuzz-build soak bench bench-core bench-broadcast bench-relay format tidy clean
 
 all: build
 
@@ -40,7 +44,7 @@ run: build
 demo: build
 	./build/src/cli/sluice demo
 
-test: test-release check-locks test-tsan test-asan
+test: test-release check-locks test-tsan test-asan test-fuzz
 
 test-release: build
 	cd build && $(CTEST)
@@ -69,6 +73,17 @@ test-asan: deps
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && SLUICE_STRESS_ITEMS=$(SAN_STRESS_ITEMS) ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" \
 	  UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" $(CTEST)
+
+# libFuzzer harnesses (fuzz/): clang 14, everything under ASan + UBSan; see scripts/fuzz.sh.
+fuzz-build: deps
+	CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz $(CMAKE_COMMON) \
+	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLUICE_SANITIZE=fuzzer -DSLUICE_BUILD_TESTS=OFF \
+	  -DSLUICE_BUILD_BENCH=OFF
+	cmake --build build-fuzz --target fuzzers -j $(JOBS)
+test-fuzz: fuzz-build
+	scripts/fuzz.sh build-fuzz $(TEST_FUZZ_SECONDS)
+fuzz: fuzz-build
+	scripts/fuzz.sh build-fuzz $(FUZZ_SECONDS)
 
 # The stress tests at soak scale and the relay soaks at benchmark scale (R3: 10 min, R5: 1000
 # cycles), release build.

@@ -55,8 +55,7 @@ void encode(PublishEvent& e, v1::PublishEvent& out) {
   }
 }
 
-class PublishReactor final
-    : public GuardedReactor<PublishReactor, PublishRpc> {
+class PublishReactor final : public GuardedReactor<PublishReactor, PublishRpc> {
  public:
   PublishReactor(RelayCore& core, grpc::CallbackServerContext* ctx, SessionSlot slot)
       : core_(core), ctx_(ctx), slot_(std::move(slot)), session_(core, core.loops.main()) {
@@ -179,8 +178,7 @@ class PublishReactor final
 
 PublishRpc* GrpcService::publish(grpc::CallbackServerContext* ctx) {
   auto slot = core_.admission.admit(SessionRole::publisher, client_of_grpc_peer(ctx->peer()));
-  if (!slot)
-    return new Refused<PublishRpc>(slot.refusal());
+  if (!slot) return new Refused<PublishRpc>(slot.refusal());
   return new PublishReactor(core_, ctx, std::move(*slot));
 }
 

@@ -16,8 +16,7 @@ namespace sluice::relay {
 
 namespace {
 
-class SubscribeReactor final
-    : public GuardedReactor<SubscribeReactor, SubscribeRpc> {
+class SubscribeReactor final : public GuardedReactor<SubscribeReactor, SubscribeRpc> {
  public:
   SubscribeReactor(RelayCore& core, grpc::CallbackServerContext* ctx, SessionSlot slot,
                    std::unique_ptr<SubscriberPump> subscriber)
@@ -129,8 +128,7 @@ class SubscribeReactor final
 
 }  // namespace
 
-SubscribeRpc* GrpcService::subscribe(grpc::CallbackServerContext* ctx,
-                                     const grpc::ByteBuffer* in) {
+SubscribeRpc* GrpcService::subscribe(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in) {
   using Failed = Refused<SubscribeRpc>;
   grpc::ByteBuffer bytes(*in);  // (shares the slices)
   v1::SubscribeRequest req;

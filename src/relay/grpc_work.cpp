@@ -13,8 +13,7 @@ namespace sluice::relay {
 
 namespace {
 
-class WorkReactor final
-    : public GuardedReactor<WorkReactor, WorkRpc> {
+class WorkReactor final : public GuardedReactor<WorkReactor, WorkRpc> {
  public:
   WorkReactor(RelayCore& core, SessionSlot slot)
       : core_(core), slot_(std::move(slot)), worker_(core) {
@@ -120,7 +119,7 @@ class WorkReactor final
 
   RelayCore& core_;
   SessionSlot slot_;
-  grpc::ByteBuffer in_;   // the read in flight
+  grpc::ByteBuffer in_;  // the read in flight
   v1::WorkRequest req_;  // what it holds
   v1::WorkEvent out_;    // the write in flight
   WorkerSession worker_ SLUICE_GUARDED_BY(mu_);
@@ -134,8 +133,7 @@ class WorkReactor final
 
 WorkRpc* GrpcService::work(grpc::CallbackServerContext* ctx) {
   auto slot = core_.admission.admit(SessionRole::worker, client_of_grpc_peer(ctx->peer()));
-  if (!slot)
-    return new Refused<WorkRpc>(slot.refusal());
+  if (!slot) return new Refused<WorkRpc>(slot.refusal());
   return new WorkReactor(core_, std::move(*slot));
 }
 

@@ -47,8 +47,7 @@ std::uint64_t max_request_bytes(const RelayConfig& config) noexcept {
 }
 
 std::optional<Refusal> decode_request(std::string_view type, std::uint64_t size,
-                                      std::uint64_t max_bytes,
-                                      const std::function<bool()>& parse) {
+                                      std::uint64_t max_bytes, const std::function<bool()>& parse) {
   if (size > max_bytes) {
     return Refusal{RefusalKind::frame_too_big,
                    "a " + std::string(type) + " of " + std::to_string(size) +

@@ -6,9 +6,11 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <variant>
 
 #include "frame_buffer.hpp"
 #include "publish_session.hpp"
+#include "ws_messages.hpp"
 #include "ws_session.hpp"
 
 namespace sluice::relay {
@@ -109,24 +111,14 @@ class WsPublisher final : public WsSession<WsPublisher> {
   }
 
   void on_message() {
-    if (ws_.got_text()) {
-      const std::string_view text = in_.view();
-      const bool json = !nlohmann::json::parse(text, nullptr, false).is_discarded();
-      send_event({{"error", json ? "unknown control event (publishers send none yet): " +
-                                       std::string(text.substr(0, 100))
-                                 : std::string("invalid JSON in a text frame")}});
+    const auto message = publisher_message(ws_.got_text(), in_.view());
+    if (const auto* problem = std::get_if<WsProblem>(&message)) {
+      send_event({{"error", problem->error}});
       read();
       return;
     }
-    if (in_.size() < ws::kFrameHeaderBytes) {
-      send_event({{"error", "a frame of " + std::to_string(in_.size()) +
-                                " bytes: binary frames start with a 16-byte header "
-                                "(frame_index u64, timestamp_ns i64, little-endian)"}});
-      read();
-      return;
-    }
+    const auto head = std::get<ws::FrameHeader>(message);
     const Buffer frame = in_.freeze();  // takes the bytes as read; shared from here on
-    const auto head = ws::decode(frame.data());
     sequence_ = head.index;
     session_->add(RelayMessage{frame.slice(ws::kFrameHeaderBytes), head.index,
                                head.timestamp_ns != 0 ? head.timestamp_ns : unix_now_ns()});

@@ -6,11 +6,14 @@
 // producer told). When it leaves, what it held goes elsewhere.
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
+#include <variant>
 
 #include "frame_buffer.hpp"
 #include "worker_session.hpp"
+#include "ws_messages.hpp"
 #include "ws_session.hpp"
 
 namespace sluice::relay {
@@ -68,38 +71,21 @@ class WsWorker final : public WsSession<WsWorker> {
   }
 
   void on_message() {
-    if (ws_.got_text()) {
-      on_error_event();
+    const auto message = worker_message(ws_.got_text(), in_.view());
+    std::optional<std::string> problem;
+    std::uint64_t sequence = 0;
+    if (const auto* p = std::get_if<WsProblem>(&message)) {
+      send_event({{"error", p->error}});
       return;
     }
-    if (in_.size() < ws::kFrameHeaderBytes) {
-      send_event({{"error", "a result of " + std::to_string(in_.size()) +
-                                " bytes: results start with the frame's 16-byte header"}});
-      return;
+    if (const auto* e = std::get_if<WsWorkerError>(&message)) {
+      sequence = e->sequence;
+      problem = worker_->error(sequence, e->error);
+    } else {
+      sequence = std::get<ws::FrameHeader>(message).index;
+      problem = worker_->result(sequence, in_.freeze().slice(ws::kFrameHeaderBytes));
     }
-    const Buffer result = in_.freeze();
-    const std::uint64_t sequence = ws::decode(result.data()).index;
-    if (auto problem = worker_->result(sequence, result.slice(ws::kFrameHeaderBytes)))
-      send_event({{"error", *problem}, {"frame_index", sequence}});
-  }
-  // {"frame_index":N,"error":"..."}: the worker could not process frame N.
-  void on_error_event() {
-    const auto j = nlohmann::json::parse(in_.view(), nullptr, false);
-    if (j.is_discarded()) {
-      send_event({{"error", "invalid JSON in a text frame"}});
-      return;
-    }
-    if (!j.is_object() || !j.contains("frame_index") || !j["frame_index"].is_number_unsigned() ||
-        !j.contains("error") || !j["error"].is_string()) {
-      send_event({{"error",
-                   "unknown event: workers send {\"frame_index\":N,\"error\":\"...\"} "
-                   "or a binary result: " +
-                       std::string(in_.view().substr(0, 100))}});
-      return;
-    }
-    const auto sequence = j["frame_index"].get<std::uint64_t>();
-    if (auto problem = worker_->error(sequence, j["error"].get<std::string>()))
-      send_event({{"error", *problem}, {"frame_index", sequence}});
+    if (problem) send_event({{"error", *problem}, {"frame_index", sequence}});
   }
 
   std::unique_ptr<WorkerSession> worker_;  // leaves when the session goes

@@ -1,0 +1,40 @@
+// The WebSocket messages peers send (ws_messages.hpp): publishers' frames and text, workers'
+// results and error events. Input: first byte picks the role and text/binary, the rest is
+// the message. Invariants: no crash or exception; a header is decoded only from a message
+// that holds one; an error event's text is at most its fixed words and a 100-byte quote.
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+#include <variant>
+
+#include "fuzz_check.hpp"
+#include "ws_messages.hpp"
+
+using namespace sluice::relay;
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  if (size == 0) return 0;
+  const bool worker = (data[0] & 1) != 0;
+  const bool text = (data[0] & 2) != 0;
+  const std::string_view bytes(reinterpret_cast<const char*>(data + 1), size - 1);
+  const auto checked = [&](const WsProblem& p) {
+    FUZZ_CHECK(!p.error.empty() && p.error.size() <= 200);
+  };
+  if (worker) {
+    const auto m = worker_message(text, bytes);
+    if (const auto* p = std::get_if<WsProblem>(&m)) checked(*p);
+    if (std::holds_alternative<sluice::ws::FrameHeader>(m))
+      FUZZ_CHECK(!text && bytes.size() >= sluice::ws::kFrameHeaderBytes);
+    if (const auto* e = std::get_if<WsWorkerError>(&m)) FUZZ_CHECK(text && e->error.size() < size);
+  } else {
+    const auto m = publisher_message(text, bytes);
+    if (const auto* p = std::get_if<WsProblem>(&m)) checked(*p);
+    if (const auto* h = std::get_if<sluice::ws::FrameHeader>(&m)) {
+      FUZZ_CHECK(!text && bytes.size() >= sluice::ws::kFrameHeaderBytes);
+      const auto again = sluice::ws::encode(*h);  // the header round-trips
+      FUZZ_CHECK(std::string_view(reinterpret_cast<const char*>(again.data()), again.size()) ==
+                 bytes.substr(0, sluice::ws::kFrameHeaderBytes));
+    }
+  }
+  return 0;
+}
