@@ -7,6 +7,7 @@
 #include <array>
 #include <boost/asio/ip/address.hpp>
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <optional>
@@ -160,6 +161,10 @@ const std::vector<Setting>& settings() {
          c.max_sessions_per_client =
              static_cast<std::size_t>(parse_int(s, v, 1, 1'000'000, "1 to 1000000"));
        }},
+      {"limits.max_topics", "SLUICE_MAX_TOPICS", "max-topics",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.max_topics = static_cast<std::size_t>(parse_int(s, v, 1, 1'000'000, "1 to 1000000"));
+       }},
       {"limits.send_timeout_ms", "SLUICE_SEND_TIMEOUT_MS", "send-timeout-ms",
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.send_timeout = std::chrono::milliseconds(parse_int(s, v, 1, 60'000, "1 to 60000 (ms)"));
@@ -198,6 +203,11 @@ const std::vector<Setting>& settings() {
       {"topics.auto_create", "SLUICE_AUTO_CREATE", "auto-create",
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.auto_create = parse_bool(s, v);
+       }},
+      {"topics.idle_timeout_ms", "SLUICE_TOPIC_IDLE_TIMEOUT_MS", "topic-idle-timeout-ms",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.topic_idle_timeout = std::chrono::milliseconds(
+             parse_int(s, v, 0, 86'400'000, "0 (never) to 86400000 (ms)"));
        }},
       {"topics.mode", "SLUICE_TOPIC_MODE", "topic-mode",
        [](RelayConfig& c, const Source& s, const std::string& v) {
@@ -459,6 +469,11 @@ RelayConfig load_relay_config(const std::optional<std::string>& file,
     apply_stage(p, t);
     c.topics.push_back(std::move(t));
   }
+  if (c.topics.size() > c.max_topics) {
+    throw ConfigError("invalid configuration: " + std::to_string(c.topics.size()) +
+                      " topics declared; limits.max_topics (SLUICE_MAX_TOPICS) allows " +
+                      std::to_string(c.max_topics));
+  }
   return c;
 }
 
@@ -469,22 +484,35 @@ std::vector<std::string> relay_setting_flags() {
   return flags;
 }
 
+namespace {
+
+// The shortest text that reads back as the same double (what a round trip needs).
+std::string shortest(double v) {
+  std::array<char, 32> buf{};
+  const auto r = std::to_chars(buf.data(), buf.data() + buf.size(), v);
+  return {buf.data(), r.ptr};
+}
+
+}  // namespace
+
 std::string to_toml(const RelayConfig& c) {
   std::ostringstream o;
   o << "[server]\nhost = \"" << c.host << "\"\ngrpc_port = " << c.grpc_port
     << "\nhttp_port = " << c.http_port << "\nthreads = " << c.threads << "\n\n[limits]\n"
-    << "max_frame_size_mb = " << static_cast<double>(c.max_frame_bytes) / (1024.0 * 1024.0)
+    << "max_frame_size_mb = "
+    << shortest(static_cast<double>(c.max_frame_bytes) / (1024.0 * 1024.0))
     << "\nmax_sessions = " << c.max_sessions << "\nmax_subscribers = " << c.max_subscribers
     << "\nmax_workers = " << c.max_workers
     << "\nmax_sessions_per_client = " << c.max_sessions_per_client
-    << "\nsend_timeout_ms = " << c.send_timeout.count()
+    << "\nmax_topics = " << c.max_topics << "\nsend_timeout_ms = " << c.send_timeout.count()
     << "\nmax_send_timeouts = " << c.max_send_timeouts
     << "\nviewer_send_buffer_bytes = " << c.viewer_send_buffer_bytes
     << "\nhandshake_timeout_ms = " << c.handshake_timeout.count()
     << "\nidle_timeout_ms = " << c.idle_timeout.count()
-    << "\n\n[frame_gate]\ndrop_threshold = " << c.drop_threshold
-    << "\nslowdown_threshold = " << c.slowdown_threshold
-    << "\n\n[topics]\nauto_create = " << (c.auto_create ? "true" : "false") << "\nmode = \""
+    << "\n\n[frame_gate]\ndrop_threshold = " << shortest(c.drop_threshold)
+    << "\nslowdown_threshold = " << shortest(c.slowdown_threshold)
+    << "\n\n[topics]\nauto_create = " << (c.auto_create ? "true" : "false")
+    << "\nidle_timeout_ms = " << c.topic_idle_timeout.count() << "\nmode = \""
     << to_string(c.defaults.mode) << "\"\nmax_queue_bytes = " << c.defaults.max_queue_bytes
     << "\nmax_queue_items = " << c.defaults.max_queue_items
     << "\nmax_wait_ms = " << c.defaults.max_wait.count() << "\ndepth = " << c.defaults.depth
@@ -495,7 +523,7 @@ std::string to_toml(const RelayConfig& c) {
       << "\nmax_queue_items = " << t.max_queue_items << "\nmax_wait_ms = " << t.max_wait.count()
       << "\ndepth = " << t.depth << "\n";
     if (t.stage) {
-      o << "stage = true\nstage_fps = " << t.stage->fps
+      o << "stage = true\nstage_fps = " << shortest(t.stage->fps)
         << "\nstage_max_in_flight = " << t.stage->max_in_flight << "\nstage_results = \""
         << t.stage->results_topic << "\"\nstage_worker_queue = " << t.stage->worker_queue
         << "\nstage_task_timeout_ms = " << t.stage->task_timeout.count()

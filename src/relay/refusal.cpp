@@ -20,6 +20,8 @@ constexpr std::array<RefusalCodes, kRefusalKinds> kTable{{
     {RefusalKind::not_found, "not_found", kNotFound, "NOT_FOUND", 404, 1008, "not found"},
     {RefusalKind::too_many_sessions, "too_many_sessions", kResourceExhausted, "RESOURCE_EXHAUSTED",
      503, 1013, "too many sessions"},
+    {RefusalKind::too_many_topics, "too_many_topics", kResourceExhausted, "RESOURCE_EXHAUSTED", 503,
+     1013, "too many topics"},
     {RefusalKind::topic_full, "topic_full", kResourceExhausted, "RESOURCE_EXHAUSTED", 503, 1013,
      "topic full past max_wait_ms"},
     {RefusalKind::events_unread, "events_unread", kResourceExhausted, "RESOURCE_EXHAUSTED", 503,

@@ -22,6 +22,7 @@ enum class RefusalKind : std::uint8_t {
   frame_too_big,      // a frame over STREAM_MAX_FRAME_SIZE_MB
   not_found,          // no such topic (auto_create off), no such stage, no such endpoint
   too_many_sessions,  // max_sessions sessions already open
+  too_many_topics,    // a new topic over limits.max_topics
   topic_full,         // a lossless topic stayed full for max_wait_ms
   events_unread,      // the peer left its events unread past the bound
   slow_consumer,      // a subscriber whose sends stopped completing
@@ -30,7 +31,7 @@ enum class RefusalKind : std::uint8_t {
   internal,           // the relay could not serve the request (a system call failed)
 };
 
-inline constexpr std::size_t kRefusalKinds = 10;
+inline constexpr std::size_t kRefusalKinds = 11;
 
 struct Refusal {
   Refusal() = default;

@@ -39,9 +39,11 @@ struct RelayServer::Impl {
     http.reset();
   }
 
-  // Times out frames the stages' workers hold too long; every 100 ms on the main loop.
+  // Times out frames the stages' workers hold too long, and removes idle topics; every 100 ms
+  // on the main loop.
   void poll_stages() {
     for (const auto& st : core.topics.stages()) st->poll();
+    core.topics.remove_idle(std::chrono::steady_clock::now());
     core.loops.main().at(std::chrono::steady_clock::now() + std::chrono::milliseconds(100),
                          [this] { poll_stages(); });
   }
@@ -135,8 +137,8 @@ void RelayServer::start() {
   // The service refuses a request over max_request_bytes with INVALID_ARGUMENT naming the
   // frame limit; gRPC's own limit, twice that, is the backstop that keeps a larger message from
   // being received at all (gRPC answers it with RESOURCE_EXHAUSTED).
-  builder.SetMaxReceiveMessageSize(static_cast<int>(
-      std::min<std::uint64_t>(2 * relay::max_request_bytes(config), INT32_MAX)));
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(std::min<std::uint64_t>(2 * relay::max_request_bytes(config), INT32_MAX)));
   impl_->server = builder.BuildAndStart();
   if (!impl_->server || impl_->port == 0) {
     throw std::runtime_error("relay: cannot listen on " + address +

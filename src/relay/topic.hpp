@@ -7,14 +7,18 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "refusal.hpp"
 #include "sluice/broadcast.hpp"
+#include "sluice/metrics.hpp"
 #include "sluice/relay/config.hpp"
 #include "sluice/relay/protocol.hpp"
 #include "stage.hpp"
@@ -82,6 +86,13 @@ struct Topic {
   /// Publishes that gave up after max_wait, on any transport (topic_full refusals).
   std::atomic<std::uint64_t> publish_timeouts{0};
   std::shared_ptr<Stage> stage;  // when the topic declares one (set before it is shared)
+
+  // The registry's bookkeeping (under its lock): whether the topic may be removed once idle
+  // (made on first use, and not a stage's results), since when nothing has used it, and its
+  // series in /metrics (removed with it).
+  bool removable = false;
+  std::optional<std::chrono::steady_clock::time_point> idle_since;
+  std::vector<std::pair<std::string, metrics::Labels>> series;
 };
 
 }  // namespace sluice::relay

@@ -720,5 +720,86 @@ TEST(RelayGrpc, HostileNamesLeaveMetricsValidUtf8) {
   ctx.TryCancel();
 }
 
+TEST(RelayGrpc, ANewTopicOverMaxTopicsIsRefusedNamingTheSettingAndOthersCarryOn) {
+  RelayConfig c = loopback();
+  c.max_topics = 3;
+  c.topic_idle_timeout = 0ms;  // (kept: the count stays at the limit)
+  Relay relay(c);
+  for (const char* topic : {"t1", "t2", "t3"}) {
+    grpc::ClientContext ctx;
+    auto stream = relay.stub->Publish(&ctx);
+    stream->Write(item(topic, 1, "x"));
+    ASSERT_TRUE(end_publish(stream).status.ok()) << topic;
+  }
+  {
+    grpc::ClientContext ctx;
+    auto stream = relay.stub->Publish(&ctx);
+    stream->Write(item("t4", 1, "x"));
+    const auto status = end_publish(stream).status;
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_NE(status.error_message().find("SLUICE_MAX_TOPICS"), std::string::npos)
+        << status.error_message();
+  }
+  {
+    grpc::ClientContext ctx;
+    auto reader = relay.stub->Subscribe(&ctx, [] {
+      v1::SubscribeRequest r;
+      r.set_topic("t5");
+      return r;
+    }());
+    v1::SubscribeEvent e;
+    EXPECT_FALSE(reader->Read(&e));
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+  // The topics there still take items.
+  grpc::ClientContext ctx;
+  auto stream = relay.stub->Publish(&ctx);
+  stream->Write(item("t2", 2, "y"));
+  EXPECT_TRUE(end_publish(stream).status.ok());
+  EXPECT_EQ(relay.metric("sluice_topics"), 3);
+  EXPECT_EQ(relay.metric("sluice_topics_refused_total"), 2);
+}
+
+TEST(RelayHttp, IdleTopicsMadeOnFirstUseGoWithTheirSeriesAndUsedOrDeclaredOnesStay) {
+  RelayConfig c = loopback();
+  c.topic_idle_timeout = 200ms;
+  TopicConfig declared;
+  declared.name = "declared";
+  c.topics.push_back(declared);
+  Relay relay(c);
+  // "watched" keeps a subscriber throughout; "passing" is published to once, then nobody uses it.
+  auto sub_ctx = std::make_unique<grpc::ClientContext>();
+  auto reader = subscribe(relay, *sub_ctx, "watched", "watcher");
+  for (const char* topic : {"passing", "declared", "watched"}) {
+    grpc::ClientContext ctx;
+    auto stream = relay.stub->Publish(&ctx);
+    stream->Write(item(topic, 1, "x"));
+    ASSERT_TRUE(end_publish(stream).status.ok()) << topic;
+  }
+  const auto port = relay.server.http_port();
+  std::string metrics;
+  for (int i = 0; i < 1000; ++i) {  // (removed 200 ms after its last use; polled every 100 ms)
+    metrics = http_get(port, "/metrics").second;
+    if (metrics.find("topic=\"passing\"") == std::string::npos) break;
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(metrics.find("topic=\"passing\""), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("sluice_topic_published_total{topic=\"watched\"} 1"), std::string::npos);
+  EXPECT_NE(metrics.find("sluice_topic_published_total{topic=\"declared\"} 1"), std::string::npos);
+  EXPECT_EQ(relay.metric("sluice_topics_removed_total"), 1);
+  EXPECT_EQ(relay.metric("sluice_topics"), 2);
+  // The name is free again: using it makes a new topic, counted from zero.
+  grpc::ClientContext ctx;
+  auto stream = relay.stub->Publish(&ctx);
+  stream->Write(item("passing", 7, "again"));
+  ASSERT_TRUE(end_publish(stream).status.ok());
+  EXPECT_EQ(relay.metric("sluice_topic_published_total", "topic=\"passing\""), 1);
+  sub_ctx->TryCancel();
+  v1::SubscribeEvent e;
+  while (reader->Read(&e)) {
+  }
+  reader->Finish();
+}
+
 }  // namespace
 }  // namespace sluice

@@ -169,6 +169,10 @@ TEST(RelayConfig, UnknownKeysSyntaxErrorsAndBadTopicsAreRefused) {
   EXPECT_NE(error_of(bad_name.path()).find("may hold only letters"), std::string::npos);
   TempFile twice("[[topic]]\nname = \"a\"\n[[topic]]\nname = \"a\"\n");
   EXPECT_NE(error_of(twice.path()).find("declared twice"), std::string::npos);
+  TempFile three("[[topic]]\nname = \"a\"\n[[topic]]\nname = \"b\"\n[[topic]]\nname = \"c\"\n");
+  EXPECT_NE(error_of(three.path(), {{"SLUICE_MAX_TOPICS", "2"}}).find("limits.max_topics"),
+            std::string::npos);
+  EXPECT_EQ(load(three.path(), {{"SLUICE_MAX_TOPICS", "3"}}).topics.size(), 3U);
   EXPECT_NE(error_of(std::string("/nonexistent/relay.toml")).find("/nonexistent/relay.toml"),
             std::string::npos);
 }

@@ -46,10 +46,10 @@ struct TopicConfig {
   std::string name;
   TopicMode mode = TopicMode::lossless;
   std::uint64_t max_queue_bytes = std::uint64_t{100} << 20;  // lossless budget
-  std::size_t max_queue_items = 1024;  // lossless: items a subscriber may be behind, too
-  std::chrono::milliseconds max_wait{5000};                  // lossless
-  std::size_t depth = 4;                                     // realtime, per subscriber
-  std::optional<StageConfig> stage;                          // none: a plain topic
+  std::size_t max_queue_items = 1024;        // lossless: items a subscriber may be behind, too
+  std::chrono::milliseconds max_wait{5000};  // lossless
+  std::size_t depth = 4;                     // realtime, per subscriber
+  std::optional<StageConfig> stage;          // none: a plain topic
 };
 
 struct RelayConfig {
@@ -61,10 +61,11 @@ struct RelayConfig {
       0;  // event loops of the HTTP port (WebSocket subscribers spread); 0: one per core
   // [limits]
   std::uint64_t max_frame_bytes = std::uint64_t{5} << 20;  // STREAM_MAX_FRAME_SIZE_MB
-  std::size_t max_sessions = 10;  // STREAM_MAX_SESSIONS: publishing sessions open at once
-  std::size_t max_subscribers = 4096;         // subscribing sessions (gRPC and WebSocket)
-  std::size_t max_workers = 1024;             // stage workers
+  std::size_t max_sessions = 10;       // STREAM_MAX_SESSIONS: publishing sessions open at once
+  std::size_t max_subscribers = 4096;  // subscribing sessions (gRPC and WebSocket)
+  std::size_t max_workers = 1024;      // stage workers
   std::size_t max_sessions_per_client = 1024;  // sessions of any kind from one IP address
+  std::size_t max_topics = 1024;  // topics at once, declared and created on first use together
   std::chrono::milliseconds send_timeout{100};  // a WebSocket write slower than this times out
   std::size_t max_send_timeouts = 10;           // in a row: the subscriber is disconnected
   // The kernel send buffer (SO_SNDBUF) of each WebSocket subscriber's socket, in bytes; 0: the
@@ -85,7 +86,10 @@ struct RelayConfig {
   double slowdown_threshold = 0.30;  // STREAM_SLOWDOWN_THRESHOLD
   // [topics]
   bool auto_create = true;  // unknown topics are created with `defaults`; else NOT_FOUND
-  TopicConfig defaults;     // name unused
+  // A topic created on first use (not declared) that has had no publisher, subscriber or worker
+  // for this long is removed, with its series in /metrics; 0: kept as long as the relay runs.
+  std::chrono::milliseconds topic_idle_timeout{60'000};
+  TopicConfig defaults;  // name unused
   std::vector<TopicConfig> topics;
 
   /// The declared topic, or nullptr.
