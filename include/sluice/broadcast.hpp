@@ -198,8 +198,7 @@ struct BroadcastState {
   explicit BroadcastState(BroadcastConfig c)
       : config((c.validate(), std::move(c))),
         unguarded_reads(config.mode == BroadcastMode::lossless && config.evict_after.count() == 0),
-        account(config.max_bytes != kUnlimitedBytes),
-        slots(new Slot[config.capacity]) {}
+        account(config.max_bytes != kUnlimitedBytes) {}
 
   Slot& slot_at(std::uint64_t seq) const noexcept { return slots[seq % config.capacity]; }
 
@@ -209,6 +208,10 @@ struct BroadcastState {
   // still be reading when the publisher reuses its slot, so eviction needs the lock.)
   const bool unguarded_reads;
   const bool account;  // a byte budget is set
+  // Allocated by the first subscribe (under `mu`), then kept: an item published while nobody
+  // subscribes is not stored, so a broadcast nobody has subscribed to costs no ring (a topic
+  // made on first use that is only published to stays small). Subscribers reach it only after
+  // subscribing, which happens after the allocation.
   std::unique_ptr<Slot[]> slots;
 
   // Items published so far; the next item's sequence number. Written under `mu`.
@@ -353,6 +356,11 @@ class Broadcast {
 
   SendResult publish_impl(T& item, Clock::time_point deadline, Clock::duration timeout,
                           bool may_wait);
+  // Puts `item` into the slot of `seq` for `readers` subscribers (none: the item is not kept);
+  // the item it replaces goes to `old`, to be destroyed after the caller's lock. Caller holds
+  // mu, and the ring exists.
+  static void store(State& s, std::uint64_t seq, std::uint32_t readers, std::int64_t stamp,
+                    std::uint64_t weight, T&& item, std::optional<T>& old) noexcept;
   // Lossless: recomputes the gate from the subscribers' cursors. Caller holds mu.
   void refresh_gate() const noexcept;  // (changes only the shared state's cached gate)
   // Lossless: may an item of `size` bytes be published as `seq`, by the last refresh? Caller
@@ -467,12 +475,33 @@ Subscription<T> Broadcast<T>::subscribe(std::string name, std::size_t depth) {
                    " (accepted: 1 to capacity = " + std::to_string(s.config.capacity) + ")"));
   }
   std::lock_guard lock(s.mu);
+  if (!s.slots) s.slots.reset(new typename State::Slot[s.config.capacity]);
   auto sub = std::make_shared<detail::SubscriberState>(
       std::move(name), depth, s.head.load(std::memory_order_relaxed),
       s.published_bytes.load(std::memory_order_relaxed));
   s.subs.push_back(sub);
   s.gate = 0;  // recompute with the newcomer
   return Subscription<T>(state_, std::move(sub));
+}
+
+template <class T>
+void Broadcast<T>::store(State& s, std::uint64_t seq, std::uint32_t readers, std::int64_t stamp,
+                         std::uint64_t weight, T&& item, std::optional<T>& old) noexcept {
+  auto& slot = s.slot_at(seq);
+  // (Unguarded mode: every subscriber has moved past this slot's previous item and none reads
+  // it again, so the lock would protect nothing.)
+  if (!s.unguarded_reads) slot.lock.lock();
+  old.swap(slot.item);
+  if (old) s.retained_bytes.fetch_sub(slot.bytes, std::memory_order_relaxed);  // (lapped)
+  if (readers > 0) {
+    slot.item.emplace(std::move(item));
+    s.retained_bytes.fetch_add(weight, std::memory_order_relaxed);
+  }
+  slot.stamp_ns = stamp;
+  slot.bytes = weight;
+  slot.remaining.store(readers, std::memory_order_relaxed);
+  slot.seq.store(seq, std::memory_order_release);  // last: marks the slot ready
+  if (!s.unguarded_reads) slot.lock.unlock();
 }
 
 template <class T>
@@ -624,24 +653,11 @@ SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline, Clock
   // Store the item in its slot, for the subscribers there are now (none: it is not kept); the
   // item it replaces is destroyed after the slot is unlocked.
   const std::uint64_t seq = s.head.load(std::memory_order_relaxed);
-  auto& slot = s.slot_at(seq);
   std::optional<T> old;
   const std::int64_t stamp = s.latency.stamp(seq);
   const auto readers = static_cast<std::uint32_t>(s.subs.size());
-  // (Unguarded mode: every subscriber has moved past this slot's previous item and none reads
-  // it again, so the lock would protect nothing.)
-  if (!s.unguarded_reads) slot.lock.lock();
-  old.swap(slot.item);
-  if (old) s.retained_bytes.fetch_sub(slot.bytes, std::memory_order_relaxed);  // (lapped)
-  if (readers > 0) {
-    slot.item.emplace(std::move(item));
-    s.retained_bytes.fetch_add(weight, std::memory_order_relaxed);
-  }
-  slot.stamp_ns = stamp;
-  slot.bytes = weight;
-  slot.remaining.store(readers, std::memory_order_relaxed);
-  slot.seq.store(seq, std::memory_order_release);  // last: marks the slot ready
-  if (!s.unguarded_reads) slot.lock.unlock();
+  // (No ring yet: nobody has ever subscribed, and nothing is stored.)
+  if (s.slots) store(s, seq, readers, stamp, weight, std::move(item), old);
   // Release publishes the slot to subscribers; the light fence orders this store before the
   // loads of waiters and hooks below, against parking subscribers' heavy fence.
   if (s.account) {
