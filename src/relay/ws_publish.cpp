@@ -56,7 +56,8 @@ class WsPublisher final : public WsSession<WsPublisher> {
   WsPublisher(RelayCore& core, SessionSlot slot, boost::asio::ip::tcp::socket socket,
               std::unique_ptr<PublishSession> session)
       : WsSession(core, core.loops.main(), std::move(slot), std::move(socket),
-                  "ws-publisher/" + session->topic().name, {0, std::size_t{64} * 1024}),
+                  "ws-publisher/" + session->topic().name,
+                  {core.config.max_frame_bytes + ws::kFrameHeaderBytes, std::size_t{64} * 1024}),
         session_(std::move(session)) {}
 
   void launch(HttpServer::Request request) {
@@ -72,9 +73,9 @@ class WsPublisher final : public WsSession<WsPublisher> {
 
  private:
   // Reads into memory the frame's Buffer then owns (FrameBuffer: not zeroed, large blocks
-  // recycled): the payload is never copied. Reads piecemeal so that a frame over the limit is
-  // refused with 1009 and a reason as soon as its size is known (the header of its first
-  // WebSocket frame), before its payload is read.
+  // recycled): the payload is never copied. A message over the frame limit is refused by Beast
+  // (read_message_max) as soon as the WebSocket frame header that takes it over arrives,
+  // before its payload: close 1009, counted in sluice_ws_closes_total.
   void read() {
     if (closing_) return;
     in_.clear();
@@ -88,18 +89,11 @@ class WsPublisher final : public WsSession<WsPublisher> {
                         });
   }
   void on_read_some(boost::beast::error_code ec) {
-    if (ec) return;  // closed (by either side) or gone
-    const std::uint64_t limit = core_.config.max_frame_bytes + ws::kFrameHeaderBytes;
-    const std::uint64_t known = in_.size() + (ws_.is_message_done() ? 0 : ws_.read_size_hint(1));
-    if (known > limit) {
-      // (a close reason holds 123 bytes at most; a fragmented message's size is known only
-      // up to its current WebSocket frame)
-      close(websocket::close_code::too_big, "message of at least " + std::to_string(known) +
-                                                " B; STREAM_MAX_FRAME_SIZE_MB allows " +
-                                                std::to_string(limit) +
-                                                " B (with the 16 B header)");
+    if (ec) {  // closed (by either side), gone, or a frame over the limit (see read())
+      read_failed(ec);
       return;
     }
+    const std::uint64_t known = in_.size() + (ws_.is_message_done() ? 0 : ws_.read_size_hint(1));
     if (!ws_.is_message_done()) {
       // Room for the rest of the frame at once: the next reads go straight into it, as large
       // as the socket has (Beast would otherwise grow the buffer from 512 bytes, copying).

@@ -183,6 +183,19 @@ class WsSession : public std::enable_shared_from_this<Derived> {
     send_event(event);
     close(static_cast<websocket::close_code>(codes(r.kind).ws_close), close_reason(r));
   }
+  // A read failed: if Beast refused a message over read_message_max (it closes with 1009 as
+  // soon as a frame header declares more, before any payload, without a reason), the close is
+  // counted as the relay's.
+  void read_failed(boost::beast::error_code ec) {
+    if (ec == websocket::error::message_too_big && !closing_)
+      count_close(websocket::close_code::too_big);
+  }
+  void count_close(websocket::close_code code) {
+    core_.metrics
+        .counter("sluice_ws_closes_total", "WebSocket sessions the relay closed, by close code",
+                 {{"code", std::to_string(static_cast<int>(code))}})
+        .inc();
+  }
   // Closing, or due to close once the queue is written: nothing more is to be queued.
   bool ending() const { return closing_ || ending_.has_value(); }
   bool writing() const { return writing_; }  // a message is being written
@@ -190,10 +203,7 @@ class WsSession : public std::enable_shared_from_this<Derived> {
     if (closing_) return;
     closing_ = true;
     timer_.cancel();
-    core_.metrics
-        .counter("sluice_ws_closes_total", "WebSocket sessions the relay closed, by close code",
-                 {{"code", std::to_string(static_cast<int>(code))}})
-        .inc();
+    count_close(code);
     // (Beast holds the close frame back until a write in flight is done.)
     ws_.async_close(
         websocket::close_reason(code, boost::beast::string_view(reason.data(), reason.size())),

@@ -60,6 +60,7 @@ class WsWorker final : public WsSession<WsWorker> {
     in_.clear();
     ws_.async_read(in_, [self = shared_from_this()](boost::beast::error_code ec, std::size_t) {
       if (ec) {  // gone, closed, or over the frame limit (Beast answers 1009)
+        self->read_failed(ec);
         self->closing_ = true;
         self->timer_.cancel();
         self->worker_->leave();  // its frames go to the others now
