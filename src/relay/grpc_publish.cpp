@@ -78,7 +78,7 @@ class PublishReactor final : public GuardedReactor<PublishReactor, PublishRpc> {
       return;
     }
     if (auto refusal = decode()) {
-      finish(to_grpc(*refusal));
+      finish(to_grpc(core_, *refusal));
       return;
     }
     publish();
@@ -133,7 +133,7 @@ class PublishReactor final : public GuardedReactor<PublishReactor, PublishRpc> {
     if (finished_) return;
     auto progress = session_.publish();
     if (!progress) {
-      finish(to_grpc(progress.refusal()));
+      finish(to_grpc(core_, progress.refusal()));
       return;
     }
     if (*progress == PublishSession::Progress::all_in) StartRead(&in_);
@@ -145,7 +145,7 @@ class PublishReactor final : public GuardedReactor<PublishReactor, PublishRpc> {
     MutexLock lock(mu_);
     if (finished_) return;
     if (auto refusal = session_.stage_event(std::move(e))) {
-      finish(to_grpc(*refusal));
+      finish(to_grpc(core_, *refusal));
       return;
     }
     write_next();
@@ -178,7 +178,7 @@ class PublishReactor final : public GuardedReactor<PublishReactor, PublishRpc> {
 
 PublishRpc* GrpcService::publish(grpc::CallbackServerContext* ctx) {
   auto slot = core_.admission.admit(SessionRole::publisher, client_of_grpc_peer(ctx->peer()));
-  if (!slot) return new Refused<PublishRpc>(slot.refusal());
+  if (!slot) return new Refused<PublishRpc>(core_, slot.refusal());
   return new PublishReactor(core_, ctx, std::move(*slot));
 }
 

@@ -32,7 +32,9 @@
 
 namespace sluice::relay {
 
-inline grpc::Status to_grpc(const Refusal& r) {
+/// The status that tells a refusal (counted: RelayCore::counted).
+inline grpc::Status to_grpc(RelayCore& core, const Refusal& r) {
+  core.counted(r);
   return {static_cast<grpc::StatusCode>(codes(r.kind).grpc_code), r.message};
 }
 
@@ -76,7 +78,7 @@ std::optional<Refusal> decode(const RelayCore& core, grpc::ByteBuffer& in, Messa
 // A call refused before it started: finishes at once with the refusal's status.
 template <class Base>
 struct Refused final : Base {
-  explicit Refused(const Refusal& r) { this->Finish(to_grpc(r)); }
+  Refused(RelayCore& core, const Refusal& r) { this->Finish(to_grpc(core, r)); }
   void OnDone() override { delete this; }
 };
 

@@ -54,7 +54,7 @@ class SubscribeReactor final : public GuardedReactor<SubscribeReactor, Subscribe
       case SubscriberPump::Next::idle:
         return false;
       case SubscriberPump::Next::end:
-        finish(pump_->refusal() ? to_grpc(*pump_->refusal()) : grpc::Status::OK);
+        finish(pump_->refusal() ? to_grpc(core_, *pump_->refusal()) : grpc::Status::OK);
         return true;
       case SubscriberPump::Next::items:
         encode_batch();
@@ -94,7 +94,7 @@ class SubscribeReactor final : public GuardedReactor<SubscribeReactor, Subscribe
   // Ends the call with `r` (the pump has left the topic). The status goes out once the
   // subscriber reads what is in flight; one that never does is cancelled.
   void end(const Refusal& r) SLUICE_REQUIRES(mu_) {
-    finish(to_grpc(r));
+    finish(to_grpc(core_, r));
     core_.loops.main().at(std::chrono::steady_clock::now() + core_.config.handshake_timeout,
                           later(&SubscribeReactor::cancel));
   }
@@ -132,12 +132,12 @@ SubscribeRpc* GrpcService::subscribe(grpc::CallbackServerContext* ctx, const grp
   using Failed = Refused<SubscribeRpc>;
   grpc::ByteBuffer bytes(*in);  // (shares the slices)
   v1::SubscribeRequest req;
-  if (auto refusal = decode(core_, bytes, req)) return new Failed(*refusal);
+  if (auto refusal = decode(core_, bytes, req)) return new Failed(core_, *refusal);
   auto slot = core_.admission.admit(SessionRole::subscriber, client_of_grpc_peer(ctx->peer()));
-  if (!slot) return new Failed(slot.refusal());
+  if (!slot) return new Failed(core_, slot.refusal());
   auto pump = SubscriberPump::join(core_, {req.topic(), req.name(), req.depth()}, "subscriber",
                                    /*kernel_unsent=*/false);
-  if (!pump) return new Failed(pump.refusal());
+  if (!pump) return new Failed(core_, pump.refusal());
   return new SubscribeReactor(core_, ctx, std::move(*slot), std::move(*pump));
 }
 

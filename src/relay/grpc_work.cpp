@@ -31,7 +31,7 @@ class WorkReactor final : public GuardedReactor<WorkReactor, WorkRpc> {
       return;
     }
     if (auto refusal = on_request()) {
-      finish(to_grpc(*refusal));
+      finish(to_grpc(core_, *refusal));
       return;
     }
     write_next();
@@ -133,7 +133,7 @@ class WorkReactor final : public GuardedReactor<WorkReactor, WorkRpc> {
 
 WorkRpc* GrpcService::work(grpc::CallbackServerContext* ctx) {
   auto slot = core_.admission.admit(SessionRole::worker, client_of_grpc_peer(ctx->peer()));
-  if (!slot) return new Refused<WorkRpc>(slot.refusal());
+  if (!slot) return new Refused<WorkRpc>(core_, slot.refusal());
   return new WorkReactor(core_, std::move(*slot));
 }
 

@@ -3,6 +3,7 @@
 #include <cctype>
 #include <cstdlib>
 
+#include "relay_core.hpp"
 #include "stats_view.hpp"
 
 namespace sluice::relay {
@@ -76,7 +77,8 @@ Outcome<WsRoute> ws_route(const HttpTarget& target) {
                  ""};
 }
 
-HttpResponse http_refusal(const Refusal& r) {
+HttpResponse http_refusal(RelayCore& core, const Refusal& r) {
+  core.counted(r);
   return {codes(r.kind).http_status, "text/plain; charset=utf-8", r.message + "\n"};
 }
 

@@ -43,8 +43,11 @@ struct WsRoute {
 /// The endpoint `target` names, or not_found listing the endpoints.
 Outcome<WsRoute> ws_route(const HttpTarget& target);
 
-/// A refusal before a WebSocket upgrade: its HTTP status, the message as the body.
-HttpResponse http_refusal(const Refusal& r);
+struct RelayCore;
+
+/// A refusal before a WebSocket upgrade: its HTTP status, the message as the body (counted:
+/// RelayCore::counted).
+HttpResponse http_refusal(RelayCore& core, const Refusal& r);
 
 class HttpRouter {
  public:

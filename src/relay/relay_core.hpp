@@ -13,6 +13,7 @@
 #include "admission.hpp"
 #include "frame_buffer.hpp"
 #include "loop_pool.hpp"
+#include "refusal.hpp"
 #include "sluice/metrics.hpp"
 #include "sluice/relay/config.hpp"
 #include "sluice/slow_consumer.hpp"
@@ -51,6 +52,17 @@ struct RelayCore {
     return c;
   }()};
   LoopPool loops{config.threads, metrics};  // last: see Lifetime
+
+  /// Counts a refusal a transport is telling its peer (sluice_refusals_total{kind}): every
+  /// refusal, on every transport, is counted here once.
+  const Refusal& counted(const Refusal& r) {
+    metrics
+        .counter("sluice_refusals_total",
+                 "Requests and sessions refused or ended by the relay, by kind (docs/protocol.md)",
+                 {{"kind", std::string(to_string(r.kind))}})
+        .inc();
+    return r;
+  }
 };
 
 }  // namespace sluice::relay

@@ -162,7 +162,7 @@ std::optional<HttpResponse> ws_publish(RelayCore& core, SessionSlot slot, const 
                                        boost::asio::ip::tcp::socket& socket,
                                        HttpServer::Request& request) {
   auto session = std::make_unique<PublishSession>(core, core.loops.main());
-  if (auto refusal = session->open(route.topic)) return http_refusal(*refusal);
+  if (auto refusal = session->open(route.topic)) return http_refusal(core, *refusal);
   std::make_shared<WsPublisher>(core, std::move(slot), std::move(socket), std::move(session))
       ->launch(std::move(request));
   return std::nullopt;

@@ -178,6 +178,7 @@ class WsSession : public std::enable_shared_from_this<Derived> {
   // Ends the session with `r`: an error event with its message (and, for a frame, its
   // sequence), then the close its kind maps to.
   void end(const Refusal& r, std::optional<std::uint64_t> sequence = std::nullopt) {
+    core_.counted(r);
     nlohmann::json event{{"error", r.message}};
     if (sequence) event["frame_index"] = *sequence;
     send_event(event);

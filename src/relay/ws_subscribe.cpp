@@ -196,13 +196,13 @@ std::optional<HttpResponse> ws_subscribe(RelayCore& core, SessionSlot slot, cons
                                          HttpServer::Request& request) {
   const auto depth =
       target.count("depth", std::numeric_limits<std::uint64_t>::max(), "the topic's capacity");
-  if (!depth) return http_refusal(depth.refusal());
+  if (!depth) return http_refusal(core, depth.refusal());
   auto pump = SubscriberPump::join(core, {route.topic, target.param("name"), *depth}, "viewer",
                                    /*kernel_unsent=*/true);
-  if (!pump) return http_refusal(pump.refusal());
+  if (!pump) return http_refusal(core, pump.refusal());
   IoThread& loop = core.loops.subscriber_loop();
   auto own = hand_over(core, loop, socket);
-  if (!own) return http_refusal(own.refusal());
+  if (!own) return http_refusal(core, own.refusal());
   auto subscriber = std::make_shared<WsSubscriber>(core, loop, std::move(slot), std::move(*own),
                                                    std::move(*pump));
   boost::asio::post(loop.context(), [subscriber, request = std::move(request)]() mutable {

@@ -12,14 +12,14 @@ std::optional<HttpResponse> ws_upgrade(RelayCore& core, boost::asio::ip::tcp::so
   const auto target =
       HttpTarget::parse(std::string_view(request.target().data(), request.target().size()));
   auto route = ws_route(target);
-  if (!route) return http_refusal(route.refusal());
+  if (!route) return http_refusal(core, route.refusal());
   static constexpr SessionRole kRoles[] = {SessionRole::publisher, SessionRole::subscriber,
                                            SessionRole::worker};  // by WsEndpoint
   boost::system::error_code ec;
   const auto peer = socket.remote_endpoint(ec);
   auto slot = core.admission.admit(kRoles[static_cast<std::size_t>(route->endpoint)],
                                    ec ? std::string("?") : peer.address().to_string());
-  if (!slot) return http_refusal(slot.refusal());
+  if (!slot) return http_refusal(core, slot.refusal());
   switch (route->endpoint) {
     case WsEndpoint::publish:
       return ws_publish(core, std::move(*slot), *route, socket, request);
@@ -28,7 +28,7 @@ std::optional<HttpResponse> ws_upgrade(RelayCore& core, boost::asio::ip::tcp::so
     case WsEndpoint::work:
       return ws_work(core, std::move(*slot), *route, target, socket, request);
   }
-  return http_refusal({RefusalKind::not_found, "no such WebSocket endpoint"});
+  return http_refusal(core, {RefusalKind::not_found, "no such WebSocket endpoint"});
 }
 
 }  // namespace sluice::relay

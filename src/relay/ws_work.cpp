@@ -101,10 +101,10 @@ std::optional<HttpResponse> ws_work(RelayCore& core, SessionSlot slot, const WsR
                                     HttpServer::Request& request) {
   const auto concurrency = target.count("concurrency", WorkerSession::kMaxConcurrency,
                                         std::to_string(WorkerSession::kMaxConcurrency));
-  if (!concurrency) return http_refusal(concurrency.refusal());
+  if (!concurrency) return http_refusal(core, concurrency.refusal());
   auto worker = std::make_unique<WorkerSession>(core);
   const std::string name = target.param("name");
-  if (auto refusal = worker->join({route.topic, name, *concurrency})) return http_refusal(*refusal);
+  if (auto refusal = worker->join({route.topic, name, *concurrency})) return http_refusal(core, *refusal);
   std::make_shared<WsWorker>(core, std::move(slot), std::move(socket), std::move(worker),
                              route.topic + "/" + name)
       ->start(std::move(request));

@@ -13,9 +13,11 @@ Real processes: `sluice serve` on 127.0.0.1, python3-grpcio sending hand-encoded
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
+import urllib.request
 
 import grpc
 
@@ -97,6 +99,14 @@ def main():
         assert b"still here" in first, first
         healthy.cancel()
         print("ok: the healthy subscriber got the healthy item")
+
+        # Each refusal is counted by its kind.
+        text = urllib.request.urlopen(f"http://{listening['http']}/metrics", timeout=5).read()
+        counted = {k: float(v) for k, v in re.findall(
+            rb'^sluice_refusals_total\{kind="(\w+)"\} (\S+)$', text, re.M)}
+        assert counted.get(b"bad_request", 0) >= 5 and counted.get(b"frame_too_big", 0) >= 1, \
+            counted
+        print(f"ok: refusals counted: {counted}")
     finally:
         serve.terminate()
         serve.wait(timeout=10)
