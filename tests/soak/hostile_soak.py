@@ -17,7 +17,8 @@ It checks the promise under attack:
   (RSS_CONSTANT_MIB) over its idle baseline;
 - once the hostile clients are gone, its file descriptors return to the baseline and its
   sessions to the healthy pair's two;
-- /metrics stays parseable (valid UTF-8, every sample line "name{labels} value").
+- /metrics stays parseable throughout (valid UTF-8, parsed by prometheus_client's parser, every
+  sample line "name{labels} value"), with hostile names on both transports.
 """
 import json
 import os
@@ -33,6 +34,7 @@ import time
 import urllib.request
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 SECONDS = float(os.environ.get("SLUICE_SOAK_SECONDS", "15"))
 SEED = int(os.environ.get("SLUICE_SOAK_SEED", "7"))
@@ -61,6 +63,10 @@ def get(http, path):
 
 def check_metrics(http):
     text = get(http, "/metrics").decode("utf-8")  # raises on invalid UTF-8
+    # The Prometheus text format as Prometheus's own Python client parses it (raises if not).
+    for family in text_string_to_metric_families(text):
+        for _ in family.samples:
+            pass
     sample = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? \S+$')
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -114,8 +120,10 @@ def hostile_ws(http, rng):
         elif kind == 1:  # a header alone declaring more than the frame limit
             s, _ = ws_open(http, f"/v1/ws/publish/{topic}", rng)
             s.sendall(ws_frame(2, b"", declared=(FRAME_MIB << 20) + rng.randrange(1, 1 << 20))[:14])
-        elif kind == 2:  # a subscriber with a name of invalid UTF-8 that never reads
-            s, _ = ws_open(http, f"/v1/ws/subscribe/healthy?name=%FF%FE{rng.randrange(99)}", rng)
+        elif kind == 2:  # a subscriber with a name of invalid UTF-8, quotes, a backslash and a
+            # newline, that never reads
+            s, _ = ws_open(http, f"/v1/ws/subscribe/healthy?name=%FF%FE%22%5C%0A{rng.randrange(99)}",
+                           rng)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         elif kind == 3:  # a publisher of a few good frames to a new topic
             s, _ = ws_open(http, f"/v1/ws/publish/{topic}", rng)
@@ -173,7 +181,8 @@ def hostile_grpc(channel, pb, rng):
                 "/sluice.v1.Relay/Subscribe",
                 request_serializer=pb.SubscribeRequest.SerializeToString,
                 response_deserializer=pb.SubscribeEvent.FromString)(
-                    pb.SubscribeRequest(topic="healthy", name="canceller"), timeout=5)
+                    pb.SubscribeRequest(topic="healthy", name=f'c"\\\n{chr(rng.randrange(0x20, 0xD800))}'),
+                    timeout=5)
             sub.initial_metadata()
             time.sleep(rng.random() * 0.2)
             sub.cancel()
@@ -291,16 +300,22 @@ def main():
         stop = threading.Event()
         counts = {"ws": 0, "http": 0, "grpc": 0}
 
+        broken = []  # an attacker that failed in a way the test did not plan for
+
         def attacker(n):
             rng = random.Random(SEED * 100 + n)
             while not stop.is_set():
                 kind = rng.choice(["ws", "ws", "http", "grpc"])
-                if kind == "ws":
-                    hostile_ws(http, rng)
-                elif kind == "http":
-                    hostile_http(http, grpc_target, rng)
-                else:
-                    hostile_grpc(hostile_channel, pb, rng)
+                try:
+                    if kind == "ws":
+                        hostile_ws(http, rng)
+                    elif kind == "http":
+                        hostile_http(http, grpc_target, rng)
+                    else:
+                        hostile_grpc(hostile_channel, pb, rng)
+                except Exception as e:  # noqa: BLE001  (reported below)
+                    broken.append(f"{kind}: {e!r}")
+                    return
                 counts[kind] += 1
 
         attackers = [threading.Thread(target=attacker, args=(n,)) for n in range(6)]
@@ -318,6 +333,7 @@ def main():
         hostile_channel.close()
         healthy.finish()
 
+        assert not broken, broken
         # The healthy pair: every acknowledged item, in order, none twice, nothing dropped.
         assert not healthy.errors, healthy.errors[:5]
         assert healthy.acked > 0, "the healthy publisher got no ack"
