@@ -1,8 +1,9 @@
 // The HTTP request path as the relay's HTTP server takes it: Beast's parser with the server's
 // limits (8 KiB of headers, 8 KiB of body), then the target split into path and query, its
-// parameters decoded, the WebSocket route chosen and the GET answered by the router of a real
-// (idle) relay core. Invariants: no crash, leak or exception; every answer has a status the
-// relay documents and a body; a route's topic is what the path names, decoded.
+// parameters decoded, the WebSocket route chosen, the caller checked (Host, Origin, token) and
+// the GET answered by the router of a real (idle, open) relay core. Invariants: no crash, leak or
+// exception; every answer has a status the relay documents and a body; a route's topic is what the
+// path names, decoded.
 #include <boost/beast/http.hpp>
 #include <cstddef>
 #include <cstdint>
@@ -37,8 +38,8 @@ void route(std::string_view raw_target) {
   } else {
     FUZZ_CHECK(r.refusal().kind == RefusalKind::not_found);
   }
-  static const HttpRouter router(core().metrics, core().topics);
-  const HttpResponse answer = router.get(target);
+  static const HttpRouter router(core());
+  const HttpResponse answer = router.get(target, *Principal::everyone());
   FUZZ_CHECK(answer.status == 200 || answer.status == 400 || answer.status == 404);
   FUZZ_CHECK(!answer.body.empty());
 }
@@ -56,6 +57,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (!ec && parser.is_header_done()) {
     const auto target = parser.get().target();
     route(std::string_view(target.data(), target.size()));
+    // The checks on who asks (Host, Origin, the token's three places), then the answer.
+    const auto who = http_caller(core(), parser.get(),
+                                 HttpTarget::parse(std::string_view(target.data(), target.size())));
+    if (!who) {
+      const auto kind = who.refusal().kind;
+      FUZZ_CHECK(kind == RefusalKind::misdirected || kind == RefusalKind::permission_denied);
+    }
+    const HttpResponse answer = HttpRouter(core()).answer(parser.get());
+    FUZZ_CHECK(answer.status != 0 && !answer.body.empty());
   }
   // ...and the bytes as a target alone (what the router sees once a request parses).
   route(std::string_view(reinterpret_cast<const char*>(data), size));

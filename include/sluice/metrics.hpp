@@ -95,6 +95,9 @@ class Registry {
 
   /// Prometheus text exposition format 0.0.4.
   std::string prometheus_text() const;
+  /// The series `keep` accepts (by their labels), in the same format; a family left without
+  /// series is left out.
+  std::string prometheus_text(const std::function<bool(const Labels&)>& keep) const;
   /// {"name": {"type": ..., "help": ..., "series": [{"labels": {...}, "value": ...}, ...]}}
   /// Histograms give count, sum_seconds, p50/p99/max_seconds.
   std::string json() const;

@@ -124,6 +124,8 @@ int main(int argc, char** argv) {
                    "Reopen attempts after RESOURCE_EXHAUSTED without progress")
       ->check(CLI::Range(0, 1000));
   pub_cmd->add_flag("--quiet", pub.quiet, "No event lines on stderr");
+  pub_cmd->add_option("--token", pub.token, "The relay's bearer token (docs/security.md)")
+      ->envname("SLUICE_TOKEN");
 
   sluice::cli::SubOptions sub;
   auto* sub_cmd = app.add_subcommand("sub", "Subscribe to a topic; statistics at the end");
@@ -133,6 +135,8 @@ int main(int argc, char** argv) {
   sub_cmd->add_option("--depth", sub.depth, "Real-time topics: items kept for us (0: default)");
   sub_cmd->add_option("--count", sub.count, "Stop after this many items (0: until the end)");
   sub_cmd->add_flag("--print", sub.print, "Write each payload to stdout, one per line");
+  sub_cmd->add_option("--token", sub.token, "The relay's bearer token (docs/security.md)")
+      ->envname("SLUICE_TOKEN");
 
   sluice::StageWorkerOptions worker;
   auto* worker_cmd = app.add_subcommand(
@@ -145,6 +149,8 @@ int main(int argc, char** argv) {
   worker_cmd->add_option("--name", worker.name, "The worker's name in the relay's metrics");
   worker_cmd->add_option("--concurrency", worker.concurrency, "Frames sent before an answer")
       ->check(CLI::Range(1U, 1024U));
+  worker_cmd->add_option("--token", worker.token, "The relay's bearer token (docs/security.md)")
+      ->envname("SLUICE_TOKEN");
   sluice::cli::ImageModelOptions model;
   worker_cmd->add_option("--width", model.width, "Frame width in pixels (0: one row)");
   worker_cmd->add_option("--height", model.height, "Frame height in pixels (0: from the size)");

@@ -69,6 +69,7 @@ int run_pub(const PubOptions& o) {
   client::PublisherOptions po;
   po.target = o.target;
   po.topic = o.topic;
+  po.token = o.token;
   po.window_bytes = o.window_bytes;
   po.max_retries = o.max_retries;
   client::Publisher pub(po, [&o](const client::PublisherEvent& e) {
@@ -125,6 +126,7 @@ int run_sub(const SubOptions& o) {
   client::SubscriberOptions so;
   so.target = o.target;
   so.topic = o.topic;
+  so.token = o.token;
   so.name = o.name;
   so.depth = o.depth;
   std::atomic<client::Subscriber*> current{nullptr};

@@ -15,6 +15,7 @@ struct PubOptions {
   double rate = 0;             // items per second; 0: as fast as the relay takes them
   std::uint64_t window_bytes = 8u << 20;
   int max_retries = 5;
+  std::string token;   // --token, or SLUICE_TOKEN
   bool quiet = false;  // no event lines
 };
 
@@ -23,6 +24,7 @@ struct SubOptions {
   std::string topic;
   std::string name = "sluice-sub";
   std::uint32_t depth = 0;
+  std::string token;        // --token, or SLUICE_TOKEN
   std::uint64_t count = 0;  // stop after this many items; 0: until the stream ends or SIGINT
   bool print = false;       // write each payload to stdout, one per line
 };

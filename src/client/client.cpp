@@ -31,6 +31,11 @@ std::shared_ptr<grpc::Channel> relay_channel(const std::string& target) {
   return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
 }
 
+// The call presents the principal's token, if there is one (`authorization: Bearer`).
+void authorize(grpc::ClientContext& ctx, const std::string& token) {
+  if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
+}
+
 }  // namespace
 
 namespace {
@@ -126,6 +131,7 @@ struct Publisher::Impl {
   // Writer thread only (and the constructor, before it starts).
   void open_call() {
     auto next_ctx = std::make_unique<grpc::ClientContext>();
+    authorize(*next_ctx, options.token);
     {
       std::lock_guard lock(mu);
       ctx = std::move(next_ctx);
@@ -395,6 +401,7 @@ struct Subscriber::Impl {
     req.set_topic(o.topic);
     req.set_name(o.name);
     req.set_depth(o.depth);
+    authorize(ctx, o.token);
     reader = stub->Subscribe(&ctx, req);
     reader->WaitForInitialMetadata();  // the relay sends it once the subscription exists
   }

@@ -53,6 +53,12 @@ void StageWorker::connect() {
   // (Asynchronous: Beast 1.74's synchronous handshake leaves the response of a refusal unread
   // into `answer`; the asynchronous one hands it over.)
   websocket::response_type answer;
+  if (!options_.token.empty()) {
+    impl_->ws.set_option(
+        websocket::stream_base::decorator([token = options_.token](websocket::request_type& req) {
+          req.set(boost::beast::http::field::authorization, "Bearer " + token);
+        }));
+  }
   impl_->ws.async_handshake(answer, options_.host, target_of(options_),
                             [&ec](boost::beast::error_code e) { ec = e; });
   impl_->io.run();

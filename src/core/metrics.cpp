@@ -262,12 +262,20 @@ bool Registry::remove(std::string_view name, const Labels& labels) {
 }
 
 std::string Registry::prometheus_text() const {
+  return prometheus_text([](const Labels&) { return true; });
+}
+
+std::string Registry::prometheus_text(const std::function<bool(const Labels&)>& keep) const {
   MutexLock lock(mu_);
   std::string out;
   for (const auto& [name, family] : families_) {
+    bool any = false;
+    for (const auto& [key, s] : family.series) any = any || keep(s.labels);
+    if (!any) continue;
     out += "# HELP " + name + " " + escape_help(family.help) + "\n";
     out += "# TYPE " + name + " " + std::string(type_name(family.type)) + "\n";
     for (const auto& [key, s] : family.series) {
+      if (!keep(s.labels)) continue;
       switch (family.type) {
         case Type::counter:
           out += name + key + " " +

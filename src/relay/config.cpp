@@ -1,6 +1,7 @@
 // The relay's configuration: one table of settings, read from four layers.
 #include "sluice/relay/config.hpp"
 
+#include <openssl/evp.h>
 #include <toml++/toml.h>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <optional>
 #include <set>
@@ -85,6 +87,21 @@ std::uint64_t parse_bytes(const Source& src, const std::string& text, std::uint6
   return v;
 }
 
+// "a, b,c" -> {"a", "b", "c"} (empty items dropped).
+std::vector<std::string> parse_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::size_t pos = 0;
+  while (pos <= text.size()) {
+    const std::size_t comma = std::min(text.find(',', pos), text.size());
+    std::string item = text.substr(pos, comma - pos);
+    const auto first = item.find_first_not_of(" \t");
+    const auto last = item.find_last_not_of(" \t");
+    if (first != std::string::npos) out.push_back(item.substr(first, last - first + 1));
+    pos = comma + 1;
+  }
+  return out;
+}
+
 TopicMode parse_mode(const Source& src, const std::string& text) {
   if (text == "lossless") return TopicMode::lossless;
   if (text == "realtime") return TopicMode::realtime;
@@ -134,6 +151,28 @@ const std::vector<Setting>& settings() {
       {"server.threads", "SLUICE_THREADS", "threads",
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.threads = static_cast<unsigned>(parse_int(s, v, 0, 1024, "0 (one per core) to 1024"));
+       }},
+      {"server.allow_anonymous_on_network", "SLUICE_ALLOW_ANONYMOUS_ON_NETWORK",
+       "allow-anonymous-on-network",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.allow_anonymous_on_network = parse_bool(s, v);
+       }},
+      {"server.allowed_origins", "SLUICE_ALLOWED_ORIGINS", "allowed-origins",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.allowed_origins = parse_list(v);
+         for (const auto& o : c.allowed_origins) {
+           if (o != "*" && o.rfind("http://", 0) != 0 && o.rfind("https://", 0) != 0)
+             bad(s, v,
+                 "origins such as https://dash.example.com or http://localhost:*, comma-separated");
+         }
+       }},
+      {"server.names", "SLUICE_SERVER_NAMES", "server-names",
+       [](RelayConfig& c, const Source& /*s*/, const std::string& v) {
+         c.server_names = parse_list(v);
+       }},
+      {"server.token_in_query", "SLUICE_TOKEN_IN_QUERY", "token-in-query",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.token_in_query = parse_bool(s, v);
        }},
       {"limits.max_frame_size_mb", "STREAM_MAX_FRAME_SIZE_MB", "max-frame-size-mb",
        [](RelayConfig& c, const Source& s, const std::string& v) {
@@ -244,6 +283,15 @@ std::optional<std::string> scalar_text(const toml::node& node) {
     return out.str();
   }
   if (const auto* b = node.as_boolean()) return b->get() ? "true" : "false";
+  if (const auto* a = node.as_array()) {  // a list of strings: comma-separated, as in the env
+    std::string out;
+    for (const auto& e : *a) {
+      const auto* str = e.as_string();
+      if (str == nullptr) return std::nullopt;
+      out += (out.empty() ? "" : ",") + str->get();
+    }
+    return out;
+  }
   return std::nullopt;
 }
 
@@ -297,13 +345,68 @@ void load_topics(const std::string& path, const toml::node& section,
   }
 }
 
+// The [[principal]] entries of a file: name, token or token_sha256, and permission lists.
+void load_principals(const std::string& path, const toml::node& section, RelayConfig& c) {
+  const auto* list = section.as_array();
+  if (list == nullptr) {
+    throw ConfigError("invalid configuration file " + path +
+                      ": `principal` must be an array of tables ([[principal]])");
+  }
+  for (const auto& entry : *list) {
+    const auto* t = entry.as_table();
+    if (t == nullptr) throw ConfigError("invalid configuration file " + path + ": [[principal]]");
+    PrincipalConfig p;
+    std::optional<std::string> token;
+    for (const auto& [k, v] : *t) {
+      const std::string key(k.str());
+      const Source src{path + " key principal." + key};
+      const auto text = scalar_text(v);
+      if (!text) bad(src, "(a table)", "a string, or a list of strings");
+      std::vector<std::string>* patterns = key == "publish"     ? &p.publish
+                                           : key == "subscribe" ? &p.subscribe
+                                           : key == "work"      ? &p.work
+                                           : key == "stats"     ? &p.stats
+                                                                : nullptr;
+      if (key == "name") {
+        p.name = *text;
+      } else if (key == "token") {
+        token = *text;
+      } else if (key == "token_sha256") {
+        p.token_sha256 = *text;
+        const bool hex = p.token_sha256.size() == 64 &&
+                         p.token_sha256.find_first_not_of("0123456789abcdef") == std::string::npos;
+        if (!hex) bad(src, *text, "64 lower-case hex digits: the SHA-256 of the token");
+      } else if (patterns != nullptr) {
+        *patterns = parse_list(*text);
+        for (const auto& pattern : *patterns) {
+          const std::string_view bare =
+              pattern.front() == '!' ? std::string_view(pattern).substr(1) : pattern;
+          if (const auto problem = topic_pattern_problem(bare); !problem.empty())
+            bad(src, pattern, problem);
+        }
+      } else {
+        throw ConfigError("invalid configuration file " + path + ": unknown key principal." + key +
+                          " (accepted: name, token, token_sha256, publish, subscribe, "
+                          "work, stats)");
+      }
+    }
+    if (token && !p.token_sha256.empty()) {
+      throw ConfigError("invalid configuration file " + path + ": [[principal]] \"" + p.name +
+                        "\" has both token and token_sha256 (give one)");
+    }
+    if (token) p.token_sha256 = token_sha256(*token);
+    c.principals.push_back(std::move(p));
+  }
+}
+
 // A section's keys ([server], [limits], ...), each applied as its setting says.
 void load_section(const std::string& path, const std::string& section_name,
                   const toml::node& section, RelayConfig& c) {
   const auto* table = section.as_table();
   if (table == nullptr) {
-    throw ConfigError("invalid configuration file " + path + ": unknown key " + section_name +
-                      " (sections: server, limits, frame_gate, topics, and [[topic]])");
+    throw ConfigError(
+        "invalid configuration file " + path + ": unknown key " + section_name +
+        " (sections: server, limits, frame_gate, topics, [[topic]] and [[principal]])");
   }
   for (const auto& [k, v] : *table) {
     const std::string key = section_name + "." + std::string(k.str());
@@ -334,6 +437,8 @@ void load_file(const std::string& path, RelayConfig& c, std::vector<PendingTopic
     const std::string section_name(section_key.str());
     if (section_name == "topic") {
       load_topics(path, section, topics);
+    } else if (section_name == "principal") {
+      load_principals(path, section, c);
     } else {
       load_section(path, section_name, section, c);
     }
@@ -414,12 +519,77 @@ std::string topic_name_problem(std::string_view name) {
   return {};
 }
 
+std::string topic_pattern_problem(std::string_view pattern) {
+  if (pattern.empty()) return "a topic pattern is empty";
+  if (pattern.size() > 128) return "a topic pattern is longer than 128 characters";
+  std::size_t start = 0;
+  while (start <= pattern.size()) {
+    const std::size_t dot = std::min(pattern.find('.', start), pattern.size());
+    const std::string_view segment = pattern.substr(start, dot - start);
+    if (segment == ">" && dot != pattern.size()) return "'>' may only be the last segment";
+    const bool wildcard = segment == "*" || segment == ">";
+    if (!wildcard && segment.find_first_of("*>") != std::string_view::npos)
+      return "'*' and '>' stand for whole segments (a.*.c, a.>)";
+    if (!wildcard && !topic_name_problem(segment).empty())
+      return "a segment may hold only letters, digits, '_' and '-'";
+    start = dot + 1;
+  }
+  return {};
+}
+
+std::string token_sha256(std::string_view token) {
+  std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
+  unsigned int n = 0;
+  if (EVP_Digest(token.data(), token.size(), digest.data(), &n, EVP_sha256(), nullptr) != 1)
+    throw ConfigError("cannot compute SHA-256 (OpenSSL)");
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < n; ++i) {
+    out += kHex[digest[i] >> 4];
+    out += kHex[digest[i] & 15];
+  }
+  return out;
+}
+
 const TopicConfig* RelayConfig::topic(std::string_view name) const {
   for (const auto& t : topics) {
     if (t.name == name) return &t;
   }
   return nullptr;
 }
+
+namespace {
+
+// Principals' names are unique, at most one has no token, and an open relay (no principal)
+// binds loopback only unless allow_anonymous_on_network says otherwise.
+void check_principals(const RelayConfig& c) {
+  std::set<std::string> names;
+  std::size_t anonymous = 0;
+  for (const auto& p : c.principals) {
+    if (p.name.empty()) throw ConfigError("invalid configuration: a [[principal]] without a name");
+    if (!names.insert(p.name).second) {
+      throw ConfigError("invalid configuration: [[principal]] \"" + p.name +
+                        "\" is declared twice");
+    }
+    if (p.token_sha256.empty()) ++anonymous;
+  }
+  if (anonymous > 1) {
+    throw ConfigError(
+        "invalid configuration: more than one [[principal]] without a token (at most one: it "
+        "is who clients presenting no token are)");
+  }
+  boost::system::error_code ec;
+  const auto address = boost::asio::ip::make_address(c.host, ec);
+  if (c.principals.empty() && !c.allow_anonymous_on_network && !ec && !address.is_loopback()) {
+    throw ConfigError("invalid configuration: server.host " + c.host +
+                      " is not loopback and no [[principal]] is configured: anyone on the "
+                      "network could publish, read and list every topic. Configure principals "
+                      "(docs/security.md), or set server.allow_anonymous_on_network = true "
+                      "(SLUICE_ALLOW_ANONYMOUS_ON_NETWORK) to run open on purpose");
+  }
+}
+
+}  // namespace
 
 RelayConfig load_relay_config(const std::optional<std::string>& file,
                               const std::function<const char*(const char*)>& env,
@@ -469,6 +639,7 @@ RelayConfig load_relay_config(const std::optional<std::string>& file,
     apply_stage(p, t);
     c.topics.push_back(std::move(t));
   }
+  check_principals(c);
   if (c.topics.size() > c.max_topics) {
     throw ConfigError("invalid configuration: " + std::to_string(c.topics.size()) +
                       " topics declared; limits.max_topics (SLUICE_MAX_TOPICS) allows " +
@@ -493,12 +664,41 @@ std::string shortest(double v) {
   return {buf.data(), r.ptr};
 }
 
+// A TOML basic string: quoted, with quotes, backslashes and control characters escaped.
+std::string quoted(std::string_view text) {
+  std::string out = "\"";
+  for (const char ch : text) {
+    const auto u = static_cast<unsigned char>(ch);
+    if (ch == '"' || ch == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (u < 0x20 || u == 0x7f) {
+      std::array<char, 8> esc{};
+      std::snprintf(esc.data(), esc.size(), "\\u%04x", u);
+      out += esc.data();
+    } else {
+      out += ch;
+    }
+  }
+  return out + "\"";
+}
+
+std::string quoted_list(const std::vector<std::string>& items) {
+  std::string out = "[";
+  for (const auto& i : items) out += (out.size() > 1 ? ", " : "") + quoted(i);
+  return out + "]";
+}
+
 }  // namespace
 
 std::string to_toml(const RelayConfig& c) {
   std::ostringstream o;
   o << "[server]\nhost = \"" << c.host << "\"\ngrpc_port = " << c.grpc_port
-    << "\nhttp_port = " << c.http_port << "\nthreads = " << c.threads << "\n\n[limits]\n"
+    << "\nhttp_port = " << c.http_port << "\nthreads = " << c.threads
+    << "\nallow_anonymous_on_network = " << (c.allow_anonymous_on_network ? "true" : "false")
+    << "\nallowed_origins = " << quoted_list(c.allowed_origins)
+    << "\nnames = " << quoted_list(c.server_names)
+    << "\ntoken_in_query = " << (c.token_in_query ? "true" : "false") << "\n\n[limits]\n"
     << "max_frame_size_mb = "
     << shortest(static_cast<double>(c.max_frame_bytes) / (1024.0 * 1024.0))
     << "\nmax_sessions = " << c.max_sessions << "\nmax_subscribers = " << c.max_subscribers
@@ -529,6 +729,12 @@ std::string to_toml(const RelayConfig& c) {
         << "\nstage_task_timeout_ms = " << t.stage->task_timeout.count()
         << "\nstage_slow_ms = " << t.stage->slow_latency.count() << "\n";
     }
+  }
+  for (const auto& p : c.principals) {  // (the token's hash, never a token)
+    o << "\n[[principal]]\nname = " << quoted(p.name);
+    if (!p.token_sha256.empty()) o << "\ntoken_sha256 = \"" << p.token_sha256 << "\"";
+    o << "\npublish = " << quoted_list(p.publish) << "\nsubscribe = " << quoted_list(p.subscribe)
+      << "\nwork = " << quoted_list(p.work) << "\nstats = " << quoted_list(p.stats) << "\n";
   }
   return o.str();
 }

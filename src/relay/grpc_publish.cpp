@@ -57,8 +57,11 @@ void encode(PublishEvent& e, v1::PublishEvent& out) {
 
 class PublishReactor final : public GuardedReactor<PublishReactor, PublishRpc> {
  public:
-  PublishReactor(RelayCore& core, grpc::CallbackServerContext* ctx, SessionSlot slot)
-      : core_(core), ctx_(ctx), slot_(std::move(slot)), session_(core, core.loops.main()) {
+  PublishReactor(RelayCore& core, grpc::CallbackServerContext* ctx, SessionSlot slot, Who who)
+      : core_(core),
+        ctx_(ctx),
+        slot_(std::move(slot)),
+        session_(core, core.loops.main(), std::move(who)) {
     session_.connect(later(&PublishReactor::attempt), later_with(&PublishReactor::stage_event));
     StartRead(&in_);
   }
@@ -177,9 +180,11 @@ class PublishReactor final : public GuardedReactor<PublishReactor, PublishRpc> {
 }  // namespace
 
 PublishRpc* GrpcService::publish(grpc::CallbackServerContext* ctx) {
+  auto who = caller(core_, ctx);
+  if (!who) return new Refused<PublishRpc>(core_, who.refusal());
   auto slot = core_.admission.admit(SessionRole::publisher, client_of_grpc_peer(ctx->peer()));
   if (!slot) return new Refused<PublishRpc>(core_, slot.refusal());
-  return new PublishReactor(core_, ctx, std::move(*slot));
+  return new PublishReactor(core_, ctx, std::move(*slot), std::move(*who));
 }
 
 }  // namespace sluice::relay

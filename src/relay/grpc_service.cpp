@@ -19,4 +19,35 @@ GrpcService::GrpcService(RelayCore& core) : core_(core) {
                             [this](grpc::CallbackServerContext* ctx) { return work(ctx); }));
 }
 
+Outcome<Who> caller(RelayCore& core, const grpc::CallbackServerContext* ctx) {
+  const auto& metadata = ctx->client_metadata();
+  const auto it = metadata.find("authorization");
+  std::string_view token;
+  if (it != metadata.end()) {
+    const std::string_view value(it->second.data(), it->second.size());
+    if (value.size() > 7 && (value.substr(0, 7) == "Bearer " || value.substr(0, 7) == "bearer "))
+      token = value.substr(7);
+  }
+  return core.access.authenticate(token);
+}
+
+// Stats: the topics the caller may see (its stats patterns).
+grpc::ServerUnaryReactor* GrpcService::Stats(grpc::CallbackServerContext* ctx,
+                                             const v1::StatsRequest* /*req*/,
+                                             v1::StatsReply* reply) {
+  auto* r = ctx->DefaultReactor();
+  auto who = caller(core_, ctx);
+  if (who && !(*who)->may_any(Action::stats)) {
+    who = Refusal{RefusalKind::permission_denied,
+                  "principal '" + (*who)->name() + "' may not read stats"};
+  }
+  if (!who) {
+    r->Finish(to_grpc(core_, who.refusal()));
+    return r;
+  }
+  reply->set_json(stats_json(core_.topics, who->get()));
+  r->Finish(grpc::Status::OK);
+  return r;
+}
+
 }  // namespace sluice::relay

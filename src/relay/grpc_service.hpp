@@ -53,15 +53,14 @@ class GrpcService final : public v1::Relay::CallbackService {
   PublishRpc* publish(grpc::CallbackServerContext* ctx);
   WorkRpc* work(grpc::CallbackServerContext* ctx);
   grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx, const v1::StatsRequest* /*req*/,
-                                  v1::StatsReply* reply) override {
-    reply->set_json(stats_json(core_.topics));
-    auto* r = ctx->DefaultReactor();
-    r->Finish(grpc::Status::OK);
-    return r;
-  }
+                                  v1::StatsReply* reply) override;
 
   RelayCore& core_;
 };
+
+/// Who makes a call: the principal its `authorization: Bearer <token>` metadata names (none:
+/// the anonymous one), or unauthenticated.
+Outcome<Who> caller(RelayCore& core, const grpc::CallbackServerContext* ctx);
 
 /// `in` decoded into `out` (a request message), or why it is refused.
 template <class Message>

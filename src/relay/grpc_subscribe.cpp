@@ -133,9 +133,12 @@ SubscribeRpc* GrpcService::subscribe(grpc::CallbackServerContext* ctx, const grp
   grpc::ByteBuffer bytes(*in);  // (shares the slices)
   v1::SubscribeRequest req;
   if (auto refusal = decode(core_, bytes, req)) return new Failed(core_, *refusal);
+  auto who = caller(core_, ctx);
+  if (!who) return new Failed(core_, who.refusal());
   auto slot = core_.admission.admit(SessionRole::subscriber, client_of_grpc_peer(ctx->peer()));
   if (!slot) return new Failed(core_, slot.refusal());
-  auto pump = SubscriberPump::join(core_, {req.topic(), req.name(), req.depth()}, "subscriber",
+  auto pump = SubscriberPump::join(core_, {std::move(*who), req.topic(), req.name(), req.depth()},
+                                   "subscriber",
                                    /*kernel_unsent=*/false);
   if (!pump) return new Failed(core_, pump.refusal());
   return new SubscribeReactor(core_, ctx, std::move(*slot), std::move(*pump));

@@ -15,8 +15,8 @@ namespace {
 
 class WorkReactor final : public GuardedReactor<WorkReactor, WorkRpc> {
  public:
-  WorkReactor(RelayCore& core, SessionSlot slot)
-      : core_(core), slot_(std::move(slot)), worker_(core) {
+  WorkReactor(RelayCore& core, SessionSlot slot, Who who)
+      : core_(core), slot_(std::move(slot)), who_(std::move(who)), worker_(core) {
     StartRead(&in_);
   }
 
@@ -75,7 +75,7 @@ class WorkReactor final : public GuardedReactor<WorkReactor, WorkRpc> {
       return Refusal{RefusalKind::bad_request,
                      "the first WorkRequest of a Work call must be a join"};
     const auto& j = req_.join();
-    if (auto refusal = worker_.join({j.topic(), j.name(), j.concurrency()})) return refusal;
+    if (auto refusal = worker_.join({who_, j.topic(), j.name(), j.concurrency()})) return refusal;
     joined_ = worker_.enter();
     core_.loops.main().post(later(&WorkReactor::pump));
     return std::nullopt;
@@ -119,6 +119,7 @@ class WorkReactor final : public GuardedReactor<WorkReactor, WorkRpc> {
 
   RelayCore& core_;
   SessionSlot slot_;
+  const Who who_;
   grpc::ByteBuffer in_;  // the read in flight
   v1::WorkRequest req_;  // what it holds
   v1::WorkEvent out_;    // the write in flight
@@ -132,9 +133,11 @@ class WorkReactor final : public GuardedReactor<WorkReactor, WorkRpc> {
 }  // namespace
 
 WorkRpc* GrpcService::work(grpc::CallbackServerContext* ctx) {
+  auto who = caller(core_, ctx);
+  if (!who) return new Refused<WorkRpc>(core_, who.refusal());
   auto slot = core_.admission.admit(SessionRole::worker, client_of_grpc_peer(ctx->peer()));
   if (!slot) return new Refused<WorkRpc>(core_, slot.refusal());
-  return new WorkReactor(core_, std::move(*slot));
+  return new WorkReactor(core_, std::move(*slot), std::move(*who));
 }
 
 }  // namespace sluice::relay

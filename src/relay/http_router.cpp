@@ -1,5 +1,7 @@
 #include "http_router.hpp"
 
+#include <algorithm>
+#include <boost/asio/ip/address.hpp>
 #include <cctype>
 #include <cstdlib>
 
@@ -42,6 +44,20 @@ Outcome<std::uint64_t> HttpTarget::count(std::string_view key, std::uint64_t max
   return std::uint64_t{v};
 }
 
+std::vector<std::string_view> header_items(std::string_view value) {
+  std::vector<std::string_view> items;
+  std::size_t pos = 0;
+  while (pos < value.size()) {
+    const std::size_t comma = std::min(value.find(',', pos), value.size());
+    std::string_view item = value.substr(pos, comma - pos);
+    while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+    while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+    if (!item.empty()) items.push_back(item);
+    pos = comma + 1;
+  }
+  return items;
+}
+
 std::string url_decode(std::string_view in) {
   std::string out;
   for (std::size_t i = 0; i < in.size(); ++i) {
@@ -68,7 +84,7 @@ Outcome<WsRoute> ws_route(const HttpTarget& target) {
   const std::string_view path = target.path;
   for (const auto& e : kEndpoints) {
     if (path.starts_with(e.path))
-      return WsRoute{e.endpoint, url_decode(path.substr(e.path.size()))};
+      return WsRoute{e.endpoint, url_decode(path.substr(e.path.size())), nullptr};
   }
   return Refusal{RefusalKind::not_found,
                  "no WebSocket endpoint at " + std::string(path.substr(0, 200)) +
@@ -82,11 +98,121 @@ HttpResponse http_refusal(RelayCore& core, const Refusal& r) {
   return {codes(r.kind).http_status, "text/plain; charset=utf-8", r.message + "\n"};
 }
 
-HttpResponse HttpRouter::get(const HttpTarget& target) const {
-  if (target.path == "/metrics")
-    return {200, "text/plain; version=0.0.4; charset=utf-8", metrics_.prometheus_text()};
+namespace {
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (auto& ch : out) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return out;
+}
+
+// The host of a Host header ("name:port", "[::1]:port"), lower case, without its port.
+std::string host_of(std::string_view header) {
+  if (!header.empty() && header.front() == '[') {
+    const auto close = header.find(']');
+    return lower(header.substr(1, close == std::string_view::npos ? close : close - 1));
+  }
+  return lower(header.substr(0, header.find(':')));
+}
+
+// Does a request addressed to `host` reach this relay by a name it answers to? IP literals
+// always (DNS rebinding needs a name), localhost, and server.names.
+bool answers_to(const RelayConfig& config, const std::string& host) {
+  boost::system::error_code ec;
+  (void)boost::asio::ip::make_address(host, ec);
+  if (!ec || host == "localhost") return true;
+  for (const auto& name : config.server_names) {
+    if (lower(name) == host) return true;
+  }
+  return false;
+}
+
+// May a page of `origin` use the relay, addressed as `host_header`?
+bool origin_allowed(const RelayConfig& config, const std::string& origin,
+                    std::string_view host_header) {
+  const std::string o = lower(origin);
+  const std::string host = lower(host_header);
+  if (o == "http://" + host || o == "https://" + host) return true;  // same origin
+  for (const auto& allowed : config.allowed_origins) {
+    const std::string a = lower(allowed);
+    if (a == "*" || a == o) return true;
+    if (a.size() > 2 && a.compare(a.size() - 2, 2, ":*") == 0) {  // any port, or none
+      const std::string base = a.substr(0, a.size() - 2);
+      if (o == base) return true;
+      if (o.rfind(base + ":", 0) == 0 &&
+          o.find_first_not_of("0123456789", base.size() + 1) == std::string::npos)
+        return true;
+    }
+  }
+  return false;
+}
+
+// The bearer token a request presents: Authorization, the sluice.bearer.* subprotocol, or
+// ?token= when server.token_in_query allows it; empty if none.
+std::string token_of(const RelayConfig& config, const HttpServer::Request& request,
+                     const HttpTarget& target) {
+  namespace http = boost::beast::http;
+  const auto auth = request[http::field::authorization];
+  if (auth.size() > 7 && lower(std::string_view(auth.data(), 7)) == "bearer ")
+    return std::string(auth.substr(7));
+  const auto protocols = request[http::field::sec_websocket_protocol];
+  for (const auto p : header_items(std::string_view(protocols.data(), protocols.size()))) {
+    if (p.rfind(ws::kBearerSubprotocol, 0) == 0)
+      return std::string(p.substr(ws::kBearerSubprotocol.size()));
+  }
+  if (config.token_in_query) return target.param("token");
+  return {};
+}
+
+}  // namespace
+
+Outcome<Who> http_caller(RelayCore& core, const HttpServer::Request& request,
+                         const HttpTarget& target) {
+  namespace http = boost::beast::http;
+  const auto host_header = request[http::field::host];
+  const std::string_view host_view(host_header.data(), host_header.size());
+  if (!host_view.empty() && !answers_to(core.config, host_of(host_view))) {
+    return Refusal{RefusalKind::misdirected,
+                   "this relay does not answer to host '" + std::string(host_view.substr(0, 100)) +
+                       "' (loopback, IP addresses and server.names / SLUICE_SERVER_NAMES)"};
+  }
+  const auto origin = request[http::field::origin];
+  if (!origin.empty() && !origin_allowed(core.config, std::string(origin), host_view)) {
+    return Refusal{RefusalKind::permission_denied,
+                   "pages of origin '" + std::string(origin.substr(0, 100)) +
+                       "' may not use this relay (server.allowed_origins / "
+                       "SLUICE_ALLOWED_ORIGINS)"};
+  }
+  return core.access.authenticate(token_of(core.config, request, target));
+}
+
+HttpResponse HttpRouter::answer(const HttpServer::Request& request) const {
+  const auto target =
+      HttpTarget::parse(std::string_view(request.target().data(), request.target().size()));
   if (target.path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
-  if (target.path == "/v1/stats") return {200, "application/json", stats_json(topics_)};
+  auto who = http_caller(core_, request, target);
+  if (!who) return http_refusal(core_, who.refusal());
+  return get(target, **who);
+}
+
+HttpResponse HttpRouter::get(const HttpTarget& target, const Principal& who) const {
+  if (target.path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
+  if ((target.path == "/metrics" || target.path == "/v1/stats") && !who.may_any(Action::stats)) {
+    return http_refusal(core_, {RefusalKind::permission_denied,
+                                "principal '" + who.name() + "' may not read stats"});
+  }
+  if (target.path == "/metrics") {
+    // Series of a topic (or of its stage) only if the caller may see that topic.
+    const auto visible = [&who](const metrics::Labels& labels) {
+      for (const auto& [name, value] : labels) {
+        if ((name == "topic" || name == "stage") && !who.may(Action::stats, value)) return false;
+      }
+      return true;
+    };
+    return {200, "text/plain; version=0.0.4; charset=utf-8",
+            core_.metrics.prometheus_text(visible)};
+  }
+  if (target.path == "/v1/stats") return {200, "application/json", stats_json(core_.topics, &who)};
   return {404, "text/plain; charset=utf-8",
           "not found: " + target.path.substr(0, 200) + " (try /metrics, /healthz, /v1/stats)\n"};
 }

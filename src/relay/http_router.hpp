@@ -10,7 +10,9 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
+#include "access.hpp"
 #include "http_server.hpp"
 #include "outcome.hpp"
 #include "sluice/metrics.hpp"
@@ -31,6 +33,9 @@ struct HttpTarget {
                                std::string_view range) const;
 };
 
+/// A comma-separated header value's items, trimmed ("a, b" -> {"a", "b"}).
+std::vector<std::string_view> header_items(std::string_view value);
+
 /// "%41+b" -> "A b".
 std::string url_decode(std::string_view in);
 
@@ -39,6 +44,7 @@ enum class WsEndpoint : std::uint8_t { publish, subscribe, work };
 struct WsRoute {
   WsEndpoint endpoint = WsEndpoint::publish;
   std::string topic;  // decoded
+  Who who;            // who asks (http_caller)
 };
 /// The endpoint `target` names, or not_found listing the endpoints.
 Outcome<WsRoute> ws_route(const HttpTarget& target);
@@ -49,17 +55,27 @@ struct RelayCore;
 /// RelayCore::counted).
 HttpResponse http_refusal(RelayCore& core, const Refusal& r);
 
+/// Who makes an HTTP request or WebSocket upgrade, once a browser's request passes the checks
+/// that keep other web pages out: its Host must be one the relay answers to (an IP address,
+/// localhost, server.names: else misdirected, 421, against DNS rebinding), and its Origin, if
+/// any, the relay's own or one of server.allowed_origins (else permission_denied, 403). Then
+/// the token it presents (Authorization: Bearer, the subprotocol sluice.bearer.<token>, or
+/// ?token= when server.token_in_query) names the principal (else unauthenticated, 401).
+Outcome<Who> http_caller(RelayCore& core, const HttpServer::Request& request,
+                         const HttpTarget& target);
+
 class HttpRouter {
  public:
-  /// Both must outlive this.
-  HttpRouter(const metrics::Registry& metrics, const TopicRegistry& topics)
-      : metrics_(metrics), topics_(topics) {}
-  /// A GET request's answer: /metrics, /healthz, /v1/stats, or 404 naming them.
-  HttpResponse get(const HttpTarget& target) const;
+  /// `core` must outlive this.
+  explicit HttpRouter(RelayCore& core) : core_(core) {}
+  /// A GET request's answer: /healthz to anyone; /metrics and /v1/stats to a caller
+  /// (http_caller) with stats permission, showing the topics it may see; else 404 naming them.
+  HttpResponse answer(const HttpServer::Request& request) const;
+  /// The answer to `who` for `target` (checks done).
+  HttpResponse get(const HttpTarget& target, const Principal& who) const;
 
  private:
-  const metrics::Registry& metrics_;
-  const TopicRegistry& topics_;
+  RelayCore& core_;
 };
 
 }  // namespace sluice::relay

@@ -29,9 +29,9 @@ struct HttpResponse {
 // A small HTTP/1.1 server on the relay's I/O thread: one request per connection.
 class HttpServer {
  public:
-  /// A GET request's answer, by target (path and query).
-  using Handler = std::function<HttpResponse(const std::string& target)>;
+  /// A GET request's answer.
   using Request = boost::beast::http::request<boost::beast::http::string_body>;
+  using Handler = std::function<HttpResponse(const Request& request)>;
   /// A WebSocket upgrade request: takes the socket (nullopt), or answers it.
   using Upgrade = std::function<std::optional<HttpResponse>(boost::asio::ip::tcp::socket& socket,
                                                             Request& request)>;
@@ -135,7 +135,7 @@ class HttpServer {
                        } else if (request.method() != http::verb::get) {
                          answer = {405, "text/plain; charset=utf-8", "only GET is served here\n"};
                        } else {
-                         answer = handler_(std::string(request.target()));
+                         answer = handler_(request);
                        }
                        respond(session, request.version(), std::move(answer));
                      });
@@ -169,6 +169,7 @@ class HttpServer {
     res.result(answer.status);
     res.set(http::field::content_type, answer.content_type);
     res.set(http::field::connection, "close");
+    if (answer.status == 401) res.set(http::field::www_authenticate, "Bearer realm=\"sluice\"");
     res.body() = std::move(answer.body);
     res.prepare_payload();
     http::async_write(session->socket, res, [session](boost::beast::error_code, std::size_t) {

@@ -56,6 +56,7 @@ void PublishSession::connect(std::function<void()> wake,
 
 std::optional<Refusal> PublishSession::open(const std::string& name) {
   if (topic_ && topic_->name == name) return std::nullopt;
+  if (auto refusal = Access::check(*who_, Action::publish, name)) return refusal;
   auto t = core_.topics.find(name);
   if (!t) return std::move(t.refusal());
   topic_ = std::move(*t);

@@ -70,8 +70,9 @@ class PublishSession {
  public:
   enum class Progress : std::uint8_t { all_in, waiting, idle };
 
-  /// A producer's session whose wake-ups and stage notices run on `loop`.
-  PublishSession(RelayCore& core, IoThread& loop) : core_(core), loop_(loop) {}
+  /// A producer's session for `who` whose wake-ups and stage notices run on `loop`.
+  PublishSession(RelayCore& core, IoThread& loop, Who who)
+      : core_(core), loop_(loop), who_(std::move(who)) {}
   PublishSession(const PublishSession&) = delete;
   PublishSession& operator=(const PublishSession&) = delete;
   PublishSession(PublishSession&&) = delete;
@@ -109,6 +110,7 @@ class PublishSession {
 
   RelayCore& core_;
   IoThread& loop_;
+  const Who who_;  // may publish to the topic it opens (checked by open())
   std::function<void()> wake_;
   std::function<void(PublishEvent)> stage_event_;
   std::shared_ptr<Topic> topic_;

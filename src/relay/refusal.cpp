@@ -7,9 +7,11 @@ namespace {
 // gRPC status codes by value (grpc::StatusCode), so that the table needs no gRPC header.
 constexpr int kInvalidArgument = 3;
 constexpr int kNotFound = 5;
+constexpr int kPermissionDenied = 7;
 constexpr int kResourceExhausted = 8;
 constexpr int kAborted = 10;
 constexpr int kUnavailable = 14;
+constexpr int kUnauthenticated = 16;
 
 // One row per RefusalKind, in its order (checked by the unit test).
 constexpr std::array<RefusalCodes, kRefusalKinds> kTable{{
@@ -22,6 +24,12 @@ constexpr std::array<RefusalCodes, kRefusalKinds> kTable{{
      503, 1013, "too many sessions"},
     {RefusalKind::too_many_topics, "too_many_topics", kResourceExhausted, "RESOURCE_EXHAUSTED", 503,
      1013, "too many topics"},
+    {RefusalKind::unauthenticated, "unauthenticated", kUnauthenticated, "UNAUTHENTICATED", 401,
+     1008, "unauthenticated"},
+    {RefusalKind::permission_denied, "permission_denied", kPermissionDenied, "PERMISSION_DENIED",
+     403, 1008, "permission denied"},
+    {RefusalKind::misdirected, "misdirected", kPermissionDenied, "PERMISSION_DENIED", 421, 1008,
+     "misdirected request"},
     {RefusalKind::topic_full, "topic_full", kResourceExhausted, "RESOURCE_EXHAUSTED", 503, 1013,
      "topic full past max_wait_ms"},
     {RefusalKind::events_unread, "events_unread", kResourceExhausted, "RESOURCE_EXHAUSTED", 503,

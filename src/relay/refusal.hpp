@@ -23,6 +23,9 @@ enum class RefusalKind : std::uint8_t {
   not_found,          // no such topic (auto_create off), no such stage, no such endpoint
   too_many_sessions,  // max_sessions sessions already open
   too_many_topics,    // a new topic over limits.max_topics
+  unauthenticated,    // no token, or one that names no principal
+  permission_denied,  // the principal may not do that on that topic; a page's origin refused
+  misdirected,        // an HTTP request for a host name the relay does not answer to
   topic_full,         // a lossless topic stayed full for max_wait_ms
   events_unread,      // the peer left its events unread past the bound
   slow_consumer,      // a subscriber whose sends stopped completing
@@ -31,7 +34,7 @@ enum class RefusalKind : std::uint8_t {
   internal,           // the relay could not serve the request (a system call failed)
 };
 
-inline constexpr std::size_t kRefusalKinds = 11;
+inline constexpr std::size_t kRefusalKinds = 14;
 
 struct Refusal {
   Refusal() = default;

@@ -10,6 +10,7 @@
 
 #include <utility>
 
+#include "access.hpp"
 #include "admission.hpp"
 #include "frame_buffer.hpp"
 #include "loop_pool.hpp"
@@ -40,6 +41,8 @@ struct RelayCore {
   metrics::Registry metrics;
   TopicRegistry topics{config, metrics};
   Admission admission{config, metrics};
+  /// Who clients are and what they may do (docs/security.md).
+  Access access{config};
   /// Producers' large frames are read into recycled memory (see frame_buffer.hpp).
   FramePool frames;
   /// Judges WebSocket subscribers by their sends: late ones stay (and lose frames on a

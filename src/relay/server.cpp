@@ -69,7 +69,7 @@ struct RelayServer::Impl {
   relay::RelayCore core;
   std::chrono::steady_clock::time_point last_accept_log{};
   relay::GrpcService grpc_service{core};
-  relay::HttpRouter router{core.metrics, core.topics};
+  relay::HttpRouter router{core};
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<relay::HttpServer> http;
   int port = 0;
@@ -147,9 +147,7 @@ void RelayServer::start() {
   Impl* impl = impl_.get();
   impl_->http = std::make_unique<relay::HttpServer>(
       impl->core.loops.main().context(), config.host, config.http_port, config.handshake_timeout,
-      [impl](const std::string& target) {
-        return impl->router.get(relay::HttpTarget::parse(target));
-      },
+      [impl](const relay::HttpServer::Request& request) { return impl->router.answer(request); },
       [impl](boost::asio::ip::tcp::socket& socket, relay::HttpServer::Request& request) {
         return relay::ws_upgrade(impl->core, socket, request);
       },

@@ -5,10 +5,12 @@
 
 #include <string>
 
+#include "access.hpp"
 #include "topic_registry.hpp"
 
 namespace sluice::relay {
 
-std::string stats_json(const TopicRegistry& topics);
+/// Every topic, or those `who` may see (its stats patterns).
+std::string stats_json(const TopicRegistry& topics, const Principal* who = nullptr);
 
 }  // namespace sluice::relay

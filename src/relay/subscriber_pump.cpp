@@ -9,6 +9,7 @@ Outcome<std::unique_ptr<SubscriberPump>> SubscriberPump::join(RelayCore& core,
                                                               const SubscribeRequest& r,
                                                               const char* default_name,
                                                               bool kernel_unsent) {
+  if (auto refusal = Access::check(*r.who, Action::subscribe, r.topic)) return *refusal;
   auto t = core.topics.find(r.topic);
   if (!t) return std::move(t.refusal());
   try {

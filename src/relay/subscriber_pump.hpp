@@ -40,6 +40,7 @@ namespace sluice::relay {
 /// metrics (made valid UTF-8, cut to whole characters within 128 bytes; empty: a default), a depth
 /// (real-time topics; 0: the topic's).
 struct SubscribeRequest {
+  Who who;  // who asks (must be allowed to subscribe to the topic)
   std::string topic;
   std::string name;
   std::uint64_t depth = 0;

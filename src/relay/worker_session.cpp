@@ -5,6 +5,7 @@
 namespace sluice::relay {
 
 std::optional<Refusal> WorkerSession::join(const WorkerJoin& request) {
+  if (auto refusal = Access::check(*request.who, Action::work, request.topic)) return refusal;
   auto t = core_.topics.find(request.topic);
   if (!t) return std::move(t.refusal());
   if (!(*t)->stage) {

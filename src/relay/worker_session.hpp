@@ -31,6 +31,7 @@ namespace sluice::relay {
 
 /// What a worker asks for (the transport decodes it).
 struct WorkerJoin {
+  Who who;  // who asks (must be allowed to work the topic's stage)
   std::string topic;
   std::string name;               // empty: "worker"; valid UTF-8 within 128 bytes kept
   std::uint64_t concurrency = 0;  // frames it may hold unanswered; 0: 4; at most 1024

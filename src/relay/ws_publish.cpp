@@ -161,7 +161,7 @@ class WsPublisher final : public WsSession<WsPublisher> {
 std::optional<HttpResponse> ws_publish(RelayCore& core, SessionSlot slot, const WsRoute& route,
                                        boost::asio::ip::tcp::socket& socket,
                                        HttpServer::Request& request) {
-  auto session = std::make_unique<PublishSession>(core, core.loops.main());
+  auto session = std::make_unique<PublishSession>(core, core.loops.main(), route.who);
   if (auto refusal = session->open(route.topic)) return http_refusal(core, *refusal);
   std::make_shared<WsPublisher>(core, std::move(slot), std::move(socket), std::move(session))
       ->launch(std::move(request));

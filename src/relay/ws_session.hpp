@@ -117,10 +117,27 @@ class WsSession : public std::enable_shared_from_this<Derived> {
     // 1 MiB frame, each a system call.
     ws_.auto_fragment(false);
     ws_.read_message_max(reading_.message_max);
+    answer_subprotocol(request);
     request_ = std::move(request);
     ws_.async_accept(request_, [self = this->shared_from_this()](boost::beast::error_code ec) {
       if (!ec) self->opened();
     });
+  }
+
+  // A browser offering subprotocols (its token as sluice.bearer.<token>, see http_caller) must
+  // get one back: "sluice" if offered, else the first one offered.
+  void answer_subprotocol(const HttpServer::Request& request) {
+    const auto offered = request[boost::beast::http::field::sec_websocket_protocol];
+    if (offered.empty()) return;
+    const auto items = header_items(std::string_view(offered.data(), offered.size()));
+    if (items.empty()) return;
+    std::string chosen(items.front());
+    for (const auto p : items) {
+      if (p == ws::kSubprotocol) chosen = std::string(p);
+    }
+    ws_.set_option(websocket::stream_base::decorator([chosen](websocket::response_type& res) {
+      res.set(boost::beast::http::field::sec_websocket_protocol, chosen);
+    }));
   }
 
   // Every session's small writes are coalesced; producers read ahead (see WsReading).

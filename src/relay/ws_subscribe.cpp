@@ -197,8 +197,9 @@ std::optional<HttpResponse> ws_subscribe(RelayCore& core, SessionSlot slot, cons
   const auto depth =
       target.count("depth", std::numeric_limits<std::uint64_t>::max(), "the topic's capacity");
   if (!depth) return http_refusal(core, depth.refusal());
-  auto pump = SubscriberPump::join(core, {route.topic, target.param("name"), *depth}, "viewer",
-                                   /*kernel_unsent=*/true);
+  auto pump =
+      SubscriberPump::join(core, {route.who, route.topic, target.param("name"), *depth}, "viewer",
+                           /*kernel_unsent=*/true);
   if (!pump) return http_refusal(core, pump.refusal());
   IoThread& loop = core.loops.subscriber_loop();
   auto own = hand_over(core, loop, socket);

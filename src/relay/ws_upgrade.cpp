@@ -11,8 +11,11 @@ std::optional<HttpResponse> ws_upgrade(RelayCore& core, boost::asio::ip::tcp::so
                                        HttpServer::Request& request) {
   const auto target =
       HttpTarget::parse(std::string_view(request.target().data(), request.target().size()));
+  auto who = http_caller(core, request, target);
+  if (!who) return http_refusal(core, who.refusal());
   auto route = ws_route(target);
   if (!route) return http_refusal(core, route.refusal());
+  route->who = std::move(*who);
   static constexpr SessionRole kRoles[] = {SessionRole::publisher, SessionRole::subscriber,
                                            SessionRole::worker};  // by WsEndpoint
   boost::system::error_code ec;

@@ -104,7 +104,8 @@ std::optional<HttpResponse> ws_work(RelayCore& core, SessionSlot slot, const WsR
   if (!concurrency) return http_refusal(core, concurrency.refusal());
   auto worker = std::make_unique<WorkerSession>(core);
   const std::string name = target.param("name");
-  if (auto refusal = worker->join({route.topic, name, *concurrency})) return http_refusal(core, *refusal);
+  if (auto refusal = worker->join({route.who, route.topic, name, *concurrency}))
+    return http_refusal(core, *refusal);
   std::make_shared<WsWorker>(core, std::move(slot), std::move(socket), std::move(worker),
                              route.topic + "/" + name)
       ->start(std::move(request));

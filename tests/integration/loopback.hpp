@@ -7,6 +7,7 @@
 #include <boost/beast/http.hpp>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -26,8 +27,9 @@ inline RelayConfig loopback(RelayConfig c = {}) {
 
 /// GET http://127.0.0.1:port/target -> (status, body). With `as_upgrade`, the request carries
 /// WebSocket upgrade headers (to read what the relay answers a refused upgrade).
-inline std::pair<unsigned, std::string> http_get(std::uint16_t port, const std::string& target,
-                                                 bool as_upgrade = false) {
+inline std::pair<unsigned, std::string> http_get(
+    std::uint16_t port, const std::string& target, bool as_upgrade = false,
+    const std::map<std::string, std::string>& headers = {}) {
   namespace http = boost::beast::http;
   boost::asio::io_context io;
   boost::asio::ip::tcp::socket socket(io);
@@ -40,6 +42,7 @@ inline std::pair<unsigned, std::string> http_get(std::uint16_t port, const std::
     req.set(http::field::sec_websocket_version, "13");
     req.set(http::field::sec_websocket_key, "dGhlIHNhbXBsZSBub25jZQ==");
   }
+  for (const auto& [name, value] : headers) req.set(name, value);
   http::write(socket, req);
   boost::beast::flat_buffer buffer;
   http::response<http::string_body> res;

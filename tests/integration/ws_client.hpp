@@ -6,6 +6,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/websocket.hpp>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <tuple>
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
@@ -29,19 +30,30 @@ struct WsClient {
   boost::beast::websocket::stream<boost::asio::ip::tcp::socket> s{io};
   unsigned http_status = 0;
   std::string http_body;
+  std::map<std::string, std::string> headers;  // added to the upgrade request (Host replaces)
+  std::string response_protocol;               // the subprotocol the relay answered
 
   boost::beast::error_code connect(std::uint16_t port, const std::string& target) {
     s.next_layer().connect({boost::asio::ip::make_address("127.0.0.1"), port});
     boost::beast::websocket::response_type res;
     boost::beast::error_code ec;
-    s.handshake(res, "127.0.0.1", target, ec);
+    std::string host = "127.0.0.1";
+    if (const auto it = headers.find("Host"); it != headers.end()) host = it->second;
+    s.set_option(boost::beast::websocket::stream_base::decorator(
+        [h = headers](boost::beast::websocket::request_type& req) {
+          for (const auto& [name, value] : h) {
+            if (name != "Host") req.set(name, value);
+          }
+        }));
+    s.handshake(res, host, target, ec);
+    response_protocol = std::string(res[boost::beast::http::field::sec_websocket_protocol]);
     if (ec == boost::beast::websocket::error::upgrade_declined) refused(port, target);
     return ec;
   }
   // Beast does not hand back a declined handshake's response: ask again with a plain HTTP
   // client and the same upgrade headers, and keep the status and body.
   void refused(std::uint16_t port, const std::string& target) {
-    std::tie(http_status, http_body) = http_get(port, target, /*as_upgrade=*/true);
+    std::tie(http_status, http_body) = http_get(port, target, /*as_upgrade=*/true, headers);
   }
   void send_binary(const std::string& bytes) {
     s.binary(true);

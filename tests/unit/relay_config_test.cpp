@@ -119,7 +119,9 @@ TEST(RelayConfig, ALosslessTopicsItemLimitIsASetting) {
 TEST(RelayConfig, HostsAreIpAddressesOrLocalhost) {
   EXPECT_EQ(load(std::nullopt, {{"SLUICE_HOST", "localhost"}}).host, "127.0.0.1");
   EXPECT_EQ(load(std::nullopt, {{"SLUICE_HOST", "[::1]"}}).host, "::1");
-  EXPECT_EQ(load(std::nullopt, {{"SLUICE_HOST", "::"}}).host, "::");
+  EXPECT_EQ(
+      load(std::nullopt, {{"SLUICE_HOST", "::"}, {"SLUICE_ALLOW_ANONYMOUS_ON_NETWORK", "1"}}).host,
+      "::");
   EXPECT_NE(error_of(std::nullopt, {{"SLUICE_HOST", "relay.example"}}).find("SLUICE_HOST"),
             std::string::npos);
 }
@@ -243,6 +245,51 @@ TEST(RelayConfig, PrintedConfigurationLoadsBackTheSame) {
   TempFile again(to_toml(c));
   const RelayConfig d = load(again.path());
   EXPECT_EQ(to_toml(c), to_toml(d));
+}
+
+TEST(RelayConfig, AnOpenRelayBindsLoopbackOnlyUnlessItSaysSo) {
+  const std::string refusal = error_of(std::nullopt, {{"SLUICE_HOST", "0.0.0.0"}});
+  EXPECT_NE(refusal.find("server.allow_anonymous_on_network"), std::string::npos) << refusal;
+  EXPECT_EQ(load(std::nullopt,
+                 {{"SLUICE_HOST", "0.0.0.0"}, {"SLUICE_ALLOW_ANONYMOUS_ON_NETWORK", "true"}})
+                .host,
+            "0.0.0.0");
+  TempFile guarded(
+      "[server]\nhost = \"0.0.0.0\"\n[[principal]]\nname = \"cam\"\n"
+      "token = \"s3cret\"\npublish = [\"camera.*\"]\n");
+  const RelayConfig c = load(guarded.path());
+  ASSERT_EQ(c.principals.size(), 1U);
+  EXPECT_EQ(c.principals[0].token_sha256, token_sha256("s3cret"));
+  EXPECT_EQ(c.principals[0].publish, std::vector<std::string>{"camera.*"});
+  // What `sluice config` prints holds the token's hash, never the token.
+  EXPECT_EQ(to_toml(c).find("s3cret"), std::string::npos);
+  EXPECT_NE(to_toml(c).find(token_sha256("s3cret")), std::string::npos);
+}
+
+TEST(RelayConfig, PrincipalsAreCheckedWhenTheFileIsRead) {
+  TempFile both("[[principal]]\nname = \"a\"\ntoken = \"x\"\ntoken_sha256 = \"" +
+                std::string(64, 'a') + "\"\n");
+  EXPECT_NE(error_of(both.path()).find("both token and token_sha256"), std::string::npos);
+  TempFile bad_hash("[[principal]]\nname = \"a\"\ntoken_sha256 = \"xyz\"\n");
+  EXPECT_NE(error_of(bad_hash.path()).find("64 lower-case hex digits"), std::string::npos);
+  TempFile bad_pattern("[[principal]]\nname = \"a\"\ntoken = \"x\"\npublish = [\"a.>.b\"]\n");
+  EXPECT_NE(error_of(bad_pattern.path()).find("'>' may only be the last segment"),
+            std::string::npos);
+  TempFile two_anonymous("[[principal]]\nname = \"a\"\n[[principal]]\nname = \"b\"\n");
+  EXPECT_NE(error_of(two_anonymous.path()).find("more than one [[principal]] without a token"),
+            std::string::npos);
+  TempFile twice(
+      "[[principal]]\nname = \"a\"\ntoken = \"x\"\n[[principal]]\nname = \"a\"\n"
+      "token = \"y\"\n");
+  EXPECT_NE(error_of(twice.path()).find("declared twice"), std::string::npos);
+  TempFile unknown("[[principal]]\nname = \"a\"\nread = [\">\"]\n");
+  EXPECT_NE(error_of(unknown.path()).find("unknown key principal.read"), std::string::npos);
+  EXPECT_EQ(load(std::nullopt, {{"SLUICE_ALLOWED_ORIGINS", "https://a.example, http://b:*"}})
+                .allowed_origins,
+            (std::vector<std::string>{"https://a.example", "http://b:*"}));
+  EXPECT_NE(error_of(std::nullopt, {{"SLUICE_ALLOWED_ORIGINS", "evil.example"}})
+                .find("SLUICE_ALLOWED_ORIGINS"),
+            std::string::npos);
 }
 
 }  // namespace

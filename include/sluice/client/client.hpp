@@ -57,6 +57,7 @@ struct PublisherOptions {
   std::chrono::milliseconds initial_backoff{100};  // after the first RESOURCE_EXHAUSTED
   std::chrono::milliseconds max_backoff{5000};     // doubling stops here
   int max_retries = 5;                             // in a row without progress; 0: never
+  std::string token{};  // the relay's bearer token for this principal (empty: none)
 };
 
 struct PublisherEvent {
@@ -113,6 +114,7 @@ struct SubscriberOptions {
   std::string topic;
   std::string name = "subscriber";  // shown in the relay's stats and metrics
   std::uint32_t depth = 0;          // real-time topics: items the relay keeps; 0: its default
+  std::string token{};              // the relay's bearer token for this principal (empty: none)
 };
 
 struct SubscriberEvent {

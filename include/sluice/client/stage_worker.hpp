@@ -30,6 +30,7 @@ struct StageWorkerOptions {
   std::string topic;          // a topic with a stage
   std::string name = "worker";
   std::uint32_t concurrency = 1;  // frames the relay may send before an answer (1-1024)
+  std::string token{};            // the relay's bearer token for this principal (empty: none)
 };
 
 /// A frame to process: its sequence and timestamp (the producer's) and its payload (valid

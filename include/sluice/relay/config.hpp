@@ -52,6 +52,19 @@ struct TopicConfig {
   std::optional<StageConfig> stage;          // none: a plain topic
 };
 
+/// Who may use the relay ([[principal]] in the file; docs/security.md): a name, the SHA-256 of
+/// its bearer token, and per action the topic patterns it may act on. A pattern is a topic name
+/// whose '.'-separated segments may be `*` (any one segment) or, last, `>` (one or more
+/// segments); a pattern starting with `!` denies, and a denial wins over every allowance.
+struct PrincipalConfig {
+  std::string name;
+  std::string token_sha256;  // lower-case hex; empty: the anonymous principal (no token needed)
+  std::vector<std::string> publish;
+  std::vector<std::string> subscribe;
+  std::vector<std::string> work;
+  std::vector<std::string> stats;  // /v1/stats, /metrics and Stats show these topics
+};
+
 struct RelayConfig {
   // [server]
   std::string host = "127.0.0.1";
@@ -59,6 +72,18 @@ struct RelayConfig {
   std::uint16_t http_port = 7401;  // 0: ephemeral
   unsigned threads =
       0;  // event loops of the HTTP port (WebSocket subscribers spread); 0: one per core
+  // With no principal configured, the relay is open to every client; it then refuses to bind
+  // an address other than loopback unless this says so.
+  bool allow_anonymous_on_network = false;
+  // Origins whose web pages may open WebSockets and read the HTTP port (besides the relay's
+  // own origin); `*` stands for any port. Requests without Origin (not from a browser) pass.
+  std::vector<std::string> allowed_origins{"http://127.0.0.1:*", "http://localhost:*",
+                                           "http://[::1]:*"};
+  // Host names the HTTP port answers to besides loopback literals and the bound address (a
+  // request naming another host gets 421: DNS rebinding).
+  std::vector<std::string> server_names;
+  // Accept a WebSocket's token in its `token` query parameter (it then shows in access logs).
+  bool token_in_query = false;
   // [limits]
   std::uint64_t max_frame_bytes = std::uint64_t{5} << 20;  // STREAM_MAX_FRAME_SIZE_MB
   std::size_t max_sessions = 10;       // STREAM_MAX_SESSIONS: publishing sessions open at once
@@ -91,6 +116,8 @@ struct RelayConfig {
   std::chrono::milliseconds topic_idle_timeout{60'000};
   TopicConfig defaults;  // name unused
   std::vector<TopicConfig> topics;
+  // [[principal]]: none keeps the relay open (loopback only, unless allow_anonymous_on_network)
+  std::vector<PrincipalConfig> principals;
 
   /// The declared topic, or nullptr.
   const TopicConfig* topic(std::string_view name) const;
@@ -99,6 +126,13 @@ struct RelayConfig {
 /// A topic name: 1–128 characters of [A-Za-z0-9._-]. Returns an empty string if valid, else
 /// what is wrong with it.
 std::string topic_name_problem(std::string_view name);
+
+/// A topic pattern of a principal's permissions (see PrincipalConfig), without its `!`:
+/// empty if valid, else what is wrong with it.
+std::string topic_pattern_problem(std::string_view pattern);
+
+/// The SHA-256 of `token`, lower-case hex (what token_sha256 holds).
+std::string token_sha256(std::string_view token);
 
 /// Command-line values (already parsed by the CLI); unset ones are absent.
 using Overrides = std::map<std::string, std::string>;

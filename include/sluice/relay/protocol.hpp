@@ -46,6 +46,11 @@ namespace ws {
 
 inline constexpr std::size_t kFrameHeaderBytes = 16;
 
+/// A browser's WebSocket carries its token as a subprotocol: it offers {kSubprotocol,
+/// kBearerSubprotocol + token}, and the relay answers kSubprotocol.
+inline constexpr std::string_view kSubprotocol = "sluice";
+inline constexpr std::string_view kBearerSubprotocol = "sluice.bearer.";
+
 struct FrameHeader {
   std::uint64_t index = 0;  // the item's sequence
   std::int64_t timestamp_ns = 0;

@@ -1,0 +1,82 @@
+// Who a client is and what it may do (relay-internal; docs/security.md). Every transport
+// authenticates a client with authenticate() (the bearer token it presented: gRPC
+// `authorization` metadata; HTTP `Authorization` header, the WebSocket subprotocol
+// `sluice.bearer.<token>`, or the `token` query parameter when server.token_in_query is on),
+// and every role checks its action on its topic with check() when it joins; the refusals are
+// values (unauthenticated, permission_denied) that each transport tells in its own terms.
+//
+// With no [[principal]] configured the relay is open: everyone is the anonymous principal,
+// allowed everything (config loading refuses that on a non-loopback address unless
+// server.allow_anonymous_on_network is set). Otherwise a client without a token is the
+// principal configured without one, if any; a token is compared with every principal's
+// SHA-256 in constant time. Messages name the principal, the action and the topic; never a
+// token.
+//
+// Thread-safety: immutable after construction; any thread.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "outcome.hpp"
+#include "refusal.hpp"
+#include "sluice/relay/config.hpp"
+
+namespace sluice::relay {
+
+enum class Action : std::uint8_t { publish, subscribe, work, stats };
+inline constexpr std::size_t kActions = 4;
+std::string_view to_string(Action action) noexcept;
+
+/// Does `topic` match `pattern` ('.'-separated segments; `*` one segment, `>` the rest)?
+bool topic_matches(std::string_view pattern, std::string_view topic) noexcept;
+
+class Principal {
+ public:
+  Principal(std::string name, const PrincipalConfig& permissions);
+  /// The open relay's anonymous principal: everything allowed.
+  static std::shared_ptr<const Principal> everyone();
+
+  const std::string& name() const { return name_; }
+  /// May this principal do `action` on `topic`? (a denial wins over any allowance)
+  bool may(Action action, std::string_view topic) const;
+  /// May it do `action` on some topic? (e.g. read /metrics at all)
+  bool may_any(Action action) const;
+
+ private:
+  Principal() = default;
+  std::string name_;
+  bool everything_ = false;
+  std::array<std::vector<std::string>, kActions> allow_;
+  std::array<std::vector<std::string>, kActions> deny_;
+};
+
+using Who = std::shared_ptr<const Principal>;
+
+class Access {
+ public:
+  /// `config` must outlive this.
+  explicit Access(const RelayConfig& config);
+
+  /// No principal configured: everyone may do everything.
+  bool open() const { return principals_.empty(); }
+  /// The principal `token` names ("": none was presented), or unauthenticated.
+  Outcome<Who> authenticate(std::string_view token) const;
+  /// nullopt if `who` may do `action` on `topic`, else permission_denied naming them.
+  static std::optional<Refusal> check(const Principal& who, Action action, std::string_view topic);
+
+ private:
+  struct Entry {
+    std::array<unsigned char, 32> sha256{};
+    bool anonymous = false;
+    Who who;
+  };
+  std::vector<Entry> principals_;
+};
+
+}  // namespace sluice::relay
