@@ -1,7 +1,7 @@
 // The HTTP request path as the relay's HTTP server takes it: Beast's parser with the server's
 // limits (8 KiB of headers, 8 KiB of body), then the target split into path and query, its
 // parameters decoded, the WebSocket route chosen, the caller checked (Host, Origin, token) and
-// the GET answered by the router of a real (idle, open) relay core. Invariants: no crash, leak or
+// the GET answered by the router of a real (idle) relay core that authenticates. Invariants: no crash, leak or
 // exception; every answer has a status the relay documents and a body; a route's topic is what the
 // path names, decoded.
 #include <boost/beast/http.hpp>
@@ -19,10 +19,19 @@ namespace http = boost::beast::http;
 
 namespace {
 
+// An idle core that authenticates: a principal with a token, and HS256 signed tokens, so that
+// the tokens' parsing (bearer headers, subprotocols, JWTs) is fuzzed too.
 RelayCore& core() {
   static auto* c = [] {
     sluice::RelayConfig config;
     config.threads = 1;
+    sluice::PrincipalConfig p;
+    p.name = "fuzz";
+    p.token_sha256 = sluice::token_sha256("fuzz-token");
+    p.subscribe = {"camera.>", "!camera.private"};
+    p.stats = {">"};
+    config.principals.push_back(p);
+    config.jwt_hs256_secret = "a-secret-of-at-least-thirty-two-bytes";
     return new RelayCore(config);
   }();
   return *c;
@@ -62,7 +71,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                                  HttpTarget::parse(std::string_view(target.data(), target.size())));
     if (!who) {
       const auto kind = who.refusal().kind;
-      FUZZ_CHECK(kind == RefusalKind::misdirected || kind == RefusalKind::permission_denied);
+      FUZZ_CHECK(kind == RefusalKind::misdirected || kind == RefusalKind::permission_denied ||
+                 kind == RefusalKind::unauthenticated);
+      FUZZ_CHECK(who.refusal().message.find("fuzz-token") == std::string::npos);
     }
     const HttpResponse answer = HttpRouter(core()).answer(parser.get());
     FUZZ_CHECK(answer.status != 0 && !answer.body.empty());

@@ -57,13 +57,15 @@ struct ConfigCommand {
     sigaddset(&signals, SIGINT);
     sigaddset(&signals, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // before any thread starts
-    sluice::RelayServer server(*config);
+    std::optional<sluice::RelayServer> relay;
     try {
-      server.start();
+      relay.emplace(*config);
+      relay->start();
     } catch (const std::exception& e) {
       std::fprintf(stderr, "sluice: %s\n", e.what());
       return 2;
     }
+    sluice::RelayServer& server = *relay;
     // One machine-readable line with the bound addresses.
     std::printf("{\"event\":\"listening\",\"grpc\":\"%s:%u\",\"http\":\"%s:%u\"}\n",
                 config->host.c_str(), server.grpc_port(), config->host.c_str(), server.http_port());

@@ -1,9 +1,19 @@
 #include "access.hpp"
 
+#include <openssl/bn.h>
 #include <openssl/crypto.h>
+#include <openssl/ec.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/pem.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
 #include <utility>
+
+#include "sluice/metrics.hpp"
 
 namespace sluice::relay {
 
@@ -55,8 +65,8 @@ bool topic_matches(std::string_view pattern, std::string_view topic) noexcept {
   return p == std::string_view::npos && t == std::string_view::npos;
 }
 
-Principal::Principal(std::string name, const PrincipalConfig& permissions)
-    : name_(std::move(name)) {
+Principal::Principal(std::string name, const PrincipalConfig& permissions, Expiry expires)
+    : name_(std::move(name)), expires_(expires) {
   const std::array<const std::vector<std::string>*, kActions> lists{
       &permissions.publish, &permissions.subscribe, &permissions.work, &permissions.stats};
   for (std::size_t a = 0; a < kActions; ++a) {
@@ -95,7 +105,98 @@ bool Principal::may_any(Action action) const {
   return everything_ || !allow_[static_cast<std::size_t>(action)].empty();
 }
 
-Access::Access(const RelayConfig& config) {
+// Signed tokens (JWS compact form, RFC 7515/7519). Why not a JWT library: Debian 12's libjwt
+// (1.10) has no EdDSA; what remains here is splitting the token and base64url, while every
+// signature check is OpenSSL's (HMAC, EVP_DigestVerify). The header's `alg` must be the one
+// the configured key is for: a token cannot choose how it is checked ("none", or HS256 with
+// the public key as the secret, are refused).
+struct Access::Key {
+  EVP_PKEY* pkey = nullptr;
+  std::string alg;  // "ES256" or "EdDSA"
+  ~Key() { EVP_PKEY_free(pkey); }
+};
+
+namespace {
+
+std::optional<std::string> base64url(std::string_view in) {
+  std::string b64(in);
+  for (auto& ch : b64) {
+    if (ch == '-') ch = '+';
+    else if (ch == '_') ch = '/';
+    else if (ch == '+' || ch == '/' || ch == '=') return std::nullopt;
+  }
+  const std::size_t pad = (4 - b64.size() % 4) % 4;
+  if (pad == 3) return std::nullopt;
+  b64.append(pad, '=');
+  std::string out(b64.size() / 4 * 3, '\0');
+  const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                                reinterpret_cast<const unsigned char*>(b64.data()),
+                                static_cast<int>(b64.size()));
+  if (n < 0) return std::nullopt;
+  out.resize(static_cast<std::size_t>(n) - pad);
+  return out;
+}
+
+bool verify_hs256(const std::string& secret, std::string_view signed_part, std::string_view sig) {
+  std::array<unsigned char, EVP_MAX_MD_SIZE> mac{};
+  unsigned int n = 0;
+  if (HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()),
+           reinterpret_cast<const unsigned char*>(signed_part.data()), signed_part.size(),
+           mac.data(), &n) == nullptr)
+    return false;
+  return sig.size() == n && CRYPTO_memcmp(mac.data(), sig.data(), n) == 0;
+}
+
+bool verify_pkey(EVP_PKEY* key, bool ecdsa, std::string_view signed_part, std::string_view sig) {
+  std::string der;
+  if (ecdsa) {  // JWS carries r || s (32 bytes each); OpenSSL verifies DER
+    if (sig.size() != 64) return false;
+    ECDSA_SIG* s = ECDSA_SIG_new();
+    BIGNUM* r = BN_bin2bn(reinterpret_cast<const unsigned char*>(sig.data()), 32, nullptr);
+    BIGNUM* ss = BN_bin2bn(reinterpret_cast<const unsigned char*>(sig.data()) + 32, 32, nullptr);
+    ECDSA_SIG_set0(s, r, ss);
+    unsigned char* out = nullptr;
+    const int len = i2d_ECDSA_SIG(s, &out);
+    if (len > 0) der.assign(reinterpret_cast<const char*>(out), static_cast<std::size_t>(len));
+    OPENSSL_free(out);
+    ECDSA_SIG_free(s);
+    sig = der;
+  }
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  const bool ok =
+      EVP_DigestVerifyInit(ctx, nullptr, ecdsa ? EVP_sha256() : nullptr, nullptr, key) == 1 &&
+      EVP_DigestVerify(ctx, reinterpret_cast<const unsigned char*>(sig.data()), sig.size(),
+                       reinterpret_cast<const unsigned char*>(signed_part.data()),
+                       signed_part.size()) == 1;
+  EVP_MD_CTX_free(ctx);
+  return ok;
+}
+
+Refusal bad_token(const std::string& why) {
+  return Refusal{RefusalKind::unauthenticated, "signed token refused: " + why};
+}
+
+}  // namespace
+
+Access::~Access() = default;
+
+Access::Access(const RelayConfig& config)
+    : config_(config), signed_(config.signed_tokens()) {
+  if (!config.jwt_public_key_file.empty()) {
+    FILE* f = std::fopen(config.jwt_public_key_file.c_str(), "r");
+    EVP_PKEY* pkey = f != nullptr ? PEM_read_PUBKEY(f, nullptr, nullptr, nullptr) : nullptr;
+    if (f != nullptr) std::fclose(f);
+    const int type = pkey != nullptr ? EVP_PKEY_get_base_id(pkey) : 0;
+    if (type != EVP_PKEY_EC && type != EVP_PKEY_ED25519) {
+      EVP_PKEY_free(pkey);
+      throw std::runtime_error("relay: auth.jwt_public_key_file (SLUICE_JWT_PUBLIC_KEY_FILE) " +
+                               config.jwt_public_key_file +
+                               " is not a PEM public key for ES256 (P-256) or Ed25519");
+    }
+    key_ = std::make_unique<Key>();
+    key_->pkey = pkey;
+    key_->alg = type == EVP_PKEY_EC ? "ES256" : "EdDSA";
+  }
   for (const auto& p : config.principals) {
     Entry e;
     e.anonymous = p.token_sha256.empty();
@@ -107,6 +208,7 @@ Access::Access(const RelayConfig& config) {
 
 Outcome<Who> Access::authenticate(std::string_view token) const {
   if (open()) return Principal::everyone();
+  if (signed_ && std::count(token.begin(), token.end(), '.') == 2) return verify_signed(token);
   if (token.empty()) {
     for (const auto& e : principals_) {
       if (e.anonymous) return e.who;
@@ -125,6 +227,89 @@ Outcome<Who> Access::authenticate(std::string_view token) const {
   }
   if (found) return found;
   return Refusal{RefusalKind::unauthenticated, "the token presented names no principal"};
+}
+
+Outcome<Who> Access::verify_signed(std::string_view token) const {
+  const auto dot1 = token.find('.');
+  const auto dot2 = token.find('.', dot1 + 1);
+  const auto header = base64url(token.substr(0, dot1));
+  const auto payload = base64url(token.substr(dot1 + 1, dot2 - dot1 - 1));
+  const auto sig = base64url(token.substr(dot2 + 1));
+  if (!header || !payload || !sig) return bad_token("not base64url");
+  const auto h = nlohmann::json::parse(*header, nullptr, false);
+  const auto claims = nlohmann::json::parse(*payload, nullptr, false);
+  if (!h.is_object() || !claims.is_object() || !h.contains("alg") || !h["alg"].is_string())
+    return bad_token("malformed header or claims");
+  const std::string alg = h["alg"].get<std::string>();
+  const std::string_view signed_part = token.substr(0, dot2);
+  bool valid = false;
+  if (alg == "HS256" && !config_.jwt_hs256_secret.empty()) {
+    valid = verify_hs256(config_.jwt_hs256_secret, signed_part, *sig);
+  } else if (key_ && alg == key_->alg) {
+    valid = verify_pkey(key_->pkey, alg == "ES256", signed_part, *sig);
+  } else {
+    return bad_token("alg " + alg.substr(0, 20) + " is not one this relay accepts");
+  }
+  if (!valid) return bad_token("bad signature");
+  const auto now = std::chrono::system_clock::now();
+  const auto at = [](const nlohmann::json& v) {
+    return std::chrono::system_clock::time_point(
+        std::chrono::seconds(v.is_number() ? v.get<std::int64_t>() : 0));
+  };
+  Principal::Expiry expires;
+  if (claims.contains("exp")) {
+    if (!claims["exp"].is_number()) return bad_token("exp is not a number");
+    expires = at(claims["exp"]);
+    if (*expires <= now) return bad_token("expired");
+  }
+  if (claims.contains("nbf") && (!claims["nbf"].is_number() || at(claims["nbf"]) > now))
+    return bad_token("not valid yet (nbf)");
+  if (!config_.jwt_issuer.empty() &&
+      (!claims.contains("iss") || claims["iss"] != config_.jwt_issuer))
+    return bad_token("issuer is not auth.jwt_issuer");
+  if (!claims.contains("sub") || !claims["sub"].is_string() ||
+      claims["sub"].get<std::string>().empty())
+    return bad_token("no sub (the principal's name)");
+  PrincipalConfig permissions;
+  if (claims.contains("sluice")) {
+    const auto& s = claims["sluice"];
+    if (!s.is_object()) return bad_token("the sluice claim is not an object");
+    const std::array<std::pair<const char*, std::vector<std::string>*>, kActions> lists{{
+        {"publish", &permissions.publish},
+        {"subscribe", &permissions.subscribe},
+        {"work", &permissions.work},
+        {"stats", &permissions.stats},
+    }};
+    for (const auto& [key, list] : lists) {
+      if (!s.contains(key)) continue;
+      if (!s[key].is_array()) return bad_token(std::string("sluice.") + key + " is not a list");
+      for (const auto& p : s[key]) {
+        if (!p.is_string()) return bad_token(std::string("sluice.") + key + " holds a non-string");
+        const std::string pattern = p.get<std::string>();
+        const std::string_view bare =
+            !pattern.empty() && pattern.front() == '!' ? std::string_view(pattern).substr(1)
+                                                       : std::string_view(pattern);
+        if (const auto problem = topic_pattern_problem(bare); !problem.empty())
+          return bad_token(std::string("sluice.") + key + ": " + problem);
+        list->push_back(pattern);
+      }
+    }
+  }
+  return std::make_shared<const Principal>(
+      metrics::valid_utf8(claims["sub"].get<std::string>(), 128), permissions, expires);
+}
+
+std::optional<std::chrono::steady_clock::time_point> steady_expiry(const Principal& who) {
+  if (!who.expires()) return std::nullopt;
+  const auto left = *who.expires() - std::chrono::system_clock::now();
+  return std::chrono::steady_clock::now() +
+         std::chrono::duration_cast<std::chrono::steady_clock::duration>(left);
+}
+
+Refusal token_expired(const Principal& who) {
+  return Refusal{RefusalKind::unauthenticated,
+                 "the token of principal '" + who.name() + "' expired", "",
+                 "token expired"};
 }
 
 std::optional<Refusal> Access::check(const Principal& who, Action action, std::string_view topic) {

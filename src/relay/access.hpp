@@ -16,6 +16,7 @@
 #pragma once
 
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -38,11 +39,14 @@ bool topic_matches(std::string_view pattern, std::string_view topic) noexcept;
 
 class Principal {
  public:
-  Principal(std::string name, const PrincipalConfig& permissions);
+  using Expiry = std::optional<std::chrono::system_clock::time_point>;
+  Principal(std::string name, const PrincipalConfig& permissions, Expiry expires = std::nullopt);
   /// The open relay's anonymous principal: everything allowed.
   static std::shared_ptr<const Principal> everyone();
 
   const std::string& name() const { return name_; }
+  /// When a signed token's principal stops being one (its `exp`): its sessions end then.
+  const Expiry& expires() const { return expires_; }
   /// May this principal do `action` on `topic`? (a denial wins over any allowance)
   bool may(Action action, std::string_view topic) const;
   /// May it do `action` on some topic? (e.g. read /metrics at all)
@@ -51,6 +55,7 @@ class Principal {
  private:
   Principal() = default;
   std::string name_;
+  Expiry expires_;
   bool everything_ = false;
   std::array<std::vector<std::string>, kActions> allow_;
   std::array<std::vector<std::string>, kActions> deny_;
@@ -58,14 +63,28 @@ class Principal {
 
 using Who = std::shared_ptr<const Principal>;
 
+/// When `who`'s token expires, on the steady clock (none: it does not).
+std::optional<std::chrono::steady_clock::time_point> steady_expiry(const Principal& who);
+/// What ends a session whose token expired (unauthenticated).
+Refusal token_expired(const Principal& who);
+
 class Access {
  public:
-  /// `config` must outlive this.
+  /// `config` must outlive this. Throws std::runtime_error if the configured public key
+  /// cannot be read.
   explicit Access(const RelayConfig& config);
+  ~Access();
+  Access(const Access&) = delete;
+  Access& operator=(const Access&) = delete;
+  Access(Access&&) = delete;
+  Access& operator=(Access&&) = delete;
 
-  /// No principal configured: everyone may do everything.
-  bool open() const { return principals_.empty(); }
-  /// The principal `token` names ("": none was presented), or unauthenticated.
+  /// No principal and no signed tokens configured: everyone may do everything.
+  bool open() const { return principals_.empty() && !signed_; }
+  /// The principal `token` names ("": none was presented), or unauthenticated. A token of
+  /// three base64url parts is a signed token (JWT): HS256, ES256 or EdDSA, as configured, its
+  /// `alg` the key's; `exp` and `nbf` are checked, `iss` if configured; `sub` is the principal
+  /// and the claim `sluice` ({"publish": [patterns], ...}) its permissions.
   Outcome<Who> authenticate(std::string_view token) const;
   /// nullopt if `who` may do `action` on `topic`, else permission_denied naming them.
   static std::optional<Refusal> check(const Principal& who, Action action, std::string_view topic);
@@ -76,7 +95,13 @@ class Access {
     bool anonymous = false;
     Who who;
   };
+  Outcome<Who> verify_signed(std::string_view token) const;
+
   std::vector<Entry> principals_;
+  const RelayConfig& config_;
+  bool signed_ = false;
+  struct Key;
+  std::unique_ptr<Key> key_;  // the public key (ES256 or Ed25519), if configured
 };
 
 }  // namespace sluice::relay

@@ -1,7 +1,9 @@
 // The relay's configuration: one table of settings, read from four layers.
 #include "sluice/relay/config.hpp"
 
+#include <openssl/bio.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <toml++/toml.h>
 
 #include <algorithm>
@@ -12,6 +14,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -85,6 +88,21 @@ std::uint64_t parse_bytes(const Source& src, const std::string& text, std::uint6
   const std::uint64_t v = static_cast<std::uint64_t>(*n) * unit;
   if (v < lo || v > hi) bad(src, text, accepted);
   return v;
+}
+
+// Does `path` hold a PEM public key signed tokens can be checked with? (64 KiB read at most)
+bool jwt_public_key_usable(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string pem(64 * 1024, '\0');
+  in.read(pem.data(), static_cast<std::streamsize>(pem.size()));
+  if (!in.is_open() || in.bad()) return false;
+  pem.resize(static_cast<std::size_t>(in.gcount()));
+  BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+  EVP_PKEY* key = PEM_read_bio_PUBKEY(bio, nullptr, nullptr, nullptr);
+  const int type = key != nullptr ? EVP_PKEY_get_base_id(key) : 0;
+  EVP_PKEY_free(key);
+  BIO_free(bio);
+  return type == EVP_PKEY_EC || type == EVP_PKEY_ED25519;
 }
 
 // "a, b,c" -> {"a", "b", "c"} (empty items dropped).
@@ -174,6 +192,30 @@ const std::vector<Setting>& settings() {
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.token_in_query = parse_bool(s, v);
        }},
+      {"auth.jwt_hs256_secret_file", "SLUICE_JWT_HS256_SECRET_FILE", "jwt-hs256-secret-file",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.jwt_hs256_secret_file = v;
+         c.jwt_hs256_secret.clear();
+         if (v.empty()) return;
+         std::ifstream in(v, std::ios::binary);
+         std::string secret(4096, '\0');  // (a secret is short: read 4 KiB at most)
+         in.read(secret.data(), static_cast<std::streamsize>(secret.size()));
+         if (in.bad() || !in.is_open()) bad(s, v, "a readable file holding the HS256 secret");
+         secret.resize(static_cast<std::size_t>(in.gcount()));
+         c.jwt_hs256_secret = secret;
+         while (!c.jwt_hs256_secret.empty() && (c.jwt_hs256_secret.back() == '\n' ||
+                                                 c.jwt_hs256_secret.back() == '\r'))
+           c.jwt_hs256_secret.pop_back();
+         if (c.jwt_hs256_secret.size() < 32) bad(s, v, "a file holding a secret of at least 32 bytes");
+       }},
+      {"auth.jwt_public_key_file", "SLUICE_JWT_PUBLIC_KEY_FILE", "jwt-public-key-file",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.jwt_public_key_file = v;
+         if (!v.empty() && !jwt_public_key_usable(v))
+           bad(s, v, "a readable PEM public key, ES256 (P-256) or Ed25519");
+       }},
+      {"auth.jwt_issuer", "SLUICE_JWT_ISSUER", "jwt-issuer",
+       [](RelayConfig& c, const Source& /*s*/, const std::string& v) { c.jwt_issuer = v; }},
       {"limits.max_frame_size_mb", "STREAM_MAX_FRAME_SIZE_MB", "max-frame-size-mb",
        [](RelayConfig& c, const Source& s, const std::string& v) {
          // (at least 1 KiB: a smaller limit refuses every frame a real producer sends)
@@ -406,7 +448,7 @@ void load_section(const std::string& path, const std::string& section_name,
   if (table == nullptr) {
     throw ConfigError(
         "invalid configuration file " + path + ": unknown key " + section_name +
-        " (sections: server, limits, frame_gate, topics, [[topic]] and [[principal]])");
+        " (sections: server, auth, limits, frame_gate, topics, [[topic]] and [[principal]])");
   }
   for (const auto& [k, v] : *table) {
     const std::string key = section_name + "." + std::string(k.str());
@@ -580,9 +622,9 @@ void check_principals(const RelayConfig& c) {
   }
   boost::system::error_code ec;
   const auto address = boost::asio::ip::make_address(c.host, ec);
-  if (c.principals.empty() && !c.allow_anonymous_on_network && !ec && !address.is_loopback()) {
+  if (!c.authenticates() && !c.allow_anonymous_on_network && !ec && !address.is_loopback()) {
     throw ConfigError("invalid configuration: server.host " + c.host +
-                      " is not loopback and no [[principal]] is configured: anyone on the "
+                      " is not loopback and no [[principal]] or signed tokens are configured: anyone on the "
                       "network could publish, read and list every topic. Configure principals "
                       "(docs/security.md), or set server.allow_anonymous_on_network = true "
                       "(SLUICE_ALLOW_ANONYMOUS_ON_NETWORK) to run open on purpose");
@@ -698,7 +740,10 @@ std::string to_toml(const RelayConfig& c) {
     << "\nallow_anonymous_on_network = " << (c.allow_anonymous_on_network ? "true" : "false")
     << "\nallowed_origins = " << quoted_list(c.allowed_origins)
     << "\nnames = " << quoted_list(c.server_names)
-    << "\ntoken_in_query = " << (c.token_in_query ? "true" : "false") << "\n\n[limits]\n"
+    << "\ntoken_in_query = " << (c.token_in_query ? "true" : "false")
+    << "\n\n[auth]\njwt_hs256_secret_file = " << quoted(c.jwt_hs256_secret_file)
+    << "\njwt_public_key_file = " << quoted(c.jwt_public_key_file)
+    << "\njwt_issuer = " << quoted(c.jwt_issuer) << "\n\n[limits]\n"
     << "max_frame_size_mb = "
     << shortest(static_cast<double>(c.max_frame_bytes) / (1024.0 * 1024.0))
     << "\nmax_sessions = " << c.max_sessions << "\nmax_subscribers = " << c.max_subscribers

@@ -61,7 +61,8 @@ class PublishReactor final : public GuardedReactor<PublishReactor, PublishRpc> {
       : core_(core),
         ctx_(ctx),
         slot_(std::move(slot)),
-        session_(core, core.loops.main(), std::move(who)) {
+        session_(core, core.loops.main(), who) {
+    expire_with(core, *who);
     session_.connect(later(&PublishReactor::attempt), later_with(&PublishReactor::stage_event));
     StartRead(&in_);
   }

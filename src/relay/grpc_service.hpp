@@ -146,6 +146,17 @@ class GuardedReactor : public Reactor {
     this->Finish(status);
   }
   void before_finish() {}  // a derived reactor's hook (trailing metadata), caller holds mu_
+  // The call ends (UNAUTHENTICATED) when `who`'s token expires. From the derived constructor.
+  void expire_with(RelayCore& core, const Principal& who) {
+    const auto when = steady_expiry(who);
+    if (!when) return;
+    expiry_.emplace(core.loops.main(), *when, [g = guard_, &core, r = token_expired(who)] {
+      g->with([&](GuardedReactor& self) {
+        MutexLock lock(self.mu_);
+        self.finish(to_grpc(core, r));
+      });
+    });
+  }
   // A write completed: false (and the call finished, CANCELLED) if `peer` went away.
   bool written(bool ok, const char* peer) SLUICE_REQUIRES(mu_) {
     writing_ = false;
@@ -160,6 +171,7 @@ class GuardedReactor : public Reactor {
 
  private:
   std::shared_ptr<Guard<GuardedReactor>> guard_;
+  std::optional<LoopAlarm> expiry_;  // set once, by the constructor
 };
 
 }  // namespace sluice::relay

@@ -19,8 +19,9 @@ namespace {
 class SubscribeReactor final : public GuardedReactor<SubscribeReactor, SubscribeRpc> {
  public:
   SubscribeReactor(RelayCore& core, grpc::CallbackServerContext* ctx, SessionSlot slot,
-                   std::unique_ptr<SubscriberPump> subscriber)
+                   std::unique_ptr<SubscriberPump> subscriber, const Principal& who)
       : core_(core), ctx_(ctx), slot_(std::move(slot)), pump_(std::move(subscriber)) {
+    expire_with(core, who);
     StartSendInitialMetadata();  // tells the client the subscription exists (Subscriber waits)
     pump();
   }
@@ -137,11 +138,11 @@ SubscribeRpc* GrpcService::subscribe(grpc::CallbackServerContext* ctx, const grp
   if (!who) return new Failed(core_, who.refusal());
   auto slot = core_.admission.admit(SessionRole::subscriber, client_of_grpc_peer(ctx->peer()));
   if (!slot) return new Failed(core_, slot.refusal());
-  auto pump = SubscriberPump::join(core_, {std::move(*who), req.topic(), req.name(), req.depth()},
+  auto pump = SubscriberPump::join(core_, {*who, req.topic(), req.name(), req.depth()},
                                    "subscriber",
                                    /*kernel_unsent=*/false);
   if (!pump) return new Failed(core_, pump.refusal());
-  return new SubscribeReactor(core_, ctx, std::move(*slot), std::move(*pump));
+  return new SubscribeReactor(core_, ctx, std::move(*slot), std::move(*pump), **who);
 }
 
 }  // namespace sluice::relay

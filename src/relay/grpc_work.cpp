@@ -17,6 +17,7 @@ class WorkReactor final : public GuardedReactor<WorkReactor, WorkRpc> {
  public:
   WorkReactor(RelayCore& core, SessionSlot slot, Who who)
       : core_(core), slot_(std::move(slot)), who_(std::move(who)), worker_(core) {
+    expire_with(core, *who_);
     StartRead(&in_);
   }
 

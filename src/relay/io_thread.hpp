@@ -71,7 +71,9 @@ class IoThread {
     current->defer(*this, std::move(fn));
   }
 
-  /// Runs `fn` on the I/O thread at `when`.
+  /// Runs `fn` on the I/O thread at `when` (the timer stays until then: for deadlines a
+  /// session may outlive, see LoopAlarm).
+
   void at(std::chrono::steady_clock::time_point when, std::function<void()> fn) {
     auto timer = std::make_shared<boost::asio::steady_timer>(io_, when);
     timer->async_wait([timer, fn = std::move(fn)](const boost::system::error_code& ec) {
@@ -131,6 +133,32 @@ class IoThread {
   relay::FlushQueue flushes_;
   relay::ReadyQueue ready_{io_.get_executor()};
   std::thread thread_;
+};
+
+// `fn` on `loop` at `when`, unless this goes first: for deadlines far away (a token's expiry)
+// that a session may outlive by far, whose timers must go with the session. Destroyed on any
+// thread (the cancel is posted to the loop).
+class LoopAlarm {
+ public:
+  LoopAlarm(IoThread& loop, std::chrono::steady_clock::time_point when, std::function<void()> fn)
+      : loop_(loop), timer_(std::make_shared<boost::asio::steady_timer>(loop.context(), when)) {
+    loop.post([t = timer_, fn = std::move(fn)]() mutable {
+      t->async_wait([fn = std::move(fn)](const boost::system::error_code& ec) {
+        if (!ec) fn();
+      });
+    });
+  }
+  LoopAlarm(const LoopAlarm&) = delete;
+  LoopAlarm& operator=(const LoopAlarm&) = delete;
+  LoopAlarm(LoopAlarm&&) = delete;
+  LoopAlarm& operator=(LoopAlarm&&) = delete;
+  ~LoopAlarm() {
+    loop_.post([t = timer_] { t->cancel(); });
+  }
+
+ private:
+  IoThread& loop_;
+  std::shared_ptr<boost::asio::steady_timer> timer_;
 };
 
 }  // namespace sluice::relay

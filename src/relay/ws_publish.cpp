@@ -163,8 +163,10 @@ std::optional<HttpResponse> ws_publish(RelayCore& core, SessionSlot slot, const 
                                        HttpServer::Request& request) {
   auto session = std::make_unique<PublishSession>(core, core.loops.main(), route.who);
   if (auto refusal = session->open(route.topic)) return http_refusal(core, *refusal);
-  std::make_shared<WsPublisher>(core, std::move(slot), std::move(socket), std::move(session))
-      ->launch(std::move(request));
+  auto publisher =
+      std::make_shared<WsPublisher>(core, std::move(slot), std::move(socket), std::move(session));
+  publisher->expire_with(*route.who);
+  publisher->launch(std::move(request));
   return std::nullopt;
 }
 

@@ -140,6 +140,15 @@ class WsSession : public std::enable_shared_from_this<Derived> {
     }));
   }
 
+  // The session ends (1008, unauthenticated) when `who`'s token expires. Before start().
+  void expire_with(const Principal& who) {
+    const auto when = steady_expiry(who);
+    if (!when) return;
+    expiry_.emplace(loop_, *when, [w = this->weak_from_this(), r = token_expired(who)] {
+      if (auto self = w.lock(); self && !self->ending()) self->end(r);
+    });
+  }
+
   // Every session's small writes are coalesced; producers read ahead (see WsReading).
   static CoalescingSocket::Options socket_options(IoThread& loop, WsReading reading) {
     CoalescingSocket::Options o;
@@ -259,6 +268,7 @@ class WsSession : public std::enable_shared_from_this<Derived> {
 
   RelayCore& core_;
   IoThread& loop_;
+  std::optional<LoopAlarm> expiry_;  // set before start(), then only destroyed
   SessionSlot slot_;
   const WsReading reading_;
   WsStream ws_;

@@ -206,6 +206,7 @@ std::optional<HttpResponse> ws_subscribe(RelayCore& core, SessionSlot slot, cons
   if (!own) return http_refusal(core, own.refusal());
   auto subscriber = std::make_shared<WsSubscriber>(core, loop, std::move(slot), std::move(*own),
                                                    std::move(*pump));
+  subscriber->expire_with(*route.who);
   boost::asio::post(loop.context(), [subscriber, request = std::move(request)]() mutable {
     subscriber->start(std::move(request));
   });

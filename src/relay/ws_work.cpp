@@ -106,9 +106,10 @@ std::optional<HttpResponse> ws_work(RelayCore& core, SessionSlot slot, const WsR
   const std::string name = target.param("name");
   if (auto refusal = worker->join({route.who, route.topic, name, *concurrency}))
     return http_refusal(core, *refusal);
-  std::make_shared<WsWorker>(core, std::move(slot), std::move(socket), std::move(worker),
-                             route.topic + "/" + name)
-      ->start(std::move(request));
+  auto session = std::make_shared<WsWorker>(core, std::move(slot), std::move(socket),
+                                            std::move(worker), route.topic + "/" + name);
+  session->expire_with(*route.who);
+  session->start(std::move(request));
   return std::nullopt;
 }
 

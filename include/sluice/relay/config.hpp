@@ -116,8 +116,18 @@ struct RelayConfig {
   std::chrono::milliseconds topic_idle_timeout{60'000};
   TopicConfig defaults;  // name unused
   std::vector<TopicConfig> topics;
-  // [[principal]]: none keeps the relay open (loopback only, unless allow_anonymous_on_network)
+  // [[principal]]: none (and no signed tokens) keeps the relay open (loopback only, unless
+  // allow_anonymous_on_network)
   std::vector<PrincipalConfig> principals;
+  // [auth] Signed tokens (JWT) an application mints without touching this file: their `sub`
+  // names the principal, their `sluice` claim its patterns, `exp` ends its sessions.
+  std::string jwt_hs256_secret_file;  // HS256 tokens are signed with its bytes (>= 32)
+  std::string jwt_hs256_secret;       // (read from that file when loading; never printed)
+  std::string jwt_public_key_file;    // PEM: an ES256 (P-256) or Ed25519 public key
+  std::string jwt_issuer;           // when set, a token's `iss` must be this
+  /// Are clients authenticated (principals or signed tokens configured)?
+  bool authenticates() const { return !principals.empty() || signed_tokens(); }
+  bool signed_tokens() const { return !jwt_hs256_secret.empty() || !jwt_public_key_file.empty(); }
 
   /// The declared topic, or nullptr.
   const TopicConfig* topic(std::string_view name) const;
