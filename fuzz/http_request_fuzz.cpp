@@ -1,9 +1,9 @@
 // The HTTP request path as the relay's HTTP server takes it: Beast's parser with the server's
 // limits (8 KiB of headers, 8 KiB of body), then the target split into path and query, its
 // parameters decoded, the WebSocket route chosen, the caller checked (Host, Origin, token) and
-// the GET answered by the router of a real (idle) relay core that authenticates. Invariants: no crash, leak or
-// exception; every answer has a status the relay documents and a body; a route's topic is what the
-// path names, decoded.
+// the GET answered by the router of a real (idle) relay core that authenticates. Invariants: no
+// crash, leak or exception; every answer has a status the relay documents and a body; a route's
+// topic is what the path names, decoded.
 #include <boost/beast/http.hpp>
 #include <cstddef>
 #include <cstdint>

@@ -121,9 +121,12 @@ namespace {
 std::optional<std::string> base64url(std::string_view in) {
   std::string b64(in);
   for (auto& ch : b64) {
-    if (ch == '-') ch = '+';
-    else if (ch == '_') ch = '/';
-    else if (ch == '+' || ch == '/' || ch == '=') return std::nullopt;
+    if (ch == '-')
+      ch = '+';
+    else if (ch == '_')
+      ch = '/';
+    else if (ch == '+' || ch == '/' || ch == '=')
+      return std::nullopt;
   }
   const std::size_t pad = (4 - b64.size() % 4) % 4;
   if (pad == 3) return std::nullopt;
@@ -180,8 +183,7 @@ Refusal bad_token(const std::string& why) {
 
 Access::~Access() = default;
 
-Access::Access(const RelayConfig& config)
-    : config_(config), signed_(config.signed_tokens()) {
+Access::Access(const RelayConfig& config) : config_(config), signed_(config.signed_tokens()) {
   if (!config.jwt_public_key_file.empty()) {
     FILE* f = std::fopen(config.jwt_public_key_file.c_str(), "r");
     EVP_PKEY* pkey = f != nullptr ? PEM_read_PUBKEY(f, nullptr, nullptr, nullptr) : nullptr;
@@ -286,9 +288,9 @@ Outcome<Who> Access::verify_signed(std::string_view token) const {
       for (const auto& p : s[key]) {
         if (!p.is_string()) return bad_token(std::string("sluice.") + key + " holds a non-string");
         const std::string pattern = p.get<std::string>();
-        const std::string_view bare =
-            !pattern.empty() && pattern.front() == '!' ? std::string_view(pattern).substr(1)
-                                                       : std::string_view(pattern);
+        const std::string_view bare = !pattern.empty() && pattern.front() == '!'
+                                          ? std::string_view(pattern).substr(1)
+                                          : std::string_view(pattern);
         if (const auto problem = topic_pattern_problem(bare); !problem.empty())
           return bad_token(std::string("sluice.") + key + ": " + problem);
         list->push_back(pattern);
@@ -308,8 +310,7 @@ std::optional<std::chrono::steady_clock::time_point> steady_expiry(const Princip
 
 Refusal token_expired(const Principal& who) {
   return Refusal{RefusalKind::unauthenticated,
-                 "the token of principal '" + who.name() + "' expired", "",
-                 "token expired"};
+                 "the token of principal '" + who.name() + "' expired", "", "token expired"};
 }
 
 std::optional<Refusal> Access::check(const Principal& who, Action action, std::string_view topic) {

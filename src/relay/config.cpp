@@ -203,10 +203,11 @@ const std::vector<Setting>& settings() {
          if (in.bad() || !in.is_open()) bad(s, v, "a readable file holding the HS256 secret");
          secret.resize(static_cast<std::size_t>(in.gcount()));
          c.jwt_hs256_secret = secret;
-         while (!c.jwt_hs256_secret.empty() && (c.jwt_hs256_secret.back() == '\n' ||
-                                                 c.jwt_hs256_secret.back() == '\r'))
+         while (!c.jwt_hs256_secret.empty() &&
+                (c.jwt_hs256_secret.back() == '\n' || c.jwt_hs256_secret.back() == '\r'))
            c.jwt_hs256_secret.pop_back();
-         if (c.jwt_hs256_secret.size() < 32) bad(s, v, "a file holding a secret of at least 32 bytes");
+         if (c.jwt_hs256_secret.size() < 32)
+           bad(s, v, "a file holding a secret of at least 32 bytes");
        }},
       {"auth.jwt_public_key_file", "SLUICE_JWT_PUBLIC_KEY_FILE", "jwt-public-key-file",
        [](RelayConfig& c, const Source& s, const std::string& v) {
@@ -623,11 +624,12 @@ void check_principals(const RelayConfig& c) {
   boost::system::error_code ec;
   const auto address = boost::asio::ip::make_address(c.host, ec);
   if (!c.authenticates() && !c.allow_anonymous_on_network && !ec && !address.is_loopback()) {
-    throw ConfigError("invalid configuration: server.host " + c.host +
-                      " is not loopback and no [[principal]] or signed tokens are configured: anyone on the "
-                      "network could publish, read and list every topic. Configure principals "
-                      "(docs/security.md), or set server.allow_anonymous_on_network = true "
-                      "(SLUICE_ALLOW_ANONYMOUS_ON_NETWORK) to run open on purpose");
+    throw ConfigError(
+        "invalid configuration: server.host " + c.host +
+        " is not loopback and no [[principal]] or signed tokens are configured: anyone on the "
+        "network could publish, read and list every topic. Configure principals "
+        "(docs/security.md), or set server.allow_anonymous_on_network = true "
+        "(SLUICE_ALLOW_ANONYMOUS_ON_NETWORK) to run open on purpose");
   }
 }
 

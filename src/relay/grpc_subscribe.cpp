@@ -138,9 +138,9 @@ SubscribeRpc* GrpcService::subscribe(grpc::CallbackServerContext* ctx, const grp
   if (!who) return new Failed(core_, who.refusal());
   auto slot = core_.admission.admit(SessionRole::subscriber, client_of_grpc_peer(ctx->peer()));
   if (!slot) return new Failed(core_, slot.refusal());
-  auto pump = SubscriberPump::join(core_, {*who, req.topic(), req.name(), req.depth()},
-                                   "subscriber",
-                                   /*kernel_unsent=*/false);
+  auto pump =
+      SubscriberPump::join(core_, {*who, req.topic(), req.name(), req.depth()}, "subscriber",
+                           /*kernel_unsent=*/false);
   if (!pump) return new Failed(core_, pump.refusal());
   return new SubscribeReactor(core_, ctx, std::move(*slot), std::move(*pump), **who);
 }

@@ -52,8 +52,7 @@ nlohmann::json claims(std::int64_t exp_in_s) {
 }
 
 std::string signing_input(const std::string& alg, const nlohmann::json& payload) {
-  return b64url(nlohmann::json{{"alg", alg}, {"typ", "JWT"}}.dump()) + "." +
-         b64url(payload.dump());
+  return b64url(nlohmann::json{{"alg", alg}, {"typ", "JWT"}}.dump()) + "." + b64url(payload.dump());
 }
 
 std::string hs256(const nlohmann::json& payload, const std::string& secret = kSecret) {
@@ -122,10 +121,9 @@ RelayConfig signed_tokens(const std::string& key_file = {}) {
 // One item published with an HS256 token that may publish anywhere.
 void feed(Relay& relay, const std::string& topic) {
   grpc::ClientContext ctx;
-  ctx.AddMetadata("authorization",
-                  "Bearer " + hs256({{"sub", "feeder"},
-                                     {"exp", unix_now() + 60},
-                                     {"sluice", {{"publish", {">"}}}}}));
+  ctx.AddMetadata("authorization", "Bearer " + hs256({{"sub", "feeder"},
+                                                      {"exp", unix_now() + 60},
+                                                      {"sluice", {{"publish", {">"}}}}}));
   auto stream = relay.stub->Publish(&ctx);
   v1::PublishRequest item;
   item.mutable_item()->set_topic(topic);

@@ -124,7 +124,7 @@ struct RelayConfig {
   std::string jwt_hs256_secret_file;  // HS256 tokens are signed with its bytes (>= 32)
   std::string jwt_hs256_secret;       // (read from that file when loading; never printed)
   std::string jwt_public_key_file;    // PEM: an ES256 (P-256) or Ed25519 public key
-  std::string jwt_issuer;           // when set, a token's `iss` must be this
+  std::string jwt_issuer;             // when set, a token's `iss` must be this
   /// Are clients authenticated (principals or signed tokens configured)?
   bool authenticates() const { return !principals.empty() || signed_tokens(); }
   bool signed_tokens() const { return !jwt_hs256_secret.empty() || !jwt_public_key_file.empty(); }
