@@ -15,6 +15,14 @@
 
 namespace {
 
+// TLS to the relay's gRPC port (docs/security.md).
+void add_tls_options(CLI::App& cmd, sluice::client::TlsOptions& tls) {
+  cmd.add_option("--tls-ca", tls.ca_file, "The CA of the relay's certificate: TLS on (PEM)")
+      ->envname("SLUICE_TLS_CA");
+  cmd.add_option("--tls-cert", tls.cert_file, "Mutual TLS: this client's certificate (PEM)");
+  cmd.add_option("--tls-key", tls.key_file, "Mutual TLS: this client's key (PEM)");
+}
+
 // `sluice config`: the relay's effective configuration, or the error that stops start-up.
 struct ConfigCommand {
   std::string file;
@@ -128,6 +136,7 @@ int main(int argc, char** argv) {
   pub_cmd->add_flag("--quiet", pub.quiet, "No event lines on stderr");
   pub_cmd->add_option("--token", pub.token, "The relay's bearer token (docs/security.md)")
       ->envname("SLUICE_TOKEN");
+  add_tls_options(*pub_cmd, pub.tls);
 
   sluice::cli::SubOptions sub;
   auto* sub_cmd = app.add_subcommand("sub", "Subscribe to a topic; statistics at the end");
@@ -139,6 +148,7 @@ int main(int argc, char** argv) {
   sub_cmd->add_flag("--print", sub.print, "Write each payload to stdout, one per line");
   sub_cmd->add_option("--token", sub.token, "The relay's bearer token (docs/security.md)")
       ->envname("SLUICE_TOKEN");
+  add_tls_options(*sub_cmd, sub.tls);
 
   sluice::StageWorkerOptions worker;
   auto* worker_cmd = app.add_subcommand(

@@ -70,6 +70,7 @@ int run_pub(const PubOptions& o) {
   po.target = o.target;
   po.topic = o.topic;
   po.token = o.token;
+  po.tls = o.tls;
   po.window_bytes = o.window_bytes;
   po.max_retries = o.max_retries;
   client::Publisher pub(po, [&o](const client::PublisherEvent& e) {
@@ -127,6 +128,7 @@ int run_sub(const SubOptions& o) {
   so.target = o.target;
   so.topic = o.topic;
   so.token = o.token;
+  so.tls = o.tls;
   so.name = o.name;
   so.depth = o.depth;
   std::atomic<client::Subscriber*> current{nullptr};

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <string>
 
+#include "sluice/client/client.hpp"
+
 namespace sluice::cli {
 
 struct PubOptions {
@@ -15,7 +17,8 @@ struct PubOptions {
   double rate = 0;             // items per second; 0: as fast as the relay takes them
   std::uint64_t window_bytes = 8u << 20;
   int max_retries = 5;
-  std::string token;   // --token, or SLUICE_TOKEN
+  std::string token;  // --token, or SLUICE_TOKEN
+  client::TlsOptions tls;
   bool quiet = false;  // no event lines
 };
 
@@ -24,7 +27,8 @@ struct SubOptions {
   std::string topic;
   std::string name = "sluice-sub";
   std::uint32_t depth = 0;
-  std::string token;        // --token, or SLUICE_TOKEN
+  std::string token;  // --token, or SLUICE_TOKEN
+  client::TlsOptions tls;
   std::uint64_t count = 0;  // stop after this many items; 0: until the stream ends or SIGINT
   bool print = false;       // write each payload to stdout, one per line
 };

@@ -9,8 +9,11 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <fstream>
 #include <mutex>
 #include <optional>
+#include <sstream>
+#include <stdexcept>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -25,10 +28,26 @@ namespace {
 // A channel to the relay. Items are as large as the relay's frame limit allows (5 MiB by
 // default, up to 1 GiB): gRPC's default 4 MiB receive limit would refuse them, so the relay,
 // which bounds what it sends, sets the size.
-std::shared_ptr<grpc::Channel> relay_channel(const std::string& target) {
+std::string read_file(const std::string& path, const char* what) {
+  std::ifstream in(path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (!in.is_open()) throw std::runtime_error(std::string("cannot read ") + what + " " + path);
+  return text.str();
+}
+
+std::shared_ptr<grpc::Channel> relay_channel(const std::string& target, const TlsOptions& tls) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  if (tls.ca_file.empty())
+    return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = read_file(tls.ca_file, "the relay's CA");
+  if (!tls.cert_file.empty()) {
+    ssl.pem_cert_chain = read_file(tls.cert_file, "the client certificate");
+    ssl.pem_private_key = read_file(tls.key_file, "the client key");
+  }
+  return grpc::CreateCustomChannel(target, grpc::SslCredentials(ssl), args);
 }
 
 // The call presents the principal's token, if there is one (`authorization: Bearer`).
@@ -104,7 +123,7 @@ struct Publisher::Impl {
   Impl(PublisherOptions o, std::function<void(const PublisherEvent&)> cb)
       : options(std::move(o)),
         on_event(std::move(cb)),
-        stub(v1::Relay::NewStub(relay_channel(options.target))) {
+        stub(v1::Relay::NewStub(relay_channel(options.target, options.tls))) {
     open_call();
     writer = std::thread([this] { write_loop(); });
   }
@@ -396,7 +415,8 @@ std::uint64_t Publisher::unacknowledged() const {
 // ---- Subscriber ----
 
 struct Subscriber::Impl {
-  explicit Impl(const SubscriberOptions& o) : stub(v1::Relay::NewStub(relay_channel(o.target))) {
+  explicit Impl(const SubscriberOptions& o)
+      : stub(v1::Relay::NewStub(relay_channel(o.target, o.tls))) {
     v1::SubscribeRequest req;
     req.set_topic(o.topic);
     req.set_name(o.name);

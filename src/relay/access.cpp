@@ -201,15 +201,21 @@ Access::Access(const RelayConfig& config) : config_(config), signed_(config.sign
   }
   for (const auto& p : config.principals) {
     Entry e;
-    e.anonymous = p.token_sha256.empty();
-    if (!e.anonymous) e.sha256 = from_hex(p.token_sha256);
+    e.anonymous = p.token_sha256.empty() && p.certificate_cn.empty();
+    e.certificate_cn = p.certificate_cn;
+    if (!p.token_sha256.empty()) e.sha256 = from_hex(p.token_sha256);
     e.who = std::make_shared<const Principal>(p.name, p);
     principals_.push_back(std::move(e));
   }
 }
 
-Outcome<Who> Access::authenticate(std::string_view token) const {
+Outcome<Who> Access::authenticate(std::string_view token, std::string_view certificate_cn) const {
   if (open()) return Principal::everyone();
+  if (token.empty() && !certificate_cn.empty()) {
+    for (const auto& e : principals_) {
+      if (!e.certificate_cn.empty() && e.certificate_cn == certificate_cn) return e.who;
+    }
+  }
   if (signed_ && std::count(token.begin(), token.end(), '.') == 2) return verify_signed(token);
   if (token.empty()) {
     for (const auto& e : principals_) {
@@ -224,7 +230,8 @@ Outcome<Who> Access::authenticate(std::string_view token) const {
   const auto presented = sha256(token);
   Who found;
   for (const auto& e : principals_) {
-    if (!e.anonymous && CRYPTO_memcmp(presented.data(), e.sha256.data(), presented.size()) == 0)
+    const bool has_token = e.sha256 != std::array<unsigned char, 32>{};
+    if (has_token && CRYPTO_memcmp(presented.data(), e.sha256.data(), presented.size()) == 0)
       found = e.who;
   }
   if (found) return found;

@@ -1,7 +1,8 @@
 // Who a client is and what it may do (relay-internal; docs/security.md). Every transport
 // authenticates a client with authenticate() (the bearer token it presented: gRPC
 // `authorization` metadata; HTTP `Authorization` header, the WebSocket subprotocol
-// `sluice.bearer.<token>`, or the `token` query parameter when server.token_in_query is on),
+// `sluice.bearer.<token>`, or the `token` query parameter when server.token_in_query is on; or
+// the common name of a gRPC client's certificate under mutual TLS),
 // and every role checks its action on its topic with check() when it joins; the refusals are
 // values (unauthenticated, permission_denied) that each transport tells in its own terms.
 //
@@ -85,7 +86,9 @@ class Access {
   /// three base64url parts is a signed token (JWT): HS256, ES256 or EdDSA, as configured, its
   /// `alg` the key's; `exp` and `nbf` are checked, `iss` if configured; `sub` is the principal
   /// and the claim `sluice` ({"publish": [patterns], ...}) its permissions.
-  Outcome<Who> authenticate(std::string_view token) const;
+  /// A client without a token whose verified TLS certificate has the common name
+  /// `certificate_cn` is the principal configured with that certificate_cn, if any.
+  Outcome<Who> authenticate(std::string_view token, std::string_view certificate_cn = {}) const;
   /// nullopt if `who` may do `action` on `topic`, else permission_denied naming them.
   static std::optional<Refusal> check(const Principal& who, Action action, std::string_view topic);
 
@@ -93,6 +96,7 @@ class Access {
   struct Entry {
     std::array<unsigned char, 32> sha256{};
     bool anonymous = false;
+    std::string certificate_cn;
     Who who;
   };
   Outcome<Who> verify_signed(std::string_view token) const;

@@ -90,6 +90,10 @@ std::uint64_t parse_bytes(const Source& src, const std::string& text, std::uint6
   return v;
 }
 
+bool readable(const std::string& path) {
+  return std::ifstream(path).is_open();
+}
+
 // Does `path` hold a PEM public key signed tokens can be checked with? (64 KiB read at most)
 bool jwt_public_key_usable(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -191,6 +195,21 @@ const std::vector<Setting>& settings() {
       {"server.token_in_query", "SLUICE_TOKEN_IN_QUERY", "token-in-query",
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.token_in_query = parse_bool(s, v);
+       }},
+      {"server.tls_cert_file", "SLUICE_TLS_CERT_FILE", "tls-cert-file",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         if (!v.empty() && !readable(v)) bad(s, v, "a readable PEM certificate chain");
+         c.tls_cert_file = v;
+       }},
+      {"server.tls_key_file", "SLUICE_TLS_KEY_FILE", "tls-key-file",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         if (!v.empty() && !readable(v)) bad(s, v, "a readable PEM private key");
+         c.tls_key_file = v;
+       }},
+      {"server.tls_client_ca_file", "SLUICE_TLS_CLIENT_CA_FILE", "tls-client-ca-file",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         if (!v.empty() && !readable(v)) bad(s, v, "a readable PEM CA certificate");
+         c.tls_client_ca_file = v;
        }},
       {"auth.jwt_hs256_secret_file", "SLUICE_JWT_HS256_SECRET_FILE", "jwt-hs256-secret-file",
        [](RelayConfig& c, const Source& s, const std::string& v) {
@@ -414,6 +433,8 @@ void load_principals(const std::string& path, const toml::node& section, RelayCo
         p.name = *text;
       } else if (key == "token") {
         token = *text;
+      } else if (key == "certificate_cn") {
+        p.certificate_cn = *text;
       } else if (key == "token_sha256") {
         p.token_sha256 = *text;
         const bool hex = p.token_sha256.size() == 64 &&
@@ -429,8 +450,8 @@ void load_principals(const std::string& path, const toml::node& section, RelayCo
         }
       } else {
         throw ConfigError("invalid configuration file " + path + ": unknown key principal." + key +
-                          " (accepted: name, token, token_sha256, publish, subscribe, "
-                          "work, stats)");
+                          " (accepted: name, token, token_sha256, certificate_cn, "
+                          "publish, subscribe, work, stats)");
       }
     }
     if (token && !p.token_sha256.empty()) {
@@ -614,12 +635,18 @@ void check_principals(const RelayConfig& c) {
       throw ConfigError("invalid configuration: [[principal]] \"" + p.name +
                         "\" is declared twice");
     }
-    if (p.token_sha256.empty()) ++anonymous;
+    if (p.token_sha256.empty() && p.certificate_cn.empty()) ++anonymous;
   }
   if (anonymous > 1) {
     throw ConfigError(
         "invalid configuration: more than one [[principal]] without a token (at most one: it "
         "is who clients presenting no token are)");
+  }
+  if (c.tls_cert_file.empty() != c.tls_key_file.empty() ||
+      (!c.tls_client_ca_file.empty() && c.tls_cert_file.empty())) {
+    throw ConfigError(
+        "invalid configuration: server.tls_cert_file and server.tls_key_file go together, and "
+        "server.tls_client_ca_file needs them (SLUICE_TLS_CERT_FILE, SLUICE_TLS_KEY_FILE)");
   }
   boost::system::error_code ec;
   const auto address = boost::asio::ip::make_address(c.host, ec);
@@ -743,6 +770,9 @@ std::string to_toml(const RelayConfig& c) {
     << "\nallowed_origins = " << quoted_list(c.allowed_origins)
     << "\nnames = " << quoted_list(c.server_names)
     << "\ntoken_in_query = " << (c.token_in_query ? "true" : "false")
+    << "\ntls_cert_file = " << quoted(c.tls_cert_file)
+    << "\ntls_key_file = " << quoted(c.tls_key_file)
+    << "\ntls_client_ca_file = " << quoted(c.tls_client_ca_file)
     << "\n\n[auth]\njwt_hs256_secret_file = " << quoted(c.jwt_hs256_secret_file)
     << "\njwt_public_key_file = " << quoted(c.jwt_public_key_file)
     << "\njwt_issuer = " << quoted(c.jwt_issuer) << "\n\n[limits]\n"
@@ -780,6 +810,7 @@ std::string to_toml(const RelayConfig& c) {
   for (const auto& p : c.principals) {  // (the token's hash, never a token)
     o << "\n[[principal]]\nname = " << quoted(p.name);
     if (!p.token_sha256.empty()) o << "\ntoken_sha256 = \"" << p.token_sha256 << "\"";
+    if (!p.certificate_cn.empty()) o << "\ncertificate_cn = " << quoted(p.certificate_cn);
     o << "\npublish = " << quoted_list(p.publish) << "\nsubscribe = " << quoted_list(p.subscribe)
       << "\nwork = " << quoted_list(p.work) << "\nstats = " << quoted_list(p.stats) << "\n";
   }

@@ -28,7 +28,14 @@ Outcome<Who> caller(RelayCore& core, const grpc::CallbackServerContext* ctx) {
     if (value.size() > 7 && (value.substr(0, 7) == "Bearer " || value.substr(0, 7) == "bearer "))
       token = value.substr(7);
   }
-  return core.access.authenticate(token);
+  // Under mutual TLS the client's verified certificate may name the principal.
+  const auto auth = ctx->auth_context();
+  std::string cn;
+  if (auth) {
+    const auto names = auth->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
+    if (!names.empty()) cn.assign(names.front().data(), names.front().size());
+  }
+  return core.access.authenticate(token, cn);
 }
 
 // Stats: the topics the caller may see (its stats patterns).

@@ -11,7 +11,9 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -107,6 +109,30 @@ void check_grpc_address(const RelayConfig& config) {
   }
 }
 
+std::string read_pem(const std::string& path, const char* setting) {
+  std::ifstream in(path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (!in.is_open() || text.str().empty())
+    throw std::runtime_error("relay: cannot read " + path + " (" + setting + ")");
+  return text.str();
+}
+
+// TLS when a certificate is configured (mutual TLS with a client CA: clients must present a
+// certificate it signed), else plaintext.
+std::shared_ptr<grpc::ServerCredentials> grpc_credentials(const RelayConfig& config) {
+  if (config.tls_cert_file.empty()) return grpc::InsecureServerCredentials();
+  const bool mutual = !config.tls_client_ca_file.empty();
+  grpc::SslServerCredentialsOptions options(
+      mutual ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+             : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  if (mutual)
+    options.pem_root_certs = read_pem(config.tls_client_ca_file, "server.tls_client_ca_file");
+  options.pem_key_cert_pairs.push_back({read_pem(config.tls_key_file, "server.tls_key_file"),
+                                        read_pem(config.tls_cert_file, "server.tls_cert_file")});
+  return grpc::SslServerCredentials(options);
+}
+
 // The address as gRPC spells it: IPv6 in brackets.
 std::string grpc_address(const RelayConfig& config) {
   const bool v6 = config.host.find(':') != std::string::npos;
@@ -120,7 +146,7 @@ void RelayServer::start() {
   check_grpc_address(config);
   grpc::ServerBuilder builder;
   const std::string address = grpc_address(config);
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &impl_->port);
+  builder.AddListeningPort(address, grpc_credentials(config), &impl_->port);
   builder.RegisterService(&impl_->grpc_service);
   // One relay per port: gRPC's default SO_REUSEPORT would let a second relay bind the same
   // port and the kernel split clients between the two.

@@ -50,6 +50,14 @@ struct Status {
   std::string to_string() const;
 };
 
+/// TLS to the relay's gRPC port (PEM files): on when `ca_file` is set; `cert_file` and
+/// `key_file` are this client's certificate for mutual TLS (a relay with a client CA).
+struct TlsOptions {
+  std::string ca_file{};    // the CA that signed the relay's certificate
+  std::string cert_file{};  // mutual TLS: this client's certificate chain
+  std::string key_file{};   // mutual TLS: its key
+};
+
 struct PublisherOptions {
   std::string target = "127.0.0.1:7400";  // host:port of the relay's gRPC listener
   std::string topic;                      // 1-128 of [A-Za-z0-9._-]
@@ -58,6 +66,7 @@ struct PublisherOptions {
   std::chrono::milliseconds max_backoff{5000};     // doubling stops here
   int max_retries = 5;                             // in a row without progress; 0: never
   std::string token{};  // the relay's bearer token for this principal (empty: none)
+  TlsOptions tls{};     // TLS to the relay (its CA set: on)
 };
 
 struct PublisherEvent {
@@ -115,6 +124,7 @@ struct SubscriberOptions {
   std::string name = "subscriber";  // shown in the relay's stats and metrics
   std::uint32_t depth = 0;          // real-time topics: items the relay keeps; 0: its default
   std::string token{};              // the relay's bearer token for this principal (empty: none)
+  TlsOptions tls{};                 // TLS to the relay (its CA set: on)
 };
 
 struct SubscriberEvent {

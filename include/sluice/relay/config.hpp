@@ -58,7 +58,8 @@ struct TopicConfig {
 /// segments); a pattern starting with `!` denies, and a denial wins over every allowance.
 struct PrincipalConfig {
   std::string name;
-  std::string token_sha256;  // lower-case hex; empty: the anonymous principal (no token needed)
+  std::string token_sha256;    // lower-case hex; empty (and no certificate_cn): the anonymous one
+  std::string certificate_cn;  // a gRPC client certificate with this common name (mTLS)
   std::vector<std::string> publish;
   std::vector<std::string> subscribe;
   std::vector<std::string> work;
@@ -84,6 +85,11 @@ struct RelayConfig {
   std::vector<std::string> server_names;
   // Accept a WebSocket's token in its `token` query parameter (it then shows in access logs).
   bool token_in_query = false;
+  // TLS on the gRPC port: the certificate chain and its key (PEM files; both or neither), and
+  // for mutual TLS the CA that signs clients' certificates (clients must then present one).
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_client_ca_file;
   // [limits]
   std::uint64_t max_frame_bytes = std::uint64_t{5} << 20;  // STREAM_MAX_FRAME_SIZE_MB
   std::size_t max_sessions = 10;       // STREAM_MAX_SESSIONS: publishing sessions open at once
