@@ -18,6 +18,7 @@
 #include <string>
 #include <utility>
 
+#include "grpc_log.hpp"
 #include "grpc_service.hpp"
 #include "http_router.hpp"
 #include "http_server.hpp"
@@ -144,6 +145,7 @@ std::string grpc_address(const RelayConfig& config) {
 void RelayServer::start() {
   const RelayConfig& config = impl_->core.config;
   check_grpc_address(config);
+  relay::bound_grpc_log();  // (a hostile connection's handshake failure is one gRPC log line)
   grpc::ServerBuilder builder;
   const std::string address = grpc_address(config);
   builder.AddListeningPort(address, grpc_credentials(config), &impl_->port);
