@@ -44,6 +44,7 @@
 #include <fstream>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -162,7 +163,14 @@ Result finish(Sink& sink, const Workload& w, std::int64_t start) {
 
 // ---- Sluice: the relay in this process, sluice::client ----
 
-Result run_sluice(const std::string& target, const Workload& w, int run) {
+// How a client reaches a relay that asks for it: a token, TLS (--secure).
+struct Security {
+  std::string token;
+  sluice::client::TlsOptions tls;
+};
+
+Result run_sluice(const std::string& target, const Workload& w, int run,
+                  const Security& security = {}) {
   std::string topic = "bench.";
   topic.append(std::to_string(run));
   Sink sink;
@@ -174,6 +182,8 @@ Result run_sluice(const std::string& target, const Workload& w, int run) {
     std::string name = "s";  // (built so: GCC 12 -O2 warns falsely, -Wrestrict, on "s" + ...)
     name.append(std::to_string(i));
     o.name = std::move(name);
+    o.token = security.token;
+    o.tls = security.tls;
     subs.push_back(std::make_unique<sluice::client::Subscriber>(o));
   }
   std::vector<std::thread> readers;
@@ -190,6 +200,8 @@ Result run_sluice(const std::string& target, const Workload& w, int run) {
   sluice::client::PublisherOptions po;
   po.target = target;
   po.topic = topic;
+  po.token = security.token;
+  po.tls = security.tls;
   sluice::client::Publisher pub(po);
   const Buffer payload = Buffer::copy(std::string(w.size, 'p'));
   const std::int64_t start = now_ns();
@@ -649,6 +661,7 @@ void print_latency(const char* who, const Runs& r) {
 
 int main(int argc, char** argv) {
   bool quick = false;
+  bool secure = false;   // --secure: the WebSocket slot runs gRPC over TLS with a token instead
   std::string only;      // --only=nats,grpc,ws,r1,r2 (default: all)
   unsigned threads = 0;  // --threads=N: the relay's server.threads (0: one per core)
   int repeat = 3;        // --runs=N: repetitions of each workload (--quick: 1)
@@ -657,6 +670,8 @@ int main(int argc, char** argv) {
     const std::string a = argv[i];
     if (a == "--quick") {
       quick = true;
+    } else if (a == "--secure") {
+      secure = true;
     } else if (a.rfind("--only=", 0) == 0) {
       only = a.substr(7);
     } else if (a.rfind("--threads=", 0) == 0) {
@@ -666,7 +681,8 @@ int main(int argc, char** argv) {
       repeat_set = true;
     } else {
       std::printf(
-          "usage: %s [--quick] [--only=nats,grpc,ws,floor,r1,r2] [--threads=N] [--runs=N]\n",
+          "usage: %s [--quick] [--secure] [--only=nats,grpc,ws,floor,r1,r2] [--threads=N] "
+          "[--runs=N]\n",
           argv[0]);
       return 2;
     }
@@ -694,6 +710,35 @@ int main(int argc, char** argv) {
   relay.start();
   const std::string target = "127.0.0.1:" + std::to_string(relay.grpc_port());
 
+  // --secure: a second relay with TLS on its gRPC port and a principal's token, whose cost is
+  // then measured against the plaintext relay in the same run (certificates made now).
+  std::optional<sluice::RelayServer> secure_relay;
+  std::string secure_target;
+  Security security;
+  if (secure) {
+    char dir[] = "/tmp/sluice_bench_tls_XXXXXX";
+    const std::string d = mkdtemp(dir);
+    if (std::system((std::string(SLUICE_SOURCE_DIR "/scripts/make-test-certs.sh ") + d).c_str()) !=
+        0) {
+      std::printf("could not make certificates (is openssl installed?)\n");
+      return 1;
+    }
+    sluice::RelayConfig sc = config;
+    sc.tls_cert_file = d + "/relay.pem";
+    sc.tls_key_file = d + "/relay.key";
+    sluice::PrincipalConfig bench;
+    bench.name = "bench";
+    bench.token_sha256 = sluice::token_sha256("bench-token");
+    bench.publish = {">"};
+    bench.subscribe = {">"};
+    sc.principals.push_back(bench);
+    secure_relay.emplace(sc);
+    secure_relay->start();
+    secure_target = "127.0.0.1:" + std::to_string(secure_relay->grpc_port());
+    security.token = "bench-token";
+    security.tls.ca_file = d + "/ca.pem";
+  }
+
   NatsServer nats;
   if (!nats.ready()) {
     std::printf("nats-server did not start (is the nats-server package installed?)\n");
@@ -717,6 +762,9 @@ int main(int argc, char** argv) {
           x = runs("nats") ? charged([&] { return run_nats(nats.url(), w, ++run); }) : skipped();
         } else if (who == 1) {
           x = runs("grpc") ? charged([&] { return run_sluice(target, w, ++run); }) : skipped();
+        } else if (who == 2 && secure) {
+          x = runs("ws") ? charged([&] { return run_sluice(secure_target, w, ++run, security); })
+                         : skipped();
         } else if (who == 2) {
           x = runs("ws") ? charged([&] { return run_sluice_ws(relay.http_port(), w, ++run); })
                          : skipped();
@@ -740,7 +788,11 @@ int main(int argc, char** argv) {
       const auto r = run_all(w, false);
       print_throughput("NATS", r[0], r[0]);
       print_throughput("Sluice gRPC", r[1], r[0]);
-      print_throughput("Sluice WebSocket", r[2], r[0]);
+      print_throughput(secure ? "Sluice gRPC TLS+token" : "Sluice WebSocket", r[2], r[0]);
+      if (secure && r[1].ran() && r[2].ran()) {
+        std::printf("      TLS+token over plaintext gRPC: %s of the throughput\n",
+                    times(r[2].mb_per_s(), r[1].mb_per_s()).c_str());
+      }
     }
   }
   if (workload("r2")) {
@@ -753,7 +805,11 @@ int main(int argc, char** argv) {
       const auto [n, s, sw, floor] = run_all(w, true);
       print_latency("NATS", n);
       print_latency("gRPC", s);
-      print_latency("WS", sw);
+      print_latency(secure ? "TLS" : "WS", sw);
+      if (secure && s.ran() && sw.ran()) {
+        std::printf("      p99 TLS+token over plaintext gRPC: %s\n",
+                    times(sw.p99(), s.p99()).c_str());
+      }
       print_latency("floor", floor);
       const auto of = [](const Runs& a, const Runs& b) {
         return a.ran() && b.ran() ? times(a.p99(), b.p99()) : std::string("not run");
@@ -770,6 +826,7 @@ int main(int argc, char** argv) {
     }
   }
   relay.shutdown();
+  if (secure_relay) secure_relay->shutdown();
   nats_Close();
   return 0;
 }

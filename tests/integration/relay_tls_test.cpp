@@ -24,28 +24,13 @@ namespace {
 using namespace std::chrono_literals;
 
 // A CA, a relay certificate for 127.0.0.1 it signs, a client certificate (CN camera-1) it
-// signs, and another CA; in a temporary directory.
+// signs, and another CA; in a temporary directory (scripts/make-test-certs.sh).
 struct Certificates {
   Certificates() {
     char name[] = "/tmp/sluice_tls_XXXXXX";
     dir = mkdtemp(name);
-    const std::string script =
-        "set -e; cd " + dir +
-        "; q() { \"$@\" >/dev/null 2>&1; }"
-        "; q openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1"
-        "    -subj /CN=test-ca -keyout ca.key -out ca.pem"
-        "; q openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1"
-        "    -subj /CN=other-ca -keyout other.key -out other.pem"
-        "; q openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=relay"
-        "    -keyout relay.key -out relay.csr"
-        "; printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > san.ext"
-        "; q openssl x509 -req -in relay.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1"
-        "    -extfile san.ext -out relay.pem"
-        "; q openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=camera-1"
-        "    -keyout client.key -out client.csr"
-        "; q openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1"
-        "    -out client.pem";
-    ok = std::system(("bash -c '" + script + "'").c_str()) == 0;
+    ok = std::system(
+             (std::string(SLUICE_SOURCE_DIR "/scripts/make-test-certs.sh ") + dir).c_str()) == 0;
   }
   Certificates(const Certificates&) = delete;
   Certificates& operator=(const Certificates&) = delete;
