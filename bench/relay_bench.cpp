@@ -815,9 +815,8 @@ int main(int argc, char** argv) {
         return a.ran() && b.ran() ? times(a.p99(), b.p99()) : std::string("not run");
       };
       if (n.ran() && (s.ran() || sw.ran())) {
-        std::printf(
-            "      p99 ratio NATS/Sluice: gRPC %s, WebSocket %s (above 1: Sluice is faster)\n",
-            of(n, s).c_str(), of(n, sw).c_str());
+        std::printf("      p99 ratio NATS/Sluice: gRPC %s, %s %s (above 1: Sluice is faster)\n",
+                    of(n, s).c_str(), secure ? "gRPC TLS+token" : "WebSocket", of(n, sw).c_str());
       }
       if (floor.ran() && (s.ran() || sw.ran())) {
         std::printf("      p99 over the floor's (no relay, plain threads): gRPC %s, WebSocket %s\n",
