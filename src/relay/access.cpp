@@ -92,13 +92,10 @@ std::shared_ptr<const Principal> Principal::everyone() {
 bool Principal::may(Action action, std::string_view topic) const {
   if (everything_) return true;
   const auto a = static_cast<std::size_t>(action);
-  for (const auto& d : deny_[a]) {
-    if (topic_matches(d, topic)) return false;
-  }
-  for (const auto& p : allow_[a]) {
-    if (topic_matches(p, topic)) return true;
-  }
-  return false;
+  const auto matches = [topic](const std::string& pattern) {
+    return topic_matches(pattern, topic);
+  };
+  return std::ranges::none_of(deny_[a], matches) && std::ranges::any_of(allow_[a], matches);
 }
 
 bool Principal::may_any(Action action) const {
@@ -113,6 +110,11 @@ bool Principal::may_any(Action action) const {
 struct Access::Key {
   EVP_PKEY* pkey = nullptr;
   std::string alg;  // "ES256" or "EdDSA"
+  Key() = default;
+  Key(const Key&) = delete;
+  Key& operator=(const Key&) = delete;
+  Key(Key&&) = delete;
+  Key& operator=(Key&&) = delete;
   ~Key() { EVP_PKEY_free(pkey); }
 };
 

@@ -41,7 +41,7 @@ std::variant<ws::FrameHeader, WsWorkerError, WsProblem> worker_message(bool text
   if (!j.is_object() || !j.contains("frame_index") || !j["frame_index"].is_number_unsigned() ||
       !j.contains("error") || !j["error"].is_string()) {
     return WsProblem{
-        "unknown event: workers send {\"frame_index\":N,\"error\":\"...\"} or a binary result: " +
+        R"(unknown event: workers send {"frame_index":N,"error":"..."} or a binary result: )" +
         quote(bytes)};
   }
   return WsWorkerError{j["frame_index"].get<std::uint64_t>(), j["error"].get<std::string>()};
