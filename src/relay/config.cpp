@@ -97,7 +97,7 @@ bool readable(const std::string& path) {
 // Does `path` hold a PEM public key signed tokens can be checked with? (64 KiB read at most)
 bool jwt_public_key_usable(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  std::string pem(64 * 1024, '\0');
+  std::string pem(std::size_t{64} * 1024, '\0');
   in.read(pem.data(), static_cast<std::streamsize>(pem.size()));
   if (!in.is_open() || in.bad()) return false;
   pem.resize(static_cast<std::size_t>(in.gcount()));

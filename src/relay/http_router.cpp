@@ -121,10 +121,8 @@ bool answers_to(const RelayConfig& config, const std::string& host) {
   boost::system::error_code ec;
   (void)boost::asio::ip::make_address(host, ec);
   if (!ec || host == "localhost") return true;
-  for (const auto& name : config.server_names) {
-    if (lower(name) == host) return true;
-  }
-  return false;
+  return std::ranges::any_of(config.server_names,
+                             [&host](const std::string& name) { return lower(name) == host; });
 }
 
 // May a page of `origin` use the relay, addressed as `host_header`?
@@ -133,18 +131,14 @@ bool origin_allowed(const RelayConfig& config, const std::string& origin,
   const std::string o = lower(origin);
   const std::string host = lower(host_header);
   if (o == "http://" + host || o == "https://" + host) return true;  // same origin
-  for (const auto& allowed : config.allowed_origins) {
+  return std::ranges::any_of(config.allowed_origins, [&o](const std::string& allowed) {
     const std::string a = lower(allowed);
     if (a == "*" || a == o) return true;
-    if (a.size() > 2 && a.compare(a.size() - 2, 2, ":*") == 0) {  // any port, or none
-      const std::string base = a.substr(0, a.size() - 2);
-      if (o == base) return true;
-      if (o.rfind(base + ":", 0) == 0 &&
-          o.find_first_not_of("0123456789", base.size() + 1) == std::string::npos)
-        return true;
-    }
-  }
-  return false;
+    if (a.size() <= 2 || a.compare(a.size() - 2, 2, ":*") != 0) return false;
+    const std::string base = a.substr(0, a.size() - 2);  // any port, or none
+    return o == base || (o.rfind(base + ":", 0) == 0 &&
+                         o.find_first_not_of("0123456789", base.size() + 1) == std::string::npos);
+  });
 }
 
 // The bearer token a request presents: Authorization, the sluice.bearer.* subprotocol, or
@@ -204,10 +198,10 @@ HttpResponse HttpRouter::get(const HttpTarget& target, const Principal& who) con
   if (target.path == "/metrics") {
     // Series of a topic (or of its stage) only if the caller may see that topic.
     const auto visible = [&who](const metrics::Labels& labels) {
-      for (const auto& [name, value] : labels) {
-        if ((name == "topic" || name == "stage") && !who.may(Action::stats, value)) return false;
-      }
-      return true;
+      return std::ranges::all_of(labels, [&who](const auto& label) {
+        const auto& [name, value] = label;
+        return (name != "topic" && name != "stage") || who.may(Action::stats, value);
+      });
     };
     return {200, "text/plain; version=0.0.4; charset=utf-8",
             core_.metrics.prometheus_text(visible)};
