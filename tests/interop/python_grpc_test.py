@@ -10,19 +10,17 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 
 import grpc
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
+import relay_pb  # noqa: E402  (tests/pylib)
+
 
 def main():
     sluice, proto_dir, protoc = sys.argv[1:4]
-    gen = tempfile.mkdtemp()
-    subprocess.run([protoc, f"--proto_path={proto_dir}", f"--python_out={gen}",
-                    os.path.join(proto_dir, "sluice/v1/relay.proto")], check=True)
-    sys.path.insert(0, gen)
-    from sluice.v1 import relay_pb2 as pb  # noqa: E402  (generated just now)
+    pb, _ = relay_pb.generated(proto_dir, protoc)
 
     env = dict(os.environ, SLUICE_GRPC_PORT="0", SLUICE_HTTP_PORT="0")
     relay = subprocess.Popen([sluice, "serve"], stdout=subprocess.PIPE, env=env, text=True)

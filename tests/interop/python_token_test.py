@@ -11,9 +11,11 @@ import os
 import struct
 import subprocess
 import sys
-import tempfile
 
 import grpc
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
+import relay_pb  # noqa: E402  (tests/pylib)
 import websockets
 
 READER, WRITER = "reader-token-0123", "writer-token-4567"
@@ -21,11 +23,7 @@ READER, WRITER = "reader-token-0123", "writer-token-4567"
 
 def main():
     sluice, proto_dir, protoc = sys.argv[1:4]
-    gen = tempfile.mkdtemp()
-    subprocess.run([protoc, f"--proto_path={proto_dir}", f"--python_out={gen}",
-                    os.path.join(proto_dir, "sluice/v1/relay.proto")], check=True)
-    sys.path.insert(0, gen)
-    from sluice.v1 import relay_pb2 as pb  # noqa: E402  (generated just now)
+    pb, gen = relay_pb.generated(proto_dir, protoc)
 
     config = os.path.join(gen, "relay.toml")
     with open(config, "w") as f:
