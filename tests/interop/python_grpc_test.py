@@ -30,18 +30,9 @@ def main():
         channel = grpc.insecure_channel(line["grpc"])
         grpc.channel_ready_future(channel).result(timeout=10)
 
-        subscribe = channel.unary_stream(
-            "/sluice.v1.Relay/Subscribe",
-            request_serializer=pb.SubscribeRequest.SerializeToString,
-            response_deserializer=pb.SubscribeEvent.FromString)
-        publish = channel.stream_stream(
-            "/sluice.v1.Relay/Publish",
-            request_serializer=pb.PublishRequest.SerializeToString,
-            response_deserializer=pb.PublishEvent.FromString)
-        stats = channel.unary_unary(
-            "/sluice.v1.Relay/Stats",
-            request_serializer=pb.StatsRequest.SerializeToString,
-            response_deserializer=pb.StatsReply.FromString)
+        calls = relay_pb.Calls(channel, pb)
+        subscribe, publish = calls.subscribe, calls.publish
+        stats = calls.stats
 
         sub = subscribe(pb.SubscribeRequest(topic="py.sensors", name="python"), timeout=30)
         sub.initial_metadata()  # the relay sends it once the subscription exists

@@ -38,14 +38,8 @@ def main():
         assert line["event"] == "listening", line
         channel = grpc.insecure_channel(line["grpc"])
         grpc.channel_ready_future(channel).result(timeout=10)
-        subscribe = channel.unary_stream(
-            "/sluice.v1.Relay/Subscribe",
-            request_serializer=pb.SubscribeRequest.SerializeToString,
-            response_deserializer=pb.SubscribeEvent.FromString)
-        publish = channel.stream_stream(
-            "/sluice.v1.Relay/Publish",
-            request_serializer=pb.PublishRequest.SerializeToString,
-            response_deserializer=pb.PublishEvent.FromString)
+        calls = relay_pb.Calls(channel, pb)
+        subscribe, publish = calls.subscribe, calls.publish
 
         try:
             next(subscribe(pb.SubscribeRequest(topic="py.cam"), timeout=10))

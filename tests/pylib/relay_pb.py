@@ -14,3 +14,21 @@ def generated(proto_dir, protoc):
                     os.path.join(proto_dir, "sluice/v1/relay.proto")], check=True)
     sys.path.insert(0, gen)
     return importlib.import_module("sluice.v1.relay_pb2"), gen
+
+
+class Calls:
+    """The relay's gRPC methods on `channel`, typed with the generated messages `pb`."""
+
+    def __init__(self, channel, pb):
+        self.subscribe = channel.unary_stream(
+            "/sluice.v1.Relay/Subscribe",
+            request_serializer=pb.SubscribeRequest.SerializeToString,
+            response_deserializer=pb.SubscribeEvent.FromString)
+        self.publish = channel.stream_stream(
+            "/sluice.v1.Relay/Publish",
+            request_serializer=pb.PublishRequest.SerializeToString,
+            response_deserializer=pb.PublishEvent.FromString)
+        self.stats = channel.unary_unary(
+            "/sluice.v1.Relay/Stats",
+            request_serializer=pb.StatsRequest.SerializeToString,
+            response_deserializer=pb.StatsReply.FromString)
