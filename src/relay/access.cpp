@@ -1,5 +1,7 @@
 #include "access.hpp"
 
+#include <cctype>
+
 #include <openssl/bn.h>
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
@@ -209,6 +211,15 @@ Access::Access(const RelayConfig& config) : config_(config), signed_(config.sign
     e.who = std::make_shared<const Principal>(p.name, p);
     principals_.push_back(std::move(e));
   }
+}
+
+std::string_view Access::bearer_token(std::string_view authorization) {
+  constexpr std::string_view kScheme = "bearer ";
+  if (authorization.size() <= kScheme.size()) return {};
+  for (std::size_t i = 0; i < kScheme.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(authorization[i])) != kScheme[i]) return {};
+  }
+  return authorization.substr(kScheme.size());
 }
 
 Outcome<Who> Access::authenticate(std::string_view token, std::string_view certificate_cn) const {

@@ -89,6 +89,9 @@ class Access {
   /// A client without a token whose verified TLS certificate has the common name
   /// `certificate_cn` is the principal configured with that certificate_cn, if any.
   Outcome<Who> authenticate(std::string_view token, std::string_view certificate_cn = {}) const;
+  /// The token in an `Authorization` value ("Bearer <token>", the scheme in any case), else
+  /// "". Both transports' headers are read by this one rule.
+  static std::string_view bearer_token(std::string_view authorization);
   /// nullopt if `who` may do `action` on `topic`, else permission_denied naming them.
   static std::optional<Refusal> check(const Principal& who, Action action, std::string_view topic);
 

@@ -14,6 +14,11 @@
 //    copied). While a batch is being written the next one fills; a write that finds both full
 //    waits for the one in flight.
 //
+// TLS (a Connection with a TLS session, see tls.hpp): every byte goes through the session,
+// batching above it (a batch of small messages is one TLS record, not one each). The session
+// and the socket live in the shared state, so that an operation still in flight when the
+// CoalescingSocket is destroyed completes (operation_aborted) against live objects.
+//
 // async_write_some() always completes with all its bytes written (or an error): each call's
 // bytes stay together in the stream, whatever other writes are batched meanwhile.
 //
@@ -54,6 +59,8 @@
 #include <type_traits>
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 #include <vector>
+
+#include "tls.hpp"
 
 namespace sluice::relay {
 
@@ -159,21 +166,35 @@ class CoalescingSocket {
   };
 
   CoalescingSocket(socket_type socket, const Options& options)
-      : socket_(std::move(socket)), st_(make_state(options)) {}
+      : st_(std::make_shared<State>(std::move(socket), options)) {}
   CoalescingSocket(boost::asio::io_context& io, const Options& options)
-      : socket_(io), st_(make_state(options)) {}
+      : st_(std::make_shared<State>(socket_type(io), options)) {}
+  // A connection from the HTTP port: its TLS session (if any) now reads and writes this
+  // socket.
+  CoalescingSocket(Connection c, const Options& options)
+      : st_(std::make_shared<State>(std::move(c.socket), options)) {
+    st_->tls = std::move(c.tls);
+    if (st_->tls) st_->tls->next_layer().point_at(st_->socket);
+  }
   explicit CoalescingSocket(socket_type socket) : CoalescingSocket(std::move(socket), Options{}) {}
   explicit CoalescingSocket(boost::asio::io_context& io) : CoalescingSocket(io, Options{}) {}
   CoalescingSocket(const CoalescingSocket&) = delete;
   CoalescingSocket& operator=(const CoalescingSocket&) = delete;
   CoalescingSocket(CoalescingSocket&&) = delete;
   CoalescingSocket& operator=(CoalescingSocket&&) = delete;
-  ~CoalescingSocket() { st_->socket = nullptr; }
+  // Closes the socket: operations in flight complete with operation_aborted.
+  ~CoalescingSocket() {
+    st_->gone = true;
+    error_code ignored;
+    st_->socket.close(ignored);
+  }
 
-  executor_type get_executor() noexcept { return socket_.get_executor(); }
-  socket_type& next_layer() noexcept { return socket_; }
-  const socket_type& next_layer() const noexcept { return socket_; }
-  socket_type& lowest_layer() noexcept { return socket_; }
+  executor_type get_executor() noexcept { return st_->socket.get_executor(); }
+  socket_type& next_layer() noexcept { return st_->socket; }
+  const socket_type& next_layer() const noexcept { return st_->socket; }
+  socket_type& lowest_layer() noexcept { return st_->socket; }
+  // Whether bytes go through TLS.
+  bool tls() const noexcept { return st_->tls != nullptr; }
 
   // Bytes written (completed) but not yet handed to the kernel.
   std::size_t unflushed_bytes() const noexcept { return st_->batch.size() + st_->sending.size(); }
@@ -193,7 +214,7 @@ class CoalescingSocket {
   auto async_write_some(const ConstBuffers& buffers, Handler&& handler) {
     return boost::asio::async_initiate<Handler, void(error_code, std::size_t)>(
         [this](auto h, const ConstBuffers& b) {
-          start_write(st_, socket_.get_executor(), b, std::move(h));
+          start_write(st_, st_->socket.get_executor(), b, std::move(h));
         },
         handler, buffers);
   }
@@ -211,7 +232,7 @@ class CoalescingSocket {
         s.batch.size() + n > s.options.batch_bytes)
       return false;
     append(s, buffers);
-    schedule_flush(st_, socket_.get_executor());
+    schedule_flush(st_, st_->socket.get_executor());
     return true;
   }
 
@@ -228,9 +249,10 @@ class CoalescingSocket {
     // frame, then the read of the peer's close reply): it leaves first.
     if (!flush(ec)) return 0;
     if (s.options.read_ahead == 0 || want >= s.options.read_ahead)
-      return socket_.read_some(buffers, ec);
+      return on_stream(s, [&](auto& stream) { return stream.read_some(buffers, ec); });
     s.read_buf.resize(s.options.read_ahead);
-    const std::size_t n = socket_.read_some(boost::asio::buffer(s.read_buf), ec);
+    const std::size_t n = on_stream(
+        s, [&](auto& stream) { return stream.read_some(boost::asio::buffer(s.read_buf), ec); });
     s.read_begin = 0;
     s.read_end = n;
     return n > 0 ? copy_out(s, buffers) : 0;
@@ -249,15 +271,18 @@ class CoalescingSocket {
     const std::size_t n = boost::asio::buffer_size(buffers);
     if (!s.options.sync_batch) {
       if (!flush(ec)) return 0;
-      return socket_.write_some(buffers, ec);
+      return on_stream(s, [&](auto& stream) { return stream.write_some(buffers, ec); });
     }
     if (n <= s.options.copy_max && s.batch.size() + n <= s.options.batch_bytes) {
       append(s, buffers);
       return n;
     }
     const std::size_t head = s.batch.size();
-    const std::size_t written = boost::asio::write(
-        socket_, boost::beast::buffers_cat(boost::asio::buffer(s.batch), buffers), all_at_once, ec);
+    const std::size_t written = on_stream(s, [&](auto& stream) {
+      return boost::asio::write(
+          stream, boost::beast::buffers_cat(boost::asio::buffer(s.batch), buffers), all_at_once,
+          ec);
+    });
     s.batch.clear();
     return written > head ? written - head : 0;
   }
@@ -269,7 +294,9 @@ class CoalescingSocket {
     ec = {};
     State& s = *st_;
     if (s.batch.empty()) return true;
-    boost::asio::write(socket_, boost::asio::buffer(s.batch), all_at_once, ec);
+    on_stream(s, [&](auto& stream) {
+      return boost::asio::write(stream, boost::asio::buffer(s.batch), all_at_once, ec);
+    });
     s.batch.clear();
     return !ec;
   }
@@ -285,7 +312,14 @@ class CoalescingSocket {
 
   friend void teardown(boost::beast::role_type role, CoalescingSocket& s, error_code& ec) {
     if (!s.flush(ec)) return;
-    boost::beast::websocket::teardown(role, s.socket_, ec);
+    if (s.st_->tls) {
+      s.st_->tls->shutdown(ec);  // close_notify; the peer's, or its end of the stream
+      error_code ignored;
+      s.st_->socket.close(ignored);
+      ec = {};
+      return;
+    }
+    boost::beast::websocket::teardown(role, s.st_->socket, ec);
   }
 
   template <class Handler>
@@ -293,12 +327,23 @@ class CoalescingSocket {
     auto st = s.st_;
     auto hp = std::make_shared<std::decay_t<Handler>>(std::forward<Handler>(handler));
     after_flush(st, s.get_executor(), [st, role, hp](error_code ec) {
-      if (!ec && st->socket == nullptr) ec = boost::asio::error::operation_aborted;
+      if (!ec && st->gone) ec = boost::asio::error::operation_aborted;
       if (ec) {
         (*hp)(ec);
         return;
       }
-      boost::beast::websocket::async_teardown(role, *st->socket, std::move(*hp));
+      if (st->tls) {
+        // close_notify, then the TCP close whatever the peer answered (a browser often just
+        // closes): the WebSocket close handshake already ended the session.
+        auto ex = boost::asio::get_associated_executor(*hp, st->socket.get_executor());
+        st->tls->async_shutdown(boost::asio::bind_executor(ex, [st, hp](error_code) {
+          error_code ignored;
+          st->socket.close(ignored);
+          (*hp)(error_code{});
+        }));
+        return;
+      }
+      boost::beast::websocket::async_teardown(role, st->socket, std::move(*hp));
     });
   }
 
@@ -314,8 +359,11 @@ class CoalescingSocket {
   static constexpr std::size_t kMaxWriteCall = std::size_t{1} << 30;  // bytes per system call
 
   struct State {
+    State(socket_type s, const Options& o) : options(o), socket(std::move(s)) {}
     Options options;
-    socket_type* socket = nullptr;  // null once the CoalescingSocket is gone
+    socket_type socket;
+    std::unique_ptr<TlsStream> tls;  // set: every byte goes through it (its next layer: socket)
+    bool gone = false;               // the CoalescingSocket was destroyed
     std::vector<char> read_buf;     // read ahead: [read_begin, read_end) not yet taken
     std::size_t read_begin = 0;
     std::size_t read_end = 0;
@@ -329,11 +377,11 @@ class CoalescingSocket {
     std::vector<std::function<void(error_code)>> waiters;  // until the write in flight is done
   };
 
-  std::shared_ptr<State> make_state(const Options& options) {
-    auto st = std::make_shared<State>();
-    st->options = options;
-    st->socket = &socket_;
-    return st;
+  // Calls `f` with the stream bytes go through: the TLS session, or the socket.
+  template <class F>
+  static auto on_stream(State& s, F&& f) -> decltype(f(std::declval<socket_type&>())) {
+    if (s.tls) return f(*s.tls);
+    return f(s.socket);
   }
 
   // Copies into the batch (no zero-fill first).
@@ -372,25 +420,36 @@ class CoalescingSocket {
     State& s = *st_;
     const std::size_t want = boost::asio::buffer_size(buffers);
     if (want == 0 || s.read_begin < s.read_end) {
-      post_completion(s, socket_.get_executor(), std::move(h), {},
+      post_completion(s, s.socket.get_executor(), std::move(h), {},
                       want == 0 ? 0 : copy_out(s, buffers));
       return;
     }
+    auto ex = boost::asio::get_associated_executor(h, s.socket.get_executor());
     if (s.options.read_ahead == 0 || want >= s.options.read_ahead) {
-      socket_.async_read_some(buffers, std::move(h));
+      if (!s.tls) {
+        s.socket.async_read_some(buffers, std::move(h));
+        return;
+      }
+      // (The handler keeps the TLS session alive until the read is done.)
+      s.tls->async_read_some(
+          buffers, boost::asio::bind_executor(
+                       ex, [st = st_, h = std::move(h)](error_code ec, std::size_t n) mutable {
+                         h(ec, n);
+                       }));
       return;
     }
     s.read_buf.resize(s.options.read_ahead);
-    auto ex = boost::asio::get_associated_executor(h, socket_.get_executor());
-    socket_.async_read_some(
-        boost::asio::buffer(s.read_buf),
-        boost::asio::bind_executor(
-            ex, [st = st_, buffers, h = std::move(h)](error_code ec, std::size_t n) mutable {
-              st->read_begin = 0;
-              st->read_end = n;
-              const std::size_t got = n > 0 ? copy_out(*st, buffers) : 0;
-              h(got > 0 ? error_code{} : ec, got);
-            }));
+    on_stream(s, [&](auto& stream) {
+      stream.async_read_some(
+          boost::asio::buffer(s.read_buf),
+          boost::asio::bind_executor(
+              ex, [st = st_, buffers, h = std::move(h)](error_code ec, std::size_t n) mutable {
+                st->read_begin = 0;
+                st->read_end = n;
+                const std::size_t got = n > 0 ? copy_out(*st, buffers) : 0;
+                h(got > 0 ? error_code{} : ec, got);
+              }));
+    });
   }
 
   template <class ConstBuffers, class Handler>
@@ -398,7 +457,7 @@ class CoalescingSocket {
                           const ConstBuffers& buffers, Handler h) {
     State& s = *st;
     s.last_batched = false;
-    if (!s.error && s.socket == nullptr) s.error = boost::asio::error::operation_aborted;
+    if (!s.error && s.gone) s.error = boost::asio::error::operation_aborted;
     if (s.error) {
       post_completion(s, ex, std::move(h), s.error, 0);
       return;
@@ -422,13 +481,15 @@ class CoalescingSocket {
     s.sending.swap(s.batch);
     const std::size_t head = s.sending.size();
     auto hx = boost::asio::get_associated_executor(h, ex);
-    boost::asio::async_write(
-        *s.socket, boost::beast::buffers_cat(boost::asio::buffer(s.sending), buffers), all_at_once,
-        boost::asio::bind_executor(
-            hx, [st, ex, head, h = std::move(h)](error_code ec, std::size_t written) mutable {
-              write_done(st, ex, ec);
-              h(ec, written > head ? written - head : 0);
-            }));
+    on_stream(s, [&](auto& stream) {
+      boost::asio::async_write(
+          stream, boost::beast::buffers_cat(boost::asio::buffer(s.sending), buffers), all_at_once,
+          boost::asio::bind_executor(
+              hx, [st, ex, head, h = std::move(h)](error_code ec, std::size_t written) mutable {
+                write_done(st, ex, ec);
+                h(ec, written > head ? written - head : 0);
+              }));
+    });
   }
 
   static void schedule_flush(const std::shared_ptr<State>& st, const executor_type& ex) {
@@ -448,7 +509,7 @@ class CoalescingSocket {
   static void flush_step(const std::shared_ptr<State>& st, const executor_type& ex) {
     State& s = *st;
     s.flush_posted = false;
-    if (s.socket == nullptr || s.error) return;
+    if (s.gone || s.error) return;
     if (s.appended && s.options.flush_queue == nullptr) {  // (the queue runs when idle)
       s.appended = false;
       schedule_flush(st, ex);
@@ -462,10 +523,12 @@ class CoalescingSocket {
     State& s = *st;
     s.flushing = true;
     s.sending.swap(s.batch);
-    boost::asio::async_write(*s.socket, boost::asio::buffer(s.sending), all_at_once,
-                             boost::asio::bind_executor(ex, [st, ex](error_code ec, std::size_t) {
-                               write_done(st, ex, ec);
-                             }));
+    on_stream(s, [&](auto& stream) {
+      boost::asio::async_write(stream, boost::asio::buffer(s.sending), all_at_once,
+                               boost::asio::bind_executor(ex, [st, ex](error_code ec, std::size_t) {
+                                 write_done(st, ex, ec);
+                               }));
+    });
   }
 
   static void write_done(const std::shared_ptr<State>& st, const executor_type& ex, error_code ec) {
@@ -473,7 +536,7 @@ class CoalescingSocket {
     s.flushing = false;
     s.sending.clear();
     if (ec && !s.error) s.error = ec;
-    if (s.socket == nullptr && !s.error) s.error = boost::asio::error::operation_aborted;
+    if (s.gone && !s.error) s.error = boost::asio::error::operation_aborted;
     auto waiters = std::move(s.waiters);
     s.waiters.clear();
     for (auto& w : waiters) w(s.error);
@@ -484,7 +547,7 @@ class CoalescingSocket {
   static void after_flush(const std::shared_ptr<State>& st, const executor_type& ex,
                           std::function<void(error_code)> fn) {
     State& s = *st;
-    if (s.socket == nullptr && !s.error) s.error = boost::asio::error::operation_aborted;
+    if (s.gone && !s.error) s.error = boost::asio::error::operation_aborted;
     if (s.error || (!s.flushing && s.batch.empty())) {
       boost::asio::post(ex, [fn = std::move(fn), ec = s.error] { fn(ec); });
       return;
@@ -493,7 +556,6 @@ class CoalescingSocket {
     s.waiters.emplace_back([st, ex, fn = std::move(fn)](error_code) { after_flush(st, ex, fn); });
   }
 
-  socket_type socket_;
   std::shared_ptr<State> st_;
 };
 

@@ -23,11 +23,8 @@ Outcome<Who> caller(RelayCore& core, const grpc::CallbackServerContext* ctx) {
   const auto& metadata = ctx->client_metadata();
   const auto it = metadata.find("authorization");
   std::string_view token;
-  if (it != metadata.end()) {
-    const std::string_view value(it->second.data(), it->second.size());
-    if (value.size() > 7 && (value.substr(0, 7) == "Bearer " || value.substr(0, 7) == "bearer "))
-      token = value.substr(7);
-  }
+  if (it != metadata.end())
+    token = Access::bearer_token(std::string_view(it->second.data(), it->second.size()));
   // Under mutual TLS the client's verified certificate may name the principal.
   const auto auth = ctx->auth_context();
   std::string cn;

@@ -147,8 +147,9 @@ std::string token_of(const RelayConfig& config, const HttpServer::Request& reque
                      const HttpTarget& target) {
   namespace http = boost::beast::http;
   const auto auth = request[http::field::authorization];
-  if (auth.size() > 7 && lower(std::string_view(auth.data(), 7)) == "bearer ")
-    return std::string(auth.substr(7));
+  if (const auto token = Access::bearer_token(std::string_view(auth.data(), auth.size()));
+      !token.empty())
+    return std::string(token);
   const auto protocols = request[http::field::sec_websocket_protocol];
   for (const auto p : header_items(std::string_view(protocols.data(), protocols.size()))) {
     if (p.rfind(ws::kBearerSubprotocol, 0) == 0)
@@ -161,7 +162,7 @@ std::string token_of(const RelayConfig& config, const HttpServer::Request& reque
 }  // namespace
 
 Outcome<Who> http_caller(RelayCore& core, const HttpServer::Request& request,
-                         const HttpTarget& target) {
+                         const HttpTarget& target, std::string_view certificate_cn) {
   namespace http = boost::beast::http;
   const auto host_header = request[http::field::host];
   const std::string_view host_view(host_header.data(), host_header.size());
@@ -177,14 +178,14 @@ Outcome<Who> http_caller(RelayCore& core, const HttpServer::Request& request,
                        "' may not use this relay (server.allowed_origins / "
                        "SLUICE_ALLOWED_ORIGINS)"};
   }
-  return core.access.authenticate(token_of(core.config, request, target));
+  return core.access.authenticate(token_of(core.config, request, target), certificate_cn);
 }
 
-HttpResponse HttpRouter::answer(const HttpServer::Request& request) const {
+HttpResponse HttpRouter::answer(const HttpServer::Request& request, const HttpPeer& peer) const {
   const auto target =
       HttpTarget::parse(std::string_view(request.target().data(), request.target().size()));
   if (target.path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
-  auto who = http_caller(core_, request, target);
+  auto who = http_caller(core_, request, target, peer.certificate_cn);
   if (!who) return http_refusal(core_, who.refusal());
   return get(target, **who);
 }

@@ -60,9 +60,11 @@ HttpResponse http_refusal(RelayCore& core, const Refusal& r);
 /// localhost, server.names: else misdirected, 421, against DNS rebinding), and its Origin, if
 /// any, the relay's own or one of server.allowed_origins (else permission_denied, 403). Then
 /// the token it presents (Authorization: Bearer, the subprotocol sluice.bearer.<token>, or
-/// ?token= when server.token_in_query) names the principal (else unauthenticated, 401).
+/// ?token= when server.token_in_query) names the principal (else unauthenticated, 401); a
+/// caller without a token whose verified client certificate has the common name
+/// `certificate_cn` (mutual TLS) is the principal configured with it.
 Outcome<Who> http_caller(RelayCore& core, const HttpServer::Request& request,
-                         const HttpTarget& target);
+                         const HttpTarget& target, std::string_view certificate_cn = {});
 
 class HttpRouter {
  public:
@@ -70,7 +72,7 @@ class HttpRouter {
   explicit HttpRouter(RelayCore& core) : core_(core) {}
   /// A GET request's answer: /healthz to anyone; /metrics and /v1/stats to a caller
   /// (http_caller) with stats permission, showing the topics it may see; else 404 naming them.
-  HttpResponse answer(const HttpServer::Request& request) const;
+  HttpResponse answer(const HttpServer::Request& request, const HttpPeer& peer = {}) const;
   /// The answer to `who` for `target` (checks done).
   HttpResponse get(const HttpTarget& target, const Principal& who) const;
 

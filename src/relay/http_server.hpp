@@ -1,8 +1,12 @@
 // The relay's HTTP/1.1 endpoint (Boost.Beast): one request per connection, answered by a
-// handler, or a WebSocket upgrade handed over with its socket. Relay-internal.
+// handler, or a WebSocket upgrade handed over with its connection. With TLS configured
+// (TlsContexts) every connection is https/wss: the TLS handshake first, within the same
+// deadline as the request; a client that speaks plaintext HTTP to it gets a plaintext 400
+// saying so. Relay-internal.
 #pragma once
 
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -11,11 +15,14 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <openssl/err.h>
 #include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
+
+#include "tls.hpp"
 
 namespace sluice::relay {
 
@@ -26,27 +33,39 @@ struct HttpResponse {
   std::string body;
 };
 
+/// Who is at the other end as the transport knows it: under mutual TLS, the common name of the
+/// client certificate the relay verified (else empty).
+struct HttpPeer {
+  std::string certificate_cn;
+};
+
 // A small HTTP/1.1 server on the relay's I/O thread: one request per connection.
 class HttpServer {
  public:
   /// A GET request's answer.
   using Request = boost::beast::http::request<boost::beast::http::string_body>;
-  using Handler = std::function<HttpResponse(const Request& request)>;
-  /// A WebSocket upgrade request: takes the socket (nullopt), or answers it.
-  using Upgrade = std::function<std::optional<HttpResponse>(boost::asio::ip::tcp::socket& socket,
-                                                            Request& request)>;
+  using Handler = std::function<HttpResponse(const Request& request, const HttpPeer& peer)>;
+  /// A WebSocket upgrade request: takes the connection (nullopt), or answers it.
+  using Upgrade = std::function<std::optional<HttpResponse>(Connection& connection,
+                                                            Request& request, const HttpPeer& peer)>;
   /// An accept that failed (out of file descriptors, say): its reason ("EMFILE", ...).
   using AcceptError = std::function<void(const std::string& reason)>;
-  /// A client has `timeout` to send its request and read the answer (or upgrade).
+  /// A TLS handshake that failed: OpenSSL's reason ("wrong version number", ...).
+  using TlsError = std::function<void(const std::string& reason)>;
+  /// A client has `timeout` to complete its TLS handshake (if `tls` is on), send its request
+  /// and read the answer (or upgrade). `tls` (may be null: plaintext) must outlive this.
   HttpServer(boost::asio::io_context& io, const std::string& host, std::uint16_t port,
              std::chrono::milliseconds timeout, Handler handler, Upgrade upgrade,
-             AcceptError accept_error = {})
+             AcceptError accept_error = {}, const TlsContexts* tls = nullptr,
+             TlsError tls_error = {})
       : acceptor_(io),
         retry_(io),
         timeout_(timeout),
         handler_(std::move(handler)),
         upgrade_(std::move(upgrade)),
-        accept_error_(std::move(accept_error)) {
+        accept_error_(std::move(accept_error)),
+        tls_(tls != nullptr && tls->enabled() ? tls : nullptr),
+        tls_error_(std::move(tls_error)) {
     namespace ip = boost::asio::ip;
     boost::system::error_code ec;
     const ip::tcp::endpoint endpoint(ip::make_address(host, ec), port);
@@ -72,9 +91,10 @@ class HttpServer {
  private:
   struct Session {
     explicit Session(boost::asio::ip::tcp::socket s)
-        : socket(std::move(s)), deadline(socket.get_executor()) {}
-    boost::asio::ip::tcp::socket socket;
+        : connection{std::move(s), nullptr}, deadline(connection.socket.get_executor()) {}
+    Connection connection;               // (handed over to a WebSocket session on upgrade)
     boost::asio::steady_timer deadline;  // closes a client that takes too long
+    HttpPeer peer;
     boost::beast::flat_buffer buffer;
     boost::beast::http::request_parser<boost::beast::http::string_body> parser;
     Request request;
@@ -99,9 +119,65 @@ class HttpServer {
         // the peer's (delayed) acknowledgement: up to 40 ms per small message otherwise.
         boost::system::error_code opt;
         s.set_option(boost::asio::ip::tcp::no_delay(true), opt);
-        serve(std::make_shared<Session>(std::move(s)));
+        start(std::make_shared<Session>(std::move(s)));
       }
       if (acceptor_.is_open()) accept();
+    });
+  }
+
+  // Calls `f` with the stream the session's bytes go through: its TLS session, or its socket.
+  template <class F>
+  static void on_stream(Session& s, F&& f) {
+    if (s.connection.tls) {
+      f(*s.connection.tls);
+    } else {
+      f(s.connection.socket);
+    }
+  }
+
+  // The deadline for the whole exchange, then TLS (if on), then the request.
+  void start(const std::shared_ptr<Session>& session) {
+    session->deadline.expires_after(timeout_);
+    session->deadline.async_wait(
+        [w = std::weak_ptr<Session>(session)](boost::beast::error_code ec) {
+          if (auto s = w.lock(); s && !ec) {
+            boost::system::error_code ignored;
+            s->connection.socket.close(ignored);  // ends the read or write in flight
+          }
+        });
+    if (tls_ == nullptr) {
+      serve(session);
+      return;
+    }
+    // A TLS client's first byte opens a handshake record (22); anything else is a plaintext
+    // client, which gets a plaintext answer saying what this port speaks.
+    session->connection.socket.async_wait(
+        boost::asio::socket_base::wait_read, [this, session](boost::beast::error_code ec) {
+      if (ec) return;
+      auto& socket = session->connection.socket;
+      unsigned char first = 0;
+      boost::system::error_code peek;
+      const std::size_t n = socket.receive(boost::asio::buffer(&first, 1),
+                                           boost::asio::socket_base::message_peek, peek);
+      if (peek || n == 0) return;
+      if (first != kTlsHandshakeRecord) {
+        if (tls_error_) tls_error_("plaintext");
+        respond(session, 11,
+                {400, "text/plain; charset=utf-8",
+                 "this port speaks TLS: use https:// or wss:// (server.tls_cert_file)\n"});
+        return;
+      }
+      session->connection.tls = std::make_unique<TlsStream>(socket, *tls_->current());
+      session->connection.tls->async_handshake(
+          ssl::stream_base::server, [this, session](boost::beast::error_code hs) {
+            if (hs) {
+              if (tls_error_ && hs != boost::asio::error::operation_aborted)
+                tls_error_(tls_reason(hs));
+              return;
+            }
+            session->peer.certificate_cn = peer_certificate_cn(*session->connection.tls);
+            serve(session);
+          });
     });
   }
 
@@ -109,36 +185,44 @@ class HttpServer {
     namespace http = boost::beast::http;
     session->parser.header_limit(8 * 1024);  // requests here are small
     session->parser.body_limit(std::uint64_t{8} * 1024);
-    session->deadline.expires_after(timeout_);
-    session->deadline.async_wait(
-        [w = std::weak_ptr<Session>(session)](boost::beast::error_code ec) {
-          if (auto s = w.lock(); s && !ec) {
-            boost::system::error_code ignored;
-            s->socket.close(ignored);  // ends the read or write in flight
-          }
-        });
-    http::async_read(session->socket, session->buffer, session->parser,
-                     [this, session](boost::beast::error_code ec, std::size_t /*bytes*/) {
-                       if (ec) {  // the client went away, or sent what is not a request: say why
-                         if (auto bad = malformed(ec, *session))
-                           respond(session, 11, std::move(*bad));
-                         return;
-                       }
-                       session->request = session->parser.release();
-                       auto& request = session->request;
-                       HttpResponse answer;
-                       if (boost::beast::websocket::is_upgrade(request)) {
-                         session->deadline.cancel();  // (the WebSocket has its own)
-                         auto refused = upgrade_(session->socket, request);
-                         if (!refused) return;  // a WebSocket now
-                         answer = std::move(*refused);
-                       } else if (request.method() != http::verb::get) {
-                         answer = {405, "text/plain; charset=utf-8", "only GET is served here\n"};
-                       } else {
-                         answer = handler_(request);
-                       }
-                       respond(session, request.version(), std::move(answer));
-                     });
+    on_stream(*session, [&](auto& stream) {
+      http::async_read(stream, session->buffer, session->parser,
+                       [this, session](boost::beast::error_code ec, std::size_t /*bytes*/) {
+                         read(session, ec);
+                       });
+    });
+  }
+
+  void read(const std::shared_ptr<Session>& session, boost::beast::error_code ec) {
+    namespace http = boost::beast::http;
+    if (ec) {  // the client went away, or sent what is not a request: say why
+      if (auto bad = malformed(ec, *session)) respond(session, 11, std::move(*bad));
+      return;
+    }
+    session->request = session->parser.release();
+    auto& request = session->request;
+    HttpResponse answer;
+    if (boost::beast::websocket::is_upgrade(request)) {
+      session->deadline.cancel();  // (the WebSocket has its own)
+      auto refused = upgrade_(session->connection, request, session->peer);
+      if (!refused) return;  // a WebSocket now
+      answer = std::move(*refused);
+    } else if (request.method() != http::verb::get) {
+      answer = {405, "text/plain; charset=utf-8", "only GET is served here\n"};
+    } else {
+      answer = handler_(request, session->peer);
+    }
+    respond(session, request.version(), std::move(answer));
+  }
+
+  // OpenSSL's reason for a failed handshake ("wrong version number", "certificate verify
+  // failed", ...), else the error's message.
+  static std::string tls_reason(const boost::beast::error_code& ec) {
+    if (ec.category() == boost::asio::error::get_ssl_category()) {
+      const char* r = ERR_reason_error_string(static_cast<unsigned long>(ec.value()));
+      if (r != nullptr) return r;
+    }
+    return ec.message();
   }
 
   // The answer to what could not be read as a request: 414 (request line over the limit), 431
@@ -146,7 +230,8 @@ class HttpServer {
   static std::optional<HttpResponse> malformed(boost::beast::error_code ec, const Session& s) {
     namespace http = boost::beast::http;
     if (ec == http::error::end_of_stream || ec == boost::asio::error::eof ||
-        ec == boost::asio::error::operation_aborted || ec == boost::asio::error::connection_reset)
+        ec == boost::asio::error::operation_aborted || ec == boost::asio::error::connection_reset ||
+        ec == ssl::error::stream_truncated)
       return std::nullopt;
     const std::string_view text(static_cast<const char*>(s.buffer.data().data()), s.buffer.size());
     if (ec == http::error::header_limit) {
@@ -172,10 +257,15 @@ class HttpServer {
     if (answer.status == 401) res.set(http::field::www_authenticate, "Bearer realm=\"sluice\"");
     res.body() = std::move(answer.body);
     res.prepare_payload();
-    http::async_write(session->socket, res, [session](boost::beast::error_code, std::size_t) {
-      session->deadline.cancel();
-      boost::system::error_code ignored;
-      session->socket.shutdown(boost::asio::ip::tcp::socket::shutdown_both, ignored);
+    // (A TLS answer ends with the TCP shutdown, not close_notify: the response's length
+    // tells where it ends, as over plaintext.)
+    on_stream(*session, [&](auto& stream) {
+      http::async_write(stream, res, [session](boost::beast::error_code, std::size_t) {
+        session->deadline.cancel();
+        boost::system::error_code ignored;
+        session->connection.socket.shutdown(boost::asio::ip::tcp::socket::shutdown_both,
+                                            ignored);
+      });
     });
   }
 
@@ -196,12 +286,15 @@ class HttpServer {
   }
 
   static constexpr std::chrono::milliseconds kAcceptRetry{100};
+  static constexpr unsigned char kTlsHandshakeRecord = 22;
   boost::asio::ip::tcp::acceptor acceptor_;
   boost::asio::steady_timer retry_;  // the next accept after a failed one
   std::chrono::milliseconds timeout_;
   Handler handler_;
   Upgrade upgrade_;
   AcceptError accept_error_;
+  const TlsContexts* tls_;  // null: plaintext
+  TlsError tls_error_;
   std::uint16_t port_ = 0;
 };
 

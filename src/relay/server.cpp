@@ -4,6 +4,8 @@
 #include "sluice/relay/server.hpp"
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 
 #include <algorithm>
 #include <boost/asio/io_context.hpp>
@@ -11,9 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <fstream>
 #include <memory>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -25,6 +25,7 @@
 #include "relay_core.hpp"
 #include "request_decode.hpp"
 #include "stats_view.hpp"
+#include "tls.hpp"
 #include "ws_upgrade.hpp"
 
 namespace sluice {
@@ -69,7 +70,18 @@ struct RelayServer::Impl {
                  reason.c_str());
   }
 
+  // A TLS handshake on the HTTP port failed: counted by OpenSSL's reason ("plaintext" for a
+  // client that spoke plain HTTP to it). Not logged: any client can cause one.
+  void tls_failed(const std::string& reason) {
+    core.metrics
+        .counter("sluice_tls_handshake_failures_total",
+                 "TLS handshakes the HTTP port failed, by reason (server.tls_cert_file)",
+                 {{"reason", reason}})
+        .inc();
+  }
+
   relay::RelayCore core;
+  relay::TlsContexts tls{core.config};  // (throws at construction: a bad file stops the start)
   std::chrono::steady_clock::time_point last_accept_log{};
   relay::GrpcService grpc_service{core};
   relay::HttpRouter router{core};
@@ -110,28 +122,28 @@ void check_grpc_address(const RelayConfig& config) {
   }
 }
 
-std::string read_pem(const std::string& path, const char* setting) {
-  std::ifstream in(path);
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (!in.is_open() || text.str().empty())
-    throw std::runtime_error("relay: cannot read " + path + " (" + setting + ")");
-  return text.str();
-}
-
 // TLS when a certificate is configured (mutual TLS with a client CA: clients must present a
-// certificate it signed), else plaintext.
+// certificate it signed), else plaintext. gRPC rereads the files itself every
+// kGrpcCertificateRefresh (its file watcher; gRPC's C++ API has no reload on demand), so a
+// renewed certificate reaches new gRPC connections without a restart; connections already
+// open keep theirs. (The files were checked when TlsContexts loaded them for the HTTP port.)
+constexpr unsigned kGrpcCertificateRefreshSeconds = 1;
 std::shared_ptr<grpc::ServerCredentials> grpc_credentials(const RelayConfig& config) {
+  namespace tls = grpc::experimental;
   if (config.tls_cert_file.empty()) return grpc::InsecureServerCredentials();
   const bool mutual = !config.tls_client_ca_file.empty();
-  grpc::SslServerCredentialsOptions options(
-      mutual ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
-             : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
-  if (mutual)
-    options.pem_root_certs = read_pem(config.tls_client_ca_file, "server.tls_client_ca_file");
-  options.pem_key_cert_pairs.push_back({read_pem(config.tls_key_file, "server.tls_key_file"),
-                                        read_pem(config.tls_cert_file, "server.tls_cert_file")});
-  return grpc::SslServerCredentials(options);
+  auto files = std::make_shared<tls::FileWatcherCertificateProvider>(
+      config.tls_key_file, config.tls_cert_file, config.tls_client_ca_file,
+      kGrpcCertificateRefreshSeconds);
+  tls::TlsServerCredentialsOptions options(files);
+  options.watch_identity_key_cert_pairs();
+  if (mutual) {
+    options.watch_root_certs();
+    options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  } else {
+    options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  }
+  return tls::TlsServerCredentials(options);
 }
 
 // The address as gRPC spells it: IPv6 in brackets.
@@ -175,11 +187,15 @@ void RelayServer::start() {
   Impl* impl = impl_.get();
   impl_->http = std::make_unique<relay::HttpServer>(
       impl->core.loops.main().context(), config.host, config.http_port, config.handshake_timeout,
-      [impl](const relay::HttpServer::Request& request) { return impl->router.answer(request); },
-      [impl](boost::asio::ip::tcp::socket& socket, relay::HttpServer::Request& request) {
-        return relay::ws_upgrade(impl->core, socket, request);
+      [impl](const relay::HttpServer::Request& request, const relay::HttpPeer& peer) {
+        return impl->router.answer(request, peer);
       },
-      [impl](const std::string& reason) { impl->accept_failed(reason); });
+      [impl](relay::Connection& connection, relay::HttpServer::Request& request,
+             const relay::HttpPeer& peer) {
+        return relay::ws_upgrade(impl->core, connection, request, peer);
+      },
+      [impl](const std::string& reason) { impl->accept_failed(reason); }, &impl->tls,
+      [impl](const std::string& reason) { impl->tls_failed(reason); });
   impl_->core.loops.main().post([impl] { impl->poll_stages(); });
 }
 
@@ -199,6 +215,23 @@ std::uint16_t RelayServer::grpc_port() const {
 
 std::uint16_t RelayServer::http_port() const {
   return impl_->http ? impl_->http->port() : 0;
+}
+
+std::string RelayServer::reload_certificates() {
+  std::string problem = impl_->tls.reload();
+  if (problem.empty()) {
+    impl_->core.metrics
+        .counter("sluice_tls_reloads_total",
+                 "Certificate reloads of the HTTP port (SIGHUP), by outcome", {{"outcome", "ok"}})
+        .inc();
+  } else if (impl_->tls.enabled()) {
+    impl_->core.metrics
+        .counter("sluice_tls_reloads_total",
+                 "Certificate reloads of the HTTP port (SIGHUP), by outcome",
+                 {{"outcome", "failed"}})
+        .inc();
+  }
+  return problem;
 }
 
 std::string RelayServer::stats_json() const {

@@ -53,9 +53,9 @@ std::optional<std::pair<nlohmann::json, Priority>> encode(const PublishEvent& e)
 class WsPublisher final : public WsSession<WsPublisher> {
  public:
   // Frames are measured as they arrive (on_read_some), not by Beast's limit.
-  WsPublisher(RelayCore& core, SessionSlot slot, boost::asio::ip::tcp::socket socket,
+  WsPublisher(RelayCore& core, SessionSlot slot, Connection connection,
               std::unique_ptr<PublishSession> session)
-      : WsSession(core, core.loops.main(), std::move(slot), std::move(socket),
+      : WsSession(core, core.loops.main(), std::move(slot), std::move(connection),
                   "ws-publisher/" + session->topic().name,
                   {core.config.max_frame_bytes + ws::kFrameHeaderBytes, std::size_t{64} * 1024}),
         session_(std::move(session)) {}
@@ -159,12 +159,12 @@ class WsPublisher final : public WsSession<WsPublisher> {
 }  // namespace
 
 std::optional<HttpResponse> ws_publish(RelayCore& core, SessionSlot slot, const WsRoute& route,
-                                       boost::asio::ip::tcp::socket& socket,
+                                       Connection& connection,
                                        HttpServer::Request& request) {
   auto session = std::make_unique<PublishSession>(core, core.loops.main(), route.who);
   if (auto refusal = session->open(route.topic)) return http_refusal(core, *refusal);
   auto publisher =
-      std::make_shared<WsPublisher>(core, std::move(slot), std::move(socket), std::move(session));
+      std::make_shared<WsPublisher>(core, std::move(slot), std::move(connection), std::move(session));
   publisher->expire_with(*route.who);
   publisher->launch(std::move(request));
   return std::nullopt;

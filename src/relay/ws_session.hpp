@@ -39,16 +39,14 @@ namespace sluice::relay {
 namespace websocket = boost::beast::websocket;
 using WsStream = websocket::stream<CoalescingSocket>;
 
-// Each role's adapter: starts its session on `socket` (nullopt), or refuses the upgrade.
+// Each role's adapter: starts its session on `connection` (nullopt), or refuses the upgrade.
 std::optional<HttpResponse> ws_publish(RelayCore& core, SessionSlot slot, const WsRoute& route,
-                                       boost::asio::ip::tcp::socket& socket,
-                                       HttpServer::Request& request);
+                                       Connection& connection, HttpServer::Request& request);
 std::optional<HttpResponse> ws_subscribe(RelayCore& core, SessionSlot slot, const WsRoute& route,
-                                         const HttpTarget& target,
-                                         boost::asio::ip::tcp::socket& socket,
+                                         const HttpTarget& target, Connection& connection,
                                          HttpServer::Request& request);
 std::optional<HttpResponse> ws_work(RelayCore& core, SessionSlot slot, const WsRoute& route,
-                                    const HttpTarget& target, boost::asio::ip::tcp::socket& socket,
+                                    const HttpTarget& target, Connection& connection,
                                     HttpServer::Request& request);
 
 inline std::string json_text(const nlohmann::json& j) {
@@ -91,18 +89,18 @@ struct WsReading {
 
 // What every kind of WebSocket session shares: the stream, its slot, the outgoing queue (one
 // write at a time), closing once. Everything here runs on the session's loop (`loop`, which
-// `socket` belongs to): the relay's main loop for publishers and workers, any loop of
+// `connection` belongs to): the relay's main loop for publishers and workers, any loop of
 // server.threads for a subscriber.
 template <class Derived>
 class WsSession : public std::enable_shared_from_this<Derived> {
  public:
-  WsSession(RelayCore& core, IoThread& loop, SessionSlot slot, boost::asio::ip::tcp::socket socket,
+  WsSession(RelayCore& core, IoThread& loop, SessionSlot slot, Connection connection,
             const std::string& name, WsReading reading)
       : core_(core),
         loop_(loop),
         slot_(std::move(slot)),
         reading_(reading),
-        ws_(std::move(socket), socket_options(loop, reading)),
+        ws_(std::move(connection), socket_options(loop, reading)),
         timer_(ws_.get_executor()),
         out_(outbox_config(name)) {}
 

@@ -27,10 +27,10 @@ constexpr std::uint64_t kMaxSubscriberMessage = std::uint64_t{64} * 1024;
 
 class WsSubscriber final : public WsSession<WsSubscriber> {
  public:
-  // `socket` belongs to `loop`, where the session runs.
-  WsSubscriber(RelayCore& core, IoThread& loop, SessionSlot slot,
-               boost::asio::ip::tcp::socket socket, std::unique_ptr<SubscriberPump> pump)
-      : WsSession(core, loop, std::move(slot), std::move(socket),
+  // `connection` belongs to `loop`, where the session runs.
+  WsSubscriber(RelayCore& core, IoThread& loop, SessionSlot slot, Connection connection,
+               std::unique_ptr<SubscriberPump> pump)
+      : WsSession(core, loop, std::move(slot), std::move(connection),
                   "ws-subscriber/" + pump->topic().name + "/" + pump->name(),
                   {kMaxSubscriberMessage, 0}),
         pump_(std::move(pump)) {
@@ -152,7 +152,8 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
 
 // `socket` (of the relay's loop) as a socket of `loop`: the same connection, now watched by
 // that loop's reactor. Nothing is buffered past an upgrade request (the client waits for the
-// answer), so nothing is lost. On failure `ec` is set and the connection closed.
+// answer), so nothing is lost; a TLS session follows its connection (see tls.hpp). On failure
+// `ec` is set and the connection closed.
 boost::asio::ip::tcp::socket move_to(IoThread& loop, boost::asio::ip::tcp::socket& socket,
                                      boost::system::error_code& ec) {
   if (socket.get_executor() == boost::asio::any_io_executor(loop.context().get_executor()))
@@ -165,17 +166,16 @@ boost::asio::ip::tcp::socket move_to(IoThread& loop, boost::asio::ip::tcp::socke
   return moved;
 }
 
-// The subscriber's socket on its loop, with its send buffer bounded if configured.
-Outcome<boost::asio::ip::tcp::socket> hand_over(RelayCore& core, IoThread& loop,
-                                                boost::asio::ip::tcp::socket& socket) {
+// The subscriber's connection on its loop, with its send buffer bounded if configured.
+Outcome<Connection> hand_over(RelayCore& core, IoThread& loop, Connection& connection) {
   boost::system::error_code ec;
-  auto own = move_to(loop, socket, ec);
+  Connection own{move_to(loop, connection.socket, ec), std::move(connection.tls)};
   if (ec) {
     return Refusal{RefusalKind::internal,
                    "cannot hand the connection to an I/O thread: " + ec.message()};
   }
   if (core.config.viewer_send_buffer_bytes > 0) {  // (a bound on what waits in the kernel)
-    own.set_option(boost::asio::socket_base::send_buffer_size(
+    own.socket.set_option(boost::asio::socket_base::send_buffer_size(
                        static_cast<int>(core.config.viewer_send_buffer_bytes)),
                    ec);
     if (ec) {
@@ -191,8 +191,7 @@ Outcome<boost::asio::ip::tcp::socket> hand_over(RelayCore& core, IoThread& loop,
 }  // namespace
 
 std::optional<HttpResponse> ws_subscribe(RelayCore& core, SessionSlot slot, const WsRoute& route,
-                                         const HttpTarget& target,
-                                         boost::asio::ip::tcp::socket& socket,
+                                         const HttpTarget& target, Connection& connection,
                                          HttpServer::Request& request) {
   const auto depth =
       target.count("depth", std::numeric_limits<std::uint64_t>::max(), "the topic's capacity");
@@ -202,7 +201,7 @@ std::optional<HttpResponse> ws_subscribe(RelayCore& core, SessionSlot slot, cons
                            /*kernel_unsent=*/true);
   if (!pump) return http_refusal(core, pump.refusal());
   IoThread& loop = core.loops.subscriber_loop();
-  auto own = hand_over(core, loop, socket);
+  auto own = hand_over(core, loop, connection);
   if (!own) return http_refusal(core, own.refusal());
   auto subscriber = std::make_shared<WsSubscriber>(core, loop, std::move(slot), std::move(*own),
                                                    std::move(*pump));

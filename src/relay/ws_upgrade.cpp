@@ -7,11 +7,11 @@
 
 namespace sluice::relay {
 
-std::optional<HttpResponse> ws_upgrade(RelayCore& core, boost::asio::ip::tcp::socket& socket,
-                                       HttpServer::Request& request) {
+std::optional<HttpResponse> ws_upgrade(RelayCore& core, Connection& connection,
+                                       HttpServer::Request& request, const HttpPeer& peer) {
   const auto target =
       HttpTarget::parse(std::string_view(request.target().data(), request.target().size()));
-  auto who = http_caller(core, request, target);
+  auto who = http_caller(core, request, target, peer.certificate_cn);
   if (!who) return http_refusal(core, who.refusal());
   auto route = ws_route(target);
   if (!route) return http_refusal(core, route.refusal());
@@ -19,17 +19,17 @@ std::optional<HttpResponse> ws_upgrade(RelayCore& core, boost::asio::ip::tcp::so
   static constexpr SessionRole kRoles[] = {SessionRole::publisher, SessionRole::subscriber,
                                            SessionRole::worker};  // by WsEndpoint
   boost::system::error_code ec;
-  const auto peer = socket.remote_endpoint(ec);
+  const auto address = connection.socket.remote_endpoint(ec);
   auto slot = core.admission.admit(kRoles[static_cast<std::size_t>(route->endpoint)],
-                                   ec ? std::string("?") : peer.address().to_string());
+                                   ec ? std::string("?") : address.address().to_string());
   if (!slot) return http_refusal(core, slot.refusal());
   switch (route->endpoint) {
     case WsEndpoint::publish:
-      return ws_publish(core, std::move(*slot), *route, socket, request);
+      return ws_publish(core, std::move(*slot), *route, connection, request);
     case WsEndpoint::subscribe:
-      return ws_subscribe(core, std::move(*slot), *route, target, socket, request);
+      return ws_subscribe(core, std::move(*slot), *route, target, connection, request);
     case WsEndpoint::work:
-      return ws_work(core, std::move(*slot), *route, target, socket, request);
+      return ws_work(core, std::move(*slot), *route, target, connection, request);
   }
   return http_refusal(core, {RefusalKind::not_found, "no such WebSocket endpoint"});
 }

@@ -9,9 +9,9 @@
 
 namespace sluice::relay {
 
-/// Starts the session `request` asks for on `socket` (nullopt), or answers why not.
+/// Starts the session `request` asks for on `connection` (nullopt), or answers why not.
 /// On the relay's main loop.
-std::optional<HttpResponse> ws_upgrade(RelayCore& core, boost::asio::ip::tcp::socket& socket,
-                                       HttpServer::Request& request);
+std::optional<HttpResponse> ws_upgrade(RelayCore& core, Connection& connection,
+                                       HttpServer::Request& request, const HttpPeer& peer);
 
 }  // namespace sluice::relay

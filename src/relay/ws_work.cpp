@@ -23,9 +23,9 @@ namespace {
 class WsWorker final : public WsSession<WsWorker> {
  public:
   // A worker's results are frames like a publisher's: read ahead, bounded by Beast's limit.
-  WsWorker(RelayCore& core, SessionSlot slot, boost::asio::ip::tcp::socket socket,
+  WsWorker(RelayCore& core, SessionSlot slot, Connection connection,
            std::unique_ptr<WorkerSession> worker, const std::string& name)
-      : WsSession(core, core.loops.main(), std::move(slot), std::move(socket), "ws-worker/" + name,
+      : WsSession(core, core.loops.main(), std::move(slot), std::move(connection), "ws-worker/" + name,
                   {core.config.max_frame_bytes + ws::kFrameHeaderBytes, std::size_t{64} * 1024}),
         worker_(std::move(worker)) {}
 
@@ -97,7 +97,7 @@ class WsWorker final : public WsSession<WsWorker> {
 }  // namespace
 
 std::optional<HttpResponse> ws_work(RelayCore& core, SessionSlot slot, const WsRoute& route,
-                                    const HttpTarget& target, boost::asio::ip::tcp::socket& socket,
+                                    const HttpTarget& target, Connection& connection,
                                     HttpServer::Request& request) {
   const auto concurrency = target.count("concurrency", WorkerSession::kMaxConcurrency,
                                         std::to_string(WorkerSession::kMaxConcurrency));
@@ -106,7 +106,7 @@ std::optional<HttpResponse> ws_work(RelayCore& core, SessionSlot slot, const WsR
   const std::string name = target.param("name");
   if (auto refusal = worker->join({route.who, route.topic, name, *concurrency}))
     return http_refusal(core, *refusal);
-  auto session = std::make_shared<WsWorker>(core, std::move(slot), std::move(socket),
+  auto session = std::make_shared<WsWorker>(core, std::move(slot), std::move(connection),
                                             std::move(worker), route.topic + "/" + name);
   session->expire_with(*route.who);
   session->start(std::move(request));

@@ -1,19 +1,29 @@
-// TLS on the gRPC port, with certificates made at test time by the openssl command: a client
+// TLS on both ports, with certificates made at test time by the openssl command. gRPC: a client
 // that trusts the relay's CA publishes and subscribes (the C++ SDK's TlsOptions); a plaintext
 // client and one trusting another CA fail cleanly, and the relay serves on; under mutual TLS
 // a client without a certificate is refused and one with a certificate names its principal.
+// HTTP/WebSocket: https and wss carry requests and frames (a subscriber on another event loop
+// than the one that read its request); a plaintext client gets a 400 saying what the port
+// speaks; mutual TLS names the principal; a certificate reload keeps open sessions.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
-#include <unistd.h>
 
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
+#include <boost/beast/websocket/ssl.hpp>
 #include <chrono>
-#include <cstdlib>
-#include <fstream>
-#include <sstream>
+#include <filesystem>
+#include <thread>
+#include <vector>
 #include <string>
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 
 #include "loopback.hpp"
+#include "test_certificates.hpp"
 #include "sluice/client/client.hpp"
 #include "sluice/relay/server.hpp"
 #include "sluice/v1/relay.grpc.pb.h"
@@ -22,31 +32,7 @@ namespace sluice {
 namespace {
 
 using namespace std::chrono_literals;
-
-// A CA, a relay certificate for 127.0.0.1 it signs, a client certificate (CN camera-1) it
-// signs, and another CA; in a temporary directory (scripts/make-test-certs.sh).
-struct Certificates {
-  Certificates() {
-    char name[] = "/tmp/sluice_tls_XXXXXX";
-    dir = mkdtemp(name);
-    ok = std::system(
-             (std::string(SLUICE_SOURCE_DIR "/scripts/make-test-certs.sh ") + dir).c_str()) == 0;
-  }
-  Certificates(const Certificates&) = delete;
-  Certificates& operator=(const Certificates&) = delete;
-  Certificates(Certificates&&) = delete;
-  Certificates& operator=(Certificates&&) = delete;
-  ~Certificates() { (void)std::system(("rm -rf " + dir).c_str()); }
-  std::string path(const std::string& file) const { return dir + "/" + file; }
-  std::string read(const std::string& file) const {
-    std::ifstream in(path(file));
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
-  }
-  std::string dir;
-  bool ok = false;
-};
+using testing::Certificates;
 
 RelayConfig tls_config(const Certificates& certs, bool mutual) {
   RelayConfig c = testing::loopback();
@@ -135,6 +121,224 @@ TEST(RelayTls, MutualTlsRefusesClientsWithoutACertificateAndNamesThePrincipal) {
   client::Publisher pub(po);
   EXPECT_TRUE(pub.publish(Buffer(std::string("frame"))).ok());
   EXPECT_TRUE(pub.close().ok());
+}
+
+// ---- https and wss on the HTTP port ----
+
+namespace ssl = boost::asio::ssl;
+namespace http = boost::beast::http;
+namespace websocket = boost::beast::websocket;
+using boost::asio::ip::tcp;
+
+// A TLS client context trusting `ca` (a file of `certs`), with the client certificate if asked.
+std::unique_ptr<ssl::context> client_context(const Certificates& certs, const std::string& ca,
+                                             bool client_certificate = false) {
+  auto ctx = std::make_unique<ssl::context>(ssl::context::tls_client);
+  ctx->load_verify_file(certs.path(ca));
+  ctx->set_verify_mode(ssl::verify_peer);
+  if (client_certificate) {
+    ctx->use_certificate_chain_file(certs.path("client.pem"));
+    ctx->use_private_key_file(certs.path("client.key"), ssl::context::pem);
+  }
+  return ctx;
+}
+
+struct HttpsAnswer {
+  boost::system::error_code ec;  // the handshake's or the exchange's error, if any
+  unsigned status = 0;
+  std::string body;
+};
+
+// GET https://127.0.0.1:port/target as a client trusting `ca`.
+HttpsAnswer https_get(std::uint16_t port, const std::string& target, const Certificates& certs,
+                      const std::string& ca = "ca.pem", bool client_certificate = false) {
+  boost::asio::io_context io;
+  auto ctx = client_context(certs, ca, client_certificate);
+  ssl::stream<tcp::socket> stream(io, *ctx);
+  HttpsAnswer a;
+  stream.next_layer().connect({boost::asio::ip::make_address("127.0.0.1"), port});
+  stream.set_verify_callback(ssl::host_name_verification("127.0.0.1"));
+  stream.handshake(ssl::stream_base::client, a.ec);
+  if (a.ec) return a;
+  http::request<http::empty_body> req{http::verb::get, target, 11};
+  req.set(http::field::host, "127.0.0.1");
+  http::write(stream, req, a.ec);
+  if (a.ec) return a;
+  boost::beast::flat_buffer buffer;
+  http::response<http::string_body> res;
+  http::read(stream, buffer, res, a.ec);
+  if (a.ec && a.ec != ssl::error::stream_truncated) return a;
+  a.ec = {};
+  a.status = res.result_int();
+  a.body = res.body();
+  return a;
+}
+
+// The value of the first sample of `name` whose line contains `has`, from /metrics over https.
+double https_metric(std::uint16_t port, const Certificates& certs, const std::string& name,
+                    const std::string& has = "") {
+  std::istringstream text(https_get(port, "/metrics", certs).body);
+  for (std::string line; std::getline(text, line);) {
+    if (line.rfind(name, 0) == 0 && line.find(has) != std::string::npos)
+      return std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return -1;
+}
+
+// A wss:// client (Beast over Asio's TLS stream).
+struct WssClient {
+  explicit WssClient(const Certificates& certs, const std::string& ca = "ca.pem",
+                     bool client_certificate = false)
+      : ctx(client_context(certs, ca, client_certificate)), ws(io, *ctx) {}
+  boost::system::error_code connect(std::uint16_t port, const std::string& target) {
+    boost::system::error_code ec;
+    boost::beast::get_lowest_layer(ws).connect({boost::asio::ip::make_address("127.0.0.1"), port},
+                                               ec);
+    if (!ec) ws.next_layer().handshake(ssl::stream_base::client, ec);
+    if (!ec) ws.handshake("127.0.0.1", target, ec);
+    return ec;
+  }
+  void send(const std::string& bytes) {
+    ws.binary(true);
+    ws.write(boost::asio::buffer(bytes));
+  }
+  // The next binary message (text events skipped).
+  std::string next_frame() {
+    for (;;) {
+      boost::beast::flat_buffer b;
+      ws.read(b);
+      if (!ws.got_text()) return boost::beast::buffers_to_string(b.data());
+    }
+  }
+  boost::asio::io_context io;
+  std::unique_ptr<ssl::context> ctx;
+  websocket::stream<ssl::stream<tcp::socket>> ws;
+};
+
+std::string frame_of(std::uint64_t index, const std::string& payload) {
+  const auto header = ws::encode({index, static_cast<std::int64_t>(index)});
+  return std::string(header.begin(), header.end()) + payload;
+}
+
+TEST(RelayTls, HttpsAndWssCarryRequestsAndFramesAPlaintextClientIsToldWhatThePortSpeaks) {
+  const Certificates certs;
+  ASSERT_TRUE(certs.ok) << "openssl could not make the test certificates";
+  RelayConfig c = tls_config(certs, /*mutual=*/false);
+  c.threads = 2;  // the subscriber is served by the loop that did not read its request
+  RelayServer relay(c);
+  relay.start();
+  const auto port = relay.http_port();
+
+  const auto health = https_get(port, "/healthz", certs);
+  ASSERT_FALSE(health.ec) << health.ec.message();
+  EXPECT_EQ(health.status, 200U);
+  EXPECT_EQ(health.body, "ok\n");
+  EXPECT_EQ(https_get(port, "/v1/stats", certs).status, 200U);
+
+  WssClient sub(certs);
+  ASSERT_FALSE(sub.connect(port, "/v1/ws/subscribe/cam?depth=512"));
+  WssClient pub(certs);
+  ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/cam"));
+  // Small frames (batched into shared TLS records), then large ones (many records each).
+  std::vector<std::string> sent;
+  for (std::uint64_t i = 0; i < 200; ++i) sent.push_back(frame_of(i, std::string(100, 'a' + i % 26)));
+  for (std::uint64_t i = 200; i < 203; ++i) sent.push_back(frame_of(i, std::string(1 << 20, 'A' + i % 26)));
+  std::thread producer([&] {
+    for (const auto& f : sent) pub.send(f);
+  });
+  std::size_t intact = 0;  // frames received whole, in order (the relay stamps its own time)
+  for (const auto& f : sent) {
+    const auto got = sub.next_frame();
+    if (got.size() != f.size() || ws::decode(got.data()).index != ws::decode(f.data()).index ||
+        got.compare(ws::kFrameHeaderBytes, std::string::npos, f, ws::kFrameHeaderBytes) != 0)
+      break;
+    ++intact;
+  }
+  producer.join();
+  EXPECT_EQ(intact, sent.size());
+
+  // Plain HTTP to the TLS port: a plaintext 400 that says so; counted.
+  const auto [status, body] = testing::http_get(port, "/healthz");
+  EXPECT_EQ(status, 400U);
+  EXPECT_NE(body.find("this port speaks TLS"), std::string::npos) << body;
+  EXPECT_EQ(https_metric(port, certs, "sluice_tls_handshake_failures_total", "plaintext"), 1);
+
+  // A client trusting another CA fails its handshake; the relay serves on, sessions untouched.
+  EXPECT_TRUE(https_get(port, "/healthz", certs, "other.pem").ec);
+  EXPECT_EQ(https_get(port, "/healthz", certs).status, 200U);
+  pub.send(frame_of(203, "still here"));
+  EXPECT_EQ(sub.next_frame().substr(ws::kFrameHeaderBytes), "still here");
+}
+
+TEST(RelayTls, MutualTlsOnTheHttpPortNamesThePrincipalFromTheCertificate) {
+  const Certificates certs;
+  ASSERT_TRUE(certs.ok) << "openssl could not make the test certificates";
+  RelayConfig c = tls_config(certs, /*mutual=*/true);
+  PrincipalConfig camera;
+  camera.name = "camera";
+  camera.certificate_cn = "camera-1";
+  camera.publish = {"camera.*"};
+  c.principals.push_back(camera);
+  RelayServer relay(c);
+  relay.start();
+  const auto port = relay.http_port();
+
+  // No certificate: no answer (TLS 1.3 reports the refusal after the client's handshake).
+  const auto anonymous = https_get(port, "/healthz", certs);
+  EXPECT_TRUE(anonymous.ec);
+  EXPECT_EQ(anonymous.status, 0U);
+
+  WssClient allowed(certs, "ca.pem", /*client_certificate=*/true);
+  EXPECT_FALSE(allowed.connect(port, "/v1/ws/publish/camera.front"));
+  const auto stats = https_get(port, "/v1/stats", certs, "ca.pem", /*client_certificate=*/true);
+  EXPECT_EQ(stats.status, 403U);
+  EXPECT_NE(stats.body.find("principal 'camera'"), std::string::npos) << stats.body;
+}
+
+// Copies the relay certificate and key of `from` over those the relay was configured with.
+void replace_certificate(const Certificates& from, const Certificates& into) {
+  namespace fs = std::filesystem;
+  for (const char* f : {"relay.pem", "relay.key"})
+    fs::copy_file(from.path(f), into.path(f), fs::copy_options::overwrite_existing);
+}
+
+TEST(RelayTls, ReloadedCertificatesServeNewConnectionsOpenSessionsCarryOn) {
+  const Certificates certs;
+  const Certificates renewed;  // another CA, and a relay certificate it signed
+  ASSERT_TRUE(certs.ok && renewed.ok) << "openssl could not make the test certificates";
+  RelayServer relay(tls_config(certs, /*mutual=*/false));
+  relay.start();
+  const auto port = relay.http_port();
+  WssClient sub(certs);
+  ASSERT_FALSE(sub.connect(port, "/v1/ws/subscribe/cam"));
+
+  replace_certificate(renewed, certs);
+  EXPECT_EQ(relay.reload_certificates(), "");
+  // New connections get the new certificate; the open session carries on.
+  EXPECT_TRUE(https_get(port, "/healthz", certs).ec);
+  EXPECT_EQ(https_get(port, "/healthz", renewed).status, 200U);
+  WssClient pub(renewed);
+  ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/cam"));
+  pub.send(frame_of(1, "after the reload"));
+  EXPECT_EQ(sub.next_frame().substr(ws::kFrameHeaderBytes), "after the reload");
+  EXPECT_EQ(https_metric(port, renewed, "sluice_tls_reloads_total", "ok"), 1);
+
+  // A broken key: the reload is refused, naming the setting; the port keeps its certificate.
+  std::ofstream(certs.path("relay.key")) << "not a key\n";
+  const auto problem = relay.reload_certificates();
+  EXPECT_NE(problem.find("server.tls_key_file"), std::string::npos) << problem;
+  EXPECT_EQ(https_get(port, "/healthz", renewed).status, 200U);
+
+  // gRPC rereads the files itself: within seconds a client trusting the new CA gets through.
+  replace_certificate(renewed, certs);
+  grpc::SslCredentialsOptions trusting;
+  trusting.pem_root_certs = renewed.read("ca.pem");
+  bool through = false;
+  for (int i = 0; i < 100 && !through; ++i) {
+    through = stats(relay.grpc_port(), grpc::SslCredentials(trusting)).ok();
+    if (!through) std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_TRUE(through) << "gRPC never presented the renewed certificate";
 }
 
 }  // namespace

@@ -38,6 +38,11 @@ class RelayServer {
   std::uint16_t grpc_port() const;
   /// The bound HTTP port (/metrics, /healthz, /v1/stats).
   std::uint16_t http_port() const;
+  /// Reads server.tls_cert_file, server.tls_key_file and server.tls_client_ca_file again for
+  /// the HTTP/WebSocket port (what `sluice serve` does on SIGHUP): new connections get the new
+  /// certificate, open sessions keep theirs. "" on success, else why (the port keeps the
+  /// certificate it had). The gRPC port rereads the same files by itself within a second.
+  std::string reload_certificates();
   /// Topics, their subscribers and counters, as JSON.
   std::string stats_json() const;
 
