@@ -55,8 +55,8 @@ check-locks: build
 	python3 scripts/check-locks.py build
 
 # ThreadSanitizer covers the core (label "core"): everything with threads and atomics; and the
-# relay's WebSocket sessions, whose viewers run on several event-loop threads, and its frame
-# pool, whose blocks come back from any thread (races inside Debian's uninstrumented gRPC and
+# relay's WebSocket sessions (plaintext and TLS), whose viewers run on several event-loop
+# threads, and its frame pool, whose blocks come back from any thread (races inside Debian's uninstrumented gRPC and
 # Abseil are suppressed: tests/tsan.supp).
 TSAN_ENV = TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan.supp"
 test-tsan: deps
@@ -64,7 +64,8 @@ test-tsan: deps
 	  -DSLUICE_SANITIZE=thread -DSLUICE_BUILD_BENCH=OFF
 	cmake --build build-tsan -j $(JOBS)
 	cd build-tsan && SLUICE_STRESS_ITEMS=$(SAN_STRESS_ITEMS) $(TSAN_ENV) $(CTEST) -L core
-	cd build-tsan && $(TSAN_ENV) $(CTEST) -R '^(RelayWs|CoalescingSocket|FrameBuffer|FramePool)\.'
+	cd build-tsan && $(TSAN_ENV) $(CTEST) \
+	  -R '^(RelayWs\.|RelayTls\.(Https|MutualTlsOnTheHttp)|CoalescingSocket\.|FrameBuffer\.|FramePool\.)'
 
 # AddressSanitizer + UndefinedBehaviorSanitizer cover the whole suite.
 test-asan: deps

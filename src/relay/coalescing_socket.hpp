@@ -463,14 +463,16 @@ class CoalescingSocket {
       return;
     }
     const std::size_t n = boost::asio::buffer_size(buffers);
-    if (n <= s.options.copy_max && s.batch.size() + n <= s.options.batch_bytes) {
+    // (Not past a write that waits: bytes leave in the order of the calls.)
+    if (s.waiters.empty() && n <= s.options.copy_max &&
+        s.batch.size() + n <= s.options.batch_bytes) {
       append(s, buffers);
       s.last_batched = true;
       post_completion(s, ex, std::move(h), {}, n);
       schedule_flush(st, ex);
       return;
     }
-    if (s.flushing) {  // both batches full, or too large to copy: after the write in flight
+    if (s.flushing || !s.waiters.empty()) {  // after the write in flight (and those waiting)
       auto hp = std::make_shared<Handler>(std::move(h));
       s.waiters.emplace_back(
           [st, ex, buffers, hp](error_code) { start_write(st, ex, buffers, std::move(*hp)); });

@@ -1,8 +1,11 @@
 // The relay's socket layer under Beast (src/relay/coalescing_socket.hpp), on real loopback TCP:
 // writes stay whole and in order whatever their sizes and however many writers share the
 // socket; small writes wait for the round's flush; reads ahead serve small reads; a WebSocket
-// on top closes after its last message; destroying it mid-write is safe.
+// on top closes after its last message; destroying it mid-write is safe; over TLS the same
+// (a TLS session handed over with its connection).
 #include "relay/coalescing_socket.hpp"
+
+#include "test_certificates.hpp"
 
 #include <gtest/gtest.h>
 #include <sys/socket.h>
@@ -13,6 +16,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/buffers_to_string.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -33,6 +37,7 @@ namespace {
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 using error_code = boost::system::error_code;
+namespace ssl = asio::ssl;
 
 // A connected pair of loopback sockets on `io`.
 std::pair<tcp::socket, tcp::socket> connected_pair(asio::io_context& io) {
@@ -372,6 +377,82 @@ TEST(CoalescingSocket, DestroyedWithWritesInFlightItsHandlersSeeAbortedAndNothin
   EXPECT_TRUE(small_done);
   EXPECT_EQ(big_ec, asio::error::operation_aborted);
   EXPECT_EQ(small_ec, asio::error::operation_aborted);
+}
+
+// A TLS connection on loopback: the server side as the HTTP port hands it over (a Connection
+// whose session has done its handshake), the client side an Asio TLS stream.
+struct TlsPair {
+  explicit TlsPair(asio::io_context& io, const testing::Certificates& certs)
+      : server_ctx(ssl::context::tls_server),
+        client_ctx(ssl::context::tls_client),
+        sockets(connected_pair(io)),
+        server{std::move(sockets.first), nullptr} {
+    server_ctx.use_certificate_chain_file(certs.path("relay.pem"));
+    server_ctx.use_private_key_file(certs.path("relay.key"), ssl::context::pem);
+    client_ctx.load_verify_file(certs.path("ca.pem"));
+    client_ctx.set_verify_mode(ssl::verify_peer);
+    server.tls = std::make_unique<TlsStream>(server.socket, server_ctx);
+    client = std::make_unique<ssl::stream<tcp::socket>>(std::move(sockets.second), client_ctx);
+    error_code server_ec;
+    error_code client_ec;
+    server.tls->async_handshake(ssl::stream_base::server, [&](error_code ec) { server_ec = ec; });
+    client->async_handshake(ssl::stream_base::client, [&](error_code ec) { client_ec = ec; });
+    io.run();
+    io.restart();
+    ok = !server_ec && !client_ec;
+  }
+  ssl::context server_ctx;
+  ssl::context client_ctx;
+  std::pair<tcp::socket, tcp::socket> sockets;
+  Connection server;
+  std::unique_ptr<ssl::stream<tcp::socket>> client;
+  bool ok = false;
+};
+
+TEST(CoalescingSocket, OverTlsWritesStayWholeAndInOrderAndDestroyingItMidWriteIsSafe) {
+  const testing::Certificates certs;
+  ASSERT_TRUE(certs.ok) << "openssl could not make the test certificates";
+  asio::io_context io;
+  TlsPair pair(io, certs);
+  ASSERT_TRUE(pair.ok);
+  auto s = std::make_unique<CoalescingSocket>(std::move(pair.server), CoalescingSocket::Options{});
+  ASSERT_TRUE(s->tls());
+  // Small writes (batched into one TLS record) and large ones (many records, not copied).
+  std::string sent;
+  std::vector<std::shared_ptr<std::string>> held;
+  int completed = 0;
+  for (std::uint32_t i = 0; i < 300; ++i) {
+    held.push_back(std::make_shared<std::string>(record(0, i, i % 50 == 0 ? (1 << 20) : 60)));
+    sent += *held.back();
+    s->async_write_some(asio::buffer(*held.back()), [&](error_code ec, std::size_t) {
+      EXPECT_FALSE(ec) << ec.message();
+      ++completed;
+    });
+  }
+  std::string received(sent.size(), '\0');
+  error_code read_ec;
+  asio::async_read(*pair.client, asio::buffer(received),
+                   [&](error_code ec, std::size_t) { read_ec = ec; });
+  io.run_for(std::chrono::seconds(20));
+  io.restart();
+  EXPECT_EQ(completed, 300);
+  EXPECT_FALSE(read_ec) << read_ec.message();
+  EXPECT_TRUE(received == sent) << "the bytes that came out of TLS differ from those written";
+
+  // The peer stops reading; a large write stays in flight; destroying the socket ends it.
+  const auto big = std::make_shared<std::string>(32 << 20, 'x');
+  error_code big_ec;
+  bool big_done = false;
+  s->async_write_some(asio::buffer(*big), [&, big](error_code ec, std::size_t) {
+    big_ec = ec;
+    big_done = true;
+  });
+  io.run_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(big_done);
+  s.reset();
+  io.run_for(std::chrono::milliseconds(200));
+  EXPECT_TRUE(big_done);
+  EXPECT_TRUE(big_ec);
 }
 
 TEST(CoalescingSocket, SynchronousBatchingWaitsForFlush) {
