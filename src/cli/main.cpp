@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 
@@ -15,7 +16,7 @@
 
 namespace {
 
-// TLS to the relay's gRPC port (docs/security.md).
+// TLS to the relay (docs/security.md).
 void add_tls_options(CLI::App& cmd, sluice::client::TlsOptions& tls) {
   cmd.add_option("--tls-ca", tls.ca_file, "The CA of the relay's certificate: TLS on (PEM)")
       ->envname("SLUICE_TLS_CA");
@@ -56,7 +57,7 @@ struct ConfigCommand {
     return 0;
   }
 
-  // `sluice serve`: runs the relay until SIGINT or SIGTERM.
+  // `sluice serve`: runs the relay until SIGINT or SIGTERM; SIGHUP reloads its certificates.
   int serve() const {
     const auto config = load();
     if (!config) return 2;
@@ -64,6 +65,7 @@ struct ConfigCommand {
     sigemptyset(&signals);
     sigaddset(&signals, SIGINT);
     sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // before any thread starts
     std::optional<sluice::RelayServer> relay;
     try {
@@ -79,7 +81,18 @@ struct ConfigCommand {
                 config->host.c_str(), server.grpc_port(), config->host.c_str(), server.http_port());
     std::fflush(stdout);
     int sig = 0;
-    sigwait(&signals, &sig);
+    for (;;) {
+      sigwait(&signals, &sig);
+      if (sig != SIGHUP) break;
+      const std::string problem = server.reload_certificates();
+      if (problem.empty()) {
+        std::printf("{\"event\":\"certificates_reloaded\"}\n");
+      } else {
+        std::printf("{\"event\":\"certificates_not_reloaded\",\"why\":%s}\n",
+                    nlohmann::json(problem).dump().c_str());
+      }
+      std::fflush(stdout);
+    }
     std::printf("{\"event\":\"stopping\",\"signal\":%d}\n", sig);
     std::fflush(stdout);
     server.shutdown();
@@ -112,8 +125,8 @@ int main(int argc, char** argv) {
   ConfigCommand serve;
   auto* serve_cmd =
       app.add_subcommand("serve",
-                         "Run the relay (gRPC) with the configuration of `sluice config`; stops on "
-                         "SIGINT/SIGTERM");
+                         "Run the relay with the configuration of `sluice config`; stops on "
+                         "SIGINT/SIGTERM, reloads its TLS certificates on SIGHUP");
   serve.add(serve_cmd);
 
   sluice::cli::PubOptions pub;
@@ -163,6 +176,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1U, 1024U));
   worker_cmd->add_option("--token", worker.token, "The relay's bearer token (docs/security.md)")
       ->envname("SLUICE_TOKEN");
+  add_tls_options(*worker_cmd, worker.tls);  // (wss://)
   sluice::cli::ImageModelOptions model;
   worker_cmd->add_option("--width", model.width, "Frame width in pixels (0: one row)");
   worker_cmd->add_option("--height", model.height, "Frame height in pixels (0: from the size)");

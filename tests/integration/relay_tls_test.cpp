@@ -25,6 +25,7 @@
 #include "loopback.hpp"
 #include "test_certificates.hpp"
 #include "sluice/client/client.hpp"
+#include "sluice/client/stage_worker.hpp"
 #include "sluice/relay/server.hpp"
 #include "sluice/v1/relay.grpc.pb.h"
 
@@ -339,6 +340,56 @@ TEST(RelayTls, ReloadedCertificatesServeNewConnectionsOpenSessionsCarryOn) {
     if (!through) std::this_thread::sleep_for(100ms);
   }
   EXPECT_TRUE(through) << "gRPC never presented the renewed certificate";
+}
+
+TEST(RelayTls, AStageWorkerWorksOverWssWithAClientCertificate) {
+  const Certificates certs;
+  ASSERT_TRUE(certs.ok) << "openssl could not make the test certificates";
+  RelayConfig c = tls_config(certs, /*mutual=*/true);
+  TopicConfig camera;
+  camera.name = "camera";
+  StageConfig st;
+  st.results_topic = "camera.results";
+  camera.stage = st;
+  c.topics.push_back(camera);
+  PrincipalConfig worker;
+  worker.name = "model";
+  worker.certificate_cn = "camera-1";
+  worker.work = {"camera"};
+  worker.publish = {"camera"};
+  worker.subscribe = {"camera.results"};
+  c.principals.push_back(worker);
+  RelayServer relay(c);
+  relay.start();
+  const auto port = relay.http_port();
+
+  StageWorkerOptions o;
+  o.port = port;
+  o.topic = "camera";
+  o.tls = {certs.path("ca.pem"), certs.path("client.pem"), certs.path("client.key")};
+  StageWorker w(o, [](const WorkFrame& f) { return "seen " + std::string(f.payload); });
+  w.connect();
+  std::thread serving([&] { w.run(); });
+  WssClient results(certs, "ca.pem", /*client_certificate=*/true);
+  ASSERT_FALSE(results.connect(port, "/v1/ws/subscribe/camera.results"));
+  WssClient producer(certs, "ca.pem", /*client_certificate=*/true);
+  ASSERT_FALSE(producer.connect(port, "/v1/ws/publish/camera"));
+  producer.send(frame_of(1, "frame one"));
+  EXPECT_EQ(results.next_frame().substr(ws::kFrameHeaderBytes), "seen frame one");
+  w.stop();
+  serving.join();
+  EXPECT_EQ(w.processed(), 1U);
+
+  // Without the CA the worker cannot connect, and says why.
+  StageWorkerOptions wrong = o;
+  wrong.tls.ca_file = certs.path("other.pem");
+  StageWorker refused(wrong, [](const WorkFrame&) { return std::string(); });
+  try {
+    refused.connect();
+    ADD_FAILURE() << "a worker trusting another CA connected";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("TLS handshake"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

@@ -38,6 +38,7 @@
 #include <string>
 
 #include "sluice/buffer.hpp"
+#include "sluice/client/tls.hpp"
 
 namespace sluice::client {
 
@@ -48,14 +49,6 @@ struct Status {
   bool ok() const noexcept { return code == 0; }
   /// "OK" or "RESOURCE_EXHAUSTED: <message>".
   std::string to_string() const;
-};
-
-/// TLS to the relay's gRPC port (PEM files): on when `ca_file` is set; `cert_file` and
-/// `key_file` are this client's certificate for mutual TLS (a relay with a client CA).
-struct TlsOptions {
-  std::string ca_file{};    // the CA that signed the relay's certificate
-  std::string cert_file{};  // mutual TLS: this client's certificate chain
-  std::string key_file{};   // mutual TLS: its key
 };
 
 struct PublisherOptions {

@@ -1,5 +1,5 @@
 // Sluice — StageWorker: a worker for a relay topic's processing stage, over WebSocket
-// (/v1/ws/work/{topic}). See docs/stages.md.
+// (/v1/ws/work/{topic}; wss:// with TlsOptions). See docs/stages.md.
 //
 // It joins the stage, then hands each frame the relay sends to a handler and answers with
 // what the handler returns (a result carrying the frame's header, published by the relay to
@@ -22,6 +22,8 @@
 #include <string>
 #include <string_view>
 
+#include "sluice/client/tls.hpp"
+
 namespace sluice {
 
 struct StageWorkerOptions {
@@ -31,6 +33,7 @@ struct StageWorkerOptions {
   std::string name = "worker";
   std::uint32_t concurrency = 1;  // frames the relay may send before an answer (1-1024)
   std::string token{};            // the relay's bearer token for this principal (empty: none)
+  client::TlsOptions tls{};       // wss:// (its CA set: on), mutual TLS with a certificate
 };
 
 /// A frame to process: its sequence and timestamp (the producer's) and its payload (valid
@@ -66,6 +69,10 @@ class StageWorker {
 
  private:
   struct Impl;
+  template <class Ws>
+  void handshake(Ws& ws);  // connects and joins over `ws` (plain or TLS)
+  template <class Ws>
+  void serve(Ws& ws);  // run()'s loop over `ws`
   StageWorkerOptions options_;
   WorkHandler handler_;
   std::atomic<std::uint64_t> processed_{0};
