@@ -1,7 +1,8 @@
 // Relay benchmarks R1 and R2 (see docs/benchmarks.md): the Sluice relay over gRPC and over
 // WebSocket against nats-server driven by the nats.c client, same machine, same run.
 //
-//   make bench-relay   (or ./build/bench/sluice_relay_bench [--quick] [--runs=N] [--only=...])
+//   make bench-relay   (or ./build/bench/sluice_relay_bench [--quick] [--runs=N] [--only=...]
+//                       [--secure: each system also over TLS, Sluice with a token too])
 //
 // R1  1 publisher -> 3 subscribers, as fast as possible, 1 KiB and 1 MiB payloads. Delivered
 //     bytes/s in total (3 x published bytes / time from the first publish to the last
@@ -35,6 +36,7 @@
 #include <array>
 #include <atomic>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/websocket.hpp>
 #include <chrono>
@@ -42,11 +44,13 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 #include <vector>
@@ -91,8 +95,8 @@ struct Result {
   double mb_per_s() const { return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e6 : 0; }
 };
 
-// The child nats-server (0: none), whose CPU time counts with its clients'.
-pid_t g_nats_pid = 0;
+// The child nats-servers, whose CPU time counts with their clients'.
+std::vector<pid_t> g_nats_pids;
 
 // CPU seconds used so far by this process (clients, and the in-process relay) and by
 // nats-server: both systems' runs are charged everything they make a CPU do, a figure less
@@ -102,8 +106,8 @@ double cpu_seconds() {
   getrusage(RUSAGE_SELF, &u);
   double s = static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
              static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
-  if (g_nats_pid > 0) {
-    std::ifstream stat("/proc/" + std::to_string(g_nats_pid) + "/stat");
+  for (const pid_t pid : g_nats_pids) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
     std::string line;
     std::getline(stat, line);
     const auto end = line.rfind(')');  // (the name may hold spaces): fields 14, 15 after it
@@ -232,29 +236,58 @@ sluice::relay::CoalescingSocket::Options viewer_socket() {
   return o;
 }
 
-bool ws_connect(WsClient& ws, std::uint16_t port, const std::string& target) {
+// A WebSocket client connected and upgraded (nullptr if that failed): wss:// with the
+// security's CA (the TLS session under the same socket layer), its token in the request.
+std::unique_ptr<WsClient> ws_connect(boost::asio::io_context& io,
+                                     const sluice::relay::CoalescingSocket::Options& options,
+                                     std::uint16_t port, const std::string& target,
+                                     const Security& security,
+                                     boost::asio::ssl::context* tls) {
   boost::beast::error_code ec;
-  auto& socket = boost::beast::get_lowest_layer(ws);
-  socket.connect({boost::asio::ip::make_address("127.0.0.1"), port}, ec);
+  sluice::relay::Connection c{boost::asio::ip::tcp::socket(io), nullptr};
+  c.socket.connect({boost::asio::ip::make_address("127.0.0.1"), port}, ec);
   // As the NATS and gRPC clients do: small messages leave at once (no Nagle delay).
-  if (!ec) socket.set_option(boost::asio::ip::tcp::no_delay(true), ec);
-  if (!ec) ws.handshake("127.0.0.1", target, ec);
-  return !ec;
+  if (!ec) c.socket.set_option(boost::asio::ip::tcp::no_delay(true), ec);
+  if (!ec && tls != nullptr) {
+    c.tls = std::make_unique<sluice::relay::TlsStream>(c.socket, *tls);
+    c.tls->handshake(boost::asio::ssl::stream_base::client, ec);
+  }
+  if (ec) return nullptr;
+  auto ws = std::make_unique<WsClient>(std::move(c), options);
+  if (!security.token.empty()) {
+    ws->set_option(websocket::stream_base::decorator(
+        [t = security.token](websocket::request_type& req) {
+          req.set(boost::beast::http::field::authorization, "Bearer " + t);
+        }));
+  }
+  ws->handshake("127.0.0.1", target, ec);
+  return ec ? nullptr : std::move(ws);
 }
 
-Result run_sluice_ws(std::uint16_t port, const Workload& w, int run) {
+// The client's TLS context for `security` (nullptr: plaintext).
+std::unique_ptr<boost::asio::ssl::context> ws_tls(const Security& security) {
+  if (security.tls.ca_file.empty()) return nullptr;
+  auto ctx = std::make_unique<boost::asio::ssl::context>(boost::asio::ssl::context::tls_client);
+  ctx->load_verify_file(security.tls.ca_file);
+  ctx->set_verify_mode(boost::asio::ssl::verify_peer);
+  return ctx;
+}
+
+Result run_sluice_ws(std::uint16_t port, const Workload& w, int run,
+                     const Security& security = {}) {
   std::string topic = "bench.ws.";
   topic.append(std::to_string(run));
   Sink sink;
   Result failed;
   std::vector<std::unique_ptr<boost::asio::io_context>> ios;
   std::vector<std::unique_ptr<WsClient>> viewers;
+  const auto tls = ws_tls(security);
   for (int i = 0; i < kSubscribers; ++i) {
     ios.push_back(std::make_unique<boost::asio::io_context>());
-    viewers.push_back(std::make_unique<WsClient>(*ios.back(), viewer_socket()));
     std::string target = "/v1/ws/subscribe/" + topic + "?name=v";
     target.append(std::to_string(i));
-    if (!ws_connect(*viewers.back(), port, target)) {
+    viewers.push_back(ws_connect(*ios.back(), viewer_socket(), port, target, security, tls.get()));
+    if (!viewers.back()) {
       failed.error = "cannot subscribe over WebSocket";
       return failed;
     }
@@ -278,13 +311,14 @@ Result run_sluice_ws(std::uint16_t port, const Workload& w, int run) {
     });
   }
   boost::asio::io_context pub_io;
-  WsClient pub(pub_io);
-  if (!ws_connect(pub, port, "/v1/ws/publish/" + topic)) {
+  auto publisher = ws_connect(pub_io, {}, port, "/v1/ws/publish/" + topic, security, tls.get());
+  if (!publisher) {
     failed.error = "cannot publish over WebSocket";
     for (auto& v : viewers) boost::beast::get_lowest_layer(*v).close();
     for (auto& t : readers) t.join();
     return failed;
   }
+  WsClient& pub = *publisher;
   pub.binary(true);
   pub.next_layer().sync_batch(true);
   std::string frame(sluice::ws::kFrameHeaderBytes + w.size, 'p');
@@ -430,13 +464,34 @@ std::uint16_t free_port() {
   return ntohs(a.sin_port);
 }
 
+// A connection to nats-server at `url`; over TLS trusting `ca` when it is set.
+natsStatus nats_connect(natsConnection** nc, const std::string& url, const std::string& ca) {
+  if (ca.empty()) return natsConnection_ConnectTo(nc, url.c_str());
+  natsOptions* o = nullptr;
+  natsStatus s = natsOptions_Create(&o);
+  if (s == NATS_OK) s = natsOptions_SetURL(o, url.c_str());
+  if (s == NATS_OK) s = natsOptions_SetSecure(o, true);
+  if (s == NATS_OK) s = natsOptions_LoadCATrustedCertificates(o, ca.c_str());
+  if (s == NATS_OK) s = natsConnection_Connect(nc, o);
+  natsOptions_Destroy(o);
+  return s;
+}
+
 class NatsServer {
  public:
-  NatsServer()
-      : port_(free_port()), conf_("/tmp/sluice-bench-nats-" + std::to_string(getpid()) + ".conf") {
+  // TLS (tls://) with `cert` and `key`, clients trusting `ca`, when they are set.
+  explicit NatsServer(const std::string& cert = "", const std::string& key = "",
+                      std::string ca = "")
+      : port_(free_port()),
+        conf_("/tmp/sluice-bench-nats-" + std::to_string(getpid()) + "-" +
+              std::to_string(port_) + ".conf"),
+        ca_(std::move(ca)) {
     // 1 MiB payloads need max_payload above the default 1 MB; and a roomier per-connection
     // buffer so that a subscriber momentarily behind is not cut off as a slow consumer.
-    std::ofstream(conf_) << "max_payload: 8388608\nmax_pending: 268435456\n";
+    std::ofstream conf(conf_);
+    conf << "max_payload: 8388608\nmax_pending: 268435456\n";
+    if (!cert.empty()) conf << "tls {\n  cert_file: \"" << cert << "\"\n  key_file: \"" << key << "\"\n}\n";
+    conf.close();
     const std::string port = std::to_string(port_);
     const char* argv[] = {"nats-server", "-a", "127.0.0.1",   "-p",
                           port.c_str(),  "-c", conf_.c_str(), nullptr};
@@ -445,11 +500,11 @@ class NatsServer {
       pid_ = 0;
       return;
     }
-    g_nats_pid = pid_;
-    url_ = "nats://127.0.0.1:" + port;
+    g_nats_pids.push_back(pid_);
+    url_ = (cert.empty() ? "nats://127.0.0.1:" : "tls://127.0.0.1:") + port;
     for (int i = 0; i < 100; ++i) {  // until it accepts connections
       natsConnection* nc = nullptr;
-      if (natsConnection_ConnectTo(&nc, url_.c_str()) == NATS_OK) {
+      if (nats_connect(&nc, url_, ca_) == NATS_OK) {
         natsConnection_Destroy(nc);
         ready_ = true;
         break;
@@ -463,7 +518,7 @@ class NatsServer {
   NatsServer& operator=(NatsServer&&) = delete;
   ~NatsServer() {
     if (pid_ > 0) {
-      g_nats_pid = 0;
+      std::erase(g_nats_pids, pid_);
       kill(pid_, SIGTERM);
       waitpid(pid_, nullptr, 0);
     }
@@ -471,11 +526,13 @@ class NatsServer {
   }
   bool ready() const { return ready_; }
   const std::string& url() const { return url_; }
+  const std::string& ca() const { return ca_; }  // (TLS: the CA clients trust)
 
  private:
   pid_t pid_ = 0;
   std::uint16_t port_;
   std::string conf_;
+  std::string ca_;
   std::string url_;
   bool ready_ = false;
 };
@@ -490,14 +547,15 @@ void on_nats_msg(natsConnection* /*nc*/, natsSubscription* /*sub*/, natsMsg* msg
   natsMsg_Destroy(msg);
 }
 
-Result run_nats(const std::string& url, const Workload& w, int run) {
+Result run_nats(const NatsServer& server, const Workload& w, int run) {
+  const std::string& url = server.url();
   const std::string subject = "bench." + std::to_string(run);
   Sink sink;
   Result failed;
   std::vector<natsConnection*> conns(kSubscribers, nullptr);
   std::vector<natsSubscription*> subs(kSubscribers, nullptr);
   for (int i = 0; i < kSubscribers; ++i) {
-    if (natsConnection_ConnectTo(&conns[i], url.c_str()) != NATS_OK ||
+    if (nats_connect(&conns[i], url, server.ca()) != NATS_OK ||
         natsConnection_Subscribe(&subs[i], conns[i], subject.c_str(), on_nats_msg, &sink) !=
             NATS_OK) {
       failed.error = "cannot subscribe";
@@ -507,7 +565,10 @@ Result run_nats(const std::string& url, const Workload& w, int run) {
     natsConnection_Flush(conns[i]);  // the server has the subscription
   }
   natsConnection* pub = nullptr;
-  natsConnection_ConnectTo(&pub, url.c_str());
+  if (nats_connect(&pub, url, server.ca()) != NATS_OK) {
+    failed.error = "cannot connect the publisher";
+    return failed;
+  }
   std::string payload(w.size, 'p');
   const std::int64_t start = now_ns();
   for (std::uint64_t i = 0; i < w.count; ++i) {
@@ -625,11 +686,11 @@ std::string throughput_ratio(const Runs& sluice, const Runs& nats) {
 
 void print_throughput(const char* who, const Runs& r, const Runs& nats) {
   if (!r.ran()) {
-    std::printf("      %-17s (not run: --only)\n", who);
+    std::printf("      %-22s (not run: --only)\n", who);
     return;
   }
   const bool peer = &r == &nats;  // (NATS itself: no ratio)
-  std::printf("      %-17s %8.1f MB/s  CPU %.2f s   runs %s MB/s%s%s%s\n", who, r.mb_per_s(),
+  std::printf("      %-22s %8.1f MB/s  CPU %.2f s   runs %s MB/s%s%s%s\n", who, r.mb_per_s(),
               r.cpu(), listed(r.values([](const Result& x) { return x.mb_per_s(); }), 1).c_str(),
               peer ? "" : "   ", peer ? "" : throughput_ratio(r, nats).c_str(),
               (r.lost() > 0 ? "  LOST " + std::to_string(r.lost()) : std::string()).c_str());
@@ -638,12 +699,12 @@ void print_throughput(const char* who, const Runs& r, const Runs& nats) {
 
 void print_latency(const char* who, const Runs& r) {
   if (!r.ran()) {
-    std::printf("      %-7s (not run: --only)\n", who);
+    std::printf("      %-22s (not run: --only)\n", who);
     return;
   }
   const HistogramSnapshot l = r.latency();
   std::printf(
-      "      %-7s p50 %8.1f us  p99 %8.1f us  max %8.1f us  (%llu received, %llu lost; CPU %.2f "
+      "      %-22s p50 %8.1f us  p99 %8.1f us  max %8.1f us  (%llu received, %llu lost; CPU %.2f "
       "s per run; p99 per run %s ms)%s\n",
       who, static_cast<double>(l.percentile(0.5)) / 1e3,
       static_cast<double>(l.percentile(0.99)) / 1e3, static_cast<double>(l.max()) / 1e3,
@@ -661,7 +722,7 @@ void print_latency(const char* who, const Runs& r) {
 
 int main(int argc, char** argv) {
   bool quick = false;
-  bool secure = false;   // --secure: the WebSocket slot runs gRPC over TLS with a token instead
+  bool secure = false;   // --secure: each system also over TLS (Sluice: and with a token)
   std::string only;      // --only=nats,grpc,ws,r1,r2 (default: all)
   unsigned threads = 0;  // --threads=N: the relay's server.threads (0: one per core)
   int repeat = 3;        // --runs=N: repetitions of each workload (--quick: 1)
@@ -710,22 +771,24 @@ int main(int argc, char** argv) {
   relay.start();
   const std::string target = "127.0.0.1:" + std::to_string(relay.grpc_port());
 
-  // --secure: a second relay with TLS on its gRPC port and a principal's token, whose cost is
-  // then measured against the plaintext relay in the same run (certificates made now).
+  // --secure: a second relay with TLS on both ports and a principal's token, and a second
+  // nats-server with TLS, whose costs are then measured against their plaintext selves in the
+  // same run (certificates made now).
   std::optional<sluice::RelayServer> secure_relay;
   std::string secure_target;
   Security security;
+  std::string certs;
   if (secure) {
     char dir[] = "/tmp/sluice_bench_tls_XXXXXX";
-    const std::string d = mkdtemp(dir);
-    if (std::system((std::string(SLUICE_SOURCE_DIR "/scripts/make-test-certs.sh ") + d).c_str()) !=
-        0) {
+    certs = mkdtemp(dir);
+    if (std::system((std::string(SLUICE_SOURCE_DIR "/scripts/make-test-certs.sh ") + certs)
+                        .c_str()) != 0) {
       std::printf("could not make certificates (is openssl installed?)\n");
       return 1;
     }
     sluice::RelayConfig sc = config;
-    sc.tls_cert_file = d + "/relay.pem";
-    sc.tls_key_file = d + "/relay.key";
+    sc.tls_cert_file = certs + "/relay.pem";
+    sc.tls_key_file = certs + "/relay.key";
     sluice::PrincipalConfig bench;
     bench.name = "bench";
     bench.token_sha256 = sluice::token_sha256("bench-token");
@@ -736,63 +799,102 @@ int main(int argc, char** argv) {
     secure_relay->start();
     secure_target = "127.0.0.1:" + std::to_string(secure_relay->grpc_port());
     security.token = "bench-token";
-    security.tls.ca_file = d + "/ca.pem";
+    security.tls.ca_file = certs + "/ca.pem";
   }
 
   NatsServer nats;
-  if (!nats.ready()) {
+  std::optional<NatsServer> nats_tls;
+  if (secure) nats_tls.emplace(certs + "/relay.pem", certs + "/relay.key", certs + "/ca.pem");
+  if (!nats.ready() || (nats_tls && !nats_tls->ready())) {
     std::printf("nats-server did not start (is the nats-server package installed?)\n");
     return 1;
   }
   std::printf(
       "Relay benchmarks: Sluice relay (gRPC, in-process, %s) vs nats-server (%s), %d "
-      "subscribers%s\n\n",
-      target.c_str(), nats.url().c_str(), kSubscribers, quick ? ", --quick" : "");
+      "subscribers%s%s\n\n",
+      target.c_str(), nats.url().c_str(), kSubscribers, quick ? ", --quick" : "",
+      secure ? ", --secure: each also over TLS (Sluice: with a token)" : "");
 
+  // The systems of this run, in the order printed; the first, NATS, is the peer of the ratios.
+  // With --secure each is followed by itself over TLS.
+  struct System {
+    std::string name;
+    const char* family;  // what --only names
+    std::function<Result(const Workload&)> run;
+    int plain = -1;  // a TLS system: its plaintext self (for the cost of TLS)
+    bool floor = false;
+  };
   int run = 0;
+  std::vector<System> systems;
+  systems.push_back({"NATS", "nats", [&](const Workload& w) { return run_nats(nats, w, ++run); }});
+  if (secure) {
+    systems.push_back({"NATS TLS", "nats",
+                       [&](const Workload& w) { return run_nats(*nats_tls, w, ++run); }, 0});
+  }
+  const int grpc_at = static_cast<int>(systems.size());
+  systems.push_back(
+      {"Sluice gRPC", "grpc", [&](const Workload& w) { return run_sluice(target, w, ++run); }});
+  if (secure) {
+    systems.push_back({"Sluice gRPC TLS+token", "grpc",
+                       [&](const Workload& w) {
+                         return run_sluice(secure_target, w, ++run, security);
+                       },
+                       grpc_at});
+  }
+  const int ws_at = static_cast<int>(systems.size());
+  systems.push_back({"Sluice WebSocket", "ws", [&](const Workload& w) {
+                       return run_sluice_ws(relay.http_port(), w, ++run);
+                     }});
+  if (secure) {
+    systems.push_back({"Sluice wss+token", "ws",
+                       [&](const Workload& w) {
+                         return run_sluice_ws(secure_relay->http_port(), w, ++run, security);
+                       },
+                       ws_at});
+  }
+  systems.push_back({"floor", "floor", [](const Workload& w) { return run_floor(w); }, -1, true});
+
   // A workload `repeat` times against each system (those --only names), the systems in turn,
-  // starting with a different one each time: NATS, Sluice gRPC, Sluice WebSocket, the floor.
+  // starting with a different one each time.
   const auto run_all = [&](const Workload& w, bool with_floor) {
-    std::array<Runs, 4> r;
+    const std::size_t n = systems.size();
+    std::vector<Runs> r(n);
     for (int rep = 0; rep < repeat; ++rep) {
-      for (int k = 0; k < 4; ++k) {
-        const int who = (k + rep) % 4;
-        Result x;
-        if (who == 0) {
-          x = runs("nats") ? charged([&] { return run_nats(nats.url(), w, ++run); }) : skipped();
-        } else if (who == 1) {
-          x = runs("grpc") ? charged([&] { return run_sluice(target, w, ++run); }) : skipped();
-        } else if (who == 2 && secure) {
-          x = runs("ws") ? charged([&] { return run_sluice(secure_target, w, ++run, security); })
-                         : skipped();
-        } else if (who == 2) {
-          x = runs("ws") ? charged([&] { return run_sluice_ws(relay.http_port(), w, ++run); })
-                         : skipped();
-        } else {
-          x = with_floor && runs("floor") ? charged([&] { return run_floor(w); }) : skipped();
-        }
-        r[who].each.push_back(std::move(x));
+      for (std::size_t k = 0; k < n; ++k) {
+        const std::size_t who = (k + static_cast<std::size_t>(rep)) % n;
+        const System& sys = systems[who];
+        const bool on = runs(sys.family) && (with_floor || !sys.floor);
+        r[who].each.push_back(on ? charged([&] { return sys.run(w); }) : skipped());
       }
     }
     return r;
+  };
+  // With --secure: what TLS (and the token) cost each system, against its plaintext self.
+  const auto tls_costs = [&](const std::vector<Runs>& r, const char* what, auto measure) {
+    for (std::size_t i = 0; i < systems.size(); ++i) {
+      const int p = systems[i].plain;
+      if (p < 0 || !r[i].ran() || !r[static_cast<std::size_t>(p)].ran()) continue;
+      std::printf("      %s over %s: %s %s\n", systems[i].name.c_str(),
+                  systems[static_cast<std::size_t>(p)].name.c_str(),
+                  times(measure(r[i]), measure(r[static_cast<std::size_t>(p)])).c_str(), what);
+    }
   };
   const std::uint64_t scale = quick ? 4 : 1;
   if (workload("r1")) {
     std::printf(
         "R1  1 publisher -> %d subscribers, as fast as possible; delivered MB/s in total (median "
-        "of %d run%s)\n",
-        kSubscribers, repeat, repeat == 1 ? "" : "s");
+        "of %d run%s)%s\n",
+        kSubscribers, repeat, repeat == 1 ? "" : "s",
+        secure ? "; ratios of the TLS rows against NATS TLS" : "");
     for (const Workload& w : {Workload{"1 KiB", 1024, 200'000 / scale, 0},
                               Workload{"1 MiB", 1 << 20, 400 / scale, 0}}) {
       std::printf("  %s x %llu\n", w.name, static_cast<unsigned long long>(w.count));
       const auto r = run_all(w, false);
-      print_throughput("NATS", r[0], r[0]);
-      print_throughput("Sluice gRPC", r[1], r[0]);
-      print_throughput(secure ? "Sluice gRPC TLS+token" : "Sluice WebSocket", r[2], r[0]);
-      if (secure && r[1].ran() && r[2].ran()) {
-        std::printf("      TLS+token over plaintext gRPC: %s of the throughput\n",
-                    times(r[2].mb_per_s(), r[1].mb_per_s()).c_str());
+      for (std::size_t i = 0; i < systems.size(); ++i) {
+        const Runs& peer = systems[i].plain >= 0 ? r[1] : r[0];  // (TLS: against NATS TLS)
+        if (!systems[i].floor) print_throughput(systems[i].name.c_str(), r[i], peer);
       }
+      tls_costs(r, "of the throughput", [](const Runs& x) { return x.mb_per_s(); });
     }
   }
   if (workload("r2")) {
@@ -802,25 +904,22 @@ int main(int argc, char** argv) {
     for (const Workload& w : {Workload{"30 fps x 1 MiB", 1 << 20, quick ? 30U : 90U, 30},
                               Workload{"10000/s x 64 B", 64, 20'000 / scale, 10'000}}) {
       std::printf("  %s (%llu messages a run)\n", w.name, static_cast<unsigned long long>(w.count));
-      const auto [n, s, sw, floor] = run_all(w, true);
-      print_latency("NATS", n);
-      print_latency("gRPC", s);
-      print_latency(secure ? "TLS" : "WS", sw);
-      if (secure && s.ran() && sw.ran()) {
-        std::printf("      p99 TLS+token over plaintext gRPC: %s\n",
-                    times(sw.p99(), s.p99()).c_str());
-      }
-      print_latency("floor", floor);
+      const auto r = run_all(w, true);
+      for (std::size_t i = 0; i < systems.size(); ++i)
+        print_latency(systems[i].name.c_str(), r[i]);
+      tls_costs(r, "the p99", [](const Runs& x) { return x.p99(); });
       const auto of = [](const Runs& a, const Runs& b) {
         return a.ran() && b.ran() ? times(a.p99(), b.p99()) : std::string("not run");
       };
-      if (n.ran() && (s.ran() || sw.ran())) {
-        std::printf("      p99 ratio NATS/Sluice: gRPC %s, %s %s (above 1: Sluice is faster)\n",
-                    of(n, s).c_str(), secure ? "gRPC TLS+token" : "WebSocket", of(n, sw).c_str());
-      }
-      if (floor.ran() && (s.ran() || sw.ran())) {
-        std::printf("      p99 over the floor's (no relay, plain threads): gRPC %s, WebSocket %s\n",
-                    of(s, floor).c_str(), of(sw, floor).c_str());
+      const Runs& floor = r.back();
+      for (std::size_t i = 1; i + 1 < systems.size(); ++i) {
+        if (!r[i].ran() || std::string_view(systems[i].family) == "nats") continue;
+        // (over TLS against NATS over TLS)
+        std::printf("      p99 ratio %s/%s: %s (above 1: Sluice is faster)%s%s\n",
+                    systems[i].plain >= 0 ? "NATS TLS" : "NATS", systems[i].name.c_str(),
+                    of(r[systems[i].plain >= 0 ? 1 : 0], r[i]).c_str(),
+                    floor.ran() ? "; over the floor's (no relay, plain threads): " : "",
+                    floor.ran() ? of(r[i], floor).c_str() : "");
       }
     }
   }
