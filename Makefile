@@ -40,9 +40,9 @@ build: deps build/build.ninja
 run: build
 	./build/src/cli/sluice serve
 
-# A Channel under overload, one line a second per policy.
+# The relay with synthetic traffic that shows every policy on its dashboard (the URL is printed).
 demo: build
-	./build/src/cli/sluice demo
+	./build/src/cli/sluice serve --demo
 
 test: test-release check-locks test-tsan test-asan test-fuzz
 

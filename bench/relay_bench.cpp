@@ -241,8 +241,7 @@ sluice::relay::CoalescingSocket::Options viewer_socket() {
 std::unique_ptr<WsClient> ws_connect(boost::asio::io_context& io,
                                      const sluice::relay::CoalescingSocket::Options& options,
                                      std::uint16_t port, const std::string& target,
-                                     const Security& security,
-                                     boost::asio::ssl::context* tls) {
+                                     const Security& security, boost::asio::ssl::context* tls) {
   boost::beast::error_code ec;
   sluice::relay::Connection c{boost::asio::ip::tcp::socket(io), nullptr};
   c.socket.connect({boost::asio::ip::make_address("127.0.0.1"), port}, ec);
@@ -255,8 +254,8 @@ std::unique_ptr<WsClient> ws_connect(boost::asio::io_context& io,
   if (ec) return nullptr;
   auto ws = std::make_unique<WsClient>(std::move(c), options);
   if (!security.token.empty()) {
-    ws->set_option(websocket::stream_base::decorator(
-        [t = security.token](websocket::request_type& req) {
+    ws->set_option(
+        websocket::stream_base::decorator([t = security.token](websocket::request_type& req) {
           req.set(boost::beast::http::field::authorization, "Bearer " + t);
         }));
   }
@@ -483,14 +482,15 @@ class NatsServer {
   explicit NatsServer(const std::string& cert = "", const std::string& key = "",
                       std::string ca = "")
       : port_(free_port()),
-        conf_("/tmp/sluice-bench-nats-" + std::to_string(getpid()) + "-" +
-              std::to_string(port_) + ".conf"),
+        conf_("/tmp/sluice-bench-nats-" + std::to_string(getpid()) + "-" + std::to_string(port_) +
+              ".conf"),
         ca_(std::move(ca)) {
     // 1 MiB payloads need max_payload above the default 1 MB; and a roomier per-connection
     // buffer so that a subscriber momentarily behind is not cut off as a slow consumer.
     std::ofstream conf(conf_);
     conf << "max_payload: 8388608\nmax_pending: 268435456\n";
-    if (!cert.empty()) conf << "tls {\n  cert_file: \"" << cert << "\"\n  key_file: \"" << key << "\"\n}\n";
+    if (!cert.empty())
+      conf << "tls {\n  cert_file: \"" << cert << "\"\n  key_file: \"" << key << "\"\n}\n";
     conf.close();
     const std::string port = std::to_string(port_);
     const char* argv[] = {"nats-server", "-a", "127.0.0.1",   "-p",
@@ -781,8 +781,8 @@ int main(int argc, char** argv) {
   if (secure) {
     char dir[] = "/tmp/sluice_bench_tls_XXXXXX";
     certs = mkdtemp(dir);
-    if (std::system((std::string(SLUICE_SOURCE_DIR "/scripts/make-test-certs.sh ") + certs)
-                        .c_str()) != 0) {
+    if (std::system(
+            (std::string(SLUICE_SOURCE_DIR "/scripts/make-test-certs.sh ") + certs).c_str()) != 0) {
       std::printf("could not make certificates (is openssl installed?)\n");
       return 1;
     }
@@ -828,18 +828,17 @@ int main(int argc, char** argv) {
   std::vector<System> systems;
   systems.push_back({"NATS", "nats", [&](const Workload& w) { return run_nats(nats, w, ++run); }});
   if (secure) {
-    systems.push_back({"NATS TLS", "nats",
-                       [&](const Workload& w) { return run_nats(*nats_tls, w, ++run); }, 0});
+    systems.push_back(
+        {"NATS TLS", "nats", [&](const Workload& w) { return run_nats(*nats_tls, w, ++run); }, 0});
   }
   const int grpc_at = static_cast<int>(systems.size());
   systems.push_back(
       {"Sluice gRPC", "grpc", [&](const Workload& w) { return run_sluice(target, w, ++run); }});
   if (secure) {
-    systems.push_back({"Sluice gRPC TLS+token", "grpc",
-                       [&](const Workload& w) {
-                         return run_sluice(secure_target, w, ++run, security);
-                       },
-                       grpc_at});
+    systems.push_back(
+        {"Sluice gRPC TLS+token", "grpc",
+         [&](const Workload& w) { return run_sluice(secure_target, w, ++run, security); },
+         grpc_at});
   }
   const int ws_at = static_cast<int>(systems.size());
   systems.push_back({"Sluice WebSocket", "ws", [&](const Workload& w) {
@@ -905,8 +904,7 @@ int main(int argc, char** argv) {
                               Workload{"10000/s x 64 B", 64, 20'000 / scale, 10'000}}) {
       std::printf("  %s (%llu messages a run)\n", w.name, static_cast<unsigned long long>(w.count));
       const auto r = run_all(w, true);
-      for (std::size_t i = 0; i < systems.size(); ++i)
-        print_latency(systems[i].name.c_str(), r[i]);
+      for (std::size_t i = 0; i < systems.size(); ++i) print_latency(systems[i].name.c_str(), r[i]);
       tls_costs(r, "the p99", [](const Runs& x) { return x.p99(); });
       const auto of = [](const Runs& a, const Runs& b) {
         return a.ran() && b.ran() ? times(a.p99(), b.p99()) : std::string("not run");

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "demo.hpp"
+#include "demo_traffic.hpp"
 #include "pubsub.hpp"
 #include "sluice/relay/config.hpp"
 #include "sluice/relay/server.hpp"
@@ -58,9 +59,18 @@ struct ConfigCommand {
   }
 
   // `sluice serve`: runs the relay until SIGINT or SIGTERM; SIGHUP reloads its certificates.
-  int serve() const {
-    const auto config = load();
+  int serve(bool demo) const {
+    auto config = load();
     if (!config) return 2;
+    if (demo) {
+      if (!config->principals.empty() || config->signed_tokens()) {
+        std::fprintf(stderr,
+                     "sluice: --demo drives the relay with clients that present no token: run "
+                     "it on a relay without [[principal]] or signed tokens\n");
+        return 2;
+      }
+      sluice::cli::add_demo_topics(*config);
+    }
     sigset_t signals;
     sigemptyset(&signals);
     sigaddset(&signals, SIGINT);
@@ -77,9 +87,25 @@ struct ConfigCommand {
     }
     sluice::RelayServer& server = *relay;
     // One machine-readable line with the bound addresses.
-    std::printf("{\"event\":\"listening\",\"grpc\":\"%s:%u\",\"http\":\"%s:%u\"}\n",
-                config->host.c_str(), server.grpc_port(), config->host.c_str(), server.http_port());
+    const bool tls = !config->tls_cert_file.empty();
+    const std::string shown = config->host == "0.0.0.0" || config->host == "::" ? "127.0.0.1"
+                              : config->host.find(':') != std::string::npos
+                                  ? "[" + config->host + "]"
+                                  : config->host;
+    std::printf(
+        "{\"event\":\"listening\",\"grpc\":\"%s:%u\",\"http\":\"%s:%u\","
+        "\"dashboard\":\"%s://%s:%u/\"}\n",
+        config->host.c_str(), server.grpc_port(), config->host.c_str(), server.http_port(),
+        tls ? "https" : "http", shown.c_str(), server.http_port());
     std::fflush(stdout);
+    std::optional<sluice::cli::DemoTraffic> traffic;
+    if (demo) {
+      traffic.emplace(server.grpc_port(), server.http_port());
+      std::printf(
+          "{\"event\":\"demo_traffic\",\"topics\":[\"demo.camera\",\"demo.telemetry\","
+          "\"demo.detect\"]}\n");
+      std::fflush(stdout);
+    }
     int sig = 0;
     for (;;) {
       sigwait(&signals, &sig);
@@ -95,6 +121,7 @@ struct ConfigCommand {
     }
     std::printf("{\"event\":\"stopping\",\"signal\":%d}\n", sig);
     std::fflush(stdout);
+    if (traffic) traffic->stop();
     server.shutdown();
     return 0;
   }
@@ -128,6 +155,11 @@ int main(int argc, char** argv) {
                          "Run the relay with the configuration of `sluice config`; stops on "
                          "SIGINT/SIGTERM, reloads its TLS certificates on SIGHUP");
   serve.add(serve_cmd);
+  bool serve_demo = false;
+  serve_cmd->add_flag("--demo", serve_demo,
+                      "Also drive the relay with synthetic traffic that shows every policy: a "
+                      "camera with a slow viewer, a throttled telemetry producer, a stage with "
+                      "a fast and a slow worker (docs/dashboard.md)");
 
   sluice::cli::PubOptions pub;
   auto* pub_cmd = app.add_subcommand(
@@ -197,6 +229,6 @@ int main(int argc, char** argv) {
   if (sub_cmd->parsed()) return sluice::cli::run_sub(sub);
   if (demo_cmd->parsed()) return sluice::cli::run_demo(demo);
   if (config_cmd->parsed()) return config.run();
-  if (serve_cmd->parsed()) return serve.serve();
+  if (serve_cmd->parsed()) return serve.serve(serve_demo);
   return 0;
 }

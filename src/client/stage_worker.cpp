@@ -23,8 +23,8 @@ using boost::asio::ip::tcp;
 
 struct StageWorker::Impl {
   boost::asio::io_context io;
-  std::unique_ptr<ssl::context> tls;                          // wss: the relay's CA, ...
-  std::optional<websocket::stream<tcp::socket>> plain;        // ws://
+  std::unique_ptr<ssl::context> tls;                                  // wss: the relay's CA, ...
+  std::optional<websocket::stream<tcp::socket>> plain;                // ws://
   std::optional<websocket::stream<ssl::stream<tcp::socket>>> secure;  // wss://
   boost::beast::flat_buffer in;
   std::string out;
@@ -112,7 +112,7 @@ void StageWorker::handshake(Ws& ws) {
         }));
   }
   ws.async_handshake(answer, options_.host, target_of(options_),
-                            [&ec](boost::beast::error_code e) { ec = e; });
+                     [&ec](boost::beast::error_code e) { ec = e; });
   impl_->io.run();
   impl_->io.restart();
   if (ec == websocket::error::upgrade_declined) {
@@ -139,14 +139,14 @@ void StageWorker::serve(Ws& ws) {
     m.in.clear();
     ws.async_read(m.in, [&](boost::beast::error_code ec, std::size_t) {
       if (ec) {
-        m.ended = m.stopping ? "stopped"
-                             : "the relay closed the socket: " + ec.message() +
-                                   (ws.reason().code != 0
-                                        ? " (" + std::to_string(ws.reason().code) + " " +
-                                              std::string(ws.reason().reason.data(),
-                                                          ws.reason().reason.size()) +
-                                              ")"
-                                        : "");
+        m.ended = m.stopping
+                      ? "stopped"
+                      : "the relay closed the socket: " + ec.message() +
+                            (ws.reason().code != 0 ? " (" + std::to_string(ws.reason().code) + " " +
+                                                         std::string(ws.reason().reason.data(),
+                                                                     ws.reason().reason.size()) +
+                                                         ")"
+                                                   : "");
         return;
       }
       if (ws.got_text()) {  // the relay's hello, or an error about something we sent

@@ -279,9 +279,9 @@ class CoalescingSocket {
     }
     const std::size_t head = s.batch.size();
     const std::size_t written = on_stream(s, [&](auto& stream) {
-      return boost::asio::write(
-          stream, boost::beast::buffers_cat(boost::asio::buffer(s.batch), buffers), all_at_once,
-          ec);
+      return boost::asio::write(stream,
+                                boost::beast::buffers_cat(boost::asio::buffer(s.batch), buffers),
+                                all_at_once, ec);
     });
     s.batch.clear();
     return written > head ? written - head : 0;
@@ -364,7 +364,7 @@ class CoalescingSocket {
     socket_type socket;
     std::unique_ptr<TlsStream> tls;  // set: every byte goes through it (its next layer: socket)
     bool gone = false;               // the CoalescingSocket was destroyed
-    std::vector<char> read_buf;     // read ahead: [read_begin, read_end) not yet taken
+    std::vector<char> read_buf;      // read ahead: [read_begin, read_end) not yet taken
     std::size_t read_begin = 0;
     std::size_t read_end = 0;
     std::vector<char> batch;    // completed writes not yet handed to the kernel
@@ -432,10 +432,9 @@ class CoalescingSocket {
       }
       // (The handler keeps the TLS session alive until the read is done.)
       s.tls->async_read_some(
-          buffers, boost::asio::bind_executor(
-                       ex, [st = st_, h = std::move(h)](error_code ec, std::size_t n) mutable {
-                         h(ec, n);
-                       }));
+          buffers,
+          boost::asio::bind_executor(ex, [st = st_, h = std::move(h)](
+                                             error_code ec, std::size_t n) mutable { h(ec, n); }));
       return;
     }
     s.read_buf.resize(s.options.read_ahead);

@@ -357,7 +357,8 @@ std::optional<std::string> scalar_text(const toml::node& node) {
   return std::nullopt;
 }
 
-constexpr std::array<std::string_view, 12> kTopicKeys = {"mode",
+constexpr std::array<std::string_view, 13> kTopicKeys = {"mode",
+                                                         "content_type",
                                                          "max_queue_bytes",
                                                          "max_queue_items",
                                                          "max_wait_ms",
@@ -369,6 +370,19 @@ constexpr std::array<std::string_view, 12> kTopicKeys = {"mode",
                                                          "stage_worker_queue",
                                                          "stage_task_timeout_ms",
                                                          "stage_slow_ms"};
+
+// type/subtype, each 1-63 of RFC 6838's restricted-name characters.
+bool media_type(std::string_view v) {
+  const auto name_ok = [](std::string_view n) {
+    return !n.empty() && n.size() <= 63 && std::all_of(n.begin(), n.end(), [](char ch) {
+      return std::isalnum(static_cast<unsigned char>(ch)) != 0 ||
+             std::string_view("!#$&-^_.+").find(ch) != std::string_view::npos;
+    });
+  };
+  const auto slash = v.find('/');
+  return slash != std::string_view::npos && name_ok(v.substr(0, slash)) &&
+         name_ok(v.substr(slash + 1));
+}
 
 struct PendingTopic {
   std::string name;
@@ -706,6 +720,10 @@ RelayConfig load_relay_config(const std::optional<std::string>& file,
       }
       if (field == "depth")
         t.depth = static_cast<std::size_t>(parse_int(src, text, 1, 1024, "1 to 1024"));
+      if (field == "content_type") {
+        if (!media_type(text)) bad(src, text, "a media type such as image/jpeg (type/subtype)");
+        t.content_type = text;
+      }
     }
     apply_stage(p, t);
     c.topics.push_back(std::move(t));
@@ -799,6 +817,7 @@ std::string to_toml(const RelayConfig& c) {
       << "\"\nmax_queue_bytes = " << t.max_queue_bytes
       << "\nmax_queue_items = " << t.max_queue_items << "\nmax_wait_ms = " << t.max_wait.count()
       << "\ndepth = " << t.depth << "\n";
+    if (!t.content_type.empty()) o << "content_type = \"" << t.content_type << "\"\n";
     if (t.stage) {
       o << "stage = true\nstage_fps = " << shortest(t.stage->fps)
         << "\nstage_max_in_flight = " << t.stage->max_in_flight << "\nstage_results = \""

@@ -7,6 +7,7 @@
 
 #include "relay_core.hpp"
 #include "stats_view.hpp"
+#include "web_assets.hpp"
 
 namespace sluice::relay {
 
@@ -82,14 +83,15 @@ Outcome<WsRoute> ws_route(const HttpTarget& target) {
                                    {"/v1/ws/subscribe/", WsEndpoint::subscribe},
                                    {"/v1/ws/work/", WsEndpoint::work}};
   const std::string_view path = target.path;
+  if (path == "/v1/ws/stats") return WsRoute{WsEndpoint::stats, "", nullptr};
   for (const auto& e : kEndpoints) {
     if (path.starts_with(e.path))
       return WsRoute{e.endpoint, url_decode(path.substr(e.path.size())), nullptr};
   }
   return Refusal{RefusalKind::not_found,
                  "no WebSocket endpoint at " + std::string(path.substr(0, 200)) +
-                     " (try /v1/ws/publish/{topic}, /v1/ws/subscribe/{topic}?name=...&depth=... "
-                     "or /v1/ws/work/{topic}?name=...&concurrency=...)",
+                     " (try /v1/ws/publish/{topic}, /v1/ws/subscribe/{topic}?name=...&depth=..., "
+                     "/v1/ws/work/{topic}?name=...&concurrency=... or /v1/ws/stats?period_ms=...)",
                  ""};
 }
 
@@ -181,10 +183,33 @@ Outcome<Who> http_caller(RelayCore& core, const HttpServer::Request& request,
   return core.access.authenticate(token_of(core.config, request, target), certificate_cn);
 }
 
+namespace {
+
+// The dashboard's files (web_assets.hpp), to anyone: they hold no data (the page asks for the
+// stats with the caller's token). A policy keeps the page to this relay's own scripts.
+std::optional<HttpResponse> web_page(std::string_view path) {
+  for (const auto& a : web_assets()) {
+    if (a.path != path) continue;
+    return HttpResponse{
+        200,
+        std::string(a.content_type),
+        std::string(a.body),
+        {{"Cache-Control", "no-cache"},
+         {"X-Content-Type-Options", "nosniff"},
+         {"Content-Security-Policy",
+          "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' blob: data:; "
+          "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"}}};
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
 HttpResponse HttpRouter::answer(const HttpServer::Request& request, const HttpPeer& peer) const {
   const auto target =
       HttpTarget::parse(std::string_view(request.target().data(), request.target().size()));
   if (target.path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
+  if (auto page = web_page(target.path)) return std::move(*page);
   auto who = http_caller(core_, request, target, peer.certificate_cn);
   if (!who) return http_refusal(core_, who.refusal());
   return get(target, **who);

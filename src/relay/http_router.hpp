@@ -39,11 +39,11 @@ std::vector<std::string_view> header_items(std::string_view value);
 /// "%41+b" -> "A b".
 std::string url_decode(std::string_view in);
 
-/// The WebSocket endpoints: /v1/ws/{publish,subscribe,work}/{topic}.
-enum class WsEndpoint : std::uint8_t { publish, subscribe, work };
+/// The WebSocket endpoints: /v1/ws/{publish,subscribe,work}/{topic}, and /v1/ws/stats.
+enum class WsEndpoint : std::uint8_t { publish, subscribe, work, stats };
 struct WsRoute {
   WsEndpoint endpoint = WsEndpoint::publish;
-  std::string topic;  // decoded
+  std::string topic;  // decoded (none for stats)
   Who who;            // who asks (http_caller)
 };
 /// The endpoint `target` names, or not_found listing the endpoints.

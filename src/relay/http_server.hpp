@@ -5,6 +5,8 @@
 // saying so. Relay-internal.
 #pragma once
 
+#include <openssl/err.h>
+
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -15,12 +17,12 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
-#include <openssl/err.h>
 #include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
+#include <vector>
 
 #include "tls.hpp"
 
@@ -31,6 +33,7 @@ struct HttpResponse {
   unsigned status = 200;
   std::string content_type = "text/plain; charset=utf-8";
   std::string body;
+  std::vector<std::pair<std::string, std::string>> headers{};  // more header fields
 };
 
 /// Who is at the other end as the transport knows it: under mutual TLS, the common name of the
@@ -46,8 +49,8 @@ class HttpServer {
   using Request = boost::beast::http::request<boost::beast::http::string_body>;
   using Handler = std::function<HttpResponse(const Request& request, const HttpPeer& peer)>;
   /// A WebSocket upgrade request: takes the connection (nullopt), or answers it.
-  using Upgrade = std::function<std::optional<HttpResponse>(Connection& connection,
-                                                            Request& request, const HttpPeer& peer)>;
+  using Upgrade = std::function<std::optional<HttpResponse>(
+      Connection& connection, Request& request, const HttpPeer& peer)>;
   /// An accept that failed (out of file descriptors, say): its reason ("EMFILE", ...).
   using AcceptError = std::function<void(const std::string& reason)>;
   /// A TLS handshake that failed: OpenSSL's reason ("wrong version number", ...).
@@ -153,32 +156,32 @@ class HttpServer {
     // client, which gets a plaintext answer saying what this port speaks.
     session->connection.socket.async_wait(
         boost::asio::socket_base::wait_read, [this, session](boost::beast::error_code ec) {
-      if (ec) return;
-      auto& socket = session->connection.socket;
-      unsigned char first = 0;
-      boost::system::error_code peek;
-      const std::size_t n = socket.receive(boost::asio::buffer(&first, 1),
-                                           boost::asio::socket_base::message_peek, peek);
-      if (peek || n == 0) return;
-      if (first != kTlsHandshakeRecord) {
-        if (tls_error_) tls_error_("plaintext");
-        respond(session, 11,
-                {400, "text/plain; charset=utf-8",
-                 "this port speaks TLS: use https:// or wss:// (server.tls_cert_file)\n"});
-        return;
-      }
-      session->connection.tls = std::make_unique<TlsStream>(socket, *tls_->current());
-      session->connection.tls->async_handshake(
-          ssl::stream_base::server, [this, session](boost::beast::error_code hs) {
-            if (hs) {
-              if (tls_error_ && hs != boost::asio::error::operation_aborted)
-                tls_error_(tls_reason(hs));
-              return;
-            }
-            session->peer.certificate_cn = peer_certificate_cn(*session->connection.tls);
-            serve(session);
-          });
-    });
+          if (ec) return;
+          auto& socket = session->connection.socket;
+          unsigned char first = 0;
+          boost::system::error_code peek;
+          const std::size_t n = socket.receive(boost::asio::buffer(&first, 1),
+                                               boost::asio::socket_base::message_peek, peek);
+          if (peek || n == 0) return;
+          if (first != kTlsHandshakeRecord) {
+            if (tls_error_) tls_error_("plaintext");
+            respond(session, 11,
+                    {400, "text/plain; charset=utf-8",
+                     "this port speaks TLS: use https:// or wss:// (server.tls_cert_file)\n"});
+            return;
+          }
+          session->connection.tls = std::make_unique<TlsStream>(socket, *tls_->current());
+          session->connection.tls->async_handshake(
+              ssl::stream_base::server, [this, session](boost::beast::error_code hs) {
+                if (hs) {
+                  if (tls_error_ && hs != boost::asio::error::operation_aborted)
+                    tls_error_(tls_reason(hs));
+                  return;
+                }
+                session->peer.certificate_cn = peer_certificate_cn(*session->connection.tls);
+                serve(session);
+              });
+        });
   }
 
   void serve(const std::shared_ptr<Session>& session) {
@@ -255,6 +258,7 @@ class HttpServer {
     res.set(http::field::content_type, answer.content_type);
     res.set(http::field::connection, "close");
     if (answer.status == 401) res.set(http::field::www_authenticate, "Bearer realm=\"sluice\"");
+    for (const auto& [name, value] : answer.headers) res.set(name, value);
     res.body() = std::move(answer.body);
     res.prepare_payload();
     // (A TLS answer ends with the TCP shutdown, not close_notify: the response's length
@@ -263,8 +267,7 @@ class HttpServer {
       http::async_write(stream, res, [session](boost::beast::error_code, std::size_t) {
         session->deadline.cancel();
         boost::system::error_code ignored;
-        session->connection.socket.shutdown(boost::asio::ip::tcp::socket::shutdown_both,
-                                            ignored);
+        session->connection.socket.shutdown(boost::asio::ip::tcp::socket::shutdown_both, ignored);
       });
     });
   }

@@ -45,7 +45,21 @@ class PublishSession::Notices final : public StageListener {
   std::function<void(PublishEvent)> deliver_;
 };
 
-PublishSession::~PublishSession() = default;
+PublishSession::~PublishSession() {
+  set_slowed(false);
+}
+
+void PublishSession::set_slowed(bool on) {
+  if (on == slowed_) return;
+  slowed_ = on;
+  if (!topic_) return;
+  if (on) {
+    topic_->throttled_publishers.fetch_add(1, std::memory_order_relaxed);
+    topic_->throttled_total.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    topic_->throttled_publishers.fetch_sub(1, std::memory_order_relaxed);
+  }
+}
 
 void PublishSession::connect(std::function<void()> wake,
                              std::function<void(PublishEvent)> stage_event) {
@@ -91,6 +105,7 @@ Outcome<PublishSession::Progress> PublishSession::publish() {
     const std::uint64_t bytes = pending_.front().payload.size();
     const auto r = topic_->broadcast.try_publish(std::move(pending_.front()));
     if (r.status == SendStatus::ok) {
+      topic_->published_bytes.fetch_add(bytes, std::memory_order_relaxed);
       pending_.pop_front();
       published_ = sequence;
       ack_ = sequence;
@@ -106,14 +121,14 @@ Outcome<PublishSession::Progress> PublishSession::publish() {
   }
   // Throttling ends once the topic has drained to half its budget.
   if (slowed_ && topic_->broadcast.queue_bytes() <= topic_->config.max_queue_bytes / 2)
-    slowed_ = false;
+    set_slowed(false);
   return Progress::all_in;
 }
 
 // The front item found no room: max_wait counts from its first refusal; the session is woken
 // when the topic has room for it, or at the deadline.
 std::optional<Refusal> PublishSession::blocked(std::uint64_t bytes) {
-  slowed_ = true;
+  set_slowed(true);
   const auto now = std::chrono::steady_clock::now();
   if (!waiting_) {
     waiting_ = true;

@@ -117,6 +117,7 @@ class PublishSession {
   std::deque<RelayMessage> pending_;  // read from the producer, not yet in the topic
   std::optional<std::uint64_t> published_;
   std::optional<std::uint64_t> ack_;  // the newest ack not yet taken
+  void set_slowed(bool on);           // slowed_, counted in the topic's throttled_publishers
   bool slowed_ = false;               // the topic is holding this producer back
   bool told_slowed_ = false;          // what the last flow event said
   bool waiting_ = false;              // an item waits for room since `deadline_`

@@ -38,6 +38,8 @@ Stage::Stage(std::string topic, StageConfig config, double drop_threshold,
              double slowdown_threshold, PublishFn publish_result, metrics::Registry& registry)
     : topic_(std::move(topic)),
       config_(std::move(config)),
+      drop_threshold_(drop_threshold),
+      slowdown_threshold_(slowdown_threshold),
       publish_(std::move(publish_result)),
       registry_(registry),
       gate_(gate_config(topic_, config_, drop_threshold, slowdown_threshold)),

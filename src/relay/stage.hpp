@@ -68,6 +68,9 @@ class Stage {
 
   const std::string& topic() const noexcept { return topic_; }
   const StageConfig& config() const noexcept { return config_; }
+  /// The gate's windowed drop rates at which it drops frames / tells producers to slow down.
+  double drop_threshold() const noexcept { return drop_threshold_; }
+  double slowdown_threshold() const noexcept { return slowdown_threshold_; }
 
   /// A frame from `publisher`: admitted and routed to a worker, or dropped and told.
   void offer(const RelayMessage& frame, const std::weak_ptr<StageListener>& publisher);
@@ -92,6 +95,8 @@ class Stage {
 
   const std::string topic_;
   const StageConfig config_;
+  const double drop_threshold_;
+  const double slowdown_threshold_;
   PublishFn publish_;
   metrics::Registry& registry_;
   FrameGate gate_;

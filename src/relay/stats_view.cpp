@@ -45,6 +45,8 @@ nlohmann::json stage_json(const Stage& st) {
   nlohmann::json j;
   j["results_topic"] = st.config().results_topic;
   j["gate"] = gate_json(g);
+  j["drop_threshold"] = st.drop_threshold();
+  j["slowdown_threshold"] = st.slowdown_threshold();
   nlohmann::json dropped = nlohmann::json::object();
   for (const DropReason r : kAllDropReasons) {
     if (const auto n = g.dropped[r] + d.dropped[r] + d.failed_by_reason[r]; n > 0)
@@ -67,18 +69,35 @@ nlohmann::json topic_json(const Topic& t) {
   nlohmann::json tj;
   tj["name"] = t.name;
   tj["mode"] = to_string(t.config.mode);
+  tj["content_type"] = t.config.content_type;
   tj["published"] = s.published;
+  tj["published_bytes"] = t.published_bytes.load(std::memory_order_relaxed);
+  tj["throttled_publishers"] = t.throttled_publishers.load(std::memory_order_relaxed);
+  tj["throttled_total"] = t.throttled_total.load(std::memory_order_relaxed);
+  tj["would_block"] = s.would_block;
+  tj["blocked_seconds"] = s.blocked_seconds;
+  tj["evicted"] = s.evicted;
+  tj["latency_p99_ms"] = static_cast<double>(s.latency_ns.percentile(0.99)) / 1e6;
+  tj["latency_p50_ms"] = static_cast<double>(s.latency_ns.percentile(0.5)) / 1e6;
   tj["max_queue_bytes"] = t.config.max_queue_bytes;
   tj["max_queue_items"] = t.config.max_queue_items;
   std::uint64_t worst_bytes = 0;
   tj["subscribers"] = nlohmann::json::array();
   for (const auto& sub : s.subscribers) {
     worst_bytes = std::max(worst_bytes, sub.lag_bytes);
+    nlohmann::json lost = nlohmann::json::object();
+    for (const DropReason r : kAllDropReasons) {
+      if (sub.lost[r] > 0) lost[std::string(to_string(r))] = sub.lost[r];
+    }
     tj["subscribers"].push_back({{"name", sub.name},
                                  {"received", sub.received},
                                  {"lost", sub.lost.total()},
+                                 {"lost_by_reason", lost},
+                                 {"depth", sub.depth},
                                  {"lag", sub.lag},
-                                 {"lag_bytes", sub.lag_bytes}});
+                                 {"lag_bytes", sub.lag_bytes},
+                                 {"max_lag", sub.max_lag},
+                                 {"evicted", sub.evicted}});
   }
   tj["queue_bytes"] = worst_bytes;
   tj["retained_bytes"] = s.retained_bytes;

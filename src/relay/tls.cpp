@@ -69,8 +69,7 @@ std::shared_ptr<ssl::context> TlsContexts::build(const RelayConfig& config) {
   const auto use = [](const std::string& path, const char* setting,
                       const boost::system::error_code& ec) {
     if (ec) {
-      throw std::runtime_error("relay: cannot use " + path + " (" + setting +
-                               "): " + ec.message());
+      throw std::runtime_error("relay: cannot use " + path + " (" + setting + "): " + ec.message());
     }
   };
   boost::system::error_code ec;

@@ -85,6 +85,12 @@ struct Topic {
   Broadcast<RelayMessage> broadcast;
   /// Publishes that gave up after max_wait, on any transport (topic_full refusals).
   std::atomic<std::uint64_t> publish_timeouts{0};
+  /// Payload bytes published (for rates in the stats).
+  std::atomic<std::uint64_t> published_bytes{0};
+  /// Producers the topic holds back now (told slow_down, not yet resume), and how many times
+  /// one was.
+  std::atomic<std::uint64_t> throttled_publishers{0};
+  std::atomic<std::uint64_t> throttled_total{0};
   std::shared_ptr<Stage> stage;  // when the topic declares one (set before it is shared)
 
   // The registry's bookkeeping (under its lock): whether the topic may be removed once idle

@@ -159,12 +159,11 @@ class WsPublisher final : public WsSession<WsPublisher> {
 }  // namespace
 
 std::optional<HttpResponse> ws_publish(RelayCore& core, SessionSlot slot, const WsRoute& route,
-                                       Connection& connection,
-                                       HttpServer::Request& request) {
+                                       Connection& connection, HttpServer::Request& request) {
   auto session = std::make_unique<PublishSession>(core, core.loops.main(), route.who);
   if (auto refusal = session->open(route.topic)) return http_refusal(core, *refusal);
-  auto publisher =
-      std::make_shared<WsPublisher>(core, std::move(slot), std::move(connection), std::move(session));
+  auto publisher = std::make_shared<WsPublisher>(core, std::move(slot), std::move(connection),
+                                                 std::move(session));
   publisher->expire_with(*route.who);
   publisher->launch(std::move(request));
   return std::nullopt;

@@ -48,6 +48,9 @@ std::optional<HttpResponse> ws_subscribe(RelayCore& core, SessionSlot slot, cons
 std::optional<HttpResponse> ws_work(RelayCore& core, SessionSlot slot, const WsRoute& route,
                                     const HttpTarget& target, Connection& connection,
                                     HttpServer::Request& request);
+std::optional<HttpResponse> ws_stats(RelayCore& core, SessionSlot slot, const WsRoute& route,
+                                     const HttpTarget& target, Connection& connection,
+                                     HttpServer::Request& request);
 
 inline std::string json_text(const nlohmann::json& j) {
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -72,7 +75,7 @@ inline PriorityChannelConfig outbox_config(const std::string& name) {
   c.name = name;
   c[Priority::control].max_items = kMaxControlQueued;
   c[Priority::critical].max_items = kMaxControlQueued;
-  c[Priority::important].max_items = 1;  // (unused)
+  c[Priority::important].max_items = 1;  // a stats snapshot (ws_stats.cpp), one at a time
   c[Priority::bulk].max_items = 1;
   c.max_items = 2 * kMaxControlQueued + 2;
   c.max_bytes = kUnlimitedBytes;  // bounded by the items: a frame is at most max_frame_bytes

@@ -176,8 +176,8 @@ Outcome<Connection> hand_over(RelayCore& core, IoThread& loop, Connection& conne
   }
   if (core.config.viewer_send_buffer_bytes > 0) {  // (a bound on what waits in the kernel)
     own.socket.set_option(boost::asio::socket_base::send_buffer_size(
-                       static_cast<int>(core.config.viewer_send_buffer_bytes)),
-                   ec);
+                              static_cast<int>(core.config.viewer_send_buffer_bytes)),
+                          ec);
     if (ec) {
       return Refusal{RefusalKind::internal,
                      "cannot set the subscriber's send buffer (limits.viewer_send_buffer_bytes): " +

@@ -16,8 +16,10 @@ std::optional<HttpResponse> ws_upgrade(RelayCore& core, Connection& connection,
   auto route = ws_route(target);
   if (!route) return http_refusal(core, route.refusal());
   route->who = std::move(*who);
+  // (A stats stream counts as a subscriber.)
   static constexpr SessionRole kRoles[] = {SessionRole::publisher, SessionRole::subscriber,
-                                           SessionRole::worker};  // by WsEndpoint
+                                           SessionRole::worker,
+                                           SessionRole::subscriber};  // by WsEndpoint
   boost::system::error_code ec;
   const auto address = connection.socket.remote_endpoint(ec);
   auto slot = core.admission.admit(kRoles[static_cast<std::size_t>(route->endpoint)],
@@ -30,6 +32,8 @@ std::optional<HttpResponse> ws_upgrade(RelayCore& core, Connection& connection,
       return ws_subscribe(core, std::move(*slot), *route, target, connection, request);
     case WsEndpoint::work:
       return ws_work(core, std::move(*slot), *route, target, connection, request);
+    case WsEndpoint::stats:
+      return ws_stats(core, std::move(*slot), *route, target, connection, request);
   }
   return http_refusal(core, {RefusalKind::not_found, "no such WebSocket endpoint"});
 }

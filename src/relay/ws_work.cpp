@@ -25,7 +25,8 @@ class WsWorker final : public WsSession<WsWorker> {
   // A worker's results are frames like a publisher's: read ahead, bounded by Beast's limit.
   WsWorker(RelayCore& core, SessionSlot slot, Connection connection,
            std::unique_ptr<WorkerSession> worker, const std::string& name)
-      : WsSession(core, core.loops.main(), std::move(slot), std::move(connection), "ws-worker/" + name,
+      : WsSession(core, core.loops.main(), std::move(slot), std::move(connection),
+                  "ws-worker/" + name,
                   {core.config.max_frame_bytes + ws::kFrameHeaderBytes, std::size_t{64} * 1024}),
         worker_(std::move(worker)) {}
 

@@ -5,8 +5,6 @@
 // (a TLS session handed over with its connection).
 #include "relay/coalescing_socket.hpp"
 
-#include "test_certificates.hpp"
-
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
@@ -30,6 +28,8 @@
 #include <thread>
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 #include <vector>
+
+#include "test_certificates.hpp"
 
 namespace sluice::relay {
 namespace {

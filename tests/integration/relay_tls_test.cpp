@@ -17,17 +17,17 @@
 #include <boost/beast/websocket/ssl.hpp>
 #include <chrono>
 #include <filesystem>
-#include <thread>
-#include <vector>
 #include <string>
+#include <thread>
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
+#include <vector>
 
 #include "loopback.hpp"
-#include "test_certificates.hpp"
 #include "sluice/client/client.hpp"
 #include "sluice/client/stage_worker.hpp"
 #include "sluice/relay/server.hpp"
 #include "sluice/v1/relay.grpc.pb.h"
+#include "test_certificates.hpp"
 
 namespace sluice {
 namespace {
@@ -242,8 +242,10 @@ TEST(RelayTls, HttpsAndWssCarryRequestsAndFramesAPlaintextClientIsToldWhatThePor
   ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/cam"));
   // Small frames (batched into shared TLS records), then large ones (many records each).
   std::vector<std::string> sent;
-  for (std::uint64_t i = 0; i < 200; ++i) sent.push_back(frame_of(i, std::string(100, 'a' + i % 26)));
-  for (std::uint64_t i = 200; i < 203; ++i) sent.push_back(frame_of(i, std::string(1 << 20, 'A' + i % 26)));
+  for (std::uint64_t i = 0; i < 200; ++i)
+    sent.push_back(frame_of(i, std::string(100, 'a' + i % 26)));
+  for (std::uint64_t i = 200; i < 203; ++i)
+    sent.push_back(frame_of(i, std::string(1 << 20, 'A' + i % 26)));
   std::thread producer([&] {
     for (const auto& f : sent) pub.send(f);
   });

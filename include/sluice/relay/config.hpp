@@ -50,6 +50,9 @@ struct TopicConfig {
   std::chrono::milliseconds max_wait{5000};  // lossless
   std::size_t depth = 4;                     // realtime, per subscriber
   std::optional<StageConfig> stage;          // none: a plain topic
+  // What the payloads are, as a media type ("image/jpeg", "image/png", "application/json"):
+  // shown in the stats, and how a dashboard previews them. Empty: opaque bytes.
+  std::string content_type;
 };
 
 /// Who may use the relay ([[principal]] in the file; docs/security.md): a name, the SHA-256 of

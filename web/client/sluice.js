@@ -1,0 +1,310 @@
+// Sluice — the relay's JavaScript client: publish to and subscribe to topics, and follow the
+// relay's stats, over its WebSocket endpoints (docs/protocol.md). An ES module with no
+// dependencies, for browsers (the relay serves it at /sluice.js) and Node 22+ (global WebSocket).
+// Types: sluice.d.ts.
+//
+// Frames are the protocol's binary messages: a 16-byte header (frame index, u64 little-endian;
+// timestamp in ns, i64 little-endian) and the payload. Events are its JSON text messages,
+// decoded into typed values: gap notices for subscribers, slow_down / resume / drop notices
+// for publishers. Nothing is lost silently: a frame the relay skipped for a subscriber arrives
+// as a gap with its count and reason, and a close carries the relay's code and reason.
+
+/** Bytes of the header before every frame's payload. */
+export const FRAME_HEADER_BYTES = 16;
+
+/** The relay's WebSocket base URL: the page's own origin in a browser (ws: or wss:). */
+export function defaultRelayUrl() {
+  if (typeof location !== "undefined" && location.host) {
+    return (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
+  }
+  return "ws://127.0.0.1:7401";
+}
+
+/** A frame's bytes: the header, then the payload. */
+export function encodeFrame(index, timestampNs, payload) {
+  const body = toBytes(payload);
+  const out = new Uint8Array(FRAME_HEADER_BYTES + body.byteLength);
+  const view = new DataView(out.buffer);
+  view.setBigUint64(0, BigInt(index), true);
+  view.setBigInt64(8, BigInt(timestampNs), true);
+  out.set(body, FRAME_HEADER_BYTES);
+  return out;
+}
+
+/** A received frame: its index, timestamp and payload (a view of the message, not a copy). */
+export function decodeFrame(data) {
+  const buffer = data instanceof ArrayBuffer ? data : data.buffer;
+  const offset = data instanceof ArrayBuffer ? 0 : data.byteOffset;
+  const length = data instanceof ArrayBuffer ? data.byteLength : data.byteLength;
+  if (length < FRAME_HEADER_BYTES) throw new SluiceError("a frame shorter than its 16-byte header");
+  const view = new DataView(buffer, offset, FRAME_HEADER_BYTES);
+  return {
+    kind: "frame",
+    index: view.getBigUint64(0, true),
+    timestampNs: view.getBigInt64(8, true),
+    payload: new Uint8Array(buffer, offset + FRAME_HEADER_BYTES, length - FRAME_HEADER_BYTES),
+  };
+}
+
+/** What the relay refused or reported, with its close code when it ended the session. */
+export class SluiceError extends Error {
+  constructor(message, { code = 0, reason = "" } = {}) {
+    super(message);
+    this.name = "SluiceError";
+    this.code = code;
+    this.reason = reason;
+  }
+}
+
+function toBytes(payload) {
+  if (payload instanceof Uint8Array) return payload;
+  if (payload instanceof ArrayBuffer) return new Uint8Array(payload);
+  if (ArrayBuffer.isView(payload)) {
+    return new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength);
+  }
+  if (typeof payload === "string") return new TextEncoder().encode(payload);
+  throw new TypeError("a payload is bytes (Uint8Array, ArrayBuffer, a view) or a string");
+}
+
+// Subprotocols that carry the token (a browser cannot set headers on a WebSocket).
+function protocols(token) {
+  return token ? ["sluice", `sluice.bearer.${token}`] : [];
+}
+
+function endpoint(base, path, params) {
+  const url = new URL(path, (base || defaultRelayUrl()).replace(/^http/, "ws"));
+  for (const [k, v] of Object.entries(params || {})) {
+    if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, String(v));
+  }
+  return url.toString();
+}
+
+// Opens a WebSocket; resolves once open, rejects with the relay's refusal if it is refused
+// (browsers do not show the HTTP answer to a refused upgrade: the close code says 1006).
+function open(url, token) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, protocols(token));
+    ws.binaryType = "arraybuffer";
+    const failed = (e) => {
+      reject(new SluiceError(`cannot open ${url.replace(/token=[^&]*/, "token=…")}: ` +
+        `refused or unreachable (code ${e.code ?? 1006})`, { code: e.code ?? 1006 }));
+    };
+    ws.addEventListener("open", () => {
+      ws.removeEventListener("close", failed);
+      resolve(ws);
+    }, { once: true });
+    ws.addEventListener("close", failed, { once: true });
+  });
+}
+
+// A queue an async iterator reads from: values pushed, the reader awaiting the next.
+class Inbox {
+  constructor() {
+    this.items = [];
+    this.waiting = null;
+    this.ended = false;
+  }
+  push(v) {
+    if (this.waiting) {
+      const w = this.waiting;
+      this.waiting = null;
+      w({ value: v, done: false });
+    } else {
+      this.items.push(v);
+    }
+  }
+  end() {
+    this.ended = true;
+    if (this.waiting) {
+      const w = this.waiting;
+      this.waiting = null;
+      w({ value: undefined, done: true });
+    }
+  }
+  next() {
+    if (this.items.length) return Promise.resolve({ value: this.items.shift(), done: false });
+    if (this.ended) return Promise.resolve({ value: undefined, done: true });
+    return new Promise((resolve) => { this.waiting = resolve; });
+  }
+}
+
+/**
+ * A subscription: `for await (const m of sub)` yields frames and gap notices in the order the
+ * relay sent them; or listen for "frame", "gap", "error" and "close" events. Ends when the
+ * relay closes the session (the "close" event and `closed` carry its code and reason).
+ */
+export class Subscription extends EventTarget {
+  constructor(ws, topic) {
+    super();
+    this.topic = topic;
+    this.ws = ws;
+    this.received = 0;
+    this.lost = 0;
+    this.inbox = new Inbox();
+    this.closed = new Promise((resolve) => {
+      ws.addEventListener("close", (e) => {
+        const info = { code: e.code, reason: e.reason };
+        this.inbox.end();
+        this.dispatchEvent(new CustomEvent("close", { detail: info }));
+        resolve(info);
+      });
+    });
+    ws.addEventListener("message", (e) => this.#message(e.data));
+  }
+
+  #message(data) {
+    let m;
+    if (typeof data === "string") {
+      const event = JSON.parse(data);
+      if (event.gap !== undefined) {
+        m = { kind: "gap", count: event.gap, reason: event.reason };
+        this.lost += event.gap;
+      } else if (event.error !== undefined) {
+        m = { kind: "error", message: event.error };
+      } else {
+        m = { kind: "event", event };
+      }
+    } else {
+      m = decodeFrame(data);
+      this.received += 1;
+    }
+    this.inbox.push(m);
+    this.dispatchEvent(new CustomEvent(m.kind, { detail: m }));
+  }
+
+  [Symbol.asyncIterator]() {
+    return { next: () => this.inbox.next() };
+  }
+
+  /** Leaves the topic. */
+  close() {
+    this.ws.close(1000, "done");
+    return this.closed;
+  }
+}
+
+/**
+ * Subscribes to `topic`. Options: `url` (the relay, default: this page's origin), `name` (in the
+ * relay's stats), `depth` (real-time topics: frames kept for this subscriber), `token`.
+ */
+export async function subscribe(topic, options = {}) {
+  const { url, name, depth, token } = options;
+  const ws = await open(endpoint(url, `/v1/ws/subscribe/${encodeURIComponent(topic)}`,
+    { name, depth }), token);
+  return new Subscription(ws, topic);
+}
+
+/**
+ * A publisher: `await pub.send(payload)` sends one frame, and waits first while the relay holds
+ * the producer back (it stops reading a full lossless topic: the socket's unsent bytes grow
+ * past `highWaterBytes`). Events: "slow_down" and "resume" (the topic's, or its stage's),
+ * "dropped" (a stage will not process a frame), "error", "close".
+ */
+export class Publisher extends EventTarget {
+  constructor(ws, topic, highWaterBytes) {
+    super();
+    this.topic = topic;
+    this.ws = ws;
+    this.next = 0n;
+    this.sent = 0;
+    this.slowed = false;
+    this.highWaterBytes = highWaterBytes;
+    this.closed = new Promise((resolve) => {
+      ws.addEventListener("close", (e) => {
+        const info = { code: e.code, reason: e.reason };
+        this.dispatchEvent(new CustomEvent("close", { detail: info }));
+        resolve(info);
+      });
+    });
+    ws.addEventListener("message", (e) => {
+      if (typeof e.data !== "string") return;
+      const event = JSON.parse(e.data);
+      let kind = "event";
+      if (event.warning === "slow_down") {
+        kind = "slow_down";
+        this.slowed = true;
+      } else if (event.resume) {
+        kind = "resume";
+        this.slowed = false;
+      } else if (event.dropped) {
+        kind = "dropped";
+      } else if (event.error !== undefined) {
+        kind = "error";
+      }
+      this.dispatchEvent(new CustomEvent(kind, { detail: event }));
+    });
+  }
+
+  /**
+   * Sends one frame. `index` defaults to the previous one plus one; `timestampNs` to 0 (the
+   * relay stamps its arrival). Resolves once the frame is handed to the socket; rejects if the
+   * session has ended.
+   */
+  async send(payload, { index, timestampNs = 0 } = {}) {
+    while (this.ws.readyState === WebSocket.OPEN && this.ws.bufferedAmount > this.highWaterBytes) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    if (this.ws.readyState !== WebSocket.OPEN) {
+      const info = await this.closed;
+      throw new SluiceError(`the relay closed the publisher: ${info.code} ${info.reason}`, info);
+    }
+    const i = index === undefined ? this.next : BigInt(index);
+    this.ws.send(encodeFrame(i, timestampNs, payload));
+    this.next = i + 1n;
+    this.sent += 1;
+  }
+
+  /** Ends the session once what was sent has left. */
+  close() {
+    this.ws.close(1000, "done");
+    return this.closed;
+  }
+}
+
+/**
+ * Opens a publisher on `topic`. Options: `url`, `token`, `highWaterBytes` (unsent bytes above
+ * which send() waits; default 1 MiB).
+ */
+export async function publish(topic, options = {}) {
+  const { url, token, highWaterBytes = 1 << 20 } = options;
+  const ws = await open(endpoint(url, `/v1/ws/publish/${encodeURIComponent(topic)}`), token);
+  return new Publisher(ws, topic, highWaterBytes);
+}
+
+/**
+ * Follows the relay's stats (/v1/ws/stats): `onStats(snapshot)` every `periodMs`, and
+ * `onState("up" | "down", detail)` as the connection comes and goes. Reconnects by itself
+ * (backoff 250 ms doubling to 5 s) until `stop()` is called.
+ */
+export function watchStats(onStats, options = {}) {
+  const { url, token, periodMs = 1000, onState = () => {} } = options;
+  let ws = null;
+  let stopped = false;
+  let backoff = 250;
+  let timer = null;
+  const connect = () => {
+    if (stopped) return;
+    ws = new WebSocket(endpoint(url, "/v1/ws/stats", { period_ms: periodMs }), protocols(token));
+    ws.addEventListener("open", () => {
+      backoff = 250;
+      onState("up", {});
+    });
+    ws.addEventListener("message", (e) => {
+      if (typeof e.data === "string") onStats(JSON.parse(e.data));
+    });
+    ws.addEventListener("close", (e) => {
+      onState("down", { code: e.code, reason: e.reason, retryMs: backoff });
+      if (stopped) return;
+      timer = setTimeout(connect, backoff);
+      backoff = Math.min(backoff * 2, 5000);
+    });
+  };
+  connect();
+  return {
+    stop() {
+      stopped = true;
+      clearTimeout(timer);
+      if (ws) ws.close(1000, "done");
+    },
+  };
+}

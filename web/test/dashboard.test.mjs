@@ -1,0 +1,288 @@
+// The dashboard and the JavaScript client in a real browser: Debian's Chromium, headless,
+// driven by playwright-core, against the real relay (`sluice serve` on 127.0.0.1, ephemeral or
+// chosen-free ports). Run by ctest:
+//   node --test web/test/   (SLUICE_BINARY: the sluice executable; SLUICE_ARTIFACTS: where the
+//   screenshot goes)
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { mkdirSync, writeFileSync, mkdtempSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const SLUICE = process.env.SLUICE_BINARY;
+const ARTIFACTS = process.env.SLUICE_ARTIFACTS || tmpdir();
+const CHROMIUM = process.env.SLUICE_CHROMIUM || "/usr/bin/chromium";
+assert.ok(SLUICE, "SLUICE_BINARY: the sluice executable");
+
+let browser;
+before(async () => {
+  // (--no-sandbox: CI runs as root, where Chromium's sandbox cannot start)
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
+});
+after(async () => { await browser?.close(); });
+
+async function freePort() {
+  const s = createServer();
+  s.listen(0, "127.0.0.1");
+  await once(s, "listening");
+  const port = s.address().port;
+  s.close();
+  await once(s, "close");
+  return port;
+}
+
+// A relay: `sluice serve` with `env` and `args`; resolves with its addresses once it listens.
+async function relay({ env = {}, args = [], config = null, httpPort = 0 } = {}) {
+  const extra = [];
+  if (config) {
+    const dir = mkdtempSync(join(tmpdir(), "sluice-browser-"));
+    writeFileSync(join(dir, "relay.toml"), config);
+    extra.push("--config", join(dir, "relay.toml"));
+  }
+  const child = spawn(SLUICE, ["serve", ...extra, ...args], {
+    env: { ...process.env, SLUICE_GRPC_PORT: "0", SLUICE_HTTP_PORT: String(httpPort), ...env },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const lines = createInterface({ input: child.stdout });
+  const [line] = await once(lines, "line");
+  const listening = JSON.parse(line);
+  assert.equal(listening.event, "listening", line);
+  return {
+    child,
+    http: `http://${listening.http}`,
+    dashboard: listening.dashboard,
+    async stop() {
+      if (child.exitCode !== null) return;
+      child.kill("SIGTERM");
+      await once(child, "exit");
+    },
+  };
+}
+
+// A page of `url` whose console errors and page errors are collected.
+async function open(url) {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 1100 } });
+  const errors = [];
+  page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+  page.on("pageerror", (e) => errors.push(String(e)));
+  await page.goto(url);
+  return { page, errors };
+}
+
+test("the page loads without errors; a topic appears when used and goes when it ends", async () => {
+  const r = await relay({ env: { SLUICE_TOPIC_IDLE_TIMEOUT_MS: "300" } });
+  try {
+    const { page, errors } = await open(r.dashboard);
+    await page.waitForSelector("#state[data-state=up]", { timeout: 5000 });
+    await page.waitForSelector("#empty:not([hidden])");
+    assert.match(await page.textContent("#empty"), /sluice serve --demo/);
+    // Another page publishes through the JavaScript client.
+    const producer = await browser.newPage();
+    await producer.goto(r.http + "/healthz");
+    const started = Date.now();
+    await producer.evaluate(async () => {
+      const sluice = await import("/sluice.js");
+      window.pub = await sluice.publish("browser.topic");
+      await window.pub.send("hello");
+    });
+    await page.waitForSelector('tr[data-topic="browser.topic"]', { timeout: 2000 });
+    assert.ok(Date.now() - started < 2000);
+    await producer.evaluate(() => window.pub.close());
+    await page.waitForSelector('tr[data-topic="browser.topic"]', { state: "detached", timeout: 5000 });
+    assert.deepEqual(errors, []);
+    await page.close();
+    await producer.close();
+  } finally {
+    await r.stop();
+  }
+});
+
+test("under --demo: a slow viewer's gaps and a throttled producer show as they happen; charts draw and update", async () => {
+  const r = await relay({ args: ["--demo"] });
+  try {
+    const { page, errors } = await open(r.dashboard);
+    await page.waitForSelector('tr[data-topic="demo.camera"]', { timeout: 5000 });
+    await page.click('tr[data-topic="demo.camera"]');
+    // The slow viewer loses frames, announced: the count it shows grows.
+    await page.waitForFunction(() => {
+      const cell = document.querySelector('tr[data-subscriber="slow-viewer"] [data-field=lost]');
+      return cell && Number(cell.dataset.total) > 0;
+    }, null, { timeout: 10000 });
+    assert.match(await page.textContent('tr[data-subscriber="slow-viewer"] [data-field=lost]'),
+      /slow_consumer \d+/);
+    // The telemetry producer is held back: its topic says so, with its queue at the budget.
+    await page.waitForFunction(() => {
+      const row = document.querySelector('tr[data-topic="demo.telemetry"]');
+      return row && / [1-9]\d* slow-downs/.test(row.querySelector("[data-field=throttle]").textContent);
+    }, null, { timeout: 10000 });
+    // The charts draw (pixels other than the background) and move.
+    const pixels = () => page.evaluate(() => {
+      const c = document.querySelector("#chart-rate canvas");
+      const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+      let ink = 0;
+      let sum = 0;
+      for (let i = 0; i < d.length; i += 4) {
+        if (d[i + 3] > 0 && (d[i] < 250 || d[i + 1] < 250 || d[i + 2] < 250)) ink++;
+        sum = (sum + d[i] * (i % 251) + d[i + 2]) % 1000000007;
+      }
+      return { ink, sum };
+    });
+    await page.waitForTimeout(1500);
+    const first = await pixels();
+    await page.waitForTimeout(1500);
+    const second = await pixels();
+    assert.ok(first.ink > 500, `the rate chart has ${first.ink} drawn pixels`);
+    assert.notEqual(first.sum, second.sum, "the chart did not change in 1.5 s");
+    // The stage: its gate and both workers.
+    await page.click('tr[data-topic="demo.detect"]');
+    await page.waitForSelector('tr[data-worker="fast-model"]');
+    await page.waitForSelector('tr[data-worker="slow-model"]');
+    mkdirSync(ARTIFACTS, { recursive: true });
+    await page.click('tr[data-topic="demo.camera"]');
+    await page.click("#preview-toggle");
+    await page.waitForSelector("#preview-image:not([hidden])", { timeout: 5000 });
+    await page.waitForTimeout(1000);
+    await page.screenshot({ path: join(ARTIFACTS, "dashboard.png"), fullPage: true });
+    assert.deepEqual(errors, []);
+    await page.close();
+  } finally {
+    await r.stop();
+  }
+});
+
+test("the image preview shows a published PNG", async () => {
+  const r = await relay({ config: '[[topic]]\nname = "snapshot"\nmode = "realtime"\ncontent_type = "image/png"\n' });
+  try {
+    const producer = await browser.newPage();
+    await producer.goto(r.http + "/healthz");
+    // Four coloured quadrants, as PNG, published every 100 ms.
+    await producer.evaluate(async () => {
+      const c = new OffscreenCanvas(64, 48);
+      const g = c.getContext("2d");
+      const colours = [[255, 0, 0], [0, 200, 0], [0, 0, 255], [250, 200, 0]];
+      colours.forEach(([r, gg, b], i) => {
+        g.fillStyle = `rgb(${r},${gg},${b})`;
+        g.fillRect((i % 2) * 32, Math.floor(i / 2) * 24, 32, 24);
+      });
+      const png = new Uint8Array(await (await c.convertToBlob({ type: "image/png" })).arrayBuffer());
+      const sluice = await import("/sluice.js");
+      const pub = await sluice.publish("snapshot");
+      window.timer = setInterval(() => pub.send(png), 100);
+    });
+    const { page, errors } = await open(r.dashboard);
+    await page.click('tr[data-topic="snapshot"]');
+    await page.click("#preview-toggle");
+    await page.waitForFunction(() => {
+      const img = document.querySelector("#preview-image");
+      return !img.hidden && img.complete && img.naturalWidth === 64;
+    }, null, { timeout: 5000 });
+    const seen = await page.evaluate(() => {
+      const img = document.querySelector("#preview-image");
+      const c = document.createElement("canvas");
+      c.width = 64;
+      c.height = 48;
+      const g = c.getContext("2d");
+      g.drawImage(img, 0, 0);
+      return [[16, 12], [48, 12], [16, 36], [48, 36]].map(([x, y]) =>
+        Array.from(g.getImageData(x, y, 1, 1).data.slice(0, 3)));
+    });
+    assert.deepEqual(seen, [[255, 0, 0], [0, 200, 0], [0, 0, 255], [250, 200, 0]]);
+    assert.deepEqual(errors, []);
+    await producer.evaluate(() => clearInterval(window.timer));
+    await page.close();
+    await producer.close();
+  } finally {
+    await r.stop();
+  }
+});
+
+test("the JavaScript client: frames in order; a page that stops reading gets a gap notice", async () => {
+  const r = await relay({
+    config: '[[topic]]\nname = "rt"\nmode = "realtime"\ndepth = 64\n',
+    env: { SLUICE_MAX_SEND_TIMEOUTS: "100" },  // (a page blocked for 2 s is late, not stalled)
+  });
+  try {
+    const { page, errors } = await open(r.http + "/healthz");
+    const inOrder = await page.evaluate(async () => {
+      const sluice = await import("/sluice.js");
+      const sub = await sluice.subscribe("rt", { depth: 64, name: "in-order" });
+      const pub = await sluice.publish("rt");
+      for (let i = 0; i < 50; i++) await pub.send(`frame ${i}`);
+      const got = [];
+      for await (const m of sub) {
+        if (m.kind !== "frame") continue;
+        got.push([Number(m.index), new TextDecoder().decode(m.payload)]);
+        if (got.length === 50) break;
+      }
+      await sub.close();
+      await pub.close();
+      return got;
+    });
+    assert.deepEqual(inOrder, Array.from({ length: 50 }, (_, i) => [i, `frame ${i}`]));
+
+    // A subscriber page whose main thread is busy for 2 s while 256 KiB frames stream in.
+    const reader = await browser.newPage();
+    await reader.goto(r.http + "/healthz");
+    await reader.evaluate(async () => {
+      const sluice = await import("/sluice.js");
+      window.sub = await sluice.subscribe("rt", { depth: 2, name: "blocked-page" });
+      window.gaps = [];
+      window.frames = 0;
+      window.sub.addEventListener("gap", (e) => window.gaps.push(e.detail));
+      window.sub.addEventListener("frame", () => { window.frames++; });
+    });
+    const blocked = reader.evaluate(() => {
+      const until = Date.now() + 2000;
+      while (Date.now() < until) { /* not reading */ }
+    });
+    await page.evaluate(async () => {
+      const sluice = await import("/sluice.js");
+      const pub = await sluice.publish("rt", { highWaterBytes: 8 << 20 });
+      const big = new Uint8Array(256 * 1024);
+      for (let i = 0; i < 300; i++) await pub.send(big);
+      await pub.close();
+    });
+    await blocked;
+    await reader.waitForFunction(() => window.gaps.length > 0, null, { timeout: 10000 });
+    const gaps = await reader.evaluate(() => window.gaps);
+    assert.equal(gaps[0].kind, "gap");
+    assert.equal(gaps[0].reason, "slow_consumer");
+    assert.ok(gaps.reduce((a, g) => a + g.count, 0) > 0);
+    assert.deepEqual(errors, []);
+    await reader.close();
+    await page.close();
+  } finally {
+    await r.stop();
+  }
+});
+
+test("the page keeps working when the relay restarts", async () => {
+  const port = await freePort();
+  let r = await relay({ httpPort: port, env: { SLUICE_TOPIC_IDLE_TIMEOUT_MS: "600000" } });
+  const { page } = await open(r.dashboard);
+  try {
+    await page.waitForSelector("#state[data-state=up]", { timeout: 5000 });
+    await r.stop();
+    await page.waitForSelector("#state[data-state=down]", { timeout: 5000 });
+    assert.match(await page.textContent("#state"), /relay unreachable/);
+    r = await relay({ httpPort: port });
+    await page.waitForSelector("#state[data-state=up]", { timeout: 10000 });
+    const producer = await browser.newPage();
+    await producer.goto(r.http + "/healthz");
+    await producer.evaluate(async () => {
+      const sluice = await import("/sluice.js");
+      window.pub = await sluice.publish("after.restart");
+      await window.pub.send("back");
+    });
+    await page.waitForSelector('tr[data-topic="after.restart"]', { timeout: 3000 });
+    await producer.close();
+  } finally {
+    await page.close();
+    await r.stop();
+  }
+});
