@@ -206,6 +206,30 @@ TEST(RelayAccess, StatsAndMetricsShowOnlyWhatThePrincipalMaySee) {
   EXPECT_EQ(stats_status, 200U);
   EXPECT_FALSE(mentions_a_token(stats));
   EXPECT_EQ(http_get(port, "/healthz").first, 200U);  // (health needs no token)
+
+  // The stats stream: the same view, pushed; refused without the stats permission.
+  WsClient stream;
+  stream.headers = dash;
+  ASSERT_FALSE(stream.connect(port, "/v1/ws/stats?period_ms=100"));
+  for (int i = 0; i < 2; ++i) {  // (two snapshots, a period apart)
+    bool text = false;
+    std::string snapshot;
+    ASSERT_FALSE(stream.read(text, snapshot));
+    EXPECT_TRUE(text);
+    EXPECT_NE(snapshot.find("\"camera.front\""), std::string::npos) << snapshot;
+    EXPECT_EQ(snapshot.find("\"frames\""), std::string::npos) << snapshot;
+    EXPECT_NE(snapshot.find("\"period_ms\":100"), std::string::npos) << snapshot;
+    EXPECT_FALSE(mentions_a_token(snapshot));
+  }
+  WsClient camera_stream;
+  camera_stream.headers = {{"Authorization", std::string("Bearer ") + kCameraToken}};
+  EXPECT_TRUE(camera_stream.connect(port, "/v1/ws/stats"));
+  EXPECT_EQ(camera_stream.http_status, 403U);
+  EXPECT_NE(camera_stream.http_body.find("may not read stats"), std::string::npos);
+  WsClient bad_period;
+  bad_period.headers = dash;
+  EXPECT_TRUE(bad_period.connect(port, "/v1/ws/stats?period_ms=600001"));
+  EXPECT_EQ(bad_period.http_status, 400U);
 }
 
 TEST(RelayAccess, WebSocketTokensInTheHeaderOrTheSubprotocolAndTheirRefusals) {

@@ -74,7 +74,7 @@ async function open(url) {
   return { page, errors };
 }
 
-test("the page loads without errors; a topic appears when used and goes when it ends", async () => {
+test("the page loads without errors; a topic and a subscriber appear when used and go when they end", async () => {
   const r = await relay({ env: { SLUICE_TOPIC_IDLE_TIMEOUT_MS: "300" } });
   try {
     const { page, errors } = await open(r.dashboard);
@@ -92,6 +92,15 @@ test("the page loads without errors; a topic appears when used and goes when it 
     });
     await page.waitForSelector('tr[data-topic="browser.topic"]', { timeout: 2000 });
     assert.ok(Date.now() - started < 2000);
+    // A subscriber appears in the topic's table, and goes when it leaves.
+    await page.click('tr[data-topic="browser.topic"]');
+    await producer.evaluate(async () => {
+      const sluice = await import("/sluice.js");
+      window.sub = await sluice.subscribe("browser.topic", { name: "page-viewer" });
+    });
+    await page.waitForSelector('tr[data-subscriber="page-viewer"]', { timeout: 2000 });
+    await producer.evaluate(() => window.sub.close());
+    await page.waitForSelector('tr[data-subscriber="page-viewer"]', { state: "detached", timeout: 2000 });
     await producer.evaluate(() => window.pub.close());
     await page.waitForSelector('tr[data-topic="browser.topic"]', { state: "detached", timeout: 5000 });
     assert.deepEqual(errors, []);
