@@ -1,5 +1,6 @@
 #include "demo_traffic.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <string>
@@ -15,8 +16,8 @@ namespace {
 
 using namespace std::chrono_literals;
 
-constexpr int kWidth = 160;
-constexpr int kHeight = 120;
+constexpr std::size_t kWidth = 160;
+constexpr std::size_t kHeight = 120;
 
 void put32(std::string& s, std::size_t at, std::uint32_t v) {
   for (int i = 0; i < 4; ++i) s[at + i] = static_cast<char>((v >> (8 * i)) & 0xFF);
@@ -37,10 +38,10 @@ std::string camera_frame(std::uint64_t n) {
   bmp[26] = 1;
   bmp[28] = 24;
   put32(bmp, 34, static_cast<std::uint32_t>(row * kHeight));
-  for (int y = 0; y < kHeight; ++y) {
-    for (int x = 0; x < kWidth; ++x) {
-      const std::size_t p = 54 + static_cast<std::size_t>(kHeight - 1 - y) * row + x * 3;
-      const bool bar = y >= kHeight - 8 && x < static_cast<int>((n % 30) * kWidth / 30);
+  for (std::size_t y = 0; y < kHeight; ++y) {
+    for (std::size_t x = 0; x < kWidth; ++x) {
+      const std::size_t p = 54 + (kHeight - 1 - y) * row + x * 3;
+      const bool bar = y >= kHeight - 8 && x < (n % 30) * kWidth / 30;
       bmp[p] = static_cast<char>(bar ? 255 : (x * 255 / kWidth));           // blue
       bmp[p + 1] = static_cast<char>(bar ? 255 : ((y * 2 + n * 4) % 256));  // green
       bmp[p + 2] = static_cast<char>(bar ? 255 : ((x + y + n * 2) % 256));  // red
@@ -53,10 +54,8 @@ std::string camera_frame(std::uint64_t n) {
 
 void add_demo_topics(RelayConfig& config) {
   const auto declared = [&config](const std::string& name) {
-    for (const auto& t : config.topics) {
-      if (t.name == name) return true;
-    }
-    return false;
+    return std::ranges::any_of(config.topics,
+                               [&name](const TopicConfig& t) { return t.name == name; });
   };
   if (!declared("demo.camera")) {
     TopicConfig t;
@@ -70,7 +69,7 @@ void add_demo_topics(RelayConfig& config) {
     TopicConfig t;
     t.name = "demo.telemetry";
     t.mode = TopicMode::lossless;
-    t.max_queue_bytes = 256 * 1024;
+    t.max_queue_bytes = std::uint64_t{256} * 1024;
     t.max_wait = 60s;
     t.content_type = "application/json";
     config.topics.push_back(t);
@@ -110,9 +109,9 @@ DemoTraffic::DemoTraffic(std::uint16_t grpc_port, std::uint16_t http_port)
       const auto start = std::chrono::steady_clock::now();
       for (std::uint64_t n = 0; !stopping_.load(); ++n) {
         if (fps > 0) {
-          std::this_thread::sleep_until(start +
-                                        std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                            std::chrono::duration<double>(n / fps)));
+          std::this_thread::sleep_until(
+              start + std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::duration<double>(static_cast<double>(n) / fps)));
         }
         if (!pub.publish(Buffer::copy(make(n))).ok()) break;
       }

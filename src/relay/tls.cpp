@@ -4,6 +4,7 @@
 #include <openssl/x509.h>
 
 #include <stdexcept>
+#include <string_view>
 
 namespace sluice::relay {
 
@@ -90,8 +91,10 @@ std::shared_ptr<ssl::context> TlsContexts::build(const RelayConfig& config) {
                                SSL_load_client_CA_file(config.tls_client_ca_file.c_str()));
     ctx->set_verify_mode(ssl::verify_peer | ssl::verify_fail_if_no_peer_cert);
     // (Resumed sessions keep their verified certificate; OpenSSL requires a context id.)
-    static constexpr unsigned char kId[] = "sluice";
-    SSL_CTX_set_session_id_context(ctx->native_handle(), kId, sizeof kId - 1);
+    static constexpr std::string_view kId = "sluice";
+    SSL_CTX_set_session_id_context(ctx->native_handle(),
+                                   reinterpret_cast<const unsigned char*>(kId.data()),
+                                   static_cast<unsigned>(kId.size()));
   }
   return ctx;
 }

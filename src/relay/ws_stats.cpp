@@ -17,7 +17,7 @@ namespace sluice::relay {
 namespace {
 
 // The dashboard sends nothing but control frames.
-constexpr std::uint64_t kMaxStatsClientMessage = 4 * 1024;
+constexpr std::uint64_t kMaxStatsClientMessage = std::uint64_t{4} * 1024;
 // ?period_ms=: 100 ms to a minute, a second by default.
 constexpr std::uint64_t kMinStatsPeriodMs = 100;
 constexpr std::uint64_t kMaxStatsPeriodMs = 60'000;
