@@ -83,6 +83,17 @@ nlohmann::json topic_json(const Topic& t) {
   tj["max_queue_items"] = t.config.max_queue_items;
   std::uint64_t worst_bytes = 0;
   tj["subscribers"] = nlohmann::json::array();
+  // Each subscriber's extras: the first not yet taken with its name and first sequence.
+  std::vector<SubscriberExtras> extras;
+  std::vector<std::pair<std::uint64_t, SubscriberExtras::Verdict>> sampled;  // unsent, verdict
+  t.with_extras([&](const std::vector<SubscriberExtras>& all) {
+    extras = all;
+    for (const auto& e : all) {
+      sampled.emplace_back(e.unsent ? e.unsent->load(std::memory_order_relaxed) : 0,
+                           e.verdict->load(std::memory_order_relaxed));
+    }
+  });
+  std::vector<bool> taken(extras.size(), false);
   for (const auto& sub : s.subscribers) {
     worst_bytes = std::max(worst_bytes, sub.lag_bytes);
     nlohmann::json lost = nlohmann::json::object();
@@ -98,6 +109,16 @@ nlohmann::json topic_json(const Topic& t) {
                                  {"lag_bytes", sub.lag_bytes},
                                  {"max_lag", sub.max_lag},
                                  {"evicted", sub.evicted}});
+    auto& j = tj["subscribers"].back();
+    for (std::size_t i = 0; i < extras.size(); ++i) {
+      if (taken[i] || extras[i].name != sub.name || extras[i].joined_at != sub.joined_at) continue;
+      taken[i] = true;
+      static constexpr const char* kVerdicts[] = {"ok", "late", "stalled"};
+      j["session"] = extras[i].session;
+      j["sends"] = kVerdicts[static_cast<std::size_t>(sampled[i].second)];
+      if (extras[i].unsent != nullptr) j["kernel_unsent_bytes"] = sampled[i].first;
+      break;
+    }
   }
   tj["queue_bytes"] = worst_bytes;
   tj["retained_bytes"] = s.retained_bytes;

@@ -31,9 +31,14 @@ SubscriberPump::SubscriberPump(RelayCore& core, std::shared_ptr<Topic> topic,
       sub_(std::move(sub)),
       id_(core.admission.next_id()),
       sink_(topic_->name + "/" + sub_.name() + "#" + std::to_string(id_)),
-      series_(core.metrics, topic_->name, sub_, id_, kernel_unsent ? &unsent_ : nullptr) {}
+      kernel_unsent_(kernel_unsent),
+      series_(core.metrics, topic_->name, sub_, id_, kernel_unsent ? &unsent_ : nullptr) {
+  topic_->add_extras(
+      {id_, sub_.name(), sub_.stats().joined_at, kernel_unsent_ ? &unsent_ : nullptr, &verdict_});
+}
 
 SubscriberPump::~SubscriberPump() {
+  topic_->remove_extras(id_);
   if (judged_) core_.slow_subscribers.remove(sink_);
 }
 
@@ -93,6 +98,13 @@ std::optional<Refusal> SubscriberPump::write_timed_out() {
 // drops for it, announced as gaps. A stalled one leaves the topic at once (a lossless topic
 // stops waiting for it) and its session ends.
 std::optional<Refusal> SubscriberPump::judged(const std::optional<SinkEvent>& event) {
+  if (event) {
+    using V = SubscriberExtras::Verdict;
+    verdict_.store(event->kind == SinkEvent::Kind::recovered ? V::ok
+                   : event->kind == SinkEvent::Kind::stalled ? V::stalled
+                                                             : V::late,
+                   std::memory_order_relaxed);
+  }
   if (!event || event->kind == SinkEvent::Kind::recovered) return std::nullopt;
   core_.metrics
       .counter("sluice_slow_viewers_total",

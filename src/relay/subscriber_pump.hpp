@@ -99,7 +99,9 @@ class SubscriberPump {
   const std::uint64_t id_;
   const std::string sink_;                // its name for the slow-consumer judge
   std::atomic<std::uint64_t> unsent_{0};  // read by the scrapes
-  SubscriberSeries series_;               // after sub_: removed before it goes
+  const bool kernel_unsent_;
+  std::atomic<SubscriberExtras::Verdict> verdict_{SubscriberExtras::Verdict::ok};
+  SubscriberSeries series_;  // after sub_: removed before it goes
   std::vector<RelayMessage> batch_;
   std::optional<RecvResult<RelayMessage>> held_;  // a gap or the end, due after the batch
   std::uint64_t gap_lost_ = 0;

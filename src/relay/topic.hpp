@@ -18,12 +18,26 @@
 
 #include "refusal.hpp"
 #include "sluice/broadcast.hpp"
+#include "sluice/detail/thread_annotations.hpp"
 #include "sluice/metrics.hpp"
 #include "sluice/relay/config.hpp"
 #include "sluice/relay/protocol.hpp"
 #include "stage.hpp"
 
 namespace sluice::relay {
+
+/// What the relay knows of a subscriber besides the topic's own stats (SubscriberStats): its
+/// session, what its socket holds unsent in the kernel (WebSocket subscribers), and the
+/// slow-consumer judge's last verdict on its sends. Its SubscriberPump registers it with the
+/// topic while it is subscribed; the fields are read from any thread.
+struct SubscriberExtras {
+  enum class Verdict : std::uint8_t { ok, late, stalled };
+  std::uint64_t session = 0;
+  std::string name;
+  std::uint64_t joined_at = 0;                         // as in SubscriberStats
+  const std::atomic<std::uint64_t>* unsent = nullptr;  // null: not sampled (gRPC)
+  const std::atomic<Verdict>* verdict = nullptr;
+};
 
 struct Topic {
   Topic(std::string n, const TopicConfig& c) : name(std::move(n)), config(c), broadcast(make(c)) {}
@@ -91,6 +105,22 @@ struct Topic {
   /// one was.
   std::atomic<std::uint64_t> throttled_publishers{0};
   std::atomic<std::uint64_t> throttled_total{0};
+
+  /// The subscribers' extras, by session (registered and removed by their pumps).
+  void add_extras(const SubscriberExtras& e) {
+    const MutexLock lock(extras_mu_);
+    extras_.push_back(e);
+  }
+  void remove_extras(std::uint64_t session) {
+    const MutexLock lock(extras_mu_);
+    std::erase_if(extras_, [session](const SubscriberExtras& e) { return e.session == session; });
+  }
+  /// Calls `f(extras)` under the lock (the pumps cannot go meanwhile).
+  template <class F>
+  void with_extras(F&& f) const {
+    const MutexLock lock(extras_mu_);
+    f(extras_);
+  }
   std::shared_ptr<Stage> stage;  // when the topic declares one (set before it is shared)
 
   // The registry's bookkeeping (under its lock): whether the topic may be removed once idle
@@ -99,6 +129,10 @@ struct Topic {
   bool removable = false;
   std::optional<std::chrono::steady_clock::time_point> idle_since;
   std::vector<std::pair<std::string, metrics::Labels>> series;
+
+ private:
+  mutable Mutex extras_mu_;
+  std::vector<SubscriberExtras> extras_ SLUICE_GUARDED_BY(extras_mu_);
 };
 
 }  // namespace sluice::relay

@@ -600,6 +600,31 @@ TEST(RelayWs, AViewersSendBufferBoundsWhatWaitsInTheKernelForIt) {
   EXPECT_GT(unsent, 0.0) << "sluice_subscriber_unsent_bytes of the stuck viewer";
   EXPECT_LE(unsent, 3.0 * 64 * 1024);
   EXPECT_GE(testing::metric(port, "sluice_subscriber_unsent_bytes", "subscriber=\"fast\""), 0.0);
+  // The stats say the same per subscriber, with the judge's verdict on its sends: late once 5 of
+  // its last 20 sends timed out (it stays: max_send_timeouts is high here).
+  nlohmann::json stats;
+  const auto stuck_late = [&stats] {
+    for (const auto& sub : stats["topics"][0]["subscribers"]) {
+      if (sub["name"] == "stuck") return sub.value("sends", "") == "late";
+    }
+    return false;
+  };
+  do {
+    stats = nlohmann::json::parse(testing::http_get(port, "/v1/stats").second);
+  } while (!stuck_late() && std::chrono::steady_clock::now() < deadline + 10s &&
+           (std::this_thread::sleep_for(20ms), true));
+  const auto& subs = stats["topics"][0]["subscribers"];
+  ASSERT_EQ(subs.size(), 2U);
+  for (const auto& sub : subs) {
+    ASSERT_TRUE(sub.contains("kernel_unsent_bytes")) << sub.dump();
+    if (sub["name"] == "stuck") {
+      EXPECT_GT(sub["kernel_unsent_bytes"].get<double>(), 0.0) << sub.dump();
+      EXPECT_LE(sub["kernel_unsent_bytes"].get<double>(), 3.0 * 64 * 1024);
+      EXPECT_EQ(sub["sends"], "late") << sub.dump();
+    } else {
+      EXPECT_EQ(sub["sends"], "ok") << sub.dump();
+    }
+  }
   pub.s.close(websocket::close_code::normal);
   fast.s.close(websocket::close_code::normal);
 }

@@ -137,12 +137,13 @@ function renderDetail(snapshot) {
   for (const s of t.subscribers) {
     const lostText = Object.entries(s.lost_by_reason || {}).map(([r, n]) => `${r} ${n}`)
       .join(" · ") || "0";
-    const state = s.evicted ? "evicted" : s.lost > 0 && s.lag > 0 ? "slow" : "ok";
+    const state = s.evicted ? "evicted" : s.sends || "ok";
     body.append(el("tr", { "data-subscriber": s.name },
       el("td", {}, s.name), el("td", {}, String(s.received)), el("td", {}, String(s.lag)),
       el("td", {}, fmtBytes(s.lag_bytes)), el("td", {}, s.depth ? String(s.depth) : "–"),
       el("td", { "data-field": "lost", "data-total": String(s.lost) }, lostText),
-      el("td", {}, badge(state))));
+      el("td", { "data-field": "sends" }, badge(state, state === "late" ? "slow" : state)),
+      el("td", {}, s.kernel_unsent_bytes === undefined ? "–" : fmtBytes(s.kernel_unsent_bytes))));
     before.delete(s.name);
   }
   const st = t.stage;
