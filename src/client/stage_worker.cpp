@@ -92,8 +92,9 @@ void StageWorker::handshake(Ws& ws) {
     boost::system::error_code not_ip;
     (void)boost::asio::ip::make_address(options_.host, not_ip);
     if (not_ip) {  // (SSL_set_tlsext_host_name, without its macro's cast)
+      std::string name = options_.host;
       SSL_ctrl(tls.native_handle(), SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
-               const_cast<char*>(options_.host.c_str()));
+               name.data());
     }
     tls.set_verify_callback(ssl::host_name_verification(options_.host));
     tls.handshake(ssl::stream_base::client, ec);
