@@ -1,0 +1,361 @@
+"""Publisher, Subscriber and Worker over the relay's WebSocket endpoints (docs/protocol.md),
+on python3-websockets and asyncio."""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import signal
+import ssl as ssl_module
+import urllib.parse
+from collections import deque
+from typing import Any, AsyncIterator, Awaitable, Callable, Union
+
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidStatusCode
+
+from .errors import Closed, MaxWaitExceeded, Refused
+from .frames import HEADER, HEADER_BYTES, Frame, Gap, Notice, encode
+
+DEFAULT_URL = "ws://127.0.0.1:7401"
+# Publisher events kept for events() when nobody reads them; older ones are dropped, counted.
+MAX_QUEUED_EVENTS = 1024
+
+
+def _endpoint(url: str, path: str, **params: Any) -> str:
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+    return url.rstrip("/") + path + (("?" + query) if query else "")
+
+
+def _subprotocols(token: str | None) -> list[str] | None:
+    # (A browser can only send its token this way; the header would do as well here.)
+    return ["sluice", f"sluice.bearer.{token}"] if token else None
+
+
+async def _refusal_body(uri: str, token: str | None, ssl: ssl_module.SSLContext | None) -> str:
+    """The one-line reason the relay gave for refusing an upgrade (websockets keeps only the
+    status): the same request again, read as plain HTTP."""
+    u = urllib.parse.urlsplit(uri)
+    secure = u.scheme == "wss"
+    port = u.port or (443 if secure else 80)
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(u.hostname, port,
+                                    ssl=(ssl or ssl_module.create_default_context()) if secure else None),
+            5)
+        target = u.path + (("?" + u.query) if u.query else "")
+        lines = [f"GET {target} HTTP/1.1", f"Host: {u.netloc}", "Connection: Upgrade",
+                 "Upgrade: websocket", "Sec-WebSocket-Version: 13",
+                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="]
+        if token:
+            lines.append(f"Authorization: Bearer {token}")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        answer = await asyncio.wait_for(reader.read(8192), 5)
+        writer.close()
+        return answer.split(b"\r\n\r\n", 1)[-1].decode(errors="replace").strip()
+    except (OSError, asyncio.TimeoutError):
+        return ""
+
+
+async def _open(uri: str, token: str | None, ssl: ssl_module.SSLContext | None,
+                max_size: int | None = None) -> websockets.WebSocketClientProtocol:
+    try:
+        return await websockets.connect(uri, subprotocols=_subprotocols(token), ssl=ssl,
+                                        max_size=max_size, ping_interval=None)
+    except InvalidStatusCode as e:
+        raise Refused(e.status_code, await _refusal_body(uri, token, ssl)) from None
+
+
+def _closed(ws: websockets.WebSocketClientProtocol, last_error: Notice | None = None) -> Closed:
+    code = ws.close_code if ws.close_code is not None else 1006
+    reason = ws.close_reason or ""
+    if code == 1013:
+        return MaxWaitExceeded(code, reason, last_error.frame_index if last_error else None)
+    return Closed(code, reason)
+
+
+class Publisher:
+    """Publishes frames to a topic over `/v1/ws/publish/{topic}`.
+
+    `await send(payload)` applies the relay's backpressure: it waits while the relay has told
+    this producer to slow down (a full lossless topic: it stops reading the socket until the
+    topic drains to half its budget) and while the socket's buffer is full. When a frame waited
+    `max_wait_ms` the relay ends the session and send() raises MaxWaitExceeded naming that
+    setting and the frame. `events()` yields the relay's notices (slow_down, resume, dropped,
+    error) as they come. Not thread-safe: one task sends at a time.
+    """
+
+    def __init__(self, ws: websockets.WebSocketClientProtocol, topic: str) -> None:
+        self.topic = topic
+        self._ws = ws
+        self._next = 0
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._events: deque[Notice] = deque()
+        self._event_ready = asyncio.Event()
+        self._last_error: Notice | None = None
+        self.sent = 0
+        self.slow_downs = 0
+        self.resumes = 0
+        self.events_dropped = 0  # notices nobody read in time (beyond MAX_QUEUED_EVENTS)
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def connect(cls, topic: str, url: str = DEFAULT_URL, *, token: str | None = None,
+                      ssl: ssl_module.SSLContext | None = None) -> "Publisher":
+        uri = _endpoint(url, f"/v1/ws/publish/{urllib.parse.quote(topic, safe='')}")
+        return cls(await _open(uri, token, ssl), topic)
+
+    @property
+    def slowed(self) -> bool:
+        """The relay has told this producer to slow down and not yet to resume."""
+        return not self._flowing.is_set()
+
+    async def _read(self) -> None:
+        try:
+            async for message in self._ws:
+                if not isinstance(message, str):
+                    continue
+                notice = Notice.of(json.loads(message))
+                if notice.kind == "slow_down" and "stage" not in notice.data:
+                    self.slow_downs += 1
+                    self._flowing.clear()
+                elif notice.kind == "resume" and "stage" not in notice.data:
+                    self.resumes += 1
+                    self._flowing.set()
+                elif notice.kind == "error":
+                    self._last_error = notice
+                if len(self._events) >= MAX_QUEUED_EVENTS:
+                    self._events.popleft()
+                    self.events_dropped += 1
+                self._events.append(notice)
+                self._event_ready.set()
+        except ConnectionClosed:
+            pass
+        finally:
+            self._flowing.set()  # (a waiting send() sees the close)
+            self._event_ready.set()
+
+    async def send(self, payload: bytes | bytearray | memoryview, *, frame_index: int | None = None,
+                   timestamp_ns: int = 0) -> int:
+        """Sends one frame; returns its index (default: the previous one plus one). A
+        timestamp of 0 lets the relay stamp the frame's arrival."""
+        await self._flowing.wait()
+        if self._ws.closed:
+            raise _closed(self._ws, self._last_error)
+        index = self._next if frame_index is None else frame_index
+        try:
+            await self._ws.send(encode(index, timestamp_ns, payload))
+        except ConnectionClosed:
+            await self._reader
+            raise _closed(self._ws, self._last_error) from None
+        self._next = index + 1
+        self.sent += 1
+        return index
+
+    async def events(self) -> AsyncIterator[Notice]:
+        """The relay's notices to this producer, in order, until the session ends."""
+        while True:
+            while self._events:
+                yield self._events.popleft()
+            if self._reader.done():
+                return
+            self._event_ready.clear()
+            await self._event_ready.wait()
+
+    async def close(self) -> None:
+        """Ends the session once what was sent has left."""
+        await self._ws.close(1000, "done")
+        await self._reader
+
+
+Received = Union[Frame, Gap]
+
+
+class Subscriber:
+    """Subscribes to a topic over `/v1/ws/subscribe/{topic}`: `async for m in sub` yields
+    Frame and Gap values in the order the relay sent them. The iteration ends when the relay
+    closes the topic normally (1000: it is shutting down) and raises Closed otherwise (4008:
+    disconnected as a stalled consumer; 1008: evicted; 1006: the connection was lost). With
+    `reconnect=True` any end but close() makes the connection again (backoff 0.25 s doubling to
+    5 s), announced as Gap(None, "reconnect"): what was published meanwhile is not replayed, so
+    the gap's size is not known.
+    """
+
+    def __init__(self, uri: str, topic: str, token: str | None, ssl: ssl_module.SSLContext | None,
+                 reconnect: bool) -> None:
+        self.topic = topic
+        self._uri = uri
+        self._token = token
+        self._ssl = ssl
+        self._reconnect = reconnect
+        self._ws: websockets.WebSocketClientProtocol | None = None
+        self._closing = False
+        self.received = 0
+        self.lost = 0
+        self.reconnects = 0
+
+    @classmethod
+    async def connect(cls, topic: str, url: str = DEFAULT_URL, *, name: str | None = None,
+                      depth: int | None = None, token: str | None = None,
+                      ssl: ssl_module.SSLContext | None = None,
+                      reconnect: bool = False) -> "Subscriber":
+        uri = _endpoint(url, f"/v1/ws/subscribe/{urllib.parse.quote(topic, safe='')}",
+                        name=name, depth=depth)
+        sub = cls(uri, topic, token, ssl, reconnect)
+        sub._ws = await _open(uri, token, ssl)
+        return sub
+
+    def __aiter__(self) -> "Subscriber":
+        return self
+
+    async def __anext__(self) -> Received:
+        while True:
+            assert self._ws is not None
+            try:
+                message = await self._ws.recv()
+            except ConnectionClosed:
+                if self._closing or (self._ws.close_code == 1000 and not self._reconnect):
+                    raise StopAsyncIteration from None
+                if not self._reconnect:
+                    raise _closed(self._ws) from None
+                await self._again()
+                return Gap(None, "reconnect")
+            if isinstance(message, bytes):
+                self.received += 1
+                return Frame.decode(message)
+            event = json.loads(message)
+            if "gap" in event:
+                self.lost += int(event["gap"])
+                return Gap(int(event["gap"]), str(event.get("reason", "")))
+            # (errors about what we sent; subscribers send nothing: none expected)
+
+    async def _again(self) -> None:
+        delay = 0.25
+        while True:
+            try:
+                self._ws = await _open(self._uri, self._token, self._ssl)
+                self.reconnects += 1
+                return
+            except (OSError, Refused):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def close(self) -> None:
+        """Leaves the topic."""
+        self._closing = True
+        if self._ws is not None:
+            await self._ws.close(1000, "done")
+
+
+Handler = Callable[[Frame], Union[bytes, bytearray, memoryview, Awaitable[Union[bytes, bytearray, memoryview]]]]
+
+
+class Worker:
+    """A worker of a topic's processing stage over `/v1/ws/work/{topic}` — how a Python model
+    (a GPU process, say) joins a stage:
+
+        worker = Worker("detect", concurrency=2)
+
+        @worker.handler
+        async def infer(frame: Frame) -> bytes:
+            return model(frame.array("uint8", (480, 640, 3)))
+
+        await worker.run()
+
+    The relay sends at most `concurrency` frames unanswered (the protocol's credits); each is
+    handled in its own task and answered with a result frame carrying its header, which the
+    relay publishes to the stage's results topic. A handler that raises fails that frame: the
+    relay gets {"frame_index": n, "error": str(exception)} and re-routes the frame or drops it,
+    telling its producer. drain() (and SIGTERM, when run() installs the handler) stops taking
+    frames — those still arriving are answered "draining" so the relay gives them to another
+    worker — lets the ones in flight finish and closes.
+    """
+
+    def __init__(self, topic: str, url: str = DEFAULT_URL, *, name: str = "python",
+                 concurrency: int = 1, token: str | None = None,
+                 ssl: ssl_module.SSLContext | None = None) -> None:
+        if not 1 <= concurrency <= 1024:
+            raise ValueError("concurrency is 1 to 1024")
+        self.topic = topic
+        self.name = name
+        self.concurrency = concurrency
+        self._uri = _endpoint(url, f"/v1/ws/work/{urllib.parse.quote(topic, safe='')}",
+                              name=name, concurrency=concurrency)
+        self._token = token
+        self._ssl = ssl
+        self._handler: Handler | None = None
+        self._draining = False
+        self._ws: websockets.WebSocketClientProtocol | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.joined: dict[str, Any] = {}
+        self.processed = 0
+        self.failed = 0
+        self.refused_while_draining = 0
+
+    def handler(self, fn: Handler) -> Handler:
+        """Decorates the function that turns a frame into its result (sync or async)."""
+        self._handler = fn
+        return fn
+
+    def drain(self) -> None:
+        """Stops taking frames; run() returns once those in flight are answered."""
+        self._draining = True
+        if self._ws is not None and not self._tasks:
+            asyncio.ensure_future(self._ws.close(1000, "drained"))
+
+    async def run(self, *, handle_sigterm: bool = True) -> None:
+        """Joins the stage and serves until drain(), SIGTERM or the relay closes. Raises Refused
+        if the relay refuses the worker (no such stage, no permission, worker limit) and Closed
+        if it ends the session for another reason than a drain."""
+        if self._handler is None:
+            raise RuntimeError("no handler: decorate one with @worker.handler")
+        loop = asyncio.get_running_loop()
+        if handle_sigterm:
+            loop.add_signal_handler(signal.SIGTERM, self.drain)
+        try:
+            self._ws = await _open(self._uri, self._token, self._ssl)
+            try:
+                async for message in self._ws:
+                    if isinstance(message, str):
+                        event = json.loads(message)
+                        if "stage" in event:
+                            self.joined = event
+                        continue
+                    frame = Frame.decode(message)
+                    if self._draining:
+                        self.refused_while_draining += 1
+                        await self._ws.send(json.dumps(
+                            {"frame_index": frame.index, "error": "draining: the worker is stopping"}))
+                        continue
+                    task = asyncio.create_task(self._handle(frame))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+            except ConnectionClosed:
+                pass
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            code = self._ws.close_code
+            if not self._draining and code not in (1000, None):
+                raise _closed(self._ws)
+        finally:
+            if handle_sigterm:
+                loop.remove_signal_handler(signal.SIGTERM)
+
+    async def _handle(self, frame: Frame) -> None:
+        assert self._handler is not None and self._ws is not None
+        try:
+            result = self._handler(frame)
+            if inspect.isawaitable(result):
+                result = await result
+            answer: bytes | str = HEADER.pack(frame.index, frame.timestamp_ns) + bytes(result)
+            self.processed += 1
+        except Exception as e:  # the frame fails; the worker goes on
+            answer = json.dumps({"frame_index": frame.index, "error": str(e) or type(e).__name__})
+            self.failed += 1
+        try:
+            await self._ws.send(answer)
+        except ConnectionClosed:
+            return
+        if self._draining and len(self._tasks) <= 1:  # (this one is the last)
+            await self._ws.close(1000, "drained")

@@ -1,0 +1,229 @@
+"""The Python SDK (python/sluice) against the real relay: frames and their order, payloads as
+views (numpy without a copy), gap notices, throttling and the max-wait error, refusals with
+their reasons, stage workers (credits, per-frame errors, drain), reconnects."""
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import sluice
+from conftest import HERE, SLUICE, free_port
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_frames_arrive_in_order_with_their_header_and_the_payload_is_a_view(relay_with):
+    r = relay_with()
+    sub = await sluice.Subscriber.connect("py.cam", r.url, name="py-sub")
+    pub = await sluice.Publisher.connect("py.cam", r.url)
+    for i in range(100):
+        assert await pub.send(bytes([i]) * 12, timestamp_ns=1000 + i) == i
+    got = []
+    async for m in sub:
+        assert isinstance(m, sluice.Frame)
+        got.append(m)
+        if len(got) == 100:
+            break
+    assert [f.index for f in got] == list(range(100))
+    assert [f.timestamp_ns for f in got] == [1000 + i for i in range(100)]
+    assert all(bytes(f.payload) == bytes([f.index]) * 12 for f in got)
+    # The payload is a view of the received message, and numpy's array is that memory.
+    f = got[7]
+    assert isinstance(f.payload, memoryview)
+    a = f.array("uint8", (3, 4))
+    message = np.frombuffer(f.payload.obj, dtype=np.uint8)
+    assert a.ctypes.data == message.ctypes.data + sluice.HEADER_BYTES
+    assert not a.flags.owndata and not a.flags.writeable
+    assert (a == 7).all()
+    assert r.topic("py.cam")["subscribers"][0]["name"] == "py-sub"
+    await pub.close()
+    await sub.close()
+
+
+async def test_a_subscriber_that_falls_behind_gets_gap_notices_that_account_for_every_frame(relay_with):
+    r = relay_with('[[topic]]\nname = "rt"\nmode = "realtime"\ndepth = 2\n')
+    sub = await sluice.Subscriber.connect("rt", r.url, depth=2)
+    pub = await sluice.Publisher.connect("rt", r.url)
+    n = 400
+    for i in range(n):  # 25 MiB while the subscriber reads nothing
+        await pub.send(b"x" * (64 * 1024))
+    await pub.close()
+    received, lost, gaps = 0, 0, []
+    async for m in sub:
+        if isinstance(m, sluice.Gap):
+            gaps.append(m)
+            lost += m.count
+        else:
+            received += 1
+            if m.index == n - 1:
+                break
+    assert gaps and all(g.reason == "slow_consumer" for g in gaps)
+    assert received + lost == n
+    assert sub.lost == lost and sub.received == received
+    await sub.close()
+
+
+async def test_a_full_lossless_topic_throttles_the_publisher_then_max_wait_ends_it_naming_the_setting(relay_with):
+    r = relay_with('[[topic]]\nname = "telemetry"\nmode = "lossless"\n'
+                   'max_queue_bytes = "64KiB"\nmax_wait_ms = 300\n')
+    stuck = await sluice.Subscriber.connect("telemetry", r.url, name="stuck")  # never reads
+    pub = await sluice.Publisher.connect("telemetry", r.url)
+    with pytest.raises(sluice.MaxWaitExceeded) as e:
+        for _ in range(100_000):
+            await asyncio.wait_for(pub.send(b"t" * 16384), 10)
+    assert e.value.setting == "max_wait_ms"
+    assert e.value.code == 1013 and "max_wait_ms" in e.value.reason
+    assert e.value.frame_index is not None
+    assert pub.slow_downs >= 1
+    kinds = [n.kind async for n in pub.events()]
+    assert "slow_down" in kinds and "error" in kinds
+    await stuck.close()
+
+
+async def test_refusals_say_why(relay_with):
+    r = relay_with('[topics]\nauto_create = false\n[[topic]]\nname = "plain"\ndepth = 4\n'
+                   'mode = "realtime"\n')
+    with pytest.raises(sluice.Refused) as e:
+        await sluice.Subscriber.connect("plain", r.url, depth=99)
+    assert e.value.status == 400 and "depth" in e.value.reason
+    with pytest.raises(sluice.Refused) as e:
+        await sluice.Publisher.connect("nowhere", r.url)
+    assert e.value.status == 404 and "nowhere" in e.value.reason
+    worker = sluice.Worker("plain", r.url)
+    worker.handler(lambda f: b"")
+    with pytest.raises(sluice.Refused) as e:
+        await worker.run(handle_sigterm=False)
+    assert e.value.status == 404 and "stage" in e.value.reason
+
+
+STAGE = ('[[topic]]\nname = "frames"\nmode = "realtime"\nstage = true\nstage_fps = 1000\n'
+         'stage_max_in_flight = 64\nstage_worker_queue = 256\nstage_results = "frames.results"\n')
+
+
+async def test_a_worker_uses_its_credits_fails_a_frame_by_its_error_and_drains(relay_with):
+    r = relay_with(STAGE)
+    worker = sluice.Worker("frames", r.url, name="py", concurrency=3)
+    in_flight, most = 0, 0
+
+    @worker.handler
+    async def infer(frame):
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+        if frame.index == 5:
+            raise ValueError("no objects in frame 5")
+        return b"seen %d" % frame.index
+
+    running = asyncio.create_task(worker.run(handle_sigterm=False))
+    results = await sluice.Subscriber.connect("frames.results", r.url)
+    pub = await sluice.Publisher.connect("frames", r.url)
+    while not worker.joined:
+        await asyncio.sleep(0.01)
+    for i in range(30):
+        await pub.send(b"frame")
+    seen = set()
+    while len(seen) < 29:
+        m = await asyncio.wait_for(results.__anext__(), 10)
+        seen.add(bytes(m.payload))
+    assert seen == {b"seen %d" % i for i in range(30) if i != 5}
+    assert most == 3  # the relay sent at most `concurrency` unanswered, and used them
+    dropped = []
+    async for n in pub.events():
+        if n.kind == "dropped":
+            dropped.append(n)
+            break
+    assert dropped[0].frame_index == 5 and dropped[0].reason == "worker_failed"
+    assert "no objects in frame 5" in str(dropped[0].data)
+    assert worker.failed >= 1 and worker.processed == 29
+    worker.drain()
+    await asyncio.wait_for(running, 10)
+    await pub.close()
+    await results.close()
+
+
+async def test_a_draining_worker_hands_new_frames_to_the_others_and_loses_none(relay_with):
+    r = relay_with(STAGE)
+    draining = sluice.Worker("frames", r.url, name="draining", concurrency=4)
+    staying = sluice.Worker("frames", r.url, name="staying", concurrency=4)
+    for w in (draining, staying):
+        w.handler(lambda f: asyncio.sleep(0.01, result=b"r%d" % f.index))
+    tasks = [asyncio.create_task(w.run(handle_sigterm=False)) for w in (draining, staying)]
+    results = await sluice.Subscriber.connect("frames.results", r.url)
+    pub = await sluice.Publisher.connect("frames", r.url)
+    while not (draining.joined and staying.joined):
+        await asyncio.sleep(0.01)
+    for i in range(200):
+        await pub.send(b"f")
+        if i == 50:
+            draining.drain()
+        await asyncio.sleep(0.002)
+    got = set()
+    while len(got) < 200:
+        m = await asyncio.wait_for(results.__anext__(), 10)
+        got.add(m.index)
+    assert got == set(range(200))
+    await asyncio.wait_for(tasks[0], 10)  # drained and returned
+    assert draining.processed + staying.processed == 200
+    assert staying.processed > draining.processed
+    staying.drain()
+    await asyncio.wait_for(tasks[1], 10)
+    await pub.close()
+
+
+async def test_sigterm_drains_the_example_worker_which_exits_cleanly(relay_with):
+    r = relay_with(STAGE)
+    env = dict(os.environ, PYTHONPATH=os.path.join(HERE, "..", "..", "python"))
+    example = os.path.join(HERE, "..", "..", "python", "examples", "grayscale_worker.py")
+    proc = subprocess.Popen([sys.executable, example, "--url", r.url, "--topic", "frames",
+                             "--width", "8", "--height", "4"], env=env, stdout=subprocess.PIPE,
+                            text=True)
+    assert "joined" in proc.stdout.readline()
+    results = await sluice.Subscriber.connect("frames.results", r.url)
+    pub = await sluice.Publisher.connect("frames", r.url)
+    image = np.arange(8 * 4 * 3, dtype=np.uint8).reshape(4, 8, 3)
+    await pub.send(image.tobytes())
+    m = await asyncio.wait_for(results.__anext__(), 10)
+    gray = np.frombuffer(m.payload, dtype=np.uint8).reshape(4, 8)
+    expected = (image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)
+    assert (gray == expected).all()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert '"processed": 1' in out
+    await pub.close()
+
+
+async def test_a_reconnecting_subscriber_rides_out_a_relay_restart(relay_with):
+    port = free_port()
+    r = relay_with(http_port=port)
+    sub = await sluice.Subscriber.connect("again", r.url, reconnect=True)
+    pub = await sluice.Publisher.connect("again", r.url)
+    await pub.send(b"before")
+    assert bytes((await sub.__anext__()).payload) == b"before"
+    r.stop()
+    r2 = relay_with(http_port=port)
+    gap = await asyncio.wait_for(sub.__anext__(), 15)
+    assert gap == sluice.Gap(None, "reconnect")
+    pub2 = await sluice.Publisher.connect("again", r2.url)
+    await pub2.send(b"after")
+    assert bytes((await asyncio.wait_for(sub.__anext__(), 10)).payload) == b"after"
+    assert sub.reconnects == 1
+    await pub2.close()
+    await sub.close()
+
+
+async def test_without_reconnect_a_lost_relay_is_an_error_not_an_end(relay_with):
+    r = relay_with()
+    sub = await sluice.Subscriber.connect("gone", r.url)
+    r.proc.kill()
+    r.proc.wait()
+    with pytest.raises(sluice.Closed) as e:
+        await asyncio.wait_for(sub.__anext__(), 10)
+    assert e.value.code == 1006
