@@ -23,7 +23,7 @@ export CCACHE_BASEDIR   := $(CURDIR)
 export CCACHE_NOHASHDIR := 1
 CTEST        := ctest --output-on-failure --timeout 300 -j $(JOBS)
 
-.PHONY: all deps build run demo test test-release check-locks test-tsan test-asan test-fuzz fuzz fuzz-build soak bench bench-core bench-broadcast bench-relay bench-dashboard format tidy clean
+.PHONY: all deps build run demo test test-release check-locks test-tsan test-asan test-fuzz fuzz fuzz-build soak bench bench-core bench-broadcast bench-relay bench-dashboard bench-python format tidy clean
 
 all: build
 
@@ -107,6 +107,10 @@ bench-broadcast: build
 # The relay over gRPC against nats-server + nats.c: R1 throughput, R2 latency.
 bench-relay: build
 	./build/bench/sluice_relay_bench
+
+# What the Python SDK costs over raw python3-websockets (python/bench/sdk_overhead.py).
+bench-python: build
+	SLUICE_BINARY=build/src/cli/sluice python3 python/bench/sdk_overhead.py
 
 # What the dashboard costs the relay: its CPU idle and under a 1 KiB stream, 0 and 5 dashboards.
 bench-dashboard: build

@@ -11,29 +11,36 @@ if TYPE_CHECKING:  # numpy is optional
 
 HEADER = struct.Struct("<Qq")
 HEADER_BYTES = HEADER.size  # 16
+_unpack = HEADER.unpack_from
+_pack = HEADER.pack
 
 
 def encode(index: int, timestamp_ns: int, payload: bytes | bytearray | memoryview) -> bytes:
     """A frame's bytes: the header, then the payload (one copy, as a WebSocket message needs)."""
-    return HEADER.pack(index, timestamp_ns) + bytes(payload)
+    return _pack(index, timestamp_ns) + (payload if isinstance(payload, bytes) else bytes(payload))
 
 
-@dataclass(frozen=True, slots=True)
 class Frame:
     """A frame as received: the producer's index and timestamp (Unix ns; the relay's arrival
     time when the producer sent 0), and the payload — a view of the received message, not a
-    copy."""
+    copy. (A plain class with slots: one is made per frame received.)"""
 
-    index: int
-    timestamp_ns: int
-    payload: memoryview
+    __slots__ = ("index", "timestamp_ns", "payload")
+
+    def __init__(self, index: int, timestamp_ns: int, payload: memoryview) -> None:
+        self.index = index
+        self.timestamp_ns = timestamp_ns
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return f"Frame(index={self.index}, timestamp_ns={self.timestamp_ns}, {len(self.payload)} bytes)"
 
     @staticmethod
     def decode(message: bytes | bytearray | memoryview) -> "Frame":
         view = memoryview(message)
         if len(view) < HEADER_BYTES:
             raise ValueError(f"a frame of {len(view)} bytes is shorter than its 16-byte header")
-        index, stamp = HEADER.unpack_from(view)
+        index, stamp = _unpack(view)
         return Frame(index, stamp, view[HEADER_BYTES:])
 
     def array(self, dtype: Any = "uint8", shape: tuple[int, ...] | None = None) -> "numpy.ndarray":

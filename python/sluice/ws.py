@@ -15,7 +15,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatusCode
 
 from .errors import Closed, MaxWaitExceeded, Refused
-from .frames import HEADER, HEADER_BYTES, Frame, Gap, Notice, encode
+from .frames import HEADER, HEADER_BYTES, Frame, Gap, Notice, _unpack, encode
 
 DEFAULT_URL = "ws://127.0.0.1:7401"
 # Publisher events kept for events() when nobody reads them; older ones are dropped, counted.
@@ -140,9 +140,10 @@ class Publisher:
                    timestamp_ns: int = 0) -> int:
         """Sends one frame; returns its index (default: the previous one plus one). A
         timestamp of 0 lets the relay stamp the frame's arrival."""
-        await self._flowing.wait()
-        if self._ws.closed:
-            raise _closed(self._ws, self._last_error)
+        if not self._flowing.is_set():
+            await self._flowing.wait()
+            if self._ws.closed:
+                raise _closed(self._ws, self._last_error)
         index = self._next if frame_index is None else frame_index
         try:
             await self._ws.send(encode(index, timestamp_ns, payload))
@@ -223,7 +224,9 @@ class Subscriber:
                 return Gap(None, "reconnect")
             if isinstance(message, bytes):
                 self.received += 1
-                return Frame.decode(message)
+                view = memoryview(message)
+                index, stamp = _unpack(view)
+                return Frame(index, stamp, view[HEADER_BYTES:])
             event = json.loads(message)
             if "gap" in event:
                 self.lost += int(event["gap"])

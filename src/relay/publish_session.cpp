@@ -99,7 +99,10 @@ void PublishSession::add(RelayMessage item) {
 }
 
 Outcome<PublishSession::Progress> PublishSession::publish() {
-  if (pending_.empty()) return Progress::idle;
+  if (pending_.empty()) {
+    recheck_slowed();  // (a wake-up for resume)
+    return Progress::idle;
+  }
   while (!pending_.empty()) {
     const std::uint64_t sequence = pending_.front().sequence;
     const std::uint64_t bytes = pending_.front().payload.size();
@@ -119,10 +122,27 @@ Outcome<PublishSession::Progress> PublishSession::publish() {
     if (auto refusal = blocked(bytes)) return std::move(*refusal);
     return Progress::waiting;
   }
-  // Throttling ends once the topic has drained to half its budget.
-  if (slowed_ && topic_->broadcast.queue_bytes() <= topic_->config.max_queue_bytes / 2)
-    set_slowed(false);
+  recheck_slowed();
   return Progress::all_in;
+}
+
+// Throttling ends once the topic has drained to half its budget. Until then the session is
+// woken when it has, whether or not the producer sends more: a producer that waits for resume
+// before its next frame must get it.
+void PublishSession::recheck_slowed() {
+  if (!slowed_) return;
+  const std::uint64_t half = topic_->config.max_queue_bytes / 2;
+  if (topic_->broadcast.queue_bytes() <= half) {
+    set_slowed(false);
+    return;
+  }
+  if (resume_armed_->exchange(true)) return;  // (one hook at a time)
+  topic_->broadcast.on_writable(
+      [loop = &loop_, wake = wake_, armed = resume_armed_] {
+        armed->store(false);
+        loop->post_soon(wake);
+      },
+      topic_->config.max_queue_bytes - half);
 }
 
 // The front item found no room: max_wait counts from its first refusal; the session is woken

@@ -25,6 +25,7 @@
 // upgrade refuses an unknown topic before the session exists).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -118,9 +119,12 @@ class PublishSession {
   std::optional<std::uint64_t> published_;
   std::optional<std::uint64_t> ack_;  // the newest ack not yet taken
   void set_slowed(bool on);           // slowed_, counted in the topic's throttled_publishers
-  bool slowed_ = false;               // the topic is holding this producer back
-  bool told_slowed_ = false;          // what the last flow event said
-  bool waiting_ = false;              // an item waits for room since `deadline_`
+  void recheck_slowed();              // resume once drained to half, or wake then
+  // A hook waits for the topic to drain to half (set here, cleared by the hook on any thread).
+  std::shared_ptr<std::atomic<bool>> resume_armed_ = std::make_shared<std::atomic<bool>>(false);
+  bool slowed_ = false;       // the topic is holding this producer back
+  bool told_slowed_ = false;  // what the last flow event said
+  bool waiting_ = false;      // an item waits for room since `deadline_`
   std::chrono::steady_clock::time_point deadline_;
   std::deque<PublishEvent> stage_events_;  // not yet taken
   std::shared_ptr<Notices> notices_;       // the stage's listener (a topic with a stage)

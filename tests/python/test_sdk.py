@@ -227,3 +227,66 @@ async def test_without_reconnect_a_lost_relay_is_an_error_not_an_end(relay_with)
     with pytest.raises(sluice.Closed) as e:
         await asyncio.wait_for(sub.__anext__(), 10)
     assert e.value.code == 1006
+
+
+async def test_a_python_and_a_cpp_worker_share_a_stage_by_their_measured_latency(relay_with):
+    r = relay_with(STAGE)
+    cpp = subprocess.Popen([SLUICE, "worker", "--port", str(r.http_port), "--topic", "frames",
+                            "--name", "cpp", "--width", "8", "--height", "4",
+                            "--concurrency", "2"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert "joined" in cpp.stdout.readline()
+        py = sluice.Worker("frames", r.url, name="python", concurrency=2)
+        py.handler(lambda f: asyncio.sleep(0.05, result=b"slow"))  # a slower model
+        task = asyncio.create_task(py.run(handle_sigterm=False))
+        pub = await sluice.Publisher.connect("frames", r.url)
+        while not py.joined:
+            await asyncio.sleep(0.01)
+        for _ in range(200):  # 100 frames a second for 2 s
+            await pub.send(bytes(8 * 4 * 3))
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
+        workers = {w["name"]: w for w in r.topic("frames")["stage"]["workers"]}
+        done = {n: w["completed"] for n, w in workers.items()}
+        print("completed by worker:", done,
+              {n: round(w["smoothed_latency_ms"], 1) for n, w in workers.items()})
+        assert done["cpp"] > 2 * done["python"] > 0
+        py.drain()
+        await asyncio.wait_for(task, 10)
+        await pub.close()
+    finally:
+        cpp.send_signal(signal.SIGTERM)
+        cpp.wait(timeout=10)
+
+
+async def test_a_producer_that_waits_for_resume_gets_it_once_the_topic_drains(relay_with):
+    # (It sends nothing after slow_down: the relay must tell it when the topic has drained to
+    # half its budget all the same.)
+    r = relay_with('[[topic]]\nname = "held"\nmode = "lossless"\nmax_queue_bytes = "8MiB"\n'
+                   'max_wait_ms = 60000\n')
+    sub = await sluice.Subscriber.connect("held", r.url)
+    pub = await sluice.Publisher.connect("held", r.url)
+    while not pub.slowed:  # the subscriber reads nothing yet
+        await asyncio.wait_for(pub.send(b"h" * 262144), 10)
+    sent = pub.sent
+    read = 0
+    async def drain():
+        nonlocal read
+        async for m in sub:  # (slowly: the topic is still over half full when the frame the
+            read += 1           # producer was held on goes in)
+            await asyncio.sleep(0.002)
+            if read == sent:
+                return
+    reader = asyncio.create_task(drain())
+    kinds = []
+
+    async def resumed():  # (every slow_down so far, each answered by a resume)
+        async for n in pub.events():
+            kinds.append(n.kind)
+            if n.kind == "resume" and kinds.count("resume") == kinds.count("slow_down") == pub.slow_downs:
+                return
+
+    await asyncio.wait_for(resumed(), 15)  # (without the relay's resume: a timeout)
+    assert kinds[-1] == "resume" and not pub.slowed, (kinds, pub.slow_downs, pub.resumes)
+    await asyncio.wait_for(reader, 10)
+    await pub.close()
