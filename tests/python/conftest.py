@@ -18,9 +18,10 @@ SLUICE = os.environ.get("SLUICE_BINARY", os.path.join(HERE, "..", "..", "build",
 
 
 class Relay:
-    def __init__(self, config="", http_port=0, env=None):
+    def __init__(self, config="", http_port=0, env=None, grpc_port=0):
         self.config = config
         self.http_port = http_port
+        self.grpc_port = grpc_port
         self.env = env or {}
         self.proc = None
 
@@ -28,7 +29,7 @@ class Relay:
         path = tempfile.mktemp(suffix=".toml")
         with open(path, "w") as f:
             f.write(self.config)
-        env = dict(os.environ, SLUICE_GRPC_PORT="0", SLUICE_HTTP_PORT=str(self.http_port), **self.env)
+        env = dict(os.environ, SLUICE_GRPC_PORT=str(self.grpc_port), SLUICE_HTTP_PORT=str(self.http_port), **self.env)
         self.proc = subprocess.Popen([SLUICE, "serve", "--config", path], stdout=subprocess.PIPE,
                                      env=env, text=True)
         line = json.loads(self.proc.stdout.readline())
@@ -49,8 +50,14 @@ class Relay:
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # (a test may have stopped it)
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=10)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
 
 
 @pytest.fixture

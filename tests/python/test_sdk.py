@@ -290,3 +290,53 @@ async def test_a_producer_that_waits_for_resume_gets_it_once_the_topic_drains(re
     assert kinds[-1] == "resume" and not pub.slowed, (kinds, pub.slow_downs, pub.resumes)
     await asyncio.wait_for(reader, 10)
     await pub.close()
+
+
+async def test_grpc_publisher_gets_every_frame_acknowledged_and_subscribers_receive_them(relay_with):
+    r = relay_with()
+    sub = await sluice.Subscriber.connect("grpc.cam", r.url)
+    pub = await sluice.GrpcPublisher.connect("grpc.cam", r.grpc, window=16)
+    for i in range(200):
+        assert await pub.send(b"g%d" % i) == i + 1
+    await pub.flush()
+    assert pub.acked == 200 and pub.unacked == 0
+    got = []
+    async for m in sub:
+        got.append(bytes(m.payload))
+        if len(got) == 200:
+            break
+    assert got == [b"g%d" % i for i in range(200)]
+    await pub.close()
+    await sub.close()
+
+
+async def test_grpc_publisher_resends_exactly_the_unacknowledged_frames_after_a_relay_restart(relay_with):
+    grpc_port, http_port = free_port(), free_port()
+    config = '[[topic]]\nname = "kept"\nmode = "lossless"\n'
+    r = relay_with(config, grpc_port=grpc_port, http_port=http_port)
+    pub = await sluice.GrpcPublisher.connect("kept", r.grpc)
+    for i in range(10):
+        await pub.send(b"acked %d" % i)
+    await pub.flush()  # 10 in the first relay's topic
+    r.proc.send_signal(signal.SIGSTOP)  # the relay stops answering: what follows is unacked
+    await asyncio.sleep(0.2)
+    for i in range(25):
+        await pub.send(b"pending %d" % i)
+    await asyncio.sleep(0.3)
+    assert pub.unacked == 25
+    r.proc.kill()
+    r.proc.wait()
+    r2 = relay_with(config, grpc_port=grpc_port, http_port=http_port)
+    await asyncio.wait_for(pub.flush(), 20)
+    assert pub.resent == 25 and pub.reconnects >= 1
+    assert r2.topic("kept")["published"] == 25  # exactly the unacknowledged ones
+    await pub.close()
+
+
+async def test_grpc_publisher_refused_names_the_reason(relay_with):
+    r = relay_with('[topics]\nauto_create = false\n')
+    with pytest.raises(sluice.Refused) as e:
+        pub = await sluice.GrpcPublisher.connect("nowhere", r.grpc)
+        await pub.send(b"x")
+        await pub.flush()
+    assert e.value.status == "NOT_FOUND" and "nowhere" in e.value.reason
