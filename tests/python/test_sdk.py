@@ -340,3 +340,40 @@ async def test_grpc_publisher_refused_names_the_reason(relay_with):
         await pub.send(b"x")
         await pub.flush()
     assert e.value.status == "NOT_FOUND" and "nowhere" in e.value.reason
+
+
+async def test_the_video_producer_example_publishes_a_y4m_files_frames_in_order(relay_with, tmp_path):
+    r = relay_with('[[topic]]\nname = "video"\nmode = "lossless"\ncontent_type = "video/x-raw"\n')
+    w, h, n = 16, 8, 12
+    clip = tmp_path / "clip.y4m"
+    with open(clip, "wb") as f:
+        f.write(b"YUV4MPEG2 W%d H%d F25:1 Ip A1:1 C420jpeg\n" % (w, h))
+        for i in range(n):
+            f.write(b"FRAME\n" + bytes([i]) * (w * h * 3 // 2))
+    sub = await sluice.Subscriber.connect("video", r.url)
+    env = dict(os.environ, PYTHONPATH=os.path.join(HERE, "..", "..", "python"))
+    example = os.path.join(HERE, "..", "..", "python", "examples", "video_producer.py")
+    proc = await asyncio.create_subprocess_exec(sys.executable, example, str(clip), "--topic",
+                                                "video", "--url", r.url, "--realtime", env=env,
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0 and '"frames": 12' in out.decode()
+    got = []
+    async for m in sub:
+        got.append((m.index, m.timestamp_ns, m.array("uint8", (w * h * 3 // 2,))[0]))
+        if len(got) == n:
+            break
+    assert [g[0] for g in got] == list(range(n))
+    assert [g[2] for g in got] == list(range(n))
+    assert [g[1] for g in got] == [int(i * 0.04 * 1e9) + 1 for i in range(n)]  # 25 fps
+    await sub.close()
+
+
+def test_the_packaged_protobuf_module_is_what_protoc_makes_of_the_relays_proto(tmp_path):
+    protoc = os.environ.get("SLUICE_PROTOC", "protoc")
+    root = os.path.join(HERE, "..", "..")
+    subprocess.run([protoc, f"--proto_path={root}/proto", f"--python_out={tmp_path}",
+                    f"{root}/proto/sluice/v1/relay.proto"], check=True)
+    fresh = (tmp_path / "sluice" / "v1" / "relay_pb2.py").read_text()
+    packaged = open(os.path.join(root, "python", "sluice", "relay_pb2.py")).read()
+    assert packaged == fresh, "python/sluice/relay_pb2.py is stale: regenerate it (docs/python.md)"
