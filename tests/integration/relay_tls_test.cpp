@@ -43,6 +43,18 @@ RelayConfig tls_config(const Certificates& certs, bool mutual) {
   return c;
 }
 
+// Mutual TLS, and the principal "camera" named by the test client certificate's CN (camera-1):
+// it may publish camera.*, nothing else.
+RelayConfig mutual_with_camera(const Certificates& certs) {
+  RelayConfig c = tls_config(certs, /*mutual=*/true);
+  PrincipalConfig camera;
+  camera.name = "camera";
+  camera.certificate_cn = "camera-1";
+  camera.publish = {"camera.*"};
+  c.principals.push_back(camera);
+  return c;
+}
+
 // A Stats call over `credentials`: its status.
 grpc::Status stats(std::uint16_t port, const std::shared_ptr<grpc::ChannelCredentials>& creds) {
   auto stub = v1::Relay::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port), creds));
@@ -92,13 +104,7 @@ TEST(RelayTls, ClientsTrustingTheRelaysCaGetThroughOthersFailCleanly) {
 TEST(RelayTls, MutualTlsRefusesClientsWithoutACertificateAndNamesThePrincipal) {
   const Certificates certs;
   ASSERT_TRUE(certs.ok) << "openssl could not make the test certificates";
-  RelayConfig c = tls_config(certs, /*mutual=*/true);
-  PrincipalConfig camera;
-  camera.name = "camera";
-  camera.certificate_cn = "camera-1";
-  camera.publish = {"camera.*"};
-  c.principals.push_back(camera);
-  RelayServer relay(c);
+  RelayServer relay(mutual_with_camera(certs));
   relay.start();
   const auto port = relay.grpc_port();
 
@@ -276,13 +282,7 @@ TEST(RelayTls, HttpsAndWssCarryRequestsAndFramesAPlaintextClientIsToldWhatThePor
 TEST(RelayTls, MutualTlsOnTheHttpPortNamesThePrincipalFromTheCertificate) {
   const Certificates certs;
   ASSERT_TRUE(certs.ok) << "openssl could not make the test certificates";
-  RelayConfig c = tls_config(certs, /*mutual=*/true);
-  PrincipalConfig camera;
-  camera.name = "camera";
-  camera.certificate_cn = "camera-1";
-  camera.publish = {"camera.*"};
-  c.principals.push_back(camera);
-  RelayServer relay(c);
+  RelayServer relay(mutual_with_camera(certs));
   relay.start();
   const auto port = relay.http_port();
 
