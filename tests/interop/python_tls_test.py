@@ -22,6 +22,7 @@ import grpc
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
 import relay_pb  # noqa: E402  (tests/pylib)
+import relay_process  # noqa: E402
 import websockets
 
 READER, WRITER = "reader-token-0123", "writer-token-4567"
@@ -49,18 +50,11 @@ def main():
     for f in ("relay.pem", "relay.key"):
         shutil.copy(os.path.join(certs, f), served)
 
-    config = os.path.join(gen, "tls.toml")
-    with open(config, "w") as f:
-        f.write(f'[server]\ntls_cert_file = "{served}/relay.pem"\n'
-                f'tls_key_file = "{served}/relay.key"\n'
-                f'[[principal]]\nname = "reader"\ntoken = "{READER}"\nsubscribe = ["py.>"]\n'
-                f'[[principal]]\nname = "writer"\ntoken = "{WRITER}"\npublish = ["py.*"]\n')
-    env = dict(os.environ, SLUICE_GRPC_PORT="0", SLUICE_HTTP_PORT="0")
-    relay = subprocess.Popen([sluice, "serve", "--config", config], stdout=subprocess.PIPE,
-                             env=env, text=True)
+    relay, line = relay_process.serve(
+        sluice, f'[server]\ntls_cert_file = "{served}/relay.pem"\n'
+                f'tls_key_file = "{served}/relay.key"\n' + relay_process.principals(READER, WRITER),
+        gen, "tls.toml")
     try:
-        line = json.loads(relay.stdout.readline())
-        assert line["event"] == "listening", line
         with open(os.path.join(certs, "ca.pem"), "rb") as f:
             creds = grpc.ssl_channel_credentials(root_certificates=f.read())
         channel = grpc.secure_channel(line["grpc"], creds)

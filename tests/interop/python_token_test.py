@@ -6,16 +6,14 @@
 Usage: python_token_test.py SLUICE_BINARY PROTO_DIR PROTOC
 """
 import asyncio
-import json
 import os
-import struct
-import subprocess
 import sys
 
 import grpc
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
 import relay_pb  # noqa: E402  (tests/pylib)
+import relay_process  # noqa: E402
 import websockets
 
 READER, WRITER = "reader-token-0123", "writer-token-4567"
@@ -25,17 +23,8 @@ def main():
     sluice, proto_dir, protoc = sys.argv[1:4]
     pb, gen = relay_pb.generated(proto_dir, protoc)
 
-    config = os.path.join(gen, "relay.toml")
-    with open(config, "w") as f:
-        f.write(f'[[principal]]\nname = "reader"\ntoken = "{READER}"\n'
-                f'subscribe = ["py.>"]\n'
-                f'[[principal]]\nname = "writer"\ntoken = "{WRITER}"\npublish = ["py.*"]\n')
-    env = dict(os.environ, SLUICE_GRPC_PORT="0", SLUICE_HTTP_PORT="0")
-    relay = subprocess.Popen([sluice, "serve", "--config", config], stdout=subprocess.PIPE,
-                             env=env, text=True)
+    relay, line = relay_process.serve(sluice, relay_process.principals(READER, WRITER), gen)
     try:
-        line = json.loads(relay.stdout.readline())
-        assert line["event"] == "listening", line
         channel = grpc.insecure_channel(line["grpc"])
         grpc.channel_ready_future(channel).result(timeout=10)
         calls = relay_pb.Calls(channel, pb)
