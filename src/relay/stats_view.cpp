@@ -129,13 +129,17 @@ nlohmann::json topic_json(const Topic& t) {
 
 }  // namespace
 
-std::string stats_json(const TopicRegistry& topics, const Principal* who) {
+nlohmann::json stats_value(const TopicRegistry& topics, const Principal* who) {
   nlohmann::json j;
   j["topics"] = nlohmann::json::array();
   for (const auto& t : topics.all()) {
     if (who == nullptr || who->may(Action::stats, t->name)) j["topics"].push_back(topic_json(*t));
   }
-  return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+  return j;
+}
+
+std::string stats_json(const TopicRegistry& topics, const Principal* who) {
+  return stats_value(topics, who).dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 }  // namespace sluice::relay

@@ -3,6 +3,7 @@
 // topic's own stats at the moment of the call; any thread.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "access.hpp"
@@ -10,7 +11,9 @@
 
 namespace sluice::relay {
 
-/// Every topic, or those `who` may see (its stats patterns).
+/// Every topic, or those `who` may see (its stats patterns): {"topics": [...]}.
+nlohmann::json stats_value(const TopicRegistry& topics, const Principal* who = nullptr);
+/// The same, as text.
 std::string stats_json(const TopicRegistry& topics, const Principal* who = nullptr);
 
 }  // namespace sluice::relay

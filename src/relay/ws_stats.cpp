@@ -43,7 +43,7 @@ class WsStats final : public WsSession<WsStats> {
   void tick() {
     if (ending()) return;
     if (!writing()) {
-      nlohmann::json j = nlohmann::json::parse(stats_json(core_.topics, who_.get()));
+      nlohmann::json j = stats_value(core_.topics, who_.get());  // (not text parsed again)
       j["period_ms"] = period_.count();
       j["time_ms"] = std::chrono::duration_cast<std::chrono::milliseconds>(
                          std::chrono::system_clock::now().time_since_epoch())
