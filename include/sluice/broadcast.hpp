@@ -8,6 +8,13 @@
 //   skip it (lapped) or leave releases it, and an item published with no subscriber is not
 //   kept at all. So memory held by the ring is at most `capacity` items, and only the items
 //   some subscriber has not passed yet (retained_bytes(): their size_bytes).
+// - Retention (config `retain`, `retain_bytes`; off by default): the broadcast also keeps the
+//   `retain` most recent items (fewer if they weigh more than `retain_bytes`), whether or not a
+//   subscriber needs them, so that a subscriber that left can come back where it was:
+//   subscribe_from(position) starts at that position if it is still retained, else at the
+//   oldest retained item (its joined_at() says where it started: the difference is what it
+//   missed). Retained items are shared references like any other; retained_bytes() counts
+//   them. Positions are the broadcast's sequence numbers: the first item published is 0.
 // - Subscribers: subscribe(name, depth) returns a Subscription, an RAII handle; destroying it
 //   (or unsubscribe()) leaves and releases everything the subscriber held back. A subscriber
 //   sees the items published after it joined, in publish order. 1 ≤ depth ≤ capacity.
@@ -87,6 +94,11 @@ struct BroadcastConfig {
   std::size_t max_bytes = kUnlimitedBytes;
   /// lossless: remove a subscriber that keeps the publisher waiting this long (0 = never).
   std::chrono::nanoseconds evict_after = std::chrono::nanoseconds::zero();
+  /// The most recent items kept for subscribe_from() even when no subscriber needs them
+  /// (0 .. capacity; 0: none), and at most this many bytes of them (as weighed by
+  /// sluice::size_bytes; the newest item is dropped from retention too if it alone is heavier).
+  std::size_t retain = 0;
+  std::size_t retain_bytes = kUnlimitedBytes;
   /// publish→receive latency sampling (see LatencySampling).
   LatencySampling latency = LatencySampling::adaptive;
 
@@ -120,7 +132,8 @@ struct BroadcastStats {
   std::uint64_t evicted = 0;         // subscribers removed by evict_after
   std::uint64_t would_block = 0;     // try_publish answers would_block (lossless)
   std::uint64_t timeouts = 0;        // publishes that gave up at their deadline (lossless)
-  std::uint64_t retained_bytes = 0;  // size_bytes of the items held for subscribers, now
+  std::uint64_t retained_bytes = 0;  // size_bytes of the items held (subscribers', retention)
+  std::uint64_t retained_from = 0;   // the oldest position subscribe_from() can start at
   double blocked_seconds = 0;        // time publishers waited for subscribers (spinning or parked)
   std::vector<SubscriberStats> subscribers;  // current subscribers, in joining order
   HistogramSnapshot latency_ns;              // publish→receive, sampled, all subscribers
@@ -228,6 +241,10 @@ struct BroadcastState {
   std::uint64_t gate_bytes = 0;
   std::uint64_t min_consumed = 0;
   std::atomic<std::uint32_t> hooked_subs{0};  // subscriptions that ever armed on_readable
+  // Retention: the items [retain_from, head) hold one reference more (the retention's), and
+  // weigh retain_held bytes together. Guarded by mu.
+  std::uint64_t retain_from = 0;
+  std::uint64_t retain_held = 0;
 
   WaitQueue data;  // subscribers waiting for an item
   WaitQueue room;  // lossless publishers waiting for subscribers
@@ -305,6 +322,15 @@ class Broadcast {
   /// Joins with `depth` (default: config().default_depth). Sees items published from now on.
   /// Throws std::invalid_argument if depth is 0 or above capacity, or the name is empty.
   Subscription<T> subscribe(std::string name, std::size_t depth = 0);
+  /// Joins at `position` (a sequence number: the first item published is 0) if the broadcast
+  /// still retains it (config `retain`), else at the oldest item it retains, or at the next
+  /// item to be published if `position` is beyond it. The Subscription's joined_at() says
+  /// where it starts. On a lossless broadcast a subscriber that starts more than `depth` items
+  /// behind holds the publisher until it is within `depth`; on a lossy one it is lapped at its
+  /// first receive (a gap). Same exceptions as subscribe().
+  Subscription<T> subscribe_from(std::uint64_t position, std::string name, std::size_t depth = 0);
+  /// Items published so far: the position of the next one.
+  std::uint64_t published() const noexcept { return state_->head.load(std::memory_order_acquire); }
 
   /// Publishes under the broadcast's mode; lossless waits up to config().max_wait.
   SendResult publish(T&& item) { return publish_impl(item, kLazy, state_->config.max_wait, true); }
@@ -361,6 +387,9 @@ class Broadcast {
   // mu, and the ring exists.
   static void store(State& s, std::uint64_t seq, std::uint32_t readers, std::int64_t stamp,
                     std::uint64_t weight, T&& item, std::optional<T>& old) noexcept;
+  // Retention: drops the retention's reference on the oldest retained item (released to
+  // `out` if nobody else needs it). Caller holds mu.
+  void unretain_oldest(std::vector<std::optional<T>>& out) noexcept;
   // Lossless: recomputes the gate from the subscribers' cursors. Caller holds mu.
   void refresh_gate() const noexcept;  // (changes only the shared state's cached gate)
   // Lossless: may an item of `size` bytes be published as `seq`, by the last refresh? Caller
@@ -423,6 +452,11 @@ class Subscription {
 
   bool active() const noexcept { return sub_ != nullptr; }
   const std::string& name() const { return sub_->name; }
+  /// The position of the first item it may receive (see Broadcast::subscribe_from).
+  std::uint64_t joined_at() const noexcept { return sub_->joined_at; }
+  /// The position of the next item it will receive (items it was lapped past excluded once
+  /// the gap is received).
+  std::uint64_t position() const noexcept { return sub_->cursor.load(std::memory_order_acquire); }
   std::size_t depth() const noexcept { return sub_->depth; }
   /// Items published and not yet received by this subscriber.
   std::uint64_t lag() const noexcept {
@@ -464,6 +498,12 @@ class Subscription {
 
 template <class T>
 Subscription<T> Broadcast<T>::subscribe(std::string name, std::size_t depth) {
+  return subscribe_from(std::numeric_limits<std::uint64_t>::max(), std::move(name), depth);
+}
+
+template <class T>
+Subscription<T> Broadcast<T>::subscribe_from(std::uint64_t position, std::string name,
+                                             std::size_t depth) {
   State& s = *state_;
   if (depth == 0) depth = s.config.default_depth;
   if (name.empty() || depth > s.config.capacity) {
@@ -476,9 +516,20 @@ Subscription<T> Broadcast<T>::subscribe(std::string name, std::size_t depth) {
   }
   std::lock_guard lock(s.mu);
   if (!s.slots) s.slots.reset(new typename State::Slot[s.config.capacity]);
+  const std::uint64_t head = s.head.load(std::memory_order_relaxed);
+  const std::uint64_t oldest = s.config.retain > 0 ? s.retain_from : head;
+  const std::uint64_t start = std::clamp(position, oldest, head);
+  // It needs the retained items [start, head) too: one reference more on each (they hold the
+  // retention's, so none is released meanwhile), and their bytes are not yet consumed by it.
+  std::uint64_t unread_bytes = 0;
+  for (std::uint64_t seq = start; seq < head; ++seq) {
+    auto& slot = s.slot_at(seq);
+    slot.remaining.fetch_add(1, std::memory_order_acq_rel);
+    unread_bytes += slot.bytes;
+  }
   auto sub = std::make_shared<detail::SubscriberState>(
-      std::move(name), depth, s.head.load(std::memory_order_relaxed),
-      s.published_bytes.load(std::memory_order_relaxed));
+      std::move(name), depth, start,
+      s.published_bytes.load(std::memory_order_relaxed) - (s.account ? unread_bytes : 0));
   s.subs.push_back(sub);
   s.gate = 0;  // recompute with the newcomer
   return Subscription<T>(state_, std::move(sub));
@@ -501,6 +552,19 @@ void Broadcast<T>::store(State& s, std::uint64_t seq, std::uint32_t readers, std
   slot.bytes = weight;
   slot.remaining.store(readers, std::memory_order_relaxed);
   slot.seq.store(seq, std::memory_order_release);  // last: marks the slot ready
+  if (!s.unguarded_reads) slot.lock.unlock();
+}
+
+template <class T>
+void Broadcast<T>::unretain_oldest(std::vector<std::optional<T>>& out) noexcept {
+  State& s = *state_;
+  const std::uint64_t seq = s.retain_from++;
+  auto& slot = s.slot_at(seq);
+  if (!s.unguarded_reads) slot.lock.lock();
+  if (slot.seq.load(std::memory_order_relaxed) == seq) {
+    s.retain_held -= slot.bytes;
+    if (auto item = s.pass(slot)) out.push_back(std::move(item));
+  }
   if (!s.unguarded_reads) slot.lock.unlock();
 }
 
@@ -655,9 +719,22 @@ SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline, Clock
   const std::uint64_t seq = s.head.load(std::memory_order_relaxed);
   std::optional<T> old;
   const std::int64_t stamp = s.latency.stamp(seq);
-  const auto readers = static_cast<std::uint32_t>(s.subs.size());
+  std::vector<std::optional<T>> unretained;  // (destroyed after the lock, like `old`)
+  const bool retains = s.config.retain > 0;
+  if (retains) {
+    if (!s.slots) s.slots.reset(new typename State::Slot[s.config.capacity]);
+    // Make room for this item in the retention window (its slot's previous item included).
+    while (s.retain_from + s.config.retain <= seq) unretain_oldest(unretained);
+  }
+  const auto readers = static_cast<std::uint32_t>(s.subs.size() + (retains ? 1 : 0));
   // (No ring yet: nobody has ever subscribed, and nothing is stored.)
   if (s.slots) store(s, seq, readers, stamp, weight, std::move(item), old);
+  if (retains) {
+    s.retain_held += weight;
+    while (s.retain_held > s.config.retain_bytes && s.retain_from <= seq) {
+      unretain_oldest(unretained);
+    }
+  }
   // Release publishes the slot to subscribers; the light fence orders this store before the
   // loads of waiters and hooks below, against parking subscribers' heavy fence.
   if (s.account) {
@@ -744,6 +821,10 @@ BroadcastStats Broadcast<T>::stats() const {
   out.would_block = s.would_block.load(std::memory_order_relaxed);
   out.timeouts = s.timeouts.load(std::memory_order_relaxed);
   out.retained_bytes = s.retained_bytes.load(std::memory_order_relaxed);
+  {
+    std::lock_guard lock(state_->mu);
+    out.retained_from = s.config.retain > 0 ? s.retain_from : out.published;
+  }
   out.blocked_seconds = static_cast<double>(s.blocked_ns.load(std::memory_order_relaxed)) / 1e9;
   out.latency_ns = s.latency.snapshot();
   return out;

@@ -56,6 +56,11 @@ void BroadcastConfig::validate() const {
                 "unlimited in lossy mode (a lossy broadcast is bounded by capacity)");
   }
   if (max_bytes < 1) bad_setting(*this, "max_bytes", "0", ">= 1, or unlimited");
+  if (retain > capacity) {
+    bad_setting(*this, "retain", std::to_string(retain),
+                "0 to capacity = " + std::to_string(capacity));
+  }
+  if (retain_bytes < 1) bad_setting(*this, "retain_bytes", "0", ">= 1, or unlimited");
   if (evict_after.count() > 0 && mode == BroadcastMode::lossy) {
     bad_setting(*this, "evict_after", std::to_string(evict_after.count()) + " ns",
                 "0 in lossy mode (a lossy publisher never waits for a subscriber)");
