@@ -25,9 +25,12 @@ enum class DropReason : std::uint8_t {
   evicted,        // the consumer was removed for holding a lossless stream hostage
   no_worker,      // a Dispatcher had no worker that could take the item (none, or all unhealthy)
   worker_failed,  // the workers of a Dispatcher failed the item (errors, timeouts, leaving)
+  retention,      // a subscriber came back at a position its stream no longer retains
+  relay_restart,  // a subscriber came back to a stream that restarted since (its positions
+                  // are not the stream's any more: how many it missed is not known)
 };
 
-inline constexpr std::size_t kDropReasonCount = 11;
+inline constexpr std::size_t kDropReasonCount = 13;
 
 /// The wire/metrics spelling of a reason, e.g. "slow_consumer".
 std::string_view to_string(DropReason reason) noexcept;
@@ -37,10 +40,11 @@ std::optional<DropReason> parse_drop_reason(std::string_view text) noexcept;
 
 /// Every reason, in declaration order (for iterating over counters).
 inline constexpr std::array<DropReason, kDropReasonCount> kAllDropReasons = {
-    DropReason::overflow,  DropReason::slow_consumer, DropReason::frame_late,
-    DropReason::drop_rate, DropReason::in_flight,     DropReason::priority_shed,
-    DropReason::too_large, DropReason::expired,       DropReason::evicted,
-    DropReason::no_worker, DropReason::worker_failed,
+    DropReason::overflow,      DropReason::slow_consumer, DropReason::frame_late,
+    DropReason::drop_rate,     DropReason::in_flight,     DropReason::priority_shed,
+    DropReason::too_large,     DropReason::expired,       DropReason::evicted,
+    DropReason::no_worker,     DropReason::worker_failed, DropReason::retention,
+    DropReason::relay_restart,
 };
 
 /// Drop counters indexed by reason. A plain value: snapshots copy it.

@@ -55,8 +55,9 @@ class Frame:
 @dataclass(frozen=True, slots=True)
 class Gap:
     """`count` frames the relay skipped for this subscriber before the next one, and why
-    (`slow_consumer`: it was `depth` behind on a real-time topic). `count` is None when it is
-    not known (the connection was lost and made again: `reason` is `reconnect`)."""
+    (`slow_consumer`: it was `depth` behind on a real-time topic; `retention`: it came back
+    after the topic had let go of them). `count` is None when it is not known (`relay_restart`:
+    it came back to a relay that had restarted)."""
 
     count: int | None
     reason: str

@@ -177,10 +177,14 @@ class Subscriber:
     """Subscribes to a topic over `/v1/ws/subscribe/{topic}`: `async for m in sub` yields
     Frame and Gap values in the order the relay sent them. The iteration ends when the relay
     closes the topic normally (1000: it is shutting down) and raises Closed otherwise (4008:
-    disconnected as a stalled consumer; 1008: evicted; 1006: the connection was lost). With
-    `reconnect=True` any end but close() makes the connection again (backoff 0.25 s doubling to
-    5 s), announced as Gap(None, "reconnect"): what was published meanwhile is not replayed, so
-    the gap's size is not known.
+    disconnected as a stalled consumer; 1008: evicted; 1006: the connection was lost).
+
+    `position` is the topic's position of the next frame it expects and `epoch` the topic's
+    run (both from the relay). With `reconnect=True` any end but close() makes the connection
+    again (backoff 0.25 s doubling to 5 s) and resumes at `position`: on a topic that retains
+    frames (`retain_items`) it continues with the very next frame, nothing lost or repeated;
+    frames no longer retained come as one Gap(n, "retention"), and a relay that restarted
+    meanwhile as Gap(None, "relay_restart") (how many were missed is not known).
     """
 
     def __init__(self, uri: str, topic: str, token: str | None, ssl: ssl_module.SSLContext | None,
@@ -195,6 +199,8 @@ class Subscriber:
         self.received = 0
         self.lost = 0
         self.reconnects = 0
+        self.epoch: str | None = None
+        self.position = 0
 
     @classmethod
     async def connect(cls, topic: str, url: str = DEFAULT_URL, *, name: str | None = None,
@@ -204,8 +210,14 @@ class Subscriber:
         uri = _endpoint(url, f"/v1/ws/subscribe/{urllib.parse.quote(topic, safe='')}",
                         name=name, depth=depth)
         sub = cls(uri, topic, token, ssl, reconnect)
-        sub._ws = await _open(uri, token, ssl)
+        sub._opened(await _open(uri, token, ssl))
         return sub
+
+    def _opened(self, ws: websockets.WebSocketClientProtocol) -> None:
+        self._ws = ws
+        headers = ws.response_headers
+        self.epoch = headers.get("Sluice-Epoch")
+        self.position = int(headers.get("Sluice-Position", self.position))
 
     def __aiter__(self) -> "Subscriber":
         return self
@@ -221,23 +233,31 @@ class Subscriber:
                 if not self._reconnect:
                     raise _closed(self._ws) from None
                 await self._again()
-                return Gap(None, "reconnect")
+                continue  # (the relay says what was missed, if anything)
             if isinstance(message, bytes):
                 self.received += 1
+                self.position += 1
                 view = memoryview(message)
                 index, stamp = _unpack(view)
                 return Frame(index, stamp, view[HEADER_BYTES:])
             event = json.loads(message)
             if "gap" in event:
-                self.lost += int(event["gap"])
-                return Gap(int(event["gap"]), str(event.get("reason", "")))
+                count = int(event["gap"])
+                reason = str(event.get("reason", ""))
+                self.lost += count
+                self.position += count
+                return Gap(None if reason == "relay_restart" else count, reason)
             # (errors about what we sent; subscribers send nothing: none expected)
 
     async def _again(self) -> None:
         delay = 0.25
         while True:
+            uri = self._uri
+            if self.epoch:
+                uri += ("&" if "?" in uri else "?") + urllib.parse.urlencode(
+                    {"epoch": self.epoch, "from": self.position})
             try:
-                self._ws = await _open(self._uri, self._token, self._ssl)
+                self._opened(await _open(uri, self._token, self._ssl))
                 self.reconnects += 1
                 return
             except (OSError, Refused):

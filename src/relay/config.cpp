@@ -146,6 +146,20 @@ std::size_t parse_queue_items(const Source& s, const std::string& v) {
   return static_cast<std::size_t>(parse_int(s, v, 8, 65'536, "8 to 65536"));
 }
 
+std::size_t parse_retain_items(const Source& s, const std::string& v) {
+  return static_cast<std::size_t>(parse_int(s, v, 0, 65'536, "0 (none) to 65536"));
+}
+
+// A lossless topic retains within its ring of max_queue_items.
+void check_retention(const TopicConfig& t, const std::string& where) {
+  if (t.mode == TopicMode::lossless && t.retain_items > t.max_queue_items) {
+    throw ConfigError("invalid configuration: " + where +
+                      " retain_items (SLUICE_RETAIN_ITEMS) = " + std::to_string(t.retain_items) +
+                      " is above max_queue_items = " + std::to_string(t.max_queue_items) +
+                      " (accepted on a lossless topic: 0 to max_queue_items)");
+  }
+}
+
 const std::vector<Setting>& settings() {
   static const std::vector<Setting> table = {
       {"server.host", "SLUICE_HOST", "host",
@@ -331,6 +345,10 @@ const std::vector<Setting>& settings() {
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.defaults.depth = static_cast<std::size_t>(parse_int(s, v, 1, 1024, "1 to 1024"));
        }},
+      {"topics.retain_items", "SLUICE_RETAIN_ITEMS", "retain-items",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.defaults.retain_items = parse_retain_items(s, v);
+       }},
   };
   return table;
 }
@@ -357,7 +375,8 @@ std::optional<std::string> scalar_text(const toml::node& node) {
   return std::nullopt;
 }
 
-constexpr std::array<std::string_view, 13> kTopicKeys = {"mode",
+constexpr std::array<std::string_view, 14> kTopicKeys = {"mode",
+                                                         "retain_items",
                                                          "content_type",
                                                          "max_queue_bytes",
                                                          "max_queue_items",
@@ -697,6 +716,7 @@ RelayConfig load_relay_config(const std::optional<std::string>& file,
                       " is below drop_threshold (STREAM_DROP_THRESHOLD) = " +
                       std::to_string(c.drop_threshold) + " (accepted: drop_threshold to 1)");
   }
+  check_retention(c.defaults, "[topics]");
   // Declared topics inherit the final defaults, then apply their own fields.
   std::set<std::string> names;
   for (auto& p : pending) {
@@ -720,12 +740,14 @@ RelayConfig load_relay_config(const std::optional<std::string>& file,
       }
       if (field == "depth")
         t.depth = static_cast<std::size_t>(parse_int(src, text, 1, 1024, "1 to 1024"));
+      if (field == "retain_items") t.retain_items = parse_retain_items(src, text);
       if (field == "content_type") {
         if (!media_type(text)) bad(src, text, "a media type such as image/jpeg (type/subtype)");
         t.content_type = text;
       }
     }
     apply_stage(p, t);
+    check_retention(t, "[[topic]] \"" + t.name + "\"");
     c.topics.push_back(std::move(t));
   }
   check_principals(c);
@@ -811,12 +833,12 @@ std::string to_toml(const RelayConfig& c) {
     << to_string(c.defaults.mode) << "\"\nmax_queue_bytes = " << c.defaults.max_queue_bytes
     << "\nmax_queue_items = " << c.defaults.max_queue_items
     << "\nmax_wait_ms = " << c.defaults.max_wait.count() << "\ndepth = " << c.defaults.depth
-    << "\n";
+    << "\nretain_items = " << c.defaults.retain_items << "\n";
   for (const auto& t : c.topics) {
     o << "\n[[topic]]\nname = \"" << t.name << "\"\nmode = \"" << to_string(t.mode)
       << "\"\nmax_queue_bytes = " << t.max_queue_bytes
       << "\nmax_queue_items = " << t.max_queue_items << "\nmax_wait_ms = " << t.max_wait.count()
-      << "\ndepth = " << t.depth << "\n";
+      << "\ndepth = " << t.depth << "\nretain_items = " << t.retain_items << "\n";
     if (!t.content_type.empty()) o << "content_type = \"" << t.content_type << "\"\n";
     if (t.stage) {
       o << "stage = true\nstage_fps = " << shortest(t.stage->fps)

@@ -138,10 +138,13 @@ SubscribeRpc* GrpcService::subscribe(grpc::CallbackServerContext* ctx, const grp
   if (!who) return new Failed(core_, who.refusal());
   auto slot = core_.admission.admit(SessionRole::subscriber, client_of_grpc_peer(ctx->peer()));
   if (!slot) return new Failed(core_, slot.refusal());
-  auto pump =
-      SubscriberPump::join(core_, {*who, req.topic(), req.name(), req.depth()}, "subscriber",
-                           /*kernel_unsent=*/false);
+  SubscribeRequest join{*who,        req.topic(), req.name(),
+                        req.depth(), req.epoch(), req.from_position()};
+  auto pump = SubscriberPump::join(core_, join, "subscriber", /*kernel_unsent=*/false);
   if (!pump) return new Failed(core_, pump.refusal());
+  // Where it starts, for a resume later (the initial metadata goes out at once).
+  ctx->AddInitialMetadata("sluice-epoch", (*pump)->epoch());
+  ctx->AddInitialMetadata("sluice-position", std::to_string((*pump)->start_position()));
   return new SubscribeReactor(core_, ctx, std::move(*slot), std::move(*pump), **who);
 }
 

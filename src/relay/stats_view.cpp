@@ -122,6 +122,8 @@ nlohmann::json topic_json(const Topic& t) {
   }
   tj["queue_bytes"] = worst_bytes;
   tj["retained_bytes"] = s.retained_bytes;
+  tj["retained_from"] = s.retained_from;  // the oldest position a subscriber can resume at
+  tj["epoch"] = t.epoch;
   tj["timeouts"] = t.publish_timeouts.load(std::memory_order_relaxed);
   if (t.stage) tj["stage"] = stage_json(*t.stage);
   return tj;

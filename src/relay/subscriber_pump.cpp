@@ -13,12 +13,33 @@ Outcome<std::unique_ptr<SubscriberPump>> SubscriberPump::join(RelayCore& core,
   auto t = core.topics.find(r.topic);
   if (!t) return std::move(t.refusal());
   try {
-    auto sub =
-        // (a name shows in stats and as a label: valid UTF-8, at most 128 bytes)
-        (*t)->broadcast.subscribe(r.name.empty() ? default_name : metrics::valid_utf8(r.name, 128),
-                                  r.depth);
-    return std::unique_ptr<SubscriberPump>(
+    Topic& topic = **t;
+    // (a name shows in stats and as a label: valid UTF-8, at most 128 bytes)
+    std::string name = r.name.empty() ? default_name : metrics::valid_utf8(r.name, 128);
+    const bool resumes = !r.resume_epoch.empty() && r.resume_epoch == topic.epoch;
+    auto sub = resumes ? topic.broadcast.subscribe_from(r.resume_from, std::move(name), r.depth)
+                       : topic.broadcast.subscribe(std::move(name), r.depth);
+    const std::uint64_t joined = sub.joined_at();
+    std::unique_ptr<SubscriberPump> pump(
         new SubscriberPump(core, std::move(*t), std::move(sub), kernel_unsent));
+    pump->start_position_ = joined;
+    if (r.resume_epoch.empty()) return pump;
+    std::string_view outcome = "exact";
+    if (!resumes) {
+      outcome = "relay_restart";
+      pump->resume_gap(0, DropReason::relay_restart);
+    } else if (joined > r.resume_from) {
+      outcome = "retention";
+      pump->resume_gap(joined - r.resume_from, DropReason::retention);
+      pump->start_position_ = r.resume_from;
+    }
+    core.metrics
+        .counter("sluice_subscriber_resumes_total",
+                 "Subscribers that came back at a position: exact, or after a gap (retention: "
+                 "no longer retained; relay_restart: another run of the topic)",
+                 {{"outcome", std::string(outcome)}, {"topic", pump->topic().name}})
+        .inc();
+    return pump;
   } catch (const std::invalid_argument& e) {  // (the broadcast's own check: depth)
     return Refusal{RefusalKind::bad_request, e.what(), ""};
   }
@@ -35,6 +56,14 @@ SubscriberPump::SubscriberPump(RelayCore& core, std::shared_ptr<Topic> topic,
       series_(core.metrics, topic_->name, sub_, id_, kernel_unsent ? &unsent_ : nullptr) {
   topic_->add_extras(
       {id_, sub_.name(), sub_.stats().joined_at, kernel_unsent_ ? &unsent_ : nullptr, &verdict_});
+}
+
+void SubscriberPump::resume_gap(std::uint64_t lost, DropReason reason) {
+  RecvResult<RelayMessage> gap;
+  gap.status = RecvStatus::gap;
+  gap.lost = lost;
+  gap.reason = reason;
+  held_ = std::move(gap);
 }
 
 SubscriberPump::~SubscriberPump() {

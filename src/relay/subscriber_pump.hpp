@@ -38,12 +38,15 @@ namespace sluice::relay {
 
 /// What a subscriber asks for (the transport decodes it): the topic, a name for stats and
 /// metrics (made valid UTF-8, cut to whole characters within 128 bytes; empty: a default), a depth
-/// (real-time topics; 0: the topic's).
+/// (real-time topics; 0: the topic's), and where to resume: a subscriber that comes back gives
+/// the topic's epoch and the position it had reached (see SubscriberPump::start_position).
 struct SubscribeRequest {
   Who who;  // who asks (must be allowed to subscribe to the topic)
   std::string topic;
   std::string name;
   std::uint64_t depth = 0;
+  std::string resume_epoch;  // empty: start with the next item published
+  std::uint64_t resume_from = 0;
 };
 
 class SubscriberPump {
@@ -66,6 +69,15 @@ class SubscriberPump {
   const std::string& name() const noexcept { return sub_.name(); }
   /// The session's number (label "session" in /metrics).
   std::uint64_t id() const noexcept { return id_; }
+  /// Where the subscriber starts: the position (the topic's sequence number) of its first item,
+  /// counting the items of a gap announced before it. Each item it receives is one further,
+  /// each gap `gap()` further; with the topic's epoch, that is where it resumes if it comes back.
+  /// A resume that finds the item at its position gone (no longer retained: topics.retain_items)
+  /// starts with a gap of the missing items (reason retention); one from another epoch (the
+  /// relay restarted) starts at the next item published, after a gap of unknown size (0,
+  /// reason relay_restart).
+  std::uint64_t start_position() const noexcept { return start_position_; }
+  const std::string& epoch() const noexcept { return topic_->epoch; }
 
   /// See the protocol above.
   Next next(std::size_t max_items, std::size_t max_bytes);
@@ -91,6 +103,8 @@ class SubscriberPump {
  private:
   SubscriberPump(RelayCore& core, std::shared_ptr<Topic> topic, Subscription<RelayMessage> sub,
                  bool kernel_unsent);
+  // A resume's gap, due before the first item.
+  void resume_gap(std::uint64_t lost, DropReason reason);
   std::optional<Refusal> judged(const std::optional<SinkEvent>& event);
 
   RelayCore& core_;
@@ -107,6 +121,7 @@ class SubscriberPump {
   std::uint64_t gap_lost_ = 0;
   DropReason gap_reason_ = DropReason::slow_consumer;
   std::optional<Refusal> end_;
+  std::uint64_t start_position_ = 0;
   std::chrono::steady_clock::time_point write_started_;
   bool judged_ = false;  // the judge knows this sink
 };

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -40,7 +41,18 @@ struct SubscriberExtras {
 };
 
 struct Topic {
-  Topic(std::string n, const TopicConfig& c) : name(std::move(n)), config(c), broadcast(make(c)) {}
+  Topic(std::string n, const TopicConfig& c)
+      : name(std::move(n)), config(c), broadcast(make(c)), epoch(make_epoch()) {}
+  /// 16 random hex digits: a topic made again (the relay restarted, or an idle topic was
+  /// removed and made on use) has another, so positions of the old one are not taken for its.
+  static std::string make_epoch() {
+    std::random_device rd;
+    const std::uint64_t v = (std::uint64_t{rd()} << 32) ^ rd();
+    static constexpr char kHex[] = "0123456789abcdef";
+    std::string out(16, '0');
+    for (int i = 0; i < 16; ++i) out[static_cast<std::size_t>(i)] = kHex[(v >> (60 - 4 * i)) & 0xF];
+    return out;
+  }
   static BroadcastConfig make(const TopicConfig& c) {
     BroadcastConfig b;
     b.name = c.name.empty() ? "topic" : c.name;
@@ -52,9 +64,11 @@ struct Topic {
       b.max_wait = c.max_wait;
     } else {
       b.mode = BroadcastMode::lossy;
-      b.capacity = std::max<std::size_t>(2 * c.depth, 8);
+      b.capacity = std::max<std::size_t>({2 * c.depth, 8, c.retain_items});
       b.default_depth = c.depth;
     }
+    b.retain = c.retain_items;
+    b.retain_bytes = c.max_queue_bytes;
     return b;
   }
 
@@ -97,6 +111,8 @@ struct Topic {
   const std::string name;
   const TopicConfig config;
   Broadcast<RelayMessage> broadcast;
+  /// This topic's run (see make_epoch): with a position, where a subscriber can resume.
+  const std::string epoch;
   /// Publishes that gave up after max_wait, on any transport (topic_full refusals).
   std::atomic<std::uint64_t> publish_timeouts{0};
   /// Payload bytes published (for rates in the stats).

@@ -118,27 +118,35 @@ class WsSession : public std::enable_shared_from_this<Derived> {
     // 1 MiB frame, each a system call.
     ws_.auto_fragment(false);
     ws_.read_message_max(reading_.message_max);
-    answer_subprotocol(request);
+    decorate_answer(request);
     request_ = std::move(request);
     ws_.async_accept(request_, [self = this->shared_from_this()](boost::beast::error_code ec) {
       if (!ec) self->opened();
     });
   }
 
-  // A browser offering subprotocols (its token as sluice.bearer.<token>, see http_caller) must
+  // The upgrade's answer: the session's own headers (answer_header), and the subprotocol. A
+  // browser offering subprotocols (its token as sluice.bearer.<token>, see http_caller) must
   // get one back: "sluice" if offered, else the first one offered.
-  void answer_subprotocol(const HttpServer::Request& request) {
+  void decorate_answer(const HttpServer::Request& request) {
+    std::string chosen;
     const auto offered = request[boost::beast::http::field::sec_websocket_protocol];
-    if (offered.empty()) return;
     const auto items = header_items(std::string_view(offered.data(), offered.size()));
-    if (items.empty()) return;
-    std::string chosen(items.front());
+    if (!items.empty()) chosen = std::string(items.front());
     for (const auto p : items) {
       if (p == ws::kSubprotocol) chosen = std::string(p);
     }
-    ws_.set_option(websocket::stream_base::decorator([chosen](websocket::response_type& res) {
-      res.set(boost::beast::http::field::sec_websocket_protocol, chosen);
-    }));
+    if (chosen.empty() && answer_headers_.empty()) return;
+    ws_.set_option(websocket::stream_base::decorator(
+        [chosen, headers = answer_headers_](websocket::response_type& res) {
+          if (!chosen.empty()) res.set(boost::beast::http::field::sec_websocket_protocol, chosen);
+          for (const auto& [name, value] : headers) res.set(name, value);
+        }));
+  }
+
+  // A header of the upgrade's answer (before start()).
+  void answer_header(std::string name, std::string value) {
+    answer_headers_.emplace_back(std::move(name), std::move(value));
   }
 
   // The session ends (1008, unauthenticated) when `who`'s token expires. Before start().
@@ -275,6 +283,7 @@ class WsSession : public std::enable_shared_from_this<Derived> {
   WsStream ws_;
   boost::asio::steady_timer timer_;
   HttpServer::Request request_;
+  std::vector<std::pair<std::string, std::string>> answer_headers_;
   PriorityChannel<Outgoing> out_;
   std::optional<boost::asio::steady_timer> kill_;  // after close(): see there
   bool closing_ = false;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <boost/asio/post.hpp>
+#include <charconv>
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -196,16 +197,32 @@ std::optional<HttpResponse> ws_subscribe(RelayCore& core, SessionSlot slot, cons
   const auto depth =
       target.count("depth", std::numeric_limits<std::uint64_t>::max(), "the topic's capacity");
   if (!depth) return http_refusal(core, depth.refusal());
-  auto pump =
-      SubscriberPump::join(core, {route.who, route.topic, target.param("name"), *depth}, "viewer",
-                           /*kernel_unsent=*/true);
+  // Resuming: ?epoch=<the topic's epoch>&from=<position> (see SubscriberPump::start_position).
+  SubscribeRequest join{route.who, route.topic,           target.param("name"),
+                        *depth,    target.param("epoch"), 0};
+  if (!join.resume_epoch.empty()) {
+    const std::string from = target.param("from");
+    const auto [end, ec] =
+        std::from_chars(from.data(), from.data() + from.size(), join.resume_from);
+    if (from.empty() || ec != std::errc{} || end != from.data() + from.size()) {
+      return http_refusal(core, Refusal{RefusalKind::bad_request,
+                                        "query parameter 'from' must be the position to resume "
+                                        "at (a whole number) when 'epoch' is given",
+                                        "from"});
+    }
+  }
+  auto pump = SubscriberPump::join(core, join, "viewer", /*kernel_unsent=*/true);
   if (!pump) return http_refusal(core, pump.refusal());
+  const std::string subscriber_epoch = (*pump)->epoch();
+  const std::uint64_t subscriber_position = (*pump)->start_position();
   IoThread& loop = core.loops.subscriber_loop();
   auto own = hand_over(core, loop, connection);
   if (!own) return http_refusal(core, own.refusal());
   auto subscriber = std::make_shared<WsSubscriber>(core, loop, std::move(slot), std::move(*own),
                                                    std::move(*pump));
   subscriber->expire_with(*route.who);
+  subscriber->answer_header("Sluice-Epoch", subscriber_epoch);
+  subscriber->answer_header("Sluice-Position", std::to_string(subscriber_position));
   boost::asio::post(loop.context(), [subscriber, request = std::move(request)]() mutable {
     subscriber->start(std::move(request));
   });

@@ -801,5 +801,63 @@ TEST(RelayHttp, IdleTopicsMadeOnFirstUseGoWithTheirSeriesAndUsedOrDeclaredOnesSt
   reader->Finish();
 }
 
+// Resuming over gRPC: the call's initial metadata says where it starts (sluice-epoch,
+// sluice-position); a call with that epoch and the position reached continues there.
+TEST(RelayGrpc, ASubscriberThatComesBackResumesFromItsPosition) {
+  RelayConfig c = loopback();
+  c.defaults.retain_items = 16;
+  Relay relay(c);
+  std::string epoch;
+  {
+    grpc::ClientContext ctx;
+    auto reader = subscribe(relay, ctx, "t", "first");
+    reader->WaitForInitialMetadata();
+    {
+      grpc::ClientContext pub_ctx;
+      auto stream = relay.stub->Publish(&pub_ctx);
+      for (int i = 0; i < 10; ++i) stream->Write(item("t", i, "p" + std::to_string(i)));
+      ASSERT_TRUE(end_publish(stream).status.ok());
+    }
+    const auto& md = ctx.GetServerInitialMetadata();
+    ASSERT_EQ(md.count("sluice-epoch"), 1U);
+    ASSERT_EQ(md.count("sluice-position"), 1U);
+    epoch =
+        std::string(md.find("sluice-epoch")->second.data(), md.find("sluice-epoch")->second.size());
+    EXPECT_EQ(std::string(md.find("sluice-position")->second.data(),
+                          md.find("sluice-position")->second.size()),
+              "0");
+    for (int i = 0; i < 4; ++i) {
+      v1::SubscribeEvent e;
+      ASSERT_TRUE(read_event(reader, e));
+      ASSERT_EQ(e.item().sequence(), std::uint64_t(i));
+    }
+    ctx.TryCancel();  // gone at position 4
+    v1::SubscribeEvent e;
+    while (reader->Read(&e)) {
+    }
+    reader->Finish();
+  }
+  grpc::ClientContext ctx;
+  v1::SubscribeRequest req;
+  req.set_topic("t");
+  req.set_name("again");
+  req.set_epoch(epoch);
+  req.set_from_position(4);
+  auto reader = relay.stub->Subscribe(&ctx, req);
+  for (int i = 4; i < 10; ++i) {
+    v1::SubscribeEvent e;
+    ASSERT_TRUE(read_event(reader, e));
+    ASSERT_TRUE(e.has_item()) << e.DebugString();
+    ASSERT_EQ(e.item().sequence(), std::uint64_t(i));
+    EXPECT_EQ(e.item().payload(), "p" + std::to_string(i));
+  }
+  const auto& md = ctx.GetServerInitialMetadata();
+  EXPECT_EQ(std::string(md.find("sluice-position")->second.data(),
+                        md.find("sluice-position")->second.size()),
+            "4");
+  EXPECT_EQ(relay.metric("sluice_subscriber_resumes_total", "outcome=\"exact\""), 1.0);
+  ctx.TryCancel();
+}
+
 }  // namespace
 }  // namespace sluice

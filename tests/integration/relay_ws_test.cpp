@@ -844,5 +844,83 @@ TEST(RelayWs, WhenTheItemLimitBindsTheEventsNameIt) {
   EXPECT_NE(relay.stats_json().find("\"max_queue_items\": 8"), std::string::npos);
 }
 
+// A viewer that comes back gives the topic's epoch and the position it had reached (the
+// upgrade's Sluice-Epoch and Sluice-Position, plus what it received): on a topic that retains
+// items it continues there, with nothing lost or repeated; what is no longer retained is one
+// gap (retention); another run of the topic is a gap of unknown size (relay_restart).
+TEST(RelayWs, AViewerThatComesBackResumesWhereItWasOrIsToldWhatItMissed) {
+  RelayConfig c = loopback();
+  c.defaults.retain_items = 8;
+  testing::RelayScene relay(c);
+  const auto port = relay.http_port();
+  WsClient first;
+  ASSERT_FALSE(first.connect(port, "/v1/ws/subscribe/cam?name=v"));
+  const std::string epoch(first.response["Sluice-Epoch"]);
+  ASSERT_EQ(epoch.size(), 16U);
+  ASSERT_EQ(first.response["Sluice-Position"], "0");
+  WsClient pub;
+  ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/cam"));
+  const auto publish = [&](int from, int to) {
+    for (int i = from; i < to; ++i) pub.send_binary(frame(i, 0, "frame " + std::to_string(i)));
+    for (int i = 0; i < 500; ++i) {
+      if (relay.metric("sluice_topic_published_total", "topic=\"cam\"") == to) return true;
+      std::this_thread::sleep_for(10ms);
+    }
+    return false;
+  };
+  const auto read_frame = [](WsClient& viewer) -> std::pair<bool, std::string> {
+    bool text = false;
+    std::string bytes;
+    EXPECT_FALSE(viewer.read(text, bytes));
+    return {text, bytes};
+  };
+  ASSERT_TRUE(publish(0, 5));
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(index_of(read_frame(first).second), std::uint64_t(i));
+  first.s.close(websocket::close_code::normal);  // gone, having received 0..2: position 3
+  ASSERT_TRUE(publish(5, 9));
+
+  WsClient back;  // exact: 3..8 are all retained (8 items)
+  ASSERT_FALSE(back.connect(port, "/v1/ws/subscribe/cam?name=v&epoch=" + epoch + "&from=3"));
+  EXPECT_EQ(back.response["Sluice-Position"], "3");
+  for (int i = 3; i < 9; ++i) {
+    const auto [text, bytes] = read_frame(back);
+    ASSERT_FALSE(text) << bytes;
+    ASSERT_EQ(index_of(bytes), std::uint64_t(i));
+  }
+  back.s.close(websocket::close_code::normal);
+  ASSERT_TRUE(publish(9, 20));  // retained now: 12..19
+
+  WsClient late;  // from 9: 9..11 are gone
+  ASSERT_FALSE(late.connect(port, "/v1/ws/subscribe/cam?name=v&epoch=" + epoch + "&from=9"));
+  EXPECT_EQ(late.response["Sluice-Position"], "9");  // the gap's 3 items, then 12
+  const auto [gap_text, gap] = read_frame(late);
+  ASSERT_TRUE(gap_text);
+  EXPECT_EQ(nlohmann::json::parse(gap), (nlohmann::json{{"gap", 3}, {"reason", "retention"}}));
+  for (int i = 12; i < 20; ++i) ASSERT_EQ(index_of(read_frame(late).second), std::uint64_t(i));
+
+  WsClient other;  // an epoch of another run: the next item published, after a gap
+  ASSERT_FALSE(other.connect(port, "/v1/ws/subscribe/cam?name=v&epoch=0123456789abcdef&from=3"));
+  EXPECT_EQ(other.response["Sluice-Position"], "20");
+  ASSERT_TRUE(testing::wait_for_sessions(port, 3));
+  ASSERT_TRUE(publish(20, 21));
+  const auto [restart_text, restart] = read_frame(other);
+  ASSERT_TRUE(restart_text);
+  EXPECT_EQ(nlohmann::json::parse(restart),
+            (nlohmann::json{{"gap", 0}, {"reason", "relay_restart"}}));
+  EXPECT_EQ(index_of(read_frame(other).second), 20U);
+
+  EXPECT_EQ(relay.metric("sluice_subscriber_resumes_total", "outcome=\"exact\""), 1.0);
+  EXPECT_EQ(relay.metric("sluice_subscriber_resumes_total", "outcome=\"retention\""), 1.0);
+  EXPECT_EQ(relay.metric("sluice_subscriber_resumes_total", "outcome=\"relay_restart\""), 1.0);
+  // What it retains stays within retain_items.
+  EXPECT_EQ(relay.metric("sluice_topic_retained_bytes", "topic=\"cam\""),
+            double(8 * (6 + 2)));  // "frame 13" .. "frame 20": 8 items of 8 bytes
+
+  WsClient bad;
+  EXPECT_TRUE(bad.connect(port, "/v1/ws/subscribe/cam?epoch=" + epoch + "&from=x"));
+  EXPECT_EQ(bad.http_status, 400U);
+  EXPECT_NE(bad.http_body.find("'from'"), std::string::npos) << bad.http_body;
+}
+
 }  // namespace
 }  // namespace sluice

@@ -30,8 +30,9 @@ struct WsClient {
   boost::beast::websocket::stream<boost::asio::ip::tcp::socket> s{io};
   unsigned http_status = 0;
   std::string http_body;
-  std::map<std::string, std::string> headers;  // added to the upgrade request (Host replaces)
-  std::string response_protocol;               // the subprotocol the relay answered
+  std::map<std::string, std::string> headers;       // added to the upgrade request (Host replaces)
+  std::string response_protocol;                    // the subprotocol the relay answered
+  boost::beast::websocket::response_type response;  // the relay's answer to the upgrade
 
   boost::beast::error_code connect(std::uint16_t port, const std::string& target) {
     s.next_layer().connect({boost::asio::ip::make_address("127.0.0.1"), port});
@@ -47,6 +48,7 @@ struct WsClient {
         }));
     s.handshake(res, host, target, ec);
     response_protocol = std::string(res[boost::beast::http::field::sec_websocket_protocol]);
+    response = res;
     if (ec == boost::beast::websocket::error::upgrade_declined) refused(port, target);
     return ec;
   }

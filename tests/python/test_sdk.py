@@ -210,12 +210,52 @@ async def test_a_reconnecting_subscriber_rides_out_a_relay_restart(relay_with):
     r.stop()
     r2 = relay_with(http_port=port)
     gap = await asyncio.wait_for(sub.__anext__(), 15)
-    assert gap == sluice.Gap(None, "reconnect")
+    assert gap == sluice.Gap(None, "relay_restart")  # the new relay's topic is another run
     pub2 = await sluice.Publisher.connect("again", r2.url)
     await pub2.send(b"after")
     assert bytes((await asyncio.wait_for(sub.__anext__(), 10)).payload) == b"after"
     assert sub.reconnects == 1
     await pub2.close()
+    await sub.close()
+
+
+async def test_a_subscriber_that_loses_its_connection_resumes_with_nothing_lost_or_repeated(relay_with):
+    r = relay_with("[topics]\nretain_items = 64\n")
+    sub = await sluice.Subscriber.connect("kept", r.url, reconnect=True)
+    assert sub.epoch and len(sub.epoch) == 16 and sub.position == 0
+    pub = await sluice.Publisher.connect("kept", r.url)
+    for i in range(5):
+        await pub.send(b"%d" % i, frame_index=i)
+    assert [(await sub.__anext__()).index for _ in range(2)] == [0, 1]
+    sub._ws.transport.abort()  # the connection is lost (not closed by either side)
+    for i in range(5, 10):
+        await pub.send(b"%d" % i, frame_index=i)
+    while r.topic("kept")["published"] < 10:
+        await asyncio.sleep(0.01)
+    got = [await asyncio.wait_for(sub.__anext__(), 10) for _ in range(8)]
+    assert [m.index for m in got] == list(range(2, 10)), got  # no Gap: nothing was missed
+    assert [bytes(m.payload) for m in got] == [b"%d" % i for i in range(2, 10)]
+    assert sub.reconnects == 1 and sub.position == 10 and sub.lost == 0
+    await pub.close()
+    await sub.close()
+
+
+async def test_a_subscriber_back_after_the_topic_let_go_is_told_how_many_it_missed(relay_with):
+    r = relay_with("[topics]\nretain_items = 8\n")
+    sub = await sluice.Subscriber.connect("short", r.url, reconnect=True)
+    pub = await sluice.Publisher.connect("short", r.url)
+    await pub.send(b"first", frame_index=0)
+    assert (await sub.__anext__()).index == 0
+    sub._ws.transport.abort()
+    for i in range(1, 21):
+        await pub.send(b"x", frame_index=i)
+    while r.topic("short")["published"] < 21:
+        await asyncio.sleep(0.01)
+    gap = await asyncio.wait_for(sub.__anext__(), 10)
+    assert gap == sluice.Gap(12, "retention")  # 1..12 gone; 13..20 retained
+    assert [(await sub.__anext__()).index for _ in range(8)] == list(range(13, 21))
+    assert sub.received + sub.lost == 21
+    await pub.close()
     await sub.close()
 
 

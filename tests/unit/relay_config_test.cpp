@@ -116,6 +116,19 @@ TEST(RelayConfig, ALosslessTopicsItemLimitIsASetting) {
             std::string::npos);
 }
 
+TEST(RelayConfig, RetentionIsASettingWithinALosslessTopicsRing) {
+  EXPECT_EQ(load(std::nullopt).defaults.retain_items, 0U);
+  EXPECT_EQ(load(std::nullopt, {{"SLUICE_RETAIN_ITEMS", "512"}}).defaults.retain_items, 512U);
+  TempFile file("[[topic]]\nname = \"cam\"\nmode = \"realtime\"\nretain_items = 30000\n");
+  EXPECT_EQ(load(file.path()).topics.at(0).retain_items, 30000U);  // (realtime: any)
+  const std::string error = error_of(std::nullopt, {{"SLUICE_RETAIN_ITEMS", "2000"}});
+  EXPECT_NE(error.find("retain_items (SLUICE_RETAIN_ITEMS) = 2000 is above max_queue_items = 1024"),
+            std::string::npos)
+      << error;
+  TempFile declared("[[topic]]\nname = \"t\"\nmax_queue_items = 8\nretain_items = 9\n");
+  EXPECT_NE(error_of(declared.path()).find("[[topic]] \"t\" retain_items"), std::string::npos);
+}
+
 TEST(RelayConfig, HostsAreIpAddressesOrLocalhost) {
   EXPECT_EQ(load(std::nullopt, {{"SLUICE_HOST", "localhost"}}).host, "127.0.0.1");
   EXPECT_EQ(load(std::nullopt, {{"SLUICE_HOST", "[::1]"}}).host, "::1");

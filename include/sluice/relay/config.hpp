@@ -49,7 +49,10 @@ struct TopicConfig {
   std::size_t max_queue_items = 1024;        // lossless: items a subscriber may be behind, too
   std::chrono::milliseconds max_wait{5000};  // lossless
   std::size_t depth = 4;                     // realtime, per subscriber
-  std::optional<StageConfig> stage;          // none: a plain topic
+  // The most recent items kept for subscribers that come back (resume at their position after
+  // a reconnect), within max_queue_bytes; 0: none.
+  std::size_t retain_items = 0;
+  std::optional<StageConfig> stage;  // none: a plain topic
   // What the payloads are, as a media type ("image/jpeg", "image/png", "application/json"):
   // shown in the stats, and how a dashboard previews them. Empty: opaque bytes.
   std::string content_type;
