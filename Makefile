@@ -110,7 +110,7 @@ bench-relay: build
 
 # What the Python SDK costs over raw python3-websockets (python/bench/sdk_overhead.py).
 bench-python: build
-	SLUICE_BINARY=build/src/cli/sluice python3 python/bench/sdk_overhead.py
+	SLUICE_BINARY=build/src/cli/sluice /usr/bin/python3 python/bench/sdk_overhead.py
 
 # What the dashboard costs the relay: its CPU idle and under a 1 KiB stream, 0 and 5 dashboards.
 bench-dashboard: build

@@ -4,6 +4,7 @@ lost connection or a relay restart it sends again exactly those that were not ac
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import OrderedDict
 from typing import AsyncIterator
 
@@ -27,8 +28,10 @@ class GrpcPublisher:
     stops reading a full lossless topic, so acks stop). `await flush()` waits until every frame
     is in the topic. When the call fails with UNAVAILABLE (the relay went away or restarts) it
     is opened again (backoff 0.1 s doubling to 5 s) and the unacknowledged frames are sent again,
-    in order, before any new one; `resent` counts them. Acks are per call, so a frame the relay
-    took whose ack was lost with the connection is sent twice: at least once, never lost.
+    in order, before any new one; `resent` counts them. The publisher names itself to the relay
+    (`producer`, a random id unless given; keep it across restarts of your process to resume
+    its numbering): a resent frame the topic already has — its ack was lost with the
+    connection — is acked and not published again, so the topic gets every frame exactly once.
     Other errors end the publisher: send() and flush() raise Refused (NOT_FOUND,
     PERMISSION_DENIED, UNAUTHENTICATED, INVALID_ARGUMENT) or Closed, with the gRPC status and the
     relay's message. events() yields slow_down, resume and
@@ -36,10 +39,14 @@ class GrpcPublisher:
     """
 
     def __init__(self, topic: str, target: str, token: str | None, window: int,
-                 credentials: grpc.ChannelCredentials | None) -> None:
+                 credentials: grpc.ChannelCredentials | None, producer: str | None = None,
+                 first_sequence: int = 1) -> None:
         self.topic = topic
         self._target = target
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.producer = producer or uuid.uuid4().hex
+        self._metadata: tuple[tuple[str, str], ...] = (("sluice-producer", self.producer),)
+        if token:
+            self._metadata += (("authorization", f"Bearer {token}"),)
         self._credentials = credentials
         self._window = window
         self._channel: grpc.aio.Channel | None = None
@@ -47,7 +54,7 @@ class GrpcPublisher:
         self._outbox: asyncio.Queue[pb.PublishRequest | None] = asyncio.Queue()
         self._room = asyncio.Condition()
         self._events: asyncio.Queue[Notice] = asyncio.Queue(maxsize=1024)
-        self._next = 1
+        self._next = first_sequence
         self._error: Exception | None = None
         self._opened = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -59,9 +66,12 @@ class GrpcPublisher:
     @classmethod
     async def connect(cls, topic: str, target: str = "127.0.0.1:7400", *,
                       token: str | None = None, window: int = 1024,
-                      credentials: grpc.ChannelCredentials | None = None) -> "GrpcPublisher":
-        """Opens the call (`credentials`: grpc.ssl_channel_credentials(...) for TLS)."""
-        p = cls(topic, target, token, window, credentials)
+                      credentials: grpc.ChannelCredentials | None = None,
+                      producer: str | None = None, first_sequence: int = 1) -> "GrpcPublisher":
+        """Opens the call (`credentials`: grpc.ssl_channel_credentials(...) for TLS).
+        `producer` and `first_sequence`: a process that restarts and knows where it was keeps
+        its id and continues its numbering; the relay then ignores frames it already has."""
+        p = cls(topic, target, token, window, credentials, producer, first_sequence)
         p._task = asyncio.create_task(p._run())
         await p._opened.wait()
         if p._error is not None:

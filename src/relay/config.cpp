@@ -266,6 +266,11 @@ const std::vector<Setting>& settings() {
          c.max_subscribers =
              static_cast<std::size_t>(parse_int(s, v, 1, 1'000'000, "1 to 1000000"));
        }},
+      {"limits.max_producer_ids", "SLUICE_MAX_PRODUCER_IDS", "max-producer-ids",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.max_producer_ids =
+             static_cast<std::size_t>(parse_int(s, v, 0, 1'000'000, "0 (none) to 1000000"));
+       }},
       {"limits.max_workers", "SLUICE_MAX_WORKERS", "max-workers",
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.max_workers = static_cast<std::size_t>(parse_int(s, v, 1, 100'000, "1 to 100000"));
@@ -819,7 +824,7 @@ std::string to_toml(const RelayConfig& c) {
     << "max_frame_size_mb = "
     << shortest(static_cast<double>(c.max_frame_bytes) / (1024.0 * 1024.0))
     << "\nmax_sessions = " << c.max_sessions << "\nmax_subscribers = " << c.max_subscribers
-    << "\nmax_workers = " << c.max_workers
+    << "\nmax_workers = " << c.max_workers << "\nmax_producer_ids = " << c.max_producer_ids
     << "\nmax_sessions_per_client = " << c.max_sessions_per_client
     << "\nmax_topics = " << c.max_topics << "\nsend_timeout_ms = " << c.send_timeout.count()
     << "\nmax_send_timeouts = " << c.max_send_timeouts

@@ -61,6 +61,11 @@ class PublishReactor final : public GuardedReactor<PublishReactor, PublishRpc> {
       : core_(core), ctx_(ctx), slot_(std::move(slot)), session_(core, core.loops.main(), who) {
     expire_with(core, *who);
     session_.connect(later(&PublishReactor::attempt), later_with(&PublishReactor::stage_event));
+    const auto& md = ctx->client_metadata();
+    if (const auto it = md.find(std::string(kProducerKey)); it != md.end()) {
+      MutexLock lock(mu_);  // (refused at its first message)
+      bad_producer_ = session_.set_producer(std::string(it->second.data(), it->second.size()));
+    }
     StartRead(&in_);
   }
 
@@ -95,6 +100,7 @@ class PublishReactor final : public GuardedReactor<PublishReactor, PublishRpc> {
  private:
   // The request's items into the session, or why they are refused.
   std::optional<Refusal> decode() SLUICE_REQUIRES(mu_) {
+    if (bad_producer_) return bad_producer_;
     if (auto refusal = relay::decode(core_, in_, req_)) return refusal;
     const bool batch = !req_.has_item();
     auto* items = req_.mutable_items();
@@ -171,7 +177,8 @@ class PublishReactor final : public GuardedReactor<PublishReactor, PublishRpc> {
   grpc::ByteBuffer in_;     // the read in flight
   v1::PublishRequest req_;  // what it holds
   PublishSession session_ SLUICE_GUARDED_BY(mu_);
-  v1::PublishEvent out_;  // the write in flight
+  std::optional<Refusal> bad_producer_ SLUICE_GUARDED_BY(mu_);  // its sluice-producer
+  v1::PublishEvent out_;                                        // the write in flight
   bool reads_done_ SLUICE_GUARDED_BY(mu_) = false;
 };
 

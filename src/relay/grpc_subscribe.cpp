@@ -143,8 +143,8 @@ SubscribeRpc* GrpcService::subscribe(grpc::CallbackServerContext* ctx, const grp
   auto pump = SubscriberPump::join(core_, join, "subscriber", /*kernel_unsent=*/false);
   if (!pump) return new Failed(core_, pump.refusal());
   // Where it starts, for a resume later (the initial metadata goes out at once).
-  ctx->AddInitialMetadata("sluice-epoch", (*pump)->epoch());
-  ctx->AddInitialMetadata("sluice-position", std::to_string((*pump)->start_position()));
+  ctx->AddInitialMetadata(std::string(kEpochKey), (*pump)->epoch());
+  ctx->AddInitialMetadata(std::string(kPositionKey), std::to_string((*pump)->start_position()));
   return new SubscribeReactor(core_, ctx, std::move(*slot), std::move(*pump), **who);
 }
 

@@ -93,8 +93,21 @@ std::optional<Refusal> PublishSession::check_size(std::uint64_t bytes) const {
                  "STREAM_MAX_FRAME_SIZE_MB"};
 }
 
+std::optional<Refusal> PublishSession::set_producer(std::string id) {
+  if (id.size() > 128) {
+    return Refusal{RefusalKind::bad_request,
+                   "a producer id of " + std::to_string(id.size()) +
+                       " bytes (at most 128): sluice-producer / producer",
+                   ""};
+  }
+  producer_ = std::move(id);
+  return std::nullopt;
+}
+
 void PublishSession::add(RelayMessage item) {
-  if (topic_->stage) topic_->stage->offer(item, notices_);
+  // (A duplicate is not offered to the stage again; publish() decides for the topic.)
+  if (topic_->stage && (producer_.empty() || !topic_->producers.seen(producer_, item.sequence)))
+    topic_->stage->offer(item, notices_);
   pending_.push_back(std::move(item));
 }
 
@@ -106,7 +119,26 @@ Outcome<PublishSession::Progress> PublishSession::publish() {
   while (!pending_.empty()) {
     const std::uint64_t sequence = pending_.front().sequence;
     const std::uint64_t bytes = pending_.front().payload.size();
-    const auto r = topic_->broadcast.try_publish(std::move(pending_.front()));
+    SendResult r;
+    if (producer_.empty()) {
+      r = topic_->broadcast.try_publish(std::move(pending_.front()));
+    } else {
+      const auto outcome = topic_->producers.publish_once(producer_, sequence, [&] {
+        r = topic_->broadcast.try_publish(std::move(pending_.front()));
+        return r.status == SendStatus::ok;
+      });
+      if (outcome == ProducerMemory::Outcome::duplicate) {  // in already: ack it, once
+        core_.metrics
+            .counter("sluice_publish_duplicates_total",
+                     "Items a producer sent again that the topic already had (acked, not "
+                     "published twice)",
+                     {{"topic", topic_->name}})
+            .inc();
+        pending_.pop_front();
+        ack_ = sequence;
+        continue;
+      }
+    }
     if (r.status == SendStatus::ok) {
       topic_->published_bytes.fetch_add(bytes, std::memory_order_relaxed);
       pending_.pop_front();

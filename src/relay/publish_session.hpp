@@ -87,6 +87,9 @@ class PublishSession {
   bool opened() const noexcept { return topic_ != nullptr; }
   const Topic& topic() const noexcept { return *topic_; }
 
+  /// The producer's id (before add()): an item whose sequence the topic already has from this
+  /// producer is acked and not put in again (see ProducerMemory); bad_request if over 128 bytes.
+  std::optional<Refusal> set_producer(std::string id);
   /// frame_too_big if an item of `bytes` is over the limit (STREAM_MAX_FRAME_SIZE_MB).
   std::optional<Refusal> check_size(std::uint64_t bytes) const;
   /// An item for the topic: queued behind those waiting, offered to the topic's stage.
@@ -116,6 +119,7 @@ class PublishSession {
   std::function<void(PublishEvent)> stage_event_;
   std::shared_ptr<Topic> topic_;
   std::deque<RelayMessage> pending_;  // read from the producer, not yet in the topic
+  std::string producer_;              // its id; empty: none (no duplicates detected)
   std::optional<std::uint64_t> published_;
   std::optional<std::uint64_t> ack_;  // the newest ack not yet taken
   void set_slowed(bool on);           // slowed_, counted in the topic's throttled_publishers

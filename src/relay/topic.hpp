@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "producer_memory.hpp"
 #include "refusal.hpp"
 #include "sluice/broadcast.hpp"
 #include "sluice/detail/thread_annotations.hpp"
@@ -41,8 +42,13 @@ struct SubscriberExtras {
 };
 
 struct Topic {
-  Topic(std::string n, const TopicConfig& c)
-      : name(std::move(n)), config(c), broadcast(make(c)), epoch(make_epoch()) {}
+  /// `producer_ids`: the producers it remembers (limits.max_producer_ids).
+  Topic(std::string n, const TopicConfig& c, std::size_t producer_ids)
+      : name(std::move(n)),
+        config(c),
+        broadcast(make(c)),
+        epoch(make_epoch()),
+        producers(producer_ids) {}
   /// 16 random hex digits: a topic made again (the relay restarted, or an idle topic was
   /// removed and made on use) has another, so positions of the old one are not taken for its.
   static std::string make_epoch() {
@@ -113,6 +119,8 @@ struct Topic {
   Broadcast<RelayMessage> broadcast;
   /// This topic's run (see make_epoch): with a position, where a subscriber can resume.
   const std::string epoch;
+  /// Producers that name themselves, and what of theirs is in (an item sent again goes in once).
+  ProducerMemory producers;
   /// Publishes that gave up after max_wait, on any transport (topic_full refusals).
   std::atomic<std::uint64_t> publish_timeouts{0};
   /// Payload bytes published (for rates in the stats).

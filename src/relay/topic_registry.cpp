@@ -50,7 +50,7 @@ Outcome<std::shared_ptr<Topic>> TopicRegistry::find_locked(const std::string& na
   }
   TopicConfig tc = declared != nullptr ? *declared : config_.defaults;
   tc.name = name;
-  auto t = std::make_shared<Topic>(name, tc);
+  auto t = std::make_shared<Topic>(name, tc, config_.max_producer_ids);
   t->removable = declared == nullptr && config_.topic_idle_timeout.count() > 0;
   // In the map first: a results topic whose own stage's results are this topic finds it
   // (stages A -> B -> A) instead of making it again, forever.

@@ -159,9 +159,14 @@ class WsPublisher final : public WsSession<WsPublisher> {
 }  // namespace
 
 std::optional<HttpResponse> ws_publish(RelayCore& core, SessionSlot slot, const WsRoute& route,
-                                       Connection& connection, HttpServer::Request& request) {
+                                       const HttpTarget& target, Connection& connection,
+                                       HttpServer::Request& request) {
   auto session = std::make_unique<PublishSession>(core, core.loops.main(), route.who);
   if (auto refusal = session->open(route.topic)) return http_refusal(core, *refusal);
+  if (auto producer = target.param("producer"); !producer.empty()) {
+    if (auto refusal = session->set_producer(std::move(producer)))
+      return http_refusal(core, *refusal);
+  }
   auto publisher = std::make_shared<WsPublisher>(core, std::move(slot), std::move(connection),
                                                  std::move(session));
   publisher->expire_with(*route.who);

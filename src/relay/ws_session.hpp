@@ -41,7 +41,8 @@ using WsStream = websocket::stream<CoalescingSocket>;
 
 // Each role's adapter: starts its session on `connection` (nullopt), or refuses the upgrade.
 std::optional<HttpResponse> ws_publish(RelayCore& core, SessionSlot slot, const WsRoute& route,
-                                       Connection& connection, HttpServer::Request& request);
+                                       const HttpTarget& target, Connection& connection,
+                                       HttpServer::Request& request);
 std::optional<HttpResponse> ws_subscribe(RelayCore& core, SessionSlot slot, const WsRoute& route,
                                          const HttpTarget& target, Connection& connection,
                                          HttpServer::Request& request);

@@ -27,7 +27,7 @@ std::optional<HttpResponse> ws_upgrade(RelayCore& core, Connection& connection,
   if (!slot) return http_refusal(core, slot.refusal());
   switch (route->endpoint) {
     case WsEndpoint::publish:
-      return ws_publish(core, std::move(*slot), *route, connection, request);
+      return ws_publish(core, std::move(*slot), *route, target, connection, request);
     case WsEndpoint::subscribe:
       return ws_subscribe(core, std::move(*slot), *route, target, connection, request);
     case WsEndpoint::work:

@@ -859,5 +859,38 @@ TEST(RelayGrpc, ASubscriberThatComesBackResumesFromItsPosition) {
   ctx.TryCancel();
 }
 
+// A producer that names itself (sluice-producer) may send again what it has no ack for: the
+// topic gets each item once, the producer an ack for all of them.
+TEST(RelayGrpc, AProducerThatSendsAgainWhatTheTopicHasPutsEachItemInOnce) {
+  Relay relay;
+  grpc::ClientContext sub_ctx;
+  auto reader = subscribe(relay, sub_ctx, "once", "viewer");
+  const auto publish = [&](std::uint64_t from, std::uint64_t to, const std::string& producer) {
+    grpc::ClientContext ctx;
+    if (!producer.empty()) ctx.AddMetadata(std::string(kProducerKey), producer);
+    auto stream = relay.stub->Publish(&ctx);
+    for (auto i = from; i <= to; ++i) stream->Write(item("once", i, "p" + std::to_string(i)));
+    return end_publish(stream);
+  };
+  EXPECT_EQ(publish(1, 5, "camera-7").last_ack, 5);
+  const Ended again = publish(3, 8, "camera-7");  // 3..5 again (their acks "lost"), then 6..8
+  EXPECT_TRUE(again.status.ok());
+  EXPECT_EQ(again.last_ack, 8);
+  EXPECT_EQ(publish(1, 1, "camera-8").last_ack, 1);  // another producer: its own numbering
+  for (std::uint64_t expected : {1, 2, 3, 4, 5, 6, 7, 8, 1}) {
+    v1::SubscribeEvent e;
+    ASSERT_TRUE(read_event(reader, e));
+    ASSERT_TRUE(e.has_item());
+    EXPECT_EQ(e.item().sequence(), expected);
+  }
+  EXPECT_EQ(relay.metric("sluice_publish_duplicates_total", "topic=\"once\""), 3.0);
+  EXPECT_NE(relay.stats_json().find("\"published\": 9"), std::string::npos);
+
+  const Ended bad = publish(9, 9, std::string(129, 'x'));
+  EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(bad.status.error_message().find("at most 128"), std::string::npos);
+  sub_ctx.TryCancel();
+}
+
 }  // namespace
 }  // namespace sluice

@@ -332,6 +332,25 @@ async def test_a_producer_that_waits_for_resume_gets_it_once_the_topic_drains(re
     await pub.close()
 
 
+async def test_a_producer_sending_again_what_the_topic_has_puts_each_frame_in_once(relay_with):
+    # A producer process that restarts without knowing which of its last frames went in sends
+    # them again under its producer id: the topic takes each frame once.
+    r = relay_with()
+    sub = await sluice.Subscriber.connect("once", r.url)
+    first = await sluice.GrpcPublisher.connect("once", r.grpc, producer="camera-7")
+    for i in range(1, 11):
+        await first.send(b"%d" % i)
+    await first.close()
+    again = await sluice.GrpcPublisher.connect("once", r.grpc, producer="camera-7", first_sequence=6)
+    for i in range(6, 16):
+        assert await again.send(b"%d" % i) == i
+    await again.close()  # flushed: 6..10 acked as already there, 11..15 published
+    got = [await asyncio.wait_for(sub.__anext__(), 10) for _ in range(15)]
+    assert [bytes(m.payload) for m in got] == [b"%d" % i for i in range(1, 16)]
+    assert r.topic("once")["published"] == 15
+    await sub.close()
+
+
 async def test_grpc_publisher_gets_every_frame_acknowledged_and_subscribers_receive_them(relay_with):
     r = relay_with()
     sub = await sluice.Subscriber.connect("grpc.cam", r.url)

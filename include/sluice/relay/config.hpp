@@ -103,6 +103,9 @@ struct RelayConfig {
   std::size_t max_workers = 1024;      // stage workers
   std::size_t max_sessions_per_client = 1024;  // sessions of any kind from one IP address
   std::size_t max_topics = 1024;  // topics at once, declared and created on first use together
+  // Producers a topic remembers (by producer id: their last sequence in it, so that an item a
+  // reconnecting producer sends again goes in once); the least recently heard are forgotten.
+  std::size_t max_producer_ids = 1024;
   std::chrono::milliseconds send_timeout{100};  // a WebSocket write slower than this times out
   std::size_t max_send_timeouts = 10;           // in a row: the subscriber is disconnected
   // The kernel send buffer (SO_SNDBUF) of each WebSocket subscriber's socket, in bytes; 0: the

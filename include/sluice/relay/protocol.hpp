@@ -25,6 +25,18 @@ namespace sluice {
 /// items after it (what sluice::client::Publisher does).
 inline constexpr std::string_view kPublishedThroughKey = "sluice-published-through";
 
+/// Metadata of a Publish call (WebSocket: the `producer` query parameter): the producer's id,
+/// at most 128 bytes, the same across its reconnections. An item whose sequence number is at or
+/// below the last one the topic has from this producer is acked and not published again, so a
+/// producer may resend whatever it has no ack for: the topic gets each item once. Sequence
+/// numbers must increase.
+inline constexpr std::string_view kProducerKey = "sluice-producer";
+
+/// Initial metadata of a Subscribe call: the topic's epoch and the subscriber's start position
+/// (docs/protocol.md, Resuming).
+inline constexpr std::string_view kEpochKey = "sluice-epoch";
+inline constexpr std::string_view kPositionKey = "sluice-position";
+
 /// The clock of RelayMessage::timestamp_ns when the relay or a client stamps an item: Unix
 /// time in nanoseconds (comparable across processes on one host).
 inline std::int64_t unix_now_ns() noexcept {
