@@ -223,31 +223,41 @@ class Subscriber:
         return self
 
     async def __anext__(self) -> Received:
+        # (The frame path first and short: it runs once per frame.)
         while True:
-            assert self._ws is not None
             try:
-                message = await self._ws.recv()
+                message = await self._ws.recv()  # type: ignore[union-attr]
             except ConnectionClosed:
-                if self._closing or (self._ws.close_code == 1000 and not self._reconnect):
-                    raise StopAsyncIteration from None
-                if not self._reconnect:
-                    raise _closed(self._ws) from None
-                await self._again()
-                continue  # (the relay says what was missed, if anything)
-            if isinstance(message, bytes):
+                await self._ended()
+                continue  # reconnected (the relay says what was missed, if anything)
+            if message.__class__ is bytes:
                 self.received += 1
                 self.position += 1
-                view = memoryview(message)
-                index, stamp = _unpack(view)
-                return Frame(index, stamp, view[HEADER_BYTES:])
-            event = json.loads(message)
-            if "gap" in event:
-                count = int(event["gap"])
-                reason = str(event.get("reason", ""))
-                self.lost += count
-                self.position += count
-                return Gap(None if reason == "relay_restart" else count, reason)
+                index, stamp = _unpack(message)
+                return Frame(index, stamp, memoryview(message)[HEADER_BYTES:])
+            gap = self._event(message)
+            if gap is not None:
+                return gap
             # (errors about what we sent; subscribers send nothing: none expected)
+
+    async def _ended(self) -> None:
+        """The connection ended: stop, raise, or connect again (reconnect=True)."""
+        assert self._ws is not None
+        if self._closing or (self._ws.close_code == 1000 and not self._reconnect):
+            raise StopAsyncIteration
+        if not self._reconnect:
+            raise _closed(self._ws)
+        await self._again()
+
+    def _event(self, message: str | bytes) -> Gap | None:
+        event = json.loads(message)
+        if "gap" not in event:
+            return None
+        count = int(event["gap"])
+        reason = str(event.get("reason", ""))
+        self.lost += count
+        self.position += count
+        return Gap(None if reason == "relay_restart" else count, reason)
 
     async def _again(self) -> None:
         delay = 0.25
