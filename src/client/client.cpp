@@ -12,6 +12,7 @@
 #include <fstream>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -48,6 +49,15 @@ std::shared_ptr<grpc::Channel> relay_channel(const std::string& target, const Tl
     ssl.pem_private_key = read_file(tls.key_file, "the client key");
   }
   return grpc::CreateCustomChannel(target, grpc::SslCredentials(ssl), args);
+}
+
+// 32 random hex digits: a producer id of its own.
+std::string random_id() {
+  std::random_device rd;
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out(32, '0');
+  for (auto& ch : out) ch = kHex[rd() & 0xF];
+  return out;
 }
 
 // The call presents the principal's token, if there is one (`authorization: Bearer`).
@@ -123,6 +133,7 @@ struct Publisher::Impl {
   Impl(PublisherOptions o, std::function<void(const PublisherEvent&)> cb)
       : options(std::move(o)),
         on_event(std::move(cb)),
+        producer(options.producer.empty() ? random_id() : options.producer),
         stub(v1::Relay::NewStub(relay_channel(options.target, options.tls))) {
     open_call();
     writer = std::thread([this] { write_loop(); });
@@ -151,6 +162,7 @@ struct Publisher::Impl {
   void open_call() {
     auto next_ctx = std::make_unique<grpc::ClientContext>();
     authorize(*next_ctx, options.token);
+    next_ctx->AddMetadata(std::string(kProducerKey), producer);
     {
       std::lock_guard lock(mu);
       ctx = std::move(next_ctx);
@@ -246,13 +258,16 @@ struct Publisher::Impl {
     return stream->Write(req);
   }
 
-  // Writer thread: the call ended with `st`. After RESOURCE_EXHAUSTED, while retries are
-  // left: waits the backoff and opens a new call from which everything unacknowledged is sent
-  // again (true). Anything else ends publishing with that error (false).
+  // Writer thread: the call ended with `st`. After RESOURCE_EXHAUSTED or UNAVAILABLE (the
+  // relay went away, restarts), while retries are left: waits the backoff and opens a new
+  // call from which everything unacknowledged is sent again (true); what the topic already
+  // has is acked, not published twice (the producer id). Anything else ends publishing with
+  // that error (false).
   bool retry(const Status& st) {
     std::unique_lock lock(mu);
-    if (stopping || st.code != static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED) ||
-        retries_in_a_row >= options.max_retries) {
+    const bool retryable = st.code == static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED) ||
+                           st.code == static_cast<int>(grpc::StatusCode::UNAVAILABLE);
+    if (stopping || !retryable || retries_in_a_row >= options.max_retries) {
       fail(st.ok() ? Status{static_cast<int>(grpc::StatusCode::UNAVAILABLE),
                             "the relay ended the Publish call"}
                    : st);
@@ -372,6 +387,7 @@ struct Publisher::Impl {
 
   const PublisherOptions options;
   const std::function<void(const PublisherEvent&)> on_event;
+  const std::string producer;  // its id on every call (sluice-producer)
   std::unique_ptr<v1::Relay::Stub> stub;
   std::unique_ptr<Stream> stream;  // writer thread (reader reads through it)
   std::thread reader;
@@ -416,28 +432,101 @@ std::uint64_t Publisher::unacknowledged() const {
 
 struct Subscriber::Impl {
   explicit Impl(const SubscriberOptions& o)
-      : stub(v1::Relay::NewStub(relay_channel(o.target, o.tls))) {
-    v1::SubscribeRequest req;
-    req.set_topic(o.topic);
-    req.set_name(o.name);
-    req.set_depth(o.depth);
-    authorize(ctx, o.token);
-    reader = stub->Subscribe(&ctx, req);
-    reader->WaitForInitialMetadata();  // the relay sends it once the subscription exists
+      : options(o), stub(v1::Relay::NewStub(relay_channel(o.target, o.tls))) {
+    open();
   }
 
+  // Opens a Subscribe call (resuming at `position` once the epoch is known) and waits until
+  // the relay has registered it; false if the call failed first. Reading thread only.
+  bool open() {
+    v1::SubscribeRequest req;
+    req.set_topic(options.topic);
+    req.set_name(options.name);
+    req.set_depth(options.depth);
+    req.set_epoch(epoch);
+    req.set_from_position(position);
+    auto next_ctx = std::make_unique<grpc::ClientContext>();
+    authorize(*next_ctx, options.token);
+    {
+      std::lock_guard lock(mu);
+      if (cancelled) next_ctx->TryCancel();
+      ctx = std::move(next_ctx);
+    }
+    reader = stub->Subscribe(ctx.get(), req);
+    ev.Clear();
+    batch_next = 0;
+    reader->WaitForInitialMetadata();  // (sent once subscribed; none if the call failed)
+    const auto& md = ctx->GetServerInitialMetadata();
+    if (md.find(std::string(kEpochKey)) == md.end()) return false;
+    const auto value = [&](std::string_view key) {
+      const auto it = md.find(std::string(key));
+      return it == md.end() ? std::string() : std::string(it->second.data(), it->second.size());
+    };
+    epoch = value(kEpochKey);
+    if (const std::string at = value(kPositionKey); !at.empty()) position = std::stoull(at);
+    return true;
+  }
+
+  // The call ended with `st`: connect again (reconnect is on, the end was not ours or a
+  // refusal), for up to reconnect_for. True once subscribed again.
+  bool reconnect(const grpc::Status& st) {
+    using C = grpc::StatusCode;
+    const auto code = st.error_code();
+    if (!options.reconnect || cancelled.load() || code == C::NOT_FOUND ||
+        code == C::PERMISSION_DENIED || code == C::UNAUTHENTICATED || code == C::INVALID_ARGUMENT ||
+        code == C::RESOURCE_EXHAUSTED) {
+      return false;
+    }
+    const auto give_up = std::chrono::steady_clock::now() + options.reconnect_for;
+    auto backoff = std::chrono::milliseconds(100);
+    for (;;) {
+      if (open()) {
+        add(reconnects, 1);
+        return true;
+      }
+      const grpc::Status failed = reader->Finish();
+      if (cancelled.load() || failed.error_code() == C::NOT_FOUND ||
+          failed.error_code() == C::PERMISSION_DENIED ||
+          failed.error_code() == C::UNAUTHENTICATED) {
+        final_status = from_grpc(failed);
+        return false;
+      }
+      if (std::chrono::steady_clock::now() + backoff > give_up) {
+        final_status = Status{static_cast<int>(C::UNAVAILABLE),
+                              "the relay went away and did not come back within reconnect_for (" +
+                                  std::to_string(options.reconnect_for.count()) +
+                                  " ms): " + failed.error_message()};
+        return false;
+      }
+      std::unique_lock lock(mu);
+      if (cv.wait_for(lock, backoff, [&] { return cancelled.load(); })) {
+        final_status = from_grpc(failed);
+        return false;
+      }
+      backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
+    }
+  }
+
+  const SubscriberOptions options;
   std::unique_ptr<v1::Relay::Stub> stub;
-  grpc::ClientContext ctx;
+  std::mutex mu;  // guards ctx against cancel() from other threads
+  std::condition_variable cv;
+  std::unique_ptr<grpc::ClientContext> ctx;
   std::unique_ptr<grpc::ClientReader<v1::SubscribeEvent>> reader;
+  std::atomic<bool> cancelled{false};
+  std::string epoch;           // the topic's run, from the relay
+  std::uint64_t position = 0;  // the position of the next item expected
   v1::SubscribeEvent ev;
   int batch_next = 0;  // the next item of ev's batch to hand out
   bool ended = false;
   std::optional<Status> status;
+  std::optional<Status> final_status;  // set when reconnecting gave up (or was cancelled)
   // Written by the reading thread only, read by stats() from any thread: no lock per message.
   std::atomic<std::uint64_t> items{0};
   std::atomic<std::uint64_t> bytes{0};
   std::atomic<std::uint64_t> gaps{0};
   std::atomic<std::uint64_t> lost{0};
+  std::atomic<std::uint64_t> reconnects{0};
 
   static void add(std::atomic<std::uint64_t>& counter, std::uint64_t n) {  // single writer
     counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
@@ -450,6 +539,7 @@ struct Subscriber::Impl {
     event.timestamp_ns = item.timestamp_ns();
     event.lost = 0;
     event.reason.clear();
+    ++position;
     add(items, 1);
     add(bytes, event.payload.size());
   }
@@ -459,7 +549,7 @@ Subscriber::Subscriber(const SubscriberOptions& options) : impl_(std::make_uniqu
 
 Subscriber::~Subscriber() {
   if (!impl_->status) {
-    impl_->ctx.TryCancel();
+    cancel();
     finish();
   }
 }
@@ -471,7 +561,11 @@ bool Subscriber::next(SubscriberEvent& event) {
       d.take_item(event, *d.ev.mutable_batch()->mutable_items(d.batch_next++));
       return true;
     }
-    if (d.ended || !d.reader->Read(&d.ev)) {
+    if (d.ended) return false;
+    if (!d.reader->Read(&d.ev)) {
+      const grpc::Status st = d.reader->Finish();
+      if (d.reconnect(st)) continue;
+      if (!d.final_status) d.final_status = from_grpc(st);
       d.ended = true;
       return false;
     }
@@ -486,6 +580,7 @@ bool Subscriber::next(SubscriberEvent& event) {
       event.payload = Buffer();
       event.lost = d.ev.gap().lost();
       event.reason = d.ev.gap().reason();
+      d.position += event.lost;
       Impl::add(d.gaps, 1);
       Impl::add(d.lost, event.lost);
       return true;
@@ -516,19 +611,24 @@ Status Subscriber::finish() {
   auto& d = *impl_;
   if (!d.status) {
     while (!d.ended) next_discard();
-    d.status = from_grpc(d.reader->Finish());
+    d.status = d.final_status ? *d.final_status : Status{};
   }
   return *d.status;
 }
 
 void Subscriber::cancel() {
-  impl_->ctx.TryCancel();
+  auto& d = *impl_;
+  std::lock_guard lock(d.mu);
+  d.cancelled = true;
+  if (d.ctx) d.ctx->TryCancel();
+  d.cv.notify_all();
 }
 
 SubscriberStats Subscriber::stats() const {
   const auto& d = *impl_;
   return {d.items.load(std::memory_order_relaxed), d.bytes.load(std::memory_order_relaxed),
-          d.gaps.load(std::memory_order_relaxed), d.lost.load(std::memory_order_relaxed)};
+          d.gaps.load(std::memory_order_relaxed), d.lost.load(std::memory_order_relaxed),
+          d.reconnects.load(std::memory_order_relaxed)};
 }
 
 }  // namespace sluice::client

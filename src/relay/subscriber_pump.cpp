@@ -16,9 +16,12 @@ Outcome<std::unique_ptr<SubscriberPump>> SubscriberPump::join(RelayCore& core,
     Topic& topic = **t;
     // (a name shows in stats and as a label: valid UTF-8, at most 128 bytes)
     std::string name = r.name.empty() ? default_name : metrics::valid_utf8(r.name, 128);
+    // Resuming in this run: at its position. From another run (the relay restarted): it has
+    // seen nothing of this one, so from the oldest item retained.
     const bool resumes = !r.resume_epoch.empty() && r.resume_epoch == topic.epoch;
-    auto sub = resumes ? topic.broadcast.subscribe_from(r.resume_from, std::move(name), r.depth)
-                       : topic.broadcast.subscribe(std::move(name), r.depth);
+    auto sub = resumes ? topic.broadcast.subscribe_from(r.resume_from, name, r.depth)
+               : !r.resume_epoch.empty() ? topic.broadcast.subscribe_from(0, name, r.depth)
+                                         : topic.broadcast.subscribe(name, r.depth);
     const std::uint64_t joined = sub.joined_at();
     std::unique_ptr<SubscriberPump> pump(
         new SubscriberPump(core, std::move(*t), std::move(sub), kernel_unsent));

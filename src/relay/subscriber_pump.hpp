@@ -74,8 +74,8 @@ class SubscriberPump {
   /// each gap `gap()` further; with the topic's epoch, that is where it resumes if it comes back.
   /// A resume that finds the item at its position gone (no longer retained: topics.retain_items)
   /// starts with a gap of the missing items (reason retention); one from another epoch (the
-  /// relay restarted) starts at the next item published, after a gap of unknown size (0,
-  /// reason relay_restart).
+  /// relay restarted) starts at the oldest item retained (or the next published), after a gap
+  /// of unknown size (0, reason relay_restart).
   std::uint64_t start_position() const noexcept { return start_position_; }
   const std::string& epoch() const noexcept { return topic_->epoch; }
 

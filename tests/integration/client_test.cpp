@@ -254,4 +254,81 @@ TEST(Client, ABatchNeverGrowsPastWhatTheRelayAccepts) {
   sub.cancel();
 }
 
+// The relay restarts under load: the Publisher reconnects and resends what it has no ack for,
+// the Subscriber reconnects and resumes — a relay_restart gap (its position belonged to the
+// old run), then from the oldest item the new run retains: every item once, in order.
+TEST(Client, PublisherAndSubscriberRideOutARelayRestart) {
+  RelayConfig c = testing::loopback();
+  c.defaults.retain_items = 1024;
+  auto first = std::make_unique<RelayServer>(c);
+  first->start();
+  const std::string target = "127.0.0.1:" + std::to_string(first->grpc_port());
+  PublisherOptions po;
+  po.target = target;
+  po.topic = "restart";
+  po.initial_backoff = 50ms;
+  po.max_backoff = 200ms;
+  po.max_retries = 100;
+  Publisher pub(po);
+  SubscriberOptions so;
+  so.target = target;
+  so.topic = "restart";
+  so.name = "viewer";
+  so.reconnect = true;
+  so.reconnect_for = 20s;
+  Subscriber sub(so);
+  constexpr std::uint64_t kItems = 400;
+  std::vector<std::uint64_t> got;
+  std::vector<std::string> gaps;
+  std::thread reader([&] {
+    for (SubscriberEvent e; got.size() < kItems && sub.next(e);) {
+      if (e.kind == SubscriberEvent::Kind::item) {
+        got.push_back(e.sequence);
+      } else {
+        gaps.push_back(e.reason + ":" + std::to_string(e.lost));
+      }
+    }
+  });
+  for (std::uint64_t i = 0; i < kItems / 2; ++i)
+    ASSERT_TRUE(pub.publish(Buffer("item " + std::to_string(i))).ok());
+  while (pub.stats().acked < kItems / 2) std::this_thread::sleep_for(5ms);
+  while (sub.stats().items < kItems / 2) std::this_thread::sleep_for(5ms);
+
+  first->shutdown();  // calls end; both clients retry against the port
+  first.reset();
+  for (std::uint64_t i = kItems / 2; i < kItems; ++i)
+    ASSERT_TRUE(pub.publish(Buffer("item " + std::to_string(i))).ok());  // (queued: unacked)
+  std::this_thread::sleep_for(300ms);                                    // (a few failed attempts)
+  RelayConfig again = c;
+  again.grpc_port = static_cast<std::uint16_t>(std::stoi(target.substr(target.rfind(':') + 1)));
+  RelayServer second(again);
+  second.start();
+  EXPECT_TRUE(pub.close().ok());
+  reader.join();
+
+  ASSERT_EQ(got.size(), kItems);
+  for (std::uint64_t i = 0; i < kItems; ++i) ASSERT_EQ(got[i], i) << "every item once, in order";
+  EXPECT_EQ(gaps, std::vector<std::string>{"relay_restart:0"});
+  EXPECT_EQ(sub.stats().reconnects, 1U);
+  EXPECT_GE(pub.stats().retries, 1U);
+  EXPECT_EQ(pub.stats().acked, kItems);
+  sub.cancel();
+}
+
+// Without the relay coming back, a reconnecting Subscriber gives up after reconnect_for and
+// says so (a supervisor can tell it from a normal end).
+TEST(Client, ASubscriberWhoseRelayDoesNotComeBackEndsUnavailable) {
+  auto relay = std::make_unique<Relay>();
+  SubscriberOptions so = sub_options(*relay, "gone", "viewer");
+  so.reconnect = true;
+  so.reconnect_for = 500ms;
+  Subscriber sub(so);
+  relay.reset();
+  SubscriberEvent e;
+  EXPECT_FALSE(sub.next(e));
+  const auto status = sub.finish();
+  EXPECT_EQ(status.code, 14) << status.to_string();  // UNAVAILABLE
+  EXPECT_NE(status.message.find("reconnect_for"), std::string::npos) << status.message;
+}
+
 }  // namespace sluice

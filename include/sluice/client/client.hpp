@@ -10,12 +10,15 @@
 //   HTTP/2 flow control closes the window) the writer blocks, the window fills, and publish()
 //   blocks: backpressure reaches the caller.
 // - Loss: none silently. When the relay ends the call with RESOURCE_EXHAUSTED (the topic stayed
-//   full for max_wait), the writer waits a bounded exponential backoff, opens a new call and
-//   resends exactly the items the relay had not put into the topic (it says which in trailing
-//   metadata), so subscribers see each item once, in order. After `max_retries` attempts in a
-//   row without progress, or on any other error, publishing stops: the next publish() and
-//   close() return the error, and unacknowledged() counts the items not known to be in the
-//   topic.
+//   full for max_wait) or the call fails with UNAVAILABLE (the relay went away or restarts),
+//   the writer waits a bounded exponential backoff, opens a new call and resends the items not
+//   acknowledged; the relay puts each into the topic once (it says in trailing metadata what a
+//   call put in, and skips what the topic already has from this producer, by its id), so
+//   subscribers see each item once, in order — within one run of the relay: a relay that
+//   restarted has lost what it held and gets the unacknowledged items again. After
+//   `max_retries` attempts in a row without progress, or on any other error, publishing stops:
+//   the next publish() and close() return the error, and unacknowledged() counts the items not
+//   known to be in the topic.
 // - Events: acks, slow_down and resume on the reader thread, retrying on the writer thread;
 //   keep the callback short.
 // - Thread-safety: publish() from one thread at a time; close() once, after the last
@@ -24,6 +27,13 @@
 // Subscriber
 // - Constructing one opens a Subscribe call and returns once the relay has registered the
 //   subscription (or refused it): items published after that are seen.
+// - Reconnects (options.reconnect): when the call ends other than by cancel() or a refusal
+//   (the relay stopped, the connection was lost), it subscribes again with backoff (0.1 s
+//   doubling to 2 s) for up to reconnect_for and resumes at its position: on a topic that
+//   retains items (retain_items) it continues with the next one, nothing lost or repeated;
+//   otherwise a gap says what was missed (reason retention, or relay_restart with lost = 0:
+//   unknown). If the relay does not come back in time, next() returns false and finish() says
+//   UNAVAILABLE.
 // - next() blocks for the next item or gap notice; returns false at the end of the stream
 //   (relay shut down, topic closed, cancel()), after which finish() gives the status.
 // - cancel() and stats() may be called from any thread (each counter is exact; a stats() taken
@@ -57,9 +67,12 @@ struct PublisherOptions {
   std::uint64_t window_bytes = 8u << 20;  // unacknowledged payload bytes in flight, at most
   std::chrono::milliseconds initial_backoff{100};  // after the first RESOURCE_EXHAUSTED
   std::chrono::milliseconds max_backoff{5000};     // doubling stops here
-  int max_retries = 5;                             // in a row without progress; 0: never
+  int max_retries = 10;  // in a row without progress (about 26 s of backoff); 0: never
+  // Its id on the relay (sluice-producer): the relay skips a resent item the topic has from
+  // it. Empty: a random one per Publisher. Items are numbered 0, 1, 2, ... per Publisher.
   std::string token{};  // the relay's bearer token for this principal (empty: none)
   TlsOptions tls{};     // TLS to the relay (its CA set: on)
+  std::string producer{};
 };
 
 struct PublisherEvent {
@@ -79,7 +92,7 @@ struct PublisherStats {
   std::uint64_t bytes = 0;      // payload bytes handed to publish()
   std::uint64_t slow_downs = 0;
   std::uint64_t resumes = 0;
-  std::uint64_t retries = 0;  // calls reopened after RESOURCE_EXHAUSTED
+  std::uint64_t retries = 0;  // calls reopened after RESOURCE_EXHAUSTED or UNAVAILABLE
   std::uint64_t resent = 0;   // items sent again on a reopened call
 };
 
@@ -118,6 +131,8 @@ struct SubscriberOptions {
   std::uint32_t depth = 0;          // real-time topics: items the relay keeps; 0: its default
   std::string token{};              // the relay's bearer token for this principal (empty: none)
   TlsOptions tls{};                 // TLS to the relay (its CA set: on)
+  bool reconnect = false;           // subscribe again and resume when the call ends (above)
+  std::chrono::milliseconds reconnect_for{30'000};  // then give up (UNAVAILABLE)
 };
 
 struct SubscriberEvent {
@@ -127,7 +142,7 @@ struct SubscriberEvent {
   std::uint64_t sequence = 0;
   std::int64_t timestamp_ns = 0;  // the producer's stamp
   std::uint64_t lost = 0;         // gap: items lost before the next one
-  std::string reason;             // gap: why (slow_consumer, ...)
+  std::string reason;             // gap: why (slow_consumer, retention, relay_restart)
 };
 
 struct SubscriberStats {
@@ -135,6 +150,7 @@ struct SubscriberStats {
   std::uint64_t bytes = 0;
   std::uint64_t gaps = 0;
   std::uint64_t lost = 0;
+  std::uint64_t reconnects = 0;  // subscribed again after the call ended
 };
 
 class Subscriber {
