@@ -219,11 +219,14 @@ TEST(Client, RefusalsArriveAsStatusesNamingTheProblem) {
     PublisherOptions o;
     o.target = "127.0.0.1:1";  // nothing listens there
     o.topic = "t";
+    o.max_retries = 2;  // (UNAVAILABLE is retried: a relay may be restarting)
+    o.initial_backoff = 10ms;
     return o;
   }());
   st = nobody.publish(Buffer(std::string("x")));
   if (st.ok()) st = nobody.close();
-  EXPECT_EQ(st.code, 14) << st.to_string();  // UNAVAILABLE
+  EXPECT_EQ(st.code, 14) << st.to_string();  // UNAVAILABLE, after its retries
+  EXPECT_EQ(nobody.stats().retries, 2U);
 }
 
 }  // namespace
