@@ -132,6 +132,9 @@ struct ConfigCommand {
 int main(int argc, char** argv) {
   CLI::App app{"sluice: real-time streams that stay healthy under overload"};
   app.require_subcommand(1);
+  app.option_defaults()->always_capture_default();  // help shows each flag's default
+  app.set_version_flag(
+      "--version", std::string("sluice ") + SLUICE_VERSION + " (git " + SLUICE_GIT_REVISION + ")");
 
   sluice::cli::DemoOptions demo;
   auto* demo_cmd = app.add_subcommand("demo", "Show a Channel under overload, per policy");
@@ -164,7 +167,8 @@ int main(int argc, char** argv) {
   sluice::cli::PubOptions pub;
   auto* pub_cmd = app.add_subcommand(
       "pub", "Publish to a topic: generated items at a rate and size, or lines from stdin");
-  pub_cmd->add_option("--target", pub.target, "The relay's gRPC address (host:port)");
+  pub_cmd->add_option("--server,--target", pub.target, "The relay's gRPC address (host:port)")
+      ->envname("SLUICE_SERVER");
   pub_cmd->add_option("--topic", pub.topic, "Topic name")->required();
   pub_cmd->add_flag("--stdin", pub.from_stdin, "One item per line of standard input");
   pub_cmd->add_option("--count", pub.count, "Generated items")->check(CLI::Range(0UL, 1UL << 40));
@@ -176,7 +180,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1UL, 1UL << 40));
   pub_cmd
       ->add_option("--max-retries", pub.max_retries,
-                   "Reopen attempts after RESOURCE_EXHAUSTED without progress")
+                   "Reopen attempts in a row without progress after RESOURCE_EXHAUSTED or "
+                   "UNAVAILABLE (the relay restarting)")
       ->check(CLI::Range(0, 1000));
   pub_cmd->add_flag("--quiet", pub.quiet, "No event lines on stderr");
   pub_cmd->add_option("--token", pub.token, "The relay's bearer token (docs/security.md)")
@@ -185,12 +190,19 @@ int main(int argc, char** argv) {
 
   sluice::cli::SubOptions sub;
   auto* sub_cmd = app.add_subcommand("sub", "Subscribe to a topic; statistics at the end");
-  sub_cmd->add_option("--target", sub.target, "The relay's gRPC address (host:port)");
+  sub_cmd->add_option("--server,--target", sub.target, "The relay's gRPC address (host:port)")
+      ->envname("SLUICE_SERVER");
   sub_cmd->add_option("--topic", sub.topic, "Topic name")->required();
   sub_cmd->add_option("--name", sub.name, "Subscriber name in the relay's stats");
   sub_cmd->add_option("--depth", sub.depth, "Real-time topics: items kept for us (0: default)");
   sub_cmd->add_option("--count", sub.count, "Stop after this many items (0: until the end)");
   sub_cmd->add_flag("--print", sub.print, "Write each payload to stdout, one per line");
+  sub_cmd
+      ->add_option("--reconnect-for", sub.reconnect_s,
+                   "When the stream ends (the relay stopped, the connection was lost): "
+                   "subscribe again and resume for up to this many seconds (0: do not); "
+                   "exit 1 if the relay does not come back")
+      ->check(CLI::Range(0, 86400));
   sub_cmd->add_option("--token", sub.token, "The relay's bearer token (docs/security.md)")
       ->envname("SLUICE_TOKEN");
   add_tls_options(*sub_cmd, sub.tls);
@@ -220,7 +232,13 @@ int main(int argc, char** argv) {
                    "Extra time per frame, to play a slow model and see the gate work")
       ->check(CLI::Range(0L, 60'000L));
 
-  CLI11_PARSE(app, argc, argv);
+  // Exit codes: 0, 1 (a runtime failure), 2 (usage or configuration).
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);  // (prints help, the version, or the error)
+    return code == 0 ? 0 : 2;
+  }
   if (worker_cmd->parsed()) {
     model.delay = std::chrono::milliseconds(delay_ms);
     return sluice::cli::run_worker(worker, model);

@@ -37,6 +37,10 @@ class SignalWatch {
     sigemptyset(&set_);
     sigaddset(&set_, SIGINT);
     sigaddset(&set_, SIGTERM);
+    // Taken here even when the shell started us with them ignored (a background job): an
+    // ignored signal is discarded, never waited for.
+    std::signal(SIGINT, SIG_DFL);
+    std::signal(SIGTERM, SIG_DFL);
     pthread_sigmask(SIG_BLOCK, &set_, nullptr);  // before the client starts its threads
     thread_ = std::thread([this, fn = std::move(on_signal)] {
       const timespec tick{0, 100'000'000};
@@ -66,6 +70,8 @@ class SignalWatch {
 }  // namespace
 
 int run_pub(const PubOptions& o) {
+  std::atomic<bool> interrupted{false};  // SIGINT/SIGTERM: stop, flush, summarize
+  SignalWatch watch([&interrupted] { interrupted = true; });  // (before the client's threads)
   client::PublisherOptions po;
   po.target = o.target;
   po.topic = o.topic;
@@ -89,12 +95,12 @@ int run_pub(const PubOptions& o) {
   const auto start = Clock::now();
   client::Status status;
   if (o.from_stdin) {
-    for (std::string line; status.ok() && std::getline(std::cin, line);) {
+    for (std::string line; status.ok() && !interrupted && std::getline(std::cin, line);) {
       status = pub.publish(Buffer(std::move(line)));
     }
   } else {
     const std::string payload(o.size, 'x');
-    for (std::uint64_t i = 0; i < o.count && status.ok(); ++i) {
+    for (std::uint64_t i = 0; i < o.count && status.ok() && !interrupted; ++i) {
       if (o.rate > 0) {
         std::this_thread::sleep_until(
             start + std::chrono::duration_cast<Clock::duration>(
@@ -106,20 +112,26 @@ int run_pub(const PubOptions& o) {
   if (status.ok()) status = pub.close();
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   const auto s = pub.stats();
-  print_line(stdout, {{"event", "published"},
-                      {"topic", o.topic},
-                      {"items", s.published},
-                      {"acked", s.acked},
-                      {"bytes", s.bytes},
-                      {"seconds", seconds},
-                      {"items_per_s", seconds > 0 ? double(s.published) / seconds : 0.0},
-                      {"mb_per_s", seconds > 0 ? double(s.bytes) / seconds / 1e6 : 0.0},
-                      {"slow_downs", s.slow_downs},
-                      {"resumes", s.resumes},
-                      {"retries", s.retries},
-                      {"resent", s.resent},
-                      {"unacknowledged", pub.unacknowledged()},
-                      {"status", status.to_string()}});
+  // Rates count what the relay acknowledged (is in the topic), not what was handed over.
+  const double acked_bytes =
+      s.published > 0 ? double(s.bytes) * double(s.acked) / double(s.published) : 0.0;
+  nlohmann::json summary{{"event", "published"},
+                         {"topic", o.topic},
+                         {"sent", s.published},
+                         {"acked", s.acked},
+                         {"unacknowledged", pub.unacknowledged()},
+                         {"bytes", s.bytes},
+                         {"seconds", seconds},
+                         {"acked_per_s", seconds > 0 ? double(s.acked) / seconds : 0.0},
+                         {"acked_mb_per_s", seconds > 0 ? acked_bytes / seconds / 1e6 : 0.0},
+                         {"slow_downs", s.slow_downs},
+                         {"resumes", s.resumes},
+                         {"retries", s.retries},
+                         {"resent", s.resent},
+                         {"interrupted", interrupted.load()},
+                         {"status", status.to_string()}};
+  if (!status.ok()) summary["refused"] = status.message;  // why the rest did not go in
+  print_line(stdout, summary);
   return status.ok() ? 0 : 1;
 }
 
@@ -131,14 +143,20 @@ int run_sub(const SubOptions& o) {
   so.tls = o.tls;
   so.name = o.name;
   so.depth = o.depth;
+  so.reconnect = o.reconnect_s > 0;
+  so.reconnect_for = std::chrono::seconds(o.reconnect_s);
   std::atomic<client::Subscriber*> current{nullptr};
-  SignalWatch watch([&current] {
+  std::atomic<bool> ended_by_us{false};  // a signal, or --count reached
+  SignalWatch watch([&current, &ended_by_us] {
+    ended_by_us = true;
     if (auto* s = current.load()) s->cancel();
   });
   client::Subscriber sub(so);
   current = &sub;
   std::FILE* report = o.print ? stderr : stdout;
-  print_line(report, {{"event", "subscribed"}, {"topic", o.topic}, {"name", o.name}});
+  if (sub.subscribed()) {  // (a refusal is told in the summary, not after "subscribed")
+    print_line(report, {{"event", "subscribed"}, {"topic", o.topic}, {"name", o.name}});
+  }
 
   Histogram latency;
   const auto start = Clock::now();
@@ -151,7 +169,10 @@ int run_sub(const SubOptions& o) {
           std::fwrite(e.payload.data(), 1, e.payload.size(), stdout);
           std::fputc('\n', stdout);
         }
-        if (++items == o.count) sub.cancel();
+        if (++items == o.count) {
+          ended_by_us = true;
+          sub.cancel();
+        }
       },
       [&](std::uint64_t lost, const std::string& reason) {
         print_line(stderr, {{"event", "gap"}, {"lost", lost}, {"reason", reason}});
@@ -161,18 +182,23 @@ int run_sub(const SubOptions& o) {
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   const auto s = sub.stats();
   const auto h = latency.snapshot();
-  // Ended by us (count reached, or a signal) is a normal end.
-  const bool ok = status.ok() || status.code == 1;
-  print_line(report, {{"event", "received"},
-                      {"topic", o.topic},
-                      {"items", s.items},
-                      {"bytes", s.bytes},
-                      {"gaps", s.gaps},
-                      {"lost", s.lost},
-                      {"seconds", seconds},
-                      {"latency_p50_us", double(h.percentile(0.5)) / 1e3},
-                      {"latency_p99_us", double(h.percentile(0.99)) / 1e3},
-                      {"status", ok ? std::string("OK") : status.to_string()}});
+  // Ended by us (count reached, or a signal) is a normal end; the relay ending the stream
+  // (it stopped and did not come back, or closed the topic) is not: a supervisor must see it.
+  const bool ok = ended_by_us.load() && (status.ok() || status.code == 1);
+  print_line(report,
+             {{"event", "received"},
+              {"topic", o.topic},
+              {"items", s.items},
+              {"bytes", s.bytes},
+              {"gaps", s.gaps},
+              {"lost", s.lost},
+              {"seconds", seconds},
+              {"latency_p50_us", double(h.percentile(0.5)) / 1e3},
+              {"latency_p99_us", double(h.percentile(0.99)) / 1e3},
+              {"reconnects", s.reconnects},
+              {"status", ok            ? std::string("OK")
+                         : status.ok() ? std::string("UNAVAILABLE: the relay ended the stream")
+                                       : status.to_string()}});
   return ok ? 0 : 1;
 }
 

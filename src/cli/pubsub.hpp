@@ -16,7 +16,7 @@ struct PubOptions {
   std::uint64_t size = 1024;   // bytes per generated item
   double rate = 0;             // items per second; 0: as fast as the relay takes them
   std::uint64_t window_bytes = 8u << 20;
-  int max_retries = 5;
+  int max_retries = 10;
   std::string token;  // --token, or SLUICE_TOKEN
   client::TlsOptions tls;
   bool quiet = false;  // no event lines
@@ -31,6 +31,7 @@ struct SubOptions {
   client::TlsOptions tls;
   std::uint64_t count = 0;  // stop after this many items; 0: until the stream ends or SIGINT
   bool print = false;       // write each payload to stdout, one per line
+  int reconnect_s = 30;     // resume after the stream ends, for up to this long; 0: do not
 };
 
 /// Publishes; prints events (stderr) and a JSON summary (stdout). Returns an exit code.

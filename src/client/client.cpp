@@ -616,6 +616,10 @@ Status Subscriber::finish() {
   return *d.status;
 }
 
+bool Subscriber::subscribed() const {
+  return !impl_->epoch.empty();
+}
+
 void Subscriber::cancel() {
   auto& d = *impl_;
   std::lock_guard lock(d.mu);

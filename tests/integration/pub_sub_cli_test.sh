@@ -23,7 +23,7 @@ sub1=$!
 wait_for "$dir/sub1" '"event":"subscribed"'
 "$sluice" pub --target "$target" --topic gen --count 300 --size 512 >"$dir/pub1" 2>&1 || fail "pub exit $?"
 wait "$sub1" || fail "sub exit $?"
-grep -q '"items":300' "$dir/pub1" || fail "pub summary"
+grep -q '"acked":300' "$dir/pub1" || fail "pub summary"
 grep -q '"status":"OK"' "$dir/pub1" || fail "pub status"
 grep -q '"event":"received".*"items":300' "$dir/sub1" || fail "sub summary"
 
@@ -39,6 +39,34 @@ wait "$sub2" || fail "sub --print exit"
 if "$sluice" pub --target "$target" --topic 'bad topic' --count 1 >"$dir/pub3" 2>&1; then fail "bad topic accepted"; fi
 grep -q 'INVALID_ARGUMENT' "$dir/pub3" || fail "bad topic status"
 
+# The relay's address from the environment; a refused subscription says so and exits 1, without
+# claiming it subscribed.
+if SLUICE_SERVER="$target" "$sluice" sub --topic 'bad topic' --count 1 >"$dir/sub3" 2>&1; then
+  fail "bad subscription exit 0"
+fi
+grep -q 'INVALID_ARGUMENT' "$dir/sub3" || fail "bad subscription status"
+if grep -q '"event":"subscribed"' "$dir/sub3"; then fail "claimed subscribed"; fi
+
+# Usage errors exit 2; --version names the build.
+"$sluice" pub --no-such-flag >/dev/null 2>&1 && fail "usage error exit 0"
+"$sluice" pub --no-such-flag >/dev/null 2>&1; [ $? -eq 2 ] || fail "usage error not exit 2"
+"$sluice" --version | grep -q '^sluice [0-9.]* (git ' || fail "--version"
+
+# A publisher interrupted (SIGINT) flushes and prints its summary.
+"$sluice" pub --server "$target" --topic slow --count 100000 --rate 200 >"$dir/pub4" 2>&1 &
+pub4=$!
+sleep 0.5
+kill -INT "$pub4"
+wait "$pub4" || fail "interrupted pub exit $?"
+grep -q '"interrupted":true' "$dir/pub4" || fail "no summary after SIGINT"
+
+# The relay stops and does not come back: a subscriber exits 1 (a supervisor can tell), after
+# trying to resume for --reconnect-for seconds.
+"$sluice" sub --server "$target" --topic gen --reconnect-for 1 >"$dir/sub5" 2>&1 &
+sub5=$!
+wait_for "$dir/sub5" '"event":"subscribed"'
 kill -TERM "$relay"; wait "$relay" || fail "relay exit"
+if wait "$sub5"; then fail "sub exit 0 after the relay went away"; fi
+grep -q 'did not come back' "$dir/sub5" || fail "sub reason"
 rm -rf "$dir"
 echo "pub/sub CLI ok"

@@ -172,6 +172,9 @@ class Subscriber {
   Status finish();
   /// Ends the stream from any thread; next() then returns false.
   void cancel();
+  /// The relay registered the subscription (false: it refused or could not be reached; next()
+  /// then returns false and finish() says why).
+  bool subscribed() const;
 
   SubscriberStats stats() const;
 
