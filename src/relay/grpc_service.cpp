@@ -49,7 +49,25 @@ grpc::ServerUnaryReactor* GrpcService::Stats(grpc::CallbackServerContext* ctx,
     r->Finish(to_grpc(core_, who.refusal()));
     return r;
   }
-  reply->set_json(stats_json(core_.topics, who->get()));
+  const nlohmann::json stats = stats_value(core_.topics, who->get());
+  reply->set_json(stats.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+  for (const auto& t : stats["topics"]) {  // (the typed figures, from the same snapshot)
+    auto* out = reply->add_topics();
+    out->set_name(t["name"].get<std::string>());
+    out->set_mode(t["mode"].get<std::string>());
+    out->set_published(t["published"].get<std::uint64_t>());
+    out->set_published_bytes(t["published_bytes"].get<std::uint64_t>());
+    out->set_subscribers(static_cast<std::uint32_t>(t["subscribers"].size()));
+    out->set_queue_bytes(t["queue_bytes"].get<std::uint64_t>());
+    out->set_retained_bytes(t["retained_bytes"].get<std::uint64_t>());
+    std::uint64_t lost = 0;
+    for (const auto& s : t["subscribers"]) lost += s["lost"].get<std::uint64_t>();
+    out->set_lost(lost);
+    out->set_evicted(t["evicted"].get<std::uint64_t>());
+    out->set_throttled_publishers(t["throttled_publishers"].get<std::uint64_t>());
+    out->set_epoch(t["epoch"].get<std::string>());
+    out->set_retained_from(t["retained_from"].get<std::uint64_t>());
+  }
   r->Finish(grpc::Status::OK);
   return r;
 }

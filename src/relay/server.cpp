@@ -3,7 +3,9 @@
 // stops them.
 #include "sluice/relay/server.hpp"
 
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_credentials_options.h>
 
@@ -158,6 +160,11 @@ void RelayServer::start() {
   const RelayConfig& config = impl_->core.config;
   check_grpc_address(config);
   relay::bound_grpc_log();  // (a hostile connection's handshake failure is one gRPC log line)
+  // The standard services beside the relay's own: grpc.health.v1.Health (health checkers,
+  // load balancers: SERVING until shutdown) and server reflection (grpcurl and other tools
+  // discover sluice.v1.Relay). Both are process-wide switches, set before the builder.
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   const std::string address = grpc_address(config);
   builder.AddListeningPort(address, grpc_credentials(config), &impl_->port);
@@ -184,6 +191,8 @@ void RelayServer::start() {
     throw std::runtime_error("relay: cannot listen on " + address +
                              " (server.grpc_port / SLUICE_GRPC_PORT)");
   }
+  if (auto* health = impl_->server->GetHealthCheckService())
+    health->SetServingStatus("sluice.v1.Relay", true);
   Impl* impl = impl_.get();
   impl_->http = std::make_unique<relay::HttpServer>(
       impl->core.loops.main().context(), config.host, config.http_port, config.handshake_timeout,
@@ -202,6 +211,7 @@ void RelayServer::start() {
 void RelayServer::shutdown() {
   if (!impl_ || !impl_->server || impl_->stopped) return;
   impl_->stopped = true;
+  if (auto* health = impl_->server->GetHealthCheckService()) health->Shutdown();  // NOT_SERVING
   impl_->core.topics.close_all();
   impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   impl_->server->Wait();

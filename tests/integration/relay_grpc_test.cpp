@@ -885,6 +885,19 @@ TEST(RelayGrpc, AProducerThatSendsAgainWhatTheTopicHasPutsEachItemInOnce) {
   }
   EXPECT_EQ(relay.metric("sluice_publish_duplicates_total", "topic=\"once\""), 3.0);
   EXPECT_NE(relay.stats_json().find("\"published\": 9"), std::string::npos);
+  {  // The typed Stats reply says the same as its JSON.
+    grpc::ClientContext ctx;
+    v1::StatsReply reply;
+    ASSERT_TRUE(relay.stub->Stats(&ctx, v1::StatsRequest{}, &reply).ok());
+    ASSERT_EQ(reply.topics_size(), 1);
+    const auto& t = reply.topics(0);
+    EXPECT_EQ(t.name(), "once");
+    EXPECT_EQ(t.mode(), "lossless");
+    EXPECT_EQ(t.published(), 9U);
+    EXPECT_EQ(t.subscribers(), 1U);
+    EXPECT_EQ(t.epoch().size(), 16U);
+    EXPECT_NE(reply.json().find("\"epoch\": \"" + t.epoch() + "\""), std::string::npos);
+  }
 
   const Ended bad = publish(9, 9, std::string(129, 'x'));
   EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
