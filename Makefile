@@ -23,7 +23,7 @@ export CCACHE_BASEDIR   := $(CURDIR)
 export CCACHE_NOHASHDIR := 1
 CTEST        := ctest --output-on-failure --timeout 300 -j $(JOBS)
 
-.PHONY: all deps build run demo test test-release check-locks test-tsan test-asan test-fuzz fuzz fuzz-build soak bench bench-core bench-broadcast bench-relay bench-dashboard bench-python format tidy clean
+.PHONY: all deps build package install run demo test test-release check-locks test-tsan test-asan test-fuzz fuzz fuzz-build soak bench bench-core bench-broadcast bench-relay bench-dashboard bench-python format tidy clean
 
 all: build
 
@@ -35,6 +35,16 @@ build/build.ninja: | deps
 
 build: deps build/build.ninja
 	cmake --build build -j $(JOBS)
+
+# A Debian package (build/sluice_<version>_<arch>.deb): the relay, its systemd unit, the
+# libraries, headers, CMake package and pkg-config files. `sudo apt install ./build/sluice_*.deb`.
+package: build
+	cd build && cpack -G DEB
+
+# Installs into PREFIX (default /usr/local): libraries, headers, CMake package, pkg-config, sluice.
+PREFIX ?= /usr/local
+install: build
+	cmake --install build --prefix $(PREFIX)
 
 # The relay with its embedded defaults (gRPC on 127.0.0.1:7400); Ctrl-C stops it.
 run: build

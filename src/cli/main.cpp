@@ -1,4 +1,6 @@
 // The `sluice` executable. Subcommands: serve, pub, sub, worker, config, demo.
+#include <systemd/sd-daemon.h>
+
 #include <CLI/CLI.hpp>
 #include <csignal>
 #include <cstdio>
@@ -98,6 +100,9 @@ struct ConfigCommand {
         config->host.c_str(), server.grpc_port(), config->host.c_str(), server.http_port(),
         tls ? "https" : "http", shown.c_str(), server.http_port());
     std::fflush(stdout);
+    // Under systemd (Type=notify): ready once both ports listen. Nothing without NOTIFY_SOCKET.
+    sd_notifyf(0, "READY=1\nSTATUS=gRPC on %s:%u, HTTP on %s:%u", config->host.c_str(),
+               server.grpc_port(), config->host.c_str(), server.http_port());
     std::optional<sluice::cli::DemoTraffic> traffic;
     if (demo) {
       traffic.emplace(server.grpc_port(), server.http_port());
@@ -110,7 +115,9 @@ struct ConfigCommand {
     for (;;) {
       sigwait(&signals, &sig);
       if (sig != SIGHUP) break;
+      sd_notify(0, "RELOADING=1");
       const std::string problem = server.reload_certificates();
+      sd_notify(0, "READY=1");
       if (problem.empty()) {
         std::printf("{\"event\":\"certificates_reloaded\"}\n");
       } else {
@@ -121,6 +128,7 @@ struct ConfigCommand {
     }
     std::printf("{\"event\":\"stopping\",\"signal\":%d}\n", sig);
     std::fflush(stdout);
+    sd_notify(0, "STOPPING=1");
     if (traffic) traffic->stop();
     server.shutdown();
     return 0;
