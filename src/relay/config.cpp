@@ -19,6 +19,8 @@
 #include <set>
 #include <sstream>
 
+#include "event_log.hpp"  // (its level and format names)
+
 namespace sluice {
 
 namespace {
@@ -316,6 +318,19 @@ const std::vector<Setting>& settings() {
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.drop_threshold = parse_double(s, v, 0, 1, true, "a fraction in (0, 1], e.g. 0.10");
        }},
+      {"log.level", "SLUICE_LOG_LEVEL", "log-level",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         relay::log::Level level{};
+         if (!relay::log::parse_level(v, level))
+           bad(s, v, "trace, debug, info, warn, error or off");
+         c.log_level = v;
+       }},
+      {"log.format", "SLUICE_LOG_FORMAT", "log-format",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         relay::log::Format format{};
+         if (!relay::log::parse_format(v, format)) bad(s, v, "json or logfmt");
+         c.log_format = v;
+       }},
       {"frame_gate.slowdown_threshold", "STREAM_SLOWDOWN_THRESHOLD", "slowdown-threshold",
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.slowdown_threshold = parse_double(s, v, 0, 1, true, "a fraction in (0, 1], e.g. 0.30");
@@ -508,7 +523,7 @@ void load_section(const std::string& path, const std::string& section_name,
   if (table == nullptr) {
     throw ConfigError(
         "invalid configuration file " + path + ": unknown key " + section_name +
-        " (sections: server, auth, limits, frame_gate, topics, [[topic]] and [[principal]])");
+        " (sections: server, auth, limits, log, frame_gate, topics, [[topic]] and [[principal]])");
   }
   for (const auto& [k, v] : *table) {
     const std::string key = section_name + "." + std::string(k.str());
@@ -781,7 +796,7 @@ std::string shortest(double v) {
 }
 
 // A TOML basic string: quoted, with quotes, backslashes and control characters escaped.
-std::string quoted(std::string_view text) {
+std::string toml_quoted(std::string_view text) {
   std::string out = "\"";
   for (const char ch : text) {
     const auto u = static_cast<unsigned char>(ch);
@@ -801,7 +816,8 @@ std::string quoted(std::string_view text) {
 
 std::string quoted_list(const std::vector<std::string>& items) {
   std::string out = "[";
-  for (const auto& i : items) out += (out.size() > 1 ? ", " : "") + quoted(i);
+  for (const auto& i : items)
+    out += (out.size() > 1 ? ", " : "") + toml_quoted(std::string_view(i));
   return out + "]";
 }
 
@@ -815,12 +831,12 @@ std::string to_toml(const RelayConfig& c) {
     << "\nallowed_origins = " << quoted_list(c.allowed_origins)
     << "\nnames = " << quoted_list(c.server_names)
     << "\ntoken_in_query = " << (c.token_in_query ? "true" : "false")
-    << "\ntls_cert_file = " << quoted(c.tls_cert_file)
-    << "\ntls_key_file = " << quoted(c.tls_key_file)
-    << "\ntls_client_ca_file = " << quoted(c.tls_client_ca_file)
-    << "\n\n[auth]\njwt_hs256_secret_file = " << quoted(c.jwt_hs256_secret_file)
-    << "\njwt_public_key_file = " << quoted(c.jwt_public_key_file)
-    << "\njwt_issuer = " << quoted(c.jwt_issuer) << "\n\n[limits]\n"
+    << "\ntls_cert_file = " << toml_quoted(c.tls_cert_file)
+    << "\ntls_key_file = " << toml_quoted(c.tls_key_file)
+    << "\ntls_client_ca_file = " << toml_quoted(c.tls_client_ca_file)
+    << "\n\n[auth]\njwt_hs256_secret_file = " << toml_quoted(c.jwt_hs256_secret_file)
+    << "\njwt_public_key_file = " << toml_quoted(c.jwt_public_key_file)
+    << "\njwt_issuer = " << toml_quoted(c.jwt_issuer) << "\n\n[limits]\n"
     << "max_frame_size_mb = "
     << shortest(static_cast<double>(c.max_frame_bytes) / (1024.0 * 1024.0))
     << "\nmax_sessions = " << c.max_sessions << "\nmax_subscribers = " << c.max_subscribers
@@ -831,6 +847,8 @@ std::string to_toml(const RelayConfig& c) {
     << "\nviewer_send_buffer_bytes = " << c.viewer_send_buffer_bytes
     << "\nhandshake_timeout_ms = " << c.handshake_timeout.count()
     << "\nidle_timeout_ms = " << c.idle_timeout.count()
+    << "\n\n[log]\nlevel = " << toml_quoted(std::string_view(c.log_level))
+    << "\nformat = " << toml_quoted(std::string_view(c.log_format))
     << "\n\n[frame_gate]\ndrop_threshold = " << shortest(c.drop_threshold)
     << "\nslowdown_threshold = " << shortest(c.slowdown_threshold)
     << "\n\n[topics]\nauto_create = " << (c.auto_create ? "true" : "false")
@@ -854,9 +872,9 @@ std::string to_toml(const RelayConfig& c) {
     }
   }
   for (const auto& p : c.principals) {  // (the token's hash, never a token)
-    o << "\n[[principal]]\nname = " << quoted(p.name);
+    o << "\n[[principal]]\nname = " << toml_quoted(p.name);
     if (!p.token_sha256.empty()) o << "\ntoken_sha256 = \"" << p.token_sha256 << "\"";
-    if (!p.certificate_cn.empty()) o << "\ncertificate_cn = " << quoted(p.certificate_cn);
+    if (!p.certificate_cn.empty()) o << "\ncertificate_cn = " << toml_quoted(p.certificate_cn);
     o << "\npublish = " << quoted_list(p.publish) << "\nsubscribe = " << quoted_list(p.subscribe)
       << "\nwork = " << quoted_list(p.work) << "\nstats = " << quoted_list(p.stats) << "\n";
   }

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <mutex>
 
+#include "event_log.hpp"
 #include "sluice/detail/thread_annotations.hpp"
 
 namespace sluice::relay {
@@ -43,12 +44,15 @@ void log_line(gpr_log_func_args* args) {
       ++b.suppressed;
   }
   if (told_suppressed != 0) {
-    std::fprintf(stderr, "{\"event\":\"grpc_log_suppressed\",\"lines\":%zu,\"window_s\":%lld}\n",
-                 told_suppressed, static_cast<long long>(kGrpcLogWindow.count()));
+    log::event(log::Level::warn, "grpc_log_suppressed",
+               {{"lines", told_suppressed}, {"window_s", kGrpcLogWindow.count()}});
   }
-  if (print) {
-    std::fprintf(stderr, "%s %s:%d] %s\n", gpr_log_severity_string(args->severity), args->file,
-                 args->line, args->message);
+  if (print) {  // (through the relay's log: its format and level)
+    const auto level = args->severity == GPR_LOG_SEVERITY_ERROR  ? log::Level::error
+                       : args->severity == GPR_LOG_SEVERITY_INFO ? log::Level::info
+                                                                 : log::Level::debug;
+    log::event(level, "grpc",
+               {{"file", args->file}, {"line", args->line}, {"message", args->message}});
   }
 }
 

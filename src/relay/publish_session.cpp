@@ -47,6 +47,16 @@ class PublishSession::Notices final : public StageListener {
 
 PublishSession::~PublishSession() {
   set_slowed(false);
+  if (topic_ && log::enabled(log::Level::info)) {
+    log::event(
+        log::Level::info, "session_closed",
+        {{"kind", "publisher"},
+         {"topic", topic_->name},
+         {"principal", who_->name()},
+         {"seconds",
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - opened_at_).count()},
+         {"items", items_}});
+  }
 }
 
 void PublishSession::set_slowed(bool on) {
@@ -59,6 +69,11 @@ void PublishSession::set_slowed(bool on) {
   } else {
     topic_->throttled_publishers.fetch_sub(1, std::memory_order_relaxed);
   }
+  log::event(log::Level::info, on ? "throttle_started" : "throttle_ended",
+             {{"topic", topic_->name},
+              {"principal", who_->name()},
+              {"queue_bytes", topic_->broadcast.queue_bytes()},
+              {"limit_bytes", topic_->config.max_queue_bytes}});
 }
 
 void PublishSession::connect(std::function<void()> wake,
@@ -74,6 +89,9 @@ std::optional<Refusal> PublishSession::open(const std::string& name) {
   auto t = core_.topics.find(name);
   if (!t) return std::move(t.refusal());
   topic_ = std::move(*t);
+  opened_at_ = std::chrono::steady_clock::now();
+  log::event(log::Level::info, "session_opened",
+             {{"kind", "publisher"}, {"topic", topic_->name}, {"principal", who_->name()}});
   listen();
   return std::nullopt;
 }
@@ -144,6 +162,7 @@ Outcome<PublishSession::Progress> PublishSession::publish() {
       pending_.pop_front();
       published_ = sequence;
       ack_ = sequence;
+      ++items_;
       waiting_ = false;  // the next item that has to wait gets its own deadline
       continue;
     }

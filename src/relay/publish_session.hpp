@@ -126,6 +126,8 @@ class PublishSession {
   void recheck_slowed();              // resume once drained to half, or wake then
   // A hook waits for the topic to drain to half (set here, cleared by the hook on any thread).
   std::shared_ptr<std::atomic<bool>> resume_armed_ = std::make_shared<std::atomic<bool>>(false);
+  std::uint64_t items_ = 0;  // put into the topic (for its log line)
+  std::chrono::steady_clock::time_point opened_at_;
   bool slowed_ = false;       // the topic is holding this producer back
   bool told_slowed_ = false;  // what the last flow event said
   bool waiting_ = false;      // an item waits for room since `deadline_`

@@ -12,6 +12,7 @@
 
 #include "access.hpp"
 #include "admission.hpp"
+#include "event_log.hpp"
 #include "frame_buffer.hpp"
 #include "loop_pool.hpp"
 #include "refusal.hpp"
@@ -64,6 +65,12 @@ struct RelayCore {
                  "Requests and sessions refused or ended by the relay, by kind (docs/protocol.md)",
                  {{"kind", std::string(to_string(r.kind))}})
         .inc();
+    if (log::enabled(log::Level::warn)) {  // (and logged, within the log's bound)
+      log::event(log::Level::warn, "refused",
+                 {{"kind", std::string(to_string(r.kind))},
+                  {"setting", r.setting},
+                  {"message", r.message}});
+    }
     return r;
   }
 };

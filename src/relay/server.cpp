@@ -20,6 +20,7 @@
 #include <string>
 #include <utility>
 
+#include "event_log.hpp"
 #include "grpc_log.hpp"
 #include "grpc_service.hpp"
 #include "http_router.hpp"
@@ -159,6 +160,11 @@ std::string grpc_address(const RelayConfig& config) {
 void RelayServer::start() {
   const RelayConfig& config = impl_->core.config;
   check_grpc_address(config);
+  relay::log::Level level{};
+  relay::log::Format format{};
+  (void)relay::log::parse_level(config.log_level, level);  // (validated when loaded)
+  (void)relay::log::parse_format(config.log_format, format);
+  relay::log::configure(level, format);
   relay::bound_grpc_log();  // (a hostile connection's handshake failure is one gRPC log line)
   // The standard services beside the relay's own: grpc.health.v1.Health (health checkers,
   // load balancers: SERVING until shutdown) and server reflection (grpcurl and other tools

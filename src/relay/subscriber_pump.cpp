@@ -26,6 +26,14 @@ Outcome<std::unique_ptr<SubscriberPump>> SubscriberPump::join(RelayCore& core,
     std::unique_ptr<SubscriberPump> pump(
         new SubscriberPump(core, std::move(*t), std::move(sub), kernel_unsent));
     pump->start_position_ = joined;
+    pump->principal_ = r.who->name();
+    log::event(log::Level::info, "session_opened",
+               {{"kind", "subscriber"},
+                {"topic", pump->topic().name},
+                {"principal", pump->principal_},
+                {"name", pump->name()},
+                {"session", pump->id()},
+                {"position", joined}});
     if (r.resume_epoch.empty()) return pump;
     std::string_view outcome = "exact";
     if (!resumes) {
@@ -70,6 +78,20 @@ void SubscriberPump::resume_gap(std::uint64_t lost, DropReason reason) {
 }
 
 SubscriberPump::~SubscriberPump() {
+  if (log::enabled(log::Level::info) && sub_.active()) {
+    const auto s = sub_.stats();
+    log::event(
+        log::Level::info, "session_closed",
+        {{"kind", "subscriber"},
+         {"topic", topic_->name},
+         {"principal", principal_},
+         {"name", s.name},
+         {"session", id_},
+         {"seconds",
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - opened_at_).count()},
+         {"items", s.received},
+         {"lost", s.lost.total()}});
+  }
   topic_->remove_extras(id_);
   if (judged_) core_.slow_subscribers.remove(sink_);
 }
@@ -101,6 +123,8 @@ SubscriberPump::Next SubscriberPump::next(std::size_t max_items, std::size_t max
     }
     if (r.status == RecvStatus::evicted) {
       end_ = Refusal{RefusalKind::evicted, "evicted: the topic's publisher could not wait", ""};
+      log::event(log::Level::warn, "evicted",
+                 {{"topic", topic_->name}, {"subscriber", sub_.name()}, {"session", id_}});
     }
     return Next::end;
   }
@@ -138,6 +162,13 @@ std::optional<Refusal> SubscriberPump::judged(const std::optional<SinkEvent>& ev
                    std::memory_order_relaxed);
   }
   if (!event || event->kind == SinkEvent::Kind::recovered) return std::nullopt;
+  log::event(log::Level::warn, "slow_subscriber",
+             {{"topic", topic_->name},
+              {"subscriber", sub_.name()},
+              {"session", id_},
+              {"verdict", event->kind == SinkEvent::Kind::stalled ? "stalled" : "slow"},
+              {"disconnected", event->action == SlowAction::disconnect},
+              {"reason", event->reason}});
   core_.metrics
       .counter("sluice_slow_viewers_total",
                "Subscribers found slow (late sends) or stalled (sends not completing)",

@@ -122,6 +122,8 @@ class SubscriberPump {
   DropReason gap_reason_ = DropReason::slow_consumer;
   std::optional<Refusal> end_;
   std::uint64_t start_position_ = 0;
+  std::string principal_;  // for its log lines
+  std::chrono::steady_clock::time_point opened_at_ = std::chrono::steady_clock::now();
   std::chrono::steady_clock::time_point write_started_;
   bool judged_ = false;  // the judge knows this sink
 };

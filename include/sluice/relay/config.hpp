@@ -121,6 +121,10 @@ struct RelayConfig {
   // A WebSocket peer silent this long is closed; at half of it the relay pings it (a peer that
   // answers pings stays).
   std::chrono::milliseconds idle_timeout{60'000};
+  // [log] The relay's log on stderr (docs/operations.md): trace, debug, info, warn, error or
+  // off; json or logfmt.
+  std::string log_level = "info";
+  std::string log_format = "json";
   // [frame_gate]
   double drop_threshold = 0.10;      // STREAM_DROP_THRESHOLD
   double slowdown_threshold = 0.30;  // STREAM_SLOWDOWN_THRESHOLD

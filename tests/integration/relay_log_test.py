@@ -1,0 +1,91 @@
+#!/usr/bin/python3
+"""The relay's log on stderr, as an operator reads it (`sluice serve`):
+
+- JSON lines by default: session_opened / session_closed for a publisher and a subscriber
+  (kind, topic, principal, items, seconds), refused (kind, message), throttle lines;
+- --log-level warn keeps the refusals and drops the session lines;
+- --log-format logfmt writes the same events as key=value;
+- a flood of refusals writes at most kLogBurst (20) lines per window, the rest counted.
+
+Usage: relay_log_test.py SLUICE_BINARY
+"""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+
+
+def serve(sluice, *flags):
+    env = dict(os.environ, SLUICE_GRPC_PORT="0", SLUICE_HTTP_PORT="0")
+    relay = subprocess.Popen([sluice, "serve", *flags], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env, text=True)
+    listening = json.loads(relay.stdout.readline())
+    lines = []
+    threading.Thread(target=lambda: lines.extend(relay.stderr), daemon=True).start()
+    return relay, listening["grpc"], lines
+
+
+def stop(relay):
+    relay.terminate()
+    relay.wait(timeout=10)
+    time.sleep(0.1)  # (the reader thread takes the last lines)
+
+
+def cli(sluice, *args):
+    return subprocess.run([sluice, *args], capture_output=True, text=True, timeout=30)
+
+
+def main():
+    sluice = sys.argv[1]
+
+    relay, target, lines = serve(sluice)
+    sub = subprocess.Popen([sluice, "sub", "--server", target, "--topic", "cam", "--count", "3"],
+                           stdout=subprocess.PIPE, text=True)
+    assert "subscribed" in sub.stdout.readline()
+    assert cli(sluice, "pub", "--server", target, "--topic", "cam", "--count", "3").returncode == 0
+    assert sub.wait(timeout=10) == 0
+    assert cli(sluice, "pub", "--server", target, "--topic", "bad topic", "--count", "1").returncode == 1
+    time.sleep(0.3)
+    stop(relay)
+    events = [json.loads(l) for l in lines]
+    by = lambda name, **kw: [e for e in events if e["event"] == name
+                             and all(e.get(k) == v for k, v in kw.items())]
+    opened = by("session_opened", kind="publisher", topic="cam")
+    closed = by("session_closed", kind="publisher", topic="cam")
+    assert len(opened) == 1 and len(closed) == 1, events
+    assert closed[0]["items"] == 3 and closed[0]["principal"] == "anonymous" and closed[0]["seconds"] >= 0
+    assert closed[0]["level"] == "info" and closed[0]["time"].endswith("Z")
+    sub_closed = by("session_closed", kind="subscriber", topic="cam")
+    assert len(by("session_opened", kind="subscriber")) == 1 and len(sub_closed) == 1, events
+    assert sub_closed[0]["items"] == 3 and sub_closed[0]["lost"] == 0
+    refused = by("refused", kind="bad_request")
+    assert len(refused) == 1 and "bad topic" in refused[0]["message"] and refused[0]["level"] == "warn"
+
+    relay, target, lines = serve(sluice, "--log-level", "warn", "--log-format", "logfmt")
+    assert cli(sluice, "pub", "--server", target, "--topic", "cam", "--count", "1").returncode == 0
+    channel = grpc.insecure_channel(target)
+    publish = channel.stream_stream("/sluice.v1.Relay/Publish", request_serializer=lambda b: b,
+                                    response_deserializer=lambda b: b)
+    bad = b"\x0a\x0b\x0a\x09bad topic"  # PublishRequest{item: {topic: "bad topic"}}
+    start = time.monotonic()
+    for _ in range(100):  # a flood of refusals, well within one window
+        try:
+            list(publish(iter([bad]), timeout=5))
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+    assert time.monotonic() - start < 8
+    stop(relay)
+    assert not any("session_" in l for l in lines), lines[:5]
+    refused = [l for l in lines if "event=refused" in l]
+    assert 1 <= len(refused) <= 20, len(refused)
+    assert refused[0].startswith("time=") and " level=warn " in refused[0]
+    assert 'message="topic \\"bad topic\\"' in refused[0], refused[0]
+    print(f"log ok: {len(events)} JSON lines; {len(refused)} of 100 refusals logged in one window")
+
+
+if __name__ == "__main__":
+    main()
