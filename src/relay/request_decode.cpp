@@ -6,13 +6,14 @@
 #include <mutex>
 #include <string>
 
+#include "event_log.hpp"
+
 namespace sluice::relay {
 
 namespace {
 
 // The lines protobuf logs on this thread while a decode runs (null when none runs).
 thread_local std::string* t_captured = nullptr;
-google::protobuf::LogHandler* g_previous = nullptr;
 
 void capture(google::protobuf::LogLevel level, const char* file, int line,
              const std::string& message) {
@@ -20,7 +21,11 @@ void capture(google::protobuf::LogLevel level, const char* file, int line,
     t_captured->append(message);
     return;
   }
-  if (g_previous != nullptr) g_previous(level, file, line, message);
+  // Anything else protobuf says goes to the relay's log, in its format (bounded as every event).
+  const auto at = level == google::protobuf::LOGLEVEL_INFO      ? log::Level::info
+                  : level == google::protobuf::LOGLEVEL_WARNING ? log::Level::warn
+                                                                : log::Level::error;
+  log::event(at, "protobuf", {{"file", file}, {"line", line}, {"message", message}});
 }
 
 // The field protobuf names in "String field 'sluice.v1.Item.topic' contains invalid UTF-8
@@ -39,7 +44,7 @@ std::string utf8_field(const std::string& log) {
 
 void capture_protobuf_log() {
   static std::once_flag installed;
-  std::call_once(installed, [] { g_previous = google::protobuf::SetLogHandler(&capture); });
+  std::call_once(installed, [] { google::protobuf::SetLogHandler(&capture); });
 }
 
 std::uint64_t max_request_bytes(const RelayConfig& config) noexcept {

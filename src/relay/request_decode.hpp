@@ -6,8 +6,8 @@
 // - A string field that is not valid UTF-8 is bad_request naming the field. Protobuf reports
 //   that only as an ERROR line in its log (to stderr, one per request: a client could flood
 //   the relay's log with it); while a decode runs, the protobuf log lines of that thread are
-//   taken as the refusal's message instead. Lines logged anywhere else still reach the handler
-//   that was installed before.
+//   taken as the refusal's message instead. Lines logged anywhere else go to the relay's log
+//   (event "protobuf", event_log.hpp).
 // - Anything else protobuf cannot parse is bad_request ("malformed").
 //
 // Thread-safety: any thread; decodes on different threads do not see each other's lines.
