@@ -34,10 +34,12 @@ struct ConfigCommand {
 
   void add(CLI::App* cmd) {
     cmd->add_option("--config", file, "TOML configuration file");
-    for (const std::string& flag : sluice::relay_setting_flags()) {
+    const auto flags = sluice::relay_setting_flags();
+    const auto help = sluice::relay_setting_help();
+    for (std::size_t i = 0; i < flags.size(); ++i) {
+      const std::string& flag = flags[i];
       cmd->add_option_function<std::string>(
-          "--" + flag, [this, flag](const std::string& v) { values[flag] = v; },
-          "see docs/configuration.md");
+          "--" + flag, [this, flag](const std::string& v) { values[flag] = v; }, help[i]);
     }
   }
 

@@ -779,6 +779,33 @@ RelayConfig load_relay_config(const std::optional<std::string>& file,
   return c;
 }
 
+std::vector<std::string> relay_setting_help() {
+  // The defaults as the file would say them: the effective configuration of no file.
+  const toml::table defaults = toml::parse(to_toml(
+      load_relay_config(std::nullopt, [](const char*) -> const char* { return nullptr; }, {})));
+  std::vector<std::string> help;
+  help.reserve(settings().size());
+  for (const Setting& s : settings()) {
+    std::string text = s.key + " (" + s.env + ")";
+    if (const auto node = defaults.at_path(s.key)) {
+      std::string value;
+      if (const auto* str = node.as_string()) {
+        value = str->get().empty() ? "none" : str->get();
+      } else if (const auto* arr = node.as_array()) {
+        for (const auto& e : *arr) {
+          if (const auto* item = e.as_string()) value += (value.empty() ? "" : ",") + item->get();
+        }
+        if (value.empty()) value = "none";
+      } else if (auto text_value = scalar_text(*node.node())) {
+        value = *text_value;
+      }
+      if (!value.empty()) text += "; default " + value;
+    }
+    help.push_back(text + "; docs/configuration.md");
+  }
+  return help;
+}
+
 std::vector<std::string> relay_setting_flags() {
   std::vector<std::string> flags;
   flags.reserve(settings().size());

@@ -177,6 +177,11 @@ RelayConfig load_relay_config(const std::optional<std::string>& file,
 /// docs/configuration.md: what `load_relay_config` accepts in `cli`.
 std::vector<std::string> relay_setting_flags();
 
+/// A flag's help: its file key, its environment variable and its default, e.g.
+/// "limits.max_sessions (STREAM_MAX_SESSIONS); default 10; docs/configuration.md".
+/// In the order of relay_setting_flags().
+std::vector<std::string> relay_setting_help();
+
 /// The effective configuration as TOML (what `sluice config` prints).
 std::string to_toml(const RelayConfig& config);
 
