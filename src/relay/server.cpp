@@ -66,11 +66,12 @@ struct RelayServer::Impl {
     const auto now = std::chrono::steady_clock::now();
     if (now - last_accept_log < std::chrono::seconds(10)) return;  // (main loop only)
     last_accept_log = now;
-    std::fprintf(stderr,
-                 "{\"event\":\"accept_error\",\"reason\":\"%s\",\"retry_ms\":100,"
-                 "\"hint\":\"raise the file descriptor limit (ulimit -n) or lower the session "
-                 "limits (docs/operations.md)\"}\n",
-                 reason.c_str());
+    relay::log::event(relay::log::Level::error, "accept_error",
+                      {{"reason", reason},
+                       {"retry_ms", 100},
+                       {"hint",
+                        "raise the file descriptor limit (ulimit -n) or lower the session limits "
+                        "(docs/operations.md)"}});
   }
 
   // A TLS handshake on the HTTP port failed: counted by OpenSSL's reason ("plaintext" for a

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <utility>
 
+#include "event_log.hpp"
+
 namespace sluice::relay {
 
 namespace {
@@ -185,6 +187,24 @@ bool Stage::completed(Worker& worker, const Task& task, Buffer result) {
 
 void Stage::poll() {
   dispatcher_.poll();
+  // Workers' health changes go to the log (worker_health); one that left is forgotten.
+  std::map<std::uint64_t, WorkerHealth> now;
+  for (const auto& w : dispatcher_.stats().workers) {
+    now[w.id] = w.health;
+    const auto was = health_.find(w.id);
+    const WorkerHealth before = was == health_.end() ? WorkerHealth::healthy : was->second;
+    if (before != w.health) {
+      log::event(w.health == WorkerHealth::healthy ? log::Level::info : log::Level::warn,
+                 "worker_health",
+                 {{"topic", topic_},
+                  {"worker", w.name},
+                  {"from", std::string(to_string(before))},
+                  {"to", std::string(to_string(w.health))},
+                  {"in_flight", w.in_flight},
+                  {"queued", w.queued}});
+    }
+  }
+  health_ = std::move(now);
 }
 
 metrics::Counter& Stage::counter(DropReason reason) const {

@@ -104,6 +104,8 @@ class Stage {
   metrics::Counter* results_;
   metrics::Counter* results_dropped_;
   metrics::Counter* frames_;
+  // Each worker's health as last polled (poll() thread only): a change is logged.
+  std::map<std::uint64_t, WorkerHealth> health_;
   std::array<metrics::Counter*, kDropReasonCount> dropped_{};  // the reasons a stage drops for
   std::array<metrics::Counter*, 2> signals_{};                 // by GateSignal::Kind
 };

@@ -5,6 +5,7 @@
   (kind, topic, principal, items, seconds), refused (kind, message), throttle lines;
 - --log-level warn keeps the refusals and drops the session lines;
 - --log-format logfmt writes the same events as key=value;
+- a stage worker that fails its frames turns unhealthy: a worker_health line;
 - a flood of refusals writes at most kLogBurst (20) lines per window, the rest counted.
 
 Usage: relay_log_test.py SLUICE_BINARY
@@ -19,11 +20,16 @@ import time
 import grpc
 
 
+relay_listening = []  # each relay's "listening" line
+
+
 def serve(sluice, *flags):
     env = dict(os.environ, SLUICE_GRPC_PORT="0", SLUICE_HTTP_PORT="0")
     relay = subprocess.Popen([sluice, "serve", *flags], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, env=env, text=True)
-    listening = json.loads(relay.stdout.readline())
+    first = relay.stdout.readline()
+    relay_listening.append(first)
+    listening = json.loads(first)
     lines = []
     threading.Thread(target=lambda: lines.extend(relay.stderr), daemon=True).start()
     return relay, listening["grpc"], lines
@@ -64,6 +70,35 @@ def main():
     assert sub_closed[0]["items"] == 3 and sub_closed[0]["lost"] == 0
     refused = by("refused", kind="bad_request")
     assert len(refused) == 1 and "bad topic" in refused[0]["message"] and refused[0]["level"] == "warn"
+
+    # A stage worker that fails every frame turns unhealthy: one worker_health line (warn).
+    config = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"sluice-log-{os.getpid()}.toml")
+    with open(config, "w") as f:
+        f.write('[[topic]]\nname = "frames"\nstage = true\n')
+    relay, target, lines = serve(sluice, "--config", config)
+    http_port = None
+    worker = None
+    try:
+        http_port = json.loads(relay_listening[-1])["http"].rsplit(":", 1)[1]
+        worker = subprocess.Popen([sluice, "worker", "--port", http_port, "--topic", "frames",
+                                   "--name", "broken", "--width", "8", "--height", "4"],
+                                  stdout=subprocess.PIPE, text=True)
+        assert "joined" in worker.stdout.readline()
+        # frames of 7 bytes where the model wants 8 x 4 x 3: each is answered with an error
+        cli(sluice, "pub", "--server", target, "--topic", "frames", "--count", "10", "--size", "7",
+            "--rate", "20")  # (within the stage's frame rate: none refused by its gate)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any("worker_health" in l for l in lines):
+            time.sleep(0.05)
+    finally:
+        if worker:
+            worker.terminate()
+            worker.wait(timeout=10)
+        stop(relay)
+        os.unlink(config)
+    health = [json.loads(l) for l in lines if '"worker_health"' in l]
+    assert health and health[0]["worker"] == "broken" and health[0]["to"] == "unhealthy", lines
+    assert health[0]["level"] == "warn" and health[0]["topic"] == "frames"
 
     relay, target, lines = serve(sluice, "--log-level", "warn", "--log-format", "logfmt")
     assert cli(sluice, "pub", "--server", target, "--topic", "cam", "--count", "1").returncode == 0
