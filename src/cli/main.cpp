@@ -222,6 +222,12 @@ int main(int argc, char** argv) {
       "worker",
       "Join a topic's processing stage over WebSocket: grayscale, downscale and mean brightness "
       "of each RGB frame (docs/stages.md)");
+  std::string worker_server;
+  worker_cmd
+      ->add_option("--server", worker_server,
+                   "The relay's HTTP address (host:port; the worker speaks WebSocket), instead "
+                   "of --host and --port")
+      ->envname("SLUICE_HTTP_SERVER");
   worker_cmd->add_option("--host", worker.host, "The relay's host");
   worker_cmd->add_option("--port", worker.port, "The relay's HTTP port");
   worker_cmd->add_option("--topic", worker.topic, "A topic with a stage")->required();
@@ -251,6 +257,21 @@ int main(int argc, char** argv) {
   }
   if (worker_cmd->parsed()) {
     model.delay = std::chrono::milliseconds(delay_ms);
+    if (!worker_server.empty()) {  // host:port ([v6]:port too)
+      const auto colon = worker_server.rfind(':');
+      int port = 0;
+      if (colon == std::string::npos ||
+          std::sscanf(worker_server.c_str() + colon + 1, "%d", &port) != 1 || port < 1 ||
+          port > 65535) {
+        std::fprintf(stderr, "sluice worker: --server %s: expected host:port\n",
+                     worker_server.c_str());
+        return 2;
+      }
+      worker.host = worker_server.substr(0, colon);
+      if (worker.host.size() > 2 && worker.host.front() == '[' && worker.host.back() == ']')
+        worker.host = worker.host.substr(1, worker.host.size() - 2);
+      worker.port = static_cast<std::uint16_t>(port);
+    }
     return sluice::cli::run_worker(worker, model);
   }
   if (pub_cmd->parsed()) return sluice::cli::run_pub(pub);

@@ -2,14 +2,17 @@
 #include "pubsub.hpp"
 
 #include <pthread.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <ctime>
 #include <functional>
 #include <iostream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
@@ -67,6 +70,44 @@ class SignalWatch {
   std::thread thread_;
 };
 
+// A progress line on stderr, rewritten every second, when stderr is a terminal (never in a
+// pipe or a log: those get the JSON summary only).
+class Progress {
+ public:
+  explicit Progress(std::function<std::string()> line) {
+    if (::isatty(STDERR_FILENO) == 0) return;
+    thread_ = std::thread([this, fn = std::move(line)] {
+      std::unique_lock lock(mu_);
+      while (!cv_.wait_for(lock, std::chrono::seconds(1), [this] { return stop_; })) {
+        std::fprintf(stderr, "\r\033[K%s", fn().c_str());
+        std::fflush(stderr);
+      }
+      std::fprintf(stderr, "\r\033[K");
+    });
+  }
+  Progress(const Progress&) = delete;
+  Progress& operator=(const Progress&) = delete;
+  Progress(Progress&&) = delete;
+  Progress& operator=(Progress&&) = delete;
+  ~Progress() { stop(); }
+  /// Clears the line and stops (before the summary).
+  void stop() {
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
 }  // namespace
 
 int run_pub(const PubOptions& o) {
@@ -94,6 +135,14 @@ int run_pub(const PubOptions& o) {
 
   const auto start = Clock::now();
   client::Status status;
+  Progress progress([&pub, start] {
+    const auto s = pub.stats();
+    const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+    return "sent " + std::to_string(s.published) + ", acked " + std::to_string(s.acked) + " (" +
+           std::to_string(static_cast<std::uint64_t>(secs > 0 ? double(s.acked) / secs : 0)) +
+           "/s), slow_downs " + std::to_string(s.slow_downs) + ", retries " +
+           std::to_string(s.retries);
+  });
   if (o.from_stdin) {
     for (std::string line; status.ok() && !interrupted && std::getline(std::cin, line);) {
       status = pub.publish(Buffer(std::move(line)));
@@ -110,6 +159,7 @@ int run_pub(const PubOptions& o) {
     }
   }
   if (status.ok()) status = pub.close();
+  progress.stop();
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   const auto s = pub.stats();
   // Rates count what the relay acknowledged (is in the topic), not what was handed over.
@@ -161,6 +211,14 @@ int run_sub(const SubOptions& o) {
   Histogram latency;
   const auto start = Clock::now();
   std::uint64_t items = 0;
+  Progress progress([&sub, start] {
+    const auto s = sub.stats();
+    const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+    return "received " + std::to_string(s.items) + " (" +
+           std::to_string(static_cast<std::uint64_t>(secs > 0 ? double(s.items) / secs : 0)) +
+           "/s), gaps " + std::to_string(s.gaps) + ", lost " + std::to_string(s.lost) +
+           ", reconnects " + std::to_string(s.reconnects);
+  });
   const auto status = sub.run(
       [&](client::SubscriberEvent& e) {
         const std::int64_t age = unix_now_ns() - e.timestamp_ns;
@@ -178,6 +236,7 @@ int run_sub(const SubOptions& o) {
         print_line(stderr, {{"event", "gap"}, {"lost", lost}, {"reason", reason}});
       });
   current = nullptr;
+  progress.stop();
   std::fflush(stdout);
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   const auto s = sub.stats();

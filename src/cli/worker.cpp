@@ -22,7 +22,7 @@ int run_worker(const StageWorkerOptions& options, const ImageModelOptions& model
     worker.connect();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "sluice worker: %s\n", e.what());
-    return 2;
+    return 1;  // (a runtime failure: the relay refused or could not be reached)
   }
   std::printf("{\"event\":\"joined\",\"topic\":\"%s\",\"name\":\"%s\",\"concurrency\":%u}\n",
               options.topic.c_str(), options.name.c_str(), options.concurrency);

@@ -60,6 +60,17 @@ kill -INT "$pub4"
 wait "$pub4" || fail "interrupted pub exit $?"
 grep -q '"interrupted":true' "$dir/pub4" || fail "no summary after SIGINT"
 
+# On a terminal, a long run shows a progress line on stderr (script(1) gives it a pty).
+script -qec "'$sluice' pub --server '$target' --topic progress --count 25 --rate 10" /dev/null \
+  >"$dir/pub6" 2>&1 || fail "pub on a terminal"
+grep -q 'sent [0-9]*, acked [0-9]*' "$dir/pub6" || fail "no progress line on a terminal"
+if grep -q 'acked [0-9]* (' "$dir/pub1"; then fail "progress line outside a terminal"; fi
+
+# The worker takes the relay's HTTP address as --server (or SLUICE_HTTP_SERVER).
+http=$(sed -n 's/.*"http":"\([^"]*\)".*/\1/p' "$dir/relay")
+"$sluice" worker --server "$http" --topic no-stage >"$dir/worker" 2>&1 && fail "worker on a topic without a stage"
+grep -q 'no stage\|404' "$dir/worker" || fail "worker --server did not reach the relay: $(cat "$dir/worker")"
+
 # The relay stops and does not come back: a subscriber exits 1 (a supervisor can tell), after
 # trying to resume for --reconnect-for seconds.
 "$sluice" sub --server "$target" --topic gen --reconnect-for 1 >"$dir/sub5" 2>&1 &
