@@ -767,6 +767,7 @@ int main(int argc, char** argv) {
   config.grpc_port = 0;
   config.http_port = 0;
   config.threads = threads;
+  config.log_level = "warn";  // (no session lines between the figures)
   sluice::RelayServer relay(config);
   relay.start();
   const std::string target = "127.0.0.1:" + std::to_string(relay.grpc_port());

@@ -25,6 +25,19 @@ SLUICE = os.environ.get("SLUICE_BINARY", "build/src/cli/sluice")
 HEADER = struct.Struct("<Qq")
 
 
+async def timed(produce, consume, pub, sub):
+    """Runs `produce` beside `consume`: the seconds until the consumer has the last frame, and
+    the payload bytes it counted. Then both ends close."""
+    start = time.perf_counter()
+    producer = asyncio.create_task(produce())
+    got = await consume()
+    elapsed = time.perf_counter() - start
+    await producer
+    await pub.close()
+    await sub.close()
+    return elapsed, got
+
+
 async def with_sdk(url, topic, size, count):
     sub = await sluice.Subscriber.connect(topic, url)
     pub = await sluice.Publisher.connect(topic, url)
@@ -34,19 +47,16 @@ async def with_sdk(url, topic, size, count):
         for _ in range(count):
             await pub.send(payload)
 
-    start = time.perf_counter()
-    producer = asyncio.create_task(produce())
-    got = 0
-    async for m in sub:
-        if isinstance(m, sluice.Frame):
-            got += len(m.payload)
-            if m.index == count - 1:
-                break
-    elapsed = time.perf_counter() - start
-    await producer
-    await pub.close()
-    await sub.close()
-    return elapsed, got
+    async def consume():
+        got = 0
+        async for m in sub:
+            if isinstance(m, sluice.Frame):
+                got += len(m.payload)
+                if m.index == count - 1:
+                    return got
+        return got
+
+    return await timed(produce, consume, pub, sub)
 
 
 async def with_websockets(url, topic, size, count):
@@ -58,27 +68,24 @@ async def with_websockets(url, topic, size, count):
         for i in range(count):
             await pub.send(HEADER.pack(i, 0) + payload)
 
-    start = time.perf_counter()
-    producer = asyncio.create_task(produce())
-    got = 0
-    while True:
-        m = await sub.recv()
-        if isinstance(m, bytes):
-            index, _ = HEADER.unpack_from(m)
-            got += len(m) - 16
-            if index == count - 1:
-                break
-    elapsed = time.perf_counter() - start
-    await producer
-    await pub.close()
-    await sub.close()
-    return elapsed, got
+    async def consume():
+        got = 0
+        while True:
+            m = await sub.recv()
+            if isinstance(m, bytes):
+                index, _ = HEADER.unpack_from(m)
+                got += len(m) - 16
+                if index == count - 1:
+                    return got
+
+    return await timed(produce, consume, pub, sub)
 
 
 async def main():
     # (Publisher and subscriber share one event loop: a 1 MiB send holds the loop long enough
     # that the relay's stalled-consumer judge would end the subscriber; it is given 10 s.)
-    env = dict(os.environ, SLUICE_GRPC_PORT="0", SLUICE_HTTP_PORT="0", SLUICE_MAX_SEND_TIMEOUTS="100")
+    env = dict(os.environ, SLUICE_GRPC_PORT="0", SLUICE_HTTP_PORT="0", SLUICE_MAX_SEND_TIMEOUTS="100",
+               SLUICE_LOG_LEVEL="warn")
     relay = subprocess.Popen([SLUICE, "serve"], stdout=subprocess.PIPE, env=env, text=True)
     url = "ws://" + json.loads(relay.stdout.readline())["http"]
     print("Python SDK vs raw python3-websockets: 1 publisher -> relay -> 1 subscriber, one process")

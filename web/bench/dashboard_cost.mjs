@@ -34,7 +34,7 @@ async function measure(pid, http) {
 }
 
 const relay = spawn(SLUICE, ["serve"], {
-  env: { ...process.env, SLUICE_GRPC_PORT: "0", SLUICE_HTTP_PORT: "0" },
+  env: { ...process.env, SLUICE_GRPC_PORT: "0", SLUICE_HTTP_PORT: "0", SLUICE_LOG_LEVEL: "warn" },
   stdio: ["ignore", "pipe", "inherit"],
 });
 const [line] = await once(createInterface({ input: relay.stdout }), "line");
