@@ -312,7 +312,9 @@ TEST(Client, PublisherAndSubscriberRideOutARelayRestart) {
   ASSERT_EQ(got.size(), kItems);
   for (std::uint64_t i = 0; i < kItems; ++i) ASSERT_EQ(got[i], i) << "every item once, in order";
   EXPECT_EQ(gaps, std::vector<std::string>{"relay_restart:0"});
-  EXPECT_EQ(sub.stats().reconnects, 1U);
+  // At least once: a slow machine may still reach the stopping relay first (it resumes there
+  // exactly, without a gap) before the new one.
+  EXPECT_GE(sub.stats().reconnects, 1U);
   EXPECT_GE(pub.stats().retries, 1U);
   EXPECT_EQ(pub.stats().acked, kItems);
   sub.cancel();
