@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "grpc_items.hpp"
 #include "sluice/relay/protocol.hpp"  // kPublishedThroughKey, unix_now_ns
 #include "sluice/v1/relay.grpc.pb.h"
 
@@ -115,13 +116,43 @@ std::string_view to_string(PublisherEvent::Kind kind) noexcept {
   return "unknown";
 }
 
+// The two calls whose messages carry payloads, with those messages as bytes: the generated
+// stub's Publish and Subscribe (same method names) with the request, or the responses, encoded
+// and decoded by grpc_items.hpp, so that payloads are not copied. gRPC's stream factories
+// take any message type it can serialize (a ByteBuffer as is).
+struct PayloadCalls {
+  explicit PayloadCalls(std::shared_ptr<grpc::Channel> c)
+      : channel(std::move(c)),
+        publish_method("/sluice.v1.Relay/Publish", grpc::internal::RpcMethod::BIDI_STREAMING,
+                       channel),
+        subscribe_method("/sluice.v1.Relay/Subscribe",
+                         grpc::internal::RpcMethod::SERVER_STREAMING, channel) {}
+
+  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, v1::PublishEvent>> publish(
+      grpc::ClientContext* ctx) const {
+    return std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, v1::PublishEvent>>(
+        grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, v1::PublishEvent>::Create(
+            channel.get(), publish_method, ctx));
+  }
+  std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> subscribe(
+      grpc::ClientContext* ctx, const v1::SubscribeRequest& req) const {
+    return std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>>(
+        grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(channel.get(),
+                                                                     subscribe_method, ctx, req));
+  }
+
+  std::shared_ptr<grpc::Channel> channel;
+  grpc::internal::RpcMethod publish_method;
+  grpc::internal::RpcMethod subscribe_method;
+};
+
 // ---- Publisher ----
 
 // publish() queues the item in the window and returns; a writer thread sends what is queued,
 // as one batch per write (what accumulated while the previous write was in flight), and owns
 // the call: it reopens it after RESOURCE_EXHAUSTED and resends. A reader thread takes acks.
 struct Publisher::Impl {
-  using Stream = grpc::ClientReaderWriter<v1::PublishRequest, v1::PublishEvent>;
+  using Stream = grpc::ClientReaderWriter<grpc::ByteBuffer, v1::PublishEvent>;
   struct Pending {
     std::uint64_t sequence = 0;
     Buffer payload;
@@ -134,7 +165,7 @@ struct Publisher::Impl {
       : options(std::move(o)),
         on_event(std::move(cb)),
         producer(options.producer.empty() ? random_id() : options.producer),
-        stub(v1::Relay::NewStub(relay_channel(options.target, options.tls))) {
+        calls(relay_channel(options.target, options.tls)) {
     open_call();
     writer = std::thread([this] { write_loop(); });
   }
@@ -169,7 +200,7 @@ struct Publisher::Impl {
       call_ended = false;
       if (stopping) ctx->TryCancel();
     }
-    stream = stub->Publish(ctx.get());
+    stream = calls.publish(ctx.get());
     named_topic = false;
     reader = std::thread([this] { read_events(); });
   }
@@ -242,19 +273,17 @@ struct Publisher::Impl {
     return from_grpc(status);
   }
 
-  // Writer thread: one write of `batch` (one item, or several as PublishRequest.items).
+  // Writer thread: one write of `batch` (one item, or several as PublishRequest.items); large
+  // payloads go out as references to their Buffers.
   bool write(const std::vector<Pending>& batch) {
-    v1::PublishRequest req;
+    fields.clear();
     for (const auto& p : batch) {
-      v1::Item* item = batch.size() == 1 ? req.mutable_item() : req.add_items();
-      if (!named_topic) {
-        item->set_topic(options.topic);
-        named_topic = true;
-      }
-      item->set_payload(std::string(p.payload.view()));  // protobuf owns its bytes
-      item->set_sequence(p.sequence);
-      item->set_timestamp_ns(p.timestamp_ns);
+      fields.push_back({named_topic ? std::string_view() : std::string_view(options.topic),
+                        p.payload, p.sequence, p.timestamp_ns});
+      named_topic = true;
     }
+    const grpc::ByteBuffer req = writer_.encode(wire::Envelope::publish_request, fields);
+    fields.clear();
     return stream->Write(req);
   }
 
@@ -388,8 +417,10 @@ struct Publisher::Impl {
   const PublisherOptions options;
   const std::function<void(const PublisherEvent&)> on_event;
   const std::string producer;  // its id on every call (sluice-producer)
-  std::unique_ptr<v1::Relay::Stub> stub;
+  const PayloadCalls calls;
   std::unique_ptr<Stream> stream;  // writer thread (reader reads through it)
+  wire::ItemWriter writer_;                 // writer thread
+  std::vector<wire::ItemFields> fields;     // writer thread (scratch)
   std::thread reader;
   std::thread writer;
   bool named_topic = false;  // writer: the current call's first item carried the topic
@@ -432,7 +463,7 @@ std::uint64_t Publisher::unacknowledged() const {
 
 struct Subscriber::Impl {
   explicit Impl(const SubscriberOptions& o)
-      : options(o), stub(v1::Relay::NewStub(relay_channel(o.target, o.tls))) {
+      : options(o), calls(relay_channel(o.target, o.tls)) {
     open();
   }
 
@@ -452,8 +483,8 @@ struct Subscriber::Impl {
       if (cancelled) next_ctx->TryCancel();
       ctx = std::move(next_ctx);
     }
-    reader = stub->Subscribe(ctx.get(), req);
-    ev.Clear();
+    reader = calls.subscribe(ctx.get(), req);
+    ev.items.clear();
     batch_next = 0;
     reader->WaitForInitialMetadata();  // (sent once subscribed; none if the call failed)
     const auto& md = ctx->GetServerInitialMetadata();
@@ -508,16 +539,17 @@ struct Subscriber::Impl {
   }
 
   const SubscriberOptions options;
-  std::unique_ptr<v1::Relay::Stub> stub;
+  const PayloadCalls calls;
   std::mutex mu;  // guards ctx against cancel() from other threads
   std::condition_variable cv;
   std::unique_ptr<grpc::ClientContext> ctx;
-  std::unique_ptr<grpc::ClientReader<v1::SubscribeEvent>> reader;
+  std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader;
   std::atomic<bool> cancelled{false};
   std::string epoch;           // the topic's run, from the relay
   std::uint64_t position = 0;  // the position of the next item expected
-  v1::SubscribeEvent ev;
-  int batch_next = 0;  // the next item of ev's batch to hand out
+  grpc::ByteBuffer received;     // the last event read
+  wire::SubscribeEventView ev;   // it, decoded
+  std::size_t batch_next = 0;    // the next of its items to hand out
   bool ended = false;
   std::optional<Status> status;
   std::optional<Status> final_status;  // set when reconnecting gave up (or was cancelled)
@@ -532,11 +564,11 @@ struct Subscriber::Impl {
     counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
 
-  void take_item(SubscriberEvent& event, v1::Item& item) {
+  void take_item(SubscriberEvent& event, wire::ItemFields& item) {
     event.kind = SubscriberEvent::Kind::item;
-    event.payload = Buffer(std::move(*item.mutable_payload()));  // no copy of the bytes
-    event.sequence = item.sequence();
-    event.timestamp_ns = item.timestamp_ns();
+    event.payload = std::move(item.payload);  // (a view of what gRPC received, or one copy)
+    event.sequence = item.sequence;
+    event.timestamp_ns = item.timestamp_ns;
     event.lost = 0;
     event.reason.clear();
     ++position;
@@ -557,12 +589,12 @@ Subscriber::~Subscriber() {
 bool Subscriber::next(SubscriberEvent& event) {
   auto& d = *impl_;
   for (;;) {
-    if (d.batch_next < d.ev.batch().items_size()) {  // the rest of a batch first
-      d.take_item(event, *d.ev.mutable_batch()->mutable_items(d.batch_next++));
+    if (d.batch_next < d.ev.items.size()) {  // the rest of a batch first
+      d.take_item(event, d.ev.items[d.batch_next++]);
       return true;
     }
     if (d.ended) return false;
-    if (!d.reader->Read(&d.ev)) {
+    if (!d.reader->Read(&d.received)) {
       const grpc::Status st = d.reader->Finish();
       if (d.reconnect(st)) continue;
       if (!d.final_status) d.final_status = from_grpc(st);
@@ -570,16 +602,25 @@ bool Subscriber::next(SubscriberEvent& event) {
       return false;
     }
     d.batch_next = 0;
-    if (d.ev.has_batch()) continue;
-    if (d.ev.has_item()) {
-      d.take_item(event, *d.ev.mutable_item());
-      return true;
+    const bool decoded = wire::decode_subscribe_event(d.received, d.ev);
+    d.received.Clear();
+    if (!decoded) {  // not a relay (or a broken one): the call ends, as gRPC ends a bad message
+      {
+        std::lock_guard lock(d.mu);
+        d.ctx->TryCancel();
+      }
+      (void)d.reader->Finish();
+      d.final_status = Status{static_cast<int>(grpc::StatusCode::INTERNAL),
+                              "a malformed SubscribeEvent from the relay"};
+      d.ended = true;
+      return false;
     }
-    if (d.ev.has_gap()) {
+    if (d.ev.kind == wire::SubscribeEventView::Kind::items) continue;
+    if (d.ev.kind == wire::SubscribeEventView::Kind::gap) {
       event.kind = SubscriberEvent::Kind::gap;
       event.payload = Buffer();
-      event.lost = d.ev.gap().lost();
-      event.reason = d.ev.gap().reason();
+      event.lost = d.ev.lost;
+      event.reason = d.ev.reason;
       d.position += event.lost;
       Impl::add(d.gaps, 1);
       Impl::add(d.lost, event.lost);

@@ -3,15 +3,15 @@
 namespace sluice::relay {
 
 // The generated service's handlers decode requests before the reactor sees them; these take the
-// same methods (indices in relay.proto's order) with the request left as bytes. gRPC's handler
-// templates take any request and response types; only the request type differs from the
-// generated ones.
+// same methods (indices in relay.proto's order) with the request left as bytes (and Subscribe's
+// responses too: grpc_subscribe.cpp encodes them). gRPC's handler templates take any request
+// and response types.
 GrpcService::GrpcService(RelayCore& core) : core_(core) {
   capture_protobuf_log();  // before any call can decode
   MarkMethodCallback(0, new grpc::internal::CallbackBidiHandler<grpc::ByteBuffer, v1::PublishEvent>(
                             [this](grpc::CallbackServerContext* ctx) { return publish(ctx); }));
   MarkMethodCallback(
-      1, new grpc::internal::CallbackServerStreamingHandler<grpc::ByteBuffer, v1::SubscribeEvent>(
+      1, new grpc::internal::CallbackServerStreamingHandler<grpc::ByteBuffer, grpc::ByteBuffer>(
              [this](grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req) {
                return subscribe(ctx, req);
              }));

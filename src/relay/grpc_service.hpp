@@ -7,7 +7,9 @@
 // Requests arrive as gRPC byte buffers and are decoded here (decode(), request_decode.hpp), not
 // by gRPC: an oversized or malformed request then gets a status that says what is wrong
 // (INVALID_ARGUMENT naming the setting or the field) instead of gRPC's own answers, and a
-// string that is not UTF-8 writes nothing to stderr. Responses are gRPC's usual typed writes.
+// string that is not UTF-8 writes nothing to stderr. Responses are gRPC's usual typed writes,
+// except a subscriber's events: those carry payloads and are encoded by wire::ItemWriter
+// (grpc_items.hpp) so that each payload leaves as a reference to the topic's Buffer.
 //
 // Threading: reactor callbacks run on gRPC's threads; each reactor serializes them with its
 // lock. Hooks from other threads (a topic has room, a subscription is readable, a stage's
@@ -38,9 +40,9 @@ inline grpc::Status to_grpc(RelayCore& core, const Refusal& r) {
   return {static_cast<grpc::StatusCode>(codes(r.kind).grpc_code), r.message};
 }
 
-// The calls' reactors: requests as byte buffers, responses typed.
+// The calls' reactors: requests as byte buffers, responses typed (a subscriber's: bytes).
 using PublishRpc = grpc::ServerBidiReactor<grpc::ByteBuffer, v1::PublishEvent>;
-using SubscribeRpc = grpc::ServerWriteReactor<v1::SubscribeEvent>;
+using SubscribeRpc = grpc::ServerWriteReactor<grpc::ByteBuffer>;
 using WorkRpc = grpc::ServerBidiReactor<grpc::ByteBuffer, v1::WorkEvent>;
 
 // The service: its methods' handlers are replaced by ones that pass requests undecoded.

@@ -9,6 +9,7 @@
 #include <string>
 #include <utility>
 
+#include "grpc_items.hpp"
 #include "grpc_service.hpp"
 #include "subscriber_pump.hpp"
 
@@ -60,11 +61,14 @@ class SubscribeReactor final : public GuardedReactor<SubscribeReactor, Subscribe
       case SubscriberPump::Next::items:
         encode_batch();
         break;
-      case SubscriberPump::Next::gap:
-        event_.Clear();
-        event_.mutable_gap()->set_lost(pump_->gap());
-        event_.mutable_gap()->set_reason(std::string(to_string(pump_->gap_reason())));
+      case SubscriberPump::Next::gap: {
+        v1::SubscribeEvent gap;
+        gap.mutable_gap()->set_lost(pump_->gap());
+        gap.mutable_gap()->set_reason(std::string(to_string(pump_->gap_reason())));
+        const grpc::Slice bytes(gap.SerializeAsString());
+        event_ = grpc::ByteBuffer(&bytes, 1);
         break;
+      }
     }
     writing_ = true;
     pump_->write_started();
@@ -101,22 +105,17 @@ class SubscribeReactor final : public GuardedReactor<SubscribeReactor, Subscribe
   }
   void cancel() { ctx_->TryCancel(); }
 
-  // The pump's batch as one Item, or as a Batch of them.
+  // The pump's batch as one Item, or as a Batch of them; large payloads are not copied (the
+  // write holds a reference to each until gRPC has sent it).
   void encode_batch() SLUICE_REQUIRES(mu_) {
-    event_.Clear();
     auto& batch = pump_->batch();
-    const auto encode = [&](v1::Item* item, const RelayMessage& m) {
-      item->set_topic(pump_->topic().name);
-      item->set_payload(std::string(m.payload.view()));
-      item->set_sequence(m.sequence);
-      item->set_timestamp_ns(m.timestamp_ns);
-    };
-    if (batch.size() == 1) {
-      encode(event_.mutable_item(), batch.front());
-    } else {
-      for (const auto& m : batch) encode(event_.mutable_batch()->add_items(), m);
+    fields_.clear();
+    for (auto& m : batch) {
+      fields_.push_back({pump_->topic().name, std::move(m.payload), m.sequence, m.timestamp_ns});
     }
-    batch.clear();  // (the payloads are released here)
+    batch.clear();
+    event_ = writer_.encode(wire::Envelope::subscribe_event, fields_);
+    fields_.clear();  // (what small payloads the write copied are released here)
   }
 
   RelayCore& core_;
@@ -124,7 +123,9 @@ class SubscribeReactor final : public GuardedReactor<SubscribeReactor, Subscribe
   SessionSlot slot_;
   const std::unique_ptr<SubscriberPump> pump_;   // its calls are serialized by mu_
   bool judging_ SLUICE_GUARDED_BY(mu_) = false;  // a judge() is due
-  v1::SubscribeEvent event_;                     // the write in flight
+  wire::ItemWriter writer_ SLUICE_GUARDED_BY(mu_);
+  std::vector<wire::ItemFields> fields_ SLUICE_GUARDED_BY(mu_);  // (scratch, kept for its room)
+  grpc::ByteBuffer event_;                                       // the write in flight
 };
 
 }  // namespace
