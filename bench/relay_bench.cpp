@@ -4,7 +4,7 @@
 //   make bench-relay   (or ./build/bench/sluice_relay_bench [--quick] [--runs=N] [--only=...]
 //                       [--secure: each system also over TLS, Sluice with a token too])
 //
-// R1  1 publisher -> 3 subscribers, as fast as possible, 1 KiB and 1 MiB payloads. Delivered
+// R1  1 publisher -> 3 subscribers, as fast as possible, 16 B, 1 KiB and 1 MiB payloads. Delivered
 //     bytes/s in total (3 x published bytes / time from the first publish to the last
 //     receive). Sluice: a lossless topic (nothing may be lost; the producer is throttled).
 //     NATS: core pub/sub with the subscribers' pending limits raised so that it does not drop;
@@ -684,13 +684,18 @@ std::string throughput_ratio(const Runs& sluice, const Runs& nats) {
   return "ratio " + times(median(each), 1.0) + " (runs " + listed(each, 2) + ")";
 }
 
-void print_throughput(const char* who, const Runs& r, const Runs& nats) {
+void print_throughput(const char* who, const Runs& r, const Runs& nats, std::size_t item_size) {
   if (!r.ran()) {
     std::printf("      %-22s (not run: --only)\n", who);
     return;
   }
   const bool peer = &r == &nats;  // (NATS itself: no ratio)
-  std::printf("      %-22s %8.1f MB/s  CPU %.2f s   runs %s MB/s%s%s%s\n", who, r.mb_per_s(),
+  // Small items: what counts is messages (the same ratio).
+  char msgs[48] = "";
+  if (item_size < 1024) {
+    std::snprintf(msgs, sizeof msgs, " (%.2f M msgs/s)", r.mb_per_s() / static_cast<double>(item_size));
+  }
+  std::printf("      %-22s %8.1f MB/s%s  CPU %.2f s   runs %s MB/s%s%s%s\n", who, r.mb_per_s(), msgs,
               r.cpu(), listed(r.values([](const Result& x) { return x.mb_per_s(); }), 1).c_str(),
               peer ? "" : "   ", peer ? "" : throughput_ratio(r, nats).c_str(),
               (r.lost() > 0 ? "  LOST " + std::to_string(r.lost()) : std::string()).c_str());
@@ -886,13 +891,14 @@ int main(int argc, char** argv) {
         "of %d run%s)%s\n",
         kSubscribers, repeat, repeat == 1 ? "" : "s",
         secure ? "; ratios of the TLS rows against NATS TLS" : "");
-    for (const Workload& w : {Workload{"1 KiB", 1024, 200'000 / scale, 0},
+    for (const Workload& w : {Workload{"16 B", 16, 2'000'000 / scale, 0},
+                              Workload{"1 KiB", 1024, 200'000 / scale, 0},
                               Workload{"1 MiB", 1 << 20, 400 / scale, 0}}) {
       std::printf("  %s x %llu\n", w.name, static_cast<unsigned long long>(w.count));
       const auto r = run_all(w, false);
       for (std::size_t i = 0; i < systems.size(); ++i) {
         const Runs& peer = systems[i].plain >= 0 ? r[1] : r[0];  // (TLS: against NATS TLS)
-        if (!systems[i].floor) print_throughput(systems[i].name.c_str(), r[i], peer);
+        if (!systems[i].floor) print_throughput(systems[i].name.c_str(), r[i], peer, w.size);
       }
       tls_costs(r, "of the throughput", [](const Runs& x) { return x.mb_per_s(); });
     }
