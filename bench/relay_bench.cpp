@@ -693,10 +693,12 @@ void print_throughput(const char* who, const Runs& r, const Runs& nats, std::siz
   // Small items: what counts is messages (the same ratio).
   char msgs[48] = "";
   if (item_size < 1024) {
-    std::snprintf(msgs, sizeof msgs, " (%.2f M msgs/s)", r.mb_per_s() / static_cast<double>(item_size));
+    std::snprintf(msgs, sizeof msgs, " (%.2f M msgs/s)",
+                  r.mb_per_s() / static_cast<double>(item_size));
   }
-  std::printf("      %-22s %8.1f MB/s%s  CPU %.2f s   runs %s MB/s%s%s%s\n", who, r.mb_per_s(), msgs,
-              r.cpu(), listed(r.values([](const Result& x) { return x.mb_per_s(); }), 1).c_str(),
+  std::printf("      %-22s %8.1f MB/s%s  CPU %.2f s   runs %s MB/s%s%s%s\n", who, r.mb_per_s(),
+              msgs, r.cpu(),
+              listed(r.values([](const Result& x) { return x.mb_per_s(); }), 1).c_str(),
               peer ? "" : "   ", peer ? "" : throughput_ratio(r, nats).c_str(),
               (r.lost() > 0 ? "  LOST " + std::to_string(r.lost()) : std::string()).c_str());
   if (const std::string e = r.error(); !e.empty()) std::printf("      %s\n", e.c_str());
@@ -891,9 +893,9 @@ int main(int argc, char** argv) {
         "of %d run%s)%s\n",
         kSubscribers, repeat, repeat == 1 ? "" : "s",
         secure ? "; ratios of the TLS rows against NATS TLS" : "");
-    for (const Workload& w : {Workload{"16 B", 16, 2'000'000 / scale, 0},
-                              Workload{"1 KiB", 1024, 200'000 / scale, 0},
-                              Workload{"1 MiB", 1 << 20, 400 / scale, 0}}) {
+    for (const Workload& w :
+         {Workload{"16 B", 16, 2'000'000 / scale, 0}, Workload{"1 KiB", 1024, 200'000 / scale, 0},
+          Workload{"1 MiB", 1 << 20, 400 / scale, 0}}) {
       std::printf("  %s x %llu\n", w.name, static_cast<unsigned long long>(w.count));
       const auto r = run_all(w, false);
       for (std::size_t i = 0; i < systems.size(); ++i) {

@@ -125,8 +125,8 @@ struct PayloadCalls {
       : channel(std::move(c)),
         publish_method("/sluice.v1.Relay/Publish", grpc::internal::RpcMethod::BIDI_STREAMING,
                        channel),
-        subscribe_method("/sluice.v1.Relay/Subscribe",
-                         grpc::internal::RpcMethod::SERVER_STREAMING, channel) {}
+        subscribe_method("/sluice.v1.Relay/Subscribe", grpc::internal::RpcMethod::SERVER_STREAMING,
+                         channel) {}
 
   std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, v1::PublishEvent>> publish(
       grpc::ClientContext* ctx) const {
@@ -138,7 +138,7 @@ struct PayloadCalls {
       grpc::ClientContext* ctx, const v1::SubscribeRequest& req) const {
     return std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>>(
         grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(channel.get(),
-                                                                     subscribe_method, ctx, req));
+                                                                      subscribe_method, ctx, req));
   }
 
   std::shared_ptr<grpc::Channel> channel;
@@ -418,9 +418,9 @@ struct Publisher::Impl {
   const std::function<void(const PublisherEvent&)> on_event;
   const std::string producer;  // its id on every call (sluice-producer)
   const PayloadCalls calls;
-  std::unique_ptr<Stream> stream;  // writer thread (reader reads through it)
-  wire::ItemWriter writer_;                 // writer thread
-  std::vector<wire::ItemFields> fields;     // writer thread (scratch)
+  std::unique_ptr<Stream> stream;        // writer thread (reader reads through it)
+  wire::ItemWriter writer_;              // writer thread
+  std::vector<wire::ItemFields> fields;  // writer thread (scratch)
   std::thread reader;
   std::thread writer;
   bool named_topic = false;  // writer: the current call's first item carried the topic
@@ -462,8 +462,7 @@ std::uint64_t Publisher::unacknowledged() const {
 // ---- Subscriber ----
 
 struct Subscriber::Impl {
-  explicit Impl(const SubscriberOptions& o)
-      : options(o), calls(relay_channel(o.target, o.tls)) {
+  explicit Impl(const SubscriberOptions& o) : options(o), calls(relay_channel(o.target, o.tls)) {
     open();
   }
 
@@ -545,11 +544,11 @@ struct Subscriber::Impl {
   std::unique_ptr<grpc::ClientContext> ctx;
   std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader;
   std::atomic<bool> cancelled{false};
-  std::string epoch;           // the topic's run, from the relay
-  std::uint64_t position = 0;  // the position of the next item expected
-  grpc::ByteBuffer received;     // the last event read
-  wire::SubscribeEventView ev;   // it, decoded
-  std::size_t batch_next = 0;    // the next of its items to hand out
+  std::string epoch;            // the topic's run, from the relay
+  std::uint64_t position = 0;   // the position of the next item expected
+  grpc::ByteBuffer received;    // the last event read
+  wire::SubscribeEventView ev;  // it, decoded
+  std::size_t batch_next = 0;   // the next of its items to hand out
   bool ended = false;
   std::optional<Status> status;
   std::optional<Status> final_status;  // set when reconnecting gave up (or was cancelled)

@@ -297,18 +297,25 @@ bool decode_subscribe_event(const grpc::ByteBuffer& in, SubscribeEventView& out)
   out.reason.clear();
   SliceReader r(in);
   const std::size_t end = r.size();
+  std::uint32_t member = 0;  // the oneof's member last seen
   return fields(r, end, [&](std::uint32_t field, std::uint32_t type) -> std::optional<bool> {
-    if (type != kLengthDelimited || (field != kEventItem && field != kEventGap &&
-                                     field != kEventBatch)) {
+    if (type != kLengthDelimited ||
+        (field != kEventItem && field != kEventGap && field != kEventBatch)) {
       return std::nullopt;
     }
-    // A oneof: the last member on the wire is the one that counts.
-    out.items.clear();
+    // A oneof: another member replaces the one before; the same member again merges into it
+    // (protobuf's rule for a message field seen twice).
+    if (field != member) {
+      out.items.clear();
+      out.lost = 0;
+      out.reason.clear();
+      member = field;
+    }
     std::size_t stop = 0;
     if (!r.length(end, stop)) return false;
     if (field == kEventItem) {
       out.kind = SubscribeEventView::Kind::items;
-      out.items.emplace_back();
+      if (out.items.empty()) out.items.emplace_back();
       return read_item(r, stop, out.items.back());
     }
     if (field == kEventBatch) {
@@ -319,8 +326,6 @@ bool decode_subscribe_event(const grpc::ByteBuffer& in, SubscribeEventView& out)
       });
     }
     out.kind = SubscribeEventView::Kind::gap;
-    out.lost = 0;
-    out.reason.clear();
     return fields(r, stop, [&](std::uint32_t f, std::uint32_t t) -> std::optional<bool> {
       std::uint64_t v = 0;
       if (f == kGapLost && t == kVarint) {

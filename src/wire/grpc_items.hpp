@@ -75,8 +75,8 @@ class ItemWriter {
   void payload(const Buffer& b);
   void flush();
 
-  std::string pending_;               // framing bytes not yet in a slice
-  std::vector<grpc::Slice> slices_;   // the message so far
+  std::string pending_;              // framing bytes not yet in a slice
+  std::vector<grpc::Slice> slices_;  // the message so far
 };
 
 /// The bytes of `b` as a slice that refers to them (holds a reference to `b`'s allocation until
