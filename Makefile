@@ -107,6 +107,7 @@ bench: build
 	./build/bench/sluice_core_bench
 	./build/bench/sluice_broadcast_bench
 	./build/bench/sluice_relay_bench
+	./build/bench/sluice_fanout_bench
 
 bench-core: build
 	./build/bench/sluice_core_bench
@@ -117,6 +118,7 @@ bench-broadcast: build
 # The relay over gRPC against nats-server + nats.c: R1 throughput, R2 latency.
 bench-relay: build
 	./build/bench/sluice_relay_bench
+	./build/bench/sluice_fanout_bench
 
 # What the Python SDK costs over raw python3-websockets (python/bench/sdk_overhead.py).
 bench-python: build

@@ -55,6 +55,7 @@
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 #include <vector>
 
+#include "peers/nats_server.hpp"
 #include "relay/coalescing_socket.hpp"
 #include "sluice/buffer.hpp"
 #include "sluice/client/client.hpp"
@@ -71,6 +72,9 @@ using namespace std::chrono;
 using sluice::Buffer;
 using sluice::Histogram;
 using sluice::HistogramSnapshot;
+using sluice::bench::free_port;
+using sluice::bench::nats_connect;
+using sluice::bench::NatsServer;
 
 constexpr int kSubscribers = 3;
 
@@ -451,92 +455,6 @@ Result run_floor(const Workload& w) {
 
 // ---- NATS: nats-server as a child process, nats.c ----
 
-std::uint16_t free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
-// A connection to nats-server at `url`; over TLS trusting `ca` when it is set.
-natsStatus nats_connect(natsConnection** nc, const std::string& url, const std::string& ca) {
-  if (ca.empty()) return natsConnection_ConnectTo(nc, url.c_str());
-  natsOptions* o = nullptr;
-  natsStatus s = natsOptions_Create(&o);
-  if (s == NATS_OK) s = natsOptions_SetURL(o, url.c_str());
-  if (s == NATS_OK) s = natsOptions_SetSecure(o, true);
-  if (s == NATS_OK) s = natsOptions_LoadCATrustedCertificates(o, ca.c_str());
-  if (s == NATS_OK) s = natsConnection_Connect(nc, o);
-  natsOptions_Destroy(o);
-  return s;
-}
-
-class NatsServer {
- public:
-  // TLS (tls://) with `cert` and `key`, clients trusting `ca`, when they are set.
-  explicit NatsServer(const std::string& cert = "", const std::string& key = "",
-                      std::string ca = "")
-      : port_(free_port()),
-        conf_("/tmp/sluice-bench-nats-" + std::to_string(getpid()) + "-" + std::to_string(port_) +
-              ".conf"),
-        ca_(std::move(ca)) {
-    // 1 MiB payloads need max_payload above the default 1 MB; and a roomier per-connection
-    // buffer so that a subscriber momentarily behind is not cut off as a slow consumer.
-    std::ofstream conf(conf_);
-    conf << "max_payload: 8388608\nmax_pending: 268435456\n";
-    if (!cert.empty())
-      conf << "tls {\n  cert_file: \"" << cert << "\"\n  key_file: \"" << key << "\"\n}\n";
-    conf.close();
-    const std::string port = std::to_string(port_);
-    const char* argv[] = {"nats-server", "-a", "127.0.0.1",   "-p",
-                          port.c_str(),  "-c", conf_.c_str(), nullptr};
-    if (posix_spawnp(&pid_, "nats-server", nullptr, nullptr, const_cast<char**>(argv), environ) !=
-        0) {
-      pid_ = 0;
-      return;
-    }
-    g_nats_pids.push_back(pid_);
-    url_ = (cert.empty() ? "nats://127.0.0.1:" : "tls://127.0.0.1:") + port;
-    for (int i = 0; i < 100; ++i) {  // until it accepts connections
-      natsConnection* nc = nullptr;
-      if (nats_connect(&nc, url_, ca_) == NATS_OK) {
-        natsConnection_Destroy(nc);
-        ready_ = true;
-        break;
-      }
-      std::this_thread::sleep_for(milliseconds(50));
-    }
-  }
-  NatsServer(const NatsServer&) = delete;
-  NatsServer& operator=(const NatsServer&) = delete;
-  NatsServer(NatsServer&&) = delete;
-  NatsServer& operator=(NatsServer&&) = delete;
-  ~NatsServer() {
-    if (pid_ > 0) {
-      std::erase(g_nats_pids, pid_);
-      kill(pid_, SIGTERM);
-      waitpid(pid_, nullptr, 0);
-    }
-    std::remove(conf_.c_str());
-  }
-  bool ready() const { return ready_; }
-  const std::string& url() const { return url_; }
-  const std::string& ca() const { return ca_; }  // (TLS: the CA clients trust)
-
- private:
-  pid_t pid_ = 0;
-  std::uint16_t port_;
-  std::string conf_;
-  std::string ca_;
-  std::string url_;
-  bool ready_ = false;
-};
-
 void on_nats_msg(natsConnection* /*nc*/, natsSubscription* /*sub*/, natsMsg* msg, void* closure) {
   auto* sink = static_cast<Sink*>(closure);
   std::int64_t stamp = 0;
@@ -817,6 +735,8 @@ int main(int argc, char** argv) {
     std::printf("nats-server did not start (is the nats-server package installed?)\n");
     return 1;
   }
+  g_nats_pids.push_back(nats.pid());
+  if (nats_tls) g_nats_pids.push_back(nats_tls->pid());
   std::printf(
       "Relay benchmarks: Sluice relay (gRPC, in-process, %s) vs nats-server (%s), %d "
       "subscribers%s%s\n\n",
