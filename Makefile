@@ -102,7 +102,7 @@ soak: build
 	cd build && SLUICE_STRESS_ITEMS=$(SOAK_ITEMS) SLUICE_SOAK_SECONDS=$(SOAK_SECONDS) \
 	  SLUICE_CHURN_CYCLES=$(SOAK_CHURN_CYCLES) $(CTEST) -L "stress|soak" --timeout 3600
 
-# Every benchmark against its peers (a few minutes): core C1-C3, broadcast B1-B3, relay R1-R2.
+# Every benchmark against its peers (a few minutes): core C1-C3, broadcast B1-B3, relay R1, R2, R6.
 bench: build
 	./build/bench/sluice_core_bench
 	./build/bench/sluice_broadcast_bench
@@ -115,7 +115,8 @@ bench-core: build
 bench-broadcast: build
 	./build/bench/sluice_broadcast_bench
 
-# The relay over gRPC against nats-server + nats.c: R1 throughput, R2 latency.
+# The relay over gRPC and WebSocket against nats-server + nats.c: R1 throughput, R2 latency,
+# R6 fan-out to 10, 100, 1000 subscribers.
 bench-relay: build
 	./build/bench/sluice_relay_bench
 	./build/bench/sluice_fanout_bench
