@@ -186,7 +186,7 @@ class RelayProcess {
       close(out[1]);
       setenv("SLUICE_GRPC_PORT", "0", 1);
       setenv("SLUICE_HTTP_PORT", "0", 1);
-      setenv("SLUICE_LOG_LEVEL", "warn", 1);
+      setenv("SLUICE_LOG_LEVEL", "error", 1);  // (its slow_subscriber warnings would interleave)
       setenv("SLUICE_MAX_SESSIONS_PER_CLIENT", "8192", 1);
       setenv("SLUICE_MAX_SUBSCRIBERS", "8192", 1);
       execl(SLUICE_BINARY, SLUICE_BINARY, "serve", static_cast<char*>(nullptr));

@@ -138,7 +138,7 @@ struct SubscriberOptions {
 struct SubscriberEvent {
   enum class Kind : std::uint8_t { item, gap };
   Kind kind = Kind::item;
-  Buffer payload;  // item: the bytes, moved out of the message without a copy
+  Buffer payload;  // item: the bytes (in place in what gRPC received, or copied once if split)
   std::uint64_t sequence = 0;
   std::int64_t timestamp_ns = 0;  // the producer's stamp
   std::uint64_t lost = 0;         // gap: items lost before the next one
