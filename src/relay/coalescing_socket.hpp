@@ -200,6 +200,9 @@ class CoalescingSocket {
   std::size_t unflushed_bytes() const noexcept { return st_->batch.size() + st_->sending.size(); }
   // Whether the last asynchronous write completed into the batch (no system call waited on).
   bool last_write_batched() const noexcept { return st_->last_batched; }
+  // Bytes read from the peer so far (before TLS: what the session received, control frames
+  // included): a session that sees it unchanged for a while knows the peer is silent.
+  std::uint64_t bytes_received() const noexcept { return st_->received; }
 
   // ---- asynchronous (Beast's AsyncReadStream / AsyncWriteStream) ----
 
@@ -248,11 +251,16 @@ class CoalescingSocket {
     // About to wait for the peer, which may be waiting for what is batched (a WebSocket close
     // frame, then the read of the peer's close reply): it leaves first.
     if (!flush(ec)) return 0;
-    if (s.options.read_ahead == 0 || want >= s.options.read_ahead)
-      return on_stream(s, [&](auto& stream) { return stream.read_some(buffers, ec); });
+    if (s.options.read_ahead == 0 || want >= s.options.read_ahead) {
+      const std::size_t n =
+          on_stream(s, [&](auto& stream) { return stream.read_some(buffers, ec); });
+      s.received += n;
+      return n;
+    }
     s.read_buf.resize(s.options.read_ahead);
     const std::size_t n = on_stream(
         s, [&](auto& stream) { return stream.read_some(boost::asio::buffer(s.read_buf), ec); });
+    s.received += n;
     s.read_begin = 0;
     s.read_end = n;
     return n > 0 ? copy_out(s, buffers) : 0;
@@ -373,7 +381,8 @@ class CoalescingSocket {
     bool flush_posted = false;  // a flush step is queued on the executor
     bool appended = false;      // appended to since that step was queued
     bool last_batched = false;
-    error_code error;  // a failed write: every later one fails with it
+    std::uint64_t received = 0;  // bytes read from the peer
+    error_code error;            // a failed write: every later one fails with it
     std::vector<std::function<void(error_code)>> waiters;  // until the write in flight is done
   };
 
@@ -426,15 +435,17 @@ class CoalescingSocket {
     }
     auto ex = boost::asio::get_associated_executor(h, s.socket.get_executor());
     if (s.options.read_ahead == 0 || want >= s.options.read_ahead) {
+      // (The handler keeps the state, and a TLS session, alive until the read is done.)
+      auto counted = boost::asio::bind_executor(
+          ex, [st = st_, h = std::move(h)](error_code ec, std::size_t n) mutable {
+            st->received += n;
+            h(ec, n);
+          });
       if (!s.tls) {
-        s.socket.async_read_some(buffers, std::move(h));
-        return;
+        s.socket.async_read_some(buffers, std::move(counted));
+      } else {
+        s.tls->async_read_some(buffers, std::move(counted));
       }
-      // (The handler keeps the TLS session alive until the read is done.)
-      s.tls->async_read_some(
-          buffers,
-          boost::asio::bind_executor(ex, [st = st_, h = std::move(h)](
-                                             error_code ec, std::size_t n) mutable { h(ec, n); }));
       return;
     }
     s.read_buf.resize(s.options.read_ahead);
@@ -443,6 +454,7 @@ class CoalescingSocket {
           boost::asio::buffer(s.read_buf),
           boost::asio::bind_executor(
               ex, [st = st_, buffers, h = std::move(h)](error_code ec, std::size_t n) mutable {
+                st->received += n;
                 st->read_begin = 0;
                 st->read_end = n;
                 const std::size_t got = n > 0 ? copy_out(*st, buffers) : 0;

@@ -106,13 +106,17 @@ class WsSession : public std::enable_shared_from_this<Derived> {
         reading_(reading),
         ws_(std::move(connection), socket_options(loop, reading)),
         timer_(ws_.get_executor()),
-        out_(outbox_config(name)) {}
+        out_(outbox_config(name)),
+        idle_timer_(ws_.get_executor()) {}
 
   void start(HttpServer::Request request) {
+    // Beast times the opening and closing handshakes. A silent peer is found by watch_idle()
+    // instead of Beast's idle timeout, which re-arms a timer at every message read (two
+    // allocations and a timer-queue update per message: a third of a small frame's cost).
     websocket::stream_base::timeout t{};
     t.handshake_timeout = core_.config.handshake_timeout;
-    t.idle_timeout = core_.config.idle_timeout;  // pings at half of it keep a quiet peer alive
-    t.keep_alive_pings = true;
+    t.idle_timeout = websocket::stream_base::none();
+    t.keep_alive_pings = false;
     ws_.set_option(t);
     // One WebSocket frame per message, written in one gather (header + shared payload). Beast
     // would otherwise cut a message into frames of its 4 KiB write buffer: 256 writes for a
@@ -122,7 +126,9 @@ class WsSession : public std::enable_shared_from_this<Derived> {
     decorate_answer(request);
     request_ = std::move(request);
     ws_.async_accept(request_, [self = this->shared_from_this()](boost::beast::error_code ec) {
-      if (!ec) self->opened();
+      if (ec) return;
+      self->watch_idle();
+      self->opened();
     });
   }
 
@@ -253,6 +259,29 @@ class WsSession : public std::enable_shared_from_this<Derived> {
       if (auto s = w.lock(); s && !ec) boost::beast::get_lowest_layer(s->ws_).close();
     });
   }
+  // A peer silent for idle_timeout is dropped; at half of it the relay pings it, so that a peer
+  // that answers pings (any bytes count) stays however quiet the topic. One timer tick per half
+  // idle_timeout, whatever the traffic.
+  void watch_idle() {
+    idle_timer_.expires_after(core_.config.idle_timeout / 2);
+    idle_timer_.async_wait([w = this->weak_from_this()](boost::beast::error_code ec) {
+      const auto s = w.lock();
+      if (!s || ec || s->closing_) return;  // (a close has its own deadline: kill_)
+      const std::uint64_t heard = s->ws_.next_layer().bytes_received();
+      if (heard != s->heard_) {
+        s->heard_ = heard;
+        s->silent_ticks_ = 0;
+      } else if (++s->silent_ticks_ >= 2) {  // silent for idle_timeout, a ping unanswered
+        boost::beast::get_lowest_layer(s->ws_).close();
+        return;
+      } else if (!s->pinging_ && s->ws_.is_open()) {
+        s->pinging_ = true;
+        s->ws_.async_ping({}, [s](boost::beast::error_code) { s->pinging_ = false; });
+      }
+      s->watch_idle();
+    });
+  }
+
   // A callback for hooks on other threads: runs `method` on the session's loop if still alive
   // (from another loop, at the end of its round: IoThread::post_soon).
   std::function<void()> posted(void (Derived::*method)()) {
@@ -287,6 +316,10 @@ class WsSession : public std::enable_shared_from_this<Derived> {
   std::vector<std::pair<std::string, std::string>> answer_headers_;
   PriorityChannel<Outgoing> out_;
   std::optional<boost::asio::steady_timer> kill_;  // after close(): see there
+  boost::asio::steady_timer idle_timer_;           // watch_idle()
+  std::uint64_t heard_ = 0;                        // bytes received at its last tick
+  int silent_ticks_ = 0;                           // ticks since bytes last came
+  bool pinging_ = false;                           // a ping is being written
   bool closing_ = false;
 
  private:
