@@ -51,7 +51,7 @@ class GrpcService final : public v1::Relay::CallbackService {
   explicit GrpcService(RelayCore& core);
 
  private:
-  SubscribeRpc* subscribe(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req);
+  SubscribeRpc* subscribe(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in);
   PublishRpc* publish(grpc::CallbackServerContext* ctx);
   WorkRpc* work(grpc::CallbackServerContext* ctx);
   grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx, const v1::StatsRequest* /*req*/,

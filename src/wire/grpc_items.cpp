@@ -1,5 +1,6 @@
 #include "grpc_items.hpp"
 
+#include <array>
 #include <cstring>
 #include <memory>
 #include <utility>
@@ -126,11 +127,12 @@ class SliceReader {
         return false;  // groups (never in relay.proto) and invalid types
     }
   }
-  // A length-delimited field's length; its end (absolute) in `end`, false past `limit`.
-  bool length(std::size_t limit, std::size_t& end) {
+  // A length-delimited field's length; where it ends (absolute) in `field_end`, false past
+  // `limit`.
+  bool length(std::size_t limit, std::size_t& field_end) {
     std::uint64_t n = 0;
     if (!varint(n) || n > limit - position_) return false;
-    end = position_ + n;
+    field_end = position_ + n;
     return true;
   }
 
@@ -177,12 +179,12 @@ bool fields(SliceReader& r, std::size_t end, On&& on) {
   return r.position() == end;
 }
 
-bool read_item(SliceReader& r, std::size_t end, ItemFields& out) {
-  return fields(r, end, [&](std::uint32_t field, std::uint32_t type) -> std::optional<bool> {
+bool read_item(SliceReader& r, std::size_t limit, ItemFields& out) {
+  return fields(r, limit, [&](std::uint32_t field, std::uint32_t type) -> std::optional<bool> {
     std::uint64_t v = 0;
-    std::size_t stop = 0;
+    std::size_t field_end = 0;
     if (field == kItemPayload && type == kLengthDelimited)
-      return r.length(end, stop) && r.take(stop - r.position(), out.payload);
+      return r.length(limit, field_end) && r.take(field_end - r.position(), out.payload);
     if (field == kItemSequence && type == kVarint) {
       if (!r.varint(v)) return false;
       out.sequence = v;
@@ -209,8 +211,9 @@ bool read_nested_item(SliceReader& r, std::size_t limit, std::vector<ItemFields>
 
 grpc::Slice referencing_slice(const Buffer& b) {
   auto* held = new Buffer(b);  // released by gRPC through the callback
-  return {const_cast<std::byte*>(held->data()), held->size(),
-          [](void* p) { delete static_cast<Buffer*>(p); }, held};
+  // (gRPC's slice takes a mutable pointer; it never writes through it.)
+  return {const_cast<std::byte*>(held->data()),  // NOLINT(cppcoreguidelines-pro-type-const-cast)
+          held->size(), [](void* p) { delete static_cast<Buffer*>(p); }, held};
 }
 
 grpc::ByteBuffer ItemWriter::encode(Envelope envelope, std::span<const ItemFields> items) {
@@ -261,14 +264,14 @@ void ItemWriter::tag(std::uint32_t field, std::uint32_t wire_type) {
 }
 
 void ItemWriter::varint(std::uint64_t v) {
-  char out[10];
+  std::array<char, 10> out{};
   std::size_t n = 0;
   while (v >= 0x80) {
     out[n++] = static_cast<char>((v & 0x7f) | 0x80);
     v >>= 7;
   }
   out[n++] = static_cast<char>(v);
-  pending_.append(out, n);
+  pending_.append(out.data(), n);
 }
 
 void ItemWriter::bytes(const void* data, std::size_t size) {
