@@ -49,6 +49,7 @@
 #include <vector>
 
 #include "peers/nats_server.hpp"
+#include "peers/process_stats.hpp"
 #include "sluice/client/client.hpp"
 #include "sluice/histogram.hpp"
 #include "sluice/latency.hpp"
@@ -83,30 +84,8 @@ struct Result {
   }
 };
 
-// A server process's CPU seconds and resident bytes.
-double process_cpu(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  std::getline(stat, line);
-  const auto end = line.rfind(')');
-  if (end == std::string::npos) return 0;
-  std::istringstream in(line.substr(end + 2));
-  std::string field;
-  unsigned long long utime = 0;
-  unsigned long long stime = 0;
-  for (int i = 3; i <= 15 && in >> field; ++i) {
-    if (i == 14) utime = std::stoull(field);
-    if (i == 15) stime = std::stoull(field);
-  }
-  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-double process_rss(pid_t pid) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(status, line);) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) * 1024;
-  }
-  return 0;
-}
+using sluice::bench::process_cpu;
+using sluice::bench::process_rss;
 
 // What every subscriber records (from one client thread at a time per system, or gRPC's).
 struct Sink {

@@ -56,6 +56,7 @@
 #include <vector>
 
 #include "peers/nats_server.hpp"
+#include "peers/process_stats.hpp"
 #include "relay/coalescing_socket.hpp"
 #include "sluice/buffer.hpp"
 #include "sluice/client/client.hpp"
@@ -110,23 +111,7 @@ double cpu_seconds() {
   getrusage(RUSAGE_SELF, &u);
   double s = static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
              static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
-  for (const pid_t pid : g_nats_pids) {
-    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-    std::string line;
-    std::getline(stat, line);
-    const auto end = line.rfind(')');  // (the name may hold spaces): fields 14, 15 after it
-    if (end != std::string::npos) {
-      std::istringstream in(line.substr(end + 2));
-      std::string field;
-      unsigned long long utime = 0;
-      unsigned long long stime = 0;
-      for (int i = 3; i <= 15 && in >> field; ++i) {
-        if (i == 14) utime = std::stoull(field);
-        if (i == 15) stime = std::stoull(field);
-      }
-      s += static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
-    }
-  }
+  for (const pid_t pid : g_nats_pids) s += sluice::bench::process_cpu(pid);
   return s;
 }
 

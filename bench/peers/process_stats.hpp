@@ -1,0 +1,41 @@
+// Another process's CPU time and resident memory, from /proc: what the relay benchmarks charge
+// a server running as a child process (relay_bench.cpp, fanout_bench.cpp).
+#pragma once
+
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+#include <string>
+
+namespace sluice::bench {
+
+/// CPU seconds (user + system) process `pid` has used so far; 0 if it is gone.
+inline double process_cpu(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(stat, line);
+  const auto end = line.rfind(')');  // (the name may hold spaces): fields 14, 15 after it
+  if (end == std::string::npos) return 0;
+  std::istringstream in(line.substr(end + 2));
+  std::string field;
+  unsigned long long utime = 0;
+  unsigned long long stime = 0;
+  for (int i = 3; i <= 15 && in >> field; ++i) {
+    if (i == 14) utime = std::stoull(field);
+    if (i == 15) stime = std::stoull(field);
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+/// Resident bytes of process `pid` now (VmRSS); 0 if it is gone.
+inline double process_rss(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+}  // namespace sluice::bench
