@@ -157,8 +157,8 @@ class RelayProcess {
   RelayProcess() {
     int out[2];
     if (pipe(out) != 0) return;
-    pid_ = fork();
-    if (pid_ == 0) {
+    *child_.out() = fork();
+    if (child_.pid() == 0) {
       dup2(out[1], STDOUT_FILENO);
       close(out[0]);
       close(out[1]);
@@ -188,23 +188,13 @@ class RelayProcess {
     }
     if (f != nullptr) std::fclose(f);
   }
-  RelayProcess(const RelayProcess&) = delete;
-  RelayProcess& operator=(const RelayProcess&) = delete;
-  RelayProcess(RelayProcess&&) = delete;
-  RelayProcess& operator=(RelayProcess&&) = delete;
-  ~RelayProcess() {
-    if (pid_ > 0) {
-      kill(pid_, SIGTERM);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
   bool ready() const { return !grpc_.empty() && http_port_ != 0; }
-  pid_t pid() const { return pid_; }
+  pid_t pid() const { return child_.pid(); }
   const std::string& grpc() const { return grpc_; }
   std::uint16_t http_port() const { return http_port_; }
 
  private:
-  pid_t pid_ = 0;
+  sluice::bench::ChildProcess child_;  // stopped with the relay object
   std::string grpc_;
   std::uint16_t http_port_ = 0;
 };

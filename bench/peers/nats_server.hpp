@@ -18,6 +18,8 @@
 #include <thread>
 #include <utility>
 
+#include "process_stats.hpp"
+
 extern char** environ;
 
 namespace sluice::bench {
@@ -66,9 +68,9 @@ class NatsServer {
     const std::string port = std::to_string(port_);
     const char* argv[] = {"nats-server", "-a", "127.0.0.1",   "-p",
                           port.c_str(),  "-c", conf_.c_str(), nullptr};
-    if (posix_spawnp(&pid_, "nats-server", nullptr, nullptr, const_cast<char**>(argv), environ) !=
-        0) {
-      pid_ = 0;
+    if (posix_spawnp(child_.out(), "nats-server", nullptr, nullptr, const_cast<char**>(argv),
+                     environ) != 0) {
+      *child_.out() = 0;
       return;
     }
     url_ = (cert.empty() ? "nats://127.0.0.1:" : "tls://127.0.0.1:") + port;
@@ -86,20 +88,14 @@ class NatsServer {
   NatsServer& operator=(const NatsServer&) = delete;
   NatsServer(NatsServer&&) = delete;
   NatsServer& operator=(NatsServer&&) = delete;
-  ~NatsServer() {
-    if (pid_ > 0) {
-      kill(pid_, SIGTERM);
-      waitpid(pid_, nullptr, 0);
-    }
-    std::remove(conf_.c_str());
-  }
+  ~NatsServer() { std::remove(conf_.c_str()); }  // (the process stops with child_)
   bool ready() const { return ready_; }
-  pid_t pid() const { return pid_; }
+  pid_t pid() const { return child_.pid(); }
   const std::string& url() const { return url_; }
   const std::string& ca() const { return ca_; }  // (TLS: the CA clients trust)
 
  private:
-  pid_t pid_ = 0;
+  ChildProcess child_;
   std::uint16_t port_;
   std::string conf_;
   std::string ca_;

@@ -1,8 +1,10 @@
-// Another process's CPU time and resident memory, from /proc: what the relay benchmarks charge
-// a server running as a child process (relay_bench.cpp, fanout_bench.cpp).
+// The servers the relay benchmarks run as child processes (relay_bench.cpp, fanout_bench.cpp):
+// stopped when done, and their CPU time and resident memory read from /proc.
 #pragma once
 
+#include <signal.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -10,6 +12,28 @@
 #include <string>
 
 namespace sluice::bench {
+
+/// A child process the benchmark started: stopped (SIGTERM) and reaped when this goes away.
+class ChildProcess {
+ public:
+  ChildProcess() = default;
+  explicit ChildProcess(pid_t pid) : pid_(pid) {}
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+  ChildProcess(ChildProcess&&) = delete;
+  ChildProcess& operator=(ChildProcess&&) = delete;
+  ~ChildProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  pid_t pid() const { return pid_; }
+  pid_t* out() { return &pid_; }  // for posix_spawn (before it has a pid)
+
+ private:
+  pid_t pid_ = 0;
+};
 
 /// CPU seconds (user + system) process `pid` has used so far; 0 if it is gone.
 inline double process_cpu(pid_t pid) {

@@ -25,6 +25,14 @@ Buffer bytes_of(std::size_t n, char fill) {
   return Buffer(std::string(n, fill));
 }
 
+// What protobuf's generated Item holds for `f`.
+void fill(v1::Item* item, const ItemFields& f) {
+  item->set_topic(std::string(f.topic));
+  item->set_payload(std::string(f.payload.view()));
+  item->set_sequence(f.sequence);
+  item->set_timestamp_ns(f.timestamp_ns);
+}
+
 TEST(GrpcItems, ALargePayloadLeavesAsTheBuffersOwnBytes) {
   const Buffer frame = bytes_of(1 << 20, 'f');
   const long before = frame.use_count();
@@ -69,23 +77,11 @@ TEST(GrpcItems, WritesWhatProtobufWrites) {
       {"topic", big, 1, 1700000000000000000}, {"", small, 2, -5}, {"", Buffer(), 0, 0}};
 
   v1::SubscribeEvent event;
-  for (const auto& f : items) {
-    auto* item = event.mutable_batch()->add_items();
-    item->set_topic(std::string(f.topic));
-    item->set_payload(std::string(f.payload.view()));
-    item->set_sequence(f.sequence);
-    item->set_timestamp_ns(f.timestamp_ns);
-  }
+  for (const auto& f : items) fill(event.mutable_batch()->add_items(), f);
   EXPECT_EQ(flat(writer.encode(Envelope::subscribe_event, items)), event.SerializeAsString());
 
   v1::PublishRequest request;
-  for (const auto& f : items) {
-    auto* item = request.add_items();
-    item->set_topic(std::string(f.topic));
-    item->set_payload(std::string(f.payload.view()));
-    item->set_sequence(f.sequence);
-    item->set_timestamp_ns(f.timestamp_ns);
-  }
+  for (const auto& f : items) fill(request.add_items(), f);
   EXPECT_EQ(flat(writer.encode(Envelope::publish_request, items)), request.SerializeAsString());
 
   v1::PublishRequest one;
