@@ -55,7 +55,6 @@ class SliceReader {
  public:
   explicit SliceReader(const grpc::ByteBuffer& in) {
     (void)in.Dump(&slices_);
-    owners_.resize(slices_.size());
     for (const auto& s : slices_) size_ += s.size();
   }
 
@@ -82,6 +81,7 @@ class SliceReader {
     settle();
     const auto& s = slices_[slice_];
     if (n >= kReferencedPayload && s.size() - offset_ >= n) {  // inside one slice: a view of it
+      if (owners_.empty()) owners_.resize(slices_.size());     // (the first payload viewed)
       auto& owner = owners_[slice_];
       if (!owner) owner = std::make_shared<grpc::Slice>(s);
       out = Buffer::view_of(owner, reinterpret_cast<const std::byte*>(s.begin()) + offset_, n);
