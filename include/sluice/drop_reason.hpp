@@ -28,9 +28,11 @@ enum class DropReason : std::uint8_t {
   retention,      // a subscriber came back at a position its stream no longer retains
   relay_restart,  // a subscriber came back to a stream that restarted since (its positions
                   // are not the stream's any more: how many it missed is not known)
+  bridge,         // lost between relays (a cluster topic's items on their way through NATS):
+                  // never in this relay's topic, so they do not move a subscriber's position
 };
 
-inline constexpr std::size_t kDropReasonCount = 13;
+inline constexpr std::size_t kDropReasonCount = 14;
 
 /// The wire/metrics spelling of a reason, e.g. "slow_consumer".
 std::string_view to_string(DropReason reason) noexcept;
@@ -44,7 +46,7 @@ inline constexpr std::array<DropReason, kDropReasonCount> kAllDropReasons = {
     DropReason::drop_rate,     DropReason::in_flight,     DropReason::priority_shed,
     DropReason::too_large,     DropReason::expired,       DropReason::evicted,
     DropReason::no_worker,     DropReason::worker_failed, DropReason::retention,
-    DropReason::relay_restart,
+    DropReason::relay_restart, DropReason::bridge,
 };
 
 /// Drop counters indexed by reason. A plain value: snapshots copy it.

@@ -256,7 +256,8 @@ class Subscriber:
         count = int(event["gap"])
         reason = str(event.get("reason", ""))
         self.lost += count
-        self.position += count
+        if reason != "bridge":  # (lost between relays: never had a position here)
+            self.position += count
         return Gap(None if reason == "relay_restart" else count, reason)
 
     async def _again(self) -> None:

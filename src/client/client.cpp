@@ -620,7 +620,8 @@ bool Subscriber::next(SubscriberEvent& event) {
       event.payload = Buffer();
       event.lost = d.ev.lost;
       event.reason = d.ev.reason;
-      d.position += event.lost;
+      // (a bridge gap's items never had a position in this relay's topic)
+      if (event.reason != "bridge") d.position += event.lost;
       Impl::add(d.gaps, 1);
       Impl::add(d.lost, event.lost);
       return true;

@@ -126,6 +126,22 @@ std::vector<std::string> parse_list(const std::string& text) {
   return out;
 }
 
+TopicScope parse_scope(const Source& src, const std::string& text) {
+  if (text == "local") return TopicScope::local;
+  if (text == "cluster") return TopicScope::cluster;
+  bad(src, text, "local or cluster");
+}
+
+// A NATS subject token (the prefix may hold several, '.'-separated).
+bool subject_prefix_ok(std::string_view v) {
+  if (v.empty() || v.size() > 64 || v.front() == '.' || v.back() == '.') return false;
+  return v.find("..") == std::string_view::npos &&
+         std::all_of(v.begin(), v.end(), [](char ch) {
+           return std::isalnum(static_cast<unsigned char>(ch)) != 0 || ch == '.' || ch == '_' ||
+                  ch == '-';
+         });
+}
+
 TopicMode parse_mode(const Source& src, const std::string& text) {
   if (text == "lossless") return TopicMode::lossless;
   if (text == "realtime") return TopicMode::realtime;
@@ -369,6 +385,59 @@ const std::vector<Setting>& settings() {
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.defaults.retain_items = parse_retain_items(s, v);
        }},
+      {"topics.scope", "SLUICE_TOPIC_SCOPE", "topic-scope",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.defaults.scope = parse_scope(s, v);
+       }},
+      {"nats.urls", "SLUICE_NATS_URLS", "nats-urls",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.nats.urls = parse_list(v);
+         for (const auto& u : c.nats.urls) {
+           if (u.rfind("nats://", 0) != 0 && u.rfind("tls://", 0) != 0)
+             bad(s, v, "NATS URLs such as nats://10.0.0.5:4222 or tls://nats.example.com:4222, "
+                       "comma-separated");
+         }
+       }},
+      {"nats.subject_prefix", "SLUICE_NATS_SUBJECT_PREFIX", "nats-subject-prefix",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         if (!subject_prefix_ok(v))
+           bad(s, v, "1-64 letters, digits, '_', '-' in '.'-separated tokens, e.g. sluice");
+         c.nats.subject_prefix = v;
+       }},
+      {"nats.credentials_file", "SLUICE_NATS_CREDENTIALS_FILE", "nats-credentials-file",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         if (!v.empty() && !readable(v)) bad(s, v, "a readable NATS .creds file");
+         c.nats.credentials_file = v;
+       }},
+      {"nats.token", "SLUICE_NATS_TOKEN", "nats-token",
+       [](RelayConfig& c, const Source& /*s*/, const std::string& v) { c.nats.token = v; }},
+      {"nats.name", "SLUICE_NATS_NAME", "nats-name",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         const bool ok = v.size() <= 64 && std::all_of(v.begin(), v.end(), [](char ch) {
+                           return std::isalnum(static_cast<unsigned char>(ch)) != 0 ||
+                                  ch == '_' || ch == '-';
+                         });
+         if (!ok) bad(s, v, "up to 64 letters, digits, '_' and '-' (empty: a random name)");
+         c.nats.name = v;
+       }},
+      {"nats.discovered_servers", "SLUICE_NATS_DISCOVERED_SERVERS", "nats-discovered-servers",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.nats.discovered_servers = parse_bool(s, v);
+       }},
+      {"nats.replicas", "SLUICE_NATS_REPLICAS", "nats-replicas",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.nats.replicas = static_cast<std::size_t>(parse_int(s, v, 1, 5, "1 to 5"));
+       }},
+      {"nats.storage", "SLUICE_NATS_STORAGE", "nats-storage",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         if (v != "file" && v != "memory") bad(s, v, "file or memory");
+         c.nats.storage = v;
+       }},
+      {"nats.reorder_timeout_ms", "SLUICE_NATS_REORDER_TIMEOUT_MS", "nats-reorder-timeout-ms",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.nats.reorder_timeout =
+             std::chrono::milliseconds(parse_int(s, v, 1, 3'600'000, "1 to 3600000 (ms)"));
+       }},
   };
   return table;
 }
@@ -395,7 +464,8 @@ std::optional<std::string> scalar_text(const toml::node& node) {
   return std::nullopt;
 }
 
-constexpr std::array<std::string_view, 14> kTopicKeys = {"mode",
+constexpr std::array<std::string_view, 15> kTopicKeys = {"mode",
+                                                         "scope",
                                                          "retain_items",
                                                          "content_type",
                                                          "max_queue_bytes",
@@ -523,7 +593,8 @@ void load_section(const std::string& path, const std::string& section_name,
   if (table == nullptr) {
     throw ConfigError(
         "invalid configuration file " + path + ": unknown key " + section_name +
-        " (sections: server, auth, limits, log, frame_gate, topics, [[topic]] and [[principal]])");
+        " (sections: server, auth, limits, log, frame_gate, topics, nats, [[topic]] and "
+        "[[principal]])");
   }
   for (const auto& [k, v] : *table) {
     const std::string key = section_name + "." + std::string(k.str());
@@ -621,6 +692,10 @@ void apply_stage(const PendingTopic& p, TopicConfig& t) {
 
 }  // namespace
 
+std::string_view to_string(TopicScope scope) noexcept {
+  return scope == TopicScope::local ? "local" : "cluster";
+}
+
 std::string_view to_string(TopicMode mode) noexcept {
   return mode == TopicMode::lossless ? "lossless" : "realtime";
 }
@@ -713,6 +788,29 @@ void check_principals(const RelayConfig& c) {
   }
 }
 
+// Cluster topics need [nats], and carry items only (no stage behind them).
+void check_cluster(const RelayConfig& c) {
+  const auto check = [&](const TopicConfig& t, const std::string& what) {
+    if (t.scope != TopicScope::cluster) return;
+    if (!c.nats.enabled()) {
+      throw ConfigError("invalid configuration: " + what +
+                        " has scope = \"cluster\" but nats.urls (SLUICE_NATS_URLS) is empty: "
+                        "a cluster topic is shared through NATS (docs/cluster.md)");
+    }
+    if (t.stage) {
+      throw ConfigError("invalid configuration: " + what +
+                        " declares a stage and scope = \"cluster\": a stage's topic is local "
+                        "(its workers join one relay); set scope = \"local\"");
+    }
+  };
+  check(c.defaults, "[topics]");
+  for (const auto& t : c.topics) check(t, "[[topic]] \"" + t.name + "\"");
+  if (!c.nats.credentials_file.empty() && !c.nats.token.empty()) {
+    throw ConfigError(
+        "invalid configuration: nats.credentials_file and nats.token both set (give one)");
+  }
+}
+
 }  // namespace
 
 RelayConfig load_relay_config(const std::optional<std::string>& file,
@@ -751,6 +849,7 @@ RelayConfig load_relay_config(const std::optional<std::string>& file,
     for (const auto& [field, sv] : p.fields) {
       const auto& [src, text] = sv;
       if (field == "mode") t.mode = parse_mode(src, text);
+      if (field == "scope") t.scope = parse_scope(src, text);
       if (field == "max_queue_bytes")
         t.max_queue_bytes = parse_bytes(src, text, 1, 1ULL << 40, kQueueBytes);
       if (field == "max_queue_items") t.max_queue_items = parse_queue_items(src, text);
@@ -771,6 +870,7 @@ RelayConfig load_relay_config(const std::optional<std::string>& file,
     c.topics.push_back(std::move(t));
   }
   check_principals(c);
+  check_cluster(c);
   if (c.topics.size() > c.max_topics) {
     throw ConfigError("invalid configuration: " + std::to_string(c.topics.size()) +
                       " topics declared; limits.max_topics (SLUICE_MAX_TOPICS) allows " +
@@ -883,12 +983,22 @@ std::string to_toml(const RelayConfig& c) {
     << to_string(c.defaults.mode) << "\"\nmax_queue_bytes = " << c.defaults.max_queue_bytes
     << "\nmax_queue_items = " << c.defaults.max_queue_items
     << "\nmax_wait_ms = " << c.defaults.max_wait.count() << "\ndepth = " << c.defaults.depth
-    << "\nretain_items = " << c.defaults.retain_items << "\n";
+    << "\nretain_items = " << c.defaults.retain_items << "\nscope = \""
+    << to_string(c.defaults.scope) << "\"\n\n[nats]\nurls = " << quoted_list(c.nats.urls)
+    << "\nsubject_prefix = " << toml_quoted(c.nats.subject_prefix)
+    << "\ncredentials_file = " << toml_quoted(c.nats.credentials_file)
+    << "\nname = " << toml_quoted(c.nats.name)
+    << "\ndiscovered_servers = " << (c.nats.discovered_servers ? "true" : "false")
+    << "\nreplicas = " << c.nats.replicas
+    << "\nstorage = " << toml_quoted(c.nats.storage)
+    << "\nreorder_timeout_ms = " << c.nats.reorder_timeout.count() << "\n";
+  if (!c.nats.token.empty()) o << "# nats.token is set (not printed)\n";
   for (const auto& t : c.topics) {
     o << "\n[[topic]]\nname = \"" << t.name << "\"\nmode = \"" << to_string(t.mode)
       << "\"\nmax_queue_bytes = " << t.max_queue_bytes
       << "\nmax_queue_items = " << t.max_queue_items << "\nmax_wait_ms = " << t.max_wait.count()
-      << "\ndepth = " << t.depth << "\nretain_items = " << t.retain_items << "\n";
+      << "\ndepth = " << t.depth << "\nretain_items = " << t.retain_items << "\nscope = \""
+      << to_string(t.scope) << "\"\n";
     if (!t.content_type.empty()) o << "content_type = \"" << t.content_type << "\"\n";
     if (t.stage) {
       o << "stage = true\nstage_fps = " << shortest(t.stage->fps)

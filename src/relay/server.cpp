@@ -25,6 +25,7 @@
 #include "grpc_service.hpp"
 #include "http_router.hpp"
 #include "http_server.hpp"
+#include "nats_bridge.hpp"
 #include "relay_core.hpp"
 #include "request_decode.hpp"
 #include "stats_view.hpp"
@@ -42,8 +43,10 @@ struct RelayServer::Impl {
   // The loops stop first; the acceptor goes while its io_context exists; the core (with the
   // loops and the sessions their handlers hold) last.
   ~Impl() {
+    if (bridge) bridge->stop();
     core.loops.stop();
     http.reset();
+    bridge.reset();
   }
 
   // Times out frames the stages' workers hold too long, and removes idle topics; every 100 ms
@@ -51,6 +54,7 @@ struct RelayServer::Impl {
   void poll_stages() {
     for (const auto& st : core.topics.stages()) st->poll();
     core.topics.remove_idle(std::chrono::steady_clock::now());
+    if (bridge) bridge->poll();
     core.loops.main().at(std::chrono::steady_clock::now() + std::chrono::milliseconds(100),
                          [this] { poll_stages(); });
   }
@@ -91,6 +95,7 @@ struct RelayServer::Impl {
   relay::HttpRouter router{core};
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<relay::HttpServer> http;
+  std::unique_ptr<relay::NatsBridge> bridge;  // with [nats]: cluster topics (docs/cluster.md)
   int port = 0;
   bool stopped = false;
 };
@@ -212,6 +217,7 @@ void RelayServer::start() {
       },
       [impl](const std::string& reason) { impl->accept_failed(reason); }, &impl->tls,
       [impl](const std::string& reason) { impl->tls_failed(reason); });
+  if (config.nats.enabled()) impl_->bridge = std::make_unique<relay::NatsBridge>(impl_->core);
   impl_->core.loops.main().post([impl] { impl->poll_stages(); });
 }
 
@@ -219,6 +225,7 @@ void RelayServer::shutdown() {
   if (!impl_ || !impl_->server || impl_->stopped) return;
   impl_->stopped = true;
   if (auto* health = impl_->server->GetHealthCheckService()) health->Shutdown();  // NOT_SERVING
+  if (impl_->bridge) impl_->bridge->stop();  // (what it sent is in NATS; nothing more comes in)
   impl_->core.topics.close_all();
   impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   impl_->server->Wait();

@@ -126,6 +126,22 @@ nlohmann::json topic_json(const Topic& t) {
   tj["epoch"] = t.epoch;
   tj["timeouts"] = t.publish_timeouts.load(std::memory_order_relaxed);
   if (t.stage) tj["stage"] = stage_json(*t.stage);
+  tj["scope"] = to_string(t.config.scope);
+  if (t.config.scope == TopicScope::cluster) {
+    const auto& b = *t.bridge;
+    const auto v = [](const std::atomic<std::uint64_t>& a) {
+      return a.load(std::memory_order_relaxed);
+    };
+    tj["bridge"] = {{"sent_items", v(b.sent_items)},
+                    {"sent_bytes", v(b.sent_bytes)},
+                    {"received_items", v(b.received_items)},
+                    {"received_bytes", v(b.received_bytes)},
+                    {"lost", v(b.lost)},
+                    {"duplicates", v(b.duplicates)},
+                    {"retries", v(b.retries)},
+                    {"pending", v(b.pending)},
+                    {"receiving", b.receiving.load(std::memory_order_relaxed)}};
+  }
   return tj;
 }
 

@@ -104,6 +104,17 @@ SubscriberPump::Next SubscriberPump::next(std::size_t max_items, std::size_t max
     held_.reset();
     switch (r.status) {
       case RecvStatus::ok:
+        if (r->bridge_lost != 0) {  // lost between relays: said before this item
+          if (!batch_.empty()) {
+            held_ = std::move(r);
+            return Next::items;
+          }
+          gap_lost_ = r->bridge_lost;
+          gap_reason_ = DropReason::bridge;
+          r->bridge_lost = 0;  // (this subscriber's copy)
+          held_ = std::move(r);
+          return Next::gap;
+        }
         bytes += r->payload.size();
         batch_.push_back(std::move(*r));
         continue;

@@ -41,14 +41,42 @@ struct SubscriberExtras {
   const std::atomic<Verdict>* verdict = nullptr;
 };
 
+/// What a cluster topic's bridge to NATS did (docs/cluster.md); updated by the bridge's threads,
+/// read by the stats and /metrics.
+struct BridgeCounters {
+  std::atomic<std::uint64_t> sent_items{0};      // this relay's items sent to NATS
+  std::atomic<std::uint64_t> sent_bytes{0};      // their payload bytes
+  std::atomic<std::uint64_t> received_items{0};  // other relays' items put into this topic
+  std::atomic<std::uint64_t> received_bytes{0};
+  std::atomic<std::uint64_t> lost{0};        // lost between relays: announced as `bridge` gaps
+  std::atomic<std::uint64_t> duplicates{0};  // repeats dropped (JetStream redeliveries)
+  std::atomic<std::uint64_t> retries{0};     // sends JetStream refused or did not ack, sent again
+  std::atomic<std::uint64_t> pending{0};     // sent and not yet acked by JetStream, and held
+  std::atomic<bool> receiving{false};        // subscribed to the other relays' items now
+};
+
+/// How far behind a real-time cluster topic's bridge subscription may be before it loses items.
+constexpr std::size_t kBridgeDepth = 64;
+
 struct Topic {
-  /// `producer_ids`: the producers it remembers (limits.max_producer_ids).
-  Topic(std::string n, const TopicConfig& c, std::size_t producer_ids)
+  /// `producer_ids`: the producers it remembers (limits.max_producer_ids). `bridged`: a cluster
+  /// topic of a relay with a bridge to NATS, whose subscription is made here, with the topic, so
+  /// that it sees the first item (take_bridge_subscription()).
+  Topic(std::string n, const TopicConfig& c, std::size_t producer_ids, bool bridged = false)
       : name(std::move(n)),
         config(c),
         broadcast(make(c)),
         epoch(make_epoch()),
-        producers(producer_ids) {}
+        producers(producer_ids) {
+    if (!bridged) return;
+    // Lossless: the bridge holds producers back while NATS cannot take more; real-time: as
+    // deep as the ring, lapped past it (counted, and seen by the other relays).
+    auto sub = broadcast.subscribe(
+        "nats-bridge", c.mode == TopicMode::lossless ? 0 : broadcast.config().capacity);
+    bridge_subscribers.store(1, std::memory_order_release);
+    const MutexLock lock(extras_mu_);
+    bridge_sub_.emplace(std::move(sub));
+  }
   /// 16 random hex digits: a topic made again (the relay restarted, or an idle topic was
   /// removed and made on use) has another, so positions of the old one are not taken for its.
   static std::string make_epoch() {
@@ -70,7 +98,10 @@ struct Topic {
       b.max_wait = c.max_wait;
     } else {
       b.mode = BroadcastMode::lossy;
-      b.capacity = std::max<std::size_t>({2 * c.depth, 8, c.retain_items});
+      // (a cluster topic's bridge subscribes as deep as the ring: 64 items at least, so that a
+      // producer's burst reaches NATS whole; docs/cluster.md)
+      b.capacity = std::max<std::size_t>(
+          {2 * c.depth, c.scope == TopicScope::cluster ? kBridgeDepth : 8, c.retain_items});
       b.default_depth = c.depth;
     }
     b.retain = c.retain_items;
@@ -129,6 +160,16 @@ struct Topic {
   /// one was.
   std::atomic<std::uint64_t> throttled_publishers{0};
   std::atomic<std::uint64_t> throttled_total{0};
+  /// Cluster topics: the bridge's counters, and its subscription to the topic (the subscriber
+  /// that sends this relay's items out; not a user's: it keeps the topic in use no longer).
+  const std::shared_ptr<BridgeCounters> bridge = std::make_shared<BridgeCounters>();
+  std::atomic<std::size_t> bridge_subscribers{0};
+  /// Subscribers besides the bridge's.
+  std::size_t user_subscribers() const {
+    const std::size_t all = broadcast.subscriber_count();
+    const std::size_t own = bridge_subscribers.load(std::memory_order_acquire);
+    return all > own ? all - own : 0;
+  }
 
   /// The subscribers' extras, by session (registered and removed by their pumps).
   void add_extras(const SubscriberExtras& e) {
@@ -145,6 +186,13 @@ struct Topic {
     const MutexLock lock(extras_mu_);
     f(extras_);
   }
+  /// The bridge's subscription (once; nothing after).
+  std::optional<Subscription<RelayMessage>> take_bridge_subscription() {
+    const MutexLock lock(extras_mu_);
+    auto sub = std::move(bridge_sub_);
+    bridge_sub_.reset();
+    return sub;
+  }
   std::shared_ptr<Stage> stage;  // when the topic declares one (set before it is shared)
 
   // The registry's bookkeeping (under its lock): whether the topic may be removed once idle
@@ -157,6 +205,7 @@ struct Topic {
  private:
   mutable Mutex extras_mu_;
   std::vector<SubscriberExtras> extras_ SLUICE_GUARDED_BY(extras_mu_);
+  std::optional<Subscription<RelayMessage>> bridge_sub_ SLUICE_GUARDED_BY(extras_mu_);
 };
 
 }  // namespace sluice::relay

@@ -50,7 +50,8 @@ Outcome<std::shared_ptr<Topic>> TopicRegistry::find_locked(const std::string& na
   }
   TopicConfig tc = declared != nullptr ? *declared : config_.defaults;
   tc.name = name;
-  auto t = std::make_shared<Topic>(name, tc, config_.max_producer_ids);
+  auto t = std::make_shared<Topic>(name, tc, config_.max_producer_ids,
+                                   tc.scope == TopicScope::cluster && config_.nats.enabled());
   t->removable = declared == nullptr && config_.topic_idle_timeout.count() > 0;
   // In the map first: a results topic whose own stage's results are this topic finds it
   // (stages A -> B -> A) instead of making it again, forever.
@@ -65,7 +66,13 @@ Outcome<std::shared_ptr<Topic>> TopicRegistry::find_locked(const std::string& na
   }
   register_metrics(*t);
   count_.store(topics_.size(), std::memory_order_relaxed);
+  if (created_) created_(t);
   return t;
+}
+
+void TopicRegistry::on_created(std::function<void(const std::shared_ptr<Topic>&)> hook) {
+  MutexLock lock(mu_);
+  created_ = std::move(hook);
 }
 
 Outcome<std::shared_ptr<Stage>> TopicRegistry::make_stage(const std::string& name,
@@ -113,7 +120,7 @@ std::size_t TopicRegistry::size() const {
 // In use: a session holds it (publishers, subscribers and workers keep a reference while they
 // are there; the map holds the other), or someone is subscribed.
 bool TopicRegistry::in_use(const std::shared_ptr<Topic>& t) {
-  return t.use_count() > 1 || t->broadcast.subscriber_count() > 0;
+  return t.use_count() > 1 || t->user_subscribers() > 0;
 }
 
 std::size_t TopicRegistry::remove_idle(std::chrono::steady_clock::time_point now) {
@@ -193,6 +200,32 @@ void TopicRegistry::register_metrics(Topic& t) {
             for (const auto& sub : s.subscribers) lost += sub.lost[DropReason::slow_consumer];
             return double(lost);
           }));
+  if (t.config.scope != TopicScope::cluster) return;
+  const auto bridged = [&](const char* name, const char* help, auto pick) {
+    counter(name, help, labels, read([pick](const Topic& topic) {
+              return double(pick(*topic.bridge).load(std::memory_order_relaxed));
+            }));
+  };
+  bridged("sluice_bridge_sent_items_total", "This relay's items sent to NATS (cluster topics)",
+          [](const BridgeCounters& b) -> const auto& { return b.sent_items; });
+  bridged("sluice_bridge_sent_bytes_total", "Their payload bytes",
+          [](const BridgeCounters& b) -> const auto& { return b.sent_bytes; });
+  bridged("sluice_bridge_received_items_total", "Other relays' items put into the topic",
+          [](const BridgeCounters& b) -> const auto& { return b.received_items; });
+  bridged("sluice_bridge_received_bytes_total", "Their payload bytes",
+          [](const BridgeCounters& b) -> const auto& { return b.received_bytes; });
+  bridged("sluice_bridge_lost_total",
+          "Items lost between relays, announced to subscribers as gaps with reason bridge",
+          [](const BridgeCounters& b) -> const auto& { return b.lost; });
+  bridged("sluice_bridge_duplicates_total", "Repeated items dropped (JetStream redeliveries)",
+          [](const BridgeCounters& b) -> const auto& { return b.duplicates; });
+  bridged("sluice_bridge_retries_total",
+          "Items JetStream refused (its stream full) or did not ack in time, sent again",
+          [](const BridgeCounters& b) -> const auto& { return b.retries; });
+  gauge("sluice_bridge_pending", "Items sent and not yet acked by JetStream, or held for order",
+        read([](const Topic& topic) {
+          return double(topic.bridge->pending.load(std::memory_order_relaxed));
+        }));
 }
 
 }  // namespace sluice::relay

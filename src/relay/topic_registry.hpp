@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -46,6 +47,10 @@ class TopicRegistry {
   std::size_t remove_idle(std::chrono::steady_clock::time_point now);
   /// Topics now.
   std::size_t size() const;
+  /// `hook` runs for each topic made from now on, under the registry's lock, before anyone can
+  /// use the topic (the bridge to NATS starts sending a cluster topic's items there). Set once,
+  /// before the relay serves.
+  void on_created(std::function<void(const std::shared_ptr<Topic>&)> hook);
 
  private:
   Outcome<std::shared_ptr<Topic>> find_locked(const std::string& name) SLUICE_REQUIRES(mu_);
@@ -58,6 +63,7 @@ class TopicRegistry {
   metrics::Registry& metrics_;
   mutable Mutex mu_;
   std::map<std::string, std::shared_ptr<Topic>> topics_ SLUICE_GUARDED_BY(mu_);
+  std::function<void(const std::shared_ptr<Topic>&)> created_ SLUICE_GUARDED_BY(mu_);
   std::atomic<std::size_t> count_{0};  // topics_.size(), for readers without the lock
   metrics::Counter& refused_;
   metrics::Counter& removed_;

@@ -31,6 +31,11 @@ enum class TopicMode : std::uint8_t {
 };
 std::string_view to_string(TopicMode mode) noexcept;
 
+/// Where a topic lives (docs/cluster.md): on this relay only, or on every relay attached to the
+/// same NATS system ([nats]), each of which fans it out to its own subscribers.
+enum class TopicScope : std::uint8_t { local, cluster };
+std::string_view to_string(TopicScope scope) noexcept;
+
 /// A processing stage behind a topic (docs/stages.md): its frames pass a FrameGate into a
 /// Dispatcher; workers join over /v1/ws/work/{topic}; their results form another topic.
 struct StageConfig {
@@ -56,6 +61,28 @@ struct TopicConfig {
   // What the payloads are, as a media type ("image/jpeg", "image/png", "application/json"):
   // shown in the stats, and how a dashboard previews them. Empty: opaque bytes.
   std::string content_type;
+  // local, or cluster: shared through NATS with the other relays ([nats]; docs/cluster.md).
+  TopicScope scope = TopicScope::local;
+};
+
+/// [nats]: how the relay reaches NATS to share its cluster topics (docs/cluster.md). No URL:
+/// no bridge (a cluster topic is then refused at startup).
+struct NatsConfig {
+  std::vector<std::string> urls;  // nats://host:port, tried in order and on reconnect
+  std::string subject_prefix = "sluice";  // subjects: {prefix}.rt.{topic}, {prefix}.js.{topic}
+  std::string credentials_file;           // a NATS .creds file (user JWT and NKey seed)
+  std::string token;                      // or a token (never printed)
+  // This relay's name among the others (its JetStream consumers are named after it, and the
+  // other relays list it); empty: "relay-" and 8 random hex digits, new at every start.
+  std::string name;
+  // Also reconnect to the servers the NATS cluster announces (not only to `urls`).
+  bool discovered_servers = true;
+  std::size_t replicas = 1;               // of each lossless topic's JetStream stream (1..5)
+  std::string storage = "file";           // of those streams: file or memory
+  // A lossless item held back for an earlier one that does not come (its relay went away) is
+  // let through after this long, behind a `bridge` gap.
+  std::chrono::milliseconds reorder_timeout{10'000};
+  bool enabled() const { return !urls.empty(); }
 };
 
 /// Who may use the relay ([[principal]] in the file; docs/security.md): a name, the SHA-256 of
@@ -135,6 +162,7 @@ struct RelayConfig {
   std::chrono::milliseconds topic_idle_timeout{60'000};
   TopicConfig defaults;  // name unused
   std::vector<TopicConfig> topics;
+  NatsConfig nats;
   // [[principal]]: none (and no signed tokens) keeps the relay open (loopback only, unless
   // allow_anonymous_on_network)
   std::vector<PrincipalConfig> principals;

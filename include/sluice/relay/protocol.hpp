@@ -50,6 +50,11 @@ struct RelayMessage {
   Buffer payload;
   std::uint64_t sequence = 0;     // the producer's numbering (WebSocket: frame_index)
   std::int64_t timestamp_ns = 0;  // the producer's clock (Unix ns), passed through
+  /// A cluster topic's items lost between relays just before this one: each subscriber is told
+  /// (a gap, reason `bridge`) before it gets this item. 0 but after a loss.
+  std::uint32_t bridge_lost = 0;
+  /// It came from another relay (through NATS): the bridge does not send it back out.
+  bool from_bridge = false;
   /// What a topic's byte budget counts: the payload.
   std::size_t size_bytes() const noexcept { return payload.size(); }
 };

@@ -1,0 +1,81 @@
+// How a cluster topic's item travels between relays through NATS (relay-internal; the layout is
+// in docs/cluster.md): a 40-byte header in front of the payload, in one NATS message.
+//
+//   bytes 0-1    magic "SB"
+//   byte  2      version (1)
+//   byte  3      flags (bit 0: lossless, carried by JetStream)
+//   bytes 4-7    reserved (0)
+//   bytes 8-15   origin      the sending relay's run (random; a restarted relay is another origin)
+//   bytes 16-23  sequence    the origin's count of this topic's items it sent, from 1: a receiver
+//                            sees a loss between relays as a jump (core NATS drops on a slow
+//                            connection or a reconnect) and a repeat as a duplicate (JetStream
+//                            redelivery)
+//   bytes 24-31  item        the item's own sequence (the producer's numbering)
+//   bytes 32-39  timestamp   the item's timestamp_ns
+// All little-endian. Plain functions over bytes; no allocation, no state. The decoder takes any
+// bytes a peer sends (fuzzed: fuzz/bridge_codec_fuzz.cpp).
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+
+namespace sluice::relay::bridge {
+
+inline constexpr std::size_t kHeaderBytes = 40;
+inline constexpr std::uint8_t kVersion = 1;
+inline constexpr std::uint8_t kLossless = 1;
+
+struct Header {
+  std::uint8_t flags = 0;
+  std::uint64_t origin = 0;
+  std::uint64_t sequence = 0;
+  std::uint64_t item_sequence = 0;
+  std::int64_t timestamp_ns = 0;
+};
+
+namespace detail {
+inline void put64(unsigned char* out, std::uint64_t v) noexcept {
+  for (std::size_t i = 0; i < 8; ++i) out[i] = static_cast<unsigned char>(v >> (8 * i));
+}
+inline std::uint64_t get64(const unsigned char* in) noexcept {
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < 8; ++i) v |= std::uint64_t{in[i]} << (8 * i);
+  return v;
+}
+}  // namespace detail
+
+inline std::array<unsigned char, kHeaderBytes> encode(const Header& h) noexcept {
+  std::array<unsigned char, kHeaderBytes> out{};
+  out[0] = 'S';
+  out[1] = 'B';
+  out[2] = kVersion;
+  out[3] = h.flags;
+  detail::put64(&out[8], h.origin);
+  detail::put64(&out[16], h.sequence);
+  detail::put64(&out[24], h.item_sequence);
+  detail::put64(&out[32], static_cast<std::uint64_t>(h.timestamp_ns));
+  return out;
+}
+
+/// The header of a NATS message's bytes; nothing if they are not a bridged item of this version
+/// (too short, another magic or version, reserved bytes set, sequence 0).
+inline std::optional<Header> decode(std::span<const unsigned char> bytes) noexcept {
+  if (bytes.size() < kHeaderBytes) return std::nullopt;
+  const unsigned char* in = bytes.data();
+  if (in[0] != 'S' || in[1] != 'B' || in[2] != kVersion) return std::nullopt;
+  if ((in[3] & ~kLossless) != 0 || in[4] != 0 || in[5] != 0 || in[6] != 0 || in[7] != 0)
+    return std::nullopt;
+  Header h;
+  h.flags = in[3];
+  h.origin = detail::get64(in + 8);
+  h.sequence = detail::get64(in + 16);
+  h.item_sequence = detail::get64(in + 24);
+  h.timestamp_ns = static_cast<std::int64_t>(detail::get64(in + 32));
+  if (h.sequence == 0) return std::nullopt;
+  return h;
+}
+
+}  // namespace sluice::relay::bridge

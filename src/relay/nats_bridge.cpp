@@ -1,0 +1,729 @@
+// The bridge to NATS (see nats_bridge.hpp). NATS's own C client (nats.c, Debian libnats-dev)
+// does the protocol, reconnects, JetStream's API and acks; this file decides what crosses and
+// keeps each topic's promise across it.
+#include "nats_bridge.hpp"
+
+#include <nats/nats.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <limits>
+#include <mutex>
+#include <random>
+#include <stdexcept>
+#include <thread>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "bridge_codec.hpp"
+#include "bridge_sequence.hpp"
+#include "event_log.hpp"
+#include "topic.hpp"
+
+namespace sluice::relay {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+std::string random_name() {
+  std::random_device rd;
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out = "relay-";
+  for (int i = 0; i < 8; ++i) out += kHex[rd() & 15U];
+  return out;
+}
+
+std::uint64_t random_origin() {
+  std::random_device rd;
+  std::uint64_t v = 0;
+  while (v == 0) v = (std::uint64_t{rd()} << 32) ^ rd();
+  return v;
+}
+
+// A JetStream stream's name for a subject: '.' and '_' escaped (names may not hold '.'), so
+// distinct topics have distinct streams.
+std::string stream_name(const std::string& prefix, const std::string& topic) {
+  std::string out;
+  for (const char ch : prefix + "." + topic) {
+    if (ch == '.') {
+      out += "_2E";
+    } else if (ch == '_') {
+      out += "_5F";
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
+std::string status_text(natsStatus s) {
+  const char* last = nats_GetLastError(nullptr);
+  return std::string(natsStatus_GetText(s)) + (last != nullptr && *last != 0 ? ": " : "") +
+         (last != nullptr ? last : "");
+}
+
+// The NATS message's bytes as a topic item (no copy: the item's Buffer owns the message).
+std::optional<RelayMessage> item_of(const std::shared_ptr<natsMsg>& msg, bridge::Header& header) {
+  const auto* data = reinterpret_cast<const unsigned char*>(natsMsg_GetData(msg.get()));
+  const int len = natsMsg_GetDataLength(msg.get());
+  if (data == nullptr || len < 0) return std::nullopt;
+  const auto h = bridge::decode({data, static_cast<std::size_t>(len)});
+  if (!h) return std::nullopt;
+  header = *h;
+  RelayMessage m;
+  m.payload = Buffer::view_of(std::shared_ptr<const void>(msg),
+                              reinterpret_cast<const std::byte*>(data) + bridge::kHeaderBytes,
+                              static_cast<std::size_t>(len) - bridge::kHeaderBytes);
+  m.sequence = h->item_sequence;
+  m.timestamp_ns = h->timestamp_ns;
+  m.from_bridge = true;
+  return m;
+}
+
+// The bytes of an item as it crosses: the header, then the payload.
+std::vector<unsigned char> wire_bytes(const bridge::Header& h, const RelayMessage& m) {
+  std::vector<unsigned char> out(bridge::kHeaderBytes + m.payload.size());
+  const auto head = bridge::encode(h);
+  std::memcpy(out.data(), head.data(), head.size());
+  if (m.payload.size() != 0)
+    std::memcpy(out.data() + bridge::kHeaderBytes, m.payload.data(), m.payload.size());
+  return out;
+}
+
+constexpr std::size_t kMaxOrigins = 64;  // relays a topic's receiver follows at once
+constexpr int kFetchBatch = 64;
+constexpr auto kInterestGrace = 1s;  // no subscriber this long: stop receiving
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------
+// The connection
+
+struct NatsBridge::Connection {
+  natsOptions* opts = nullptr;
+  natsConnection* nc = nullptr;
+  metrics::Counter* reconnects = nullptr;
+  metrics::Counter* disconnects = nullptr;
+  std::atomic<bool> up{false};
+
+  Connection() = default;
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+  Connection(Connection&&) = delete;
+  Connection& operator=(Connection&&) = delete;
+  ~Connection() { close(); }
+  void close() {
+    if (nc != nullptr) {
+      natsConnection_Close(nc);
+      natsConnection_Destroy(nc);
+      nc = nullptr;
+    }
+    if (opts != nullptr) {
+      natsOptions_Destroy(opts);
+      opts = nullptr;
+    }
+  }
+  static void connected(natsConnection* /*nc*/, void* self) {
+    auto* c = static_cast<Connection*>(self);
+    c->up = true;
+    log::event(log::Level::info, "nats_connected", {});
+  }
+  static void disconnected(natsConnection* /*nc*/, void* self) {
+    auto* c = static_cast<Connection*>(self);
+    if (c->up.exchange(false)) {
+      c->disconnects->inc();
+      log::event(log::Level::warn, "nats_disconnected", {{"hint", "reconnecting (nats.urls)"}});
+    }
+  }
+  static void reconnected(natsConnection* nc, void* self) {
+    auto* c = static_cast<Connection*>(self);
+    c->up = true;
+    c->reconnects->inc();
+    std::array<char, 256> url{};
+    (void)natsConnection_GetConnectedUrl(nc, url.data(), url.size());
+    log::event(log::Level::info, "nats_reconnected", {{"url", std::string(url.data())}});
+  }
+};
+
+// ------------------------------------------------------------------------------------------
+// One cluster topic
+
+struct NatsBridge::Link {
+  Link(NatsBridge& b, const std::shared_ptr<Topic>& t)
+      : bridge(b),
+        topic(t),
+        name(t->name),
+        config(t->config),
+        lossless(t->config.mode == TopicMode::lossless),
+        subject(b.core_.config.nats.subject_prefix + (lossless ? ".js." : ".rt.") + t->name),
+        stream(stream_name(b.core_.config.nats.subject_prefix, t->name)),
+        counters(t->bridge) {}
+  Link(const Link&) = delete;
+  Link& operator=(const Link&) = delete;
+  Link(Link&&) = delete;
+  Link& operator=(Link&&) = delete;
+  ~Link() {
+    stop_in();
+    stopping = true;
+    wake_out.notify_all();
+    if (out.joinable()) out.join();
+    if (js != nullptr) jsCtx_Destroy(js);
+  }
+
+  NatsBridge& bridge;
+  const std::weak_ptr<Topic> topic;
+  const std::string name;
+  const TopicConfig config;
+  const bool lossless;
+  const std::string subject;
+  const std::string stream;
+  const std::shared_ptr<BridgeCounters> counters;
+  const std::uint64_t origin = random_origin();
+  std::atomic<bool> stopping{false};
+
+  // --- out: this relay's items to NATS
+  std::thread out;
+  std::uint64_t out_seq = 0;  // (out thread)
+  jsCtx* js = nullptr;        // lossless: made by the out thread, or the in thread, under js_mu
+  std::mutex js_mu;
+  // Lossless: items sent to JetStream and not yet acked, in order (acked ones leave from the
+  // front). The ack handler marks them on the client's thread.
+  struct Flight {
+    std::uint64_t seq = 0;
+    RelayMessage item;
+    enum class State : std::uint8_t { pending, acked, failed } state = State::pending;
+  };
+  std::mutex flights_mu;
+  std::condition_variable wake_out;
+  std::deque<Flight> flights;  // guarded by flights_mu
+  bool stream_ready = false;   // (out thread)
+
+  // --- in: other relays' items into the topic (only while it has subscribers here)
+  Clock::time_point last_interest = Clock::now();
+  natsSubscription* rt_sub = nullptr;  // real-time
+  struct RtReceiver;                   // its callback's state, freed when the client is done
+  std::thread in;                      // lossless
+  std::atomic<bool> in_stop{false};
+  bool receiving = false;  // (poll)
+
+  void start_out();
+  void run_out();
+  bool ensure_stream();
+  jsCtx* jetstream();
+  void send_realtime(const RelayMessage& m);
+  void send_lossless(RelayMessage m);
+  void settle_flights(bool wait_all);
+  static void on_ack(jsCtx* js, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* self);
+  void publish_flight(const Flight& f);
+
+  void start_in();
+  void stop_in();
+  void run_lossless_in();
+  static void on_rt_msg(natsConnection* nc, natsSubscription* sub, natsMsg* msg, void* self);
+  static void on_rt_complete(void* receiver);
+  bool deliver(RelayMessage&& m, const std::shared_ptr<natsMsg>& ack);
+};
+
+struct NatsBridge::Link::RtReceiver {
+  std::weak_ptr<Topic> topic;
+  std::shared_ptr<BridgeCounters> counters;
+  std::map<std::uint64_t, bridge::OriginSequence<std::monostate>> origins;
+};
+
+void NatsBridge::Link::start_out() {
+  out = std::thread([this] { run_out(); });
+}
+
+void NatsBridge::Link::run_out() {
+  Subscription<RelayMessage> sub;
+  {
+    const auto t = topic.lock();
+    if (!t) return;
+    auto made = t->take_bridge_subscription();  // (made with the topic: from its first item)
+    if (!made) return;
+    sub = std::move(*made);
+  }
+  while (!stopping) {
+    if (lossless) settle_flights(false);
+    auto r = sub.recv_for(100ms);
+    if (r.status == RecvStatus::timeout) continue;
+    if (r.status == RecvStatus::closed || r.status == RecvStatus::evicted) break;
+    if (r.status == RecvStatus::gap) {  // (real-time: NATS took too long; receivers see it)
+      out_seq += r.lost;
+      continue;
+    }
+    if (r->from_bridge) continue;
+    ++out_seq;
+    if (lossless) {
+      send_lossless(std::move(*r));
+    } else {
+      send_realtime(*r);
+    }
+  }
+  if (lossless) settle_flights(true);
+  sub.unsubscribe();
+  if (const auto t = topic.lock()) t->bridge_subscribers.fetch_sub(1, std::memory_order_acq_rel);
+}
+
+void NatsBridge::Link::send_realtime(const RelayMessage& m) {
+  bridge::Header h;
+  h.origin = origin;
+  h.sequence = out_seq;
+  h.item_sequence = m.sequence;
+  h.timestamp_ns = m.timestamp_ns;
+  const auto bytes = wire_bytes(h, m);
+  // (while reconnecting the client buffers up to 8 MiB; past that the item is lost, and the
+  // receivers see the jump in the numbering)
+  if (natsConnection_Publish(bridge.nats_->nc, subject.c_str(), bytes.data(),
+                             static_cast<int>(bytes.size())) == NATS_OK) {
+    counters->sent_items.fetch_add(1, std::memory_order_relaxed);
+    counters->sent_bytes.fetch_add(m.payload.size(), std::memory_order_relaxed);
+  }
+}
+
+jsCtx* NatsBridge::Link::jetstream() {
+  const std::lock_guard lock(js_mu);
+  if (js == nullptr) {
+    jsOptions o;
+    jsOptions_Init(&o);
+    o.Wait = 5000;
+    o.PublishAsync.MaxPending = static_cast<std::int64_t>(kMaxInFlight);
+    o.PublishAsync.AckHandler = &Link::on_ack;
+    o.PublishAsync.AckHandlerClosure = this;
+    if (natsConnection_JetStream(&js, bridge.nats_->nc, &o) != NATS_OK) js = nullptr;
+  }
+  return js;
+}
+
+// The topic's stream: interest retention (an item goes once every relay receiving it acked
+// it), the topic's byte budget, new items refused when full (the producers' throttle).
+bool NatsBridge::Link::ensure_stream() {
+  jsCtx* ctx = jetstream();
+  if (ctx == nullptr) return false;
+  const NatsConfig& nc = bridge.core_.config.nats;
+  jsStreamConfig cfg;
+  jsStreamConfig_Init(&cfg);
+  cfg.Name = stream.c_str();
+  const char* subjects[] = {subject.c_str()};
+  cfg.Subjects = subjects;
+  cfg.SubjectsLen = 1;
+  cfg.Retention = js_InterestPolicy;
+  cfg.Discard = js_DiscardNew;
+  cfg.MaxBytes = static_cast<std::int64_t>(config.max_queue_bytes);
+  cfg.MaxMsgs = static_cast<std::int64_t>(config.max_queue_items);
+  cfg.Storage = nc.storage == "memory" ? js_MemoryStorage : js_FileStorage;
+  cfg.Replicas = static_cast<std::int64_t>(nc.replicas);
+  jsStreamInfo* si = nullptr;
+  jsErrCode err = static_cast<jsErrCode>(0);
+  natsStatus s = js_AddStream(&si, ctx, &cfg, nullptr, &err);
+  if (si != nullptr) jsStreamInfo_Destroy(si);
+  if (s == NATS_OK || err == JSStreamNameExistErr) return true;
+  log::event(log::Level::warn, "nats_stream_unavailable",
+             {{"topic", name},
+              {"stream", stream},
+              {"error", status_text(s)},
+              {"hint", "JetStream must be enabled on the NATS servers (docs/cluster.md)"}});
+  return false;
+}
+
+void NatsBridge::Link::publish_flight(const Flight& f) {
+  bridge::Header h;
+  h.flags = bridge::kLossless;
+  h.origin = origin;
+  h.sequence = f.seq;
+  h.item_sequence = f.item.sequence;
+  h.timestamp_ns = f.item.timestamp_ns;
+  const auto bytes = wire_bytes(h, f.item);
+  natsMsg* msg = nullptr;
+  if (natsMsg_Create(&msg, subject.c_str(), nullptr, reinterpret_cast<const char*>(bytes.data()),
+                     static_cast<int>(bytes.size())) != NATS_OK) {
+    return;  // (settle_flights finds it pending past its wait: sent again)
+  }
+  // The message id makes a resend of an item JetStream already stored a no-op (its duplicate
+  // window: 2 minutes by default).
+  const std::string id = std::to_string(origin) + "-" + std::to_string(f.seq);
+  jsPubOptions po;
+  jsPubOptions_Init(&po);
+  po.MsgId = id.c_str();
+  po.MaxWait = 5000;
+  jsCtx* ctx = jetstream();
+  if (ctx == nullptr || js_PublishMsgAsync(ctx, &msg, &po) != NATS_OK) {
+    natsMsg_Destroy(msg);
+    const std::lock_guard lock(flights_mu);
+    for (auto& g : flights) {
+      if (g.seq == f.seq) g.state = Flight::State::failed;
+    }
+  }
+}
+
+void NatsBridge::Link::on_ack(jsCtx* /*js*/, natsMsg* msg, jsPubAck* pa, jsPubAckErr* /*pae*/,
+                              void* self) {
+  auto* l = static_cast<Link*>(self);
+  const auto* data = reinterpret_cast<const unsigned char*>(natsMsg_GetData(msg));
+  const int len = natsMsg_GetDataLength(msg);
+  const auto h = data != nullptr && len > 0
+                     ? bridge::decode({data, static_cast<std::size_t>(len)})
+                     : std::nullopt;
+  if (h) {
+    const std::lock_guard lock(l->flights_mu);
+    for (auto& f : l->flights) {
+      if (f.seq == h->sequence) {
+        f.state = pa != nullptr ? Flight::State::acked : Flight::State::failed;
+        break;
+      }
+    }
+  }
+  l->wake_out.notify_all();
+  natsMsg_Destroy(msg);
+}
+
+// Lets acked items go from the front; sends failed ones again in order once nothing else is in
+// flight (after a backoff: JetStream refuses while the stream is full). `wait_all`: until none
+// is left or the link stops.
+void NatsBridge::Link::settle_flights(bool wait_all) {
+  auto backoff = 20ms;
+  std::unique_lock lock(flights_mu);
+  for (;;) {
+    while (!flights.empty() && flights.front().state == Flight::State::acked) {
+      counters->sent_items.fetch_add(1, std::memory_order_relaxed);
+      counters->sent_bytes.fetch_add(flights.front().item.payload.size(),
+                                     std::memory_order_relaxed);
+      flights.pop_front();
+    }
+    counters->pending.store(flights.size(), std::memory_order_relaxed);
+    const bool any_pending = std::any_of(flights.begin(), flights.end(), [](const Flight& f) {
+      return f.state == Flight::State::pending;
+    });
+    const bool any_failed = std::any_of(flights.begin(), flights.end(), [](const Flight& f) {
+      return f.state == Flight::State::failed;
+    });
+    if (any_failed && !any_pending) {
+      lock.unlock();
+      if (stopping) return;
+      std::this_thread::sleep_for(backoff);
+      backoff = std::min<std::chrono::milliseconds>(backoff * 2, 1000ms);
+      lock.lock();
+      std::vector<Flight> again;
+      for (auto& f : flights) {
+        if (f.state != Flight::State::failed) continue;
+        f.state = Flight::State::pending;
+        again.push_back({f.seq, f.item, Flight::State::pending});
+      }
+      lock.unlock();
+      counters->retries.fetch_add(again.size(), std::memory_order_relaxed);
+      if (ensure_stream()) {
+        for (const auto& f : again) publish_flight(f);
+      } else {
+        const std::lock_guard relock(flights_mu);
+        for (auto& f : flights) {
+          if (f.state == Flight::State::pending) f.state = Flight::State::failed;
+        }
+      }
+      lock.lock();
+      continue;
+    }
+    const bool full = flights.size() >= kMaxInFlight;
+    if ((!wait_all && !full && !any_failed) || flights.empty() || stopping) return;
+    wake_out.wait_for(lock, 100ms);
+  }
+}
+
+void NatsBridge::Link::send_lossless(RelayMessage m) {
+  while (!stream_ready && !stopping) {
+    stream_ready = ensure_stream();
+    if (!stream_ready) std::this_thread::sleep_for(1s);
+  }
+  Flight f{out_seq, std::move(m), Flight::State::pending};
+  {
+    const std::lock_guard lock(flights_mu);
+    flights.push_back({f.seq, f.item, Flight::State::pending});
+  }
+  publish_flight(f);
+  settle_flights(false);  // (waits while kMaxInFlight are unacked, or a resend is due)
+}
+
+// --- in
+
+bool NatsBridge::Link::deliver(RelayMessage&& m, const std::shared_ptr<natsMsg>& ack) {
+  const std::size_t bytes = m.payload.size();
+  const std::uint32_t lost = m.bridge_lost;
+  while (!in_stop) {
+    const auto t = topic.lock();
+    if (!t) return false;
+    const auto r = t->broadcast.publish(std::move(m), Clock::now() + 100ms);
+    if (r.status == SendStatus::timeout) continue;  // (a subscriber here is slow: wait, unacked)
+    if (r.status != SendStatus::ok) return false;
+    if (ack) natsMsg_Ack(ack.get(), nullptr);
+    counters->received_items.fetch_add(1, std::memory_order_relaxed);
+    counters->received_bytes.fetch_add(bytes, std::memory_order_relaxed);
+    counters->lost.fetch_add(lost, std::memory_order_relaxed);
+    t->published_bytes.fetch_add(bytes, std::memory_order_relaxed);
+    return true;
+  }
+  return false;
+}
+
+void NatsBridge::Link::on_rt_msg(natsConnection* /*nc*/, natsSubscription* /*sub*/, natsMsg* raw,
+                                 void* self) {
+  auto* rx = static_cast<RtReceiver*>(self);
+  const std::shared_ptr<natsMsg> msg(raw, natsMsg_Destroy);
+  bridge::Header h;
+  auto m = item_of(msg, h);
+  if (!m || (h.flags & bridge::kLossless) != 0) return;  // (not ours: ignored)
+  if (!rx->origins.contains(h.origin) && rx->origins.size() >= kMaxOrigins)
+    rx->origins.erase(rx->origins.begin());
+  const auto lost = rx->origins[h.origin].realtime(h.sequence);
+  if (!lost) {
+    rx->counters->duplicates.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  m->bridge_lost = static_cast<std::uint32_t>(
+      std::min<std::uint64_t>(*lost, std::numeric_limits<std::uint32_t>::max()));
+  const auto t = rx->topic.lock();
+  if (!t) return;
+  const std::size_t bytes = m->payload.size();
+  if (t->broadcast.publish(std::move(*m)).ok()) {  // (real-time: never waits)
+    rx->counters->received_items.fetch_add(1, std::memory_order_relaxed);
+    rx->counters->received_bytes.fetch_add(bytes, std::memory_order_relaxed);
+    rx->counters->lost.fetch_add(*lost, std::memory_order_relaxed);
+    t->published_bytes.fetch_add(bytes, std::memory_order_relaxed);
+  }
+}
+
+void NatsBridge::Link::on_rt_complete(void* receiver) {
+  delete static_cast<RtReceiver*>(receiver);  // NOLINT(cppcoreguidelines-owning-memory)
+}
+
+void NatsBridge::Link::start_in() {
+  receiving = true;
+  if (lossless) {  // (receiving is said once its consumer exists)
+    in_stop = false;
+    in = std::thread([this] { run_lossless_in(); });
+    return;
+  }
+  auto* rx = new RtReceiver{topic, counters, {}};  // NOLINT(cppcoreguidelines-owning-memory)
+  natsSubscription* sub = nullptr;
+  if (natsConnection_Subscribe(&sub, bridge.nats_->nc, subject.c_str(), &Link::on_rt_msg, rx) !=
+      NATS_OK) {
+    delete rx;  // NOLINT(cppcoreguidelines-owning-memory)
+    receiving = false;
+    return;  // (tried again at the next poll)
+  }
+  counters->receiving = true;
+  // What may wait in the client for the topic: its budget (past it the client drops, and the
+  // numbering shows the loss).
+  const auto bytes = std::min<std::uint64_t>(config.max_queue_bytes, INT32_MAX);
+  (void)natsSubscription_SetPendingLimits(sub, 65536, static_cast<int>(bytes));
+  (void)natsSubscription_SetOnCompleteCB(sub, &Link::on_rt_complete, rx);
+  rt_sub = sub;
+}
+
+void NatsBridge::Link::stop_in() {
+  if (!receiving) return;
+  receiving = false;
+  counters->receiving = false;
+  if (rt_sub != nullptr) {
+    (void)natsSubscription_Unsubscribe(rt_sub);  // (the receiver goes in on_rt_complete)
+    natsSubscription_Destroy(rt_sub);
+    rt_sub = nullptr;
+  }
+  in_stop = true;
+  if (in.joinable()) in.join();
+}
+
+// A pull consumer named after this relay: max_ack_pending is the topic's max_queue_items, and an
+// item is acked once it is in the topic here. It is deleted when receiving stops, and by the
+// server after 30 s without a fetch (a relay that went away).
+void NatsBridge::Link::run_lossless_in() {
+  natsSubscription* sub = nullptr;
+  while (!in_stop && sub == nullptr) {
+    if (ensure_stream()) {
+      jsSubOptions so;
+      jsSubOptions_Init(&so);
+      so.Stream = stream.c_str();
+      so.Config.DeliverPolicy = js_DeliverNew;
+      so.Config.AckPolicy = js_AckExplicit;
+      so.Config.MaxAckPending = static_cast<std::int64_t>(config.max_queue_items);
+      so.Config.AckWait = std::chrono::nanoseconds(30s).count();
+      so.Config.InactiveThreshold = std::chrono::nanoseconds(30s).count();
+      jsErrCode err = static_cast<jsErrCode>(0);
+      const std::string durable = bridge.name_;
+      if (js_PullSubscribe(&sub, jetstream(), subject.c_str(), durable.c_str(), nullptr, &so,
+                           &err) != NATS_OK) {
+        sub = nullptr;
+      }
+    }
+    if (sub == nullptr) {
+      for (int i = 0; i < 10 && !in_stop; ++i) std::this_thread::sleep_for(100ms);
+    }
+  }
+  if (sub != nullptr) counters->receiving = true;
+  struct Held {
+    RelayMessage item;
+    std::shared_ptr<natsMsg> msg;
+  };
+  std::map<std::uint64_t, bridge::OriginSequence<Held>> origins;
+  const auto deliver_held = [this](Held&& h, std::uint64_t lost) {
+    h.item.bridge_lost = static_cast<std::uint32_t>(
+        std::min<std::uint64_t>(lost, std::numeric_limits<std::uint32_t>::max()));
+    (void)deliver(std::move(h.item), h.msg);
+  };
+  const auto timeout = bridge.core_.config.nats.reorder_timeout;
+  while (!in_stop && sub != nullptr) {
+    natsMsgList list{};
+    jsErrCode err = static_cast<jsErrCode>(0);
+    const natsStatus s = natsSubscription_Fetch(&list, sub, kFetchBatch, 200, &err);
+    const auto now = Clock::now();
+    for (int i = 0; s == NATS_OK && i < list.Count; ++i) {
+      const std::shared_ptr<natsMsg> msg(list.Msgs[i], natsMsg_Destroy);
+      list.Msgs[i] = nullptr;
+      bridge::Header h;
+      auto m = item_of(msg, h);
+      if (!m || h.origin == origin) {  // (not ours, or this relay's own: already in the topic)
+        natsMsg_Ack(msg.get(), nullptr);
+        continue;
+      }
+      if (!origins.contains(h.origin) && origins.size() >= kMaxOrigins)
+        origins.erase(origins.begin());
+      auto& order = origins[h.origin];
+      // (held: acked now, or it would keep the missing one out of the full stream)
+      const bool ahead = order.ahead(h.sequence);
+      if (ahead) natsMsg_Ack(msg.get(), nullptr);
+      if (!order.lossless(h.sequence, Held{std::move(*m), ahead ? nullptr : msg}, now,
+                          deliver_held)) {
+        counters->duplicates.fetch_add(1, std::memory_order_relaxed);
+        if (!ahead) natsMsg_Ack(msg.get(), nullptr);
+      }
+    }
+    natsMsgList_Destroy(&list);
+    std::size_t held = 0;
+    for (auto& [id, seq] : origins) {
+      (void)seq.expire(Clock::now(), timeout, deliver_held);
+      held += seq.held();
+    }
+    counters->pending.store(held, std::memory_order_relaxed);
+  }
+  if (sub != nullptr) {
+    (void)natsSubscription_Unsubscribe(sub);  // (deletes the consumer)
+    natsSubscription_Destroy(sub);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+
+NatsBridge::NatsBridge(RelayCore& core)
+    : core_(core),
+      name_(core.config.nats.name.empty() ? random_name() : core.config.nats.name),
+      nats_(std::make_unique<Connection>()) {
+  const NatsConfig& c = core.config.nats;
+  auto& m = core.metrics;
+  nats_->reconnects = &m.counter("sluice_nats_reconnects_total",
+                                 "Times the bridge's NATS connection came back (nats.urls)");
+  nats_->disconnects =
+      &m.counter("sluice_nats_disconnects_total", "Times the bridge's NATS connection was lost");
+  Connection* conn = nats_.get();
+  m.gauge_fn("sluice_nats_connected", "1 while the bridge is connected to NATS", {},
+             [conn] { return conn->up ? 1.0 : 0.0; });
+  const auto check = [](natsStatus s, const char* what) {
+    if (s != NATS_OK)
+      throw std::runtime_error(std::string("relay: NATS client refused ") + what + ": " +
+                               status_text(s));
+  };
+  check(natsOptions_Create(&nats_->opts), "its options");
+  std::vector<const char*> urls;
+  urls.reserve(c.urls.size());
+  for (const auto& u : c.urls) urls.push_back(u.c_str());
+  natsOptions* o = nats_->opts;
+  check(natsOptions_SetServers(o, urls.data(), static_cast<int>(urls.size())),
+        "nats.urls (SLUICE_NATS_URLS)");
+  check(natsOptions_SetName(o, ("sluice " + name_).c_str()), "nats.name (SLUICE_NATS_NAME)");
+  check(natsOptions_SetNoRandomize(o, true), "no_randomize");  // (nats.urls in order)
+  check(natsOptions_SetNoEcho(o, true), "no_echo");
+  check(natsOptions_SetIgnoreDiscoveredServers(o, !c.discovered_servers),
+        "nats.discovered_servers (SLUICE_NATS_DISCOVERED_SERVERS)");  // (this relay's items are in its topic)
+  check(natsOptions_SetMaxReconnect(o, -1), "max_reconnect");
+  check(natsOptions_SetReconnectWait(o, 250), "reconnect_wait");
+  check(natsOptions_SetReconnectBufSize(o, 8 * 1024 * 1024), "reconnect_buf_size");
+  check(natsOptions_SetRetryOnFailedConnect(o, true, &Connection::connected, conn),
+        "retry_on_failed_connect");
+  check(natsOptions_SetDisconnectedCB(o, &Connection::disconnected, conn), "disconnected_cb");
+  check(natsOptions_SetReconnectedCB(o, &Connection::reconnected, conn), "reconnected_cb");
+  if (!c.credentials_file.empty()) {
+    check(natsOptions_SetUserCredentialsFromFiles(o, c.credentials_file.c_str(), nullptr),
+          "nats.credentials_file (SLUICE_NATS_CREDENTIALS_FILE)");
+  }
+  if (!c.token.empty()) check(natsOptions_SetToken(o, c.token.c_str()), "nats.token");
+  const natsStatus s = natsConnection_Connect(&nats_->nc, o);
+  if (s == NATS_OK) {
+    nats_->up = true;
+  } else if (s != NATS_NOT_YET_CONNECTED) {
+    check(s, "to connect (nats.urls)");
+  } else {
+    log::event(log::Level::warn, "nats_unavailable",
+               {{"urls", c.urls.front()}, {"hint", "retrying; cluster topics stay local meanwhile"}});
+  }
+  // Each cluster topic is linked as it is made (topics made before: now).
+  core_.topics.on_created([this](const std::shared_ptr<Topic>& t) { attach(t); });
+  for (const auto& t : core_.topics.all()) attach(t);
+}
+
+NatsBridge::~NatsBridge() {
+  stop();
+}
+
+void NatsBridge::stop() {
+  std::map<std::string, std::unique_ptr<Link>> links;
+  {
+    const MutexLock lock(mu_);
+    if (stopped_) return;
+    stopped_ = true;
+    links.swap(links_);
+  }
+  for (auto& [name, link] : links) {
+    link->stopping = true;
+    link->in_stop = true;
+  }
+  links.clear();  // (joins their threads)
+  core_.topics.on_created({});
+  nats_->close();
+}
+
+void NatsBridge::attach(const std::shared_ptr<Topic>& t) {
+  const MutexLock lock(mu_);
+  if (stopped_ || t->config.scope != TopicScope::cluster) return;
+  if (auto it = links_.find(t->name); it != links_.end()) {
+    if (!it->second->topic.expired()) return;
+    links_.erase(it);  // (the topic was removed and is made again)
+  }
+  auto link = std::make_unique<Link>(*this, t);
+  link->start_out();
+  links_.emplace(t->name, std::move(link));
+}
+
+void NatsBridge::poll() {
+  const MutexLock lock(mu_);
+  if (stopped_) return;
+  const auto now = Clock::now();
+  for (auto it = links_.begin(); it != links_.end();) {
+    Link& l = *it->second;
+    const auto t = l.topic.lock();
+    if (!t) {  // (removed: its subscription saw the close)
+      it = links_.erase(it);
+      continue;
+    }
+    if (t->user_subscribers() > 0) {
+      l.last_interest = now;
+      if (!l.receiving) l.start_in();
+    } else if (l.receiving && now - l.last_interest > kInterestGrace) {
+      l.stop_in();
+    }
+    ++it;
+  }
+}
+
+}  // namespace sluice::relay

@@ -1,0 +1,82 @@
+// The relay's bridge to NATS (relay-internal; docs/cluster.md): every cluster topic is shared
+// with the other relays attached to the same NATS system, each item crossing NATS once per relay
+// that has subscribers for it; each relay then fans it out with its own depths, budgets and gap
+// notices.
+//
+// Per cluster topic, while it exists here:
+//   out   a subscription to the topic (named "nats-bridge") sends this relay's items — not those
+//         that came from NATS — to NATS, numbered (bridge_codec.hpp). Real-time: core NATS
+//         publish on {prefix}.rt.{topic}; if the subscription is lapped (NATS too slow) the
+//         numbering jumps by what it lost, so receivers announce it. Lossless: JetStream publish
+//         on {prefix}.js.{topic} into the stream made for the topic (interest retention, its
+//         byte limit the topic's max_queue_bytes, new messages refused when full), at most
+//         kMaxInFlight unacked; a refused or unacked item is sent again (with its message id,
+//         so JetStream stores it once) after a backoff, and meanwhile the subscription does not
+//         read: the topic fills and its producers are throttled (slow_down, max_wait).
+//   in    only while the topic has subscribers here: real-time, a core NATS subscription whose
+//         items go into the topic as they arrive (never waiting), gaps announced (reason bridge);
+//         lossless, a JetStream pull consumer named after this relay (max_ack_pending = the
+//         topic's max_queue_items, deliver new) read by a thread that puts each item into the
+//         topic — waiting for room, as a producer does — and acks it only then, so a slow
+//         subscriber here stops JetStream's deliveries, fills the stream and throttles the
+//         producers on every relay. In order per origin, repeats dropped (bridge_sequence.hpp).
+//
+// The connection reconnects forever (nats.urls, in order); items this relay publishes meanwhile
+// are buffered by the client (8 MiB) and the rest counted lost, and seen as such by receivers.
+//
+// Threads: one per cluster topic that sends (out), one per lossless topic that receives; the
+// NATS client's own. poll() (every 100 ms, the relay's main loop) starts and stops them.
+//
+// Thread-safety: poll() and stop() may be called from any thread (serialized inside).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "relay_core.hpp"
+#include "topic.hpp"
+#include "sluice/detail/thread_annotations.hpp"
+
+namespace sluice::relay {
+
+class NatsBridge {
+ public:
+  /// Items a lossless topic may have sent to JetStream and not yet acked.
+  static constexpr std::size_t kMaxInFlight = 256;
+
+  /// Starts connecting (nats.urls, nats.credentials_file / nats.token); the relay starts
+  /// whether or not NATS answers yet. Throws std::runtime_error naming the setting if the
+  /// client refuses the options.
+  explicit NatsBridge(RelayCore& core);
+  NatsBridge(const NatsBridge&) = delete;
+  NatsBridge& operator=(const NatsBridge&) = delete;
+  NatsBridge(NatsBridge&&) = delete;
+  NatsBridge& operator=(NatsBridge&&) = delete;
+  ~NatsBridge();
+
+  /// Starts sending a cluster topic's items (from the registry, as the topic is made).
+  void attach(const std::shared_ptr<Topic>& t);
+  /// Starts or stops receiving as subscribers come and go, and lets go
+  /// of removed topics.
+  void poll();
+  /// Stops every thread and closes the connection (idempotent; then poll() does nothing).
+  void stop();
+  /// This relay's name among the others (nats.name, or the random one).
+  const std::string& name() const noexcept { return name_; }
+
+  struct Link;  // one cluster topic (nats_bridge.cpp)
+  struct Connection;
+
+ private:
+  RelayCore& core_;
+  const std::string name_;
+  std::unique_ptr<Connection> nats_;
+  Mutex mu_;
+  bool stopped_ SLUICE_GUARDED_BY(mu_) = false;
+  std::map<std::string, std::unique_ptr<Link>> links_ SLUICE_GUARDED_BY(mu_);
+};
+
+}  // namespace sluice::relay

@@ -1,0 +1,365 @@
+// Cluster topics across relays (docs/cluster.md), with real parts only: a 3-node NATS cluster
+// (Debian's nats-server, routes and JetStream on loopback, temporary stores) and three relays in
+// this process, each attached to a different node, reached by the C++ client over gRPC.
+//
+// SLUICE_CLUSTER_ITEMS sets the lossless run's items (make soak: 10^6; here 20000).
+#include <gtest/gtest.h>
+#include <nats/nats.h>
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "peers/nats_cluster.hpp"
+#include "relay_scene.hpp"
+#include "sluice/client/client.hpp"
+
+namespace sluice {
+namespace {
+
+using namespace std::chrono_literals;
+using bench::NatsCluster;
+using testing::RelayScene;
+
+std::size_t env_items(const char* name, std::size_t fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr ? static_cast<std::size_t>(std::strtoull(v, nullptr, 10)) : fallback;
+}
+
+// A relay attached to node `node` of `cluster` (the other nodes its fallbacks), with `topic`.
+RelayConfig relay_config(const NatsCluster& cluster, std::size_t node, const TopicConfig& topic) {
+  RelayConfig c;
+  c.nats.urls.push_back(cluster.url(node));
+  for (std::size_t i = 0; i < cluster.size(); ++i) {
+    if (i != node) c.nats.urls.push_back(cluster.url(i));
+  }
+  c.nats.name = "relay" + std::to_string(node);
+  c.nats.replicas = cluster.size();
+  c.nats.storage = "memory";
+  c.topics.push_back(topic);
+  return c;
+}
+
+TopicConfig cluster_topic(const std::string& name, TopicMode mode) {
+  TopicConfig t;
+  t.name = name;
+  t.mode = mode;
+  t.scope = TopicScope::cluster;
+  return t;
+}
+
+nlohmann::json topic_stats(const RelayScene& relay, const std::string& topic) {
+  const auto j = nlohmann::json::parse(relay.stats_json());
+  for (const auto& t : j.at("topics")) {
+    if (t.at("name") == topic) return t;
+  }
+  return {};
+}
+
+// Waits until `relay` receives `topic` from the others (its bridge subscribed), then a little
+// more for NATS to carry the interest along its routes.
+bool wait_receiving(const RelayScene& relay, const std::string& topic) {
+  for (int i = 0; i < 200; ++i) {
+    const auto t = topic_stats(relay, topic);
+    if (t.contains("bridge") && t["bridge"].value("receiving", false)) {
+      std::this_thread::sleep_for(500ms);
+      return true;
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  return false;
+}
+
+std::uint64_t bridge_counter(const RelayScene& relay, const std::string& topic, const char* key) {
+  const auto t = topic_stats(relay, topic);
+  return t.contains("bridge") ? t["bridge"].value(key, std::uint64_t{0}) : 0;
+}
+
+// What a subscriber saw: every item's sequence in order, and its gaps by reason.
+struct Seen {
+  std::vector<std::uint64_t> sequences;
+  std::uint64_t lost_slow = 0;
+  std::uint64_t lost_bridge = 0;
+  std::uint64_t gaps_bridge = 0;
+  std::uint64_t lost_other = 0;
+};
+
+// Reads `sub` until `last` is seen (or the stream ends), taking `per_item` over each item and
+// stalling up to `stall` now and then.
+std::thread reader(client::Subscriber& sub, Seen& seen, std::uint64_t last,
+                   std::chrono::milliseconds stall = 0ms, std::chrono::milliseconds per_item = 0ms) {
+  return std::thread([&sub, &seen, last, stall, per_item] {
+    std::mt19937 rng(7);
+    client::SubscriberEvent e;
+    while (sub.next(e)) {
+      if (e.kind == client::SubscriberEvent::Kind::gap) {
+        if (e.reason == "slow_consumer") {
+          seen.lost_slow += e.lost;
+        } else if (e.reason == "bridge") {
+          seen.lost_bridge += e.lost;
+          ++seen.gaps_bridge;
+        } else {
+          seen.lost_other += e.lost;
+        }
+        continue;
+      }
+      seen.sequences.push_back(e.sequence);
+      if (per_item > 0ms) std::this_thread::sleep_for(per_item);
+      if (stall > 0ms && rng() % 50 == 0)
+        std::this_thread::sleep_for(std::chrono::milliseconds(rng() % stall.count()));
+      if (e.sequence >= last) break;
+    }
+  });
+}
+
+// Joins `t` (a reader of `sub`), cancelling `sub` if it has not seen its last item within
+// `limit` (a test that fails does not hang).
+void join_within(std::thread& t, client::Subscriber& sub, std::chrono::seconds limit = 60s) {
+  std::atomic<bool> joined{false};
+  std::thread watchdog([&] {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (!joined && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(50ms);
+    if (!joined) sub.cancel();
+  });
+  t.join();
+  joined = true;
+  watchdog.join();
+}
+
+client::SubscriberOptions subscriber(const RelayScene& relay, const std::string& topic,
+                                     const std::string& name) {
+  client::SubscriberOptions o;
+  o.target = relay.target;
+  o.topic = topic;
+  o.name = name;
+  return o;
+}
+
+// Every relay gets each real-time item once, in order; NATS carries it once per relay that has
+// subscribers (the relay with none is not sent anything).
+TEST(Cluster, RealtimeItemsReachTheOtherRelaysOnceEach) {
+  NatsCluster nats(3);
+  ASSERT_TRUE(nats.ready());
+  const auto topic = cluster_topic("cam", TopicMode::realtime);
+  RelayScene a(relay_config(nats, 0, topic));
+  RelayScene b(relay_config(nats, 1, topic));
+  RelayScene c(relay_config(nats, 2, topic));
+  client::Subscriber sb(subscriber(b, "cam", "on-b"));
+  ASSERT_TRUE(sb.subscribed());
+  ASSERT_TRUE(wait_receiving(b, "cam"));
+  constexpr std::uint64_t kItems = 500;
+  Seen seen;
+  auto t = reader(sb, seen, kItems - 1);
+  client::PublisherOptions po;
+  po.target = a.target;
+  po.topic = "cam";
+  client::Publisher pub(po);
+  for (std::uint64_t i = 0; i < kItems; ++i) {
+    ASSERT_TRUE(pub.publish(Buffer::copy(std::string(1024, static_cast<char>('a' + i % 26)))).ok());
+    std::this_thread::sleep_for(2ms);  // (paced: nobody is behind its depth here)
+  }
+  ASSERT_TRUE(pub.close().ok());
+  join_within(t, sb, 20s);
+  ASSERT_EQ(seen.sequences.size(), kItems);
+  for (std::uint64_t i = 0; i < kItems; ++i) ASSERT_EQ(seen.sequences[i], i);
+  EXPECT_EQ(seen.lost_bridge + seen.lost_slow + seen.lost_other, 0U);
+  EXPECT_EQ(bridge_counter(a, "cam", "sent_items"), kItems);
+  EXPECT_EQ(bridge_counter(b, "cam", "received_items"), kItems);
+  EXPECT_EQ(bridge_counter(b, "cam", "sent_items"), 0U);  // (not sent back out)
+  EXPECT_EQ(bridge_counter(c, "cam", "received_items"), 0U);  // (no subscriber on C)
+}
+
+// 30 fps × 256 KiB, a subscriber on C that keeps up with half of it: it loses items (slow_consumer, counted
+// exactly: received + lost = published), while B's subscriber gets every one.
+TEST(Cluster, RealtimeSlowSubscriberLosesExactlyWhatItIsTold) {
+  NatsCluster nats(3);
+  ASSERT_TRUE(nats.ready());
+  auto topic = cluster_topic("video", TopicMode::realtime);
+  topic.depth = 4;
+  RelayScene a(relay_config(nats, 0, topic));
+  RelayScene b(relay_config(nats, 1, topic));
+  RelayScene c(relay_config(nats, 2, topic));
+  client::Subscriber sb(subscriber(b, "video", "fast"));
+  auto co = subscriber(c, "video", "slow");
+  client::Subscriber sc(co);
+  ASSERT_TRUE(sb.subscribed() && sc.subscribed());
+  ASSERT_TRUE(wait_receiving(b, "video") && wait_receiving(c, "video"));
+  constexpr std::uint64_t kItems = 150;  // 5 s at 30 fps
+  Seen fast;
+  Seen stalled;
+  auto tb = reader(sb, fast, kItems - 1);
+  auto tc = reader(sc, stalled, kItems - 1, 0ms, 60ms);  // (16 fps)
+  client::PublisherOptions po;
+  po.target = a.target;
+  po.topic = "video";
+  client::Publisher pub(po);
+  const std::string frame(256 * 1024, 'v');
+  auto next = std::chrono::steady_clock::now();
+  for (std::uint64_t i = 0; i < kItems; ++i) {
+    next += 33ms;
+    std::this_thread::sleep_until(next);
+    ASSERT_TRUE(pub.publish(Buffer::copy(frame)).ok());
+  }
+  ASSERT_TRUE(pub.close().ok());
+  join_within(tb, sb);
+  join_within(tc, sc);
+  ASSERT_EQ(fast.sequences.size(), kItems);
+  EXPECT_EQ(fast.lost_slow + fast.lost_bridge, 0U);
+  ASSERT_FALSE(stalled.sequences.empty());
+  EXPECT_GT(stalled.lost_slow, 0U) << "the slow subscriber was never lapped";
+  EXPECT_EQ(stalled.lost_bridge, 0U);
+  // From its first item to the last, every item was received or counted lost.
+  EXPECT_EQ(stalled.sequences.size() + stalled.lost_slow,
+            stalled.sequences.back() - stalled.sequences.front() + 1);
+  for (std::size_t i = 1; i < stalled.sequences.size(); ++i)
+    ASSERT_GT(stalled.sequences[i], stalled.sequences[i - 1]);
+}
+
+// The NATS node under C (its only one) dies while items flow and comes back a second later: C's
+// bridge reconnects, and what it missed meanwhile is announced to its subscriber as a `bridge`
+// gap — exactly.
+TEST(Cluster, LossBetweenRelaysIsAnnouncedAsABridgeGap) {
+  NatsCluster nats(3);
+  ASSERT_TRUE(nats.ready());
+  const auto topic = cluster_topic("telemetry", TopicMode::realtime);
+  RelayScene a(relay_config(nats, 0, topic));
+  auto only_node_2 = relay_config(nats, 2, topic);
+  only_node_2.nats.urls.resize(1);
+  only_node_2.nats.discovered_servers = false;
+  RelayScene c(only_node_2);
+  client::Subscriber sc(subscriber(c, "telemetry", "on-c"));
+  ASSERT_TRUE(sc.subscribed());
+  ASSERT_TRUE(wait_receiving(c, "telemetry"));
+  constexpr std::uint64_t kItems = 600;  // 3 s at 200/s
+  Seen seen;
+  auto t = reader(sc, seen, kItems - 1);
+  client::PublisherOptions po;
+  po.target = a.target;
+  po.topic = "telemetry";
+  client::Publisher pub(po);
+  for (std::uint64_t i = 0; i < kItems; ++i) {
+    if (i == 100) nats.kill(2);
+    if (i == 300) nats.start(2);
+    ASSERT_TRUE(pub.publish(Buffer::copy(std::string(64, 't'))).ok());
+    std::this_thread::sleep_for(5ms);
+  }
+  ASSERT_TRUE(pub.close().ok());
+  join_within(t, sc);
+  ASSERT_FALSE(seen.sequences.empty());
+  EXPECT_EQ(seen.sequences.back(), kItems - 1);
+  EXPECT_GE(seen.gaps_bridge, 1U) << "the items missed during the reconnect were not announced";
+  EXPECT_EQ(seen.sequences.size() + seen.lost_bridge + seen.lost_slow,
+            seen.sequences.back() - seen.sequences.front() + 1);
+  EXPECT_EQ(bridge_counter(c, "telemetry", "lost"), seen.lost_bridge);
+  EXPECT_GE(c.metric("sluice_nats_reconnects_total"), 1.0);
+}
+
+// Lossless across relays: a producer on A, subscribers on B and C (C's stalls now and then):
+// each gets every item once, in order; the stalled one throttles the producer on A (through
+// C's consumer, the stream and A's bridge); the NATS node under B is killed mid-run.
+TEST(Cluster, LosslessNothingLostOrRepeatedAndTheSlowestThrottlesTheProducer) {
+  NatsCluster nats(3);
+  ASSERT_TRUE(nats.ready());
+  auto topic = cluster_topic("orders", TopicMode::lossless);
+  topic.max_queue_bytes = 256 * 1024;
+  topic.max_queue_items = 256;
+  topic.max_wait = 30s;
+  RelayScene a(relay_config(nats, 0, topic));
+  RelayScene b(relay_config(nats, 1, topic));
+  RelayScene c(relay_config(nats, 2, topic));
+  client::Subscriber sb(subscriber(b, "orders", "steady"));
+  client::Subscriber sc(subscriber(c, "orders", "stalling"));
+  ASSERT_TRUE(sb.subscribed() && sc.subscribed());
+  ASSERT_TRUE(wait_receiving(b, "orders") && wait_receiving(c, "orders"));
+  const std::uint64_t items = env_items("SLUICE_CLUSTER_ITEMS", 20000);
+  Seen on_b;
+  Seen on_c;
+  auto tb = reader(sb, on_b, items - 1);
+  auto tc = reader(sc, on_c, items - 1, 40ms);
+  client::PublisherOptions po;
+  po.target = a.target;
+  po.topic = "orders";
+  client::Publisher pub(po);
+  for (std::uint64_t i = 0; i < items; ++i) {
+    if (i == items / 2) nats.kill(1);
+    ASSERT_TRUE(pub.publish(Buffer::copy(std::string(200, 'o'))).ok()) << i;
+  }
+  ASSERT_TRUE(pub.close().ok());
+  join_within(tb, sb, 300s);
+  join_within(tc, sc, 300s);
+  for (const Seen* s : {&on_b, &on_c}) {
+    ASSERT_EQ(s->sequences.size(), items);
+    for (std::uint64_t i = 0; i < items; ++i) ASSERT_EQ(s->sequences[i], i);
+    EXPECT_EQ(s->lost_slow + s->lost_bridge + s->lost_other, 0U);
+  }
+  // The stalls reached the producer: JetStream refused A's bridge (the stream full) and A's
+  // topic held its producer back.
+  EXPECT_GT(bridge_counter(a, "orders", "retries"), 0U);
+  EXPECT_GT(topic_stats(a, "orders").value("throttled_total", std::uint64_t{0}), 0U);
+  EXPECT_EQ(bridge_counter(a, "orders", "sent_items"), items);
+}
+
+// Relays joining and leaving a cluster topic under load leave nothing behind: the producing
+// relay's threads and descriptors, and JetStream's consumers, come back to where they were.
+TEST(Cluster, RelaysJoiningAndLeavingLeakNothing) {
+  NatsCluster nats(3);
+  ASSERT_TRUE(nats.ready());
+  auto topic = cluster_topic("churn", TopicMode::lossless);
+  RelayScene a(relay_config(nats, 0, topic));
+  std::atomic<bool> done{false};
+  std::thread producer([&] {
+    client::PublisherOptions po;
+    po.target = a.target;
+    po.topic = "churn";
+    client::Publisher pub(po);
+    while (!done) {
+      (void)pub.publish(Buffer::copy(std::string(512, 'c')));
+      std::this_thread::sleep_for(1ms);
+    }
+    (void)pub.close();
+  });
+  const auto count = [](const char* dir) {
+    std::size_t n = 0;
+    for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir)) ++n;
+    return n;
+  };
+  std::this_thread::sleep_for(500ms);
+  const std::size_t fds = count("/proc/self/fd");
+  const std::size_t threads = count("/proc/self/task");
+  constexpr int kCycles = 4;
+  for (int i = 0; i < kCycles; ++i) {
+    RelayScene b(relay_config(nats, 1 + i % 2, topic));
+    client::Subscriber sb(subscriber(b, "churn", "joiner"));
+    ASSERT_TRUE(sb.subscribed());
+    ASSERT_TRUE(wait_receiving(b, "churn"));
+    client::SubscriberEvent e;
+    for (int k = 0; k < 50; ++k) ASSERT_TRUE(sb.next(e));
+  }  // (each relay shuts down: its consumer is deleted)
+  done = true;
+  producer.join();
+  std::this_thread::sleep_for(1s);  // (gRPC's and NATS's threads wind down)
+  EXPECT_LE(count("/proc/self/fd"), fds + 4);
+  EXPECT_LE(count("/proc/self/task"), threads + 4);
+  // JetStream: no consumer left on the topic's stream.
+  natsConnection* nc = nullptr;
+  ASSERT_EQ(natsConnection_ConnectTo(&nc, nats.url(0).c_str()), NATS_OK);
+  jsCtx* js = nullptr;
+  ASSERT_EQ(natsConnection_JetStream(&js, nc, nullptr), NATS_OK);
+  jsStreamInfo* si = nullptr;
+  ASSERT_EQ(js_GetStreamInfo(&si, js, "sluice_2Echurn", nullptr, nullptr), NATS_OK);
+  EXPECT_EQ(si->State.Consumers, 0);
+  jsStreamInfo_Destroy(si);
+  jsCtx_Destroy(js);
+  natsConnection_Destroy(nc);
+}
+
+}  // namespace
+}  // namespace sluice
