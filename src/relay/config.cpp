@@ -135,8 +135,7 @@ TopicScope parse_scope(const Source& src, const std::string& text) {
 // A NATS subject token (the prefix may hold several, '.'-separated).
 bool subject_prefix_ok(std::string_view v) {
   if (v.empty() || v.size() > 64 || v.front() == '.' || v.back() == '.') return false;
-  return v.find("..") == std::string_view::npos &&
-         std::all_of(v.begin(), v.end(), [](char ch) {
+  return v.find("..") == std::string_view::npos && std::all_of(v.begin(), v.end(), [](char ch) {
            return std::isalnum(static_cast<unsigned char>(ch)) != 0 || ch == '.' || ch == '_' ||
                   ch == '-';
          });
@@ -394,8 +393,9 @@ const std::vector<Setting>& settings() {
          c.nats.urls = parse_list(v);
          for (const auto& u : c.nats.urls) {
            if (u.rfind("nats://", 0) != 0 && u.rfind("tls://", 0) != 0)
-             bad(s, v, "NATS URLs such as nats://10.0.0.5:4222 or tls://nats.example.com:4222, "
-                       "comma-separated");
+             bad(s, v,
+                 "NATS URLs such as nats://10.0.0.5:4222 or tls://nats.example.com:4222, "
+                 "comma-separated");
          }
        }},
       {"nats.subject_prefix", "SLUICE_NATS_SUBJECT_PREFIX", "nats-subject-prefix",
@@ -413,10 +413,10 @@ const std::vector<Setting>& settings() {
        [](RelayConfig& c, const Source& /*s*/, const std::string& v) { c.nats.token = v; }},
       {"nats.name", "SLUICE_NATS_NAME", "nats-name",
        [](RelayConfig& c, const Source& s, const std::string& v) {
-         const bool ok = v.size() <= 64 && std::all_of(v.begin(), v.end(), [](char ch) {
-                           return std::isalnum(static_cast<unsigned char>(ch)) != 0 ||
-                                  ch == '_' || ch == '-';
-                         });
+         const bool ok =
+             v.size() <= 64 && std::all_of(v.begin(), v.end(), [](char ch) {
+               return std::isalnum(static_cast<unsigned char>(ch)) != 0 || ch == '_' || ch == '-';
+             });
          if (!ok) bad(s, v, "up to 64 letters, digits, '_' and '-' (empty: a random name)");
          c.nats.name = v;
        }},
@@ -436,7 +436,7 @@ const std::vector<Setting>& settings() {
       {"nats.reorder_timeout_ms", "SLUICE_NATS_REORDER_TIMEOUT_MS", "nats-reorder-timeout-ms",
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.nats.reorder_timeout =
-             std::chrono::milliseconds(parse_int(s, v, 1, 3'600'000, "1 to 3600000 (ms)"));
+             std::chrono::milliseconds(parse_int(s, v, 6000, 3'600'000, "6000 to 3600000 (ms)"));
        }},
   };
   return table;
@@ -989,8 +989,7 @@ std::string to_toml(const RelayConfig& c) {
     << "\ncredentials_file = " << toml_quoted(c.nats.credentials_file)
     << "\nname = " << toml_quoted(c.nats.name)
     << "\ndiscovered_servers = " << (c.nats.discovered_servers ? "true" : "false")
-    << "\nreplicas = " << c.nats.replicas
-    << "\nstorage = " << toml_quoted(c.nats.storage)
+    << "\nreplicas = " << c.nats.replicas << "\nstorage = " << toml_quoted(c.nats.storage)
     << "\nreorder_timeout_ms = " << c.nats.reorder_timeout.count() << "\n";
   if (!c.nats.token.empty()) o << "# nats.token is set (not printed)\n";
   for (const auto& t : c.topics) {

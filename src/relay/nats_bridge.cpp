@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <future>
 #include <limits>
 #include <mutex>
 #include <random>
@@ -98,6 +99,13 @@ std::vector<unsigned char> wire_bytes(const bridge::Header& h, const RelayMessag
 constexpr std::size_t kMaxOrigins = 64;  // relays a topic's receiver follows at once
 constexpr int kFetchBatch = 64;
 constexpr auto kInterestGrace = 1s;  // no subscriber this long: stop receiving
+constexpr auto kAckTimeout = 6s;     // a JetStream publish not acked by then is sent again
+// A consumer's batch not acked by then is delivered again (one on its way when a NATS server
+// went away is late, not lost): shorter than nats.reorder_timeout_ms (at least 6 s), so that it
+// comes again before the receiver gives up on it.
+constexpr auto kConsumerAckWait = 3s;
+constexpr std::size_t kMaxBatchItems = 1024;                    // a lossless batch's items
+constexpr std::size_t kMaxBatchBytes = std::size_t{512} << 10;  // and bytes (one item: any size)
 
 }  // namespace
 
@@ -191,17 +199,22 @@ struct NatsBridge::Link {
   std::uint64_t out_seq = 0;  // (out thread)
   jsCtx* js = nullptr;        // lossless: made by the out thread, or the in thread, under js_mu
   std::mutex js_mu;
-  // Lossless: items sent to JetStream and not yet acked, in order (acked ones leave from the
-  // front). The ack handler marks them on the client's thread.
+  // Lossless: the batch sent to JetStream and not yet acked (one at a time, so that items
+  // reach the stream in order), and the items gathered meanwhile for the next one. The ack
+  // handler marks it on the client's thread.
   struct Flight {
-    std::uint64_t seq = 0;
-    RelayMessage item;
-    enum class State : std::uint8_t { pending, acked, failed } state = State::pending;
+    std::uint64_t seq = 0;  // its first item's
+    std::vector<RelayMessage> items;
+    enum class State : std::uint8_t { none, pending, acked, failed } state = State::none;
+    Clock::time_point sent = Clock::now();
   };
   std::mutex flights_mu;
   std::condition_variable wake_out;
-  std::deque<Flight> flights;  // guarded by flights_mu
-  bool stream_ready = false;   // (out thread)
+  Flight flight;                                // guarded by flights_mu
+  std::vector<RelayMessage> gathered;           // (out thread)
+  std::size_t gathered_bytes = 0;               // (out thread)
+  std::chrono::milliseconds retry_backoff{20};  // (out thread)
+  bool stream_ready = false;                    // (out thread)
 
   // --- in: other relays' items into the topic (only while it has subscribers here)
   Clock::time_point last_interest = Clock::now();
@@ -216,14 +229,16 @@ struct NatsBridge::Link {
   bool ensure_stream();
   jsCtx* jetstream();
   void send_realtime(const RelayMessage& m);
-  void send_lossless(RelayMessage m);
-  void settle_flights(bool wait_all);
+  bool settle_flight();
+  bool send_gathered();
+  std::size_t batch_bytes() const;
   static void on_ack(jsCtx* js, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* self);
-  void publish_flight(const Flight& f);
+  void publish_flight(std::uint64_t seq, const std::vector<RelayMessage>& items);
 
   void start_in();
   void stop_in();
   void run_lossless_in();
+  struct JsReceiver;
   static void on_rt_msg(natsConnection* nc, natsSubscription* sub, natsMsg* msg, void* self);
   static void on_rt_complete(void* receiver);
   bool deliver(RelayMessage&& m, const std::shared_ptr<natsMsg>& ack);
@@ -249,8 +264,18 @@ void NatsBridge::Link::run_out() {
     sub = std::move(*made);
   }
   while (!stopping) {
-    if (lossless) settle_flights(false);
-    auto r = sub.recv_for(100ms);
+    bool in_flight = false;
+    if (lossless) {
+      in_flight = settle_flight();
+      if (!in_flight && !gathered.empty()) in_flight = send_gathered();
+      if (in_flight && (gathered.size() >= kMaxBatchItems || gathered_bytes >= batch_bytes())) {
+        std::unique_lock lock(flights_mu);  // (full: read nothing until the batch is acked)
+        wake_out.wait_for(lock, 100ms);
+        continue;
+      }
+    }
+    // (a batch in flight: look at its ack again soon)
+    auto r = in_flight ? sub.recv_for(1ms) : sub.recv_for(100ms);
     if (r.status == RecvStatus::timeout) continue;
     if (r.status == RecvStatus::closed || r.status == RecvStatus::evicted) break;
     if (r.status == RecvStatus::gap) {  // (real-time: NATS took too long; receivers see it)
@@ -260,12 +285,15 @@ void NatsBridge::Link::run_out() {
     if (r->from_bridge) continue;
     ++out_seq;
     if (lossless) {
-      send_lossless(std::move(*r));
+      gathered_bytes += r->payload.size();
+      gathered.push_back(std::move(*r));
     } else {
       send_realtime(*r);
     }
   }
-  if (lossless) settle_flights(true);
+  // (the topic closed: what it had goes out)
+  while (lossless && !stopping && (settle_flight() || (!gathered.empty() && send_gathered())))
+    std::this_thread::sleep_for(1ms);
   sub.unsubscribe();
   if (const auto t = topic.lock()) t->bridge_subscribers.fetch_sub(1, std::memory_order_acq_rel);
 }
@@ -315,7 +343,6 @@ bool NatsBridge::Link::ensure_stream() {
   cfg.Retention = js_InterestPolicy;
   cfg.Discard = js_DiscardNew;
   cfg.MaxBytes = static_cast<std::int64_t>(config.max_queue_bytes);
-  cfg.MaxMsgs = static_cast<std::int64_t>(config.max_queue_items);
   cfg.Storage = nc.storage == "memory" ? js_MemoryStorage : js_FileStorage;
   cfg.Replicas = static_cast<std::int64_t>(nc.replicas);
   jsStreamInfo* si = nullptr;
@@ -331,22 +358,39 @@ bool NatsBridge::Link::ensure_stream() {
   return false;
 }
 
-void NatsBridge::Link::publish_flight(const Flight& f) {
-  bridge::Header h;
-  h.flags = bridge::kLossless;
-  h.origin = origin;
-  h.sequence = f.seq;
-  h.item_sequence = f.item.sequence;
-  h.timestamp_ns = f.item.timestamp_ns;
-  const auto bytes = wire_bytes(h, f.item);
+// A batch's bytes: at most a quarter of the stream's (the topic's budget), so that the stream
+// can take one while it holds others; at least one item.
+std::size_t NatsBridge::Link::batch_bytes() const {
+  return std::min<std::size_t>(kMaxBatchBytes, config.max_queue_bytes / 4);
+}
+
+void NatsBridge::Link::publish_flight(std::uint64_t seq, const std::vector<RelayMessage>& items) {
+  std::size_t size = 0;
+  for (const auto& m : items) size += bridge::kHeaderBytes + m.payload.size();
+  std::vector<unsigned char> bytes(size);
+  std::size_t at = 0;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    bridge::Header h;
+    h.flags = bridge::kLossless | bridge::kBatched;
+    h.length = static_cast<std::uint32_t>(items[i].payload.size());
+    h.origin = origin;
+    h.sequence = seq + i;
+    h.item_sequence = items[i].sequence;
+    h.timestamp_ns = items[i].timestamp_ns;
+    const auto head = bridge::encode(h);
+    std::memcpy(bytes.data() + at, head.data(), head.size());
+    if (h.length != 0)
+      std::memcpy(bytes.data() + at + head.size(), items[i].payload.data(), h.length);
+    at += head.size() + h.length;
+  }
   natsMsg* msg = nullptr;
   if (natsMsg_Create(&msg, subject.c_str(), nullptr, reinterpret_cast<const char*>(bytes.data()),
                      static_cast<int>(bytes.size())) != NATS_OK) {
-    return;  // (settle_flights finds it pending past its wait: sent again)
+    return;  // (settle_flight finds it unacked past kAckTimeout: sent again)
   }
-  // The message id makes a resend of an item JetStream already stored a no-op (its duplicate
+  // The message id makes a resend of a batch JetStream already stored a no-op (its duplicate
   // window: 2 minutes by default).
-  const std::string id = std::to_string(origin) + "-" + std::to_string(f.seq);
+  const std::string id = std::to_string(origin) + "-" + std::to_string(seq);
   jsPubOptions po;
   jsPubOptions_Init(&po);
   po.MsgId = id.c_str();
@@ -355,9 +399,7 @@ void NatsBridge::Link::publish_flight(const Flight& f) {
   if (ctx == nullptr || js_PublishMsgAsync(ctx, &msg, &po) != NATS_OK) {
     natsMsg_Destroy(msg);
     const std::lock_guard lock(flights_mu);
-    for (auto& g : flights) {
-      if (g.seq == f.seq) g.state = Flight::State::failed;
-    }
+    if (flight.seq == seq) flight.state = Flight::State::failed;
   }
 }
 
@@ -366,85 +408,71 @@ void NatsBridge::Link::on_ack(jsCtx* /*js*/, natsMsg* msg, jsPubAck* pa, jsPubAc
   auto* l = static_cast<Link*>(self);
   const auto* data = reinterpret_cast<const unsigned char*>(natsMsg_GetData(msg));
   const int len = natsMsg_GetDataLength(msg);
-  const auto h = data != nullptr && len > 0
-                     ? bridge::decode({data, static_cast<std::size_t>(len)})
-                     : std::nullopt;
+  const auto h = data != nullptr && len > 0 ? bridge::decode({data, static_cast<std::size_t>(len)})
+                                            : std::nullopt;
   if (h) {
     const std::lock_guard lock(l->flights_mu);
-    for (auto& f : l->flights) {
-      if (f.seq == h->sequence) {
-        f.state = pa != nullptr ? Flight::State::acked : Flight::State::failed;
-        break;
-      }
-    }
+    if (l->flight.seq == h->sequence && l->flight.state == Flight::State::pending)
+      l->flight.state = pa != nullptr ? Flight::State::acked : Flight::State::failed;
   }
   l->wake_out.notify_all();
   natsMsg_Destroy(msg);
 }
 
-// Lets acked items go from the front; sends failed ones again in order once nothing else is in
-// flight (after a backoff: JetStream refuses while the stream is full). `wait_all`: until none
-// is left or the link stops.
-void NatsBridge::Link::settle_flights(bool wait_all) {
-  auto backoff = 20ms;
+// Lets an acked batch go; sends a failed (or unacked past kAckTimeout) one again after a backoff
+// (JetStream refuses while the stream is full). Returns whether a batch is in flight.
+bool NatsBridge::Link::settle_flight() {
   std::unique_lock lock(flights_mu);
-  for (;;) {
-    while (!flights.empty() && flights.front().state == Flight::State::acked) {
-      counters->sent_items.fetch_add(1, std::memory_order_relaxed);
-      counters->sent_bytes.fetch_add(flights.front().item.payload.size(),
-                                     std::memory_order_relaxed);
-      flights.pop_front();
-    }
-    counters->pending.store(flights.size(), std::memory_order_relaxed);
-    const bool any_pending = std::any_of(flights.begin(), flights.end(), [](const Flight& f) {
-      return f.state == Flight::State::pending;
-    });
-    const bool any_failed = std::any_of(flights.begin(), flights.end(), [](const Flight& f) {
-      return f.state == Flight::State::failed;
-    });
-    if (any_failed && !any_pending) {
-      lock.unlock();
-      if (stopping) return;
-      std::this_thread::sleep_for(backoff);
-      backoff = std::min<std::chrono::milliseconds>(backoff * 2, 1000ms);
-      lock.lock();
-      std::vector<Flight> again;
-      for (auto& f : flights) {
-        if (f.state != Flight::State::failed) continue;
-        f.state = Flight::State::pending;
-        again.push_back({f.seq, f.item, Flight::State::pending});
-      }
-      lock.unlock();
-      counters->retries.fetch_add(again.size(), std::memory_order_relaxed);
-      if (ensure_stream()) {
-        for (const auto& f : again) publish_flight(f);
-      } else {
-        const std::lock_guard relock(flights_mu);
-        for (auto& f : flights) {
-          if (f.state == Flight::State::pending) f.state = Flight::State::failed;
-        }
-      }
-      lock.lock();
-      continue;
-    }
-    const bool full = flights.size() >= kMaxInFlight;
-    if ((!wait_all && !full && !any_failed) || flights.empty() || stopping) return;
-    wake_out.wait_for(lock, 100ms);
+  if (flight.state == Flight::State::acked) {
+    counters->sent_items.fetch_add(flight.items.size(), std::memory_order_relaxed);
+    std::uint64_t bytes = 0;
+    for (const auto& m : flight.items) bytes += m.payload.size();
+    counters->sent_bytes.fetch_add(bytes, std::memory_order_relaxed);
+    flight = Flight{};
+    retry_backoff = 20ms;
   }
+  if (flight.state == Flight::State::pending && Clock::now() - flight.sent > kAckTimeout)
+    flight.state = Flight::State::failed;  // (the server went away with the ack)
+  counters->pending.store(flight.items.size() + gathered.size(), std::memory_order_relaxed);
+  if (flight.state != Flight::State::failed) return flight.state == Flight::State::pending;
+  lock.unlock();
+  std::this_thread::sleep_for(retry_backoff);
+  retry_backoff = std::min<std::chrono::milliseconds>(retry_backoff * 2, 1000ms);
+  counters->retries.fetch_add(1, std::memory_order_relaxed);
+  lock.lock();
+  flight.state = Flight::State::pending;
+  flight.sent = Clock::now();
+  const std::uint64_t seq = flight.seq;
+  const auto items = flight.items;  // (the Buffers' references)
+  lock.unlock();
+  if (ensure_stream()) {
+    publish_flight(seq, items);
+  } else {
+    const std::lock_guard relock(flights_mu);
+    flight.state = Flight::State::failed;
+  }
+  return true;
 }
 
-void NatsBridge::Link::send_lossless(RelayMessage m) {
+// The items gathered go out as one batch (none is in flight). Returns true: one is in flight.
+bool NatsBridge::Link::send_gathered() {
   while (!stream_ready && !stopping) {
     stream_ready = ensure_stream();
     if (!stream_ready) std::this_thread::sleep_for(1s);
   }
-  Flight f{out_seq, std::move(m), Flight::State::pending};
+  const std::uint64_t seq = out_seq - gathered.size() + 1;
+  std::vector<RelayMessage> items = gathered;  // (references: one for the flight, one to send)
   {
     const std::lock_guard lock(flights_mu);
-    flights.push_back({f.seq, f.item, Flight::State::pending});
+    flight.seq = seq;
+    flight.items = std::move(gathered);
+    flight.state = Flight::State::pending;
+    flight.sent = Clock::now();
   }
-  publish_flight(f);
-  settle_flights(false);  // (waits while kMaxInFlight are unacked, or a resend is due)
+  gathered.clear();
+  gathered_bytes = 0;
+  publish_flight(seq, items);
+  return true;
 }
 
 // --- in
@@ -536,25 +564,89 @@ void NatsBridge::Link::stop_in() {
   if (in.joinable()) in.join();
 }
 
-// A pull consumer named after this relay: max_ack_pending is the topic's max_queue_items, and an
-// item is acked once it is in the topic here. It is deleted when receiving stops, and by the
-// server after 30 s without a fetch (a relay that went away).
+// A push consumer named after this relay, with flow control: the server sends at most
+// max_ack_pending (the topic's max_queue_items) unacked batches, and a batch is acked once each of
+// its items is in the topic here (the callback waits for room, like a producer). It is deleted
+// when receiving stops, and by the server after 30 s without this relay (one that went away).
+struct NatsBridge::Link::JsReceiver {
+  struct Held {
+    RelayMessage item;
+  };
+  Link* link = nullptr;
+  std::mutex mu;  // the callback and the expiry tick
+  std::map<std::uint64_t, bridge::OriginSequence<Held>> origins;
+  std::promise<void> done;  // the client will not call back any more
+
+  void deliver_held(Held&& h, std::uint64_t lost) {
+    h.item.bridge_lost = static_cast<std::uint32_t>(
+        std::min<std::uint64_t>(lost, std::numeric_limits<std::uint32_t>::max()));
+    (void)link->deliver(std::move(h.item), nullptr);
+  }
+  void expire(Clock::duration timeout) {
+    const std::lock_guard lock(mu);
+    std::size_t held = 0;
+    for (auto& [id, seq] : origins) {
+      (void)seq.expire(Clock::now(), timeout,
+                       [this](Held&& h, std::uint64_t lost) { deliver_held(std::move(h), lost); });
+      held += seq.held();
+    }
+    link->counters->pending.store(held, std::memory_order_relaxed);
+  }
+  static void on_msg(natsConnection* /*nc*/, natsSubscription* /*sub*/, natsMsg* raw, void* self) {
+    auto* rx = static_cast<JsReceiver*>(self);
+    Link& l = *rx->link;
+    const std::shared_ptr<natsMsg> msg(raw, natsMsg_Destroy);
+    const auto* data = reinterpret_cast<const unsigned char*>(natsMsg_GetData(msg.get()));
+    const int len = natsMsg_GetDataLength(msg.get());
+    const std::size_t size = data != nullptr && len > 0 ? static_cast<std::size_t>(len) : 0;
+    const std::lock_guard lock(rx->mu);
+    // Each record in order; the message is acked once each is in the topic or held (one that is
+    // not a batch of ours is acked and dropped). Items are used in place in the message.
+    (void)bridge::for_each_record(
+        {data, size}, [&](const bridge::Header& h, std::size_t at, std::size_t bytes) {
+          if ((h.flags & bridge::kLossless) == 0 || h.origin == l.origin) return;  // (own: in)
+          RelayMessage m;
+          m.payload = Buffer::view_of(std::shared_ptr<const void>(msg),
+                                      reinterpret_cast<const std::byte*>(data) + at, bytes);
+          m.sequence = h.item_sequence;
+          m.timestamp_ns = h.timestamp_ns;
+          m.from_bridge = true;
+          if (!rx->origins.contains(h.origin) && rx->origins.size() >= kMaxOrigins)
+            rx->origins.erase(rx->origins.begin());
+          if (!rx->origins[h.origin].lossless(h.sequence, Held{std::move(m)}, Clock::now(),
+                                              [rx](Held&& held, std::uint64_t lost) {
+                                                rx->deliver_held(std::move(held), lost);
+                                              })) {
+            l.counters->duplicates.fetch_add(1, std::memory_order_relaxed);
+          }
+        });
+    natsMsg_Ack(msg.get(), nullptr);
+  }
+  static void on_complete(void* self) { static_cast<JsReceiver*>(self)->done.set_value(); }
+};
+
 void NatsBridge::Link::run_lossless_in() {
+  JsReceiver rx;
+  rx.link = this;
   natsSubscription* sub = nullptr;
+  const std::string durable = bridge.name_;
   while (!in_stop && sub == nullptr) {
     if (ensure_stream()) {
       jsSubOptions so;
       jsSubOptions_Init(&so);
       so.Stream = stream.c_str();
+      so.ManualAck = true;
+      so.Config.Durable = durable.c_str();
       so.Config.DeliverPolicy = js_DeliverNew;
       so.Config.AckPolicy = js_AckExplicit;
       so.Config.MaxAckPending = static_cast<std::int64_t>(config.max_queue_items);
-      so.Config.AckWait = std::chrono::nanoseconds(30s).count();
+      so.Config.AckWait = std::chrono::nanoseconds(kConsumerAckWait).count();
+      so.Config.FlowControl = true;
+      so.Config.Heartbeat = std::chrono::nanoseconds(2s).count();
       so.Config.InactiveThreshold = std::chrono::nanoseconds(30s).count();
       jsErrCode err = static_cast<jsErrCode>(0);
-      const std::string durable = bridge.name_;
-      if (js_PullSubscribe(&sub, jetstream(), subject.c_str(), durable.c_str(), nullptr, &so,
-                           &err) != NATS_OK) {
+      if (js_Subscribe(&sub, jetstream(), subject.c_str(), &JsReceiver::on_msg, &rx, nullptr, &so,
+                       &err) != NATS_OK) {
         sub = nullptr;
       }
     }
@@ -562,56 +654,19 @@ void NatsBridge::Link::run_lossless_in() {
       for (int i = 0; i < 10 && !in_stop; ++i) std::this_thread::sleep_for(100ms);
     }
   }
-  if (sub != nullptr) counters->receiving = true;
-  struct Held {
-    RelayMessage item;
-    std::shared_ptr<natsMsg> msg;
-  };
-  std::map<std::uint64_t, bridge::OriginSequence<Held>> origins;
-  const auto deliver_held = [this](Held&& h, std::uint64_t lost) {
-    h.item.bridge_lost = static_cast<std::uint32_t>(
-        std::min<std::uint64_t>(lost, std::numeric_limits<std::uint32_t>::max()));
-    (void)deliver(std::move(h.item), h.msg);
-  };
+  if (sub == nullptr) return;
+  (void)natsSubscription_SetPendingLimits(sub, -1, -1);  // (bounded by max_ack_pending)
+  (void)natsSubscription_SetOnCompleteCB(sub, &JsReceiver::on_complete, &rx);
+  counters->receiving = true;
   const auto timeout = bridge.core_.config.nats.reorder_timeout;
-  while (!in_stop && sub != nullptr) {
-    natsMsgList list{};
-    jsErrCode err = static_cast<jsErrCode>(0);
-    const natsStatus s = natsSubscription_Fetch(&list, sub, kFetchBatch, 200, &err);
-    const auto now = Clock::now();
-    for (int i = 0; s == NATS_OK && i < list.Count; ++i) {
-      const std::shared_ptr<natsMsg> msg(list.Msgs[i], natsMsg_Destroy);
-      list.Msgs[i] = nullptr;
-      bridge::Header h;
-      auto m = item_of(msg, h);
-      if (!m || h.origin == origin) {  // (not ours, or this relay's own: already in the topic)
-        natsMsg_Ack(msg.get(), nullptr);
-        continue;
-      }
-      if (!origins.contains(h.origin) && origins.size() >= kMaxOrigins)
-        origins.erase(origins.begin());
-      auto& order = origins[h.origin];
-      // (held: acked now, or it would keep the missing one out of the full stream)
-      const bool ahead = order.ahead(h.sequence);
-      if (ahead) natsMsg_Ack(msg.get(), nullptr);
-      if (!order.lossless(h.sequence, Held{std::move(*m), ahead ? nullptr : msg}, now,
-                          deliver_held)) {
-        counters->duplicates.fetch_add(1, std::memory_order_relaxed);
-        if (!ahead) natsMsg_Ack(msg.get(), nullptr);
-      }
-    }
-    natsMsgList_Destroy(&list);
-    std::size_t held = 0;
-    for (auto& [id, seq] : origins) {
-      (void)seq.expire(Clock::now(), timeout, deliver_held);
-      held += seq.held();
-    }
-    counters->pending.store(held, std::memory_order_relaxed);
+  while (!in_stop) {
+    std::this_thread::sleep_for(200ms);
+    rx.expire(timeout);
   }
-  if (sub != nullptr) {
-    (void)natsSubscription_Unsubscribe(sub);  // (deletes the consumer)
-    natsSubscription_Destroy(sub);
-  }
+  auto done = rx.done.get_future();
+  (void)natsSubscription_Unsubscribe(sub);  // (deletes the consumer)
+  done.wait();  // (a callback waiting for room sees in_stop and returns)
+  natsSubscription_Destroy(sub);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -645,7 +700,8 @@ NatsBridge::NatsBridge(RelayCore& core)
   check(natsOptions_SetNoRandomize(o, true), "no_randomize");  // (nats.urls in order)
   check(natsOptions_SetNoEcho(o, true), "no_echo");
   check(natsOptions_SetIgnoreDiscoveredServers(o, !c.discovered_servers),
-        "nats.discovered_servers (SLUICE_NATS_DISCOVERED_SERVERS)");  // (this relay's items are in its topic)
+        "nats.discovered_servers (SLUICE_NATS_DISCOVERED_SERVERS)");  // (this relay's items are in
+                                                                      // its topic)
   check(natsOptions_SetMaxReconnect(o, -1), "max_reconnect");
   check(natsOptions_SetReconnectWait(o, 250), "reconnect_wait");
   check(natsOptions_SetReconnectBufSize(o, 8 * 1024 * 1024), "reconnect_buf_size");
@@ -664,8 +720,9 @@ NatsBridge::NatsBridge(RelayCore& core)
   } else if (s != NATS_NOT_YET_CONNECTED) {
     check(s, "to connect (nats.urls)");
   } else {
-    log::event(log::Level::warn, "nats_unavailable",
-               {{"urls", c.urls.front()}, {"hint", "retrying; cluster topics stay local meanwhile"}});
+    log::event(
+        log::Level::warn, "nats_unavailable",
+        {{"urls", c.urls.front()}, {"hint", "retrying; cluster topics stay local meanwhile"}});
   }
   // Each cluster topic is linked as it is made (topics made before: now).
   core_.topics.on_created([this](const std::shared_ptr<Topic>& t) { attach(t); });

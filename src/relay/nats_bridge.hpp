@@ -9,23 +9,27 @@
 //         publish on {prefix}.rt.{topic}; if the subscription is lapped (NATS too slow) the
 //         numbering jumps by what it lost, so receivers announce it. Lossless: JetStream publish
 //         on {prefix}.js.{topic} into the stream made for the topic (interest retention, its
-//         byte limit the topic's max_queue_bytes, new messages refused when full), at most
-//         kMaxInFlight unacked; a refused or unacked item is sent again (with its message id,
-//         so JetStream stores it once) after a backoff, and meanwhile the subscription does not
-//         read: the topic fills and its producers are throttled (slow_down, max_wait).
+//         byte limit the topic's max_queue_bytes, new messages refused when full), in batches,
+//         one unacked at a time (so that items reach the stream in order), gathering the next
+//         meanwhile; a refused or unacked batch is sent again (its message id keeps JetStream
+//         from storing it twice) after a backoff, and once the next batch is full the
+//         subscription is not read: the topic fills and its producers are throttled
+//         (slow_down, max_wait).
 //   in    only while the topic has subscribers here: real-time, a core NATS subscription whose
 //         items go into the topic as they arrive (never waiting), gaps announced (reason bridge);
-//         lossless, a JetStream pull consumer named after this relay (max_ack_pending = the
-//         topic's max_queue_items, deliver new) read by a thread that puts each item into the
-//         topic — waiting for room, as a producer does — and acks it only then, so a slow
+//         lossless, a JetStream push consumer with flow control named after this relay
+//         (max_ack_pending = the topic's max_queue_items batches, deliver new) whose callback
+//         puts each item into the topic — waiting for room, as a producer does — and acks the
+//         batch only then, so a slow
 //         subscriber here stops JetStream's deliveries, fills the stream and throttles the
 //         producers on every relay. In order per origin, repeats dropped (bridge_sequence.hpp).
 //
 // The connection reconnects forever (nats.urls, in order); items this relay publishes meanwhile
 // are buffered by the client (8 MiB) and the rest counted lost, and seen as such by receivers.
 //
-// Threads: one per cluster topic that sends (out), one per lossless topic that receives; the
-// NATS client's own. poll() (every 100 ms, the relay's main loop) starts and stops them.
+// Threads: one per cluster topic that sends (out), one per lossless topic that receives (its
+// reorder-timeout tick); the NATS client's own (one per subscription). poll() (every 100 ms, the
+// relay's main loop) starts and stops them.
 //
 // Thread-safety: poll() and stop() may be called from any thread (serialized inside).
 #pragma once
@@ -37,15 +41,15 @@
 #include <string>
 
 #include "relay_core.hpp"
-#include "topic.hpp"
 #include "sluice/detail/thread_annotations.hpp"
+#include "topic.hpp"
 
 namespace sluice::relay {
 
 class NatsBridge {
  public:
-  /// Items a lossless topic may have sent to JetStream and not yet acked.
-  static constexpr std::size_t kMaxInFlight = 256;
+  /// Batches a lossless topic may have sent to JetStream and not yet acked.
+  static constexpr std::size_t kMaxInFlight = 1;
 
   /// Starts connecting (nats.urls, nats.credentials_file / nats.token); the relay starts
   /// whether or not NATS answers yet. Throws std::runtime_error naming the setting if the

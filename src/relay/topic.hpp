@@ -71,8 +71,8 @@ struct Topic {
     if (!bridged) return;
     // Lossless: the bridge holds producers back while NATS cannot take more; real-time: as
     // deep as the ring, lapped past it (counted, and seen by the other relays).
-    auto sub = broadcast.subscribe(
-        "nats-bridge", c.mode == TopicMode::lossless ? 0 : broadcast.config().capacity);
+    auto sub = broadcast.subscribe("nats-bridge",
+                                   c.mode == TopicMode::lossless ? 0 : broadcast.config().capacity);
     bridge_subscribers.store(1, std::memory_order_release);
     const MutexLock lock(extras_mu_);
     bridge_sub_.emplace(std::move(sub));

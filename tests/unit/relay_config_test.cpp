@@ -305,5 +305,40 @@ TEST(RelayConfig, PrincipalsAreCheckedWhenTheFileIsRead) {
             std::string::npos);
 }
 
+TEST(RelayConfig, ClusterTopicsNeedNatsAndTheNatsSettingsAreChecked) {
+  TempFile cluster("[[topic]]\nname = \"cam\"\nscope = \"cluster\"\n");
+  const std::string e = error_of(cluster.path());
+  EXPECT_NE(e.find("scope = \"cluster\""), std::string::npos) << e;
+  EXPECT_NE(e.find("nats.urls (SLUICE_NATS_URLS)"), std::string::npos) << e;
+  TempFile ok(
+      "[nats]\nurls = [\"nats://10.0.0.5:4222\", \"nats://10.0.0.6:4222\"]\nreplicas = 3\n"
+      "storage = \"memory\"\nname = \"edge-1\"\n[topics]\nscope = \"cluster\"\n"
+      "[[topic]]\nname = \"logs\"\nscope = \"local\"\n");
+  const RelayConfig c = load(ok.path());
+  EXPECT_EQ(c.nats.urls.size(), 2U);
+  EXPECT_EQ(c.nats.replicas, 3U);
+  EXPECT_EQ(c.nats.storage, "memory");
+  EXPECT_EQ(c.nats.name, "edge-1");
+  EXPECT_EQ(c.defaults.scope, TopicScope::cluster);
+  EXPECT_EQ(c.topics.at(0).scope, TopicScope::local);
+  EXPECT_TRUE(c.nats.discovered_servers);
+  // Printed and read back: the same.
+  TempFile again(to_toml(c));
+  EXPECT_EQ(to_toml(load(again.path())), to_toml(c));
+  EXPECT_NE(error_of(std::nullopt, {{"SLUICE_NATS_URLS", "http://x:1"}}).find("SLUICE_NATS_URLS"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::nullopt, {{"SLUICE_NATS_REPLICAS", "7"}}).find("1 to 5"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::nullopt, {{"SLUICE_NATS_SUBJECT_PREFIX", "a..b"}})
+                .find("SLUICE_NATS_SUBJECT_PREFIX"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::nullopt, {{"SLUICE_TOPIC_SCOPE", "global"}}).find("local or cluster"),
+            std::string::npos);
+  TempFile staged(
+      "[nats]\nurls = \"nats://127.0.0.1:4222\"\n[[topic]]\nname = \"s\"\nstage = true\n"
+      "scope = \"cluster\"\n");
+  EXPECT_NE(error_of(staged.path()).find("declares a stage"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace sluice

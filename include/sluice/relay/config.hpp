@@ -68,7 +68,7 @@ struct TopicConfig {
 /// [nats]: how the relay reaches NATS to share its cluster topics (docs/cluster.md). No URL:
 /// no bridge (a cluster topic is then refused at startup).
 struct NatsConfig {
-  std::vector<std::string> urls;  // nats://host:port, tried in order and on reconnect
+  std::vector<std::string> urls;          // nats://host:port, tried in order and on reconnect
   std::string subject_prefix = "sluice";  // subjects: {prefix}.rt.{topic}, {prefix}.js.{topic}
   std::string credentials_file;           // a NATS .creds file (user JWT and NKey seed)
   std::string token;                      // or a token (never printed)
@@ -77,8 +77,8 @@ struct NatsConfig {
   std::string name;
   // Also reconnect to the servers the NATS cluster announces (not only to `urls`).
   bool discovered_servers = true;
-  std::size_t replicas = 1;               // of each lossless topic's JetStream stream (1..5)
-  std::string storage = "file";           // of those streams: file or memory
+  std::size_t replicas = 1;      // of each lossless topic's JetStream stream (1..5)
+  std::string storage = "file";  // of those streams: file or memory
   // A lossless item held back for an earlier one that does not come (its relay went away) is
   // let through after this long, behind a `bridge` gap.
   std::chrono::milliseconds reorder_timeout{10'000};
