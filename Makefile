@@ -23,7 +23,7 @@ export CCACHE_BASEDIR   := $(CURDIR)
 export CCACHE_NOHASHDIR := 1
 CTEST        := ctest --output-on-failure --timeout 300 -j $(JOBS)
 
-.PHONY: all deps build package install run demo test test-release check-locks test-tsan test-asan test-fuzz fuzz fuzz-build soak bench bench-core bench-broadcast bench-relay bench-dashboard bench-python format tidy clean
+.PHONY: all deps build package install run demo test test-release check-locks test-tsan test-asan test-fuzz fuzz fuzz-build soak bench bench-core bench-broadcast bench-relay bench-cluster bench-dashboard bench-python format tidy clean
 
 all: build
 
@@ -102,12 +102,14 @@ soak: build
 	cd build && SLUICE_STRESS_ITEMS=$(SOAK_ITEMS) SLUICE_SOAK_SECONDS=$(SOAK_SECONDS) \
 	  SLUICE_CHURN_CYCLES=$(SOAK_CHURN_CYCLES) $(CTEST) -L "stress|soak" --timeout 3600
 
-# Every benchmark against its peers (a few minutes): core C1-C3, broadcast B1-B3, relay R1, R2, R6.
+# Every benchmark against its peers (a few minutes): core C1-C3, broadcast B1-B3, relay R1, R2, R6,
+# cluster R7.
 bench: build
 	./build/bench/sluice_core_bench
 	./build/bench/sluice_broadcast_bench
 	./build/bench/sluice_relay_bench
 	./build/bench/sluice_fanout_bench
+	./build/bench/sluice_cluster_bench
 
 bench-core: build
 	./build/bench/sluice_core_bench
@@ -120,6 +122,10 @@ bench-broadcast: build
 bench-relay: build
 	./build/bench/sluice_relay_bench
 	./build/bench/sluice_fanout_bench
+
+# R7: relays sharing a cluster topic through a 3-node NATS cluster, against NATS alone.
+bench-cluster: build
+	./build/bench/sluice_cluster_bench
 
 # What the Python SDK costs over raw python3-websockets (python/bench/sdk_overhead.py).
 bench-python: build

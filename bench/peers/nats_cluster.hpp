@@ -30,7 +30,8 @@ class NatsCluster {
     dir_ = std::filesystem::temp_directory_path() /
            ("sluice-nats-cluster-" + std::to_string(getpid()) + "-" + std::to_string(free_port()));
     std::filesystem::create_directories(dir_);
-    for (std::size_t i = 0; i < nodes; ++i) nodes_.push_back({free_port(), free_port(), {}});
+    for (std::size_t i = 0; i < nodes; ++i)
+      nodes_.push_back({free_port(), free_port(), free_port(), {}});
     for (std::size_t i = 0; i < nodes; ++i) start(i);
     ready_ = wait_ready();
   }
@@ -49,6 +50,8 @@ class NatsCluster {
   std::string url(std::size_t i) const {
     return "nats://127.0.0.1:" + std::to_string(nodes_[i].client);
   }
+  /// nats-server's monitoring port of node `i` (/varz: in_bytes, out_bytes, ...).
+  std::uint16_t monitor_port(std::size_t i) const { return nodes_[i].monitor; }
   pid_t pid(std::size_t i) const { return nodes_[i].process ? nodes_[i].process->pid() : 0; }
 
   /// Kills node `i` at once (SIGKILL: no goodbye to clients or routes).
@@ -63,11 +66,12 @@ class NatsCluster {
   /// Starts node `i` (again), on its ports and store; waits until it accepts clients.
   void start(std::size_t i) {
     auto& n = nodes_[i];
-    const std::string name = "n" + std::to_string(i);
+    std::string name = "n";  // (not "n" + to_string: GCC 12 warns falsely, -Wrestrict)
+    name += std::to_string(i);
     const auto conf = dir_ / (name + ".conf");
     std::ofstream out(conf);
     out << "server_name: " << name << "\nlisten: 127.0.0.1:" << n.client
-        << "\nmax_payload: 8388608\nmax_pending: 268435456\n"
+        << "\nhttp: 127.0.0.1:" << n.monitor << "\nmax_payload: 8388608\nmax_pending: 268435456\n"
         << "jetstream {\n  store_dir: \"" << (dir_ / name).string()
         << "\"\n  max_memory_store: 1073741824\n  max_file_store: 4294967296\n}\n"
         << "cluster {\n  name: sluice\n  listen: 127.0.0.1:" << n.route << "\n  routes: [\n";
@@ -99,6 +103,7 @@ class NatsCluster {
   struct Node {
     std::uint16_t client = 0;
     std::uint16_t route = 0;
+    std::uint16_t monitor = 0;  // nats-server's HTTP monitoring (/varz)
     std::unique_ptr<ChildProcess> process;
   };
 
