@@ -5,6 +5,7 @@
 
 #include <nats/nats.h>
 
+#include <array>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -239,7 +240,7 @@ struct NatsBridge::Link {
   void stop_in();
   void run_lossless_in();
   struct JsReceiver;
-  static void on_rt_msg(natsConnection* nc, natsSubscription* sub, natsMsg* msg, void* self);
+  static void on_rt_msg(natsConnection* nc, natsSubscription* sub, natsMsg* raw, void* self);
   static void on_rt_complete(void* receiver);
   bool deliver(RelayMessage&& m, const std::shared_ptr<natsMsg>& ack);
 };
@@ -337,8 +338,8 @@ bool NatsBridge::Link::ensure_stream() {
   jsStreamConfig cfg;
   jsStreamConfig_Init(&cfg);
   cfg.Name = stream.c_str();
-  const char* subjects[] = {subject.c_str()};
-  cfg.Subjects = subjects;
+  std::array<const char*, 1> subjects{subject.c_str()};
+  cfg.Subjects = subjects.data();
   cfg.SubjectsLen = 1;
   cfg.Retention = js_InterestPolicy;
   cfg.Discard = js_DiscardNew;
@@ -346,7 +347,7 @@ bool NatsBridge::Link::ensure_stream() {
   cfg.Storage = nc.storage == "memory" ? js_MemoryStorage : js_FileStorage;
   cfg.Replicas = static_cast<std::int64_t>(nc.replicas);
   jsStreamInfo* si = nullptr;
-  jsErrCode err = static_cast<jsErrCode>(0);
+  auto err = static_cast<jsErrCode>(0);
   natsStatus s = js_AddStream(&si, ctx, &cfg, nullptr, &err);
   if (si != nullptr) jsStreamInfo_Destroy(si);
   if (s == NATS_OK || err == JSStreamNameExistErr) return true;
@@ -483,7 +484,9 @@ bool NatsBridge::Link::deliver(RelayMessage&& m, const std::shared_ptr<natsMsg>&
   while (!in_stop) {
     const auto t = topic.lock();
     if (!t) return false;
-    const auto r = t->broadcast.publish(std::move(m), Clock::now() + 100ms);
+    // (publish moves the item only when it answers ok: `m` is intact for the next attempt)
+    const auto r = t->broadcast.publish(std::move(m),
+                                        Clock::now() + 100ms);  // NOLINT(bugprone-use-after-move)
     if (r.status == SendStatus::timeout) continue;  // (a subscriber here is slow: wait, unacked)
     if (r.status != SendStatus::ok) return false;
     if (ack) natsMsg_Ack(ack.get(), nullptr);
@@ -577,7 +580,7 @@ struct NatsBridge::Link::JsReceiver {
   std::map<std::uint64_t, bridge::OriginSequence<Held>> origins;
   std::promise<void> done;  // the client will not call back any more
 
-  void deliver_held(Held&& h, std::uint64_t lost) {
+  void deliver_held(Held&& h, std::uint64_t lost) const {
     h.item.bridge_lost = static_cast<std::uint32_t>(
         std::min<std::uint64_t>(lost, std::numeric_limits<std::uint32_t>::max()));
     (void)link->deliver(std::move(h.item), nullptr);
@@ -644,7 +647,7 @@ void NatsBridge::Link::run_lossless_in() {
       so.Config.FlowControl = true;
       so.Config.Heartbeat = std::chrono::nanoseconds(2s).count();
       so.Config.InactiveThreshold = std::chrono::nanoseconds(30s).count();
-      jsErrCode err = static_cast<jsErrCode>(0);
+      auto err = static_cast<jsErrCode>(0);
       if (js_Subscribe(&sub, jetstream(), subject.c_str(), &JsReceiver::on_msg, &rx, nullptr, &so,
                        &err) != NATS_OK) {
         sub = nullptr;

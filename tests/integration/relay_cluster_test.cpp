@@ -2,7 +2,7 @@
 // (Debian's nats-server, routes and JetStream on loopback, temporary stores) and three relays in
 // this process, each attached to a different node, reached by the C++ client over gRPC.
 //
-// SLUICE_CLUSTER_ITEMS sets the lossless run's items (make soak: 10^6; here 20000).
+// SLUICE_CLUSTER_ITEMS sets the lossless run's items (20000 by default).
 #include <gtest/gtest.h>
 #include <nats/nats.h>
 
