@@ -98,8 +98,8 @@ std::vector<unsigned char> wire_bytes(const bridge::Header& h, const RelayMessag
 }
 
 constexpr std::size_t kMaxOrigins = 64;  // relays a topic's receiver follows at once
-constexpr auto kInterestGrace = 1s;  // no subscriber this long: stop receiving
-constexpr auto kAckTimeout = 6s;     // a JetStream publish not acked by then is sent again
+constexpr auto kInterestGrace = 1s;      // no subscriber this long: stop receiving
+constexpr auto kAckTimeout = 6s;         // a JetStream publish not acked by then is sent again
 // A consumer's batch not acked by then is delivered again (one on its way when a NATS server
 // went away is late, not lost): shorter than nats.reorder_timeout_ms (at least 6 s), so that it
 // comes again before the receiver gives up on it.
