@@ -93,6 +93,16 @@ struct Collector {
   }
 };
 
+// Waits until every subscriber has what it will get (nothing new for 300 ms); the seconds from
+// `t0` to the last delivery.
+double wait_quiet(const Collector& c, std::chrono::steady_clock::time_point t0) {
+  for (std::uint64_t last = ~0ULL; last != c.items.load();) {
+    last = c.items.load();
+    std::this_thread::sleep_for(300ms);
+  }
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - 0.3;
+}
+
 Result finish(Collector& c, std::uint64_t items, std::size_t size, double seconds,
               double wire_bytes) {
   Result r;
@@ -155,13 +165,7 @@ Result run_sluice(std::uint64_t items, std::size_t size) {
     for (std::uint64_t i = 0; i < items; ++i) (void)pub.publish(sluice::Buffer::copy(payload));
     (void)pub.close();
   }
-  // Until every subscriber has what it will get (nothing new for 300 ms).
-  for (std::uint64_t last = ~0ULL; last != col.items.load();) {
-    last = col.items.load();
-    std::this_thread::sleep_for(300ms);
-  }
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - 0.3;
+  const double seconds = wait_quiet(col, t0);
   const double wire = nats_out_bytes(nats) - wire0;
   for (auto& s : subs) s->cancel();
   for (auto& t : readers) t.join();
@@ -206,12 +210,7 @@ Result run_nats(std::uint64_t items, std::size_t size) {
     natsConnection_Publish(pub, "r7", payload.data(), static_cast<int>(payload.size()));
   }
   natsConnection_Flush(pub);
-  for (std::uint64_t last = ~0ULL; last != col.items.load();) {
-    last = col.items.load();
-    std::this_thread::sleep_for(300ms);
-  }
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - 0.3;
+  const double seconds = wait_quiet(col, t0);
   const double wire = nats_out_bytes(nats) - wire0;
   for (auto* s : subs) natsSubscription_Destroy(s);
   for (auto* c : conns) natsConnection_Destroy(c);

@@ -33,11 +33,7 @@ using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
 std::string random_name() {
-  std::random_device rd;
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out = "relay-";
-  for (int i = 0; i < 8; ++i) out += kHex[rd() & 15U];
-  return out;
+  return "relay-" + Topic::make_epoch().substr(0, 8);  // (8 random hex digits)
 }
 
 std::uint64_t random_origin() {
@@ -87,14 +83,14 @@ std::optional<RelayMessage> item_of(const std::shared_ptr<natsMsg>& msg, bridge:
   return m;
 }
 
-// The bytes of an item as it crosses: the header, then the payload.
-std::vector<unsigned char> wire_bytes(const bridge::Header& h, const RelayMessage& m) {
-  std::vector<unsigned char> out(bridge::kHeaderBytes + m.payload.size());
+// The bytes of an item as it crosses, into `out` (reused: no allocation per item once it is
+// large enough): the header, then the payload.
+void wire_bytes(const bridge::Header& h, const RelayMessage& m, std::vector<unsigned char>& out) {
+  out.resize(bridge::kHeaderBytes + m.payload.size());
   const auto head = bridge::encode(h);
   std::memcpy(out.data(), head.data(), head.size());
   if (m.payload.size() != 0)
     std::memcpy(out.data() + bridge::kHeaderBytes, m.payload.data(), m.payload.size());
-  return out;
 }
 
 constexpr std::size_t kMaxOrigins = 64;  // relays a topic's receiver follows at once
@@ -196,8 +192,9 @@ struct NatsBridge::Link {
 
   // --- out: this relay's items to NATS
   std::thread out;
-  std::uint64_t out_seq = 0;  // (out thread)
-  jsCtx* js = nullptr;        // lossless: made by the out thread, or the in thread, under js_mu
+  std::uint64_t out_seq = 0;           // (out thread)
+  std::vector<unsigned char> scratch;  // (out thread: real-time items' bytes, reused)
+  jsCtx* js = nullptr;  // lossless: made by the out thread, or the in thread, under js_mu
   std::mutex js_mu;
   // Lossless: the batch sent to JetStream and not yet acked (one at a time, so that items
   // reach the stream in order), and the items gathered meanwhile for the next one. The ack
@@ -241,7 +238,7 @@ struct NatsBridge::Link {
   struct JsReceiver;
   static void on_rt_msg(natsConnection* nc, natsSubscription* sub, natsMsg* raw, void* self);
   static void on_rt_complete(void* receiver);
-  bool deliver(RelayMessage&& m, const std::shared_ptr<natsMsg>& ack);
+  bool deliver(RelayMessage&& m);
 };
 
 struct NatsBridge::Link::RtReceiver {
@@ -304,7 +301,8 @@ void NatsBridge::Link::send_realtime(const RelayMessage& m) {
   h.sequence = out_seq;
   h.item_sequence = m.sequence;
   h.timestamp_ns = m.timestamp_ns;
-  const auto bytes = wire_bytes(h, m);
+  wire_bytes(h, m, scratch);
+  const auto& bytes = scratch;
   // (while reconnecting the client buffers up to 8 MiB; past that the item is lost, and the
   // receivers see the jump in the numbering)
   if (natsConnection_Publish(bridge.nats_->nc, subject.c_str(), bytes.data(),
@@ -477,7 +475,7 @@ bool NatsBridge::Link::send_gathered() {
 
 // --- in
 
-bool NatsBridge::Link::deliver(RelayMessage&& m, const std::shared_ptr<natsMsg>& ack) {
+bool NatsBridge::Link::deliver(RelayMessage&& m) {
   const std::size_t bytes = m.payload.size();
   const std::uint32_t lost = m.bridge_lost;
   while (!in_stop) {
@@ -488,7 +486,6 @@ bool NatsBridge::Link::deliver(RelayMessage&& m, const std::shared_ptr<natsMsg>&
                                         Clock::now() + 100ms);  // NOLINT(bugprone-use-after-move)
     if (r.status == SendStatus::timeout) continue;  // (a subscriber here is slow: wait, unacked)
     if (r.status != SendStatus::ok) return false;
-    if (ack) natsMsg_Ack(ack.get(), nullptr);
     counters->received_items.fetch_add(1, std::memory_order_relaxed);
     counters->received_bytes.fetch_add(bytes, std::memory_order_relaxed);
     counters->lost.fetch_add(lost, std::memory_order_relaxed);
@@ -582,7 +579,7 @@ struct NatsBridge::Link::JsReceiver {
   void deliver_held(Held&& h, std::uint64_t lost) const {
     h.item.bridge_lost = static_cast<std::uint32_t>(
         std::min<std::uint64_t>(lost, std::numeric_limits<std::uint32_t>::max()));
-    (void)link->deliver(std::move(h.item), nullptr);
+    (void)link->deliver(std::move(h.item));
   }
   void expire(Clock::duration timeout) {
     const std::lock_guard lock(mu);
