@@ -202,6 +202,9 @@ int main(int argc, char** argv) {
   auto* sub_cmd = app.add_subcommand("sub", "Subscribe to a topic; statistics at the end");
   sub_cmd->add_option("--server,--target", sub.target, "The relay's gRPC address (host:port)")
       ->envname("SLUICE_SERVER");
+  sub_cmd->add_option("--fallback", sub.fallbacks,
+                      "Another relay serving the topic (a cluster topic, host:port; repeat for "
+                      "more): reconnecting moves there when the relay does not answer");
   sub_cmd->add_option("--topic", sub.topic, "Topic name")->required();
   sub_cmd->add_option("--name", sub.name, "Subscriber name in the relay's stats");
   sub_cmd->add_option("--depth", sub.depth, "Real-time topics: items kept for us (0: default)");

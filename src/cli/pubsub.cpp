@@ -188,6 +188,7 @@ int run_pub(const PubOptions& o) {
 int run_sub(const SubOptions& o) {
   client::SubscriberOptions so;
   so.target = o.target;
+  so.fallback_targets = o.fallbacks;
   so.topic = o.topic;
   so.token = o.token;
   so.tls = o.tls;

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "sluice/client/client.hpp"
 
@@ -24,6 +25,7 @@ struct PubOptions {
 
 struct SubOptions {
   std::string target = "127.0.0.1:7400";
+  std::vector<std::string> fallbacks;  // other relays serving the topic (--fallback)
   std::string topic;
   std::string name = "sluice-sub";
   std::uint32_t depth = 0;

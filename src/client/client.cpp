@@ -462,7 +462,10 @@ std::uint64_t Publisher::unacknowledged() const {
 // ---- Subscriber ----
 
 struct Subscriber::Impl {
-  explicit Impl(const SubscriberOptions& o) : options(o), calls(relay_channel(o.target, o.tls)) {
+  explicit Impl(const SubscriberOptions& o) : options(o) {
+    relays.push_back(std::make_unique<const PayloadCalls>(relay_channel(o.target, o.tls)));
+    for (const auto& t : o.fallback_targets)
+      relays.push_back(std::make_unique<const PayloadCalls>(relay_channel(t, o.tls)));
     open();
   }
 
@@ -482,7 +485,7 @@ struct Subscriber::Impl {
       if (cancelled) next_ctx->TryCancel();
       ctx = std::move(next_ctx);
     }
-    reader = calls.subscribe(ctx.get(), req);
+    reader = relays[relay]->subscribe(ctx.get(), req);
     ev.items.clear();
     batch_next = 0;
     reader->WaitForInitialMetadata();  // (sent once subscribed; none if the call failed)
@@ -521,6 +524,9 @@ struct Subscriber::Impl {
         final_status = from_grpc(failed);
         return false;
       }
+      // (the next relay at once; the backoff after a round of all of them)
+      relay = (relay + 1) % relays.size();
+      if (relay != 0) continue;
       if (std::chrono::steady_clock::now() + backoff > give_up) {
         final_status = Status{static_cast<int>(C::UNAVAILABLE),
                               "the relay went away and did not come back within reconnect_for (" +
@@ -538,7 +544,8 @@ struct Subscriber::Impl {
   }
 
   const SubscriberOptions options;
-  const PayloadCalls calls;
+  std::vector<std::unique_ptr<const PayloadCalls>> relays;  // target, then fallback_targets
+  std::size_t relay = 0;                                    // the one subscribed to
   std::mutex mu;  // guards ctx against cancel() from other threads
   std::condition_variable cv;
   std::unique_ptr<grpc::ClientContext> ctx;

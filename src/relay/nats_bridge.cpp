@@ -13,6 +13,7 @@
 #include <future>
 #include <limits>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <stdexcept>
 #include <thread>
@@ -93,9 +94,13 @@ void wire_bytes(const bridge::Header& h, const RelayMessage& m, std::vector<unsi
     std::memcpy(out.data() + bridge::kHeaderBytes, m.payload.data(), m.payload.size());
 }
 
-constexpr std::size_t kMaxOrigins = 64;  // relays a topic's receiver follows at once
-constexpr auto kInterestGrace = 1s;      // no subscriber this long: stop receiving
-constexpr auto kAckTimeout = 6s;         // a JetStream publish not acked by then is sent again
+constexpr std::size_t kMaxOrigins = 64;       // relays a topic's receiver follows at once
+constexpr auto kInterestGrace = 1s;           // no subscriber this long: stop receiving
+constexpr auto kAckTimeout = 6s;              // a JetStream publish not acked by then is sent again
+constexpr auto kAnnounceEvery = 1s;           // presence: each relay says what it serves
+constexpr auto kPresenceTtl = 3s;             // and is forgotten this long after it last said so
+constexpr std::size_t kMaxPeers = 256;        // relays remembered (a new one past that: ignored)
+constexpr int kMaxPresenceBytes = 64 * 1024;  // a presence message's size (longer: ignored)
 // A consumer's batch not acked by then is delivered again (one on its way when a NATS server
 // went away is late, not lost): shorter than nats.reorder_timeout_ms (at least 6 s), so that it
 // comes again before the receiver gives up on it.
@@ -151,6 +156,47 @@ struct NatsBridge::Connection {
     std::array<char, 256> url{};
     (void)natsConnection_GetConnectedUrl(nc, url.data(), url.size());
     log::event(log::Level::info, "nats_reconnected", {{"url", std::string(url.data())}});
+  }
+};
+
+// ------------------------------------------------------------------------------------------
+// Presence: the other relays' announcements, {"relay": name, "topics": {topic: subscribers}}
+
+struct NatsBridge::Presence {
+  struct Peer {
+    Clock::time_point seen;
+    std::map<std::string, std::uint64_t> topics;  // cluster topic: its subscribers there
+  };
+  std::string self;
+  natsSubscription* sub = nullptr;  // (made by the bridge's constructor, ended by stop())
+  Mutex mu;
+  std::map<std::string, Peer> peers SLUICE_GUARDED_BY(mu);
+
+  static void on_msg(natsConnection* /*nc*/, natsSubscription* /*sub*/, natsMsg* raw,
+                     void* closure) {
+    const std::unique_ptr<natsMsg, decltype(&natsMsg_Destroy)> msg(raw, natsMsg_Destroy);
+    auto& p = **static_cast<std::shared_ptr<Presence>*>(closure);
+    const char* data = natsMsg_GetData(raw);
+    const int len = natsMsg_GetDataLength(raw);
+    if (data == nullptr || len <= 0 || len > kMaxPresenceBytes) return;
+    Peer peer{Clock::now(), {}};
+    std::string name;
+    try {
+      const auto j = nlohmann::json::parse(data, data + len);
+      name = j.at("relay").get<std::string>();
+      for (const auto& [topic, subscribers] : j.at("topics").items())
+        peer.topics[topic] = subscribers.get<std::uint64_t>();
+    } catch (const nlohmann::json::exception&) {
+      return;  // (not a relay's announcement: ignored)
+    }
+    if (name.empty() || name == p.self) return;
+    const MutexLock lock(p.mu);
+    if (!p.peers.contains(name) && p.peers.size() >= kMaxPeers) return;
+    p.peers[name] = std::move(peer);
+  }
+  static void on_complete(void* closure) {
+    delete static_cast<std::shared_ptr<Presence>*>(
+        closure);  // NOLINT(cppcoreguidelines-owning-memory)
   }
 };
 
@@ -723,6 +769,18 @@ NatsBridge::NatsBridge(RelayCore& core)
         log::Level::warn, "nats_unavailable",
         {{"urls", c.urls.front()}, {"hint", "retrying; cluster topics stay local meanwhile"}});
   }
+  presence_ = std::make_shared<Presence>();
+  presence_->self = name_;
+  auto* closure =
+      new std::shared_ptr<Presence>(presence_);  // NOLINT(cppcoreguidelines-owning-memory)
+  const std::string relays = c.subject_prefix + ".relays";
+  if (natsConnection_Subscribe(&presence_->sub, nats_->nc, relays.c_str(), &Presence::on_msg,
+                               closure) == NATS_OK) {
+    (void)natsSubscription_SetOnCompleteCB(presence_->sub, &Presence::on_complete, closure);
+  } else {
+    presence_->sub = nullptr;
+    delete closure;  // NOLINT(cppcoreguidelines-owning-memory)
+  }
   // Each cluster topic is linked as it is made (topics made before: now).
   core_.topics.on_created([this](const std::shared_ptr<Topic>& t) { attach(t); });
   for (const auto& t : core_.topics.all()) attach(t);
@@ -746,6 +804,11 @@ void NatsBridge::stop() {
   }
   links.clear();  // (joins their threads)
   core_.topics.on_created({});
+  if (presence_->sub != nullptr) {
+    (void)natsSubscription_Unsubscribe(presence_->sub);  // (its closure goes in on_complete)
+    natsSubscription_Destroy(presence_->sub);
+    presence_->sub = nullptr;
+  }
   nats_->close();
 }
 
@@ -779,6 +842,42 @@ void NatsBridge::poll() {
       l.stop_in();
     }
     ++it;
+  }
+  if (now - announced_ >= kAnnounceEvery) {
+    announced_ = now;
+    announce();
+  }
+}
+
+// Says which cluster topics this relay serves (with their subscribers), forgets the relays that
+// stopped saying so, and records per topic the relays that serve it.
+void NatsBridge::announce() {
+  const auto now = Clock::now();
+  nlohmann::json topics = nlohmann::json::object();
+  std::vector<std::pair<std::shared_ptr<Topic>, std::uint64_t>> mine;
+  for (const auto& [name, link] : links_) {
+    if (auto t = link->topic.lock()) {
+      const std::uint64_t subscribers = t->user_subscribers();
+      topics[name] = subscribers;
+      mine.emplace_back(std::move(t), subscribers);
+    }
+  }
+  const std::string said = nlohmann::json{{"relay", name_}, {"topics", std::move(topics)}}.dump();
+  const std::string subject = core_.config.nats.subject_prefix + ".relays";
+  if (said.size() <= static_cast<std::size_t>(kMaxPresenceBytes)) {
+    (void)natsConnection_Publish(nats_->nc, subject.c_str(), said.data(),
+                                 static_cast<int>(said.size()));
+  }
+  const MutexLock lock(presence_->mu);
+  std::erase_if(presence_->peers,
+                [&](const auto& p) { return now - p.second.seen > kPresenceTtl; });
+  for (const auto& [t, subscribers] : mine) {
+    std::vector<BridgeCounters::Relay> relays{{name_, subscribers, true}};
+    for (const auto& [peer, p] : presence_->peers) {
+      if (const auto it = p.topics.find(t->name); it != p.topics.end())
+        relays.push_back({peer, it->second, false});
+    }
+    t->bridge->set_relays(std::move(relays));
   }
 }
 

@@ -27,6 +27,10 @@
 // The connection reconnects forever (nats.urls, in order); items this relay publishes meanwhile
 // are buffered by the client (8 MiB) and the rest counted lost, and seen as such by receivers.
 //
+// Presence: every second each bridge publishes on {prefix}.relays its name and its cluster
+// topics with their subscriber counts (JSON); each keeps what the others said for 3 s, and shows
+// per topic which relays serve it (stats: bridge.relays; the dashboard).
+//
 // Threads: one per cluster topic that sends (out), one per lossless topic that receives (its
 // reorder-timeout tick); the NATS client's own (one per subscription). poll() (every 100 ms, the
 // relay's main loop) starts and stops them.
@@ -35,6 +39,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -73,14 +78,19 @@ class NatsBridge {
 
   struct Link;  // one cluster topic (nats_bridge.cpp)
   struct Connection;
+  struct Presence;  // what the other relays said they serve
 
  private:
+  void announce() SLUICE_REQUIRES(mu_);
+
   RelayCore& core_;
   const std::string name_;
   std::unique_ptr<Connection> nats_;
+  std::shared_ptr<Presence> presence_;  // (shared with its subscription's callback)
   Mutex mu_;
   bool stopped_ SLUICE_GUARDED_BY(mu_) = false;
   std::map<std::string, std::unique_ptr<Link>> links_ SLUICE_GUARDED_BY(mu_);
+  std::chrono::steady_clock::time_point announced_ SLUICE_GUARDED_BY(mu_){};
 };
 
 }  // namespace sluice::relay

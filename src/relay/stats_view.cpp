@@ -141,6 +141,10 @@ nlohmann::json topic_json(const Topic& t) {
                     {"retries", v(b.retries)},
                     {"pending", v(b.pending)},
                     {"receiving", b.receiving.load(std::memory_order_relaxed)}};
+    auto& relays = tj["bridge"]["relays"] = nlohmann::json::array();
+    for (const auto& r : b.relays()) {
+      relays.push_back({{"name", r.name}, {"subscribers", r.subscribers}, {"self", r.self}});
+    }
   }
   return tj;
 }

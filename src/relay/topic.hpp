@@ -53,6 +53,26 @@ struct BridgeCounters {
   std::atomic<std::uint64_t> retries{0};     // sends JetStream refused or did not ack, sent again
   std::atomic<std::uint64_t> pending{0};     // sent and not yet acked by JetStream, and held
   std::atomic<bool> receiving{false};        // subscribed to the other relays' items now
+
+  /// A relay serving the topic: this one, or one whose bridge said so over NATS lately.
+  struct Relay {
+    std::string name;               // its nats.name
+    std::uint64_t subscribers = 0;  // its subscribers of the topic
+    bool self = false;              // this relay
+  };
+  /// The relays serving the topic, by name (written by the bridge every second).
+  std::vector<Relay> relays() const {
+    const MutexLock lock(relays_mu_);
+    return relays_;
+  }
+  void set_relays(std::vector<Relay> r) {
+    const MutexLock lock(relays_mu_);
+    relays_ = std::move(r);
+  }
+
+ private:
+  mutable Mutex relays_mu_;
+  std::vector<Relay> relays_ SLUICE_GUARDED_BY(relays_mu_);
 };
 
 /// How far behind a real-time cluster topic's bridge subscription may be before it loses items.

@@ -16,7 +16,7 @@ export interface Frame {
 export interface Gap {
   kind: "gap";
   count: number;
-  reason: string; // e.g. "slow_consumer"
+  reason: string; // e.g. "slow_consumer"; "reconnected" (count 0) after a reconnect
 }
 /** Something the relay reports about a message of ours; the session goes on. */
 export interface ErrorNotice {
@@ -55,18 +55,35 @@ export interface ConnectOptions {
 
 export class Subscription extends EventTarget implements AsyncIterable<Received> {
   readonly topic: string;
+  /** The relay it is subscribed at (another of `urls` after a reconnect). */
+  readonly url: string;
   /** Frames received, and frames announced lost by gap notices. */
   readonly received: number;
   readonly lost: number;
+  /** Times it subscribed again (`reconnect`); each is announced as a gap `reconnected`. */
+  readonly reconnects: number;
   readonly closed: Promise<CloseInfo>;
   [Symbol.asyncIterator](): AsyncIterator<Received>;
   close(): Promise<CloseInfo>;
 }
 
-export function subscribe(
-  topic: string,
-  options?: ConnectOptions & { name?: string; depth?: number },
-): Promise<Subscription>;
+export interface SubscribeOptions extends ConnectOptions {
+  /** Several relays that serve the topic (a cluster topic): tried in turn; replaces `url`. */
+  urls?: string[];
+  name?: string;
+  depth?: number;
+  /**
+   * Subscribe again when the relay stops or the connection is lost (close codes 1000, 1001,
+   * 1006, 1011, 1012, 1014): the relay it was on, then the others of `urls`, with backoff
+   * (100 ms doubling to 2 s) for up to `reconnectForMs` (default 30000). Each success is
+   * announced as a gap `{count: 0, reason: "reconnected"}` (what was missed is unknown) and a
+   * "reconnected" event; a refusal (1008, 4008, ...) ends the subscription as without it.
+   */
+  reconnect?: boolean;
+  reconnectForMs?: number;
+}
+
+export function subscribe(topic: string, options?: SubscribeOptions): Promise<Subscription>;
 
 export class Publisher extends EventTarget {
   readonly topic: string;

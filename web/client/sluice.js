@@ -128,28 +128,90 @@ class Inbox {
   }
 }
 
+// Close codes after which a subscription with `reconnect` subscribes again (the relay stopped or
+// the connection was lost); the others are the relay's refusals (docs/protocol.md), final.
+const RECONNECT_CODES = new Set([1000, 1001, 1006, 1011, 1012, 1014]);
+
 /**
  * A subscription: `for await (const m of sub)` yields frames and gap notices in the order the
- * relay sent them; or listen for "frame", "gap", "error" and "close" events. Ends when the
- * relay closes the session (the "close" event and `closed` carry its code and reason).
+ * relay sent them; or listen for "frame", "gap", "error", "reconnected" and "close" events. Ends
+ * when the relay closes the session (the "close" event and `closed` carry its code and reason) —
+ * or, with `reconnect`, once no relay of its list answered for `reconnectForMs`.
  */
 export class Subscription extends EventTarget {
-  constructor(ws, topic) {
+  #again;
+  #closing = false;
+  #lastFailure = null;
+
+  constructor(ws, topic, again = null) {
     super();
     this.topic = topic;
     this.ws = ws;
+    this.url = ws.url;
     this.received = 0;
     this.lost = 0;
+    this.reconnects = 0;
     this.inbox = new Inbox();
-    this.closed = new Promise((resolve) => {
-      ws.addEventListener("close", (e) => {
-        const info = { code: e.code, reason: e.reason };
-        this.inbox.end();
-        this.dispatchEvent(new CustomEvent("close", { detail: info }));
-        resolve(info);
-      });
-    });
+    this.#again = again;
+    this.closed = new Promise((resolve) => { this.#attach(ws, resolve); });
+  }
+
+  #attach(ws, resolve) {
     ws.addEventListener("message", (e) => this.#message(e.data));
+    ws.addEventListener("close", async (e) => {
+      let info = { code: e.code, reason: e.reason };
+      if (this.#again && !this.#closing && RECONNECT_CODES.has(e.code)) {
+        const next = await this.#reconnect(info);
+        if (next) {
+          this.ws = next;
+          this.url = next.url;
+          this.reconnects += 1;
+          // What was published while it was away is unknown: said, not hidden.
+          this.#push({ kind: "gap", count: 0, reason: "reconnected" });
+          this.dispatchEvent(new CustomEvent("reconnected", { detail: { url: next.url } }));
+          this.#attach(next, resolve);
+          return;
+        }
+        info = this.#lastFailure;
+      }
+      this.inbox.end();
+      this.dispatchEvent(new CustomEvent("close", { detail: info }));
+      resolve(info);
+    }, { once: true });
+  }
+
+  // Tries the relay it was on, then the others in turn, one round between backoffs (100 ms
+  // doubling to 2 s), for up to reconnectForMs. The new socket, or null (#lastFailure says why).
+  async #reconnect(info) {
+    const { relays, path, params, token, reconnectForMs } = this.#again;
+    const giveUp = Date.now() + reconnectForMs;
+    let backoff = 100;
+    let at = Math.max(0, relays.findIndex((r) => this.url.startsWith(endpoint(r, "/"))));
+    let last = info;
+    for (;;) {
+      for (let i = 0; i < relays.length && !this.#closing; i++) {
+        try {
+          return await open(endpoint(relays[(at + i) % relays.length], path, params), token);
+        } catch (e) {
+          last = { code: e.code, reason: e.message };
+        }
+      }
+      if (this.#closing || Date.now() + backoff > giveUp) {
+        this.#lastFailure = {
+          code: last.code,
+          reason: `no relay answered within reconnectForMs (${reconnectForMs} ms): ${last.reason}`,
+        };
+        return null;
+      }
+      await new Promise((r) => setTimeout(r, backoff));
+      backoff = Math.min(backoff * 2, 2000);
+      at = 0;
+    }
+  }
+
+  #push(m) {
+    this.inbox.push(m);
+    this.dispatchEvent(new CustomEvent(m.kind, { detail: m }));
   }
 
   #message(data) {
@@ -168,8 +230,7 @@ export class Subscription extends EventTarget {
       m = decodeFrame(data);
       this.received += 1;
     }
-    this.inbox.push(m);
-    this.dispatchEvent(new CustomEvent(m.kind, { detail: m }));
+    this.#push(m);
   }
 
   [Symbol.asyncIterator]() {
@@ -178,20 +239,36 @@ export class Subscription extends EventTarget {
 
   /** Leaves the topic. */
   close() {
+    this.#closing = true;
     this.ws.close(1000, "done");
     return this.closed;
   }
 }
 
 /**
- * Subscribes to `topic`. Options: `url` (the relay, default: this page's origin), `name` (in the
- * relay's stats), `depth` (real-time topics: frames kept for this subscriber), `token`.
+ * Subscribes to `topic`. Options: `url` (the relay, default: this page's origin) or `urls`
+ * (several relays serving the topic — a cluster topic, docs/cluster.md — tried in turn), `name`
+ * (in the relay's stats), `depth` (real-time topics: frames kept for this subscriber), `token`,
+ * `reconnect` (subscribe again when the relay stops or the connection is lost: the relay it was
+ * on, then the others of `urls` in turn, for up to `reconnectForMs`, default 30 s; what was
+ * published meanwhile is announced as a gap `{count: 0, reason: "reconnected"}`: unknown).
  */
 export async function subscribe(topic, options = {}) {
-  const { url, name, depth, token } = options;
-  const ws = await open(endpoint(url, `/v1/ws/subscribe/${encodeURIComponent(topic)}`,
-    { name, depth }), token);
-  return new Subscription(ws, topic);
+  const { url, urls, name, depth, token, reconnect = false, reconnectForMs = 30000 } = options;
+  const relays = urls && urls.length ? urls : [url];
+  const path = `/v1/ws/subscribe/${encodeURIComponent(topic)}`;
+  const params = { name, depth };
+  let failure;
+  for (const relay of relays) {
+    try {
+      const ws = await open(endpoint(relay, path, params), token);
+      const again = reconnect ? { relays, path, params, token, reconnectForMs } : null;
+      return new Subscription(ws, topic, again);
+    } catch (e) {
+      failure = e;
+    }
+  }
+  throw failure;
 }
 
 /**

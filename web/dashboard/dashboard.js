@@ -109,7 +109,8 @@ function renderTopics(snapshot) {
     const row = el("tr", { class: "topic" + (t.name === selected ? " selected" : ""),
       "data-topic": t.name },
       el("td", {}, t.name),
-      el("td", {}, t.mode),
+      el("td", {}, t.mode, t.bridge ? el("span", { class: "muted", "data-field": "relays" },
+        ` · ${t.bridge.relays.length} relays`) : ""),
       el("td", { "data-field": "rate" }, fmt(t.rate)),
       el("td", {}, fmt(t.mbps, 2)),
       queueBar(t),
@@ -130,6 +131,13 @@ function renderDetail(snapshot) {
   if (!t) return;
   $("detail-name").textContent = t.name;
   $("detail-type").textContent = t.content_type ? `(${t.content_type})` : "(bytes)";
+  // A cluster topic: the relays that serve it (this one marked), with their subscribers.
+  $("relays").hidden = !t.bridge;
+  if (t.bridge) {
+    $("relay-list").replaceChildren(...t.bridge.relays.map((r, i) => el("span",
+      { "data-relay": r.name }, i ? ", " : "", r.self ? el("b", {}, r.name) : r.name,
+      ` (${r.subscribers} subscriber${r.subscribers === 1 ? "" : "s"})`)));
+  }
   const body = $("subscribers").tBodies[0];
   body.replaceChildren();
   const before = new Map(((previous && previous.topics.find((x) => x.name === selected)) ||

@@ -295,3 +295,67 @@ test("the page keeps working when the relay restarts", async () => {
     await r.stop();
   }
 });
+
+test("the JavaScript client with several relays: when its relay stops it continues on another, told by a gap", async () => {
+  const topic = '[[topic]]\nname = "feed"\nmode = "realtime"\n';
+  const r1 = await relay({ config: topic });
+  const r2 = await relay({ config: topic });
+  const ws = (r) => r.http.replace(/^http/, "ws");
+  try {
+    const { page, errors } = await open(r1.http + "/healthz");
+    await page.evaluate(async (urls) => {
+      const sluice = await import("/sluice.js");
+      window.events = [];
+      window.sub = await sluice.subscribe("feed", { urls, reconnect: true, name: "moving" });
+      window.sub.addEventListener("frame", (e) =>
+        window.events.push(["frame", new TextDecoder().decode(e.detail.payload)]));
+      window.sub.addEventListener("gap", (e) =>
+        window.events.push(["gap", e.detail.reason, e.detail.count]));
+      window.sub.addEventListener("reconnected", (e) => window.events.push(["to", e.detail.url]));
+      window.sub.addEventListener("close", () => window.events.push(["closed"]));
+      const pub = await sluice.publish("feed");
+      for (let i = 0; i < 5; i++) await pub.send(`one ${i}`);
+      await pub.close();
+    }, [ws(r1), ws(r2)]);
+    await page.waitForFunction(() => window.events.length >= 5, null, { timeout: 10000 });
+    await r1.stop();  // (its viewers are closed with 1000: the relay is shutting down)
+
+    // Another page publishes to the second relay until the first page has five of its frames.
+    const producer = await browser.newPage();
+    await producer.goto(r2.http + "/healthz");
+    await producer.evaluate(async () => {
+      const sluice = await import("/sluice.js");
+      const pub = await sluice.publish("feed");
+      let i = 0;
+      window.timer = setInterval(() => { pub.send(`two ${i++}`); }, 50);
+    });
+    await page.waitForFunction(
+      () => window.events.filter((e) => e[0] === "frame" && e[1].startsWith("two")).length >= 5,
+      null, { timeout: 20000 });
+    const events = await page.evaluate(() => window.events);
+    assert.deepEqual(events.slice(0, 5), [0, 1, 2, 3, 4].map((i) => ["frame", `one ${i}`]));
+    // Then, for each reconnect (the first may reach the stopping relay once more), a gap and the
+    // relay it reached; the last is the second relay, whose frames follow in order.
+    let at = 5;
+    let to = "";
+    while (events[at][0] === "gap") {
+      assert.deepEqual(events[at], ["gap", "reconnected", 0]);
+      assert.equal(events[at + 1][0], "to");
+      to = events[at + 1][1];
+      at += 2;
+    }
+    assert.ok(to.startsWith(ws(r2)), `${to}: not ${ws(r2)}`);
+    const after = events.slice(at).map((e) => e[0] === "frame" ? Number(e[1].split(" ")[1]) : -1);
+    assert.ok(after.length >= 5, JSON.stringify(events));
+    assert.ok(after.every((n, i) => n >= 0 && (i === 0 || n > after[i - 1])), JSON.stringify(events));
+    assert.equal(await page.evaluate(() => window.sub.reconnects), (at - 5) / 2);
+    assert.deepEqual(errors.filter((e) => !e.includes("WebSocket")), []);
+    await producer.evaluate(() => clearInterval(window.timer));
+    await producer.close();
+    await page.evaluate(() => window.sub.close());
+    await page.close();
+  } finally {
+    await r1.stop();
+    await r2.stop();
+  }
+});

@@ -32,8 +32,9 @@
 //   doubling to 2 s) for up to reconnect_for and resumes at its position: on a topic that
 //   retains items (retain_items) it continues with the next one, nothing lost or repeated;
 //   otherwise a gap says what was missed (reason retention, or relay_restart with lost = 0:
-//   unknown). If the relay does not come back in time, next() returns false and finish() says
-//   UNAVAILABLE.
+//   unknown). With fallback_targets it moves to another relay serving the topic when its own
+//   does not answer (the gap says relay_restart). If no relay answers in time, next() returns
+//   false and finish() says UNAVAILABLE.
 // - next() blocks for the next item or gap notice; returns false at the end of the stream
 //   (relay shut down, topic closed, cancel()), after which finish() gives the status.
 // - cancel() and stats() may be called from any thread (each counter is exact; a stats() taken
@@ -46,6 +47,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "sluice/buffer.hpp"
 #include "sluice/client/tls.hpp"
@@ -126,6 +128,12 @@ class Publisher {
 
 struct SubscriberOptions {
   std::string target = "127.0.0.1:7400";
+  /// Other relays that serve the topic (a cluster topic: docs/cluster.md), host:port each.
+  /// Reconnecting tries the relay it was on first, then each of these in turn (one round of all
+  /// before each backoff): a subscriber whose relay went away continues on another one, after a
+  /// gap notice `relay_restart` (lost 0: unknown) — another relay's positions are its own. The
+  /// constructor subscribes at `target` only.
+  std::vector<std::string> fallback_targets{};
   std::string topic;
   std::string name = "subscriber";  // shown in the relay's stats and metrics
   std::uint32_t depth = 0;          // real-time topics: items the relay keeps; 0: its default
