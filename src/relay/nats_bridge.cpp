@@ -613,6 +613,15 @@ void NatsBridge::Link::stop_in() {
 // max_ack_pending (the topic's max_queue_items) unacked batches, and a batch is acked once each of
 // its items is in the topic here (the callback waits for room, like a producer). It is deleted
 // when receiving stops, and by the server after 30 s without this relay (one that went away).
+//
+// Batches are taken in the stream's order: the consumer starts at a stream sequence chosen here
+// (the stream's next when it is made) and must deliver every message from there, so one that
+// arrives ahead of a missing one (delivered while this relay's interest had not yet reached the
+// stream's server, or lost in a reconnect: JetStream sends it again after its ack wait) is held,
+// unacked, until the missing one comes — or until nats.reorder_timeout_ms, when the receiver
+// moves on (what an origin then misses is announced by its sequence, bridge_sequence.hpp). A
+// message behind that point is a redelivery of one taken (acked and dropped), unless it is its
+// first delivery: then the stream was made anew and the receiver follows it from there.
 struct NatsBridge::Link::JsReceiver {
   struct Held {
     RelayMessage item;
@@ -620,6 +629,9 @@ struct NatsBridge::Link::JsReceiver {
   Link* link = nullptr;
   std::mutex mu;  // the callback and the expiry tick
   std::map<std::uint64_t, bridge::OriginSequence<Held>> origins;
+  std::uint64_t next_stream = 0;                              // the stream sequence due next
+  std::map<std::uint64_t, std::shared_ptr<natsMsg>> waiting;  // ahead of it, unacked
+  Clock::time_point waiting_since{};
   std::promise<void> done;  // the client will not call back any more
 
   void deliver_held(Held&& h, std::uint64_t lost) const {
@@ -627,26 +639,14 @@ struct NatsBridge::Link::JsReceiver {
         std::min<std::uint64_t>(lost, std::numeric_limits<std::uint32_t>::max()));
     (void)link->deliver(std::move(h.item));
   }
-  void expire(Clock::duration timeout) {
-    const std::lock_guard lock(mu);
-    std::size_t held = 0;
-    for (auto& [id, seq] : origins) {
-      (void)seq.expire(Clock::now(), timeout,
-                       [this](Held&& h, std::uint64_t lost) { deliver_held(std::move(h), lost); });
-      held += seq.held();
-    }
-    link->counters->pending.store(held, std::memory_order_relaxed);
-  }
-  static void on_msg(natsConnection* /*nc*/, natsSubscription* /*sub*/, natsMsg* raw, void* self) {
-    auto* rx = static_cast<JsReceiver*>(self);
-    Link& l = *rx->link;
-    const std::shared_ptr<natsMsg> msg(raw, natsMsg_Destroy);
+
+  // One batch, due now: each record in order into the topic (or held by its origin's sequence),
+  // then acked. Items are used in place in the message.
+  void take(const std::shared_ptr<natsMsg>& msg) {
+    Link& l = *link;
     const auto* data = reinterpret_cast<const unsigned char*>(natsMsg_GetData(msg.get()));
     const int len = natsMsg_GetDataLength(msg.get());
     const std::size_t size = data != nullptr && len > 0 ? static_cast<std::size_t>(len) : 0;
-    const std::lock_guard lock(rx->mu);
-    // Each record in order; the message is acked once each is in the topic or held (one that is
-    // not a batch of ours is acked and dropped). Items are used in place in the message.
     (void)bridge::for_each_record(
         {data, size}, [&](const bridge::Header& h, std::size_t at, std::size_t bytes) {
           if ((h.flags & bridge::kLossless) == 0 || h.origin == l.origin) return;  // (own: in)
@@ -656,16 +656,73 @@ struct NatsBridge::Link::JsReceiver {
           m.sequence = h.item_sequence;
           m.timestamp_ns = h.timestamp_ns;
           m.from_bridge = true;
-          if (!rx->origins.contains(h.origin) && rx->origins.size() >= kMaxOrigins)
-            rx->origins.erase(rx->origins.begin());
-          if (!rx->origins[h.origin].lossless(h.sequence, Held{std::move(m)}, Clock::now(),
-                                              [rx](Held&& held, std::uint64_t lost) {
-                                                rx->deliver_held(std::move(held), lost);
-                                              })) {
+          if (!origins.contains(h.origin) && origins.size() >= kMaxOrigins)
+            origins.erase(origins.begin());
+          if (!origins[h.origin].lossless(h.sequence, Held{std::move(m)}, Clock::now(),
+                                          [this](Held&& held, std::uint64_t lost) {
+                                            deliver_held(std::move(held), lost);
+                                          })) {
             l.counters->duplicates.fetch_add(1, std::memory_order_relaxed);
           }
         });
     natsMsg_Ack(msg.get(), nullptr);
+  }
+
+  // Takes what waited and is now due (mu held).
+  void take_due() {
+    while (!waiting.empty() && waiting.begin()->first == next_stream) {
+      const auto msg = std::move(waiting.begin()->second);
+      waiting.erase(waiting.begin());
+      take(msg);
+      ++next_stream;
+    }
+    waiting_since = Clock::now();
+  }
+
+  void expire(Clock::duration timeout) {
+    const std::lock_guard lock(mu);
+    if (!waiting.empty() && Clock::now() - waiting_since >= timeout) {
+      next_stream = waiting.begin()->first;  // (what was missing before it: given up on)
+      take_due();
+    }
+    std::size_t held = waiting.size();
+    for (auto& [id, seq] : origins) {
+      (void)seq.expire(Clock::now(), timeout,
+                       [this](Held&& h, std::uint64_t lost) { deliver_held(std::move(h), lost); });
+      held += seq.held();
+    }
+    link->counters->pending.store(held, std::memory_order_relaxed);
+  }
+
+  static void on_msg(natsConnection* /*nc*/, natsSubscription* /*sub*/, natsMsg* raw, void* self) {
+    auto* rx = static_cast<JsReceiver*>(self);
+    const std::shared_ptr<natsMsg> msg(raw, natsMsg_Destroy);
+    jsMsgMetaData* meta = nullptr;
+    if (natsMsg_GetMetaData(&meta, msg.get()) != NATS_OK || meta == nullptr) {
+      natsMsg_Ack(msg.get(), nullptr);  // (not a JetStream delivery: not ours)
+      return;
+    }
+    const std::uint64_t seq = meta->Sequence.Stream;
+    const std::uint64_t deliveries = meta->NumDelivered;
+    jsMsgMetaData_Destroy(meta);
+    const std::lock_guard lock(rx->mu);
+    if (seq < rx->next_stream) {
+      if (deliveries > 1) {  // (taken before: its ack was late or lost)
+        rx->link->counters->duplicates.fetch_add(1, std::memory_order_relaxed);
+        natsMsg_Ack(msg.get(), nullptr);
+        return;
+      }
+      rx->next_stream = seq;  // (the stream was made anew)
+      rx->waiting.clear();
+    }
+    if (seq > rx->next_stream) {
+      if (rx->waiting.empty()) rx->waiting_since = Clock::now();
+      rx->waiting[seq] = msg;  // (a later delivery of it replaces an earlier)
+      return;
+    }
+    rx->take(msg);
+    ++rx->next_stream;
+    rx->take_due();
   }
   static void on_complete(void* self) { static_cast<JsReceiver*>(self)->done.set_value(); }
 };
@@ -676,13 +733,21 @@ void NatsBridge::Link::run_lossless_in() {
   natsSubscription* sub = nullptr;
   const std::string durable = bridge.name_;
   while (!in_stop && sub == nullptr) {
-    if (ensure_stream()) {
+    jsStreamInfo* si = nullptr;
+    if (ensure_stream() &&
+        js_GetStreamInfo(&si, jetstream(), stream.c_str(), nullptr, nullptr) == NATS_OK) {
+      {
+        const std::lock_guard lock(rx.mu);
+        rx.next_stream = si->State.LastSeq + 1;  // (the consumer starts there)
+      }
+      jsStreamInfo_Destroy(si);
       jsSubOptions so;
       jsSubOptions_Init(&so);
       so.Stream = stream.c_str();
       so.ManualAck = true;
       so.Config.Durable = durable.c_str();
-      so.Config.DeliverPolicy = js_DeliverNew;
+      so.Config.DeliverPolicy = js_DeliverByStartSequence;
+      so.Config.OptStartSeq = rx.next_stream;
       so.Config.AckPolicy = js_AckExplicit;
       so.Config.MaxAckPending = static_cast<std::int64_t>(config.max_queue_items);
       so.Config.AckWait = std::chrono::nanoseconds(kConsumerAckWait).count();
@@ -693,6 +758,8 @@ void NatsBridge::Link::run_lossless_in() {
       if (js_Subscribe(&sub, jetstream(), subject.c_str(), &JsReceiver::on_msg, &rx, nullptr, &so,
                        &err) != NATS_OK) {
         sub = nullptr;
+        // (one left by an earlier run of this relay, within its 30 s: made again from here)
+        (void)js_DeleteConsumer(jetstream(), stream.c_str(), durable.c_str(), nullptr, nullptr);
       }
     }
     if (sub == nullptr) {

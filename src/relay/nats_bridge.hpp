@@ -18,11 +18,11 @@
 //   in    only while the topic has subscribers here: real-time, a core NATS subscription whose
 //         items go into the topic as they arrive (never waiting), gaps announced (reason bridge);
 //         lossless, a JetStream push consumer with flow control named after this relay
-//         (max_ack_pending = the topic's max_queue_items batches, deliver new) whose callback
-//         puts each item into the topic — waiting for room, as a producer does — and acks the
-//         batch only then, so a slow
-//         subscriber here stops JetStream's deliveries, fills the stream and throttles the
-//         producers on every relay. In order per origin, repeats dropped (bridge_sequence.hpp).
+//         (max_ack_pending = the topic's max_queue_items batches, from the stream's next message,
+//         taken in the stream's order) whose callback puts each item into the topic — waiting for
+//         room, as a producer does — and acks the batch only then, so a slow subscriber here stops
+//         JetStream's deliveries, fills the stream and throttles the producers on every relay. In
+//         order per origin, repeats dropped (bridge_sequence.hpp).
 //
 // The connection reconnects forever (nats.urls, in order); items this relay publishes meanwhile
 // are buffered by the client (8 MiB) and the rest counted lost, and seen as such by receivers.
