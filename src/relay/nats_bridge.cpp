@@ -528,8 +528,8 @@ bool NatsBridge::Link::deliver(RelayMessage&& m) {
     const auto t = topic.lock();
     if (!t) return false;
     // (publish moves the item only when it answers ok: `m` is intact for the next attempt)
-    const auto r = t->broadcast.publish(std::move(m),
-                                        Clock::now() + 100ms);  // NOLINT(bugprone-use-after-move)
+    // NOLINTNEXTLINE(bugprone-use-after-move)
+    const auto r = t->broadcast.publish(std::move(m), Clock::now() + 100ms);
     if (r.status == SendStatus::timeout) continue;  // (a subscriber here is slow: wait, unacked)
     if (r.status != SendStatus::ok) return false;
     counters->received_items.fetch_add(1, std::memory_order_relaxed);

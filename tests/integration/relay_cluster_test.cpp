@@ -400,18 +400,18 @@ TEST(Cluster, EachRelayKnowsWhichRelaysServeATopic) {
     }
     return out;
   };
-  using Seen = std::map<std::string, std::pair<std::uint64_t, bool>>;
-  const Seen want{{"relay0", {1, true}}, {"relay1", {2, false}}, {"relay2", {1, false}}};
-  Seen got;
+  using Relays = std::map<std::string, std::pair<std::uint64_t, bool>>;
+  const Relays want{{"relay0", {1, true}}, {"relay1", {2, false}}, {"relay2", {1, false}}};
+  Relays got;
   for (int i = 0; i < 100 && (got = relays(a)) != want; ++i) std::this_thread::sleep_for(100ms);
   EXPECT_EQ(got, want);
-  const Seen from_c{{"relay0", {1, false}}, {"relay1", {2, false}}, {"relay2", {1, true}}};
+  const Relays from_c{{"relay0", {1, false}}, {"relay1", {2, false}}, {"relay2", {1, true}}};
   for (int i = 0; i < 50 && (got = relays(c)) != from_c; ++i) std::this_thread::sleep_for(100ms);
   EXPECT_EQ(got, from_c);
   s1.cancel();
   s2.cancel();
   b.reset();
-  const Seen without_b{{"relay0", {1, true}}, {"relay2", {1, false}}};
+  const Relays without_b{{"relay0", {1, true}}, {"relay2", {1, false}}};
   for (int i = 0; i < 100 && (got = relays(a)) != without_b; ++i)
     std::this_thread::sleep_for(100ms);
   EXPECT_EQ(got, without_b);

@@ -297,7 +297,7 @@ test("the page keeps working when the relay restarts", async () => {
 });
 
 test("the JavaScript client with several relays: when its relay stops it continues on another, told by a gap", async () => {
-  const topic = '[[topic]]\nname = "feed"\nmode = "realtime"\n';
+  const topic = '[[topic]]\nname = "feed"\nmode = "realtime"\ndepth = 64\n';
   const r1 = await relay({ config: topic });
   const r2 = await relay({ config: topic });
   const ws = (r) => r.http.replace(/^http/, "ws");
@@ -306,7 +306,7 @@ test("the JavaScript client with several relays: when its relay stops it continu
     await page.evaluate(async (urls) => {
       const sluice = await import("/sluice.js");
       window.events = [];
-      window.sub = await sluice.subscribe("feed", { urls, reconnect: true, name: "moving" });
+      window.sub = await sluice.subscribe("feed", { urls, reconnect: true, name: "moving", depth: 64 });
       window.sub.addEventListener("frame", (e) =>
         window.events.push(["frame", new TextDecoder().decode(e.detail.payload)]));
       window.sub.addEventListener("gap", (e) =>
