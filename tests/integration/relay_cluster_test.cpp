@@ -311,6 +311,9 @@ LosslessRun lossless_run(bool kill_b_node = false) {
     auto c = relay_config(nats, node, topic);
     c.nats.replicas = 1;
     c.nats.name = name;
+    // (C's subscriber stalls on purpose: on a loaded machine, a second of writes not completing
+    // must not have the relay drop it as stalled in a long run)
+    c.max_send_timeouts = 600;
     return c;
   };
   RelayScene a(config(0, "a"));
