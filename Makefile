@@ -21,7 +21,7 @@ TEST_FUZZ_SECONDS ?= 20
 # ccache: a clone at another path (CI's clean clone) reuses what any other clone compiled.
 export CCACHE_BASEDIR   := $(CURDIR)
 export CCACHE_NOHASHDIR := 1
-# The four builds (release, ThreadSanitizer, ASan + UBSan, libFuzzer) take ~6 GB of cache: past
+# The four builds (release, ThreadSanitizer, ASan + UBSan, libFuzzer) share one cache: near
 # ccache's default 5 GB the first ones would be evicted by the last and CI would compile cold.
 export CCACHE_MAXSIZE ?= 20G
 CTEST_ALL    := ctest --output-on-failure --timeout 300 -j $(JOBS)
