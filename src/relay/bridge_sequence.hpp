@@ -13,7 +13,10 @@
 // the held ones go in behind a gap of what is missing.
 //
 // The first message of an origin sets where it starts (a relay that joins mid-stream starts
-// there, like a new subscriber: no gap).
+// there, like a new subscriber: no gap), unless start_at() said where. The lossless receiver
+// orders JetStream's messages by their stream sequence with it (a start chosen when its
+// consumer is made), and counts each origin's items with realtime(): in the stream's order, a
+// jump in an origin's numbering is a loss, and one behind is a repeat.
 //
 // Thread-safety: not thread-safe; one receiving thread per topic owns it.
 #pragma once
@@ -82,6 +85,15 @@ class OriginSequence {
 
   /// Would lossless() hold `seq` (an earlier one is missing)?
   bool ahead(std::uint64_t seq) const noexcept { return known_ && seq > next_; }
+  /// Is `seq` behind what was delivered (a repeat, unless the numbering started again)?
+  bool behind(std::uint64_t seq) const noexcept { return known_ && seq < next_; }
+  /// Starts (again) at `seq`, the next to deliver, instead of at the first that arrives; drops
+  /// what is held.
+  void start_at(std::uint64_t seq) noexcept {
+    held_.clear();
+    known_ = true;
+    next_ = seq;
+  }
   std::size_t held() const noexcept { return held_.size(); }
   /// Drops the held items (the caller's `Held` releases what it holds).
   void clear() noexcept {

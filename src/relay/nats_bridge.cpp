@@ -623,26 +623,17 @@ void NatsBridge::Link::stop_in() {
 // message behind that point is a redelivery of one taken (acked and dropped), unless it is its
 // first delivery: then the stream was made anew and the receiver follows it from there.
 struct NatsBridge::Link::JsReceiver {
-  struct Held {
-    RelayMessage item;
-  };
   Link* link = nullptr;
   std::mutex mu;  // the callback and the expiry tick
-  std::map<std::uint64_t, bridge::OriginSequence<Held>> origins;
-  std::uint64_t next_stream = 0;                              // the stream sequence due next
-  std::map<std::uint64_t, std::shared_ptr<natsMsg>> waiting;  // ahead of it, unacked
-  Clock::time_point waiting_since{};
+  // Messages by stream sequence (held unacked while ahead of a missing one), and each origin's
+  // items by its numbering (a jump: items lost, announced; behind: a repeat).
+  bridge::OriginSequence<std::shared_ptr<natsMsg>> stream_order;
+  std::map<std::uint64_t, bridge::OriginSequence<std::monostate>> origins;
   std::promise<void> done;  // the client will not call back any more
 
-  void deliver_held(Held&& h, std::uint64_t lost) const {
-    h.item.bridge_lost = static_cast<std::uint32_t>(
-        std::min<std::uint64_t>(lost, std::numeric_limits<std::uint32_t>::max()));
-    (void)link->deliver(std::move(h.item));
-  }
-
-  // One batch, due now: each record in order into the topic (or held by its origin's sequence),
-  // then acked. Items are used in place in the message.
-  void take(const std::shared_ptr<natsMsg>& msg) {
+  // One batch, due now: each record in order into the topic (the callback waits for room), then
+  // the batch acked. Items are used in place in the message.
+  void take(std::shared_ptr<natsMsg>&& msg, std::uint64_t /*skipped: the origins count*/) {
     Link& l = *link;
     const auto* data = reinterpret_cast<const unsigned char*>(natsMsg_GetData(msg.get()));
     const int len = natsMsg_GetDataLength(msg.get());
@@ -650,53 +641,40 @@ struct NatsBridge::Link::JsReceiver {
     (void)bridge::for_each_record(
         {data, size}, [&](const bridge::Header& h, std::size_t at, std::size_t bytes) {
           if ((h.flags & bridge::kLossless) == 0 || h.origin == l.origin) return;  // (own: in)
+          if (!origins.contains(h.origin) && origins.size() >= kMaxOrigins)
+            origins.erase(origins.begin());
+          const auto lost = origins[h.origin].realtime(h.sequence);
+          if (!lost) {
+            l.counters->duplicates.fetch_add(1, std::memory_order_relaxed);
+            return;
+          }
           RelayMessage m;
           m.payload = Buffer::view_of(std::shared_ptr<const void>(msg),
                                       reinterpret_cast<const std::byte*>(data) + at, bytes);
           m.sequence = h.item_sequence;
           m.timestamp_ns = h.timestamp_ns;
           m.from_bridge = true;
-          if (!origins.contains(h.origin) && origins.size() >= kMaxOrigins)
-            origins.erase(origins.begin());
-          if (!origins[h.origin].lossless(h.sequence, Held{std::move(m)}, Clock::now(),
-                                          [this](Held&& held, std::uint64_t lost) {
-                                            deliver_held(std::move(held), lost);
-                                          })) {
-            l.counters->duplicates.fetch_add(1, std::memory_order_relaxed);
-          }
+          m.bridge_lost = static_cast<std::uint32_t>(
+              std::min<std::uint64_t>(*lost, std::numeric_limits<std::uint32_t>::max()));
+          (void)l.deliver(std::move(m));
         });
     natsMsg_Ack(msg.get(), nullptr);
   }
-
-  // Takes what waited and is now due (mu held).
-  void take_due() {
-    while (!waiting.empty() && waiting.begin()->first == next_stream) {
-      const auto msg = std::move(waiting.begin()->second);
-      waiting.erase(waiting.begin());
-      take(msg);
-      ++next_stream;
-    }
-    waiting_since = Clock::now();
+  auto taker() {
+    return [this](std::shared_ptr<natsMsg>&& m, std::uint64_t skipped) {
+      take(std::move(m), skipped);
+    };
   }
 
   void expire(Clock::duration timeout) {
     const std::lock_guard lock(mu);
-    if (!waiting.empty() && Clock::now() - waiting_since >= timeout) {
-      next_stream = waiting.begin()->first;  // (what was missing before it: given up on)
-      take_due();
-    }
-    std::size_t held = waiting.size();
-    for (auto& [id, seq] : origins) {
-      (void)seq.expire(Clock::now(), timeout,
-                       [this](Held&& h, std::uint64_t lost) { deliver_held(std::move(h), lost); });
-      held += seq.held();
-    }
-    link->counters->pending.store(held, std::memory_order_relaxed);
+    (void)stream_order.expire(Clock::now(), timeout, taker());
+    link->counters->pending.store(stream_order.held(), std::memory_order_relaxed);
   }
 
   static void on_msg(natsConnection* /*nc*/, natsSubscription* /*sub*/, natsMsg* raw, void* self) {
     auto* rx = static_cast<JsReceiver*>(self);
-    const std::shared_ptr<natsMsg> msg(raw, natsMsg_Destroy);
+    std::shared_ptr<natsMsg> msg(raw, natsMsg_Destroy);
     jsMsgMetaData* meta = nullptr;
     if (natsMsg_GetMetaData(&meta, msg.get()) != NATS_OK || meta == nullptr) {
       natsMsg_Ack(msg.get(), nullptr);  // (not a JetStream delivery: not ours)
@@ -706,23 +684,16 @@ struct NatsBridge::Link::JsReceiver {
     const std::uint64_t deliveries = meta->NumDelivered;
     jsMsgMetaData_Destroy(meta);
     const std::lock_guard lock(rx->mu);
-    if (seq < rx->next_stream) {
+    if (rx->stream_order.behind(seq)) {
       if (deliveries > 1) {  // (taken before: its ack was late or lost)
         rx->link->counters->duplicates.fetch_add(1, std::memory_order_relaxed);
         natsMsg_Ack(msg.get(), nullptr);
         return;
       }
-      rx->next_stream = seq;  // (the stream was made anew)
-      rx->waiting.clear();
+      rx->stream_order.start_at(seq);  // (a first delivery behind: the stream was made anew)
     }
-    if (seq > rx->next_stream) {
-      if (rx->waiting.empty()) rx->waiting_since = Clock::now();
-      rx->waiting[seq] = msg;  // (a later delivery of it replaces an earlier)
-      return;
-    }
-    rx->take(msg);
-    ++rx->next_stream;
-    rx->take_due();
+    // (a later delivery of one held is dropped unacked: the held one is acked when taken)
+    (void)rx->stream_order.lossless(seq, std::move(msg), Clock::now(), rx->taker());
   }
   static void on_complete(void* self) { static_cast<JsReceiver*>(self)->done.set_value(); }
 };
@@ -736,18 +707,19 @@ void NatsBridge::Link::run_lossless_in() {
     jsStreamInfo* si = nullptr;
     if (ensure_stream() &&
         js_GetStreamInfo(&si, jetstream(), stream.c_str(), nullptr, nullptr) == NATS_OK) {
+      const std::uint64_t start = si->State.LastSeq + 1;  // (the consumer starts there)
+      jsStreamInfo_Destroy(si);
       {
         const std::lock_guard lock(rx.mu);
-        rx.next_stream = si->State.LastSeq + 1;  // (the consumer starts there)
+        rx.stream_order.start_at(start);
       }
-      jsStreamInfo_Destroy(si);
       jsSubOptions so;
       jsSubOptions_Init(&so);
       so.Stream = stream.c_str();
       so.ManualAck = true;
       so.Config.Durable = durable.c_str();
       so.Config.DeliverPolicy = js_DeliverByStartSequence;
-      so.Config.OptStartSeq = rx.next_stream;
+      so.Config.OptStartSeq = start;
       so.Config.AckPolicy = js_AckExplicit;
       so.Config.MaxAckPending = static_cast<std::int64_t>(config.max_queue_items);
       so.Config.AckWait = std::chrono::nanoseconds(kConsumerAckWait).count();

@@ -136,5 +136,27 @@ TEST(BridgeSequence, LosslessGivesUpOnAMissingItemAfterTheTimeoutWithAGap) {
   EXPECT_FALSE(s.lossless(3, 3, t0 + 11s, d.fn()));  // (late: a repeat now)
 }
 
+// A start given (the consumer's first stream sequence): what arrives first does not set it, so
+// the first message, delivered late, is not taken for a repeat; starting again drops what is held.
+TEST(BridgeSequence, AGivenStartHoldsWhatArrivesBeforeTheFirst) {
+  OriginSequence<int> s;
+  Delivered d;
+  const auto t0 = std::chrono::steady_clock::now();
+  s.start_at(7);
+  EXPECT_TRUE(s.lossless(8, 8, t0, d.fn()));  // held: 7 comes again later
+  EXPECT_TRUE(d.items.empty());
+  EXPECT_TRUE(s.lossless(7, 7, t0, d.fn()));
+  const std::vector<std::pair<int, std::uint64_t>> want{{7, 0}, {8, 0}};
+  EXPECT_EQ(d.items, want);
+  EXPECT_TRUE(s.behind(8));
+  EXPECT_FALSE(s.behind(9));
+  EXPECT_TRUE(s.lossless(11, 11, t0, d.fn()));  // held
+  s.start_at(1);                                // (numbering starts again)
+  EXPECT_EQ(s.held(), 0U);
+  EXPECT_FALSE(s.behind(1));
+  EXPECT_TRUE(s.lossless(1, 1, t0, d.fn()));
+  EXPECT_EQ(d.items.back(), std::make_pair(1, std::uint64_t{0}));
+}
+
 }  // namespace
 }  // namespace sluice::relay::bridge
