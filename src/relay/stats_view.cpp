@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 
+#include "bridge_counters.hpp"
+
 namespace sluice::relay {
 
 namespace {
@@ -129,19 +131,12 @@ nlohmann::json topic_json(const Topic& t) {
   tj["scope"] = to_string(t.config.scope);
   if (t.config.scope == TopicScope::cluster) {
     const auto& b = *t.bridge;
-    const auto v = [](const std::atomic<std::uint64_t>& a) {
-      return a.load(std::memory_order_relaxed);
-    };
-    tj["bridge"] = {{"sent_items", v(b.sent_items)},
-                    {"sent_bytes", v(b.sent_bytes)},
-                    {"received_items", v(b.received_items)},
-                    {"received_bytes", v(b.received_bytes)},
-                    {"lost", v(b.lost)},
-                    {"duplicates", v(b.duplicates)},
-                    {"retries", v(b.retries)},
-                    {"pending", v(b.pending)},
-                    {"receiving", b.receiving.load(std::memory_order_relaxed)}};
-    auto& relays = tj["bridge"]["relays"] = nlohmann::json::array();
+    auto& bj = tj["bridge"];
+    for (const auto& c : kBridgeCounterNames)
+      bj[c.key] = (b.*c.value).load(std::memory_order_relaxed);
+    bj["pending"] = b.pending.load(std::memory_order_relaxed);
+    bj["receiving"] = b.receiving.load(std::memory_order_relaxed);
+    auto& relays = bj["relays"] = nlohmann::json::array();
     for (const auto& r : b.relays()) {
       relays.push_back({{"name", r.name}, {"subscribers", r.subscribers}, {"self", r.self}});
     }

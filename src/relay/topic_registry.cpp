@@ -3,6 +3,8 @@
 #include <functional>
 #include <utility>
 
+#include "bridge_counters.hpp"
+
 namespace sluice::relay {
 
 TopicRegistry::TopicRegistry(const RelayConfig& config, metrics::Registry& metrics)
@@ -201,34 +203,11 @@ void TopicRegistry::register_metrics(Topic& t) {
             return double(lost);
           }));
   if (t.config.scope != TopicScope::cluster) return;
-  const auto bridged = [&](const char* name, const char* help, auto pick) {
-    counter(name, help, labels, read([pick](const Topic& topic) {
-              return double(pick(*topic.bridge).load(std::memory_order_relaxed));
+  for (const auto& c : kBridgeCounterNames) {
+    counter(c.metric, c.help, labels, read([value = c.value](const Topic& topic) {
+              return double(((*topic.bridge).*value).load(std::memory_order_relaxed));
             }));
-  };
-  bridged(
-      "sluice_bridge_sent_items_total", "This relay's items sent to NATS (cluster topics)",
-      [](const BridgeCounters& b) -> const auto& { return b.sent_items; });
-  bridged(
-      "sluice_bridge_sent_bytes_total", "Their payload bytes",
-      [](const BridgeCounters& b) -> const auto& { return b.sent_bytes; });
-  bridged(
-      "sluice_bridge_received_items_total", "Other relays' items put into the topic",
-      [](const BridgeCounters& b) -> const auto& { return b.received_items; });
-  bridged(
-      "sluice_bridge_received_bytes_total", "Their payload bytes",
-      [](const BridgeCounters& b) -> const auto& { return b.received_bytes; });
-  bridged(
-      "sluice_bridge_lost_total",
-      "Items lost between relays, announced to subscribers as gaps with reason bridge",
-      [](const BridgeCounters& b) -> const auto& { return b.lost; });
-  bridged(
-      "sluice_bridge_duplicates_total", "Repeated items dropped (JetStream redeliveries)",
-      [](const BridgeCounters& b) -> const auto& { return b.duplicates; });
-  bridged(
-      "sluice_bridge_retries_total",
-      "Items JetStream refused (its stream full) or did not ack in time, sent again",
-      [](const BridgeCounters& b) -> const auto& { return b.retries; });
+  }
   gauge("sluice_bridge_pending", "Items sent and not yet acked by JetStream, or held for order",
         read([](const Topic& topic) {
           return double(topic.bridge->pending.load(std::memory_order_relaxed));
