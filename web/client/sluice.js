@@ -141,7 +141,6 @@ const RECONNECT_CODES = new Set([1000, 1001, 1006, 1011, 1012, 1014]);
 export class Subscription extends EventTarget {
   #again;
   #closing = false;
-  #lastFailure = null;
 
   constructor(ws, topic, again = null) {
     super();
@@ -161,7 +160,7 @@ export class Subscription extends EventTarget {
     ws.addEventListener("close", async (e) => {
       let info = { code: e.code, reason: e.reason };
       if (this.#again && !this.#closing && RECONNECT_CODES.has(e.code)) {
-        const next = await this.#reconnect(info);
+        const { ws: next, failure } = await this.#reconnect(info);
         if (next) {
           this.ws = next;
           this.url = next.url;
@@ -172,7 +171,7 @@ export class Subscription extends EventTarget {
           this.#attach(next, resolve);
           return;
         }
-        info = this.#lastFailure;
+        info = failure;
       }
       this.inbox.end();
       this.dispatchEvent(new CustomEvent("close", { detail: info }));
@@ -181,7 +180,7 @@ export class Subscription extends EventTarget {
   }
 
   // Tries the relay it was on, then the others in turn, one round between backoffs (100 ms
-  // doubling to 2 s), for up to reconnectForMs. The new socket, or null (#lastFailure says why).
+  // doubling to 2 s), for up to reconnectForMs. {ws}: the new socket; or {failure}: why not.
   async #reconnect(info) {
     const { relays, path, params, token, reconnectForMs } = this.#again;
     const giveUp = Date.now() + reconnectForMs;
@@ -191,17 +190,18 @@ export class Subscription extends EventTarget {
     for (;;) {
       for (let i = 0; i < relays.length && !this.#closing; i++) {
         try {
-          return await open(endpoint(relays[(at + i) % relays.length], path, params), token);
+          return { ws: await open(endpoint(relays[(at + i) % relays.length], path, params), token) };
         } catch (e) {
           last = { code: e.code, reason: e.message };
         }
       }
       if (this.#closing || Date.now() + backoff > giveUp) {
-        this.#lastFailure = {
-          code: last.code,
-          reason: `no relay answered within reconnectForMs (${reconnectForMs} ms): ${last.reason}`,
+        return {
+          failure: {
+            code: last.code,
+            reason: `no relay answered within reconnectForMs (${reconnectForMs} ms): ${last.reason}`,
+          },
         };
-        return null;
       }
       await new Promise((r) => setTimeout(r, backoff));
       backoff = Math.min(backoff * 2, 2000);
