@@ -55,7 +55,9 @@ if grep -q '"event":"subscribed"' "$dir/sub3"; then fail "claimed subscribed"; f
 # A publisher interrupted (SIGINT) flushes and prints its summary.
 "$sluice" pub --server "$target" --topic slow --count 100000 --rate 200 >"$dir/pub4" 2>&1 &
 pub4=$!
-sleep 0.5
+# (once it publishes: a SIGINT before it took the signal would be lost — a background job starts
+# with SIGINT ignored — and it would run its 100000 items)
+wait_for "$dir/relay" '"event":"session_opened","kind":"publisher".*"topic":"slow"'
 kill -INT "$pub4"
 wait "$pub4" || fail "interrupted pub exit $?"
 grep -q '"interrupted":true' "$dir/pub4" || fail "no summary after SIGINT"
