@@ -164,17 +164,36 @@ async def test_a_draining_worker_hands_new_frames_to_the_others_and_loses_none(r
         if i == 50:
             draining.drain()
         await asyncio.sleep(0.002)
+    # Every frame comes back as a result or is announced to the producer as dropped. The gate
+    # may drop a frame for its own reasons when this machine is slow (too many in flight, the
+    # stage slower than the frame rate) — announced, and not the drain's doing; the drain must
+    # lose none: no frame fails for want of a worker.
+    dropped = {}
+
+    async def notices():
+        async for n in pub.events():
+            if n.kind == "dropped":
+                dropped[n.frame_index] = n.reason
+
+    watching = asyncio.create_task(notices())
     got = set()
-    while len(got) < 200:
-        m = await asyncio.wait_for(results.__anext__(), 10)
-        got.add(m.index)
-    assert got == set(range(200))
+    deadline = time.monotonic() + 20
+    while len(got) + len(dropped) < 200:
+        assert time.monotonic() < deadline, (sorted(set(range(200)) - got - dropped.keys()), dropped)
+        try:
+            got.add((await asyncio.wait_for(results.__anext__(), 0.5)).index)
+        except asyncio.TimeoutError:
+            pass  # (a dropped notice may be what is missing)
+    assert not got & dropped.keys()
+    assert got | dropped.keys() == set(range(200))
+    assert not {i: r for i, r in dropped.items() if r in ("worker_failed", "no_worker")}, dropped
     await asyncio.wait_for(tasks[0], 10)  # drained and returned
-    assert draining.processed + staying.processed == 200
+    assert draining.processed + staying.processed == len(got)
     assert staying.processed > draining.processed
     staying.drain()
     await asyncio.wait_for(tasks[1], 10)
     await pub.close()
+    await watching
 
 
 async def test_sigterm_drains_the_example_worker_which_exits_cleanly(relay_with):
