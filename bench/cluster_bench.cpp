@@ -3,7 +3,11 @@
 // subscribers, 10 on each node, the producer on node 0). Real-time cluster topics (core NATS).
 // For 1 KiB and 1 MiB items: delivered bytes/s (all subscribers), p50/p99 publish→receive
 // latency (the producer's stamp, Unix clock, one host), and what NATS carried: bytes the NATS
-// servers sent (routes and clients, from /varz) per item published.
+// servers sent (routes and clients, from /varz) per item published. "one relay" is the same 30
+// gRPC subscribers on a single relay without NATS: what this machine's gRPC fan-out delivers
+// alone, the ceiling for Sluice over NATS here. Each size is sent as fast as
+// the producer can (a burst) and then paced (a rate both sides should sustain: what each loses
+// at a steady rate, and its latency then).
 //
 // Run: make bench-cluster (or ./build/bench/sluice_cluster_bench).
 #include <arpa/inet.h>
@@ -20,6 +24,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -114,19 +119,30 @@ Result finish(Collector& c, std::uint64_t items, std::size_t size, double second
   return r;
 }
 
-Result run_sluice(std::uint64_t items, std::size_t size) {
-  NatsCluster nats(3);
+// The producer's pace: item i leaves at t0 + i × interval (zero: as fast as it can).
+void pace(std::chrono::steady_clock::time_point t0, std::uint64_t i,
+          std::chrono::nanoseconds interval) {
+  if (interval.count() > 0)
+    std::this_thread::sleep_until(t0 + interval * static_cast<std::int64_t>(i));
+}
+
+// Sluice: three relays over the NATS cluster, or (`one_relay`) the same 30 subscribers on one
+// relay without NATS — the machine's floor for this fan-out over gRPC, measured in the same run.
+Result run_sluice(std::uint64_t items, std::size_t size, std::chrono::nanoseconds interval,
+                  bool one_relay = false) {
+  std::optional<NatsCluster> nats;
+  if (!one_relay) nats.emplace(3);
   std::vector<std::unique_ptr<sluice::RelayServer>> relays;
-  for (std::size_t i = 0; i < kRelays; ++i) {
+  for (std::size_t i = 0; i < (one_relay ? 1 : kRelays); ++i) {
     sluice::RelayConfig c;
     c.grpc_port = 0;
     c.http_port = 0;
     c.log_level = "warn";
-    c.nats.urls = {nats.url(i)};
+    if (nats) c.nats.urls = {nats->url(i)};
     sluice::TopicConfig t;
     t.name = "r7";
     t.mode = sluice::TopicMode::realtime;
-    t.scope = sluice::TopicScope::cluster;
+    t.scope = one_relay ? sluice::TopicScope::local : sluice::TopicScope::cluster;
     t.depth = 64;
     c.topics.push_back(t);
     relays.push_back(std::make_unique<sluice::RelayServer>(c));
@@ -138,7 +154,7 @@ Result run_sluice(std::uint64_t items, std::size_t size) {
   for (std::size_t r = 0; r < kRelays; ++r) {
     for (std::size_t k = 0; k < kPerRelay; ++k) {
       sluice::client::SubscriberOptions o;
-      o.target = "127.0.0.1:" + std::to_string(relays[r]->grpc_port());
+      o.target = "127.0.0.1:" + std::to_string(relays[one_relay ? 0 : r]->grpc_port());
       o.topic = "r7";
       o.name = "s" + std::to_string(r) + "-" + std::to_string(k);
       o.depth = 64;
@@ -154,7 +170,7 @@ Result run_sluice(std::uint64_t items, std::size_t size) {
     }
   }
   std::this_thread::sleep_for(1500ms);  // (the bridges subscribe; NATS spreads the interest)
-  const double wire0 = nats_out_bytes(nats);
+  const double wire0 = nats ? nats_out_bytes(*nats) : 0;
   sluice::client::PublisherOptions po;
   po.target = "127.0.0.1:" + std::to_string(relays[0]->grpc_port());
   po.topic = "r7";
@@ -162,11 +178,14 @@ Result run_sluice(std::uint64_t items, std::size_t size) {
   {
     sluice::client::Publisher pub(po);
     const std::string payload(size, 'p');
-    for (std::uint64_t i = 0; i < items; ++i) (void)pub.publish(sluice::Buffer::copy(payload));
+    for (std::uint64_t i = 0; i < items; ++i) {
+      pace(t0, i, interval);
+      (void)pub.publish(sluice::Buffer::copy(payload));
+    }
     (void)pub.close();
   }
   const double seconds = wait_quiet(col, t0);
-  const double wire = nats_out_bytes(nats) - wire0;
+  const double wire = nats ? nats_out_bytes(*nats) - wire0 : 0;
   for (auto& s : subs) s->cancel();
   for (auto& t : readers) t.join();
   return finish(col, items, size, seconds, wire);
@@ -180,7 +199,7 @@ void on_nats_msg(natsConnection* /*nc*/, natsSubscription* /*sub*/, natsMsg* msg
   natsMsg_Destroy(msg);
 }
 
-Result run_nats(std::uint64_t items, std::size_t size) {
+Result run_nats(std::uint64_t items, std::size_t size, std::chrono::nanoseconds interval) {
   NatsCluster nats(3);
   Collector col;
   std::vector<natsConnection*> conns;
@@ -205,6 +224,7 @@ Result run_nats(std::uint64_t items, std::size_t size) {
   std::string payload(size, 'p');
   const auto t0 = std::chrono::steady_clock::now();
   for (std::uint64_t i = 0; i < items; ++i) {
+    pace(t0, i, interval);
     const std::int64_t now = sluice::unix_now_ns();
     std::memcpy(payload.data(), &now, 8);
     natsConnection_Publish(pub, "r7", payload.data(), static_cast<int>(payload.size()));
@@ -234,17 +254,26 @@ int main() {
   struct Case {
     std::size_t size;
     std::uint64_t items;
+    std::uint64_t per_second;  // 0: unpaced
   };
-  for (const Case c : {Case{1024, 20000}, Case{1 << 20, 200}}) {
-    std::printf("  %zu B x %llu items\n", c.size, static_cast<unsigned long long>(c.items));
-    const Result n = run_nats(c.items, c.size);
-    const Result s = run_sluice(c.items, c.size);
+  for (const Case c : {Case{1024, 20000, 0}, Case{1024, 20000, 10000}, Case{1 << 20, 200, 0},
+                       Case{1 << 20, 150, 30}}) {
+    std::printf(
+        "  %zu B x %llu items, %s\n", c.size, static_cast<unsigned long long>(c.items),
+        c.per_second == 0 ? "unpaced" : (std::to_string(c.per_second) + " per second").c_str());
+    const std::chrono::nanoseconds interval{c.per_second == 0 ? 0 : 1'000'000'000 / c.per_second};
+    const Result n = run_nats(c.items, c.size, interval);
+    const Result s = run_sluice(c.items, c.size, interval);
+    const Result one = run_sluice(c.items, c.size, interval, true);
     print("NATS alone", n);
     print("Sluice", s);
+    print("one relay", one);
     std::printf(
         "    ratio (Sluice / NATS): throughput %.2fx, p99 %.2fx, NATS bytes per item %.2fx\n",
         n.mb_per_s > 0 ? s.mb_per_s / n.mb_per_s : 0, n.p99_us > 0 ? s.p99_us / n.p99_us : 0,
         n.wire_per_item > 0 ? s.wire_per_item / n.wire_per_item : 0);
+    std::printf("    Sluice over NATS / one relay without it (the gRPC fan-out's floor): %.2fx\n",
+                one.mb_per_s > 0 ? s.mb_per_s / one.mb_per_s : 0);
   }
   nats_Close();
   return 0;

@@ -12,8 +12,11 @@
 //                            redelivery)
 //   bytes 24-31  item        the item's own sequence (the producer's numbering)
 //   bytes 32-39  timestamp   the item's timestamp_ns
-// A lossless item travels in a batch: one JetStream message holds records, each this header (bit 1
-// set, the payload's length in bytes 4-7) and that payload, one after the other.
+// Items travel in batches: one NATS message holds records, each this header (bit 1 set, the
+// payload's length in bytes 4-7) and that payload, one after the other. A lossless batch is one
+// JetStream message; a real-time one is what the sending relay found waiting when it sent (no
+// waiting for more). A message of one item may also be just the header and the payload (bit 1
+// clear), which is how relays before batching sent real-time items.
 // All little-endian. Plain functions over bytes; no allocation, no state. The decoder takes any
 // bytes a peer sends (fuzzed: fuzz/bridge_codec_fuzz.cpp).
 #pragma once
@@ -21,6 +24,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <span>
 
@@ -63,6 +67,19 @@ inline std::array<unsigned char, kHeaderBytes> encode(const Header& h) noexcept 
   detail::put64(&out[24], h.item_sequence);
   detail::put64(&out[32], static_cast<std::uint64_t>(h.timestamp_ns));
   return out;
+}
+
+/// Writes one batch record at `out` (which has room for kHeaderBytes + `length` bytes): `h`
+/// with kBatched set and its length `length`, then `length` bytes from `payload`. Returns the
+/// bytes written.
+inline std::size_t put_record(unsigned char* out, Header h, const void* payload,
+                              std::uint32_t length) noexcept {
+  h.flags |= kBatched;
+  h.length = length;
+  const auto head = encode(h);
+  std::memcpy(out, head.data(), head.size());
+  if (length != 0) std::memcpy(out + kHeaderBytes, payload, length);
+  return kHeaderBytes + length;
 }
 
 /// The header of a NATS message's bytes; nothing if they are not a bridged item of this version

@@ -18,9 +18,12 @@ struct BridgeCounterName {
   std::atomic<std::uint64_t> BridgeCounters::*value;
 };
 
-inline constexpr std::array<BridgeCounterName, 7> kBridgeCounterNames{{
+inline constexpr std::array<BridgeCounterName, 8> kBridgeCounterNames{{
     {"sent_items", "sluice_bridge_sent_items_total",
      "This relay's items sent to NATS (cluster topics)", &BridgeCounters::sent_items},
+    {"sent_messages", "sluice_bridge_sent_messages_total",
+     "The NATS messages that carried them (a batch: the items waiting together)",
+     &BridgeCounters::sent_messages},
     {"sent_bytes", "sluice_bridge_sent_bytes_total", "Their payload bytes",
      &BridgeCounters::sent_bytes},
     {"received_items", "sluice_bridge_received_items_total",

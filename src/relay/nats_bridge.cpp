@@ -66,32 +66,37 @@ std::string status_text(natsStatus s) {
          (last != nullptr ? last : "");
 }
 
-// The NATS message's bytes as a topic item (no copy: the item's Buffer owns the message).
-std::optional<RelayMessage> item_of(const std::shared_ptr<natsMsg>& msg, bridge::Header& header) {
-  const auto* data = reinterpret_cast<const unsigned char*>(natsMsg_GetData(msg.get()));
-  const int len = natsMsg_GetDataLength(msg.get());
-  if (data == nullptr || len < 0) return std::nullopt;
-  const auto h = bridge::decode({data, static_cast<std::size_t>(len)});
-  if (!h) return std::nullopt;
-  header = *h;
+// A NATS message's bytes.
+std::span<const unsigned char> bytes_of(natsMsg* msg) {
+  const auto* data = reinterpret_cast<const unsigned char*>(natsMsg_GetData(msg));
+  const int len = natsMsg_GetDataLength(msg);
+  if (data == nullptr || len <= 0) return {};
+  return {data, static_cast<std::size_t>(len)};
+}
+
+// A record of the NATS message `msg` as a topic item (no copy: the item's Buffer owns the
+// message), `lost` items after the one before it from the same relay.
+RelayMessage item_of(const std::shared_ptr<natsMsg>& msg, const bridge::Header& h, std::size_t at,
+                     std::size_t bytes, std::uint64_t lost) {
   RelayMessage m;
-  m.payload = Buffer::view_of(std::shared_ptr<const void>(msg),
-                              reinterpret_cast<const std::byte*>(data) + bridge::kHeaderBytes,
-                              static_cast<std::size_t>(len) - bridge::kHeaderBytes);
-  m.sequence = h->item_sequence;
-  m.timestamp_ns = h->timestamp_ns;
+  m.payload =
+      Buffer::view_of(std::shared_ptr<const void>(msg),
+                      reinterpret_cast<const std::byte*>(bytes_of(msg.get()).data()) + at, bytes);
+  m.sequence = h.item_sequence;
+  m.timestamp_ns = h.timestamp_ns;
   m.from_bridge = true;
+  m.bridge_lost = static_cast<std::uint32_t>(
+      std::min<std::uint64_t>(lost, std::numeric_limits<std::uint32_t>::max()));
   return m;
 }
 
-// The bytes of an item as it crosses, into `out` (reused: no allocation per item once it is
-// large enough): the header, then the payload.
-void wire_bytes(const bridge::Header& h, const RelayMessage& m, std::vector<unsigned char>& out) {
-  out.resize(bridge::kHeaderBytes + m.payload.size());
-  const auto head = bridge::encode(h);
-  std::memcpy(out.data(), head.data(), head.size());
-  if (m.payload.size() != 0)
-    std::memcpy(out.data() + bridge::kHeaderBytes, m.payload.data(), m.payload.size());
+// Appends item `m` to `out` as a batch record with header `h`.
+void append_record(std::vector<unsigned char>& out, const bridge::Header& h,
+                   const RelayMessage& m) {
+  const std::size_t at = out.size();
+  out.resize(at + bridge::kHeaderBytes + m.payload.size());
+  (void)bridge::put_record(out.data() + at, h, m.payload.data(),
+                           static_cast<std::uint32_t>(m.payload.size()));
 }
 
 constexpr std::size_t kMaxOrigins = 64;       // relays a topic's receiver follows at once
@@ -107,6 +112,9 @@ constexpr int kMaxPresenceBytes = 64 * 1024;  // a presence message's size (long
 constexpr auto kConsumerAckWait = 3s;
 constexpr std::size_t kMaxBatchItems = 1024;                    // a lossless batch's items
 constexpr std::size_t kMaxBatchBytes = std::size_t{512} << 10;  // and bytes (one item: any size)
+// A real-time message: the items waiting when the bridge sends, up to this many bytes (one item:
+// any size). Small, so that a receiver's share of a burst comes in pieces it can take at once.
+constexpr std::size_t kRealtimeBatchBytes = std::size_t{64} << 10;
 
 }  // namespace
 
@@ -239,7 +247,8 @@ struct NatsBridge::Link {
   // --- out: this relay's items to NATS
   std::thread out;
   std::uint64_t out_seq = 0;           // (out thread)
-  std::vector<unsigned char> scratch;  // (out thread: real-time items' bytes, reused)
+  std::vector<unsigned char> scratch;  // (out thread: a real-time batch's bytes, reused)
+  std::size_t scratch_items = 0;       // (out thread: and its items)
   jsCtx* js = nullptr;  // lossless: made by the out thread, or the in thread, under js_mu
   std::mutex js_mu;
   // Lossless: the batch sent to JetStream and not yet acked (one at a time, so that items
@@ -271,7 +280,8 @@ struct NatsBridge::Link {
   void run_out();
   bool ensure_stream();
   jsCtx* jetstream();
-  void send_realtime(const RelayMessage& m);
+  void add_realtime(const RelayMessage& m);
+  void send_realtime();
   bool settle_flight();
   bool send_gathered();
   std::size_t batch_bytes() const;
@@ -330,9 +340,23 @@ void NatsBridge::Link::run_out() {
     if (lossless) {
       gathered_bytes += r->payload.size();
       gathered.push_back(std::move(*r));
-    } else {
-      send_realtime(*r);
+      continue;
     }
+    // Real-time: this item and those already waiting behind it go in one message (nothing waits
+    // for more, so batching adds no latency; a burst costs a message per 64 KiB, not per item).
+    add_realtime(*r);
+    while (scratch_items < kMaxBatchItems && scratch.size() < kRealtimeBatchBytes) {
+      auto more = sub.try_recv();
+      if (more.status == RecvStatus::gap) {  // (the records' numbering says what was lost)
+        out_seq += more.lost;
+        continue;
+      }
+      if (more.status != RecvStatus::ok) break;  // (empty, or closed: the loop sees it again)
+      if (more->from_bridge) continue;
+      ++out_seq;
+      add_realtime(*more);
+    }
+    send_realtime();
   }
   // (the topic closed: what it had goes out)
   while (lossless && !stopping && (settle_flight() || (!gathered.empty() && send_gathered())))
@@ -341,21 +365,30 @@ void NatsBridge::Link::run_out() {
   if (const auto t = topic.lock()) t->bridge_subscribers.fetch_sub(1, std::memory_order_acq_rel);
 }
 
-void NatsBridge::Link::send_realtime(const RelayMessage& m) {
+// Item `m`, numbered out_seq, joins the real-time batch being made.
+void NatsBridge::Link::add_realtime(const RelayMessage& m) {
   bridge::Header h;
   h.origin = origin;
   h.sequence = out_seq;
   h.item_sequence = m.sequence;
   h.timestamp_ns = m.timestamp_ns;
-  wire_bytes(h, m, scratch);
-  const auto& bytes = scratch;
-  // (while reconnecting the client buffers up to 8 MiB; past that the item is lost, and the
+  append_record(scratch, h, m);
+  ++scratch_items;
+}
+
+// The real-time batch goes out as one core-NATS message (its buffer is kept for the next).
+void NatsBridge::Link::send_realtime() {
+  // (while reconnecting the client buffers up to 8 MiB; past that the items are lost, and the
   // receivers see the jump in the numbering)
-  if (natsConnection_Publish(bridge.nats_->nc, subject.c_str(), bytes.data(),
-                             static_cast<int>(bytes.size())) == NATS_OK) {
-    counters->sent_items.fetch_add(1, std::memory_order_relaxed);
-    counters->sent_bytes.fetch_add(m.payload.size(), std::memory_order_relaxed);
+  if (natsConnection_Publish(bridge.nats_->nc, subject.c_str(), scratch.data(),
+                             static_cast<int>(scratch.size())) == NATS_OK) {
+    counters->sent_items.fetch_add(scratch_items, std::memory_order_relaxed);
+    counters->sent_messages.fetch_add(1, std::memory_order_relaxed);
+    counters->sent_bytes.fetch_add(scratch.size() - scratch_items * bridge::kHeaderBytes,
+                                   std::memory_order_relaxed);
   }
+  scratch.clear();
+  scratch_items = 0;
 }
 
 jsCtx* NatsBridge::Link::jetstream() {
@@ -411,21 +444,16 @@ std::size_t NatsBridge::Link::batch_bytes() const {
 void NatsBridge::Link::publish_flight(std::uint64_t seq, const std::vector<RelayMessage>& items) {
   std::size_t size = 0;
   for (const auto& m : items) size += bridge::kHeaderBytes + m.payload.size();
-  std::vector<unsigned char> bytes(size);
-  std::size_t at = 0;
+  std::vector<unsigned char> bytes;
+  bytes.reserve(size);
   for (std::size_t i = 0; i < items.size(); ++i) {
     bridge::Header h;
-    h.flags = bridge::kLossless | bridge::kBatched;
-    h.length = static_cast<std::uint32_t>(items[i].payload.size());
+    h.flags = bridge::kLossless;
     h.origin = origin;
     h.sequence = seq + i;
     h.item_sequence = items[i].sequence;
     h.timestamp_ns = items[i].timestamp_ns;
-    const auto head = bridge::encode(h);
-    std::memcpy(bytes.data() + at, head.data(), head.size());
-    if (h.length != 0)
-      std::memcpy(bytes.data() + at + head.size(), items[i].payload.data(), h.length);
-    at += head.size() + h.length;
+    append_record(bytes, h, items[i]);
   }
   natsMsg* msg = nullptr;
   if (natsMsg_Create(&msg, subject.c_str(), nullptr, reinterpret_cast<const char*>(bytes.data()),
@@ -450,10 +478,7 @@ void NatsBridge::Link::publish_flight(std::uint64_t seq, const std::vector<Relay
 void NatsBridge::Link::on_ack(jsCtx* /*js*/, natsMsg* msg, jsPubAck* pa, jsPubAckErr* /*pae*/,
                               void* self) {
   auto* l = static_cast<Link*>(self);
-  const auto* data = reinterpret_cast<const unsigned char*>(natsMsg_GetData(msg));
-  const int len = natsMsg_GetDataLength(msg);
-  const auto h = data != nullptr && len > 0 ? bridge::decode({data, static_cast<std::size_t>(len)})
-                                            : std::nullopt;
+  const auto h = bridge::decode(bytes_of(msg));
   if (h) {
     const std::lock_guard lock(l->flights_mu);
     if (l->flight.seq == h->sequence && l->flight.state == Flight::State::pending)
@@ -469,6 +494,7 @@ bool NatsBridge::Link::settle_flight() {
   std::unique_lock lock(flights_mu);
   if (flight.state == Flight::State::acked) {
     counters->sent_items.fetch_add(flight.items.size(), std::memory_order_relaxed);
+    counters->sent_messages.fetch_add(1, std::memory_order_relaxed);
     std::uint64_t bytes = 0;
     for (const auto& m : flight.items) bytes += m.payload.size();
     counters->sent_bytes.fetch_add(bytes, std::memory_order_relaxed);
@@ -545,27 +571,25 @@ void NatsBridge::Link::on_rt_msg(natsConnection* /*nc*/, natsSubscription* /*sub
                                  void* self) {
   auto* rx = static_cast<RtReceiver*>(self);
   const std::shared_ptr<natsMsg> msg(raw, natsMsg_Destroy);
-  bridge::Header h;
-  auto m = item_of(msg, h);
-  if (!m || (h.flags & bridge::kLossless) != 0) return;  // (not ours: ignored)
-  if (!rx->origins.contains(h.origin) && rx->origins.size() >= kMaxOrigins)
-    rx->origins.erase(rx->origins.begin());
-  const auto lost = rx->origins[h.origin].realtime(h.sequence);
-  if (!lost) {
-    rx->counters->duplicates.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
-  m->bridge_lost = static_cast<std::uint32_t>(
-      std::min<std::uint64_t>(*lost, std::numeric_limits<std::uint32_t>::max()));
   const auto t = rx->topic.lock();
   if (!t) return;
-  const std::size_t bytes = m->payload.size();
-  if (t->broadcast.publish(std::move(*m)).ok()) {  // (real-time: never waits)
-    rx->counters->received_items.fetch_add(1, std::memory_order_relaxed);
-    rx->counters->received_bytes.fetch_add(bytes, std::memory_order_relaxed);
-    rx->counters->lost.fetch_add(*lost, std::memory_order_relaxed);
-    t->published_bytes.fetch_add(bytes, std::memory_order_relaxed);
-  }
+  (void)bridge::for_each_record(
+      bytes_of(raw), [&](const bridge::Header& h, std::size_t at, std::size_t bytes) {
+        if ((h.flags & bridge::kLossless) != 0) return;  // (not ours: ignored)
+        if (!rx->origins.contains(h.origin) && rx->origins.size() >= kMaxOrigins)
+          rx->origins.erase(rx->origins.begin());
+        const auto lost = rx->origins[h.origin].realtime(h.sequence);
+        if (!lost) {
+          rx->counters->duplicates.fetch_add(1, std::memory_order_relaxed);
+          return;
+        }
+        if (t->broadcast.publish(item_of(msg, h, at, bytes, *lost)).ok()) {  // (never waits)
+          rx->counters->received_items.fetch_add(1, std::memory_order_relaxed);
+          rx->counters->received_bytes.fetch_add(bytes, std::memory_order_relaxed);
+          rx->counters->lost.fetch_add(*lost, std::memory_order_relaxed);
+          t->published_bytes.fetch_add(bytes, std::memory_order_relaxed);
+        }
+      });
 }
 
 void NatsBridge::Link::on_rt_complete(void* receiver) {
@@ -635,11 +659,8 @@ struct NatsBridge::Link::JsReceiver {
   // the batch acked. Items are used in place in the message.
   void take(std::shared_ptr<natsMsg>&& msg, std::uint64_t /*skipped: the origins count*/) {
     Link& l = *link;
-    const auto* data = reinterpret_cast<const unsigned char*>(natsMsg_GetData(msg.get()));
-    const int len = natsMsg_GetDataLength(msg.get());
-    const std::size_t size = data != nullptr && len > 0 ? static_cast<std::size_t>(len) : 0;
     (void)bridge::for_each_record(
-        {data, size}, [&](const bridge::Header& h, std::size_t at, std::size_t bytes) {
+        bytes_of(msg.get()), [&](const bridge::Header& h, std::size_t at, std::size_t bytes) {
           if ((h.flags & bridge::kLossless) == 0 || h.origin == l.origin) return;  // (own: in)
           if (!origins.contains(h.origin) && origins.size() >= kMaxOrigins)
             origins.erase(origins.begin());
@@ -648,15 +669,7 @@ struct NatsBridge::Link::JsReceiver {
             l.counters->duplicates.fetch_add(1, std::memory_order_relaxed);
             return;
           }
-          RelayMessage m;
-          m.payload = Buffer::view_of(std::shared_ptr<const void>(msg),
-                                      reinterpret_cast<const std::byte*>(data) + at, bytes);
-          m.sequence = h.item_sequence;
-          m.timestamp_ns = h.timestamp_ns;
-          m.from_bridge = true;
-          m.bridge_lost = static_cast<std::uint32_t>(
-              std::min<std::uint64_t>(*lost, std::numeric_limits<std::uint32_t>::max()));
-          (void)l.deliver(std::move(m));
+          (void)l.deliver(item_of(msg, h, at, bytes, *lost));
         });
     natsMsg_Ack(msg.get(), nullptr);
   }

@@ -46,6 +46,7 @@ struct SubscriberExtras {
 struct BridgeCounters {
   std::atomic<std::uint64_t> sent_items{0};      // this relay's items sent to NATS
   std::atomic<std::uint64_t> sent_bytes{0};      // their payload bytes
+  std::atomic<std::uint64_t> sent_messages{0};   // the NATS messages that carried them (batches)
   std::atomic<std::uint64_t> received_items{0};  // other relays' items put into this topic
   std::atomic<std::uint64_t> received_bytes{0};
   std::atomic<std::uint64_t> lost{0};        // lost between relays: announced as `bridge` gaps

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
@@ -178,6 +179,52 @@ TEST(Cluster, RealtimeItemsReachTheOtherRelaysOnceEach) {
   EXPECT_EQ(bridge_counter(b, "cam", "received_items"), kItems);
   EXPECT_EQ(bridge_counter(b, "cam", "sent_items"), 0U);      // (not sent back out)
   EXPECT_EQ(bridge_counter(c, "cam", "received_items"), 0U);  // (no subscriber on C)
+}
+
+// An unpaced burst of small items: the sending relay puts the items waiting together into one NATS
+// message (fewer messages than items); every item reaches B's subscriber or is announced lost, in
+// order, none twice.
+TEST(Cluster, ARealtimeBurstCrossesInBatchesAndEveryItemIsAccountedFor) {
+  NatsCluster nats(3);
+  ASSERT_TRUE(nats.ready());
+  auto topic = cluster_topic("burst", TopicMode::realtime);
+  topic.depth = 1024;
+  RelayScene a(relay_config(nats, 0, topic));
+  RelayScene b(relay_config(nats, 1, topic));
+  auto so = subscriber(b, "burst", "on-b");
+  so.depth = 1024;
+  client::Subscriber sb(so);
+  ASSERT_TRUE(sb.subscribed());
+  ASSERT_TRUE(wait_receiving(b, "burst"));
+  constexpr std::uint64_t kItems = 5000;
+  Seen seen;
+  auto t = reader(sb, seen, kItems);
+  client::PublisherOptions po;
+  po.target = a.target;
+  po.topic = "burst";
+  client::Publisher pub(po);
+  const std::string item(1024, 'b');
+  for (std::uint64_t i = 0; i < kItems; ++i) ASSERT_TRUE(pub.publish(Buffer::copy(item)).ok());
+  std::this_thread::sleep_for(1s);  // (then one more, alone: the burst's losses are told before it)
+  ASSERT_TRUE(pub.publish(Buffer::copy(item)).ok());
+  ASSERT_TRUE(pub.close().ok());
+  join_within(t, sb, 30s);
+  ASSERT_FALSE(seen.sequences.empty());
+  EXPECT_EQ(seen.sequences.back(), kItems);
+  for (std::size_t i = 1; i < seen.sequences.size(); ++i)
+    ASSERT_GT(seen.sequences[i], seen.sequences[i - 1]);
+  EXPECT_EQ(seen.sequences.size() + seen.lost_bridge + seen.lost_slow + seen.lost_other,
+            kItems + 1);
+  const auto sent = bridge_counter(a, "burst", "sent_items");
+  const auto messages = bridge_counter(a, "burst", "sent_messages");
+  EXPECT_EQ(bridge_counter(b, "burst", "received_items") + bridge_counter(b, "burst", "lost"),
+            kItems + 1);
+  EXPECT_GE(messages, 2U);
+  EXPECT_LT(messages, sent) << "a burst of " << kItems << " items crossed one per message";
+  std::printf("burst: %llu items sent in %llu NATS messages; B's subscriber got %zu, %llu lost\n",
+              static_cast<unsigned long long>(sent), static_cast<unsigned long long>(messages),
+              seen.sequences.size(),
+              static_cast<unsigned long long>(seen.lost_bridge + seen.lost_slow));
 }
 
 // 30 fps × 256 KiB, a subscriber on C that keeps up with half of it: it loses items (slow_consumer,

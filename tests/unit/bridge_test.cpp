@@ -56,17 +56,21 @@ TEST(BridgeCodec, AnythingElseIsRefused) {
 TEST(BridgeCodec, ABatchIsReadRecordByRecordAndABrokenOneNotAtAll) {
   std::vector<unsigned char> batch;
   const std::vector<std::string> payloads{"one", "", std::string(1000, 'x')};
+  const std::vector<std::uint64_t> sequences{10, 11, 15};  // (a real-time batch may jump)
   for (std::size_t i = 0; i < payloads.size(); ++i) {
     Header h;
-    h.flags = kLossless | kBatched;
-    h.length = static_cast<std::uint32_t>(payloads[i].size());
-    h.sequence = 10 + i;
-    const auto head = encode(h);
-    batch.insert(batch.end(), head.begin(), head.end());
-    batch.insert(batch.end(), payloads[i].begin(), payloads[i].end());
+    h.flags = kLossless;
+    h.sequence = sequences[i];
+    const std::size_t at = batch.size();
+    batch.resize(at + kHeaderBytes + payloads[i].size());
+    EXPECT_EQ(put_record(batch.data() + at, h, payloads[i].data(),
+                         static_cast<std::uint32_t>(payloads[i].size())),
+              kHeaderBytes + payloads[i].size());
   }
   std::vector<std::pair<std::uint64_t, std::string>> seen;
   const auto collect = [&](const Header& h, std::size_t at, std::size_t size) {
+    EXPECT_EQ(h.flags, kLossless | kBatched);
+    EXPECT_EQ(h.length, size);
     seen.emplace_back(h.sequence,
                       std::string(batch.begin() + static_cast<std::ptrdiff_t>(at),
                                   batch.begin() + static_cast<std::ptrdiff_t>(at + size)));
@@ -74,7 +78,7 @@ TEST(BridgeCodec, ABatchIsReadRecordByRecordAndABrokenOneNotAtAll) {
   ASSERT_TRUE(for_each_record(batch, collect));
   ASSERT_EQ(seen.size(), 3U);
   for (std::size_t i = 0; i < 3; ++i) {
-    EXPECT_EQ(seen[i].first, 10 + i);
+    EXPECT_EQ(seen[i].first, sequences[i]);
     EXPECT_EQ(seen[i].second, payloads[i]);
   }
   seen.clear();
