@@ -10,7 +10,8 @@ install(TARGETS sluice EXPORT sluiceCoreTargets
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT dev)
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/sluice DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
         COMPONENT dev
-        PATTERN "relay" EXCLUDE)  # (the relay's own headers: it is a program, not a library)
+        PATTERN "relay" EXCLUDE   # (the relay's own headers: it is a program, not a library)
+        PATTERN "media" EXCLUDE)  # (`sluice ingest`'s: part of the program for now)
 install(EXPORT sluiceCoreTargets NAMESPACE sluice:: DESTINATION ${SLUICE_CMAKE_DIR}
         COMPONENT dev)
 configure_file(${PROJECT_SOURCE_DIR}/packaging/sluice.pc.in ${PROJECT_BINARY_DIR}/sluice.pc @ONLY)
@@ -64,5 +65,8 @@ set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_SECTION net)
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
+# `sluice ingest` loads GStreamer's plugins at run time (shlibdeps sees only the library).
+set(CPACK_DEBIAN_PACKAGE_RECOMMENDS
+    "gstreamer1.0-plugins-base, gstreamer1.0-plugins-good, gstreamer1.0-plugins-bad")
 set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA ${PROJECT_SOURCE_DIR}/packaging/postinst)
 include(CPack)

@@ -1,4 +1,4 @@
-// The `sluice` executable. Subcommands: serve, pub, sub, worker, config, demo.
+// The `sluice` executable. Subcommands: serve, pub, sub, ingest, worker, config, demo.
 #include <systemd/sd-daemon.h>
 
 #include <CLI/CLI.hpp>
@@ -12,6 +12,7 @@
 
 #include "demo.hpp"
 #include "demo_traffic.hpp"
+#include "ingest.hpp"
 #include "pubsub.hpp"
 #include "sluice/relay/config.hpp"
 #include "sluice/relay/server.hpp"
@@ -251,6 +252,45 @@ int main(int argc, char** argv) {
                    "Extra time per frame, to play a slow model and see the gate work")
       ->check(CLI::Range(0L, 60'000L));
 
+  sluice::cli::IngestCliOptions ingest;
+  auto* ingest_cmd = app.add_subcommand(
+      "ingest",
+      "Publish a camera's or a file's frames to a topic: rtsp://, file://, v4l2://, test:// "
+      "(docs/media.md)");
+  ingest_cmd->add_option("uri", ingest.ingest.uri, "The source: rtsp://…, file:///…, "
+                         "v4l2:///dev/videoN or test://")->required();
+  ingest_cmd->add_option("--server,--target", ingest.target, "The relay's gRPC address (host:port)")
+      ->envname("SLUICE_SERVER");
+  ingest_cmd->add_option("--topic", ingest.topic, "Topic name")->required();
+  std::string ingest_output = "encoded";
+  ingest_cmd
+      ->add_option("--output", ingest_output,
+                   "encoded (the source's H.264/H.265/VP8/VP9 access units, not re-encoded), "
+                   "raw (RGB pictures) or jpeg")
+      ->check(CLI::IsMember({"encoded", "raw", "jpeg"}));
+  ingest_cmd->add_option("--width", ingest.ingest.width, "raw/jpeg: scale to this width (0: the source's)")
+      ->check(CLI::Range(0, 16384));
+  ingest_cmd->add_option("--height", ingest.ingest.height, "raw/jpeg: scale to this height (0: the source's)")
+      ->check(CLI::Range(0, 16384));
+  ingest_cmd->add_option("--fps", ingest.ingest.fps, "raw/jpeg: frames per second (0: the source's)")
+      ->check(CLI::Range(0, 1000));
+  ingest_cmd->add_option("--queue-frames", ingest.ingest.queue_frames,
+                         "Frames waiting for the relay; past that they are dropped at the source, "
+                         "counted (backpressure)")
+      ->check(CLI::Range(1UL, 4096UL));
+  bool ingest_fast = false;
+  ingest_cmd->add_flag("--as-fast-as-read", ingest_fast,
+                       "A file's frames as fast as they are read, not at their timestamps");
+  int source_timeout_ms = 5000;
+  ingest_cmd->add_option("--source-timeout-ms", source_timeout_ms,
+                         "A live source silent this long is lost (then reconnected)")
+      ->check(CLI::Range(100, 600'000));
+  ingest_cmd->add_option("--stats-every", ingest.stats_every_s, "Seconds between stats lines (0: none)")
+      ->check(CLI::Range(0, 86400));
+  ingest_cmd->add_option("--token", ingest.token, "The relay's bearer token (docs/security.md)")
+      ->envname("SLUICE_TOKEN");
+  add_tls_options(*ingest_cmd, ingest.tls);
+
   // Exit codes: 0, 1 (a runtime failure), 2 (usage or configuration).
   try {
     app.parse(argc, argv);
@@ -276,6 +316,12 @@ int main(int argc, char** argv) {
       worker.port = static_cast<std::uint16_t>(port);
     }
     return sluice::cli::run_worker(worker, model);
+  }
+  if (ingest_cmd->parsed()) {
+    (void)sluice::media::parse_output(ingest_output, ingest.ingest.output);
+    ingest.ingest.pace = !ingest_fast;
+    ingest.ingest.source_timeout = std::chrono::milliseconds(source_timeout_ms);
+    return sluice::cli::run_ingest(ingest);
   }
   if (pub_cmd->parsed()) return sluice::cli::run_pub(pub);
   if (sub_cmd->parsed()) return sluice::cli::run_sub(sub);
