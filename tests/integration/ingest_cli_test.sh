@@ -1,0 +1,44 @@
+#!/bin/sh
+# `sluice ingest` against `sluice serve` on ephemeral ports: a test pattern's VP8 frames reach a
+# subscriber; SIGINT stops the ingest with its JSON summary (frames, published, drops by
+# reason); a source of another scheme is refused naming the accepted ones (exit 2).
+# Usage: ingest_cli_test.sh path/to/sluice
+set -u
+sluice=$1
+dir=$(mktemp -d)
+fail() { echo "FAIL: $*"; for f in "$dir"/*; do echo "--- $f"; cat "$f"; done; kill "$relay" 2>/dev/null; exit 1; }
+wait_for() {  # file pattern
+  i=0
+  while ! grep -q "$2" "$1" 2>/dev/null; do
+    i=$((i + 1)); [ "$i" -gt 200 ] && fail "no '$2' in $1"; sleep 0.1
+  done
+}
+SLUICE_GRPC_PORT=0 SLUICE_HTTP_PORT=0 "$sluice" serve >"$dir/relay" 2>&1 &
+relay=$!
+wait_for "$dir/relay" '"event":"listening"'
+target=$(sed -n 's/.*"grpc":"\([^"]*\)".*/\1/p' "$dir/relay")
+
+"$sluice" sub --target "$target" --topic cam --name viewer --count 30 >"$dir/sub" 2>&1 &
+sub=$!
+wait_for "$dir/sub" '"event":"subscribed"'
+"$sluice" ingest test:// --server "$target" --topic cam --stats-every 1 >"$dir/ingest" 2>&1 &
+ingest=$!
+wait "$sub" || fail "sub exit $?"
+grep -q '"event":"received".*"items":30' "$dir/sub" || fail "sub summary"
+wait_for "$dir/ingest" '"event":"stats"'
+grep -q '"caps":"video/x-vp8' "$dir/ingest" || fail "ingest caps"
+kill -INT "$ingest"
+wait "$ingest" || fail "ingest exit $?"
+grep -q '"event":"summary"' "$dir/ingest" || fail "no summary"
+grep -q '"dropped":{"backpressure":0,"slow_down":0,"until_keyframe":0}' "$dir/ingest" || fail "drops"
+
+if "$sluice" ingest http://example.com/cam --server "$target" --topic cam >"$dir/bad" 2>&1; then
+  fail "http:// accepted"
+fi
+"$sluice" ingest http://example.com/cam --server "$target" --topic cam >/dev/null 2>&1
+[ $? -eq 2 ] || fail "bad source not exit 2"
+grep -q 'rtsp://' "$dir/bad" || fail "bad source message"
+kill "$relay"
+wait "$relay"
+rm -rf "$dir"
+echo "ok"
