@@ -57,8 +57,8 @@ int run_ingest(const IngestCliOptions& o) {
         e.kind != client::PublisherEvent::Kind::resume)
       return;
     slowed = e.kind == client::PublisherEvent::Kind::slow_down;
-    print_line(stdout, {{"event", std::string(client::to_string(e.kind))},
-                        {"queue_bytes", e.queue_bytes}});
+    print_line(stdout,
+               {{"event", std::string(client::to_string(e.kind))}, {"queue_bytes", e.queue_bytes}});
   });
   client::Status failed;
   std::atomic<bool> failing{false};
@@ -116,8 +116,10 @@ int run_ingest(const IngestCliOptions& o) {
   nlohmann::json summary = to_json(ingest->stats());
   summary["event"] = "summary";
   summary["acked"] = pub.stats().acked;
-  if (failing) summary["error"] = failed.to_string();
-  else if (!closed.ok()) summary["error"] = closed.to_string();
+  if (failing)
+    summary["error"] = failed.to_string();
+  else if (!closed.ok())
+    summary["error"] = closed.to_string();
   print_line(stdout, summary);
   return failing || !closed.ok() ? 1 : 0;
 }

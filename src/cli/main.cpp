@@ -257,8 +257,11 @@ int main(int argc, char** argv) {
       "ingest",
       "Publish a camera's or a file's frames to a topic: rtsp://, file://, v4l2://, test:// "
       "(docs/media.md)");
-  ingest_cmd->add_option("uri", ingest.ingest.uri, "The source: rtsp://…, file:///…, "
-                         "v4l2:///dev/videoN or test://")->required();
+  ingest_cmd
+      ->add_option("uri", ingest.ingest.uri,
+                   "The source: rtsp://…, file:///…, "
+                   "v4l2:///dev/videoN or test://")
+      ->required();
   ingest_cmd->add_option("--server,--target", ingest.target, "The relay's gRPC address (host:port)")
       ->envname("SLUICE_SERVER");
   ingest_cmd->add_option("--topic", ingest.topic, "Topic name")->required();
@@ -268,24 +271,32 @@ int main(int argc, char** argv) {
                    "encoded (the source's H.264/H.265/VP8/VP9 access units, not re-encoded), "
                    "raw (RGB pictures) or jpeg")
       ->check(CLI::IsMember({"encoded", "raw", "jpeg"}));
-  ingest_cmd->add_option("--width", ingest.ingest.width, "raw/jpeg: scale to this width (0: the source's)")
+  ingest_cmd
+      ->add_option("--width", ingest.ingest.width,
+                   "raw/jpeg: scale to this width (0: the source's)")
       ->check(CLI::Range(0, 16384));
-  ingest_cmd->add_option("--height", ingest.ingest.height, "raw/jpeg: scale to this height (0: the source's)")
+  ingest_cmd
+      ->add_option("--height", ingest.ingest.height,
+                   "raw/jpeg: scale to this height (0: the source's)")
       ->check(CLI::Range(0, 16384));
-  ingest_cmd->add_option("--fps", ingest.ingest.fps, "raw/jpeg: frames per second (0: the source's)")
+  ingest_cmd
+      ->add_option("--fps", ingest.ingest.fps, "raw/jpeg: frames per second (0: the source's)")
       ->check(CLI::Range(0, 1000));
-  ingest_cmd->add_option("--queue-frames", ingest.ingest.queue_frames,
-                         "Frames waiting for the relay; past that they are dropped at the source, "
-                         "counted (backpressure)")
+  ingest_cmd
+      ->add_option("--queue-frames", ingest.ingest.queue_frames,
+                   "Frames waiting for the relay; past that they are dropped at the source, "
+                   "counted (backpressure)")
       ->check(CLI::Range(1UL, 4096UL));
   bool ingest_fast = false;
   ingest_cmd->add_flag("--as-fast-as-read", ingest_fast,
                        "A file's frames as fast as they are read, not at their timestamps");
   int source_timeout_ms = 5000;
-  ingest_cmd->add_option("--source-timeout-ms", source_timeout_ms,
-                         "A live source silent this long is lost (then reconnected)")
+  ingest_cmd
+      ->add_option("--source-timeout-ms", source_timeout_ms,
+                   "A live source silent this long is lost (then reconnected)")
       ->check(CLI::Range(100, 600'000));
-  ingest_cmd->add_option("--stats-every", ingest.stats_every_s, "Seconds between stats lines (0: none)")
+  ingest_cmd
+      ->add_option("--stats-every", ingest.stats_every_s, "Seconds between stats lines (0: none)")
       ->check(CLI::Range(0, 86400));
   ingest_cmd->add_option("--token", ingest.token, "The relay's bearer token (docs/security.md)")
       ->envname("SLUICE_TOKEN");

@@ -19,9 +19,12 @@ namespace sluice::media {
 
 const char* to_string(IngestOutput output) noexcept {
   switch (output) {
-    case IngestOutput::encoded: return "encoded";
-    case IngestOutput::raw: return "raw";
-    case IngestOutput::jpeg: return "jpeg";
+    case IngestOutput::encoded:
+      return "encoded";
+    case IngestOutput::raw:
+      return "raw";
+    case IngestOutput::jpeg:
+      return "jpeg";
   }
   return "encoded";
 }
@@ -138,13 +141,13 @@ struct Ingest::State {
 
   std::mutex mu;
   std::condition_variable cv;
-  std::deque<IngestFrame> queue;  // guarded by mu
-  IngestStats stats;              // guarded by mu (queued: from queue)
-  bool slowed = false;            // guarded by mu
-  bool waiting_keyframe = false;  // guarded by mu: encoded, after a drop
-  std::uint64_t slow_parity = 0;  // guarded by mu
-  bool source_done = false;       // guarded by mu: a file ended (or failed)
-  bool stopping = false;          // guarded by mu
+  std::deque<IngestFrame> queue;                // guarded by mu
+  IngestStats stats;                            // guarded by mu (queued: from queue)
+  bool slowed = false;                          // guarded by mu
+  bool waiting_keyframe = false;                // guarded by mu: encoded, after a drop
+  std::uint64_t slow_parity = 0;                // guarded by mu
+  bool source_done = false;                     // guarded by mu: a file ended (or failed)
+  bool stopping = false;                        // guarded by mu
   Clock::time_point last_frame = Clock::now();  // guarded by mu
 
   std::thread control;
@@ -161,9 +164,15 @@ struct Ingest::State {
     const bool encoded = o.output == IngestOutput::encoded;
     std::string d;
     switch (source.kind) {
-      case SourceKind::rtsp: d = "rtspsrc name=src protocols=tcp latency=0"; break;
-      case SourceKind::file: d = "filesrc name=src"; break;
-      case SourceKind::v4l2: d = "v4l2src name=src ! decodebin"; break;
+      case SourceKind::rtsp:
+        d = "rtspsrc name=src protocols=tcp latency=0";
+        break;
+      case SourceKind::file:
+        d = "filesrc name=src";
+        break;
+      case SourceKind::v4l2:
+        d = "v4l2src name=src ! decodebin";
+        break;
       case SourceKind::test:
         d = "videotestsrc name=src is-live=true pattern=ball ! video/x-raw,width=" +
             std::to_string(o.width > 0 ? o.width : 640) +
@@ -180,8 +189,8 @@ struct Ingest::State {
              std::to_string(fps) + " ! appsink name=sink";
     }
     if (source.kind == SourceKind::rtsp || source.kind == SourceKind::file) d += " ! decodebin";
-    std::string caps = std::string("video/x-raw,format=") +
-                       (o.output == IngestOutput::jpeg ? "I420" : "RGB");
+    std::string caps =
+        std::string("video/x-raw,format=") + (o.output == IngestOutput::jpeg ? "I420" : "RGB");
     if (o.width > 0) caps += ",width=" + std::to_string(o.width);
     if (o.height > 0) caps += ",height=" + std::to_string(o.height);
     if (o.fps > 0) caps += ",framerate=" + std::to_string(o.fps) + "/1";
@@ -318,7 +327,8 @@ struct Ingest::State {
     if (GstElement* src = gst_bin_get_by_name(GST_BIN(pipeline), "src")) {
       if (source.kind == SourceKind::rtsp || source.kind == SourceKind::file)
         g_object_set(src, "location", source.where.c_str(), nullptr);
-      if (source.kind == SourceKind::v4l2) g_object_set(src, "device", source.where.c_str(), nullptr);
+      if (source.kind == SourceKind::v4l2)
+        g_object_set(src, "device", source.where.c_str(), nullptr);
       gst_object_unref(src);
     }
     if (GstElement* find = gst_bin_get_by_name(GST_BIN(pipeline), "find")) {
@@ -361,8 +371,7 @@ struct Ingest::State {
     bool again = source.live();
     while (true) {
       GstMessage* m = gst_bus_timed_pop_filtered(
-          bus, 100 * GST_MSECOND,
-          static_cast<GstMessageType>(GST_MESSAGE_ERROR | GST_MESSAGE_EOS));
+          bus, 100 * GST_MSECOND, static_cast<GstMessageType>(GST_MESSAGE_ERROR | GST_MESSAGE_EOS));
       std::unique_lock lock(mu);
       if (stopping) {
         again = false;
@@ -489,8 +498,9 @@ Ingest::Ingest(IngestOptions options, Sink sink) : state_(std::make_shared<State
     throw std::invalid_argument("ingest queue_frames: 1 to 4096, not " +
                                 std::to_string(options.queue_frames));
   if (options.width < 0 || options.height < 0 || options.fps < 0 || options.fps > 1000)
-    throw std::invalid_argument("ingest width, height, fps: 0 (the source's) or positive; fps "
-                                "at most 1000");
+    throw std::invalid_argument(
+        "ingest width, height, fps: 0 (the source's) or positive; fps "
+        "at most 1000");
   if (options.reconnect_min.count() <= 0 || options.reconnect_max < options.reconnect_min)
     throw std::invalid_argument("ingest reconnect_min > 0 and reconnect_max >= reconnect_min");
   if (!sink) throw std::invalid_argument("ingest: no sink");
@@ -508,7 +518,9 @@ Ingest::Ingest(IngestOptions options, Sink sink) : state_(std::make_shared<State
   state_->sink = std::move(sink);
 }
 
-Ingest::~Ingest() { stop(); }
+Ingest::~Ingest() {
+  stop();
+}
 
 void Ingest::start() {
   State& s = *state_;

@@ -1,6 +1,8 @@
 // sluice::media::Ingest with real parts: GStreamer pipelines, a real RTSP camera stand-in
 // (gst-rtsp-server: tests/media/rtsp_camera.cpp), the real relay on 127.0.0.1 and its C++
 // client. What each test asserts is in its name.
+#include "sluice/media/ingest.hpp"
+
 #include <gtest/gtest.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -21,7 +23,6 @@
 #include "peers/nats_server.hpp"  // free_port, ChildProcess
 #include "relay_scene.hpp"
 #include "sluice/client/client.hpp"
-#include "sluice/media/ingest.hpp"
 
 extern char** environ;
 
@@ -39,8 +40,7 @@ struct TempDir {
   std::filesystem::path path;
   TempDir() {
     path = std::filesystem::temp_directory_path() /
-           ("sluice-ingest-" + std::to_string(getpid()) + "-" +
-            std::to_string(bench::free_port()));
+           ("sluice-ingest-" + std::to_string(getpid()) + "-" + std::to_string(bench::free_port()));
     std::filesystem::create_directories(path);
   }
   ~TempDir() { std::filesystem::remove_all(path); }
@@ -67,9 +67,9 @@ class Camera {
   void start() {
     const std::string port = std::to_string(port_);
     const char* argv[] = {SLUICE_RTSP_CAMERA, port.c_str(), "h264", "30", nullptr};
-    ASSERT_EQ(posix_spawn(&pid_, SLUICE_RTSP_CAMERA, nullptr, nullptr, const_cast<char**>(argv),
-                          environ),
-              0);
+    ASSERT_EQ(
+        posix_spawn(&pid_, SLUICE_RTSP_CAMERA, nullptr, nullptr, const_cast<char**>(argv), environ),
+        0);
     for (int i = 0; i < 100 && !listening(); ++i) std::this_thread::sleep_for(50ms);
     ASSERT_TRUE(listening()) << "the camera did not listen on " << port_;
   }
@@ -152,13 +152,16 @@ TEST(Ingest, AnEncodedFileArrivesByteForByte) {
   TempDir dir;
   const auto mp4 = dir.path / "in.mp4";
   const auto reference = dir.path / "reference.h264";
-  ASSERT_TRUE(gst_launch("videotestsrc num-buffers=90 ! video/x-raw,width=320,height=240,"
-                         "framerate=30/1 ! openh264enc gop-size=30 ! h264parse ! mp4mux ! "
-                         "filesink location=" + mp4.string()));
+  ASSERT_TRUE(
+      gst_launch("videotestsrc num-buffers=90 ! video/x-raw,width=320,height=240,"
+                 "framerate=30/1 ! openh264enc gop-size=30 ! h264parse ! mp4mux ! "
+                 "filesink location=" +
+                 mp4.string()));
   ASSERT_TRUE(gst_launch("filesrc location=" + mp4.string() +
                          " ! qtdemux ! h264parse config-interval=-1 ! "
                          "video/x-h264,stream-format=byte-stream,alignment=au ! filesink "
-                         "location=" + reference.string()));
+                         "location=" +
+                         reference.string()));
   RelayConfig c;
   c.topics.push_back(topic("file", TopicMode::lossless));
   RelayScene relay(c);
@@ -229,7 +232,8 @@ TEST(Ingest, AnRtspCameraThatGoesAwayIsReconnected) {
   o.reconnect_min = 100ms;
   o.reconnect_max = 400ms;
   o.source_timeout = 2s;
-  Ingest ingest(o, [&](IngestFrame&& f) { (void)pub.publish(std::move(f.payload), f.timestamp_ns); });
+  Ingest ingest(o,
+                [&](IngestFrame&& f) { (void)pub.publish(std::move(f.payload), f.timestamp_ns); });
   ingest.start();
   ASSERT_TRUE(eventually([&] { return got.count() >= 30; })) << ingest.stats().last_error;
   EXPECT_NE(ingest.stats().caps.find("video/x-h264"), std::string::npos);

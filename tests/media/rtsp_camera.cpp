@@ -2,8 +2,8 @@
 // H.264 (openh264, a keyframe every `fps` frames) or VP8, at rtsp://127.0.0.1:PORT/cam.
 //   rtsp_camera PORT [h264|vp8] [FPS]
 // Prints "ready" once it listens; serves until SIGTERM or SIGINT.
-#include <gst/gst.h>
 #include <glib-unix.h>
+#include <gst/gst.h>
 #include <gst/rtsp-server/rtsp-server.h>
 
 #include <csignal>
@@ -28,10 +28,13 @@ int main(int argc, char** argv) {
   const std::string codec = argc > 2 ? argv[2] : "h264";
   const std::string fps = argc > 3 ? argv[3] : "30";
   const std::string enc =
-      codec == "vp8" ? "vp8enc deadline=1 cpu-used=8 keyframe-max-dist=" + fps + " ! rtpvp8pay name=pay0 pt=96"
-                     : "openh264enc gop-size=" + fps + " ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1";
-  const std::string launch = "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=" +
-                             fps + "/1 ! videoconvert ! " + enc + " )";
+      codec == "vp8"
+          ? "vp8enc deadline=1 cpu-used=8 keyframe-max-dist=" + fps + " ! rtpvp8pay name=pay0 pt=96"
+          : "openh264enc gop-size=" + fps +
+                " ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1";
+  const std::string launch =
+      "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=" +
+      fps + "/1 ! videoconvert ! " + enc + " )";
   GstRTSPServer* server = gst_rtsp_server_new();
   gst_rtsp_server_set_address(server, "127.0.0.1");
   gst_rtsp_server_set_service(server, argv[1]);

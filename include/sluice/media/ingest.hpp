@@ -50,14 +50,14 @@ bool parse_output(const std::string& text, IngestOutput& out) noexcept;
 struct IngestOptions {
   std::string uri;  // rtsp://, file://, v4l2://, test:// (above)
   IngestOutput output = IngestOutput::encoded;
-  int width = 0;  // raw / jpeg: scaled to (0: the source's); test://: the pattern's (0: 640)
+  int width = 0;   // raw / jpeg: scaled to (0: the source's); test://: the pattern's (0: 640)
   int height = 0;  // (0: the source's; test://: 480)
   int fps = 0;     // raw / jpeg: the rate (0: the source's); test://: the pattern's (0: 30)
   // A file's frames leave at their timestamps, as a camera's would; false: as fast as read.
   bool pace = true;
-  std::size_t queue_frames = 8;  // frames waiting for the sink (1..4096)
-  std::chrono::milliseconds reconnect_min{250};   // a live source lost: first retry after this,
-  std::chrono::milliseconds reconnect_max{5000};  // doubling up to this
+  std::size_t queue_frames = 8;                    // frames waiting for the sink (1..4096)
+  std::chrono::milliseconds reconnect_min{250};    // a live source lost: first retry after this,
+  std::chrono::milliseconds reconnect_max{5000};   // doubling up to this
   std::chrono::milliseconds source_timeout{5000};  // a live source silent this long: lost
 };
 
@@ -77,12 +77,12 @@ struct IngestStats {
   std::uint64_t dropped_backpressure = 0;
   std::uint64_t dropped_slow_down = 0;
   std::uint64_t dropped_until_keyframe = 0;
-  std::uint64_t keyframes = 0;        // among the frames produced
-  std::uint64_t reconnects = 0;       // live source lost and built again
-  bool connected = false;             // the pipeline is playing now
-  bool finished = false;              // a file ended (or failed) and every frame was handed
-  std::string caps;                   // what the sink gets (GStreamer caps), once known
-  std::string last_error;             // the source's last error, if any
+  std::uint64_t keyframes = 0;   // among the frames produced
+  std::uint64_t reconnects = 0;  // live source lost and built again
+  bool connected = false;        // the pipeline is playing now
+  bool finished = false;         // a file ended (or failed) and every frame was handed
+  std::string caps;              // what the sink gets (GStreamer caps), once known
+  std::string last_error;        // the source's last error, if any
 };
 
 class Ingest {
