@@ -96,15 +96,16 @@ struct Mapped {
   GstBuffer* buffer;
   GstMapInfo map{};
   bool ok;
-  explicit Mapped(GstBuffer* b) : buffer(gst_buffer_ref(b)) {
-    ok = gst_buffer_map(buffer, &map, GST_MAP_READ) != FALSE;
-  }
+  explicit Mapped(GstBuffer* b)
+      : buffer(gst_buffer_ref(b)), ok(gst_buffer_map(buffer, &map, GST_MAP_READ) != FALSE) {}
   ~Mapped() {
     if (ok) gst_buffer_unmap(buffer, &map);
     gst_buffer_unref(buffer);
   }
   Mapped(const Mapped&) = delete;
   Mapped& operator=(const Mapped&) = delete;
+  Mapped(Mapped&&) = delete;
+  Mapped& operator=(Mapped&&) = delete;
 };
 
 // What the sink gets, in short: the media type, and its format, size and rate when known

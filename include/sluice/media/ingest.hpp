@@ -95,6 +95,8 @@ class Ingest {
   ~Ingest();  // stop()
   Ingest(const Ingest&) = delete;
   Ingest& operator=(const Ingest&) = delete;
+  Ingest(Ingest&&) = delete;
+  Ingest& operator=(Ingest&&) = delete;
 
   /// Builds the pipeline and starts it (a live source that is not there yet is retried).
   void start();
