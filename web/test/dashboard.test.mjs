@@ -359,3 +359,53 @@ test("the JavaScript client with several relays: when its relay stops it continu
     await r2.stop();
   }
 });
+
+test("a cluster topic shows the relays that serve it, this one marked, and forgets one that stops", async () => {
+  const natsPort = await freePort();
+  const nats = spawn("nats-server", ["-a", "127.0.0.1", "-p", String(natsPort)], { stdio: "ignore" });
+  const config = (name) => `[nats]\nurls = ["nats://127.0.0.1:${natsPort}"]\nname = "${name}"\n` +
+    '[[topic]]\nname = "feed"\nmode = "realtime"\nscope = "cluster"\n';
+  let r1;
+  let r2;
+  try {
+    await new Promise((resolve) => setTimeout(resolve, 300));  // (nats-server listens)
+    r1 = await relay({ config: config("relay-one") });
+    r2 = await relay({ config: config("relay-two") });
+    const { page, errors } = await open(r1.dashboard);
+    await page.waitForSelector("#state[data-state=up]", { timeout: 5000 });
+    // A subscriber on each relay (a relay has a topic once it is used); the second one's count
+    // travels in that relay's announcements.
+    const viewer = await browser.newPage();
+    await viewer.goto(r2.http + "/healthz");
+    await viewer.evaluate(async () => {
+      const sluice = await import("/sluice.js");
+      window.sub = await sluice.subscribe("feed", { name: "far-viewer" });
+    });
+    await page.evaluate(async () => {
+      const sluice = await import("/sluice.js");
+      window.sub = await sluice.subscribe("feed", { name: "near-viewer" });
+    });
+    const relays = 'tr[data-topic="feed"] [data-field=relays]';
+    await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === " · 2 relays",
+      relays, { timeout: 10000 });
+    await page.click('tr[data-topic="feed"]');
+    await page.waitForSelector("#relays:not([hidden])");
+    await page.waitForFunction(() =>
+      document.querySelector('#relay-list [data-relay="relay-two"]')?.textContent.includes("(1 subscriber)"),
+      null, { timeout: 10000 });
+    assert.equal(await page.textContent('#relay-list [data-relay="relay-one"] b'), "relay-one");
+    assert.equal(await page.$('#relay-list [data-relay="relay-two"] b'), null);
+    // The second relay stops: within its presence's lifetime (3 s) the first forgets it.
+    await viewer.close();
+    await r2.stop();
+    await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === " · 1 relays",
+      relays, { timeout: 10000 });
+    assert.equal(await page.$('#relay-list [data-relay="relay-two"]'), null);
+    assert.deepEqual(errors, []);
+    await page.close();
+  } finally {
+    await r1?.stop();
+    await r2?.stop();
+    nats.kill("SIGTERM");
+  }
+});
