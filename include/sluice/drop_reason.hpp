@@ -30,9 +30,11 @@ enum class DropReason : std::uint8_t {
                   // are not the stream's any more: how many it missed is not known)
   bridge,         // lost between relays (a cluster topic's items on their way through NATS):
                   // never in this relay's topic, so they do not move a subscriber's position
+  until_keyframe,  // after a loss, items that depend on an earlier one (a video's delta
+                   // frames), skipped up to the next keyframe: they would not decode
 };
 
-inline constexpr std::size_t kDropReasonCount = 14;
+inline constexpr std::size_t kDropReasonCount = 15;
 
 /// The wire/metrics spelling of a reason, e.g. "slow_consumer".
 std::string_view to_string(DropReason reason) noexcept;
@@ -46,7 +48,7 @@ inline constexpr std::array<DropReason, kDropReasonCount> kAllDropReasons = {
     DropReason::drop_rate,     DropReason::in_flight,     DropReason::priority_shed,
     DropReason::too_large,     DropReason::expired,       DropReason::evicted,
     DropReason::no_worker,     DropReason::worker_failed, DropReason::retention,
-    DropReason::relay_restart, DropReason::bridge,
+    DropReason::relay_restart, DropReason::bridge,        DropReason::until_keyframe,
 };
 
 /// Drop counters indexed by reason. A plain value: snapshots copy it.

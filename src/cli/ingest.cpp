@@ -12,6 +12,7 @@
 #include <stdexcept>
 
 #include "console.hpp"
+#include "sluice/relay/protocol.hpp"
 
 namespace sluice::cli {
 
@@ -65,7 +66,8 @@ int run_ingest(const IngestCliOptions& o) {
   try {
     ingest = std::make_unique<media::Ingest>(o.ingest, [&](media::IngestFrame&& f) {
       if (failing) return;
-      const auto s = pub.publish(std::move(f.payload), f.timestamp_ns);
+      // (a delta frame is marked: after a loss the relay resumes each viewer at a keyframe)
+      const auto s = pub.publish(std::move(f.payload), f.timestamp_ns, f.keyframe ? 0 : kItemDelta);
       if (!s.ok()) {
         failing = true;
         const std::lock_guard lock(mu);

@@ -157,6 +157,7 @@ struct Publisher::Impl {
     std::uint64_t sequence = 0;
     Buffer payload;
     std::int64_t timestamp_ns = 0;
+    std::uint32_t flags = 0;
   };
   static constexpr std::size_t kBatchItems = 256;
   static constexpr std::uint64_t kBatchBytes = 1u << 20;
@@ -279,7 +280,7 @@ struct Publisher::Impl {
     fields.clear();
     for (const auto& p : batch) {
       fields.push_back({named_topic ? std::string_view() : std::string_view(options.topic),
-                        p.payload, p.sequence, p.timestamp_ns});
+                        p.payload, p.sequence, p.timestamp_ns, p.flags});
       named_topic = true;
     }
     const grpc::ByteBuffer req = writer_.encode(wire::Envelope::publish_request, fields);
@@ -383,7 +384,7 @@ struct Publisher::Impl {
     }
   }
 
-  Status publish(Buffer payload, std::int64_t ts) {
+  Status publish(Buffer payload, std::int64_t ts, std::uint32_t flags) {
     if (ts == 0) ts = unix_now_ns();
     const std::uint64_t size = payload.size();
     std::unique_lock lock(mu);
@@ -395,7 +396,7 @@ struct Publisher::Impl {
                                  "publish() after close()"}
                         : error;
     }
-    unacked.push_back({next_sequence++, std::move(payload), ts});
+    unacked.push_back({next_sequence++, std::move(payload), ts, flags});
     unacked_bytes += size;
     ++counters.published;
     counters.bytes += size;
@@ -444,8 +445,8 @@ struct Publisher::Impl {
 Publisher::Publisher(PublisherOptions options, std::function<void(const PublisherEvent&)> on_event)
     : impl_(std::make_unique<Impl>(std::move(options), std::move(on_event))) {}
 Publisher::~Publisher() = default;
-Status Publisher::publish(Buffer payload, std::int64_t timestamp_ns) {
-  return impl_->publish(std::move(payload), timestamp_ns);
+Status Publisher::publish(Buffer payload, std::int64_t timestamp_ns, std::uint32_t flags) {
+  return impl_->publish(std::move(payload), timestamp_ns, flags);
 }
 Status Publisher::close() {
   return impl_->close();
@@ -575,6 +576,7 @@ struct Subscriber::Impl {
     event.payload = std::move(item.payload);  // (a view of what gRPC received, or one copy)
     event.sequence = item.sequence;
     event.timestamp_ns = item.timestamp_ns;
+    event.flags = item.flags;
     event.lost = 0;
     event.reason.clear();
     ++position;

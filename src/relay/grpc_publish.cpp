@@ -126,8 +126,10 @@ class PublishReactor final : public GuardedReactor<PublishReactor, PublishRpc> {
                      "a batch carries one topic: item for '" + item.topic().substr(0, 200) +
                          "' in a batch for '" + session_.topic().name + "'"};
     }
-    session_.add(RelayMessage{Buffer(std::move(*item.mutable_payload())), item.sequence(),
-                              item.timestamp_ns()});
+    RelayMessage m{Buffer(std::move(*item.mutable_payload())), item.sequence(),
+                   item.timestamp_ns()};
+    m.flags = item.flags();
+    session_.add(std::move(m));
     return std::nullopt;
   }
 

@@ -111,7 +111,8 @@ class SubscribeReactor final : public GuardedReactor<SubscribeReactor, Subscribe
     auto& batch = pump_->batch();
     fields_.clear();
     for (auto& m : batch) {
-      fields_.push_back({pump_->topic().name, std::move(m.payload), m.sequence, m.timestamp_ns});
+      fields_.push_back(
+          {pump_->topic().name, std::move(m.payload), m.sequence, m.timestamp_ns, m.flags});
     }
     batch.clear();
     event_ = writer_.encode(wire::Envelope::subscribe_event, fields_);

@@ -36,6 +36,7 @@ Outcome<std::unique_ptr<SubscriberPump>> SubscriberPump::join(RelayCore& core,
                 {"position", joined}});
     if (r.resume_epoch.empty()) return pump;
     std::string_view outcome = "exact";
+    pump->want_keyframe_ = false;  // (exactly where it was: what it decoded goes on; else a gap)
     if (!resumes) {
       outcome = "relay_restart";
       pump->resume_gap(0, DropReason::relay_restart);
@@ -64,7 +65,8 @@ SubscriberPump::SubscriberPump(RelayCore& core, std::shared_ptr<Topic> topic,
       id_(core.admission.next_id()),
       sink_(topic_->name + "/" + sub_.name() + "#" + std::to_string(id_)),
       kernel_unsent_(kernel_unsent),
-      series_(core.metrics, topic_->name, sub_, id_, kernel_unsent ? &unsent_ : nullptr) {
+      series_(core.metrics, topic_->name, sub_, id_, kernel_unsent ? &unsent_ : nullptr,
+              until_keyframe_total_) {
   topic_->add_extras(
       {id_, sub_.name(), sub_.stats().joined_at, kernel_unsent_ ? &unsent_ : nullptr, &verdict_});
 }
@@ -102,19 +104,33 @@ SubscriberPump::Next SubscriberPump::next(std::size_t max_items, std::size_t max
   while (batch_.size() < max_items && bytes < max_bytes) {
     auto r = held_ ? std::move(*held_) : sub_.try_recv();
     held_.reset();
+    if (r.status == RecvStatus::ok && r->bridge_lost != 0) {
+      // lost between relays: said before this item (and what it skipped before, first)
+      if (!batch_.empty() || skipped_ != 0) {
+        held_ = std::move(r);
+        return !batch_.empty() ? Next::items : keyframe_gap();
+      }
+      gap_lost_ = r->bridge_lost;
+      gap_reason_ = DropReason::bridge;
+      r->bridge_lost = 0;  // (this subscriber's copy)
+      held_ = std::move(r);
+      want_keyframe_ = true;
+      return Next::gap;
+    }
+    if (r.status == RecvStatus::ok && want_keyframe_) {
+      if ((r->flags & kItemDelta) != 0) {  // (it would not decode: skipped, told later)
+        ++skipped_;
+        until_keyframe_total_.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      want_keyframe_ = false;
+      if (skipped_ != 0) {
+        held_ = std::move(r);
+        return keyframe_gap();
+      }
+    }
     switch (r.status) {
       case RecvStatus::ok:
-        if (r->bridge_lost != 0) {  // lost between relays: said before this item
-          if (!batch_.empty()) {
-            held_ = std::move(r);
-            return Next::items;
-          }
-          gap_lost_ = r->bridge_lost;
-          gap_reason_ = DropReason::bridge;
-          r->bridge_lost = 0;  // (this subscriber's copy)
-          held_ = std::move(r);
-          return Next::gap;
-        }
         bytes += r->payload.size();
         batch_.push_back(std::move(*r));
         continue;
@@ -123,13 +139,14 @@ SubscriberPump::Next SubscriberPump::next(std::size_t max_items, std::size_t max
       default:
         break;
     }
-    if (!batch_.empty()) {  // a gap or the end goes after this batch
+    if (!batch_.empty() || skipped_ != 0) {  // a gap or the end goes after these
       held_ = std::move(r);
-      return Next::items;
+      return !batch_.empty() ? Next::items : keyframe_gap();
     }
     if (r.status == RecvStatus::gap) {
       gap_lost_ = r.lost;
       gap_reason_ = r.reason;
+      want_keyframe_ = true;
       return Next::gap;
     }
     if (r.status == RecvStatus::evicted) {
@@ -140,6 +157,13 @@ SubscriberPump::Next SubscriberPump::next(std::size_t max_items, std::size_t max
     return Next::end;
   }
   return Next::items;
+}
+
+SubscriberPump::Next SubscriberPump::keyframe_gap() {
+  gap_lost_ = skipped_;
+  gap_reason_ = DropReason::until_keyframe;
+  skipped_ = 0;
+  return Next::gap;
 }
 
 void SubscriberPump::arm(std::function<void()> wake) {

@@ -7,7 +7,9 @@
 // Protocol with the transport: when it can write, the transport calls next():
 //   items    batch() holds the next items, in order (at most max_items, and at most max_bytes
 //            unless a single item is larger): write them, then call next() again;
-//   gap      gap() items were lost before the next one: tell the subscriber first;
+//   gap      gap() items were lost before the next one: tell the subscriber first (after a
+//            loss, and from the start, items flagged kItemDelta are skipped up to the next
+//            keyframe: announced as a gap of their own, reason until_keyframe);
 //   idle     nothing yet: arm(wake) once; `wake` runs (from any thread) when there is;
 //   end      the stream is over: normally (the topic closed; refusal() is empty) or with
 //            refusal() (evicted).
@@ -105,6 +107,8 @@ class SubscriberPump {
                  bool kernel_unsent);
   // A resume's gap, due before the first item.
   void resume_gap(std::uint64_t lost, DropReason reason);
+  // The items skipped up to a keyframe, announced now.
+  Next keyframe_gap();
   std::optional<Refusal> judged(const std::optional<SinkEvent>& event);
 
   RelayCore& core_;
@@ -115,9 +119,16 @@ class SubscriberPump {
   std::atomic<std::uint64_t> unsent_{0};  // read by the scrapes
   const bool kernel_unsent_;
   std::atomic<SubscriberExtras::Verdict> verdict_{SubscriberExtras::Verdict::ok};
+  // Items skipped up to a keyframe (below), in all; read by the scrapes.
+  std::atomic<std::uint64_t> until_keyframe_total_{0};
   SubscriberSeries series_;  // after sub_: removed before it goes
   std::vector<RelayMessage> batch_;
   std::optional<RecvResult<RelayMessage>> held_;  // a gap or the end, due after the batch
+  // After a loss (and from the start), items flagged kItemDelta are skipped up to the next one
+  // without the flag: they would not decode. skipped_ of them wait to be announced (a gap,
+  // reason until_keyframe) before that keyframe, or before whatever comes first.
+  bool want_keyframe_ = true;
+  std::uint64_t skipped_ = 0;
   std::uint64_t gap_lost_ = 0;
   DropReason gap_reason_ = DropReason::slow_consumer;
   std::optional<Refusal> end_;

@@ -22,13 +22,16 @@ class SubscriberSeries {
  public:
   // `unsent` (WebSocket subscribers): where the subscriber's loop leaves the bytes its socket
   // last held unsent in the kernel, shown as sluice_subscriber_unsent_bytes.
+  // `until_keyframe`: the items its session skipped after a loss up to a keyframe.
   SubscriberSeries(metrics::Registry& registry, const std::string& topic,
                    Subscription<RelayMessage>& sub, std::uint64_t session,
-                   const std::atomic<std::uint64_t>* unsent)
+                   const std::atomic<std::uint64_t>* unsent,
+                   const std::atomic<std::uint64_t>& until_keyframe)
       : registry_(registry),
         sub_(sub),
         labels_{{"topic", topic}, {"subscriber", sub.name()}, {"session", std::to_string(session)}},
-        lost_labels_(with_reason(labels_)) {
+        lost_labels_(with_reason(labels_, DropReason::slow_consumer)),
+        keyframe_labels_(with_reason(labels_, DropReason::until_keyframe)) {
     if (unsent != nullptr) {
       registry_.gauge_fn(
           "sluice_subscriber_unsent_bytes",
@@ -45,6 +48,10 @@ class SubscriberSeries {
                              return double(s.stats().lost[DropReason::slow_consumer]);
                            });
                          });
+    registry_.counter_fn(
+        "sluice_subscriber_dropped_total", "Items this subscriber lost, by reason",
+        keyframe_labels_,
+        [&until_keyframe] { return double(until_keyframe.load(std::memory_order_relaxed)); });
     registry_.gauge_fn("sluice_subscriber_lag_items", "Items published and not yet received",
                        labels_,
                        [this] { return read([](const auto& s) { return double(s.lag()); }); });
@@ -62,6 +69,7 @@ class SubscriberSeries {
                              "sluice_subscriber_lag_bytes"})
       registry_.remove(name, labels_);
     registry_.remove("sluice_subscriber_dropped_total", lost_labels_);
+    registry_.remove("sluice_subscriber_dropped_total", keyframe_labels_);
     registry_.remove("sluice_subscriber_unsent_bytes", labels_);  // (if a WebSocket one's)
   }
 
@@ -77,14 +85,15 @@ class SubscriberSeries {
     MutexLock lock(mu_);
     return sub_.active() ? f(sub_) : 0.0;
   }
-  static metrics::Labels with_reason(metrics::Labels labels) {
-    labels.emplace_back("reason", std::string(to_string(DropReason::slow_consumer)));
+  static metrics::Labels with_reason(metrics::Labels labels, DropReason reason) {
+    labels.emplace_back("reason", std::string(to_string(reason)));
     return labels;
   }
   metrics::Registry& registry_;
   Subscription<RelayMessage>& sub_;  // its departure guarded by mu_
   const metrics::Labels labels_;
   const metrics::Labels lost_labels_;
+  const metrics::Labels keyframe_labels_;
   mutable Mutex mu_;  // leave() against the scrapes
 };
 

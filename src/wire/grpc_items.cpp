@@ -19,6 +19,7 @@ constexpr std::uint32_t kItemTopic = 1;
 constexpr std::uint32_t kItemPayload = 2;
 constexpr std::uint32_t kItemSequence = 3;
 constexpr std::uint32_t kItemTimestamp = 4;
+constexpr std::uint32_t kItemFlags = 5;
 constexpr std::uint32_t kPublishItem = 1;
 constexpr std::uint32_t kPublishItems = 2;
 constexpr std::uint32_t kEventItem = 1;
@@ -47,6 +48,7 @@ std::size_t item_size(const ItemFields& f) {
   if (!f.payload.empty()) n += field_size(f.payload.size());
   if (f.sequence != 0) n += 1 + varint_size(f.sequence);
   if (f.timestamp_ns != 0) n += 1 + varint_size(static_cast<std::uint64_t>(f.timestamp_ns));
+  if (f.flags != 0) n += 1 + varint_size(f.flags);
   return n;
 }
 
@@ -195,6 +197,11 @@ bool read_item(SliceReader& r, std::size_t limit, ItemFields& out) {
       out.timestamp_ns = static_cast<std::int64_t>(v);
       return true;
     }
+    if (field == kItemFlags && type == kVarint) {
+      if (!r.varint(v)) return false;
+      out.flags = static_cast<std::uint32_t>(v);  // (protobuf's uint32: the low 32 bits)
+      return true;
+    }
     return std::nullopt;  // the topic (the subscriber's own) and anything newer
   });
 }
@@ -256,6 +263,10 @@ void ItemWriter::item(std::uint32_t field, const ItemFields& f) {
   if (f.timestamp_ns != 0) {
     tag(kItemTimestamp, kVarint);
     varint(static_cast<std::uint64_t>(f.timestamp_ns));
+  }
+  if (f.flags != 0) {
+    tag(kItemFlags, kVarint);
+    varint(f.flags);
   }
 }
 

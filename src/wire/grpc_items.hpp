@@ -51,6 +51,7 @@ struct ItemFields {
   Buffer payload;
   std::uint64_t sequence = 0;
   std::int64_t timestamp_ns = 0;
+  std::uint32_t flags = 0;  // Item.flags (relay::kItemDelta, kItemDiscardable)
 };
 
 /// Which message carries the items: one in field `single`, several in `batch` — as a repeated

@@ -108,10 +108,11 @@ class Publisher {
   Publisher(Publisher&&) = delete;
   Publisher& operator=(Publisher&&) = delete;
 
-  /// Queues `payload` stamped with `timestamp_ns` (default: now, Unix time in ns); waits
-  /// while the window is full. Returns the error that ended publishing, if there was one
-  /// (FAILED_PRECONDITION after close()).
-  Status publish(Buffer payload, std::int64_t timestamp_ns = 0);
+  /// Queues `payload` stamped with `timestamp_ns` (default: now, Unix time in ns) and `flags`
+  /// (relay.proto's Item.flags: bit 0 delta — it depends on an earlier item, as a video's
+  /// delta frame; bit 1 discardable); waits while the window is full. Returns the error that
+  /// ended publishing, if there was one (FAILED_PRECONDITION after close()).
+  Status publish(Buffer payload, std::int64_t timestamp_ns = 0, std::uint32_t flags = 0);
   /// Sends what is queued, half-closes the call and waits until every item is acknowledged.
   /// OK, or the error that prevented it.
   Status close();
@@ -149,8 +150,10 @@ struct SubscriberEvent {
   Buffer payload;  // item: the bytes (in place in what gRPC received, or copied once if split)
   std::uint64_t sequence = 0;
   std::int64_t timestamp_ns = 0;  // the producer's stamp
+  std::uint32_t flags = 0;        // item: as published (bit 0 delta, bit 1 discardable)
   std::uint64_t lost = 0;         // gap: items lost before the next one
-  std::string reason;             // gap: why (slow_consumer, retention, relay_restart)
+  // gap: why (slow_consumer, retention, relay_restart, bridge, until_keyframe)
+  std::string reason;
 };
 
 struct SubscriberStats {

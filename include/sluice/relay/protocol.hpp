@@ -45,6 +45,13 @@ inline std::int64_t unix_now_ns() noexcept {
       .count();
 }
 
+/// An item depends on an earlier one (a video's delta frame): after a loss a subscriber skips
+/// such items up to the next one without the flag (a keyframe), announced as an until_keyframe
+/// gap. A producer that never sets it: every item stands alone.
+inline constexpr std::uint32_t kItemDelta = 1;
+/// Nothing depends on the item (a disposable frame).
+inline constexpr std::uint32_t kItemDiscardable = 2;
+
 /// One item of a topic, as the relay stores it and every transport carries it.
 struct RelayMessage {
   Buffer payload;
@@ -55,6 +62,8 @@ struct RelayMessage {
   std::uint32_t bridge_lost = 0;
   /// It came from another relay (through NATS): the bridge does not send it back out.
   bool from_bridge = false;
+  /// kItemDelta, kItemDiscardable (relay.proto's Item.flags), as the producer set them.
+  std::uint32_t flags = 0;
   /// What a topic's byte budget counts: the payload.
   std::size_t size_bytes() const noexcept { return payload.size(); }
 };

@@ -1,0 +1,193 @@
+// Keyframe-aware topics over the real relay and its C++ client: items flagged delta (they
+// depend on an earlier one, as a video's delta frames) are skipped after a loss up to the next
+// keyframe, and the skip is announced as a gap of its own (reason until_keyframe).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "relay_scene.hpp"
+#include "sluice/client/client.hpp"
+
+namespace sluice::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr std::uint64_t kGop = 10;  // a keyframe every 10 items
+
+std::uint32_t flags_of(std::uint64_t i) { return i % kGop == 0 ? 0 : kItemDelta; }
+
+struct Event {
+  bool gap = false;
+  std::uint64_t sequence = 0;  // item
+  std::uint32_t flags = 0;     // item
+  std::uint64_t lost = 0;      // gap
+  std::string reason;          // gap
+};
+
+RelayConfig video_topic() {
+  RelayConfig c;
+  TopicConfig t;
+  t.name = "video";
+  t.mode = TopicMode::realtime;
+  t.depth = 256;  // (each viewer asks for its own depth, up to this)
+  c.topics.push_back(t);
+  return c;
+}
+
+client::SubscriberOptions viewer(const RelayScene& relay, const char* name, std::uint32_t depth) {
+  client::SubscriberOptions o;
+  o.target = relay.target;
+  o.topic = "video";
+  o.name = name;
+  o.depth = depth;
+  return o;
+}
+
+// Joins `t` (a reader of `sub`), cancelling `sub` if it has not ended within 30 s (a test
+// that fails does not hang).
+void join_within(std::thread& t, client::Subscriber& sub) {
+  std::atomic<bool> joined{false};
+  std::thread watchdog([&] {
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (!joined && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(20ms);
+    if (!joined) sub.cancel();
+  });
+  t.join();
+  joined = true;
+  watchdog.join();
+}
+
+// The value of the /metrics line of `name` that has every one of `labels`; -1 if none.
+double series(const RelayScene& relay, const std::string& name,
+              const std::vector<std::string>& labels) {
+  std::istringstream text(http_get(relay.http_port(), "/metrics").second);
+  for (std::string line; std::getline(text, line);) {
+    if (line.rfind(name, 0) != 0) continue;
+    bool all = true;
+    for (const auto& l : labels) all = all && line.find(l) != std::string::npos;
+    if (all) return std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return -1;
+}
+
+// Reads `sub` until item `last` (or the end), taking `per_item` over each item.
+std::thread reading(client::Subscriber& sub, std::vector<Event>& out, std::uint64_t last,
+                    std::chrono::milliseconds per_item) {
+  return std::thread([&sub, &out, last, per_item] {
+    client::SubscriberEvent e;
+    while (sub.next(e)) {
+      if (e.kind == client::SubscriberEvent::Kind::gap) {
+        out.push_back({true, 0, 0, e.lost, e.reason});
+        continue;
+      }
+      out.push_back({false, e.sequence, e.flags, 0, ""});
+      if (e.sequence >= last) return;
+      std::this_thread::sleep_for(per_item);
+    }
+  });
+}
+
+// A viewer that falls behind is lapped (slow_consumer) and then skips the delta items up to
+// the next keyframe (until_keyframe): after every gap its next item is a keyframe, every item
+// it gets decodes, and items plus gaps account for every position exactly. A viewer that keeps
+// up gets every item with the flags it was published with. The metric counts the skipped.
+TEST(Keyframes, ALappedViewerResumesAtAKeyframeAndIsToldWhatItSkipped) {
+  RelayScene relay(video_topic());
+  client::Subscriber fast(viewer(relay, "fast", 256));
+  client::Subscriber slow(viewer(relay, "slow", 4));
+  ASSERT_TRUE(fast.subscribed() && slow.subscribed());
+  constexpr std::uint64_t kItems = 300;
+  std::vector<Event> fast_seen;
+  std::vector<Event> slow_seen;
+  auto tf = reading(fast, fast_seen, kItems, 0ms);
+  auto ts = reading(slow, slow_seen, kItems, 15ms);
+  client::PublisherOptions po;
+  po.target = relay.target;
+  po.topic = "video";
+  client::Publisher pub(po);
+  const std::string frame(128 * 1024, 'f');  // (large: the viewer's windows fill, the relay laps it)
+  for (std::uint64_t i = 0; i < kItems; ++i) {
+    ASSERT_TRUE(pub.publish(Buffer::copy(frame), 0, flags_of(i)).ok());
+    std::this_thread::sleep_for(2ms);
+  }
+  // Then a last keyframe alone, once the slow viewer has caught up: what it lost of the burst
+  // is told before it.
+  std::this_thread::sleep_for(1500ms);
+  ASSERT_TRUE(pub.publish(Buffer::copy("last"), 0, 0).ok());
+  ASSERT_TRUE(pub.close().ok());
+  join_within(tf, fast);
+  join_within(ts, slow);
+
+  ASSERT_EQ(fast_seen.size(), kItems + 1);
+  for (std::uint64_t i = 0; i < kItems; ++i) {
+    ASSERT_FALSE(fast_seen[i].gap);
+    EXPECT_EQ(fast_seen[i].sequence, i);
+    EXPECT_EQ(fast_seen[i].flags, flags_of(i));
+  }
+
+  std::uint64_t position = 0;
+  std::uint64_t skipped = 0;
+  std::uint64_t lapped = 0;
+  bool after_gap = true;  // (a new viewer starts at a keyframe too)
+  for (const auto& e : slow_seen) {
+    if (e.gap) {
+      ASSERT_TRUE(e.reason == "slow_consumer" || e.reason == "until_keyframe") << e.reason;
+      (e.reason == "until_keyframe" ? skipped : lapped) += e.lost;
+      position += e.lost;
+      after_gap = true;
+      continue;
+    }
+    ASSERT_EQ(e.sequence, position) << "items and gaps do not account for every position";
+    if (after_gap) {
+      EXPECT_EQ(e.flags & kItemDelta, 0U) << "item " << e.sequence << " after a gap is a delta";
+    }
+    after_gap = false;
+    ++position;
+  }
+  EXPECT_EQ(position, kItems + 1);
+  EXPECT_GT(lapped, 0U) << "the slow viewer was never lapped";
+  EXPECT_GT(skipped, 0U) << "nothing was skipped to a keyframe";
+  EXPECT_EQ(series(relay, "sluice_subscriber_dropped_total{",
+                   {"subscriber=\"slow\"", "reason=\"until_keyframe\""}),
+            static_cast<double>(skipped));
+}
+
+// A viewer that joins mid-GOP starts at the next keyframe, told first how many delta items it
+// was not given; producers that set no flags lose nothing to this (every item stands alone).
+TEST(Keyframes, AViewerJoiningMidGopStartsAtTheNextKeyframe) {
+  RelayScene relay(video_topic());
+  client::PublisherOptions po;
+  po.target = relay.target;
+  po.topic = "video";
+  client::Publisher pub(po);
+  for (std::uint64_t i = 0; i < 5; ++i)  // (a keyframe and four deltas before the viewer)
+    ASSERT_TRUE(pub.publish(Buffer::copy("early"), 0, flags_of(i)).ok());
+  ASSERT_TRUE(relay.wait_for_sessions(1));
+  std::this_thread::sleep_for(200ms);  // (those are in the topic before the viewer joins)
+  client::Subscriber late(viewer(relay, "late", 64));
+  ASSERT_TRUE(late.subscribed());
+  std::vector<Event> seen;
+  auto t = reading(late, seen, 12, 0ms);
+  for (std::uint64_t i = 5; i < 13; ++i)  // 5..9 deltas, 10 a keyframe, 11 and 12 deltas
+    ASSERT_TRUE(pub.publish(Buffer::copy("late"), 0, flags_of(i)).ok());
+  ASSERT_TRUE(pub.close().ok());
+  join_within(t, late);
+  ASSERT_EQ(seen.size(), 4U);
+  EXPECT_TRUE(seen[0].gap);
+  EXPECT_EQ(seen[0].reason, "until_keyframe");
+  EXPECT_EQ(seen[0].lost, 5U);
+  EXPECT_EQ(seen[1].sequence, 10U);
+  EXPECT_EQ(seen[2].sequence, 11U);
+  EXPECT_EQ(seen[3].sequence, 12U);
+}
+
+}  // namespace
+}  // namespace sluice::testing
