@@ -3,7 +3,8 @@
 //
 //   bytes 0-1    magic "SB"
 //   byte  2      version (1)
-//   byte  3      flags (bit 0: lossless, carried by JetStream; bit 1: one of a batch)
+//   byte  3      flags (bit 0: lossless, carried by JetStream; bit 1: one of a batch; bits 2
+//                and 3: the item's own flags, delta and discardable — Item.flags)
 //   bytes 4-7    a batch's record: its payload's length; else 0
 //   bytes 8-15   origin      the sending relay's run (random; a restarted relay is another origin)
 //   bytes 16-23  sequence    the origin's count of this topic's items it sent, from 1: a receiver
@@ -34,6 +35,8 @@ inline constexpr std::size_t kHeaderBytes = 40;
 inline constexpr std::uint8_t kVersion = 1;
 inline constexpr std::uint8_t kLossless = 1;
 inline constexpr std::uint8_t kBatched = 2;
+inline constexpr std::uint8_t kItemFlagsShift = 2;  // the item's flags (2 bits) above these
+inline constexpr std::uint8_t kItemFlags = 3 << kItemFlagsShift;
 
 struct Header {
   std::uint8_t flags = 0;
@@ -88,7 +91,7 @@ inline std::optional<Header> decode(std::span<const unsigned char> bytes) noexce
   if (bytes.size() < kHeaderBytes) return std::nullopt;
   const unsigned char* in = bytes.data();
   if (in[0] != 'S' || in[1] != 'B' || in[2] != kVersion) return std::nullopt;
-  if ((in[3] & ~(kLossless | kBatched)) != 0) return std::nullopt;
+  if ((in[3] & ~(kLossless | kBatched | kItemFlags)) != 0) return std::nullopt;
   Header h;
   h.flags = in[3];
   for (std::size_t i = 0; i < 4; ++i) h.length |= std::uint32_t{in[4 + i]} << (8 * i);

@@ -84,15 +84,16 @@ RelayMessage item_of(const std::shared_ptr<natsMsg>& msg, const bridge::Header& 
                       reinterpret_cast<const std::byte*>(bytes_of(msg.get()).data()) + at, bytes);
   m.sequence = h.item_sequence;
   m.timestamp_ns = h.timestamp_ns;
+  m.flags = static_cast<std::uint32_t>((h.flags & bridge::kItemFlags) >> bridge::kItemFlagsShift);
   m.from_bridge = true;
   m.bridge_lost = static_cast<std::uint32_t>(
       std::min<std::uint64_t>(lost, std::numeric_limits<std::uint32_t>::max()));
   return m;
 }
 
-// Appends item `m` to `out` as a batch record with header `h`.
-void append_record(std::vector<unsigned char>& out, const bridge::Header& h,
-                   const RelayMessage& m) {
+// Appends item `m` to `out` as a batch record with header `h` (and the item's own flags).
+void append_record(std::vector<unsigned char>& out, bridge::Header h, const RelayMessage& m) {
+  h.flags |= static_cast<std::uint8_t>((m.flags << bridge::kItemFlagsShift) & bridge::kItemFlags);
   const std::size_t at = out.size();
   out.resize(at + bridge::kHeaderBytes + m.payload.size());
   (void)bridge::put_record(out.data() + at, h, m.payload.data(),

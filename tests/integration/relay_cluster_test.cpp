@@ -88,6 +88,7 @@ std::uint64_t bridge_counter(const RelayScene& relay, const std::string& topic, 
 // What a subscriber saw: every item's sequence in order, and its gaps by reason.
 struct Seen {
   std::vector<std::uint64_t> sequences;
+  std::vector<std::uint32_t> flags;  // each item's
   std::uint64_t lost_slow = 0;
   std::uint64_t lost_bridge = 0;
   std::uint64_t gaps_bridge = 0;
@@ -115,6 +116,7 @@ std::thread reader(client::Subscriber& sub, Seen& seen, std::uint64_t last,
         continue;
       }
       seen.sequences.push_back(e.sequence);
+      seen.flags.push_back(e.flags);
       if (per_item > 0ms) std::this_thread::sleep_for(per_item);
       if (stall > 0ms && rng() % 50 == 0)
         std::this_thread::sleep_for(std::chrono::milliseconds(rng() % stall.count()));
@@ -147,8 +149,9 @@ client::SubscriberOptions subscriber(const RelayScene& relay, const std::string&
   return o;
 }
 
-// Every relay gets each real-time item once, in order; NATS carries it once per relay that has
-// subscribers (the relay with none is not sent anything).
+// Every relay gets each real-time item once, in order, with its flags (a keyframe every 10
+// items, the rest delta); NATS carries it once per relay that has subscribers (the relay with
+// none is not sent anything).
 TEST(Cluster, RealtimeItemsReachTheOtherRelaysOnceEach) {
   NatsCluster nats(3);
   ASSERT_TRUE(nats.ready());
@@ -167,13 +170,18 @@ TEST(Cluster, RealtimeItemsReachTheOtherRelaysOnceEach) {
   po.topic = "cam";
   client::Publisher pub(po);
   for (std::uint64_t i = 0; i < kItems; ++i) {
-    ASSERT_TRUE(pub.publish(Buffer::copy(std::string(1024, static_cast<char>('a' + i % 26)))).ok());
+    ASSERT_TRUE(pub.publish(Buffer::copy(std::string(1024, static_cast<char>('a' + i % 26))), 0,
+                            i % 10 == 0 ? 0 : kItemDelta)
+                    .ok());
     std::this_thread::sleep_for(2ms);  // (paced: nobody is behind its depth here)
   }
   ASSERT_TRUE(pub.close().ok());
   join_within(t, sb, 20s);
   ASSERT_EQ(seen.sequences.size(), kItems);
-  for (std::uint64_t i = 0; i < kItems; ++i) ASSERT_EQ(seen.sequences[i], i);
+  for (std::uint64_t i = 0; i < kItems; ++i) {
+    ASSERT_EQ(seen.sequences[i], i);
+    ASSERT_EQ(seen.flags[i], i % 10 == 0 ? 0 : kItemDelta);
+  }
   EXPECT_EQ(seen.lost_bridge + seen.lost_slow + seen.lost_other, 0U);
   EXPECT_EQ(bridge_counter(a, "cam", "sent_items"), kItems);
   EXPECT_EQ(bridge_counter(b, "cam", "received_items"), kItems);

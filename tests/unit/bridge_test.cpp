@@ -19,7 +19,7 @@ using namespace std::chrono_literals;
 
 TEST(BridgeCodec, AHeaderReadsBackAsWritten) {
   Header h;
-  h.flags = kLossless;
+  h.flags = kLossless | (1 << kItemFlagsShift);  // (an item flagged delta)
   h.origin = 0x0123456789abcdefULL;
   h.sequence = 42;
   h.item_sequence = ~std::uint64_t{0};
@@ -27,7 +27,7 @@ TEST(BridgeCodec, AHeaderReadsBackAsWritten) {
   const auto bytes = encode(h);
   const auto back = decode(bytes);
   ASSERT_TRUE(back);
-  EXPECT_EQ(back->flags, kLossless);
+  EXPECT_EQ(back->flags, kLossless | (1 << kItemFlagsShift));
   EXPECT_EQ(back->origin, h.origin);
   EXPECT_EQ(back->sequence, 42U);
   EXPECT_EQ(back->item_sequence, h.item_sequence);
