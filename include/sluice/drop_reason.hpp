@@ -14,22 +14,22 @@
 namespace sluice {
 
 enum class DropReason : std::uint8_t {
-  overflow,       // the queue was full and its policy is drop_oldest or drop_newest
-  slow_consumer,  // a broadcast subscriber was lapped past its depth
-  frame_late,     // a FrameGate refused a frame because the stage behind it is late
-  drop_rate,      // a FrameGate refused a frame because the windowed drop rate is too high
-  in_flight,      // a FrameGate refused a frame because the stage's in-flight limit is reached
-  priority_shed,  // a PriorityChannel shed a lower class to make room
-  too_large,      // the item is larger than max_item_bytes
-  expired,        // the item outlived its deadline before anyone received it
-  evicted,        // the consumer was removed for holding a lossless stream hostage
-  no_worker,      // a Dispatcher had no worker that could take the item (none, or all unhealthy)
-  worker_failed,  // the workers of a Dispatcher failed the item (errors, timeouts, leaving)
-  retention,      // a subscriber came back at a position its stream no longer retains
-  relay_restart,  // a subscriber came back to a stream that restarted since (its positions
-                  // are not the stream's any more: how many it missed is not known)
-  bridge,         // lost between relays (a cluster topic's items on their way through NATS):
-                  // never in this relay's topic, so they do not move a subscriber's position
+  overflow,        // the queue was full and its policy is drop_oldest or drop_newest
+  slow_consumer,   // a broadcast subscriber was lapped past its depth
+  frame_late,      // a FrameGate refused a frame because the stage behind it is late
+  drop_rate,       // a FrameGate refused a frame because the windowed drop rate is too high
+  in_flight,       // a FrameGate refused a frame because the stage's in-flight limit is reached
+  priority_shed,   // a PriorityChannel shed a lower class to make room
+  too_large,       // the item is larger than max_item_bytes
+  expired,         // the item outlived its deadline before anyone received it
+  evicted,         // the consumer was removed for holding a lossless stream hostage
+  no_worker,       // a Dispatcher had no worker that could take the item (none, or all unhealthy)
+  worker_failed,   // the workers of a Dispatcher failed the item (errors, timeouts, leaving)
+  retention,       // a subscriber came back at a position its stream no longer retains
+  relay_restart,   // a subscriber came back to a stream that restarted since (its positions
+                   // are not the stream's any more: how many it missed is not known)
+  bridge,          // lost between relays (a cluster topic's items on their way through NATS):
+                   // never in this relay's topic, so they do not move a subscriber's position
   until_keyframe,  // after a loss, items that depend on an earlier one (a video's delta
                    // frames), skipped up to the next keyframe: they would not decode
 };

@@ -6,7 +6,7 @@ namespace {
 constexpr std::array<std::string_view, kDropReasonCount> kNames = {
     "overflow",      "slow_consumer", "frame_late",    "drop_rate", "in_flight",
     "priority_shed", "too_large",     "expired",       "evicted",   "no_worker",
-    "worker_failed", "retention",     "relay_restart", "bridge",        "until_keyframe",
+    "worker_failed", "retention",     "relay_restart", "bridge",    "until_keyframe",
 };
 }  // namespace
 

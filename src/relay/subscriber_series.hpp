@@ -48,10 +48,10 @@ class SubscriberSeries {
                              return double(s.stats().lost[DropReason::slow_consumer]);
                            });
                          });
-    registry_.counter_fn(
-        "sluice_subscriber_dropped_total", "Items this subscriber lost, by reason",
-        keyframe_labels_,
-        [&until_keyframe] { return double(until_keyframe.load(std::memory_order_relaxed)); });
+    registry_.counter_fn("sluice_subscriber_dropped_total", "Items this subscriber lost, by reason",
+                         keyframe_labels_, [&until_keyframe] {
+                           return double(until_keyframe.load(std::memory_order_relaxed));
+                         });
     registry_.gauge_fn("sluice_subscriber_lag_items", "Items published and not yet received",
                        labels_,
                        [this] { return read([](const auto& s) { return double(s.lag()); }); });

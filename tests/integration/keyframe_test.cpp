@@ -21,7 +21,9 @@ using namespace std::chrono_literals;
 
 constexpr std::uint64_t kGop = 10;  // a keyframe every 10 items
 
-std::uint32_t flags_of(std::uint64_t i) { return i % kGop == 0 ? 0 : kItemDelta; }
+std::uint32_t flags_of(std::uint64_t i) {
+  return i % kGop == 0 ? 0 : kItemDelta;
+}
 
 struct Event {
   bool gap = false;
@@ -113,7 +115,8 @@ TEST(Keyframes, ALappedViewerResumesAtAKeyframeAndIsToldWhatItSkipped) {
   po.target = relay.target;
   po.topic = "video";
   client::Publisher pub(po);
-  const std::string frame(128 * 1024, 'f');  // (large: the viewer's windows fill, the relay laps it)
+  const std::string frame(128 * 1024,
+                          'f');  // (large: the viewer's windows fill, the relay laps it)
   for (std::uint64_t i = 0; i < kItems; ++i) {
     ASSERT_TRUE(pub.publish(Buffer::copy(frame), 0, flags_of(i)).ok());
     std::this_thread::sleep_for(2ms);
