@@ -13,7 +13,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15sluice/v1/relay.proto\x12\tsluice.v1\"N\n\x04Item\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x14\n\x0ctimestamp_ns\x18\x04 \x01(\x03\"O\n\x0ePublishRequest\x12\x1d\n\x04item\x18\x01 \x01(\x0b\x32\x0f.sluice.v1.Item\x12\x1e\n\x05items\x18\x02 \x03(\x0b\x32\x0f.sluice.v1.Item\"\x17\n\x03\x41\x63k\x12\x10\n\x08sequence\x18\x01 \x01(\x04\";\n\x07\x44ropped\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"u\n\x08SlowDown\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x13\n\x0bqueue_bytes\x18\x02 \x01(\x04\x12\x13\n\x0blimit_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05stage\x18\x05 \x01(\t\x12\x11\n\tdrop_rate\x18\x06 \x01(\x01\"N\n\x06Resume\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x13\n\x0bqueue_bytes\x18\x02 \x01(\x04\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x11\n\tdrop_rate\x18\x04 \x01(\x01\"\xac\x01\n\x0cPublishEvent\x12\x1d\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x0e.sluice.v1.AckH\x00\x12%\n\x07\x64ropped\x18\x02 \x01(\x0b\x32\x12.sluice.v1.DroppedH\x00\x12(\n\tslow_down\x18\x03 \x01(\x0b\x32\x13.sluice.v1.SlowDownH\x00\x12#\n\x06resume\x18\x04 \x01(\x0b\x32\x11.sluice.v1.ResumeH\x00\x42\x07\n\x05\x65vent\"d\n\x10SubscribeRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x03 \x01(\r\x12\r\n\x05\x65poch\x18\x04 \x01(\t\x12\x15\n\rfrom_position\x18\x05 \x01(\x04\"#\n\x03Gap\x12\x0c\n\x04lost\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\'\n\x05\x42\x61tch\x12\x1e\n\x05items\x18\x01 \x03(\x0b\x32\x0f.sluice.v1.Item\"|\n\x0eSubscribeEvent\x12\x1f\n\x04item\x18\x01 \x01(\x0b\x32\x0f.sluice.v1.ItemH\x00\x12\x1d\n\x03gap\x18\x02 \x01(\x0b\x32\x0e.sluice.v1.GapH\x00\x12!\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x10.sluice.v1.BatchH\x00\x42\x07\n\x05\x65vent\"\x0e\n\x0cStatsRequest\"\xf9\x01\n\nTopicStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\x11\n\tpublished\x18\x03 \x01(\x04\x12\x17\n\x0fpublished_bytes\x18\x04 \x01(\x04\x12\x13\n\x0bsubscribers\x18\x05 \x01(\r\x12\x13\n\x0bqueue_bytes\x18\x06 \x01(\x04\x12\x16\n\x0eretained_bytes\x18\x07 \x01(\x04\x12\x0c\n\x04lost\x18\x08 \x01(\x04\x12\x0f\n\x07\x65victed\x18\t \x01(\x04\x12\x1c\n\x14throttled_publishers\x18\n \x01(\x04\x12\r\n\x05\x65poch\x18\x0b \x01(\t\x12\x15\n\rretained_from\x18\x0c \x01(\x04\"A\n\nStatsReply\x12\x0c\n\x04json\x18\x01 \x01(\t\x12%\n\x06topics\x18\x02 \x03(\x0b\x32\x15.sluice.v1.TopicStats\"<\n\x08WorkJoin\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\r\"/\n\nWorkResult\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\",\n\tWorkError\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\x89\x01\n\x0bWorkRequest\x12#\n\x04join\x18\x01 \x01(\x0b\x32\x13.sluice.v1.WorkJoinH\x00\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x15.sluice.v1.WorkResultH\x00\x12%\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x14.sluice.v1.WorkErrorH\x00\x42\x05\n\x03msg\"/\n\nWorkJoined\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x15\n\rresults_topic\x18\x02 \x01(\t\"p\n\tWorkEvent\x12\'\n\x06joined\x18\x01 \x01(\x0b\x32\x15.sluice.v1.WorkJoinedH\x00\x12 \n\x05\x66rame\x18\x02 \x01(\x0b\x32\x0f.sluice.v1.ItemH\x00\x12\x0f\n\x05\x65rror\x18\x03 \x01(\tH\x00\x42\x07\n\x05\x65vent2\x84\x02\n\x05Relay\x12\x41\n\x07Publish\x12\x19.sluice.v1.PublishRequest\x1a\x17.sluice.v1.PublishEvent(\x01\x30\x01\x12\x45\n\tSubscribe\x12\x1b.sluice.v1.SubscribeRequest\x1a\x19.sluice.v1.SubscribeEvent0\x01\x12\x37\n\x05Stats\x12\x17.sluice.v1.StatsRequest\x1a\x15.sluice.v1.StatsReply\x12\x38\n\x04Work\x12\x16.sluice.v1.WorkRequest\x1a\x14.sluice.v1.WorkEvent(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15sluice/v1/relay.proto\x12\tsluice.v1\"]\n\x04Item\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x14\n\x0ctimestamp_ns\x18\x04 \x01(\x03\x12\r\n\x05\x66lags\x18\x05 \x01(\r\"O\n\x0ePublishRequest\x12\x1d\n\x04item\x18\x01 \x01(\x0b\x32\x0f.sluice.v1.Item\x12\x1e\n\x05items\x18\x02 \x03(\x0b\x32\x0f.sluice.v1.Item\"\x17\n\x03\x41\x63k\x12\x10\n\x08sequence\x18\x01 \x01(\x04\";\n\x07\x44ropped\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"u\n\x08SlowDown\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x13\n\x0bqueue_bytes\x18\x02 \x01(\x04\x12\x13\n\x0blimit_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05stage\x18\x05 \x01(\t\x12\x11\n\tdrop_rate\x18\x06 \x01(\x01\"N\n\x06Resume\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x13\n\x0bqueue_bytes\x18\x02 \x01(\x04\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x11\n\tdrop_rate\x18\x04 \x01(\x01\"\xac\x01\n\x0cPublishEvent\x12\x1d\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x0e.sluice.v1.AckH\x00\x12%\n\x07\x64ropped\x18\x02 \x01(\x0b\x32\x12.sluice.v1.DroppedH\x00\x12(\n\tslow_down\x18\x03 \x01(\x0b\x32\x13.sluice.v1.SlowDownH\x00\x12#\n\x06resume\x18\x04 \x01(\x0b\x32\x11.sluice.v1.ResumeH\x00\x42\x07\n\x05\x65vent\"d\n\x10SubscribeRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x03 \x01(\r\x12\r\n\x05\x65poch\x18\x04 \x01(\t\x12\x15\n\rfrom_position\x18\x05 \x01(\x04\"#\n\x03Gap\x12\x0c\n\x04lost\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\'\n\x05\x42\x61tch\x12\x1e\n\x05items\x18\x01 \x03(\x0b\x32\x0f.sluice.v1.Item\"|\n\x0eSubscribeEvent\x12\x1f\n\x04item\x18\x01 \x01(\x0b\x32\x0f.sluice.v1.ItemH\x00\x12\x1d\n\x03gap\x18\x02 \x01(\x0b\x32\x0e.sluice.v1.GapH\x00\x12!\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x10.sluice.v1.BatchH\x00\x42\x07\n\x05\x65vent\"\x0e\n\x0cStatsRequest\"\xf9\x01\n\nTopicStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\x11\n\tpublished\x18\x03 \x01(\x04\x12\x17\n\x0fpublished_bytes\x18\x04 \x01(\x04\x12\x13\n\x0bsubscribers\x18\x05 \x01(\r\x12\x13\n\x0bqueue_bytes\x18\x06 \x01(\x04\x12\x16\n\x0eretained_bytes\x18\x07 \x01(\x04\x12\x0c\n\x04lost\x18\x08 \x01(\x04\x12\x0f\n\x07\x65victed\x18\t \x01(\x04\x12\x1c\n\x14throttled_publishers\x18\n \x01(\x04\x12\r\n\x05\x65poch\x18\x0b \x01(\t\x12\x15\n\rretained_from\x18\x0c \x01(\x04\"A\n\nStatsReply\x12\x0c\n\x04json\x18\x01 \x01(\t\x12%\n\x06topics\x18\x02 \x03(\x0b\x32\x15.sluice.v1.TopicStats\"<\n\x08WorkJoin\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\r\"/\n\nWorkResult\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\",\n\tWorkError\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\x89\x01\n\x0bWorkRequest\x12#\n\x04join\x18\x01 \x01(\x0b\x32\x13.sluice.v1.WorkJoinH\x00\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x15.sluice.v1.WorkResultH\x00\x12%\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x14.sluice.v1.WorkErrorH\x00\x42\x05\n\x03msg\"/\n\nWorkJoined\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x15\n\rresults_topic\x18\x02 \x01(\t\"p\n\tWorkEvent\x12\'\n\x06joined\x18\x01 \x01(\x0b\x32\x15.sluice.v1.WorkJoinedH\x00\x12 \n\x05\x66rame\x18\x02 \x01(\x0b\x32\x0f.sluice.v1.ItemH\x00\x12\x0f\n\x05\x65rror\x18\x03 \x01(\tH\x00\x42\x07\n\x05\x65vent2\x84\x02\n\x05Relay\x12\x41\n\x07Publish\x12\x19.sluice.v1.PublishRequest\x1a\x17.sluice.v1.PublishEvent(\x01\x30\x01\x12\x45\n\tSubscribe\x12\x1b.sluice.v1.SubscribeRequest\x1a\x19.sluice.v1.SubscribeEvent0\x01\x12\x37\n\x05Stats\x12\x17.sluice.v1.StatsRequest\x1a\x15.sluice.v1.StatsReply\x12\x38\n\x04Work\x12\x16.sluice.v1.WorkRequest\x1a\x14.sluice.v1.WorkEvent(\x01\x30\x01\x62\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sluice.v1.relay_pb2', globals())
@@ -21,45 +21,45 @@ if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
   _ITEM._serialized_start=36
-  _ITEM._serialized_end=114
-  _PUBLISHREQUEST._serialized_start=116
-  _PUBLISHREQUEST._serialized_end=195
-  _ACK._serialized_start=197
-  _ACK._serialized_end=220
-  _DROPPED._serialized_start=222
-  _DROPPED._serialized_end=281
-  _SLOWDOWN._serialized_start=283
-  _SLOWDOWN._serialized_end=400
-  _RESUME._serialized_start=402
-  _RESUME._serialized_end=480
-  _PUBLISHEVENT._serialized_start=483
-  _PUBLISHEVENT._serialized_end=655
-  _SUBSCRIBEREQUEST._serialized_start=657
-  _SUBSCRIBEREQUEST._serialized_end=757
-  _GAP._serialized_start=759
-  _GAP._serialized_end=794
-  _BATCH._serialized_start=796
-  _BATCH._serialized_end=835
-  _SUBSCRIBEEVENT._serialized_start=837
-  _SUBSCRIBEEVENT._serialized_end=961
-  _STATSREQUEST._serialized_start=963
-  _STATSREQUEST._serialized_end=977
-  _TOPICSTATS._serialized_start=980
-  _TOPICSTATS._serialized_end=1229
-  _STATSREPLY._serialized_start=1231
-  _STATSREPLY._serialized_end=1296
-  _WORKJOIN._serialized_start=1298
-  _WORKJOIN._serialized_end=1358
-  _WORKRESULT._serialized_start=1360
-  _WORKRESULT._serialized_end=1407
-  _WORKERROR._serialized_start=1409
-  _WORKERROR._serialized_end=1453
-  _WORKREQUEST._serialized_start=1456
-  _WORKREQUEST._serialized_end=1593
-  _WORKJOINED._serialized_start=1595
-  _WORKJOINED._serialized_end=1642
-  _WORKEVENT._serialized_start=1644
-  _WORKEVENT._serialized_end=1756
-  _RELAY._serialized_start=1759
-  _RELAY._serialized_end=2019
+  _ITEM._serialized_end=129
+  _PUBLISHREQUEST._serialized_start=131
+  _PUBLISHREQUEST._serialized_end=210
+  _ACK._serialized_start=212
+  _ACK._serialized_end=235
+  _DROPPED._serialized_start=237
+  _DROPPED._serialized_end=296
+  _SLOWDOWN._serialized_start=298
+  _SLOWDOWN._serialized_end=415
+  _RESUME._serialized_start=417
+  _RESUME._serialized_end=495
+  _PUBLISHEVENT._serialized_start=498
+  _PUBLISHEVENT._serialized_end=670
+  _SUBSCRIBEREQUEST._serialized_start=672
+  _SUBSCRIBEREQUEST._serialized_end=772
+  _GAP._serialized_start=774
+  _GAP._serialized_end=809
+  _BATCH._serialized_start=811
+  _BATCH._serialized_end=850
+  _SUBSCRIBEEVENT._serialized_start=852
+  _SUBSCRIBEEVENT._serialized_end=976
+  _STATSREQUEST._serialized_start=978
+  _STATSREQUEST._serialized_end=992
+  _TOPICSTATS._serialized_start=995
+  _TOPICSTATS._serialized_end=1244
+  _STATSREPLY._serialized_start=1246
+  _STATSREPLY._serialized_end=1311
+  _WORKJOIN._serialized_start=1313
+  _WORKJOIN._serialized_end=1373
+  _WORKRESULT._serialized_start=1375
+  _WORKRESULT._serialized_end=1422
+  _WORKERROR._serialized_start=1424
+  _WORKERROR._serialized_end=1468
+  _WORKREQUEST._serialized_start=1471
+  _WORKREQUEST._serialized_end=1608
+  _WORKJOINED._serialized_start=1610
+  _WORKJOINED._serialized_end=1657
+  _WORKEVENT._serialized_start=1659
+  _WORKEVENT._serialized_end=1771
+  _RELAY._serialized_start=1774
+  _RELAY._serialized_end=2034
 # @@protoc_insertion_point(module_scope)
