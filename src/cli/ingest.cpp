@@ -45,15 +45,9 @@ int run_ingest(const IngestCliOptions& o) {
     interrupted = true;
     cv.notify_all();
   });
-  client::PublisherOptions po;
-  po.target = o.target;
-  po.topic = o.topic;
-  po.token = o.token;
-  po.tls = o.tls;
-  po.window_bytes = o.window_bytes;
   std::unique_ptr<media::Ingest> ingest;
   std::atomic<bool> slowed{false};
-  client::Publisher pub(po, [&](const client::PublisherEvent& e) {
+  client::Publisher pub(o.publisher, [&](const client::PublisherEvent& e) {
     if (e.kind != client::PublisherEvent::Kind::slow_down &&
         e.kind != client::PublisherEvent::Kind::resume)
       return;
@@ -83,8 +77,8 @@ int run_ingest(const IngestCliOptions& o) {
   print_line(stdout, {{"event", "ingest_started"},
                       {"uri", o.ingest.uri},
                       {"output", media::to_string(o.ingest.output)},
-                      {"topic", o.topic},
-                      {"server", o.target}});
+                      {"topic", o.publisher.topic},
+                      {"server", o.publisher.target}});
   std::uint64_t reconnects = 0;
   std::string last_error;
   auto next_stats = std::chrono::steady_clock::now() + std::chrono::seconds(o.stats_every_s);

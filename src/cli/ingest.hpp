@@ -10,11 +10,7 @@ namespace sluice::cli {
 
 struct IngestCliOptions {
   media::IngestOptions ingest;
-  std::string target = "127.0.0.1:7400";
-  std::string topic;
-  std::string token;  // --token, or SLUICE_TOKEN
-  client::TlsOptions tls;
-  std::uint64_t window_bytes = 8u << 20;
+  client::PublisherOptions publisher;  // the relay, the topic, the token, TLS
   int stats_every_s = 10;  // a JSON stats line on stdout this often (0: only at the end)
 };
 

@@ -262,9 +262,11 @@ int main(int argc, char** argv) {
                    "The source: rtsp://…, file:///…, "
                    "v4l2:///dev/videoN or test://")
       ->required();
-  ingest_cmd->add_option("--server,--target", ingest.target, "The relay's gRPC address (host:port)")
+  ingest_cmd
+      ->add_option("--server,--target", ingest.publisher.target,
+                   "The relay's gRPC address (host:port)")
       ->envname("SLUICE_SERVER");
-  ingest_cmd->add_option("--topic", ingest.topic, "Topic name")->required();
+  ingest_cmd->add_option("--topic", ingest.publisher.topic, "Topic name")->required();
   std::string ingest_output = "encoded";
   ingest_cmd
       ->add_option("--output", ingest_output,
@@ -298,9 +300,10 @@ int main(int argc, char** argv) {
   ingest_cmd
       ->add_option("--stats-every", ingest.stats_every_s, "Seconds between stats lines (0: none)")
       ->check(CLI::Range(0, 86400));
-  ingest_cmd->add_option("--token", ingest.token, "The relay's bearer token (docs/security.md)")
+  ingest_cmd
+      ->add_option("--token", ingest.publisher.token, "The relay's bearer token (docs/security.md)")
       ->envname("SLUICE_TOKEN");
-  add_tls_options(*ingest_cmd, ingest.tls);
+  add_tls_options(*ingest_cmd, ingest.publisher.tls);
 
   // Exit codes: 0, 1 (a runtime failure), 2 (usage or configuration).
   try {

@@ -5,18 +5,7 @@
 # Usage: ingest_cli_test.sh path/to/sluice
 set -u
 sluice=$1
-dir=$(mktemp -d)
-fail() { echo "FAIL: $*"; for f in "$dir"/*; do echo "--- $f"; cat "$f"; done; kill "$relay" 2>/dev/null; exit 1; }
-wait_for() {  # file pattern
-  i=0
-  while ! grep -q "$2" "$1" 2>/dev/null; do
-    i=$((i + 1)); [ "$i" -gt 200 ] && fail "no '$2' in $1"; sleep 0.1
-  done
-}
-SLUICE_GRPC_PORT=0 SLUICE_HTTP_PORT=0 "$sluice" serve >"$dir/relay" 2>&1 &
-relay=$!
-wait_for "$dir/relay" '"event":"listening"'
-target=$(sed -n 's/.*"grpc":"\([^"]*\)".*/\1/p' "$dir/relay")
+. "$(dirname "$0")/cli_relay.sh"
 
 "$sluice" sub --target "$target" --topic cam --name viewer --count 30 >"$dir/sub" 2>&1 &
 sub=$!

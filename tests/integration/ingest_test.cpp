@@ -130,6 +130,47 @@ std::thread reading(client::Subscriber& sub, Received& got) {
   });
 }
 
+// A relay with topic `name`, a subscriber reading it into `got`, and a publisher to it.
+struct Scene {
+  RelayScene relay;
+  client::Subscriber sub;
+  Received got;
+  std::thread reader;
+  client::Publisher pub;
+
+  Scene(const std::string& name, TopicMode mode)
+      : relay(config(name, mode)), sub(options(relay, name)), pub(publisher(relay, name)) {
+    reader = reading(sub, got);
+  }
+  ~Scene() {
+    sub.cancel();
+    reader.join();
+  }
+  Scene(const Scene&) = delete;
+  Scene& operator=(const Scene&) = delete;
+  Scene(Scene&&) = delete;
+  Scene& operator=(Scene&&) = delete;
+
+  static RelayConfig config(const std::string& name, TopicMode mode) {
+    RelayConfig c;
+    c.topics.push_back(topic(name, mode));
+    return c;
+  }
+  static client::SubscriberOptions options(const RelayScene& r, const std::string& name) {
+    client::SubscriberOptions so;
+    so.target = r.target;
+    so.topic = name;
+    so.depth = 64;
+    return so;
+  }
+  static client::PublisherOptions publisher(const RelayScene& r, const std::string& name) {
+    client::PublisherOptions po;
+    po.target = r.target;
+    po.topic = name;
+    return po;
+  }
+};
+
 template <class F>
 bool eventually(F&& done, std::chrono::milliseconds limit = 20s) {
   const auto deadline = std::chrono::steady_clock::now() + limit;
@@ -162,20 +203,8 @@ TEST(Ingest, AnEncodedFileArrivesByteForByte) {
                          "video/x-h264,stream-format=byte-stream,alignment=au ! filesink "
                          "location=" +
                          reference.string()));
-  RelayConfig c;
-  c.topics.push_back(topic("file", TopicMode::lossless));
-  RelayScene relay(c);
-  client::SubscriberOptions so;
-  so.target = relay.target;
-  so.topic = "file";
-  client::Subscriber sub(so);
-  ASSERT_TRUE(sub.subscribed());
-  Received got;
-  auto t = reading(sub, got);
-  client::PublisherOptions po;
-  po.target = relay.target;
-  po.topic = "file";
-  client::Publisher pub(po);
+  Scene scene("file", TopicMode::lossless);
+  ASSERT_TRUE(scene.sub.subscribed());
   IngestOptions o;
   o.uri = "file://" + mp4.string();
   o.pace = false;
@@ -183,11 +212,11 @@ TEST(Ingest, AnEncodedFileArrivesByteForByte) {
   std::vector<bool> keyframes;
   Ingest ingest(o, [&](IngestFrame&& f) {
     keyframes.push_back(f.keyframe);
-    ASSERT_TRUE(pub.publish(std::move(f.payload), f.timestamp_ns).ok());
+    ASSERT_TRUE(scene.pub.publish(std::move(f.payload), f.timestamp_ns).ok());
   });
   ingest.start();
   ASSERT_TRUE(ingest.wait_finished(30s)) << ingest.stats().last_error;
-  ASSERT_TRUE(pub.close().ok());
+  ASSERT_TRUE(scene.pub.close().ok());
   const auto s = ingest.stats();
   EXPECT_EQ(s.frames, 90U);
   EXPECT_EQ(s.handed, 90U);
@@ -196,11 +225,12 @@ TEST(Ingest, AnEncodedFileArrivesByteForByte) {
   EXPECT_TRUE(keyframes[0] && keyframes[30] && keyframes[60] && !keyframes[1]);
   EXPECT_NE(s.caps.find("video/x-h264"), std::string::npos) << s.caps;
   expect_accounted(s);
-  ASSERT_TRUE(eventually([&] { return got.count() == 90; }));
-  sub.cancel();
-  t.join();
+  ASSERT_TRUE(eventually([&] { return scene.got.count() == 90; }));
   std::string joined;
-  for (const auto& p : got.payloads) joined += p;
+  {
+    const std::lock_guard lock(scene.got.mu);
+    for (const auto& p : scene.got.payloads) joined += p;
+  }
   const std::string expected = read_all(reference);
   ASSERT_FALSE(expected.empty());
   EXPECT_EQ(joined.size(), expected.size());
@@ -212,28 +242,16 @@ TEST(Ingest, AnEncodedFileArrivesByteForByte) {
 // backoff, and frames flow again to the same subscriber.
 TEST(Ingest, AnRtspCameraThatGoesAwayIsReconnected) {
   Camera camera(bench::free_port());
-  RelayConfig c;
-  c.topics.push_back(topic("cam", TopicMode::realtime));
-  RelayScene relay(c);
-  client::SubscriberOptions so;
-  so.target = relay.target;
-  so.topic = "cam";
-  so.depth = 64;
-  client::Subscriber sub(so);
-  ASSERT_TRUE(sub.subscribed());
-  Received got;
-  auto t = reading(sub, got);
-  client::PublisherOptions po;
-  po.target = relay.target;
-  po.topic = "cam";
-  client::Publisher pub(po);
+  Scene scene("cam", TopicMode::realtime);
+  ASSERT_TRUE(scene.sub.subscribed());
+  auto& got = scene.got;
   IngestOptions o;
   o.uri = camera.uri();
   o.reconnect_min = 100ms;
   o.reconnect_max = 400ms;
   o.source_timeout = 2s;
-  Ingest ingest(o,
-                [&](IngestFrame&& f) { (void)pub.publish(std::move(f.payload), f.timestamp_ns); });
+  Ingest ingest(
+      o, [&](IngestFrame&& f) { (void)scene.pub.publish(std::move(f.payload), f.timestamp_ns); });
   ingest.start();
   ASSERT_TRUE(eventually([&] { return got.count() >= 30; })) << ingest.stats().last_error;
   EXPECT_NE(ingest.stats().caps.find("video/x-h264"), std::string::npos);
@@ -250,9 +268,7 @@ TEST(Ingest, AnRtspCameraThatGoesAwayIsReconnected) {
   EXPECT_TRUE(s.connected);
   ingest.stop();
   expect_accounted(ingest.stats());
-  (void)pub.close();
-  sub.cancel();
-  t.join();
+  (void)scene.pub.close();
 }
 
 // A sink that blocks (a throttled topic) fills the ingest's queue: frames are then dropped at

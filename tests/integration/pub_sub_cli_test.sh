@@ -4,18 +4,7 @@
 # Usage: pub_sub_cli_test.sh path/to/sluice
 set -u
 sluice=$1
-dir=$(mktemp -d)
-fail() { echo "FAIL: $*"; for f in "$dir"/*; do echo "--- $f"; cat "$f"; done; kill "$relay" 2>/dev/null; exit 1; }
-wait_for() {  # file pattern
-  i=0
-  while ! grep -q "$2" "$1" 2>/dev/null; do
-    i=$((i + 1)); [ "$i" -gt 150 ] && fail "no '$2' in $1"; sleep 0.1
-  done
-}
-SLUICE_GRPC_PORT=0 SLUICE_HTTP_PORT=0 "$sluice" serve >"$dir/relay" 2>&1 &
-relay=$!
-wait_for "$dir/relay" '"event":"listening"'
-target=$(sed -n 's/.*"grpc":"\([^"]*\)".*/\1/p' "$dir/relay")
+. "$(dirname "$0")/cli_relay.sh"
 
 # Generated items: 300 x 512 B, all received.
 "$sluice" sub --target "$target" --topic gen --name cli --count 300 >"$dir/sub1" 2>&1 &
