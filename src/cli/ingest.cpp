@@ -112,12 +112,18 @@ int run_ingest(const IngestCliOptions& o) {
   nlohmann::json summary = to_json(ingest->stats());
   summary["event"] = "summary";
   summary["acked"] = pub.stats().acked;
-  if (failing)
+  // (a file that could not be read ends the ingest with its error: exit 1)
+  const auto end = ingest->stats();
+  const bool unread = end.finished && !end.last_error.empty();
+  if (failing) {
     summary["error"] = failed.to_string();
-  else if (!closed.ok())
+  } else if (!closed.ok()) {
     summary["error"] = closed.to_string();
+  } else if (unread) {
+    summary["error"] = end.last_error;
+  }
   print_line(stdout, summary);
-  return failing || !closed.ok() ? 1 : 0;
+  return failing || !closed.ok() || unread ? 1 : 0;
 }
 
 }  // namespace sluice::cli

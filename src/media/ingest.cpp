@@ -350,7 +350,22 @@ struct Ingest::State {
       const std::lock_guard lock(mu);
       last_frame = Clock::now();
     }
-    return gst_element_set_state(pipeline, GST_STATE_PLAYING) != GST_STATE_CHANGE_FAILURE;
+    if (gst_element_set_state(pipeline, GST_STATE_PLAYING) != GST_STATE_CHANGE_FAILURE) return true;
+    // (why it did not start is on the bus: a file that is not there, a device that is busy)
+    GstBus* bus = gst_element_get_bus(pipeline);
+    GstMessage* m = gst_bus_pop_filtered(bus, GST_MESSAGE_ERROR);
+    std::string why = "the pipeline did not start";
+    if (m != nullptr) {
+      GError* e = nullptr;
+      gst_message_parse_error(m, &e, nullptr);
+      if (e != nullptr) why = e->message;
+      if (e != nullptr) g_error_free(e);
+      gst_message_unref(m);
+    }
+    gst_object_unref(bus);
+    const std::lock_guard lock(mu);
+    stats.last_error = why;
+    return false;
   }
 
   void teardown() {

@@ -1,7 +1,8 @@
 #!/bin/sh
 # `sluice ingest` against `sluice serve` on ephemeral ports: a test pattern's VP8 frames reach a
 # subscriber; SIGINT stops the ingest with its JSON summary (frames, published, drops by
-# reason); a source of another scheme is refused naming the accepted ones (exit 2).
+# reason); a source of another scheme is refused naming the accepted ones (exit 2); a file that
+# is not there ends it with the error (exit 1).
 # Usage: ingest_cli_test.sh path/to/sluice
 set -u
 sluice=$1
@@ -27,6 +28,11 @@ fi
 "$sluice" ingest http://example.com/cam --server "$target" --topic cam >/dev/null 2>&1
 [ $? -eq 2 ] || fail "bad source not exit 2"
 grep -q 'rtsp://' "$dir/bad" || fail "bad source message"
+# A file that is not there: its error in the summary, exit 1.
+if "$sluice" ingest file:///nonexistent/clip.mp4 --server "$target" --topic cam >"$dir/missing" 2>&1; then
+  fail "a missing file exit 0"
+fi
+grep -q '"event":"summary".*"error":"Resource not found' "$dir/missing" || fail "missing file error"
 kill "$relay"
 wait "$relay"
 rm -rf "$dir"
