@@ -26,6 +26,7 @@ Outcome<std::unique_ptr<SubscriberPump>> SubscriberPump::join(RelayCore& core,
     std::unique_ptr<SubscriberPump> pump(
         new SubscriberPump(core, std::move(*t), std::move(sub), kernel_unsent));
     pump->start_position_ = joined;
+    pump->want_keyframe_ = pump->realtime();  // (a new subscriber starts at a keyframe)
     pump->principal_ = r.who->name();
     log::event(log::Level::info, "session_opened",
                {{"kind", "subscriber"},
@@ -114,7 +115,7 @@ SubscriberPump::Next SubscriberPump::next(std::size_t max_items, std::size_t max
       gap_reason_ = DropReason::bridge;
       r->bridge_lost = 0;  // (this subscriber's copy)
       held_ = std::move(r);
-      want_keyframe_ = true;
+      want_keyframe_ = realtime();
       return Next::gap;
     }
     if (r.status == RecvStatus::ok && want_keyframe_) {
@@ -146,7 +147,7 @@ SubscriberPump::Next SubscriberPump::next(std::size_t max_items, std::size_t max
     if (r.status == RecvStatus::gap) {
       gap_lost_ = r.lost;
       gap_reason_ = r.reason;
-      want_keyframe_ = true;
+      want_keyframe_ = realtime();
       return Next::gap;
     }
     if (r.status == RecvStatus::evicted) {

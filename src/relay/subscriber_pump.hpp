@@ -109,6 +109,7 @@ class SubscriberPump {
   void resume_gap(std::uint64_t lost, DropReason reason);
   // The items skipped up to a keyframe, announced now.
   Next keyframe_gap();
+  bool realtime() const noexcept { return topic_->config.mode == TopicMode::realtime; }
   std::optional<Refusal> judged(const std::optional<SinkEvent>& event);
 
   RelayCore& core_;
@@ -124,10 +125,11 @@ class SubscriberPump {
   SubscriberSeries series_;  // after sub_: removed before it goes
   std::vector<RelayMessage> batch_;
   std::optional<RecvResult<RelayMessage>> held_;  // a gap or the end, due after the batch
-  // After a loss (and from the start), items flagged kItemDelta are skipped up to the next one
-  // without the flag: they would not decode. skipped_ of them wait to be announced (a gap,
-  // reason until_keyframe) before that keyframe, or before whatever comes first.
-  bool want_keyframe_ = true;
+  // Real-time topics: after a loss (and from the start), items flagged kItemDelta are skipped
+  // up to the next one without the flag: they would not decode. skipped_ of them wait to be
+  // announced (a gap, reason until_keyframe) before that keyframe, or before whatever comes
+  // first. (A lossless topic's subscriber gets every item: it loses none to this.)
+  bool want_keyframe_ = false;
   std::uint64_t skipped_ = 0;
   std::uint64_t gap_lost_ = 0;
   DropReason gap_reason_ = DropReason::slow_consumer;

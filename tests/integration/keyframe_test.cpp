@@ -192,5 +192,41 @@ TEST(Keyframes, AViewerJoiningMidGopStartsAtTheNextKeyframe) {
   EXPECT_EQ(seen[3].sequence, 12U);
 }
 
+// A lossless topic's subscriber gets every item, delta or not, from wherever it joins: nothing
+// is skipped there (a recorder keeps the whole stream).
+TEST(Keyframes, ALosslessTopicSkipsNothing) {
+  RelayConfig c;
+  TopicConfig t;
+  t.name = "recording";
+  t.mode = TopicMode::lossless;
+  c.topics.push_back(t);
+  RelayScene relay(c);
+  client::PublisherOptions po;
+  po.target = relay.target;
+  po.topic = "recording";
+  client::Publisher pub(po);
+  for (std::uint64_t i = 0; i < 5; ++i)
+    ASSERT_TRUE(pub.publish(Buffer::copy("early"), 0, flags_of(i)).ok());
+  std::this_thread::sleep_for(200ms);
+  client::SubscriberOptions so;
+  so.target = relay.target;
+  so.topic = "recording";
+  so.name = "recorder";
+  client::Subscriber rec(so);
+  ASSERT_TRUE(rec.subscribed());
+  std::vector<Event> seen;
+  auto th = reading(rec, seen, 10, 0ms);
+  for (std::uint64_t i = 5; i < 11; ++i)
+    ASSERT_TRUE(pub.publish(Buffer::copy("late"), 0, flags_of(i)).ok());
+  ASSERT_TRUE(pub.close().ok());
+  join_within(th, rec);
+  ASSERT_EQ(seen.size(), 6U);
+  for (std::uint64_t i = 0; i < 6; ++i) {
+    ASSERT_FALSE(seen[i].gap);
+    EXPECT_EQ(seen[i].sequence, 5 + i);
+    EXPECT_EQ(seen[i].flags, flags_of(5 + i));
+  }
+}
+
 }  // namespace
 }  // namespace sluice::testing
