@@ -57,7 +57,8 @@ void encode(PublishEvent& e, v1::PublishEvent& out) {
 
 class PublishReactor final : public GuardedReactor<PublishReactor, PublishRpc> {
  public:
-  PublishReactor(RelayCore& core, grpc::CallbackServerContext* ctx, SessionSlot slot, Who who)
+  PublishReactor(RelayCore& core, grpc::CallbackServerContext* ctx, SessionSlot slot,
+                 const Who& who)
       : core_(core), ctx_(ctx), slot_(std::move(slot)), session_(core, core.loops.main(), who) {
     expire_with(core, *who);
     session_.connect(later(&PublishReactor::attempt), later_with(&PublishReactor::stage_event));
