@@ -56,7 +56,8 @@ class Frame:
 class Gap:
     """`count` frames the relay skipped for this subscriber before the next one, and why
     (`slow_consumer`: it was `depth` behind on a real-time topic; `retention`: it came back
-    after the topic had let go of them). `count` is None when it is not known (`relay_restart`:
+    after the topic had let go of them; `until_keyframe`: after a loss, a video's delta frames
+    skipped up to the next keyframe). `count` is None when it is not known (`relay_restart`:
     it came back to a relay that had restarted)."""
 
     count: int | None
