@@ -160,31 +160,39 @@ TEST(Cluster, RealtimeItemsReachTheOtherRelaysOnceEach) {
   RelayScene b(relay_config(nats, 1, topic));
   RelayScene c(relay_config(nats, 2, topic));
   auto so = subscriber(b, "cam", "on-b");
-  so.depth = 64;  // (room for a busy machine: this test is about crossing, not slow subscribers)
+  so.depth = 64;
   client::Subscriber sb(so);
   ASSERT_TRUE(sb.subscribed());
   ASSERT_TRUE(wait_receiving(b, "cam"));
-  constexpr std::uint64_t kItems = 500;
+  constexpr std::uint64_t kItems = 501;  // (the last a keyframe: a subscriber always gets it)
   Seen seen;
   auto t = reader(sb, seen, kItems - 1);
   client::PublisherOptions po;
   po.target = a.target;
   po.topic = "cam";
   client::Publisher pub(po);
+  const auto flags = [](std::uint64_t i) { return i % 10 == 0 ? 0 : kItemDelta; };
   for (std::uint64_t i = 0; i < kItems; ++i) {
-    ASSERT_TRUE(pub.publish(Buffer::copy(std::string(1024, static_cast<char>('a' + i % 26))), 0,
-                            i % 10 == 0 ? 0 : kItemDelta)
-                    .ok());
-    std::this_thread::sleep_for(2ms);  // (paced: nobody is behind its depth here)
+    ASSERT_TRUE(
+        pub.publish(Buffer::copy(std::string(1024, static_cast<char>('a' + i % 26))), 0, flags(i))
+            .ok());
+    std::this_thread::sleep_for(2ms);  // (paced)
   }
   ASSERT_TRUE(pub.close().ok());
   join_within(t, sb, 20s);
-  ASSERT_EQ(seen.sequences.size(), kItems);
-  for (std::uint64_t i = 0; i < kItems; ++i) {
-    ASSERT_EQ(seen.sequences[i], i);
-    ASSERT_EQ(seen.flags[i], i % 10 == 0 ? 0 : kItemDelta);
+  // Crossing is exact: nothing lost between the relays, every item into B's topic once. B's
+  // subscriber gets them in order with their flags; on a machine busy enough to lap it (its
+  // depth, 64 items, is 128 ms here) what it misses is announced, never silent.
+  EXPECT_EQ(seen.lost_bridge, 0U);
+  ASSERT_FALSE(seen.sequences.empty());
+  EXPECT_EQ(seen.sequences.back(), kItems - 1);
+  EXPECT_EQ(seen.sequences.size() + seen.lost_slow + seen.lost_other, kItems);
+  for (std::size_t i = 0; i < seen.sequences.size(); ++i) {
+    if (i > 0) {
+      ASSERT_GT(seen.sequences[i], seen.sequences[i - 1]);
+    }
+    ASSERT_EQ(seen.flags[i], flags(seen.sequences[i]));
   }
-  EXPECT_EQ(seen.lost_bridge + seen.lost_slow + seen.lost_other, 0U);
   EXPECT_EQ(bridge_counter(a, "cam", "sent_items"), kItems);
   EXPECT_EQ(bridge_counter(b, "cam", "received_items"), kItems);
   EXPECT_EQ(bridge_counter(b, "cam", "sent_items"), 0U);      // (not sent back out)
