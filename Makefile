@@ -88,6 +88,7 @@ test-asan: deps
 	  -DSLUICE_SANITIZE=address -DSLUICE_BUILD_BENCH=OFF
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && SLUICE_STRESS_ITEMS=$(SAN_STRESS_ITEMS) ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" \
+	  LSAN_OPTIONS="suppressions=$(CURDIR)/tests/lsan.supp" \
 	  UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" $(CTEST)
 
 # libFuzzer harnesses (fuzz/): clang 14, everything under ASan + UBSan; see scripts/fuzz.sh.

@@ -463,7 +463,11 @@ struct Ingest::State {
   // The loss policy at the source (the header's Loss paragraph).
   void offer(IngestFrame&& f) {
     const bool encoded = options.output == IngestOutput::encoded;
-    const std::lock_guard lock(mu);
+    std::unique_lock lock(mu);
+    if (!source.live()) {  // a file waits for room: its reader is held back, nothing is dropped
+      cv.wait(lock, [this] { return stopping || queue.size() < options.queue_frames; });
+      if (stopping) return;
+    }
     ++stats.frames;
     stats.connected = true;
     last_frame = Clock::now();
@@ -472,7 +476,7 @@ struct Ingest::State {
       ++stats.dropped_until_keyframe;
       return;
     }
-    if (slowed && (encoded ? !f.keyframe : slow_parity++ % 2 == 1)) {
+    if (slowed && source.live() && (encoded ? !f.keyframe : slow_parity++ % 2 == 1)) {
       ++stats.dropped_slow_down;
       waiting_keyframe = encoded;
       return;
@@ -500,6 +504,7 @@ struct Ingest::State {
       }
       IngestFrame f = std::move(queue.front());
       queue.pop_front();
+      cv.notify_all();  // (a file's reader waits for room)
       ++stats.handed;
       stats.bytes += f.payload.size();
       lock.unlock();

@@ -16,11 +16,13 @@
 //             `fps` when set (0: the source's)
 //   jpeg      decoded pictures, JPEG-compressed at that size and rate
 //
-// Loss (none silent): frames wait for the sink in a queue of `queue_frames`. A frame that
-// arrives while it is full is dropped at the source (reason backpressure) — the sink is
-// blocked, which is how a throttled topic's backpressure reaches the camera: no memory grows.
-// While the sink's consumer says slow_down (set_slowed(true)), a decoded output passes every
-// other frame and an encoded one its keyframes only (reason slow_down). An encoded output that
+// Loss (none silent): frames wait for the sink in a queue of `queue_frames`. From a live source
+// (a camera, a device, test://) a frame that arrives while it is full is dropped at the source
+// (reason backpressure) — the sink is blocked, which is how a throttled topic's backpressure
+// reaches the camera: no memory grows. A file is not live: its reader waits for room instead,
+// and nothing of it is dropped. While the sink's consumer says slow_down (set_slowed(true)), a
+// live source's decoded output passes every other frame and an encoded one its keyframes only
+// (reason slow_down). An encoded output that
 // dropped a frame drops the frames that depend on it, up to the next keyframe (reason
 // until_keyframe: they would not decode). stats() counts each reason; at any time
 //   frames == handed + queued + dropped_backpressure + dropped_slow_down + dropped_until_keyframe.
