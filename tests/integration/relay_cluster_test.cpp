@@ -537,7 +537,8 @@ TEST(Cluster, ASubscriberWhoseRelayGoesAwayContinuesOnAnother) {
   ASSERT_GE(before.size(), 300U);
   ASSERT_EQ(after.size(), 300U);
   EXPECT_EQ(switches, 1U);
-  EXPECT_EQ(sub.stats().reconnects, 1U);
+  // (one reconnect, or more when the first reaches the stopping relay once more)
+  EXPECT_GE(sub.stats().reconnects, 1U);
   for (std::size_t i = 1; i < before.size(); ++i) ASSERT_GT(before[i], before[i - 1]);
   EXPECT_GT(after.front(), before.back());  // (nothing repeated)
   for (std::size_t i = 1; i < after.size(); ++i) ASSERT_GT(after[i], after[i - 1]);

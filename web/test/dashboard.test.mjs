@@ -84,14 +84,13 @@ test("the page loads without errors; a topic and a subscriber appear when used a
     // Another page publishes through the JavaScript client.
     const producer = await browser.newPage();
     await producer.goto(r.http + "/healthz");
-    const started = Date.now();
     await producer.evaluate(async () => {
       const sluice = await import("/sluice.js");
       window.pub = await sluice.publish("browser.topic");
       await window.pub.send("hello");
     });
-    await page.waitForSelector('tr[data-topic="browser.topic"]', { timeout: 2000 });
-    assert.ok(Date.now() - started < 2000);
+    // (a bound for a stuck page, not a latency figure: a busy machine may take seconds)
+    await page.waitForSelector('tr[data-topic="browser.topic"]', { timeout: 15000 });
     // A subscriber appears in the topic's table, and goes when it leaves.
     await page.click('tr[data-topic="browser.topic"]');
     await producer.evaluate(async () => {
@@ -115,7 +114,7 @@ test("under --demo: a slow viewer's gaps and a throttled producer show as they h
   const r = await relay({ args: ["--demo"] });
   try {
     const { page, errors } = await open(r.dashboard);
-    await page.waitForSelector('tr[data-topic="demo.camera"]', { timeout: 5000 });
+    await page.waitForSelector('tr[data-topic="demo.camera"]', { timeout: 15000 });
     await page.click('tr[data-topic="demo.camera"]');
     // The slow viewer loses frames, announced: the count it shows grows.
     await page.waitForFunction(() => {
