@@ -13,6 +13,7 @@
 
 #include "relay_scene.hpp"
 #include "sluice/client/client.hpp"
+#include "subscriber_join.hpp"
 
 namespace sluice::testing {
 namespace {
@@ -50,21 +51,6 @@ client::SubscriberOptions viewer(const RelayScene& relay, const char* name, std:
   o.name = name;
   o.depth = depth;
   return o;
-}
-
-// Joins `t` (a reader of `sub`), cancelling `sub` if it has not ended within 30 s (a test
-// that fails does not hang).
-void join_within(std::thread& t, client::Subscriber& sub) {
-  std::atomic<bool> joined{false};
-  std::thread watchdog([&] {
-    const auto deadline = std::chrono::steady_clock::now() + 30s;
-    while (!joined && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(20ms);
-    if (!joined) sub.cancel();
-  });
-  t.join();
-  joined = true;
-  watchdog.join();
 }
 
 // The value of the /metrics line of `name` that has every one of `labels`; -1 if none.
@@ -126,8 +112,8 @@ TEST(Keyframes, ALappedViewerResumesAtAKeyframeAndIsToldWhatItSkipped) {
   std::this_thread::sleep_for(1500ms);
   ASSERT_TRUE(pub.publish(Buffer::copy("last"), 0, 0).ok());
   ASSERT_TRUE(pub.close().ok());
-  join_within(tf, fast);
-  join_within(ts, slow);
+  join_within(tf, fast, std::chrono::seconds(30));
+  join_within(ts, slow, std::chrono::seconds(30));
 
   ASSERT_EQ(fast_seen.size(), kItems + 1);
   for (std::uint64_t i = 0; i < kItems; ++i) {
@@ -182,7 +168,7 @@ TEST(Keyframes, AViewerJoiningMidGopStartsAtTheNextKeyframe) {
   for (std::uint64_t i = 5; i < 13; ++i)  // 5..9 deltas, 10 a keyframe, 11 and 12 deltas
     ASSERT_TRUE(pub.publish(Buffer::copy("late"), 0, flags_of(i)).ok());
   ASSERT_TRUE(pub.close().ok());
-  join_within(t, late);
+  join_within(t, late, std::chrono::seconds(30));
   ASSERT_EQ(seen.size(), 4U);
   EXPECT_TRUE(seen[0].gap);
   EXPECT_EQ(seen[0].reason, "until_keyframe");
@@ -219,7 +205,7 @@ TEST(Keyframes, ALosslessTopicSkipsNothing) {
   for (std::uint64_t i = 5; i < 11; ++i)
     ASSERT_TRUE(pub.publish(Buffer::copy("late"), 0, flags_of(i)).ok());
   ASSERT_TRUE(pub.close().ok());
-  join_within(th, rec);
+  join_within(th, rec, std::chrono::seconds(30));
   ASSERT_EQ(seen.size(), 6U);
   for (std::uint64_t i = 0; i < 6; ++i) {
     ASSERT_FALSE(seen[i].gap);

@@ -23,6 +23,7 @@
 #include "peers/nats_cluster.hpp"
 #include "relay_scene.hpp"
 #include "sluice/client/client.hpp"
+#include "subscriber_join.hpp"
 
 namespace sluice {
 namespace {
@@ -125,20 +126,7 @@ std::thread reader(client::Subscriber& sub, Seen& seen, std::uint64_t last,
   });
 }
 
-// Joins `t` (a reader of `sub`), cancelling `sub` if it has not seen its last item within
-// `limit` (a test that fails does not hang).
-void join_within(std::thread& t, client::Subscriber& sub, std::chrono::seconds limit = 60s) {
-  std::atomic<bool> joined{false};
-  std::thread watchdog([&] {
-    const auto deadline = std::chrono::steady_clock::now() + limit;
-    while (!joined && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(50ms);
-    if (!joined) sub.cancel();
-  });
-  t.join();
-  joined = true;
-  watchdog.join();
-}
+using testing::join_within;
 
 client::SubscriberOptions subscriber(const RelayScene& relay, const std::string& topic,
                                      const std::string& name) {
