@@ -28,7 +28,7 @@ CTEST_ALL    := ctest --output-on-failure --timeout 300 -j $(JOBS)
 # Entries labelled "long" (the cluster's 10^6-item lossless run) run in `make soak` only.
 CTEST        := $(CTEST_ALL) -LE long
 
-.PHONY: all deps build package install run demo test test-release check-locks test-tsan test-asan test-fuzz fuzz fuzz-build soak bench bench-core bench-broadcast bench-relay bench-cluster bench-dashboard bench-python format tidy clean
+.PHONY: all deps build package install run demo test test-release check-locks test-tsan test-asan test-fuzz fuzz fuzz-build soak bench bench-core bench-broadcast bench-relay bench-cluster bench-media bench-dashboard bench-python format tidy clean
 
 all: build
 
@@ -103,19 +103,20 @@ fuzz: fuzz-build
 	scripts/fuzz.sh build-fuzz $(FUZZ_SECONDS)
 
 # The stress tests at soak scale and the relay soaks at benchmark scale (R3: 10 min, R5: 1000
-# cycles), release build.
+# cycles; 100 WebRTC viewers coming and going for 10 min), release build.
 soak: build
 	cd build && SLUICE_STRESS_ITEMS=$(SOAK_ITEMS) SLUICE_SOAK_SECONDS=$(SOAK_SECONDS) \
 	  SLUICE_CHURN_CYCLES=$(SOAK_CHURN_CYCLES) $(CTEST_ALL) -L "stress|soak|long" --timeout 3600
 
 # Every benchmark against its peers (a few minutes): core C1-C3, broadcast B1-B3, relay R1, R2, R6,
-# cluster R7.
+# cluster R7, media M1.
 bench: build
 	./build/bench/sluice_core_bench
 	./build/bench/sluice_broadcast_bench
 	./build/bench/sluice_relay_bench
 	./build/bench/sluice_fanout_bench
 	./build/bench/sluice_cluster_bench
+	./build/bench/sluice_whep_bench
 
 bench-core: build
 	./build/bench/sluice_core_bench
@@ -132,6 +133,10 @@ bench-relay: build
 # R7: relays sharing a cluster topic through a 3-node NATS cluster, against NATS alone.
 bench-cluster: build
 	./build/bench/sluice_cluster_bench
+
+# M1: what each WebRTC (WHEP) viewer costs the server, against GStreamer alone (tee -> webrtcbins).
+bench-media: build
+	./build/bench/sluice_whep_bench
 
 # What the Python SDK costs over raw python3-websockets (python/bench/sdk_overhead.py).
 bench-python: build

@@ -50,6 +50,7 @@
 
 #include "peers/nats_server.hpp"
 #include "peers/process_stats.hpp"
+#include "peers/relay_process.hpp"
 #include "sluice/client/client.hpp"
 #include "sluice/histogram.hpp"
 #include "sluice/latency.hpp"
@@ -150,54 +151,9 @@ Result measure(pid_t server, int n, const Workload& w, std::uint64_t count, Conn
   return r;
 }
 
-// ---- Sluice: `sluice serve` as a child process ----
+// ---- Sluice: `sluice serve` as a child process (peers/relay_process.hpp) ----
 
-class RelayProcess {
- public:
-  RelayProcess() {
-    int out[2];
-    if (pipe(out) != 0) return;
-    *child_.out() = fork();
-    if (child_.pid() == 0) {
-      dup2(out[1], STDOUT_FILENO);
-      close(out[0]);
-      close(out[1]);
-      setenv("SLUICE_GRPC_PORT", "0", 1);
-      setenv("SLUICE_HTTP_PORT", "0", 1);
-      setenv("SLUICE_LOG_LEVEL", "error", 1);  // (its slow_subscriber warnings would interleave)
-      setenv("SLUICE_MAX_SESSIONS_PER_CLIENT", "8192", 1);
-      setenv("SLUICE_MAX_SUBSCRIBERS", "8192", 1);
-      execl(SLUICE_BINARY, SLUICE_BINARY, "serve", static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    close(out[1]);
-    FILE* f = fdopen(out[0], "r");
-    char line[512] = "";
-    if (f != nullptr && std::fgets(line, sizeof line, f) != nullptr) {
-      const std::string l(line);  // {"event":"listening","grpc":"127.0.0.1:P","http":"...:Q",...}
-      const auto field = [&l](const std::string& key) {
-        const auto at = l.find("\"" + key + "\":\"");
-        if (at == std::string::npos) return std::string();
-        const auto from = at + key.size() + 4;
-        return l.substr(from, l.find('"', from) - from);
-      };
-      grpc_ = field("grpc");
-      const std::string http = field("http");
-      if (const auto colon = http.rfind(':'); colon != std::string::npos)
-        http_port_ = static_cast<std::uint16_t>(std::stoi(http.substr(colon + 1)));
-    }
-    if (f != nullptr) std::fclose(f);
-  }
-  bool ready() const { return !grpc_.empty() && http_port_ != 0; }
-  pid_t pid() const { return child_.pid(); }
-  const std::string& grpc() const { return grpc_; }
-  std::uint16_t http_port() const { return http_port_; }
-
- private:
-  sluice::bench::ChildProcess child_;  // stopped with the relay object
-  std::string grpc_;
-  std::uint16_t http_port_ = 0;
-};
+using sluice::bench::RelayProcess;
 
 // WebSocket subscribers on one Asio loop, run by two threads (as the NATS side has a loop
 // thread and a delivery thread). Each reads 64 KiB per system call and parses the relay's
@@ -544,7 +500,7 @@ int main(int argc, char** argv) {
   evthread_use_pthreads();
   nats_SetMessageDeliveryPoolSize(1);
   sluice::bench::NatsServer nats;
-  RelayProcess relay;
+  RelayProcess relay(SLUICE_BINARY);
   if (!nats.ready() || !relay.ready()) {
     std::printf("nats-server or sluice serve did not start\n");
     return 1;
@@ -593,11 +549,11 @@ int main(int argc, char** argv) {
     print_idle("NATS", run_nats(fresh, fresh.pid(), idle, none, 0, ++run));
   }
   if (runs("ws")) {
-    const RelayProcess fresh;
+    const RelayProcess fresh(SLUICE_BINARY);
     print_idle("Sluice WebSocket", run_ws(fresh, idle, none, 0, ++run));
   }
   if (runs("grpc")) {
-    const RelayProcess fresh;
+    const RelayProcess fresh(SLUICE_BINARY);
     print_idle("Sluice gRPC", run_grpc(fresh, idle, none, 0, ++run));
   }
   const double paced_seconds = quick ? 2 : 5;

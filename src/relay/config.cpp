@@ -438,6 +438,52 @@ const std::vector<Setting>& settings() {
          c.nats.reorder_timeout =
              std::chrono::milliseconds(parse_int(s, v, 6000, 3'600'000, "6000 to 3600000 (ms)"));
        }},
+      {"whep.max_viewers", "SLUICE_WHEP_MAX_VIEWERS", "whep-max-viewers",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.whep.max_viewers = static_cast<std::size_t>(parse_int(s, v, 0, 10'000, "0 to 10000"));
+       }},
+      {"whep.max_offer_bytes", "SLUICE_WHEP_MAX_OFFER_BYTES", "whep-max-offer-bytes",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.whep.max_offer_bytes =
+             parse_bytes(s, v, 1024, 1ULL << 20, "1 KiB to 1 MiB; a number of bytes, or with KiB");
+       }},
+      {"whep.answer_timeout_ms", "SLUICE_WHEP_ANSWER_TIMEOUT_MS", "whep-answer-timeout-ms",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.whep.answer_timeout =
+             std::chrono::milliseconds(parse_int(s, v, 100, 600'000, "100 to 600000 (ms)"));
+       }},
+      {"whep.connect_timeout_ms", "SLUICE_WHEP_CONNECT_TIMEOUT_MS", "whep-connect-timeout-ms",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.whep.connect_timeout =
+             std::chrono::milliseconds(parse_int(s, v, 100, 600'000, "100 to 600000 (ms)"));
+       }},
+      {"whep.queue_frames", "SLUICE_WHEP_QUEUE_FRAMES", "whep-queue-frames",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.whep.queue_frames = static_cast<std::size_t>(parse_int(s, v, 1, 64, "1 to 64"));
+       }},
+      {"whep.ice_addresses", "SLUICE_WHEP_ICE_ADDRESSES", "whep-ice-addresses",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.whep.ice_addresses = parse_list(v);
+         for (const auto& a : c.whep.ice_addresses) {
+           boost::system::error_code ec;
+           (void)boost::asio::ip::make_address(a, ec);
+           if (ec) bad(s, v, "IP addresses of this machine, such as 127.0.0.1 or 192.168.1.20");
+         }
+       }},
+      {"whep.stun_server", "SLUICE_WHEP_STUN_SERVER", "whep-stun-server",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         if (!v.empty() && v.rfind("stun://", 0) != 0)
+           bad(s, v, "a STUN server as stun://host:port, or empty");
+         c.whep.stun_server = v;
+       }},
+      {"whep.turn_servers", "SLUICE_WHEP_TURN_SERVERS", "whep-turn-servers",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.whep.turn_servers = parse_list(v);
+         for (const auto& u : c.whep.turn_servers) {
+           if (u.rfind("turn://", 0) != 0 && u.rfind("turns://", 0) != 0)
+             bad(s, v, "TURN servers as turn://user:password@host:port or turns://...");
+         }
+       }},
   };
   return table;
 }
@@ -593,7 +639,7 @@ void load_section(const std::string& path, const std::string& section_name,
   if (table == nullptr) {
     throw ConfigError(
         "invalid configuration file " + path + ": unknown key " + section_name +
-        " (sections: server, auth, limits, log, frame_gate, topics, nats, [[topic]] and "
+        " (sections: server, auth, limits, log, frame_gate, topics, nats, whep, [[topic]] and "
         "[[principal]])");
   }
   for (const auto& [k, v] : *table) {
@@ -990,7 +1036,15 @@ std::string to_toml(const RelayConfig& c) {
     << "\nname = " << toml_quoted(c.nats.name)
     << "\ndiscovered_servers = " << (c.nats.discovered_servers ? "true" : "false")
     << "\nreplicas = " << c.nats.replicas << "\nstorage = " << toml_quoted(c.nats.storage)
-    << "\nreorder_timeout_ms = " << c.nats.reorder_timeout.count() << "\n";
+    << "\nreorder_timeout_ms = " << c.nats.reorder_timeout.count()
+    << "\n\n[whep]\nmax_viewers = " << c.whep.max_viewers
+    << "\nmax_offer_bytes = " << c.whep.max_offer_bytes
+    << "\nanswer_timeout_ms = " << c.whep.answer_timeout.count()
+    << "\nconnect_timeout_ms = " << c.whep.connect_timeout.count()
+    << "\nqueue_frames = " << c.whep.queue_frames
+    << "\nice_addresses = " << quoted_list(c.whep.ice_addresses)
+    << "\nstun_server = " << toml_quoted(c.whep.stun_server) << "\n";
+  if (!c.whep.turn_servers.empty()) o << "# whep.turn_servers are set (not printed: credentials)\n";
   if (!c.nats.token.empty()) o << "# nats.token is set (not printed)\n";
   for (const auto& t : c.topics) {
     o << "\n[[topic]]\nname = \"" << t.name << "\"\nmode = \"" << to_string(t.mode)

@@ -187,7 +187,9 @@ namespace {
 
 // The dashboard's files (web_assets.hpp), to anyone: they hold no data (the page asks for the
 // stats with the caller's token). A policy keeps the page to this relay's own scripts.
+// /view/{topic} is the viewer page (view.html), whatever the topic.
 std::optional<HttpResponse> web_page(std::string_view path) {
+  if (path.starts_with("/view/")) path = "/view.html";
   for (const auto& a : web_assets()) {
     if (a.path != path) continue;
     return HttpResponse{
@@ -234,7 +236,8 @@ HttpResponse HttpRouter::get(const HttpTarget& target, const Principal& who) con
   }
   if (target.path == "/v1/stats") return {200, "application/json", stats_json(core_.topics, &who)};
   return {404, "text/plain; charset=utf-8",
-          "not found: " + target.path.substr(0, 200) + " (try /metrics, /healthz, /v1/stats)\n"};
+          "not found: " + target.path.substr(0, 200) +
+              " (try /metrics, /healthz, /v1/stats, /view/{topic}; POST /v1/whep/{topic})\n"};
 }
 
 }  // namespace sluice::relay

@@ -7,6 +7,7 @@
 
 #include <openssl/err.h>
 
+#include <algorithm>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -36,10 +37,18 @@ struct HttpResponse {
   std::vector<std::pair<std::string, std::string>> headers{};  // more header fields
 };
 
-/// Who is at the other end as the transport knows it: under mutual TLS, the common name of the
-/// client certificate the relay verified (else empty).
+/// Who is at the other end as the transport knows it: its IP address, and under mutual TLS the
+/// common name of the client certificate the relay verified (else empty).
 struct HttpPeer {
   std::string certificate_cn;
+  std::string address;
+};
+
+/// How large the body of a request other than GET may be, and the setting that says so (named
+/// in the 413).
+struct HttpBodyLimit {
+  std::uint64_t bytes = 8 * 1024;
+  std::string setting;
 };
 
 // A small HTTP/1.1 server on the relay's I/O thread: one request per connection.
@@ -51,6 +60,11 @@ class HttpServer {
   /// A WebSocket upgrade request: takes the connection (nullopt), or answers it.
   using Upgrade = std::function<std::optional<HttpResponse>(
       Connection& connection, Request& request, const HttpPeer& peer)>;
+  /// A request of another method (POST, DELETE, OPTIONS), answered later: `reply` is called
+  /// once, from any thread, with the answer. Its body may be up to `max_body` bytes.
+  using Reply = std::function<void(HttpResponse answer)>;
+  using Other = std::function<void(Request& request, const HttpPeer& peer, Reply reply)>;
+  using BodyLimit = HttpBodyLimit;
   /// An accept that failed (out of file descriptors, say): its reason ("EMFILE", ...).
   using AcceptError = std::function<void(const std::string& reason)>;
   /// A TLS handshake that failed: OpenSSL's reason ("wrong version number", ...).
@@ -60,7 +74,7 @@ class HttpServer {
   HttpServer(boost::asio::io_context& io, const std::string& host, std::uint16_t port,
              std::chrono::milliseconds timeout, Handler handler, Upgrade upgrade,
              AcceptError accept_error = {}, const TlsContexts* tls = nullptr,
-             TlsError tls_error = {})
+             TlsError tls_error = {}, Other other = {}, BodyLimit max_body = {})
       : acceptor_(io),
         retry_(io),
         timeout_(timeout),
@@ -68,7 +82,9 @@ class HttpServer {
         upgrade_(std::move(upgrade)),
         accept_error_(std::move(accept_error)),
         tls_(tls != nullptr && tls->enabled() ? tls : nullptr),
-        tls_error_(std::move(tls_error)) {
+        tls_error_(std::move(tls_error)),
+        other_(std::move(other)),
+        max_body_(std::move(max_body)) {
     namespace ip = boost::asio::ip;
     boost::system::error_code ec;
     const ip::tcp::endpoint endpoint(ip::make_address(host, ec), port);
@@ -122,7 +138,10 @@ class HttpServer {
         // the peer's (delayed) acknowledgement: up to 40 ms per small message otherwise.
         boost::system::error_code opt;
         s.set_option(boost::asio::ip::tcp::no_delay(true), opt);
-        start(std::make_shared<Session>(std::move(s)));
+        const auto remote = s.remote_endpoint(opt);
+        auto session = std::make_shared<Session>(std::move(s));
+        session->peer.address = opt ? std::string("?") : remote.address().to_string();
+        start(session);
       }
       if (acceptor_.is_open()) accept();
     });
@@ -140,14 +159,7 @@ class HttpServer {
 
   // The deadline for the whole exchange, then TLS (if on), then the request.
   void start(const std::shared_ptr<Session>& session) {
-    session->deadline.expires_after(timeout_);
-    session->deadline.async_wait(
-        [w = std::weak_ptr<Session>(session)](boost::beast::error_code ec) {
-          if (auto s = w.lock(); s && !ec) {
-            boost::system::error_code ignored;
-            s->connection.socket.close(ignored);  // ends the read or write in flight
-          }
-        });
+    arm_deadline(session, timeout_);
     if (tls_ == nullptr) {
       serve(session);
       return;
@@ -184,15 +196,36 @@ class HttpServer {
         });
   }
 
+  // The header first: a request of another method than GET (an SDP offer) may carry a body of
+  // up to max_body_; everything else, 8 KiB.
   void serve(const std::shared_ptr<Session>& session) {
     namespace http = boost::beast::http;
     session->parser.header_limit(8 * 1024);  // requests here are small
-    session->parser.body_limit(std::uint64_t{8} * 1024);
+    // (Beast checks a Content-Length against the limit as the header arrives: the larger
+    // limit first, the smaller once the method is known.)
+    session->parser.body_limit(other_ ? std::max(max_body_.bytes, kBodyLimit) : kBodyLimit);
     on_stream(*session, [&](auto& stream) {
-      http::async_read(stream, session->buffer, session->parser,
-                       [this, session](boost::beast::error_code ec, std::size_t /*bytes*/) {
-                         read(session, ec);
-                       });
+      http::async_read_header(
+          stream, session->buffer, session->parser,
+          [this, session](boost::beast::error_code ec, std::size_t /*bytes*/) {
+            if (ec) {
+              read(session, ec);
+              return;
+            }
+            const bool other = session->parser.get().method() != http::verb::get && other_;
+            const std::uint64_t limit = other ? max_body_.bytes : kBodyLimit;
+            if (const auto length = session->parser.content_length(); length && *length > limit) {
+              read(session, http::error::body_limit);
+              return;
+            }
+            session->parser.body_limit(limit);
+            on_stream(*session, [&](auto& s) {
+              http::async_read(s, session->buffer, session->parser,
+                               [this, session](boost::beast::error_code e, std::size_t /*bytes*/) {
+                                 read(session, e);
+                               });
+            });
+          });
     });
   }
 
@@ -210,12 +243,38 @@ class HttpServer {
       auto refused = upgrade_(session->connection, request, session->peer);
       if (!refused) return;  // a WebSocket now
       answer = std::move(*refused);
+    } else if (request.method() != http::verb::get && other_) {
+      // Answered later (its handler bounds how long), on this connection's executor; the
+      // client then has the timeout again to read the answer.
+      session->deadline.cancel();
+      const unsigned version = request.version();
+      other_(request, session->peer, [session, version, t = timeout_](HttpResponse later) {
+        auto& socket = session->connection.socket;
+        boost::asio::post(socket.get_executor(), [session, version, t, a = std::move(later)]() {
+          arm_deadline(session, t);
+          respond(session, version, a);
+        });
+      });
+      return;
     } else if (request.method() != http::verb::get) {
       answer = {405, "text/plain; charset=utf-8", "only GET is served here\n"};
     } else {
       answer = handler_(request, session->peer);
     }
     respond(session, request.version(), std::move(answer));
+  }
+
+  // The client has `timeout` from now (to send its request, or to read its answer).
+  static void arm_deadline(const std::shared_ptr<Session>& session,
+                           std::chrono::milliseconds timeout) {
+    session->deadline.expires_after(timeout);
+    session->deadline.async_wait(
+        [w = std::weak_ptr<Session>(session)](boost::beast::error_code ec) {
+          if (auto s = w.lock(); s && !ec) {
+            boost::system::error_code ignored;
+            s->connection.socket.close(ignored);  // ends the read or write in flight
+          }
+        });
   }
 
   // OpenSSL's reason for a failed handshake ("wrong version number", "certificate verify
@@ -230,7 +289,7 @@ class HttpServer {
 
   // The answer to what could not be read as a request: 414 (request line over the limit), 431
   // (headers over it), 413 (a body over it), 400 (anything else); none if the peer just left.
-  static std::optional<HttpResponse> malformed(boost::beast::error_code ec, const Session& s) {
+  std::optional<HttpResponse> malformed(boost::beast::error_code ec, const Session& s) const {
     namespace http = boost::beast::http;
     if (ec == http::error::end_of_stream || ec == boost::asio::error::eof ||
         ec == boost::asio::error::operation_aborted || ec == boost::asio::error::connection_reset ||
@@ -243,8 +302,13 @@ class HttpServer {
                           line_done ? "request headers over 8 KiB\n"
                                     : "request line over 8 KiB (a shorter target)\n"};
     }
-    if (ec == http::error::body_limit)
-      return HttpResponse{413, "text/plain; charset=utf-8", "request body over 8 KiB\n"};
+    if (ec == http::error::body_limit) {
+      const bool other = s.parser.get().method() != http::verb::get && other_;
+      return HttpResponse{413, "text/plain; charset=utf-8",
+                          other ? "request body over " + std::to_string(max_body_.bytes) +
+                                      " bytes (" + max_body_.setting + ")\n"
+                                : "request body over 8 KiB\n"};
+    }
     return HttpResponse{400, "text/plain; charset=utf-8",
                         "not an HTTP/1.1 request: " + ec.message() + "\n"};
   }
@@ -289,6 +353,7 @@ class HttpServer {
   }
 
   static constexpr std::chrono::milliseconds kAcceptRetry{100};
+  static constexpr std::uint64_t kBodyLimit = 8 * 1024;  // GET (and every request without `other`)
   static constexpr unsigned char kTlsHandshakeRecord = 22;
   boost::asio::ip::tcp::acceptor acceptor_;
   boost::asio::steady_timer retry_;  // the next accept after a failed one
@@ -298,6 +363,8 @@ class HttpServer {
   AcceptError accept_error_;
   const TlsContexts* tls_;  // null: plaintext
   TlsError tls_error_;
+  Other other_;
+  BodyLimit max_body_;
   std::uint16_t port_ = 0;
 };
 

@@ -30,6 +30,7 @@
 #include "request_decode.hpp"
 #include "stats_view.hpp"
 #include "tls.hpp"
+#include "whep.hpp"
 #include "ws_upgrade.hpp"
 
 namespace sluice {
@@ -43,6 +44,7 @@ struct RelayServer::Impl {
   // The loops stop first; the acceptor goes while its io_context exists; the core (with the
   // loops and the sessions their handlers hold) last.
   ~Impl() {
+    whep.stop();
     if (bridge) bridge->stop();
     core.loops.stop();
     http.reset();
@@ -93,6 +95,7 @@ struct RelayServer::Impl {
   std::chrono::steady_clock::time_point last_accept_log{};
   relay::GrpcService grpc_service{core};
   relay::HttpRouter router{core};
+  relay::WhepService whep{core};  // WebRTC viewers (POST /v1/whep/{topic})
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<relay::HttpServer> http;
   std::unique_ptr<relay::NatsBridge> bridge;  // with [nats]: cluster topics (docs/cluster.md)
@@ -216,7 +219,12 @@ void RelayServer::start() {
         return relay::ws_upgrade(impl->core, connection, request, peer);
       },
       [impl](const std::string& reason) { impl->accept_failed(reason); }, &impl->tls,
-      [impl](const std::string& reason) { impl->tls_failed(reason); });
+      [impl](const std::string& reason) { impl->tls_failed(reason); },
+      [impl](relay::HttpServer::Request& request, const relay::HttpPeer& peer,
+             relay::HttpServer::Reply reply) {
+        impl->whep.handle(request, peer, std::move(reply));
+      },
+      relay::HttpServer::BodyLimit{config.whep.max_offer_bytes, "whep.max_offer_bytes"});
   if (config.nats.enabled()) impl_->bridge = std::make_unique<relay::NatsBridge>(impl_->core);
   impl_->core.loops.main().post([impl] { impl->poll_stages(); });
 }
@@ -225,6 +233,7 @@ void RelayServer::shutdown() {
   if (!impl_ || !impl_->server || impl_->stopped) return;
   impl_->stopped = true;
   if (auto* health = impl_->server->GetHealthCheckService()) health->Shutdown();  // NOT_SERVING
+  impl_->whep.stop();  // (its viewers end on their loops, which still run)
   if (impl_->bridge) impl_->bridge->stop();  // (what it sent is in NATS; nothing more comes in)
   impl_->core.topics.close_all();
   impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));

@@ -88,11 +88,13 @@ nlohmann::json topic_json(const Topic& t) {
   // Each subscriber's extras: the first not yet taken with its name and first sequence.
   std::vector<SubscriberExtras> extras;
   std::vector<std::pair<std::uint64_t, SubscriberExtras::Verdict>> sampled;  // unsent, verdict
+  std::vector<std::uint64_t> skipped;                                          // until_keyframe
   t.with_extras([&](const std::vector<SubscriberExtras>& all) {
     extras = all;
     for (const auto& e : all) {
       sampled.emplace_back(e.unsent ? e.unsent->load(std::memory_order_relaxed) : 0,
                            e.verdict->load(std::memory_order_relaxed));
+      skipped.push_back(e.until_keyframe ? e.until_keyframe->load(std::memory_order_relaxed) : 0);
     }
   });
   std::vector<bool> taken(extras.size(), false);
@@ -119,6 +121,7 @@ nlohmann::json topic_json(const Topic& t) {
       j["session"] = extras[i].session;
       j["sends"] = kVerdicts[static_cast<std::size_t>(sampled[i].second)];
       if (extras[i].unsent != nullptr) j["kernel_unsent_bytes"] = sampled[i].first;
+      j["until_keyframe"] = skipped[i];
       break;
     }
   }

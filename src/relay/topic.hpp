@@ -39,6 +39,8 @@ struct SubscriberExtras {
   std::uint64_t joined_at = 0;                         // as in SubscriberStats
   const std::atomic<std::uint64_t>* unsent = nullptr;  // null: not sampled (gRPC)
   const std::atomic<Verdict>* verdict = nullptr;
+  // Items skipped up to a keyframe after its losses (video topics).
+  const std::atomic<std::uint64_t>* until_keyframe = nullptr;
 };
 
 /// What a cluster topic's bridge to NATS did (docs/cluster.md); updated by the bridge's threads,

@@ -50,6 +50,39 @@ inline std::pair<unsigned, std::string> http_get(
   return {res.result_int(), res.body()};
 }
 
+/// An answer of the relay's HTTP port: its status, body and header fields.
+struct HttpAnswer {
+  unsigned status = 0;
+  std::string body;
+  std::map<std::string, std::string> headers;  // (names as the relay wrote them)
+};
+
+/// `method` http://127.0.0.1:port/target with `body` (of `content_type`) and `headers`.
+inline HttpAnswer http_request(std::uint16_t port, boost::beast::http::verb method,
+                               const std::string& target, const std::string& body = {},
+                               const std::string& content_type = {},
+                               const std::map<std::string, std::string>& headers = {}) {
+  namespace http = boost::beast::http;
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::socket socket(io);
+  socket.connect({boost::asio::ip::make_address("127.0.0.1"), port});
+  http::request<http::string_body> req{method, target, 11};
+  req.set(http::field::host, "127.0.0.1");
+  if (!content_type.empty()) req.set(http::field::content_type, content_type);
+  for (const auto& [name, value] : headers) req.set(name, value);
+  req.body() = body;
+  req.prepare_payload();
+  http::write(socket, req);
+  boost::beast::flat_buffer buffer;
+  http::response_parser<http::string_body> parser;
+  parser.body_limit(std::uint64_t{16} << 20);
+  http::read(socket, buffer, parser);
+  HttpAnswer out{parser.get().result_int(), parser.get().body(), {}};
+  for (const auto& field : parser.get())
+    out.headers[std::string(field.name_string())] = std::string(field.value());
+  return out;
+}
+
 /// The value of the first sample in the relay's /metrics whose series is `name` (bare or with
 /// labels) and whose line contains `has`; -1 if there is none.
 inline double metric(std::uint16_t port, const std::string& name, const std::string& has = "") {

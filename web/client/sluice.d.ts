@@ -115,3 +115,29 @@ export function watchStats(
     onState?: (state: "up" | "down", detail: Partial<CloseInfo> & { retryMs?: number }) => void;
   },
 ): { stop(): void };
+
+/** A topic's video playing over WebRTC (WHEP): see watchVideo. */
+export interface VideoViewer {
+  pc: RTCPeerConnection;
+  /** For a <video>'s srcObject. */
+  stream: MediaStream;
+  /** The viewer's resource on the relay (DELETE ends it). */
+  location: string;
+  /** Ends the viewer on the relay and closes the connection. */
+  close(): Promise<void>;
+}
+
+/**
+ * Plays `topic`'s video (VP8 or H.264) over WebRTC, by WHEP (POST /v1/whep/{topic}). Rejects
+ * with a SluiceError whose `code` is the relay's HTTP status.
+ */
+export function watchVideo(
+  topic: string,
+  options?: {
+    url?: string;
+    token?: string;
+    name?: string;
+    iceServers?: RTCIceServer[];
+    gatherMs?: number;
+  },
+): Promise<VideoViewer>;

@@ -385,3 +385,69 @@ export function watchStats(onStats, options = {}) {
     },
   };
 }
+
+/**
+ * Plays a topic's video over WebRTC (WHEP, docs/media.md): offers to receive video, POSTs the
+ * offer to /v1/whep/{topic} once ICE has gathered, and applies the relay's answer. Resolves
+ * with `{ pc, stream, location, close() }` once answered: `stream` (a MediaStream) goes in a
+ * <video>'s srcObject; `close()` ends the viewer (DELETE on `location`) and the connection.
+ * Rejects with a SluiceError carrying the relay's HTTP status and its message (a topic whose
+ * video is not VP8 or H.264: 415; no keyframe in time: 504; too many viewers: 503).
+ * `url`: the relay's HTTP(S) base (default: the page's origin); `iceServers`: for
+ * RTCPeerConnection (none needed on one network).
+ */
+export async function watchVideo(topic, options = {}) {
+  const { url, token, name, iceServers = [], gatherMs = 5000 } = options;
+  const base = httpBase(url);
+  const pc = new RTCPeerConnection({ iceServers });
+  pc.addTransceiver("video", { direction: "recvonly" });
+  const stream = new MediaStream();
+  pc.addEventListener("track", (e) => stream.addTrack(e.track));
+  try {
+    await pc.setLocalDescription(await pc.createOffer());
+    // Not trickled: the offer goes with its candidates (host candidates gather in milliseconds).
+    if (pc.iceGatheringState !== "complete") {
+      await new Promise((resolve) => {
+        const timer = setTimeout(resolve, gatherMs);
+        pc.addEventListener("icegatheringstatechange", () => {
+          if (pc.iceGatheringState === "complete") {
+            clearTimeout(timer);
+            resolve();
+          }
+        });
+      });
+    }
+    const query = name ? `?name=${encodeURIComponent(name)}` : "";
+    const headers = { "Content-Type": "application/sdp" };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const res = await fetch(`${base}/v1/whep/${encodeURIComponent(topic)}${query}`, {
+      method: "POST", headers, body: pc.localDescription.sdp,
+    });
+    const body = await res.text();
+    if (res.status !== 201) {
+      throw new SluiceError(`WHEP ${res.status}: ${body.trim()}`, { code: res.status, reason: body.trim() });
+    }
+    const location = new URL(res.headers.get("Location"), base + "/").href;
+    await pc.setRemoteDescription({ type: "answer", sdp: body });
+    return {
+      pc,
+      stream,
+      location,
+      async close() {
+        pc.close();
+        const del = { method: "DELETE" };
+        if (token) del.headers = { Authorization: `Bearer ${token}` };
+        await fetch(location, del).catch(() => {});
+      },
+    };
+  } catch (e) {
+    pc.close();
+    throw e;
+  }
+}
+
+// The relay's HTTP base for `url` (ws:// -> http://, wss:// -> https://; none: the page's).
+function httpBase(url) {
+  const u = url || defaultRelayUrl();
+  return u.replace(/^ws(s?):\/\//, "http$1://").replace(/\/$/, "");
+}

@@ -131,6 +131,10 @@ function renderDetail(snapshot) {
   if (!t) return;
   $("detail-name").textContent = t.name;
   $("detail-type").textContent = t.content_type ? `(${t.content_type})` : "(bytes)";
+  // Video (a video/* type, or bytes that may be): the viewer page plays it over WebRTC.
+  const video = !t.content_type || t.content_type.startsWith("video/");
+  $("detail-watch").hidden = !video;
+  $("detail-watch").href = `/view/${encodeURIComponent(t.name)}`;
   // A cluster topic: the relays that serve it (this one marked), with their subscribers.
   $("relays").hidden = !t.bridge;
   if (t.bridge) {
@@ -143,8 +147,9 @@ function renderDetail(snapshot) {
   const before = new Map(((previous && previous.topics.find((x) => x.name === selected)) ||
     { subscribers: [] }).subscribers.map((s) => [s.name, s]));
   for (const s of t.subscribers) {
-    const lostText = Object.entries(s.lost_by_reason || {}).map(([r, n]) => `${r} ${n}`)
-      .join(" · ") || "0";
+    const reasons = Object.entries(s.lost_by_reason || {}).map(([r, n]) => `${r} ${n}`);
+    if (s.until_keyframe) reasons.push(`skipped to a keyframe ${s.until_keyframe}`);
+    const lostText = reasons.join(" · ") || "0";
     const state = s.evicted ? "evicted" : s.sends || "ok";
     body.append(el("tr", { "data-subscriber": s.name },
       el("td", {}, s.name), el("td", {}, String(s.received)), el("td", {}, String(s.lag)),

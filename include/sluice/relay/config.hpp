@@ -85,6 +85,27 @@ struct NatsConfig {
   bool enabled() const { return !urls.empty(); }
 };
 
+/// [whep]: video to browsers over WebRTC (POST /v1/whep/{topic}; docs/media.md). Each viewer is
+/// a subscriber of its topic with its own small queue in front of its WebRTC sender.
+struct WhepConfig {
+  std::size_t max_viewers = 100;  // WebRTC viewers at once (each costs a few threads)
+  // The largest SDP offer accepted (a browser's is 3-10 KiB).
+  std::uint64_t max_offer_bytes = std::uint64_t{64} * 1024;
+  // An offer is answered once the topic's next keyframe is in (its codec decides the answer)
+  // and ICE has gathered; the viewer is refused (504) if that takes longer than this.
+  std::chrono::milliseconds answer_timeout{8'000};
+  // An answered viewer whose WebRTC connection is not up (or is lost) for this long is ended.
+  std::chrono::milliseconds connect_timeout{15'000};
+  // Frames waiting for the viewer's WebRTC sender (1..64); past it the viewer falls behind in
+  // the topic and resumes at a keyframe (counted as its losses).
+  std::size_t queue_frames = 4;
+  // The addresses ICE offers (host candidates); empty: every non-loopback interface's.
+  std::vector<std::string> ice_addresses;
+  // stun://host:port and turn(s)://user:password@host:port for viewers on other networks.
+  std::string stun_server;
+  std::vector<std::string> turn_servers;
+};
+
 /// Who may use the relay ([[principal]] in the file; docs/security.md): a name, the SHA-256 of
 /// its bearer token, and per action the topic patterns it may act on. A pattern is a topic name
 /// whose '.'-separated segments may be `*` (any one segment) or, last, `>` (one or more
@@ -163,6 +184,7 @@ struct RelayConfig {
   TopicConfig defaults;  // name unused
   std::vector<TopicConfig> topics;
   NatsConfig nats;
+  WhepConfig whep;
   // [[principal]]: none (and no signed tokens) keeps the relay open (loopback only, unless
   // allow_anonymous_on_network)
   std::vector<PrincipalConfig> principals;
