@@ -26,7 +26,8 @@ Outcome<std::unique_ptr<SubscriberPump>> SubscriberPump::join(RelayCore& core,
     std::unique_ptr<SubscriberPump> pump(
         new SubscriberPump(core, std::move(*t), std::move(sub), kernel_unsent));
     pump->start_position_ = joined;
-    pump->want_keyframe_ = pump->realtime();  // (a new subscriber starts at a keyframe)
+    // (a new subscriber starts at a keyframe)
+    pump->want_keyframe_ = pump->realtime() || r.start_at_keyframe;
     pump->principal_ = r.who->name();
     log::event(log::Level::info, "session_opened",
                {{"kind", "subscriber"},

@@ -49,6 +49,10 @@ struct SubscribeRequest {
   std::uint64_t depth = 0;
   std::string resume_epoch;  // empty: start with the next item published
   std::uint64_t resume_from = 0;
+  // A subscriber that can use nothing before a keyframe (a video decoder, a WebRTC viewer)
+  // starts at one on a lossless topic too (a real-time topic's always do): the delta items
+  // before it are skipped, announced as a gap (until_keyframe).
+  bool start_at_keyframe = false;
 };
 
 class SubscriberPump {

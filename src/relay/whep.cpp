@@ -849,7 +849,8 @@ void WhepService::handle(HttpServer::Request& request, const HttpPeer& peer,
     refused(slot.refusal());
     return;
   }
-  const SubscribeRequest join{*who, path->topic, target.param("name"), 0, {}, 0};
+  const SubscribeRequest join{*who, path->topic, target.param("name"), 0, {}, 0,
+                              /*start_at_keyframe=*/true};
   auto pump = SubscriberPump::join(core, join, "webrtc-viewer", /*kernel_unsent=*/false);
   if (!pump) {
     release();

@@ -202,11 +202,15 @@ test(`${VIEWERS} viewers come and go in cycles: the relay's descriptors come bac
       const before = (await inbound(stayer)).framesDecoded;
       await cycle();
       cycles += 1;
-      await new Promise((res) => setTimeout(res, 1000));
-      const now = resources(r.child.pid);
+      // Descriptors (ICE and DTLS sockets, pipes) and threads (the pipelines' elements) all
+      // given back after each cycle (the last pipelines are torn down off the loops: a bound).
+      const now = await until("the relay's baseline", async () => {
+        const s = resources(r.child.pid);
+        return s.fds === baseline.fds && s.threads === baseline.threads ? s : null;
+      }, 10000).catch(() => resources(r.child.pid));
       peakRss = Math.max(peakRss, now.rss);
-      // Descriptors (ICE and DTLS sockets, pipes) all given back after each cycle.
       assert.equal(now.fds, baseline.fds, `descriptors after cycle ${cycles}`);
+      assert.equal(now.threads, baseline.threads, `threads after cycle ${cycles}`);
       // The viewer that stayed kept playing through the crowd's coming and going.
       assert.ok((await inbound(stayer)).framesDecoded > before, `the stayer played on in cycle ${cycles}`);
     } while (Date.now() < end || cycles < 2);
