@@ -55,13 +55,15 @@ struct Frame {
   bool key = false;
 };
 
-// The clip, encoded once: videotestsrc (a moving ball) -> VP8.
+// The clip, encoded once: videotestsrc (colour bars sliding sideways: every frame changes, as a
+// camera's does) -> VP8 at 2 Mbit/s.
 std::vector<Frame> encode_clip() {
   const std::string description =
-      "videotestsrc pattern=ball num-buffers=" + std::to_string(kClipFrames) +
+      "videotestsrc pattern=smpte horizontal-speed=8 num-buffers=" + std::to_string(kClipFrames) +
       " ! video/x-raw,width=" + std::to_string(kWidth) + ",height=" + std::to_string(kHeight) +
       ",framerate=" + std::to_string(kFps) +
-      "/1 ! vp8enc deadline=1 cpu-used=8 target-bitrate=2000000 keyframe-max-dist=" +
+      "/1 ! vp8enc deadline=1 cpu-used=8 end-usage=cbr target-bitrate=2000000 "
+      "keyframe-max-dist=" +
       std::to_string(kFps) + " ! appsink name=sink sync=false";
   GstElement* p = gst_parse_launch(description.c_str(), nullptr);
   GstElement* sink = gst_bin_get_by_name(GST_BIN(p), "sink");
@@ -91,6 +93,7 @@ void loopback_ice(GstElement* webrtc) {
   NiceAgent* agent = nullptr;
   g_object_get(ice, "agent", &agent, nullptr);
   if (agent != nullptr) {
+    g_object_set(agent, "upnp", FALSE, nullptr);
     NiceAddress a;
     nice_address_init(&a);
     nice_address_set_from_string(&a, "127.0.0.1");

@@ -433,18 +433,20 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
     g_object_get(webrtc_, "ice-agent", &ice, nullptr);
     if (ice == nullptr) return;
     g_object_set(ice, "ice-tcp", FALSE, nullptr);
-    if (!whep.ice_addresses.empty()) {
-      NiceAgent* agent = nullptr;
-      g_object_get(ice, "agent", &agent, nullptr);
-      if (agent != nullptr) {
+    NiceAgent* agent = nullptr;
+    g_object_get(ice, "agent", &agent, nullptr);
+    if (agent != nullptr) {
+      // A server asks no router to open ports for it (libnice's UPnP is on by default).
+      g_object_set(agent, "upnp", FALSE, nullptr);
+      if (!whep.ice_addresses.empty()) {
         for (const auto& a : whep.ice_addresses) {
           NiceAddress address;
           nice_address_init(&address);
           if (nice_address_set_from_string(&address, a.c_str()) != FALSE)
             nice_agent_add_local_address(agent, &address);
         }
-        g_object_unref(agent);
       }
+      g_object_unref(agent);
     }
     g_object_unref(ice);
   }
