@@ -1,6 +1,6 @@
-// `sluice ingest` over sluice::media::Ingest and sluice::client::Publisher: the ingest's sink
-// publishes (blocking while the relay throttles, which fills the ingest's queue and drops at
-// the source); the relay's slow_down / resume thin the frames at the source.
+// `sluice ingest` over sluice::media::IngestPublisher (an Ingest whose sink is a Publisher): it
+// publishes, blocking while the relay throttles, which fills the ingest's queue and drops at
+// the source; the relay's slow_down / resume thin the frames at the source.
 #include "ingest.hpp"
 
 #include <atomic>
@@ -45,30 +45,13 @@ int run_ingest(const IngestCliOptions& o) {
     interrupted = true;
     cv.notify_all();
   });
-  std::unique_ptr<media::Ingest> ingest;
-  std::atomic<bool> slowed{false};
-  client::Publisher pub(o.publisher, [&](const client::PublisherEvent& e) {
-    if (e.kind != client::PublisherEvent::Kind::slow_down &&
-        e.kind != client::PublisherEvent::Kind::resume)
-      return;
-    slowed = e.kind == client::PublisherEvent::Kind::slow_down;
-    print_line(stdout,
-               {{"event", std::string(client::to_string(e.kind))}, {"queue_bytes", e.queue_bytes}});
-  });
-  client::Status failed;
-  std::atomic<bool> failing{false};
+  std::unique_ptr<media::IngestPublisher> ingest;
   try {
-    ingest = std::make_unique<media::Ingest>(o.ingest, [&](media::IngestFrame&& f) {
-      if (failing) return;
-      // (a delta frame is marked: after a loss the relay resumes each viewer at a keyframe)
-      const auto s = pub.publish(std::move(f.payload), f.timestamp_ns, f.keyframe ? 0 : kItemDelta);
-      if (!s.ok()) {
-        failing = true;
-        const std::lock_guard lock(mu);
-        failed = s;
-        cv.notify_all();
-      }
-    });
+    ingest = std::make_unique<media::IngestPublisher>(
+        o.ingest, o.publisher, [](const client::PublisherEvent& e) {
+          print_line(stdout, {{"event", std::string(client::to_string(e.kind))},
+                              {"queue_bytes", e.queue_bytes}});
+        });
   } catch (const std::exception& e) {
     print_line(stderr, {{"error", e.what()}});
     return 2;
@@ -79,51 +62,126 @@ int run_ingest(const IngestCliOptions& o) {
                       {"output", media::to_string(o.ingest.output)},
                       {"topic", o.publisher.topic},
                       {"server", o.publisher.target}});
-  std::uint64_t reconnects = 0;
-  std::string last_error;
-  auto next_stats = std::chrono::steady_clock::now() + std::chrono::seconds(o.stats_every_s);
+  IngestReporter report(o.stats_every_s);
   while (true) {
     {
       std::unique_lock lock(mu);
       if (cv.wait_for(lock, std::chrono::milliseconds(200),
-                      [&] { return interrupted || failing.load(); }))
+                      [&] { return interrupted || ingest->failed().has_value(); }))
         break;
     }
-    ingest->set_slowed(slowed);
     const auto s = ingest->stats();
-    if (s.last_error != last_error || s.reconnects != reconnects) {
-      if (!s.last_error.empty() && s.last_error != last_error)
-        print_line(stdout, {{"event", "source_lost"}, {"error", s.last_error}});
-      if (s.reconnects != reconnects)
-        print_line(stdout, {{"event", "reconnecting"}, {"reconnects", s.reconnects}});
-      last_error = s.last_error;
-      reconnects = s.reconnects;
-    }
+    report.changes(s, {});
     if (s.finished) break;
-    if (o.stats_every_s > 0 && std::chrono::steady_clock::now() >= next_stats) {
-      nlohmann::json j = to_json(s);
-      j["event"] = "stats";
-      print_line(stdout, j);
-      next_stats += std::chrono::seconds(o.stats_every_s);
-    }
   }
   ingest->stop();
-  const auto closed = pub.close();
+  const auto closed = ingest->close();
   nlohmann::json summary = to_json(ingest->stats());
   summary["event"] = "summary";
-  summary["acked"] = pub.stats().acked;
+  summary["acked"] = ingest->acked();
   // (a file that could not be read ends the ingest with its error: exit 1)
   const auto end = ingest->stats();
   const bool unread = end.finished && !end.last_error.empty();
-  if (failing) {
-    summary["error"] = failed.to_string();
+  const auto failed = ingest->failed();
+  if (failed) {
+    summary["error"] = failed->to_string();
   } else if (!closed.ok()) {
     summary["error"] = closed.to_string();
   } else if (unread) {
     summary["error"] = end.last_error;
   }
   print_line(stdout, summary);
-  return failing || !closed.ok() || unread ? 1 : 0;
+  return failed || !closed.ok() || unread ? 1 : 0;
+}
+
+ServedIngests::ServedIngests(const std::vector<IngestEntryConfig>& entries,
+                             const std::string& grpc_target) {
+  for (const auto& e : entries) {
+    media::IngestOptions in;
+    in.uri = e.uri;
+    if (!media::parse_output(e.output, in.output))
+      throw std::invalid_argument("[[ingest]] " + e.uri + ": output " + e.output);
+    in.width = e.width;
+    in.height = e.height;
+    in.fps = e.fps;
+    in.queue_frames = e.queue_frames;
+    in.source_timeout = e.source_timeout;
+    client::PublisherOptions pub;
+    pub.target = grpc_target;
+    pub.topic = e.topic;
+    pub.token = e.token;
+    const nlohmann::json about = {{"topic", e.topic}, {"uri", e.uri}};
+    ingests_.push_back(std::make_unique<media::IngestPublisher>(
+        in, pub, [about](const client::PublisherEvent& ev) {
+          nlohmann::json j = about;
+          j["event"] = std::string(client::to_string(ev.kind));
+          j["queue_bytes"] = ev.queue_bytes;
+          print_line(stdout, j);
+        }));
+  }
+  for (auto& i : ingests_) {
+    i->start();
+    print_line(stdout, {{"event", "ingest_started"},
+                        {"uri", i->options().uri},
+                        {"output", media::to_string(i->options().output)},
+                        {"topic", i->publisher_options().topic}});
+  }
+  if (ingests_.empty()) return;
+  reporter_ = std::thread([this] {
+    std::vector<IngestReporter> reports(ingests_.size(), IngestReporter(60));
+    std::unique_lock lock(mu_);
+    while (!cv_.wait_for(lock, std::chrono::milliseconds(500), [this] { return stopping_; })) {
+      for (std::size_t n = 0; n < ingests_.size(); ++n) {
+        const auto& i = *ingests_[n];
+        reports[n].changes(i.stats(), {{"topic", i.publisher_options().topic},
+                                       {"uri", i.options().uri}});
+      }
+    }
+  });
+}
+
+ServedIngests::~ServedIngests() {
+  stop();
+}
+
+void ServedIngests::stop() {
+  {
+    const std::lock_guard lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (reporter_.joinable()) reporter_.join();
+  for (auto& i : ingests_) {
+    i->stop();
+    (void)i->close();
+  }
+}
+
+void IngestReporter::changes(const media::IngestStats& s, const nlohmann::json& extra) {
+  if (s.last_error != last_error_ || s.reconnects != reconnects_) {
+    if (!s.last_error.empty() && s.last_error != last_error_) {
+      nlohmann::json j = extra;
+      j["event"] = "source_lost";
+      j["error"] = s.last_error;
+      print_line(stdout, j);
+    }
+    if (s.reconnects != reconnects_) {
+      nlohmann::json j = extra;
+      j["event"] = "reconnecting";
+      j["reconnects"] = s.reconnects;
+      print_line(stdout, j);
+    }
+    last_error_ = s.last_error;
+    reconnects_ = s.reconnects;
+  }
+  if (every_s_ > 0 && std::chrono::steady_clock::now() >= next_stats_) {
+    nlohmann::json j = to_json(s);
+    for (const auto& [k, v] : extra.items()) j[k] = v;
+    j["event"] = "stats";
+    print_line(stdout, j);
+    next_stats_ += std::chrono::seconds(every_s_);
+  }
 }
 
 }  // namespace sluice::cli

@@ -1,10 +1,20 @@
 // `sluice ingest`: a camera's (or a file's) frames published to a relay topic.
 #pragma once
 
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+#include <nlohmann/json.hpp>
 #include <string>
 
+#include "ingest_publisher.hpp"
 #include "sluice/client/client.hpp"
 #include "sluice/media/ingest.hpp"
+#include "sluice/relay/config.hpp"
 
 namespace sluice::cli {
 
@@ -18,5 +28,43 @@ struct IngestCliOptions {
 /// events and stats as JSON lines (stdout) and a summary at the end. Returns an exit code: 0,
 /// 1 if publishing failed, 2 on a bad option.
 int run_ingest(const IngestCliOptions& options);
+
+/// The [[ingest]] entries `sluice serve` runs: each an IngestPublisher to the relay's own gRPC
+/// port (`grpc_target`), with the entry's token. Their changes go to stdout as JSON lines (the
+/// entry's topic and uri added). Throws std::invalid_argument naming the entry that is wrong.
+class ServedIngests {
+ public:
+  ServedIngests(const std::vector<IngestEntryConfig>& entries, const std::string& grpc_target);
+  ServedIngests(const ServedIngests&) = delete;
+  ServedIngests& operator=(const ServedIngests&) = delete;
+  ServedIngests(ServedIngests&&) = delete;
+  ServedIngests& operator=(ServedIngests&&) = delete;
+  ~ServedIngests();  // stop()
+  /// Stops every source and closes its publisher (before the relay stops).
+  void stop();
+
+ private:
+  std::vector<std::unique_ptr<media::IngestPublisher>> ingests_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;  // (under mu_)
+  std::thread reporter_;
+};
+
+/// Prints an ingest's changes as JSON lines (stdout), `extra` fields added: its source lost
+/// (the error), reconnecting, and its stats every `every_s` seconds (0: never).
+class IngestReporter {
+ public:
+  explicit IngestReporter(int every_s)
+      : every_s_(every_s),
+        next_stats_(std::chrono::steady_clock::now() + std::chrono::seconds(every_s)) {}
+  void changes(const media::IngestStats& s, const nlohmann::json& extra);
+
+ private:
+  int every_s_;
+  std::chrono::steady_clock::time_point next_stats_;
+  std::uint64_t reconnects_ = 0;
+  std::string last_error_;
+};
 
 }  // namespace sluice::cli

@@ -106,6 +106,28 @@ struct ConfigCommand {
     // Under systemd (Type=notify): ready once both ports listen. Nothing without NOTIFY_SOCKET.
     sd_notifyf(0, "READY=1\nSTATUS=gRPC on %s:%u, HTTP on %s:%u", config->host.c_str(),
                server.grpc_port(), config->host.c_str(), server.http_port());
+    // [[ingest]]: the cameras this process serves, published to its own gRPC port.
+    std::optional<sluice::cli::ServedIngests> ingests;
+    if (!config->ingests.empty()) {
+      if (tls) {
+        std::fprintf(stderr,
+                     "sluice: [[ingest]] entries publish to the relay over plaintext gRPC: run "
+                     "`sluice ingest` beside a relay with server.tls_cert_file instead\n");
+        server.shutdown();
+        return 2;
+      }
+      try {
+        ingests.emplace(config->ingests,
+                        (config->host == "0.0.0.0" ? std::string("127.0.0.1")
+                         : config->host == "::"    ? std::string("[::1]")
+                                                   : shown) +
+                            ":" + std::to_string(server.grpc_port()));
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "sluice: [[ingest]]: %s\n", e.what());
+        server.shutdown();
+        return 2;
+      }
+    }
     std::optional<sluice::cli::DemoTraffic> traffic;
     if (demo) {
       traffic.emplace(server.grpc_port(), server.http_port());
@@ -133,6 +155,7 @@ struct ConfigCommand {
     std::fflush(stdout);
     sd_notify(0, "STOPPING=1");
     if (traffic) traffic->stop();
+    if (ingests) ingests->stop();
     server.shutdown();
     return 0;
   }

@@ -632,6 +632,59 @@ void load_principals(const std::string& path, const toml::node& section, RelayCo
   }
 }
 
+// The [[ingest]] entries: each a source `sluice serve` publishes to one of its topics.
+void load_ingests(const std::string& path, const toml::node& section, RelayConfig& c) {
+  const auto* list = section.as_array();
+  if (list == nullptr) {
+    throw ConfigError("invalid configuration file " + path +
+                      ": `ingest` must be an array of tables ([[ingest]])");
+  }
+  for (const auto& entry : *list) {
+    const auto* t = entry.as_table();
+    if (t == nullptr) throw ConfigError("invalid configuration file " + path + ": [[ingest]]");
+    IngestEntryConfig e;
+    for (const auto& [k, v] : *t) {
+      const std::string key(k.str());
+      const Source src{path + " key ingest." + key};
+      const auto text = scalar_text(v);
+      if (!text) bad(src, "(a table or array)", "a string or a number");
+      if (key == "uri") {
+        e.uri = *text;
+        if (e.uri.rfind("rtsp://", 0) != 0 && e.uri.rfind("file://", 0) != 0 &&
+            e.uri.rfind("v4l2://", 0) != 0 && e.uri.rfind("test://", 0) != 0)
+          bad(src, *text, "rtsp://, file://, v4l2:// or test://");
+      } else if (key == "topic") {
+        e.topic = *text;
+        if (const auto problem = topic_name_problem(e.topic); !problem.empty())
+          bad(src, *text, problem);
+      } else if (key == "output") {
+        if (*text != "encoded" && *text != "raw" && *text != "jpeg")
+          bad(src, *text, "encoded, raw or jpeg");
+        e.output = *text;
+      } else if (key == "width" || key == "height" || key == "fps") {
+        const int n = static_cast<int>(parse_int(src, *text, 0, 16384, "0 to 16384"));
+        (key == "width" ? e.width : key == "height" ? e.height : e.fps) = n;
+      } else if (key == "queue_frames") {
+        e.queue_frames = static_cast<std::size_t>(parse_int(src, *text, 1, 4096, "1 to 4096"));
+      } else if (key == "source_timeout_ms") {
+        e.source_timeout =
+            std::chrono::milliseconds(parse_int(src, *text, 100, 600'000, "100 to 600000 (ms)"));
+      } else if (key == "token") {
+        e.token = *text;
+      } else {
+        throw ConfigError("invalid configuration file " + path + ": unknown key ingest." + key +
+                          " (accepted: uri, topic, output, width, height, fps, queue_frames, "
+                          "source_timeout_ms, token)");
+      }
+    }
+    if (e.uri.empty() || e.topic.empty()) {
+      throw ConfigError("invalid configuration file " + path +
+                        ": an [[ingest]] needs a uri and a topic");
+    }
+    c.ingests.push_back(std::move(e));
+  }
+}
+
 // A section's keys ([server], [limits], ...), each applied as its setting says.
 void load_section(const std::string& path, const std::string& section_name,
                   const toml::node& section, RelayConfig& c) {
@@ -639,8 +692,8 @@ void load_section(const std::string& path, const std::string& section_name,
   if (table == nullptr) {
     throw ConfigError(
         "invalid configuration file " + path + ": unknown key " + section_name +
-        " (sections: server, auth, limits, log, frame_gate, topics, nats, whep, [[topic]] and "
-        "[[principal]])");
+        " (sections: server, auth, limits, log, frame_gate, topics, nats, whep, [[topic]], "
+        "[[principal]] and [[ingest]])");
   }
   for (const auto& [k, v] : *table) {
     const std::string key = section_name + "." + std::string(k.str());
@@ -673,6 +726,8 @@ void load_file(const std::string& path, RelayConfig& c, std::vector<PendingTopic
       load_topics(path, section, topics);
     } else if (section_name == "principal") {
       load_principals(path, section, c);
+    } else if (section_name == "ingest") {
+      load_ingests(path, section, c);
     } else {
       load_section(path, section_name, section, c);
     }
@@ -1067,6 +1122,13 @@ std::string to_toml(const RelayConfig& c) {
     if (!p.certificate_cn.empty()) o << "\ncertificate_cn = " << toml_quoted(p.certificate_cn);
     o << "\npublish = " << quoted_list(p.publish) << "\nsubscribe = " << quoted_list(p.subscribe)
       << "\nwork = " << quoted_list(p.work) << "\nstats = " << quoted_list(p.stats) << "\n";
+  }
+  for (const auto& e : c.ingests) {
+    o << "\n[[ingest]]\nuri = " << toml_quoted(e.uri) << "\ntopic = " << toml_quoted(e.topic)
+      << "\noutput = " << toml_quoted(e.output) << "\nwidth = " << e.width
+      << "\nheight = " << e.height << "\nfps = " << e.fps << "\nqueue_frames = " << e.queue_frames
+      << "\nsource_timeout_ms = " << e.source_timeout.count() << "\n";
+    if (!e.token.empty()) o << "# token is set (not printed)\n";
   }
   return o.str();
 }

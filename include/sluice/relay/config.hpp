@@ -106,6 +106,20 @@ struct WhepConfig {
   std::vector<std::string> turn_servers;
 };
 
+/// [[ingest]]: a camera (or file, device, test pattern) `sluice serve` reads and publishes to a
+/// topic of its own relay, as `sluice ingest` would (docs/media.md): the same options.
+struct IngestEntryConfig {
+  std::string uri;                 // rtsp://, file://, v4l2://, test://
+  std::string topic;               // published to
+  std::string output = "encoded";  // encoded, raw, jpeg
+  int width = 0;
+  int height = 0;
+  int fps = 0;
+  std::size_t queue_frames = 8;
+  std::chrono::milliseconds source_timeout{5000};
+  std::string token;  // a principal's bearer token, when the relay authenticates (never printed)
+};
+
 /// Who may use the relay ([[principal]] in the file; docs/security.md): a name, the SHA-256 of
 /// its bearer token, and per action the topic patterns it may act on. A pattern is a topic name
 /// whose '.'-separated segments may be `*` (any one segment) or, last, `>` (one or more
@@ -185,6 +199,7 @@ struct RelayConfig {
   std::vector<TopicConfig> topics;
   NatsConfig nats;
   WhepConfig whep;
+  std::vector<IngestEntryConfig> ingests;  // [[ingest]]
   // [[principal]]: none (and no signed tokens) keeps the relay open (loopback only, unless
   // allow_anonymous_on_network)
   std::vector<PrincipalConfig> principals;

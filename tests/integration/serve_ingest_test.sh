@@ -1,0 +1,44 @@
+#!/bin/sh
+# `sluice serve` with [[ingest]] entries: one process serves a camera. A test pattern's frames
+# reach a subscriber of the entry's topic with no `sluice ingest` running; `sluice config` shows
+# the entry; a bad entry stops the start naming its key.
+# Usage: serve_ingest_test.sh path/to/sluice
+set -u
+sluice=$1
+dir=$(mktemp -d)
+fail() { echo "FAIL: $*"; for f in "$dir"/*; do echo "--- $f"; cat "$f"; done; kill "$relay" 2>/dev/null; exit 1; }
+wait_for() {  # file pattern
+  i=0
+  while ! grep -q "$2" "$1" 2>/dev/null; do
+    i=$((i + 1)); [ "$i" -gt 200 ] && fail "no '$2' in $1"; sleep 0.1
+  done
+}
+cat >"$dir/relay.toml" <<'TOML'
+[[ingest]]
+uri = "test://"
+topic = "lobby.cam"
+width = 320
+height = 240
+fps = 15
+TOML
+relay=0
+SLUICE_GRPC_PORT=0 SLUICE_HTTP_PORT=0 "$sluice" serve --config "$dir/relay.toml" >"$dir/relay" 2>&1 &
+relay=$!
+wait_for "$dir/relay" '"event":"listening"'
+wait_for "$dir/relay" '"event":"ingest_started".*"topic":"lobby.cam"'
+target=$(sed -n 's/.*"grpc":"\([^"]*\)".*/\1/p' "$dir/relay")
+"$sluice" sub --target "$target" --topic lobby.cam --count 20 >"$dir/sub" 2>&1 || fail "sub exit $?"
+grep -q '"event":"received".*"items":20' "$dir/sub" || fail "sub summary"
+kill "$relay"
+wait "$relay"
+# The effective configuration shows the entry.
+"$sluice" config --config "$dir/relay.toml" >"$dir/config" 2>&1 || fail "config exit $?"
+grep -q '^\[\[ingest\]\]' "$dir/config" || fail "config shows no [[ingest]]"
+grep -q '^uri = "test://"' "$dir/config" || fail "config shows no uri"
+# A bad entry stops the start, naming its key and what is accepted.
+printf '[[ingest]]\nuri = "http://example.com/cam"\ntopic = "x"\n' >"$dir/bad.toml"
+SLUICE_GRPC_PORT=0 SLUICE_HTTP_PORT=0 "$sluice" serve --config "$dir/bad.toml" >"$dir/bad" 2>&1
+[ $? -eq 2 ] || fail "a bad [[ingest]] not exit 2"
+grep -q 'ingest.uri.*rtsp://' "$dir/bad" || fail "bad entry message"
+rm -rf "$dir"
+echo "ok"
