@@ -158,8 +158,8 @@ class Viewer {
     GstCaps* caps = gst_caps_from_string(
         "application/x-rtp,media=video,encoding-name=VP8,payload=96,clock-rate=90000");
     GstWebRTCRTPTransceiver* t = nullptr;
-    g_signal_emit_by_name(webrtc_, "add-transceiver",
-                          GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_RECVONLY, caps, &t);
+    g_signal_emit_by_name(webrtc_, "add-transceiver", GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_RECVONLY,
+                          caps, &t);
     gst_caps_unref(caps);
     if (t != nullptr) gst_object_unref(t);
     gst_element_set_state(pipeline_, GST_STATE_PLAYING);
@@ -203,7 +203,8 @@ class Viewer {
     gst_object_unref(in);
   }
   static GstPadProbeReturn count(GstPad* /*pad*/, GstPadProbeInfo* info, gpointer self) {
-    static_cast<Viewer*>(self)->bytes_.fetch_add(gst_buffer_get_size(GST_PAD_PROBE_INFO_BUFFER(info)));
+    static_cast<Viewer*>(self)->bytes_.fetch_add(
+        gst_buffer_get_size(GST_PAD_PROBE_INFO_BUFFER(info)));
     return GST_PAD_PROBE_OK;
   }
 
@@ -298,8 +299,8 @@ struct Server {
 class SluiceServer final : public Server {
  public:
   explicit SluiceServer(const std::vector<Frame>& clip)
-      : relay_(SLUICE_BINARY, {{"SLUICE_WHEP_ICE_ADDRESSES", "127.0.0.1"},
-                               {"SLUICE_WHEP_MAX_VIEWERS", "1000"}}),
+      : relay_(SLUICE_BINARY,
+               {{"SLUICE_WHEP_ICE_ADDRESSES", "127.0.0.1"}, {"SLUICE_WHEP_MAX_VIEWERS", "1000"}}),
         feed_([this, &clip] {
           sluice::client::PublisherOptions o;
           o.target = relay_.grpc();
@@ -438,11 +439,12 @@ int main(int argc, char** argv) {
   const auto clip = encode_clip();
   std::size_t bytes = 0;
   for (const auto& f : clip) bytes += f.bytes.size();
-  std::printf("M1: WebRTC viewers of a %dx%d %d fps VP8 stream (%.2f Mbit/s); per viewer added: "
-              "server CPU (cores) and RSS; viewers receiving\n",
-              kWidth, kHeight, kFps, static_cast<double>(bytes) * 8 * kFps / kClipFrames / 1e6);
-  std::printf("%-8s %-10s %14s %14s %12s %10s\n", "viewers", "server", "cores/viewer",
-              "RSS/viewer", "cores total", "receiving");
+  std::printf(
+      "M1: WebRTC viewers of a %dx%d %d fps VP8 stream (%.2f Mbit/s); per viewer added: "
+      "server CPU (cores) and RSS; viewers receiving\n",
+      kWidth, kHeight, kFps, static_cast<double>(bytes) * 8 * kFps / kClipFrames / 1e6);
+  std::printf("%-8s %-10s %14s %14s %12s %10s\n", "viewers", "server", "cores/viewer", "RSS/viewer",
+              "cores total", "receiving");
   for (const int n : {1, 10, 50}) {
     Row s;
     Row g;

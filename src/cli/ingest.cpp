@@ -133,8 +133,8 @@ ServedIngests::ServedIngests(const std::vector<IngestEntryConfig>& entries,
     while (!cv_.wait_for(lock, std::chrono::milliseconds(500), [this] { return stopping_; })) {
       for (std::size_t n = 0; n < ingests_.size(); ++n) {
         const auto& i = *ingests_[n];
-        reports[n].changes(i.stats(), {{"topic", i.publisher_options().topic},
-                                       {"uri", i.options().uri}});
+        reports[n].changes(i.stats(),
+                           {{"topic", i.publisher_options().topic}, {"uri", i.options().uri}});
       }
     }
   });

@@ -10,19 +10,20 @@ IngestPublisher::IngestPublisher(IngestOptions ingest, client::PublisherOptions 
                                  std::function<void(const client::PublisherEvent&)> on_event)
     : options_(std::move(ingest)),
       publisher_options_(std::move(publisher)),
-      publisher_(publisher_options_, [this, on_event = std::move(on_event)](
-                                         const client::PublisherEvent& e) {
-        if (e.kind != client::PublisherEvent::Kind::slow_down &&
-            e.kind != client::PublisherEvent::Kind::resume)
-          return;
-        if (Ingest* in = ingest_ptr_.load()) in->set_slowed(e.kind == client::PublisherEvent::Kind::slow_down);
-        if (on_event) on_event(e);
-      }) {
+      publisher_(publisher_options_,
+                 [this, on_event = std::move(on_event)](const client::PublisherEvent& e) {
+                   if (e.kind != client::PublisherEvent::Kind::slow_down &&
+                       e.kind != client::PublisherEvent::Kind::resume)
+                     return;
+                   if (Ingest* in = ingest_ptr_.load())
+                     in->set_slowed(e.kind == client::PublisherEvent::Kind::slow_down);
+                   if (on_event) on_event(e);
+                 }) {
   ingest_ = std::make_unique<Ingest>(options_, [this](IngestFrame&& f) {
     if (failing_) return;
     // (a delta frame is marked: after a loss the relay resumes each viewer at a keyframe)
-    const auto s = publisher_.publish(std::move(f.payload), f.timestamp_ns,
-                                      f.keyframe ? 0 : kItemDelta);
+    const auto s =
+        publisher_.publish(std::move(f.payload), f.timestamp_ns, f.keyframe ? 0 : kItemDelta);
     if (!s.ok()) {
       const std::lock_guard lock(mu_);
       failed_ = s;

@@ -48,7 +48,7 @@ class IngestPublisher {
   const client::PublisherOptions publisher_options_;
   std::atomic<bool> failing_{false};
   mutable std::mutex mu_;
-  std::optional<client::Status> failed_;  // (under mu_)
+  std::optional<client::Status> failed_;      // (under mu_)
   std::atomic<Ingest*> ingest_ptr_{nullptr};  // for the publisher's notices
   client::Publisher publisher_;
   std::unique_ptr<Ingest> ingest_;  // after the publisher: its sink publishes

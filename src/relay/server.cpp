@@ -233,7 +233,7 @@ void RelayServer::shutdown() {
   if (!impl_ || !impl_->server || impl_->stopped) return;
   impl_->stopped = true;
   if (auto* health = impl_->server->GetHealthCheckService()) health->Shutdown();  // NOT_SERVING
-  impl_->whep.stop();  // (its viewers end on their loops, which still run)
+  impl_->whep.stop();                        // (its viewers end on their loops, which still run)
   if (impl_->bridge) impl_->bridge->stop();  // (what it sent is in NATS; nothing more comes in)
   impl_->core.topics.close_all();
   impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));

@@ -88,7 +88,7 @@ nlohmann::json topic_json(const Topic& t) {
   // Each subscriber's extras: the first not yet taken with its name and first sequence.
   std::vector<SubscriberExtras> extras;
   std::vector<std::pair<std::uint64_t, SubscriberExtras::Verdict>> sampled;  // unsent, verdict
-  std::vector<std::uint64_t> skipped;                                          // until_keyframe
+  std::vector<std::uint64_t> skipped;                                        // until_keyframe
   t.with_extras([&](const std::vector<SubscriberExtras>& all) {
     extras = all;
     for (const auto& e : all) {

@@ -69,9 +69,8 @@ SubscriberPump::SubscriberPump(RelayCore& core, std::shared_ptr<Topic> topic,
       kernel_unsent_(kernel_unsent),
       series_(core.metrics, topic_->name, sub_, id_, kernel_unsent ? &unsent_ : nullptr,
               until_keyframe_total_) {
-  topic_->add_extras(
-      {id_, sub_.name(), sub_.stats().joined_at, kernel_unsent_ ? &unsent_ : nullptr, &verdict_,
-       &until_keyframe_total_});
+  topic_->add_extras({id_, sub_.name(), sub_.stats().joined_at, kernel_unsent_ ? &unsent_ : nullptr,
+                      &verdict_, &until_keyframe_total_});
 }
 
 void SubscriberPump::resume_gap(std::uint64_t lost, DropReason reason) {

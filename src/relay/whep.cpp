@@ -196,7 +196,8 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
  public:
   WhepViewer(std::shared_ptr<WhepService::Impl> service, IoThread& loop, SessionSlot slot,
              std::unique_ptr<SubscriberPump> pump, std::string id, GstSDPMessage* offer,
-             HttpServer::Reply reply, std::string location, std::vector<std::pair<std::string, std::string>> cors)
+             HttpServer::Reply reply, std::string location,
+             std::vector<std::pair<std::string, std::string>> cors)
       : service_(std::move(service)),
         core_(service_->core),
         loop_(loop),
@@ -233,15 +234,15 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
     answer_timer_.async_wait([w = weak_from_this()](boost::system::error_code ec) {
       auto self = w.lock();
       if (!self || ec || self->state_ >= State::answered) return;
-      self->refuse(text(504,
-                        self->state_ == State::keyframe
-                            ? "no keyframe on topic '" + self->topic() + "' within " +
-                                  std::to_string(self->core_.config.whep.answer_timeout.count()) +
-                                  " ms (whep.answer_timeout_ms): is its video published?"
-                            : "WebRTC could not answer within " +
-                                  std::to_string(self->core_.config.whep.answer_timeout.count()) +
-                                  " ms (whep.answer_timeout_ms)"),
-                   "answer_timeout");
+      self->refuse(
+          text(504, self->state_ == State::keyframe
+                        ? "no keyframe on topic '" + self->topic() + "' within " +
+                              std::to_string(self->core_.config.whep.answer_timeout.count()) +
+                              " ms (whep.answer_timeout_ms): is its video published?"
+                        : "WebRTC could not answer within " +
+                              std::to_string(self->core_.config.whep.answer_timeout.count()) +
+                              " ms (whep.answer_timeout_ms)"),
+          "answer_timeout");
     });
     first_keyframe();
   }
@@ -302,13 +303,14 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
           if (m.payload.empty()) continue;
           codec_ = sniff_keyframe(m.payload.bytes());
           if (codec_ != VideoCodec::vp8 && codec_ != VideoCodec::h264) {
-            refuse(text(415, "topic '" + topic() + "' carries " +
-                                 (codec_ == VideoCodec::unknown
-                                      ? std::string("no VP8 or H.264 video (its keyframe is neither)")
-                                      : std::string(to_string(codec_)) +
-                                            " video: WebRTC viewers get VP8 or H.264 (sluice "
-                                            "ingest --output encoded of a VP8 or H.264 source)")),
-                   "unsupported_codec");
+            refuse(
+                text(415, "topic '" + topic() + "' carries " +
+                              (codec_ == VideoCodec::unknown
+                                   ? std::string("no VP8 or H.264 video (its keyframe is neither)")
+                                   : std::string(to_string(codec_)) +
+                                         " video: WebRTC viewers get VP8 or H.264 (sluice "
+                                         "ingest --output encoded of a VP8 or H.264 source)")),
+                "unsupported_codec");
             return;
           }
           held_ = std::move(m);
@@ -386,10 +388,10 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
         if (codec_ == VideoCodec::h264) {
           // The answer keeps the offer's profile for this payload type (the browser decodes
           // what the stream's SPS says whatever the profile named).
-          GstCaps* prefs = gst_caps_new_simple(
-              "application/x-rtp", "media", G_TYPE_STRING, "video", "encoding-name",
-              G_TYPE_STRING, "H264", "clock-rate", G_TYPE_INT, 90000, "payload", G_TYPE_INT,
-              choice.payload_type, nullptr);
+          GstCaps* prefs =
+              gst_caps_new_simple("application/x-rtp", "media", G_TYPE_STRING, "video",
+                                  "encoding-name", G_TYPE_STRING, "H264", "clock-rate", G_TYPE_INT,
+                                  90000, "payload", G_TYPE_INT, choice.payload_type, nullptr);
           g_object_set(trans, "codec-preferences", prefs, nullptr);
           gst_caps_unref(prefs);
         }
@@ -413,8 +415,8 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
     GstWebRTCSessionDescription* remote =
         gst_webrtc_session_description_new(GST_WEBRTC_SDP_TYPE_OFFER, offer_);
     offer_ = nullptr;  // (the description has it)
-    GstPromise* promise = gst_promise_new_with_change_func(
-        &on_remote_set, new ViewerLink(promised), &ViewerLink::destroy_notify);
+    GstPromise* promise = gst_promise_new_with_change_func(&on_remote_set, new ViewerLink(promised),
+                                                           &ViewerLink::destroy_notify);
     g_signal_emit_by_name(webrtc_, "set-remote-description", remote, promise);
     gst_promise_unref(promise);  // (webrtcbin holds it until it replies)
     gst_webrtc_session_description_free(remote);
@@ -424,7 +426,8 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
   // and the configured STUN/TURN servers.
   void configure_ice() {
     const auto& whep = core_.config.whep;
-    if (!whep.stun_server.empty()) g_object_set(webrtc_, "stun-server", whep.stun_server.c_str(), nullptr);
+    if (!whep.stun_server.empty())
+      g_object_set(webrtc_, "stun-server", whep.stun_server.c_str(), nullptr);
     for (const auto& turn : whep.turn_servers) {
       gboolean ok = FALSE;
       g_signal_emit_by_name(webrtc_, "add-turn-server", turn.c_str(), &ok);
@@ -553,7 +556,9 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
     gst_webrtc_session_description_free(local);
     state_ = State::answered;
     answer_timer_.cancel();
-    HttpResponse answer{201, "application/sdp", std::move(body),
+    HttpResponse answer{201,
+                        "application/sdp",
+                        std::move(body),
                         {{"Location", location_}, {"Cache-Control", "no-store"}}};
     for (const auto& h : cors_) answer.headers.push_back(h);
     if (reply_) {
@@ -651,8 +656,8 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
     if (m.payload.empty()) return;
     auto* ref = new Buffer(std::move(m.payload));
     GstBuffer* b = gst_buffer_new_wrapped_full(
-        GST_MEMORY_FLAG_READONLY, const_cast<std::byte*>(ref->data()), ref->size(), 0,
-        ref->size(), ref, [](gpointer p) { delete static_cast<Buffer*>(p); });
+        GST_MEMORY_FLAG_READONLY, const_cast<std::byte*>(ref->data()), ref->size(), 0, ref->size(),
+        ref, [](gpointer p) { delete static_cast<Buffer*>(p); });
     if ((m.flags & kItemDelta) != 0) GST_BUFFER_FLAG_SET(b, GST_BUFFER_FLAG_DELTA_UNIT);
     gst_app_src_push_buffer(GST_APP_SRC(appsrc_), b);  // (takes b)
     guint64 level = 0;
@@ -798,8 +803,9 @@ void WhepService::handle(HttpServer::Request& request, const HttpPeer& peer,
     return;
   }
   if (request.method() != http::verb::post || !path->id.empty()) {
-    auto answer = text(405, "WHEP: POST /v1/whep/{topic} (an SDP offer), DELETE "
-                            "/v1/whep/{topic}/{viewer}, OPTIONS");
+    auto answer = text(405,
+                       "WHEP: POST /v1/whep/{topic} (an SDP offer), DELETE "
+                       "/v1/whep/{topic}/{viewer}, OPTIONS");
     answer.headers.emplace_back("Allow", path->id.empty() ? "POST, OPTIONS" : "DELETE");
     reply(std::move(answer));
     return;
@@ -851,7 +857,12 @@ void WhepService::handle(HttpServer::Request& request, const HttpPeer& peer,
     refused(slot.refusal());
     return;
   }
-  const SubscribeRequest join{*who, path->topic, target.param("name"), 0, {}, 0,
+  const SubscribeRequest join{*who,
+                              path->topic,
+                              target.param("name"),
+                              0,
+                              {},
+                              0,
                               /*start_at_keyframe=*/true};
   auto pump = SubscriberPump::join(core, join, "webrtc-viewer", /*kernel_unsent=*/false);
   if (!pump) {

@@ -30,7 +30,8 @@ std::string offer(bool with_vp8 = true) {
       "t=0 0\r\n"
       "a=group:BUNDLE 0\r\n"
       "a=msid-semantic: WMS\r\n";
-  sdp += with_vp8 ? "m=video 9 UDP/TLS/RTP/SAVPF 96 97 102\r\n" : "m=video 9 UDP/TLS/RTP/SAVPF 102\r\n";
+  sdp += with_vp8 ? "m=video 9 UDP/TLS/RTP/SAVPF 96 97 102\r\n"
+                  : "m=video 9 UDP/TLS/RTP/SAVPF 102\r\n";
   sdp +=
       "c=IN IP4 0.0.0.0\r\n"
       "a=rtcp:9 IN IP4 0.0.0.0\r\n"
@@ -105,8 +106,8 @@ class Feeder {
 TEST(Whep, AnOfferIsAnsweredWithTheTopicsCodecAndDeleteEndsTheViewer) {
   RelayScene relay(whep_relay());
   const Feeder feed(relay, "camera", vp8_keyframe());
-  const auto answer = http_request(relay.http_port(), http::verb::post, "/v1/whep/camera",
-                                   offer(), "application/sdp");
+  const auto answer = http_request(relay.http_port(), http::verb::post, "/v1/whep/camera", offer(),
+                                   "application/sdp");
   ASSERT_EQ(answer.status, 201u) << answer.body;
   EXPECT_EQ(answer.headers.at("Content-Type"), "application/sdp");
   EXPECT_NE(answer.body.find("a=rtpmap:96 VP8/90000"), std::string::npos) << answer.body;
@@ -204,8 +205,8 @@ TEST(Whep, ViewersOverTheLimitAreRefusedNamingIt) {
   const auto first = http_request(relay.http_port(), http::verb::post, "/v1/whep/camera", offer(),
                                   "application/sdp");
   ASSERT_EQ(first.status, 201u) << first.body;
-  const auto second = http_request(relay.http_port(), http::verb::post, "/v1/whep/camera",
-                                   offer(), "application/sdp");
+  const auto second = http_request(relay.http_port(), http::verb::post, "/v1/whep/camera", offer(),
+                                   "application/sdp");
   EXPECT_EQ(second.status, 503u);
   EXPECT_NE(second.body.find("whep.max_viewers"), std::string::npos) << second.body;
   // The first is untouched, and its end frees the place.

@@ -26,7 +26,8 @@ TEST(VideoCodec, KeyframesAreToldApartByTheirFirstBytes) {
   EXPECT_EQ(sniff_keyframe(bytes({0, 0, 0, 1, 0x46, 0x01, 0x10})), VideoCodec::h265);
   EXPECT_EQ(sniff_keyframe(bytes({0, 0, 0, 1, 0x40, 0x01, 0x0C})), VideoCodec::h265);
   // VP8: key frame, shown, start code 9d 01 2a.
-  EXPECT_EQ(sniff_keyframe(bytes({0x10, 0x02, 0x00, 0x9D, 0x01, 0x2A, 0x40, 0x01})), VideoCodec::vp8);
+  EXPECT_EQ(sniff_keyframe(bytes({0x10, 0x02, 0x00, 0x9D, 0x01, 0x2A, 0x40, 0x01})),
+            VideoCodec::vp8);
   // A VP8 inter frame (bit 0 set) is not a keyframe.
   EXPECT_EQ(sniff_keyframe(bytes({0x11, 0x02, 0x00, 0x9D, 0x01, 0x2A})), VideoCodec::unknown);
   // VP9 profile 0 key frame: marker 10, then the sync code 49 83 42.
@@ -72,14 +73,16 @@ TEST(VideoCodec, TheOffersPayloadTypeForTheCodecIsChosen) {
   c = choose_payload(kOffer, VideoCodec::vp9);
   EXPECT_EQ(c.payload_type, -1);
   EXPECT_NE(c.error.find("VP9"), std::string::npos);
-  c = choose_payload("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
-                     "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n",
-                     VideoCodec::vp8);
+  c = choose_payload(
+      "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+      "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n",
+      VideoCodec::vp8);
   EXPECT_NE(c.error.find("no video section"), std::string::npos);
   // A video section that only sends cannot receive the topic.
-  c = choose_payload("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
-                     "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\na=rtpmap:96 VP8/90000\r\n",
-                     VideoCodec::vp8);
+  c = choose_payload(
+      "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+      "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\na=rtpmap:96 VP8/90000\r\n",
+      VideoCodec::vp8);
   EXPECT_EQ(c.payload_type, -1);
 }
 
