@@ -68,7 +68,8 @@ bool h265_start(std::uint8_t h0, std::uint8_t h1) {
 
 }  // namespace
 
-VideoCodec sniff_keyframe(std::span<const std::byte> b) noexcept {
+VideoCodec sniff_keyframe(std::span<const std::byte> frame) noexcept {
+  const auto b = frame;
   if (const std::size_t h = annex_b_header(b); h != 0 && h + 1 < b.size()) {
     if (h264_start(at(b, h))) return VideoCodec::h264;
     if (h265_start(at(b, h), at(b, h + 1))) return VideoCodec::h265;
@@ -91,7 +92,8 @@ VideoCodec sniff_keyframe(std::span<const std::byte> b) noexcept {
   return VideoCodec::unknown;
 }
 
-int h264_profile_idc(std::span<const std::byte> b) noexcept {
+int h264_profile_idc(std::span<const std::byte> frame) noexcept {
+  const auto b = frame;
   // Each NAL unit follows a 00 00 01; an SPS (type 7) has profile_idc in its next byte.
   for (std::size_t i = 0; i + 4 < b.size(); ++i) {
     if (at(b, i) == 0 && at(b, i + 1) == 0 && at(b, i + 2) == 1) {

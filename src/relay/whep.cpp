@@ -655,9 +655,13 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
   void push(RelayMessage m) {
     if (m.payload.empty()) return;
     auto* ref = new Buffer(std::move(m.payload));
-    GstBuffer* b = gst_buffer_new_wrapped_full(
-        GST_MEMORY_FLAG_READONLY, const_cast<std::byte*>(ref->data()), ref->size(), 0, ref->size(),
-        ref, [](gpointer p) { delete static_cast<Buffer*>(p); });
+    // (GStreamer's API takes a mutable pointer; the memory is flagged read-only, and nothing
+    // downstream writes to it: the payloader and SRTP read it into their own buffers)
+    auto* bytes =
+        const_cast<std::byte*>(ref->data());  // NOLINT(cppcoreguidelines-pro-type-const-cast)
+    GstBuffer* b =
+        gst_buffer_new_wrapped_full(GST_MEMORY_FLAG_READONLY, bytes, ref->size(), 0, ref->size(),
+                                    ref, [](gpointer p) { delete static_cast<Buffer*>(p); });
     if ((m.flags & kItemDelta) != 0) GST_BUFFER_FLAG_SET(b, GST_BUFFER_FLAG_DELTA_UNIT);
     gst_app_src_push_buffer(GST_APP_SRC(appsrc_), b);  // (takes b)
     guint64 level = 0;
