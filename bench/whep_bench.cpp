@@ -17,7 +17,6 @@
 #include <gst/sdp/sdp.h>
 #define GST_USE_UNSTABLE_API
 #include <gst/webrtc/webrtc.h>
-#include <nice/agent.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -36,6 +35,7 @@
 
 #include "peers/process_stats.hpp"
 #include "peers/relay_process.hpp"
+#include "relay/webrtc_ice.hpp"
 #include "sluice/client/client.hpp"
 #include "sluice/relay/protocol.hpp"
 
@@ -84,23 +84,9 @@ std::vector<Frame> encode_clip() {
   return out;
 }
 
-// Gathers every ICE candidate on 127.0.0.1 only.
+// Gathers every ICE candidate on 127.0.0.1 only (as the relay's whep.ice_addresses does).
 void loopback_ice(GstElement* webrtc) {
-  GObject* ice = nullptr;
-  g_object_get(webrtc, "ice-agent", &ice, nullptr);
-  if (ice == nullptr) return;
-  g_object_set(ice, "ice-tcp", FALSE, nullptr);
-  NiceAgent* agent = nullptr;
-  g_object_get(ice, "agent", &agent, nullptr);
-  if (agent != nullptr) {
-    g_object_set(agent, "upnp", FALSE, nullptr);
-    NiceAddress a;
-    nice_address_init(&a);
-    nice_address_set_from_string(&a, "127.0.0.1");
-    nice_agent_add_local_address(agent, &a);
-    g_object_unref(agent);
-  }
-  g_object_unref(ice);
+  sluice::relay::restrict_ice(webrtc, {"127.0.0.1"});
 }
 
 GstWebRTCSessionDescription* description_of(GstPromise* promise, const char* field) {

@@ -8,7 +8,6 @@
 #include <gst/sdp/sdp.h>
 #define GST_USE_UNSTABLE_API
 #include <gst/webrtc/webrtc.h>
-#include <nice/agent.h>
 
 #include <boost/asio/steady_timer.hpp>
 #include <condition_variable>
@@ -25,6 +24,7 @@
 #include "subscriber_pump.hpp"
 #include "topic.hpp"
 #include "video_codec.hpp"
+#include "webrtc_ice.hpp"
 
 namespace sluice::relay {
 
@@ -432,26 +432,7 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
       gboolean ok = FALSE;
       g_signal_emit_by_name(webrtc_, "add-turn-server", turn.c_str(), &ok);
     }
-    GObject* ice = nullptr;
-    g_object_get(webrtc_, "ice-agent", &ice, nullptr);
-    if (ice == nullptr) return;
-    g_object_set(ice, "ice-tcp", FALSE, nullptr);
-    NiceAgent* agent = nullptr;
-    g_object_get(ice, "agent", &agent, nullptr);
-    if (agent != nullptr) {
-      // A server asks no router to open ports for it (libnice's UPnP is on by default).
-      g_object_set(agent, "upnp", FALSE, nullptr);
-      if (!whep.ice_addresses.empty()) {
-        for (const auto& a : whep.ice_addresses) {
-          NiceAddress address;
-          nice_address_init(&address);
-          if (nice_address_set_from_string(&address, a.c_str()) != FALSE)
-            nice_agent_add_local_address(agent, &address);
-        }
-      }
-      g_object_unref(agent);
-    }
-    g_object_unref(ice);
+    restrict_ice(webrtc_, whep.ice_addresses);
   }
 
   // GStreamer's threads -> the loop.

@@ -5,28 +5,14 @@
 # Usage: serve_ingest_test.sh path/to/sluice
 set -u
 sluice=$1
-dir=$(mktemp -d)
-fail() { echo "FAIL: $*"; for f in "$dir"/*; do echo "--- $f"; cat "$f"; done; kill "$relay" 2>/dev/null; exit 1; }
-wait_for() {  # file pattern
-  i=0
-  while ! grep -q "$2" "$1" 2>/dev/null; do
-    i=$((i + 1)); [ "$i" -gt 200 ] && fail "no '$2' in $1"; sleep 0.1
-  done
-}
-cat >"$dir/relay.toml" <<'TOML'
-[[ingest]]
+relay_config='[[ingest]]
 uri = "test://"
 topic = "lobby.cam"
 width = 320
 height = 240
-fps = 15
-TOML
-relay=0
-SLUICE_GRPC_PORT=0 SLUICE_HTTP_PORT=0 "$sluice" serve --config "$dir/relay.toml" >"$dir/relay" 2>&1 &
-relay=$!
-wait_for "$dir/relay" '"event":"listening"'
+fps = 15'
+. "$(dirname "$0")/cli_relay.sh"
 wait_for "$dir/relay" '"event":"ingest_started".*"topic":"lobby.cam"'
-target=$(sed -n 's/.*"grpc":"\([^"]*\)".*/\1/p' "$dir/relay")
 "$sluice" sub --target "$target" --topic lobby.cam --count 20 >"$dir/sub" 2>&1 || fail "sub exit $?"
 grep -q '"event":"received".*"items":20' "$dir/sub" || fail "sub summary"
 kill "$relay"

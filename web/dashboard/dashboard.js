@@ -1,6 +1,7 @@
 // The relay's dashboard: follows /v1/ws/stats through the JavaScript client (/sluice.js) and
 // draws topics, subscribers, stages and their recent history (uPlot). See docs/dashboard.md.
 import { subscribe, watchStats } from "/sluice.js";
+import { pageToken } from "/token.js";
 
 const HISTORY_SECONDS = 300;
 const PERIOD_MS = 500;
@@ -8,13 +9,7 @@ const $ = (id) => document.getElementById(id);
 
 // ---- the token: #token=... in the page's address, or typed in (kept for this tab) ----
 const tokenInput = $("token");
-const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
-if (fromHash) sessionStorage.setItem("sluice.token", fromHash);
-tokenInput.value = sessionStorage.getItem("sluice.token") || "";
-tokenInput.addEventListener("change", () => {
-  sessionStorage.setItem("sluice.token", tokenInput.value);
-  restart();
-});
+pageToken(tokenInput, () => restart());
 
 // ---- state ----
 const history = new Map();  // topic -> {t: [], rate: [], mbps: [], queue: [], p99: [], drops: []}

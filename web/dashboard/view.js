@@ -2,6 +2,7 @@
 // JavaScript client's watchVideo) and shows beside it what the browser decodes (getStats) and
 // what the relay counts for this viewer (/v1/ws/stats). See docs/media.md.
 import { watchStats, watchVideo } from "/sluice.js";
+import { pageToken } from "/token.js";
 
 const $ = (id) => document.getElementById(id);
 const topic = decodeURIComponent(location.pathname.replace(/^\/view\//, ""));
@@ -10,13 +11,7 @@ $("topic").textContent = topic;
 document.title = `Sluice — ${topic}`;
 
 const tokenInput = $("token");
-const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
-if (fromHash) sessionStorage.setItem("sluice.token", fromHash);
-tokenInput.value = sessionStorage.getItem("sluice.token") || "";
-tokenInput.addEventListener("change", () => {
-  sessionStorage.setItem("sluice.token", tokenInput.value);
-  location.reload();
-});
+pageToken(tokenInput, () => location.reload());
 
 function setState(state, text) {
   $("state").dataset.state = state;

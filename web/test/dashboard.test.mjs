@@ -13,8 +13,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
+import { relay as startRelay } from "./relay.mjs";
 
 const SLUICE = process.env.SLUICE_BINARY;
+const relay = (options) => startRelay(SLUICE, options);
 const ARTIFACTS = process.env.SLUICE_ARTIFACTS || tmpdir();
 const CHROMIUM = process.env.SLUICE_CHROMIUM || "/usr/bin/chromium";
 assert.ok(SLUICE, "SLUICE_BINARY: the sluice executable");
@@ -34,34 +36,6 @@ async function freePort() {
   s.close();
   await once(s, "close");
   return port;
-}
-
-// A relay: `sluice serve` with `env` and `args`; resolves with its addresses once it listens.
-async function relay({ env = {}, args = [], config = null, httpPort = 0 } = {}) {
-  const extra = [];
-  if (config) {
-    const dir = mkdtempSync(join(tmpdir(), "sluice-browser-"));
-    writeFileSync(join(dir, "relay.toml"), config);
-    extra.push("--config", join(dir, "relay.toml"));
-  }
-  const child = spawn(SLUICE, ["serve", ...extra, ...args], {
-    env: { ...process.env, SLUICE_GRPC_PORT: "0", SLUICE_HTTP_PORT: String(httpPort), ...env },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const lines = createInterface({ input: child.stdout });
-  const [line] = await once(lines, "line");
-  const listening = JSON.parse(line);
-  assert.equal(listening.event, "listening", line);
-  return {
-    child,
-    http: `http://${listening.http}`,
-    dashboard: listening.dashboard,
-    async stop() {
-      if (child.exitCode !== null) return;
-      child.kill("SIGTERM");
-      await once(child, "exit");
-    },
-  };
 }
 
 // A page of `url` whose console errors and page errors are collected.

@@ -9,8 +9,8 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { readdirSync, readFileSync } from "node:fs";
-import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
+import { relay as startRelay } from "./relay.mjs";
 
 const SLUICE = process.env.SLUICE_BINARY;
 const CHROMIUM = process.env.SLUICE_CHROMIUM || "/usr/bin/chromium";
@@ -31,26 +31,9 @@ before(async () => {
 after(async () => { await browser?.close(); });
 
 // The relay, ICE on loopback; resolves once it listens.
-async function relay(env = {}) {
-  const child = spawn(SLUICE, ["serve"], {
-    env: { ...process.env, SLUICE_GRPC_PORT: "0", SLUICE_HTTP_PORT: "0",
-      SLUICE_WHEP_ICE_ADDRESSES: "127.0.0.1", SLUICE_WHEP_MAX_VIEWERS: String(VIEWERS + 10), ...env },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const lines = createInterface({ input: child.stdout });
-  const [line] = await once(lines, "line");
-  const listening = JSON.parse(line);
-  assert.equal(listening.event, "listening", line);
-  return {
-    child,
-    grpc: listening.grpc,
-    http: `http://${listening.http}`,
-    async stop() {
-      if (child.exitCode !== null) return;
-      child.kill("SIGTERM");
-      await once(child, "exit");
-    },
-  };
+function relay(env = {}) {
+  return startRelay(SLUICE, { env: { SLUICE_WHEP_ICE_ADDRESSES: "127.0.0.1",
+    SLUICE_WHEP_MAX_VIEWERS: String(VIEWERS + 10), ...env } });
 }
 
 // A live camera stand-in: the test pattern, VP8 (a keyframe every second), into `topic`.
