@@ -175,9 +175,16 @@ test(`${VIEWERS} viewers come and go in cycles: the relay's descriptors come bac
       await until("the crowd's end on the relay", async () => (await metric(r, "sluice_whep_viewers")) === 1);
     };
     await cycle();  // (the first loads what the relay keeps: plugins, thread pools)
-    // Pipelines are torn down off the loops: give the last a moment, then take the baseline.
-    await new Promise((res) => setTimeout(res, 1000));
-    const baseline = resources(r.child.pid);
+    // Pipelines are torn down off the loops, one after another: the baseline is taken once the
+    // relay's descriptors and threads have stopped falling (two samples alike, 500 ms apart).
+    let baseline = resources(r.child.pid);
+    await until("a steady baseline", async () => {
+      await new Promise((res) => setTimeout(res, 500));
+      const now = resources(r.child.pid);
+      const steady = now.fds === baseline.fds && now.threads === baseline.threads;
+      baseline = now;
+      return steady;
+    }, 60000);
     const end = Date.now() + SOAK_SECONDS * 1000;
     let cycles = 0;
     let peakRss = baseline.rss;
@@ -190,7 +197,7 @@ test(`${VIEWERS} viewers come and go in cycles: the relay's descriptors come bac
       const now = await until("the relay's baseline", async () => {
         const s = resources(r.child.pid);
         return s.fds === baseline.fds && s.threads === baseline.threads ? s : null;
-      }, 10000).catch(() => resources(r.child.pid));
+      }, 60000).catch(() => resources(r.child.pid));
       peakRss = Math.max(peakRss, now.rss);
       assert.equal(now.fds, baseline.fds, `descriptors after cycle ${cycles}`);
       assert.equal(now.threads, baseline.threads, `threads after cycle ${cycles}`);
