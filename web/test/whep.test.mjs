@@ -75,7 +75,7 @@ async function inbound(page, expr = "window.sluiceViewer.pc") {
   }, expr);
 }
 
-async function until(what, f, timeoutMs = 20000) {
+async function until(what, f, timeoutMs = 30000) {
   const end = Date.now() + timeoutMs;  // (a bound for a stuck page, not a figure)
   for (;;) {
     const v = await f();
@@ -93,7 +93,7 @@ test("the viewer page plays a camera's topic: frames decode and keep coming, at 
     const errors = [];
     page.on("pageerror", (e) => errors.push(String(e)));
     await page.goto(`${r.http}/view/cam`);
-    await page.waitForSelector("#state[data-state=playing]", { timeout: 20000 });
+    await page.waitForSelector("#state[data-state=playing]", { timeout: 30000 });
     const first = await until("frames decoded", async () => {
       const s = await inbound(page);
       return s && s.framesDecoded >= 10 ? s : null;
@@ -152,7 +152,7 @@ test(`${VIEWERS} viewers come and go in cycles: the relay's descriptors come bac
     // One viewer stays throughout.
     const stayer = await browser.newPage();
     await stayer.goto(`${r.http}/view/cam`);
-    await stayer.waitForSelector("#state[data-state=playing]", { timeout: 20000 });
+    await stayer.waitForSelector("#state[data-state=playing]", { timeout: 30000 });
     await until("the first frames", async () => ((await inbound(stayer))?.framesDecoded || 0) >= 5);
     const crowd = await browser.newPage();
     await crowd.goto(`${r.http}/healthz`);
