@@ -71,7 +71,7 @@ std::string vp8_keyframe() {
 RelayConfig whep_relay() {
   RelayConfig c;
   c.whep.ice_addresses = {"127.0.0.1"};
-  c.whep.answer_timeout = 3000ms;
+  c.whep.answer_timeout = 6000ms;  // (a bound: the keyframe comes every 20 ms; ICE gathers in ms)
   return c;
 }
 
