@@ -197,14 +197,19 @@ OfferChoice choose_payload(const GstSDPMessage& offer, VideoCodec codec, int pro
   return out;
 }
 
-OfferChoice choose_payload(std::string_view sdp, VideoCodec codec, int profile_idc) {
+SdpMessage parse_sdp(std::string_view sdp) {
   GstSDPMessage* msg = nullptr;
-  if (gst_sdp_message_new(&msg) != GST_SDP_OK) return {-1, {}, {}, "out of memory"};
-  const std::unique_ptr<GstSDPMessage, decltype(&gst_sdp_message_free)> owned(
-      msg, &gst_sdp_message_free);
+  if (gst_sdp_message_new(&msg) != GST_SDP_OK) return {nullptr, &gst_sdp_message_free};
+  SdpMessage owned(msg, &gst_sdp_message_free);
   if (gst_sdp_message_parse_buffer(reinterpret_cast<const guint8*>(sdp.data()),
                                    static_cast<guint>(sdp.size()), msg) != GST_SDP_OK)
-    return {-1, {}, {}, "the offer is not SDP"};
+    owned.reset();
+  return owned;
+}
+
+OfferChoice choose_payload(std::string_view sdp, VideoCodec codec, int profile_idc) {
+  const SdpMessage msg = parse_sdp(sdp);
+  if (!msg) return {-1, {}, {}, "the offer is not SDP"};
   return choose_payload(*msg, codec, profile_idc);
 }
 

@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -37,6 +38,11 @@ struct OfferChoice {
   std::string fmtp;       // its a=fmtp for that payload type (H.264: profile, packetization)
   std::string error;      // why the offer cannot be answered (empty if it can)
 };
+
+/// An SDP message, owned.
+using SdpMessage = std::unique_ptr<GstSDPMessage, decltype(&gst_sdp_message_free)>;
+/// `sdp` parsed by GStreamer; null if it is not SDP.
+SdpMessage parse_sdp(std::string_view sdp);
 
 /// The first video section of `sdp` (an SDP offer) that may receive (recvonly or sendrecv), and
 /// in it the payload type of `codec`: for H.264, packetization-mode=1 preferred (what the

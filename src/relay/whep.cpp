@@ -195,7 +195,7 @@ struct ViewerLink {
 class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
  public:
   WhepViewer(std::shared_ptr<WhepService::Impl> service, IoThread& loop, SessionSlot slot,
-             std::unique_ptr<SubscriberPump> pump, std::string id, GstSDPMessage* offer,
+             std::unique_ptr<SubscriberPump> pump, std::string id, SdpMessage offer,
              HttpServer::Reply reply, std::string location,
              std::vector<std::pair<std::string, std::string>> cors)
       : service_(std::move(service)),
@@ -204,7 +204,7 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
         slot_(std::move(slot)),
         pump_(std::move(pump)),
         id_(std::move(id)),
-        offer_(offer),
+        offer_(std::move(offer)),
         reply_(std::move(reply)),
         location_(std::move(location)),
         cors_(std::move(cors)),
@@ -220,7 +220,6 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
   ~WhepViewer() {
     loop_.subscribers.fetch_sub(1, std::memory_order_relaxed);
     if (reply_) reply_(text(503, "the relay stopped before the viewer was answered"));
-    if (offer_ != nullptr) gst_sdp_message_free(offer_);
     if (pipeline_ != nullptr) service_->reaper.retire(pipeline_);
   }
 
@@ -413,8 +412,7 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
       return;
     }
     GstWebRTCSessionDescription* remote =
-        gst_webrtc_session_description_new(GST_WEBRTC_SDP_TYPE_OFFER, offer_);
-    offer_ = nullptr;  // (the description has it)
+        gst_webrtc_session_description_new(GST_WEBRTC_SDP_TYPE_OFFER, offer_.release());
     GstPromise* promise = gst_promise_new_with_change_func(&on_remote_set, new ViewerLink(promised),
                                                            &ViewerLink::destroy_notify);
     g_signal_emit_by_name(webrtc_, "set-remote-description", remote, promise);
@@ -674,7 +672,7 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
   SessionSlot slot_;
   std::unique_ptr<SubscriberPump> pump_;
   const std::string id_;
-  GstSDPMessage* offer_;  // until webrtcbin has it
+  SdpMessage offer_;  // until webrtcbin has it
   HttpServer::Reply reply_;
   const std::string location_;
   const std::vector<std::pair<std::string, std::string>> cors_;
@@ -804,25 +802,18 @@ void WhepService::handle(HttpServer::Request& request, const HttpPeer& peer,
     refused({RefusalKind::internal, *missing});
     return;
   }
-  GstSDPMessage* offer = nullptr;
-  gst_sdp_message_new(&offer);
-  const std::string& body = request.body();
-  if (gst_sdp_message_parse_buffer(reinterpret_cast<const guint8*>(body.data()),
-                                   static_cast<guint>(body.size()), offer) != GST_SDP_OK ||
-      gst_sdp_message_medias_len(offer) == 0) {
-    gst_sdp_message_free(offer);
+  SdpMessage offer = parse_sdp(request.body());
+  if (!offer || gst_sdp_message_medias_len(offer.get()) == 0) {
     refused({RefusalKind::bad_request, "the request's body is not an SDP offer with media"});
     return;
   }
   {
     const MutexLock lock(impl_->mu);
     if (impl_->stopping) {
-      gst_sdp_message_free(offer);
       refused({RefusalKind::stopping, "the relay is stopping"});
       return;
     }
     if (impl_->reserved >= core.config.whep.max_viewers) {
-      gst_sdp_message_free(offer);
       refused({RefusalKind::too_many_sessions,
                "already " + std::to_string(impl_->reserved) +
                    " WebRTC viewers, the most whep.max_viewers (SLUICE_WHEP_MAX_VIEWERS) allows",
@@ -838,7 +829,6 @@ void WhepService::handle(HttpServer::Request& request, const HttpPeer& peer,
   auto slot = core.admission.admit(SessionRole::subscriber, peer.address);
   if (!slot) {
     release();
-    gst_sdp_message_free(offer);
     refused(slot.refusal());
     return;
   }
@@ -852,15 +842,15 @@ void WhepService::handle(HttpServer::Request& request, const HttpPeer& peer,
   auto pump = SubscriberPump::join(core, join, "webrtc-viewer", /*kernel_unsent=*/false);
   if (!pump) {
     release();
-    gst_sdp_message_free(offer);
     refused(pump.refusal());
     return;
   }
   std::string id = Topic::make_epoch();
   const std::string location = std::string(kPrefix) + target.path.substr(kPrefix.size()) + "/" + id;
   IoThread& loop = core.loops.subscriber_loop();
-  auto viewer = std::make_shared<WhepViewer>(impl_, loop, std::move(*slot), std::move(*pump), id,
-                                             offer, std::move(reply), location, cors(request));
+  auto viewer =
+      std::make_shared<WhepViewer>(impl_, loop, std::move(*slot), std::move(*pump), id,
+                                   std::move(offer), std::move(reply), location, cors(request));
   {
     const MutexLock lock(impl_->mu);
     impl_->viewers.emplace(std::move(id), viewer);
