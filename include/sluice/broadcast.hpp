@@ -15,6 +15,16 @@
 //   oldest retained item (its joined_at() says where it started: the difference is what it
 //   missed). Retained items are shared references like any other; retained_bytes() counts
 //   them. Positions are the broadcast's sequence numbers: the first item published is 0.
+// - Groups (config `group_items`, `group_bytes`; off by default): the broadcast keeps
+//   the items since the latest one a newcomer can start at — an item that depends on no
+//   earlier one (a video's keyframe), then those that depend on it (its delta frames) — so
+//   that subscribe_at_group() starts a newcomer there instead of at the next one. Whether an
+//   item depends on an earlier one is `depends_on_earlier(item)`, found by argument-dependent
+//   lookup (item types without it form no groups). Groups are kept only once an item that
+//   depends on an earlier one has been published: a stream of independent items keeps
+//   nothing. A group that would outgrow `group_items` or `group_bytes` is released whole (a
+//   newcomer then starts at the next group). Its items are shared references, counted by
+//   retained_bytes().
 // - Subscribers: subscribe(name, depth) returns a Subscription, an RAII handle; destroying it
 //   (or unsubscribe()) leaves and releases everything the subscriber held back. A subscriber
 //   sees the items published after it joined, in publish order. 1 ≤ depth ≤ capacity.
@@ -99,6 +109,10 @@ struct BroadcastConfig {
   /// sluice::size_bytes; the newest item is dropped from retention too if it alone is heavier).
   std::size_t retain = 0;
   std::size_t retain_bytes = kUnlimitedBytes;
+  /// The current group's items kept for subscribe_at_group() (0 .. capacity; 0: none),
+  /// and at most this many bytes of them (see Groups above).
+  std::size_t group_items = 0;
+  std::size_t group_bytes = kUnlimitedBytes;
   /// publish→receive latency sampling (see LatencySampling).
   LatencySampling latency = LatencySampling::adaptive;
 
@@ -134,6 +148,7 @@ struct BroadcastStats {
   std::uint64_t timeouts = 0;        // publishes that gave up at their deadline (lossless)
   std::uint64_t retained_bytes = 0;  // size_bytes of the items held (subscribers', retention)
   std::uint64_t retained_from = 0;   // the oldest position subscribe_from() can start at
+  std::uint64_t group_items = 0;     // the current group's items kept (0: none kept)
   double blocked_seconds = 0;        // time publishers waited for subscribers (spinning or parked)
   std::vector<SubscriberStats> subscribers;  // current subscribers, in joining order
   HistogramSnapshot latency_ns;              // publish→receive, sampled, all subscribers
@@ -141,6 +156,25 @@ struct BroadcastStats {
 
 template <class T>
 class Subscription;
+
+namespace detail_group {
+// Poison pill: only argument-dependent lookup finds an item type's depends_on_earlier.
+void depends_on_earlier() = delete;
+template <class T>
+concept HasAdl = requires(const T& v) {
+  { depends_on_earlier(v) } -> std::convertible_to<bool>;
+};
+template <class T>
+bool dependent(const T& v) {
+  return depends_on_earlier(v);
+}
+}  // namespace detail_group
+
+/// An item type whose items may depend on earlier ones (a video's delta frames on their
+/// keyframe): a free function `bool depends_on_earlier(const T&)` found by argument-dependent
+/// lookup. Broadcast keeps groups of such items (BroadcastConfig::group_items).
+template <class T>
+concept Grouped = detail_group::HasAdl<T>;
 
 namespace detail {
 
@@ -168,15 +202,20 @@ class SpinLock {
 
 // What the broadcast knows of one subscriber. Shared by the Subscription and the broadcast.
 struct SubscriberState {
-  SubscriberState(std::string n, std::size_t d, std::uint64_t start, std::uint64_t start_bytes)
+  SubscriberState(std::string n, std::size_t d, std::uint64_t start, std::uint64_t start_bytes,
+                  std::uint64_t catch_up)
       : name(std::move(n)),
         depth(d),
         joined_at(start),
+        caught_up_at(catch_up),
         cursor(start),
         consumed_bytes(start_bytes) {}
   const std::string name;
   const std::uint64_t depth;
   const std::uint64_t joined_at;  // sequence number of the first item it may receive
+  // Joined at a group: the head when it joined. Until it reaches it, it is lapped only once
+  // more than `depth` items were published after it (not for the group it starts with).
+  const std::uint64_t caught_up_at;
   // Next sequence number to receive. Written by the subscriber only; read by publishers.
   alignas(64) std::atomic<std::uint64_t> cursor;
   // Bytes published before it joined plus bytes it received (byte-budgeted broadcasts only).
@@ -245,6 +284,12 @@ struct BroadcastState {
   // weigh retain_held bytes together. Guarded by mu.
   std::uint64_t retain_from = 0;
   std::uint64_t retain_held = 0;
+  // Groups: while group_kept, the items [group_from, head) hold one reference more (the
+  // group's) and weigh group_held bytes. Guarded by mu.
+  bool dependents_seen = false;  // an item that depends on an earlier one was published
+  bool group_kept = false;
+  std::uint64_t group_from = 0;
+  std::uint64_t group_held = 0;
 
   WaitQueue data;  // subscribers waiting for an item
   WaitQueue room;  // lossless publishers waiting for subscribers
@@ -329,6 +374,11 @@ class Broadcast {
   /// behind holds the publisher until it is within `depth`; on a lossy one it is lapped at its
   /// first receive (a gap). Same exceptions as subscribe().
   Subscription<T> subscribe_from(std::uint64_t position, std::string name, std::size_t depth = 0);
+  /// Joins at the first item of the group it keeps (config group_items: a video's latest
+  /// keyframe), or at the next item to be published if it keeps none. Starting behind does not
+  /// lap it: until it reaches the head it joined at, it is lapped only once more than `depth`
+  /// items were published after it joined. Same exceptions as subscribe().
+  Subscription<T> subscribe_at_group(std::string name, std::size_t depth = 0);
   /// Items published so far: the position of the next one.
   std::uint64_t published() const noexcept { return state_->head.load(std::memory_order_acquire); }
 
@@ -390,6 +440,16 @@ class Broadcast {
   // Retention: drops the retention's reference on the oldest retained item (released to
   // `out` if nobody else needs it). Caller holds mu.
   void unretain_oldest(std::vector<std::optional<T>>& out) noexcept;
+  // Groups: item `seq` (of `weight` bytes; `dependent` on an earlier one) is being published:
+  // it starts a group, continues the kept one, or ends it (it outgrows its limits). Whether
+  // the group holds it. Caller holds mu.
+  bool group_publish(std::uint64_t seq, std::uint64_t weight, bool dependent,
+                     std::vector<std::optional<T>>& out) noexcept;
+  // Groups: drops the group's reference on each of its items. Caller holds mu.
+  void release_group(std::vector<std::optional<T>>& out) noexcept;
+  // subscribe_from / subscribe_at_group: at `position` (nullopt: the group's first item).
+  Subscription<T> join(std::optional<std::uint64_t> position, std::string name,
+                       std::size_t depth);
   // Lossless: recomputes the gate from the subscribers' cursors. Caller holds mu.
   void refresh_gate() const noexcept;  // (changes only the shared state's cached gate)
   // Lossless: may an item of `size` bytes be published as `seq`, by the last refresh? Caller
@@ -504,6 +564,17 @@ Subscription<T> Broadcast<T>::subscribe(std::string name, std::size_t depth) {
 template <class T>
 Subscription<T> Broadcast<T>::subscribe_from(std::uint64_t position, std::string name,
                                              std::size_t depth) {
+  return join(position, std::move(name), depth);
+}
+
+template <class T>
+Subscription<T> Broadcast<T>::subscribe_at_group(std::string name, std::size_t depth) {
+  return join(std::nullopt, std::move(name), depth);
+}
+
+template <class T>
+Subscription<T> Broadcast<T>::join(std::optional<std::uint64_t> position, std::string name,
+                                   std::size_t depth) {
   State& s = *state_;
   if (depth == 0) depth = s.config.default_depth;
   if (name.empty() || depth > s.config.capacity) {
@@ -517,8 +588,11 @@ Subscription<T> Broadcast<T>::subscribe_from(std::uint64_t position, std::string
   std::lock_guard lock(s.mu);
   if (!s.slots) s.slots.reset(new typename State::Slot[s.config.capacity]);
   const std::uint64_t head = s.head.load(std::memory_order_relaxed);
-  const std::uint64_t oldest = s.config.retain > 0 ? s.retain_from : head;
-  const std::uint64_t start = std::clamp(position, oldest, head);
+  // (Retention's and the group's items both run to the head: together, [oldest, head).)
+  std::uint64_t oldest = s.config.retain > 0 ? s.retain_from : head;
+  if (s.group_kept) oldest = std::min(oldest, s.group_from);
+  const std::uint64_t group = s.group_kept ? s.group_from : head;
+  const std::uint64_t start = std::clamp(position.value_or(group), oldest, head);
   // It needs the retained items [start, head) too: one reference more on each (they hold the
   // retention's, so none is released meanwhile), and their bytes are not yet consumed by it.
   std::uint64_t unread_bytes = 0;
@@ -529,7 +603,8 @@ Subscription<T> Broadcast<T>::subscribe_from(std::uint64_t position, std::string
   }
   auto sub = std::make_shared<detail::SubscriberState>(
       std::move(name), depth, start,
-      s.published_bytes.load(std::memory_order_relaxed) - (s.account ? unread_bytes : 0));
+      s.published_bytes.load(std::memory_order_relaxed) - (s.account ? unread_bytes : 0),
+      position ? start : head);
   s.subs.push_back(sub);
   s.gate = 0;  // recompute with the newcomer
   return Subscription<T>(state_, std::move(sub));
@@ -553,6 +628,42 @@ void Broadcast<T>::store(State& s, std::uint64_t seq, std::uint32_t readers, std
   slot.remaining.store(readers, std::memory_order_relaxed);
   slot.seq.store(seq, std::memory_order_release);  // last: marks the slot ready
   if (!s.unguarded_reads) slot.lock.unlock();
+}
+
+template <class T>
+bool Broadcast<T>::group_publish(std::uint64_t seq, std::uint64_t weight, bool dependent,
+                                 std::vector<std::optional<T>>& out) noexcept {
+  State& s = *state_;
+  if (dependent) s.dependents_seen = true;
+  const bool starts = !dependent && s.dependents_seen;
+  if (s.group_kept && (starts || seq - s.group_from >= s.config.group_items ||
+                       s.group_held + weight > s.config.group_bytes)) {
+    release_group(out);
+  }
+  if (starts && weight <= s.config.group_bytes) {
+    s.group_kept = true;
+    s.group_from = seq;
+    s.group_held = 0;
+  }
+  if (!s.group_kept) return false;
+  s.group_held += weight;
+  return true;
+}
+
+template <class T>
+void Broadcast<T>::release_group(std::vector<std::optional<T>>& out) noexcept {
+  State& s = *state_;
+  const std::uint64_t head = s.head.load(std::memory_order_relaxed);
+  for (std::uint64_t seq = s.group_from; seq < head; ++seq) {
+    auto& slot = s.slot_at(seq);
+    if (!s.unguarded_reads) slot.lock.lock();
+    if (slot.seq.load(std::memory_order_relaxed) == seq) {
+      if (auto item = s.pass(slot)) out.push_back(std::move(item));
+    }
+    if (!s.unguarded_reads) slot.lock.unlock();
+  }
+  s.group_kept = false;
+  s.group_held = 0;
 }
 
 template <class T>
@@ -726,7 +837,15 @@ SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline, Clock
     // Make room for this item in the retention window (its slot's previous item included).
     while (s.retain_from + s.config.retain <= seq) unretain_oldest(unretained);
   }
-  const auto readers = static_cast<std::uint32_t>(s.subs.size() + (retains ? 1 : 0));
+  bool grouped = false;  // the group holds this item
+  if constexpr (Grouped<T>) {
+    if (s.config.group_items > 0) {
+      grouped = group_publish(seq, weight, detail_group::dependent(std::as_const(item)), unretained);
+      if (grouped && !s.slots) s.slots.reset(new typename State::Slot[s.config.capacity]);
+    }
+  }
+  const auto readers =
+      static_cast<std::uint32_t>(s.subs.size() + (retains ? 1 : 0) + (grouped ? 1 : 0));
   // (No ring yet: nobody has ever subscribed, and nothing is stored.)
   if (s.slots) store(s, seq, readers, stamp, weight, std::move(item), old);
   if (retains) {
@@ -824,6 +943,7 @@ BroadcastStats Broadcast<T>::stats() const {
   {
     std::lock_guard lock(state_->mu);
     out.retained_from = s.config.retain > 0 ? s.retain_from : out.published;
+    out.group_items = s.group_kept ? out.published - s.group_from : 0;
   }
   out.blocked_seconds = static_cast<double>(s.blocked_ns.load(std::memory_order_relaxed)) / 1e9;
   out.latency_ns = s.latency.snapshot();
@@ -867,7 +987,9 @@ typename Subscription<T>::Attempt Subscription<T>::try_take(RecvResult<T>& out) 
       return Attempt::done;
     }
     const std::uint64_t lag = head - cursor;
-    if (lag > sub.depth) {
+    // (A newcomer that joined at a group counts its lag from where it joined until it is
+    // there; never more than the ring holds.)
+    if (head - std::max(cursor, sub.caught_up_at) > sub.depth || lag > s.config.capacity) {
       // Lapped (lossy; lossless publishers never get `depth` ahead): skip to the `depth` most
       // recent items and say so once, before the next item.
       const std::uint64_t lost = lag - sub.depth;

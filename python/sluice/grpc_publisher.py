@@ -166,15 +166,17 @@ class GrpcPublisher:
             self.events_dropped += 1
         self._events.put_nowait(notice)
 
-    async def send(self, payload: bytes, *, timestamp_ns: int = 0) -> int:
-        """Queues one frame; returns its sequence number (1, 2, ...)."""
+    async def send(self, payload: bytes, *, timestamp_ns: int = 0, flags: int = 0) -> int:
+        """Queues one frame; returns its sequence number (1, 2, ...). `flags`: ``DELTA`` on a
+        video's delta frames."""
         async with self._room:
             await self._room.wait_for(lambda: len(self._unacked) < self._window or self._error)
         if self._error is not None:
             raise self._error
         seq = self._next
         self._next += 1
-        item = pb.Item(payload=bytes(payload), sequence=seq, timestamp_ns=timestamp_ns)
+        item = pb.Item(payload=bytes(payload), sequence=seq, timestamp_ns=timestamp_ns,
+                       flags=flags)
         self._unacked[seq] = item
         await self._outbox.put(pb.PublishRequest(item=item))
         return seq

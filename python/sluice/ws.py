@@ -15,7 +15,8 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatusCode
 
 from .errors import Closed, MaxWaitExceeded, Refused
-from .frames import HEADER, HEADER_BYTES, Frame, Gap, Notice, _unpack, encode
+from .frames import (FLAGGED_HEADER_BYTES, HEADER, Frame, Gap, Notice, _unpack_flagged,
+                     encode_flagged)
 
 DEFAULT_URL = "ws://127.0.0.1:7401"
 # Publisher events kept for events() when nobody reads them; older ones are dropped, counted.
@@ -103,7 +104,8 @@ class Publisher:
     @classmethod
     async def connect(cls, topic: str, url: str = DEFAULT_URL, *, token: str | None = None,
                       ssl: ssl_module.SSLContext | None = None) -> "Publisher":
-        uri = _endpoint(url, f"/v1/ws/publish/{urllib.parse.quote(topic, safe='')}")
+        uri = _endpoint(url, f"/v1/ws/publish/{urllib.parse.quote(topic, safe='')}",
+                        header=FLAGGED_HEADER_BYTES)
         return cls(await _open(uri, token, ssl), topic)
 
     @property
@@ -137,16 +139,18 @@ class Publisher:
             self._event_ready.set()
 
     async def send(self, payload: bytes | bytearray | memoryview, *, frame_index: int | None = None,
-                   timestamp_ns: int = 0) -> int:
+                   timestamp_ns: int = 0, flags: int = 0) -> int:
         """Sends one frame; returns its index (default: the previous one plus one). A
-        timestamp of 0 lets the relay stamp the frame's arrival."""
+        timestamp of 0 lets the relay stamp the frame's arrival. `flags`: ``DELTA`` on a
+        video's delta frames (a subscriber that lost frames resumes at a keyframe, and a new
+        one starts at the latest keyframe)."""
         if not self._flowing.is_set():
             await self._flowing.wait()
             if self._ws.closed:
                 raise _closed(self._ws, self._last_error)
         index = self._next if frame_index is None else frame_index
         try:
-            await self._ws.send(encode(index, timestamp_ns, payload))
+            await self._ws.send(encode_flagged(index, timestamp_ns, flags, payload))
         except ConnectionClosed:
             await self._reader
             raise _closed(self._ws, self._last_error) from None
@@ -208,7 +212,7 @@ class Subscriber:
                       ssl: ssl_module.SSLContext | None = None,
                       reconnect: bool = False) -> "Subscriber":
         uri = _endpoint(url, f"/v1/ws/subscribe/{urllib.parse.quote(topic, safe='')}",
-                        name=name, depth=depth)
+                        name=name, depth=depth, header=FLAGGED_HEADER_BYTES)
         sub = cls(uri, topic, token, ssl, reconnect)
         sub._opened(await _open(uri, token, ssl))
         return sub
@@ -233,8 +237,8 @@ class Subscriber:
             if message.__class__ is bytes:
                 self.received += 1
                 self.position += 1
-                index, stamp = _unpack(message)
-                return Frame(index, stamp, memoryview(message)[HEADER_BYTES:])
+                index, stamp, flags, _ = _unpack_flagged(message)
+                return Frame(index, stamp, memoryview(message)[FLAGGED_HEADER_BYTES:], flags)
             gap = self._event(message)
             if gap is not None:
                 return gap

@@ -1,6 +1,7 @@
 // Non-template parts of Broadcast: configuration checks, names, stats and messages.
 #include "sluice/broadcast.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -61,6 +62,11 @@ void BroadcastConfig::validate() const {
                 "0 to capacity = " + std::to_string(capacity));
   }
   if (retain_bytes < 1) bad_setting(*this, "retain_bytes", "0", ">= 1, or unlimited");
+  if (group_items > capacity) {
+    bad_setting(*this, "group_items", std::to_string(group_items),
+                "0 to capacity = " + std::to_string(capacity));
+  }
+  if (group_bytes < 1) bad_setting(*this, "group_bytes", "0", ">= 1, or unlimited");
   if (evict_after.count() > 0 && mode == BroadcastMode::lossy) {
     bad_setting(*this, "evict_after", std::to_string(evict_after.count()) + " ns",
                 "0 in lossy mode (a lossy publisher never waits for a subscriber)");
@@ -79,7 +85,9 @@ SubscriberStats subscriber_stats(const SubscriberState& s, std::uint64_t head,
   out.lost[DropReason::slow_consumer] = s.lost_slow.load(std::memory_order_relaxed);
   const std::uint64_t cursor = s.cursor.load(std::memory_order_acquire);
   out.lag = head > cursor ? head - cursor : 0;
-  out.lapped = out.lag > s.depth ? out.lag - s.depth : 0;
+  // (A newcomer that joined at a group is lapped only past `depth` beyond where it joined.)
+  const std::uint64_t base = std::max(cursor, s.caught_up_at);
+  out.lapped = head > base + s.depth ? out.lag - s.depth : 0;
   const std::uint64_t consumed = s.consumed_bytes.load(std::memory_order_acquire);
   out.lag_bytes = published_bytes > consumed ? published_bytes - consumed : 0;
   out.max_lag = s.max_lag.load(std::memory_order_relaxed);

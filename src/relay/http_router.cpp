@@ -85,8 +85,17 @@ Outcome<WsRoute> ws_route(const HttpTarget& target) {
   const std::string_view path = target.path;
   if (path == "/v1/ws/stats") return WsRoute{WsEndpoint::stats, "", nullptr};
   for (const auto& e : kEndpoints) {
-    if (path.starts_with(e.path))
-      return WsRoute{e.endpoint, url_decode(path.substr(e.path.size())), nullptr};
+    if (!path.starts_with(e.path)) continue;
+    WsRoute route{e.endpoint, url_decode(path.substr(e.path.size())), nullptr};
+    if (const std::string header = target.param("header"); header == "24") {
+      route.frame_header_bytes = ws::kFlaggedFrameHeaderBytes;
+    } else if (!header.empty() && header != "16") {
+      return Refusal{RefusalKind::bad_request,
+                     "query parameter 'header' must be 16 (frame_index, timestamp_ns) or 24 "
+                     "(frame_index, timestamp_ns, flags, reserved)",
+                     "header"};
+    }
+    return route;
   }
   return Refusal{RefusalKind::not_found,
                  "no WebSocket endpoint at " + std::string(path.substr(0, 200)) +

@@ -16,6 +16,7 @@
 #include "http_server.hpp"
 #include "outcome.hpp"
 #include "sluice/metrics.hpp"
+#include "sluice/relay/protocol.hpp"
 #include "topic_registry.hpp"
 
 namespace sluice::relay {
@@ -45,6 +46,8 @@ struct WsRoute {
   WsEndpoint endpoint = WsEndpoint::publish;
   std::string topic;  // decoded (none for stats)
   Who who;            // who asks (http_caller)
+  // The frames' header: ?header=16 (the default) or 24 (with the items' flags).
+  std::size_t frame_header_bytes = ws::kFrameHeaderBytes;
 };
 /// The endpoint `target` names, or not_found listing the endpoints.
 Outcome<WsRoute> ws_route(const HttpTarget& target);

@@ -19,9 +19,10 @@ Outcome<std::unique_ptr<SubscriberPump>> SubscriberPump::join(RelayCore& core,
     // Resuming in this run: at its position. From another run (the relay restarted): it has
     // seen nothing of this one, so from the oldest item retained.
     const bool resumes = !r.resume_epoch.empty() && r.resume_epoch == topic.epoch;
+    // A newcomer starts at the latest keyframe the topic keeps (its current group), if any.
     auto sub = resumes ? topic.broadcast.subscribe_from(r.resume_from, name, r.depth)
                : !r.resume_epoch.empty() ? topic.broadcast.subscribe_from(0, name, r.depth)
-                                         : topic.broadcast.subscribe(name, r.depth);
+                                         : topic.broadcast.subscribe_at_group(name, r.depth);
     const std::uint64_t joined = sub.joined_at();
     std::unique_ptr<SubscriberPump> pump(
         new SubscriberPump(core, std::move(*t), std::move(sub), kernel_unsent));

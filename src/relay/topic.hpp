@@ -129,6 +129,10 @@ struct Topic {
     }
     b.retain = c.retain_items;
     b.retain_bytes = c.max_queue_bytes;
+    // A video's current group (its latest keyframe and the delta frames after it), so that a
+    // newcomer starts at that keyframe: within the ring and max_queue_bytes.
+    b.group_items = b.capacity;
+    b.group_bytes = c.max_queue_bytes;
     return b;
   }
 

@@ -2,7 +2,8 @@
 // the sessions only move bytes and the rules are in one place that a fuzzer drives
 // (fuzz/ws_messages_fuzz.cpp).
 //
-// - A publisher sends binary frames: a 16-byte header (ws::FrameHeader) and the payload.
+// - A publisher sends binary frames: the session's header (ws::FrameHeader: 16 bytes, or 24
+//   with the item's flags when it asked for ?header=24) and the payload.
 //   Publishers send no text events yet; a text message is answered with an error event.
 // - A worker sends binary results (the frame's header, then the result) or the text event
 //   {"frame_index":N,"error":"..."} for a frame it could not process.
@@ -11,6 +12,7 @@
 // goes on. An error quotes at most 100 bytes of what was sent (made valid UTF-8 when sent).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -32,10 +34,14 @@ struct WsWorkerError {
 };
 
 /// A publisher's message: a frame's header (its payload follows it in `bytes`), or why not.
-std::variant<ws::FrameHeader, WsProblem> publisher_message(bool text, std::string_view bytes);
+/// `header_bytes`: the session's, ws::kFrameHeaderBytes or ws::kFlaggedFrameHeaderBytes.
+std::variant<ws::FrameHeader, WsProblem> publisher_message(bool text, std::string_view bytes,
+                                                          std::size_t header_bytes);
 
 /// A worker's message: a result's header (the result follows it), an error, or why neither.
+/// (A result's flags are not used: the result is an item of its own, without flags.)
 std::variant<ws::FrameHeader, WsWorkerError, WsProblem> worker_message(bool text,
-                                                                       std::string_view bytes);
+                                                                       std::string_view bytes,
+                                                                       std::size_t header_bytes);
 
 }  // namespace sluice::relay

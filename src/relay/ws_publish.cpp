@@ -54,11 +54,13 @@ class WsPublisher final : public WsSession<WsPublisher> {
  public:
   // Frames are measured as they arrive (on_read_some), not by Beast's limit.
   WsPublisher(RelayCore& core, SessionSlot slot, Connection connection,
-              std::unique_ptr<PublishSession> session)
+              std::unique_ptr<PublishSession> session, std::size_t header_bytes)
       : WsSession(core, core.loops.main(), std::move(slot), std::move(connection),
                   "ws-publisher/" + session->topic().name,
-                  {core.config.max_frame_bytes + ws::kFrameHeaderBytes, std::size_t{64} * 1024}),
-        session_(std::move(session)) {}
+                  {core.config.max_frame_bytes + header_bytes, std::size_t{64} * 1024}),
+        session_(std::move(session)) {
+    frame_header(header_bytes);
+  }
 
   void launch(HttpServer::Request request) {
     session_->connect(posted(&WsPublisher::attempt), [w = weak_from_this()](PublishEvent e) {
@@ -105,7 +107,7 @@ class WsPublisher final : public WsSession<WsPublisher> {
   }
 
   void on_message() {
-    const auto message = publisher_message(ws_.got_text(), in_.view());
+    const auto message = publisher_message(ws_.got_text(), in_.view(), frame_header_bytes());
     if (const auto* problem = std::get_if<WsProblem>(&message)) {
       send_event({{"error", problem->error}});
       read();
@@ -114,8 +116,10 @@ class WsPublisher final : public WsSession<WsPublisher> {
     const auto head = std::get<ws::FrameHeader>(message);
     const Buffer frame = in_.freeze();  // takes the bytes as read; shared from here on
     sequence_ = head.index;
-    session_->add(RelayMessage{frame.slice(ws::kFrameHeaderBytes), head.index,
-                               head.timestamp_ns != 0 ? head.timestamp_ns : unix_now_ns()});
+    RelayMessage item{frame.slice(frame_header_bytes()), head.index,
+                      head.timestamp_ns != 0 ? head.timestamp_ns : unix_now_ns()};
+    item.flags = head.flags;
+    session_->add(std::move(item));
     attempt();
   }
 
@@ -168,7 +172,7 @@ std::optional<HttpResponse> ws_publish(RelayCore& core, SessionSlot slot, const 
       return http_refusal(core, *refusal);
   }
   auto publisher = std::make_shared<WsPublisher>(core, std::move(slot), std::move(connection),
-                                                 std::move(session));
+                                                 std::move(session), route.frame_header_bytes);
   publisher->expire_with(*route.who);
   publisher->launch(std::move(request));
   return std::nullopt;

@@ -57,13 +57,13 @@ inline std::string json_text(const nlohmann::json& j) {
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-// One WebSocket message on its way out: a JSON event (text), or a frame (binary: the 16-byte
-// header, then the payload Buffer shared with every other subscriber).
+// One WebSocket message on its way out: a JSON event (text), or a frame (binary: the session's
+// frame header, then the payload Buffer shared with every other subscriber).
 struct Outgoing {
   std::string text;
   std::optional<RelayMessage> frame;
   std::size_t size_bytes() const {
-    return frame ? ws::kFrameHeaderBytes + frame->payload.size() : text.size();
+    return frame ? ws::kFlaggedFrameHeaderBytes + frame->payload.size() : text.size();
   }
 };
 
@@ -150,6 +150,14 @@ class WsSession : public std::enable_shared_from_this<Derived> {
           for (const auto& [name, value] : headers) res.set(name, value);
         }));
   }
+
+  // The session's frame header: ws::kFrameHeaderBytes or ws::kFlaggedFrameHeaderBytes (the
+  // route's ?header=), both directions; the answer says it (Sluice-Header). Before start().
+  void frame_header(std::size_t bytes) {
+    frame_header_bytes_ = bytes;
+    answer_header("Sluice-Header", std::to_string(bytes));
+  }
+  std::size_t frame_header_bytes() const { return frame_header_bytes_; }
 
   // A header of the upgrade's answer (before start()).
   void answer_header(std::string name, std::string value) {
@@ -334,23 +342,24 @@ class WsSession : public std::enable_shared_from_this<Derived> {
     std::size_t head = 0;
     std::uint64_t size = 0;
     if (binary) {
-      const auto header = ws::encode({m.frame->sequence, m.frame->timestamp_ns});
-      size = ws::kFrameHeaderBytes + m.frame->payload.size();
+      const auto header =
+          ws::encode_flagged({m.frame->sequence, m.frame->timestamp_ns, m.frame->flags});
+      size = frame_header_bytes_ + m.frame->payload.size();
       head = ws_frame_header(true, size);
-      std::memcpy(header_.data() + head, header.data(), header.size());
+      std::memcpy(header_.data() + head, header.data(), frame_header_bytes_);
     } else {
       size = m.text.size();
       head = ws_frame_header(false, size);
     }
     const std::array<boost::asio::const_buffer, 2> parts{
-        boost::asio::const_buffer(header_.data(), head + (binary ? ws::kFrameHeaderBytes : 0)),
+        boost::asio::const_buffer(header_.data(), head + (binary ? frame_header_bytes_ : 0)),
         binary ? boost::asio::const_buffer(m.frame->payload.data(), m.frame->payload.size())
                : boost::asio::const_buffer(m.text.data(), m.text.size())};
     if (ws_.next_layer().try_append(parts)) return true;
     writing_ = true;
     current_ = std::move(m);  // (the buffers point into it, moved or not: the heap, or header_)
     const std::array<boost::asio::const_buffer, 2> held{
-        boost::asio::const_buffer(header_.data(), head + (binary ? ws::kFrameHeaderBytes : 0)),
+        boost::asio::const_buffer(header_.data(), head + (binary ? frame_header_bytes_ : 0)),
         binary ? boost::asio::const_buffer(current_.frame->payload.data(),
                                            current_.frame->payload.size())
                : boost::asio::const_buffer(current_.text.data(), current_.text.size())};
@@ -387,11 +396,12 @@ class WsSession : public std::enable_shared_from_this<Derived> {
   }
 
   Outgoing current_;  // being written (a frame's Buffer stays alive until then)
-  // The WebSocket frame header (at most 10 bytes), then a frame's 16-byte header.
-  std::array<unsigned char, 10 + ws::kFrameHeaderBytes> header_{};
+  // The WebSocket frame header (at most 10 bytes), then a frame's header (16 or 24 bytes).
+  std::array<unsigned char, 10 + ws::kFlaggedFrameHeaderBytes> header_{};
   std::optional<std::pair<websocket::close_code, std::string>> ending_;
   bool writing_ = false;
   bool frame_queued_ = false;
+  std::size_t frame_header_bytes_ = ws::kFrameHeaderBytes;
 };
 
 }  // namespace sluice::relay

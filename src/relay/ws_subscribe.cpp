@@ -1,5 +1,5 @@
 // A subscriber over WebSocket (/v1/ws/subscribe/{topic}?name=...&depth=...): a SubscriberPump
-// whose frames go out as binary messages (the 16-byte header, then the payload Buffer shared
+// whose frames go out as binary messages (the frame header, then the payload Buffer shared
 // with every other subscriber) and whose gaps go out as JSON events ahead of the frame after
 // them. One write at a time; every write that waits on the socket is timed for the pump's
 // judge (a stalled subscriber is closed with 4008). The subscriber runs on the loop serving
@@ -221,6 +221,7 @@ std::optional<HttpResponse> ws_subscribe(RelayCore& core, SessionSlot slot, cons
   auto subscriber = std::make_shared<WsSubscriber>(core, loop, std::move(slot), std::move(*own),
                                                    std::move(*pump));
   subscriber->expire_with(*route.who);
+  subscriber->frame_header(route.frame_header_bytes);
   subscriber->answer_header("Sluice-Epoch", subscriber_epoch);
   subscriber->answer_header("Sluice-Position", std::to_string(subscriber_position));
   boost::asio::post(loop.context(), [subscriber, request = std::move(request)]() mutable {

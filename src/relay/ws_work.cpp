@@ -1,6 +1,6 @@
 // A stage worker over WebSocket (/v1/ws/work/{topic}?name=...&concurrency=...): a
-// WorkerSession whose frames go out as binary messages (the same 16-byte header as
-// subscribers get), at most `concurrency` unanswered. The worker answers each with a binary
+// WorkerSession whose frames go out as binary messages (the same header as subscribers get:
+// 16 bytes, or 24 with the flags under ?header=24), at most `concurrency` unanswered. The worker answers each with a binary
 // result carrying the frame's header (published to the results topic) or a text
 // {"frame_index":N,"error":"..."} (the frame goes to another worker or is failed, and its
 // producer told). When it leaves, what it held goes elsewhere.
@@ -24,11 +24,14 @@ class WsWorker final : public WsSession<WsWorker> {
  public:
   // A worker's results are frames like a publisher's: read ahead, bounded by Beast's limit.
   WsWorker(RelayCore& core, SessionSlot slot, Connection connection,
-           std::unique_ptr<WorkerSession> worker, const std::string& name)
+           std::unique_ptr<WorkerSession> worker, const std::string& name,
+           std::size_t header_bytes)
       : WsSession(core, core.loops.main(), std::move(slot), std::move(connection),
                   "ws-worker/" + name,
-                  {core.config.max_frame_bytes + ws::kFrameHeaderBytes, std::size_t{64} * 1024}),
-        worker_(std::move(worker)) {}
+                  {core.config.max_frame_bytes + header_bytes, std::size_t{64} * 1024}),
+        worker_(std::move(worker)) {
+    frame_header(header_bytes);
+  }
 
   void opened() {
     const WorkerJoined j = worker_->enter();
@@ -73,7 +76,7 @@ class WsWorker final : public WsSession<WsWorker> {
   }
 
   void on_message() {
-    const auto message = worker_message(ws_.got_text(), in_.view());
+    const auto message = worker_message(ws_.got_text(), in_.view(), frame_header_bytes());
     std::optional<std::string> problem;
     std::uint64_t sequence = 0;
     if (const auto* p = std::get_if<WsProblem>(&message)) {
@@ -85,7 +88,7 @@ class WsWorker final : public WsSession<WsWorker> {
       problem = worker_->error(sequence, e->error);
     } else {
       sequence = std::get<ws::FrameHeader>(message).index;
-      problem = worker_->result(sequence, in_.freeze().slice(ws::kFrameHeaderBytes));
+      problem = worker_->result(sequence, in_.freeze().slice(frame_header_bytes()));
     }
     if (problem) send_event({{"error", *problem}, {"frame_index", sequence}});
   }
@@ -108,7 +111,8 @@ std::optional<HttpResponse> ws_work(RelayCore& core, SessionSlot slot, const WsR
   if (auto refusal = worker->join({route.who, route.topic, name, *concurrency}))
     return http_refusal(core, *refusal);
   auto session = std::make_shared<WsWorker>(core, std::move(slot), std::move(connection),
-                                            std::move(worker), route.topic + "/" + name);
+                                            std::move(worker), route.topic + "/" + name,
+                                            route.frame_header_bytes);
   session->expire_with(*route.who);
   session->start(std::move(request));
   return std::nullopt;

@@ -149,37 +149,75 @@ TEST(Keyframes, ALappedViewerResumesAtAKeyframeAndIsToldWhatItSkipped) {
             static_cast<double>(skipped));
 }
 
-// A viewer that joins mid-GOP starts at the next keyframe, told first how many delta items it
-// was not given; producers that set no flags lose nothing to this (every item stands alone).
-TEST(Keyframes, AViewerJoiningMidGopStartsAtTheNextKeyframe) {
+// A viewer that joins mid-GOP starts at the latest keyframe, which the topic keeps with the
+// delta items after it (its current group): it gets them all, no gap, and can decode at once.
+TEST(Keyframes, AViewerJoiningMidGopStartsAtTheLatestKeyframe) {
   RelayScene relay(video_topic());
   client::PublisherOptions po;
   po.target = relay.target;
   po.topic = "video";
   client::Publisher pub(po);
-  for (std::uint64_t i = 0; i < 5; ++i)  // (a keyframe and four deltas before the viewer)
+  for (std::uint64_t i = 0; i < 15; ++i)  // (two GOPs: the second, 10..14, is the current one)
     ASSERT_TRUE(pub.publish(Buffer::copy("early"), 0, flags_of(i)).ok());
   ASSERT_TRUE(relay.wait_for_sessions(1));
   std::this_thread::sleep_for(200ms);  // (those are in the topic before the viewer joins)
-  client::Subscriber late(viewer(relay, "late", 64));
+  client::Subscriber late(viewer(relay, "late", 4));  // (a depth below what it starts behind)
   ASSERT_TRUE(late.subscribed());
   std::vector<Event> seen;
-  auto t = reading(late, seen, 12, 0ms);
-  for (std::uint64_t i = 5; i < 13; ++i)  // 5..9 deltas, 10 a keyframe, 11 and 12 deltas
+  auto t = reading(late, seen, 22, 0ms);
+  for (std::uint64_t i = 15; i < 23; ++i) {  // (paced: this viewer is not lapped by them)
     ASSERT_TRUE(pub.publish(Buffer::copy("late"), 0, flags_of(i)).ok());
+    std::this_thread::sleep_for(20ms);
+  }
   ASSERT_TRUE(pub.close().ok());
   join_within(t, late, std::chrono::seconds(30));
-  ASSERT_EQ(seen.size(), 4U);
-  EXPECT_TRUE(seen[0].gap);
-  EXPECT_EQ(seen[0].reason, "until_keyframe");
-  EXPECT_EQ(seen[0].lost, 5U);
-  EXPECT_EQ(seen[1].sequence, 10U);
-  EXPECT_EQ(seen[2].sequence, 11U);
-  EXPECT_EQ(seen[3].sequence, 12U);
+  ASSERT_EQ(seen.size(), 13U);
+  for (std::uint64_t i = 0; i < seen.size(); ++i) {
+    ASSERT_FALSE(seen[i].gap) << seen[i].reason;
+    EXPECT_EQ(seen[i].sequence, 10 + i);
+    EXPECT_EQ(seen[i].flags, flags_of(10 + i));
+  }
+  // What the topic keeps for newcomers, it reports.
+  EXPECT_GT(series(relay, "sluice_topic_retained_bytes{", {"topic=\"video\""}), 0);
 }
 
-// A lossless topic's subscriber gets every item, delta or not, from wherever it joins: nothing
-// is skipped there (a recorder keeps the whole stream).
+// A group longer than the topic's ring is not kept: a viewer that joins mid-GOP then starts at
+// the next keyframe, told first how many delta items it was not given.
+TEST(Keyframes, AGopLongerThanTheTopicHoldsIsNotKeptTheViewerWaitsForTheNextKeyframe) {
+  RelayConfig c;
+  TopicConfig t;
+  t.name = "video";
+  t.mode = TopicMode::realtime;
+  t.depth = 4;  // a ring of 8 items: a GOP of 10 does not fit
+  c.topics.push_back(t);
+  RelayScene relay(c);
+  client::PublisherOptions po;
+  po.target = relay.target;
+  po.topic = "video";
+  client::Publisher pub(po);
+  for (std::uint64_t i = 0; i < 19; ++i)
+    ASSERT_TRUE(pub.publish(Buffer::copy("early"), 0, flags_of(i)).ok());
+  ASSERT_TRUE(relay.wait_for_sessions(1));
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(series(relay, "sluice_topic_retained_bytes{", {"topic=\"video\""}), 0);
+  client::Subscriber late(viewer(relay, "late", 4));
+  ASSERT_TRUE(late.subscribed());
+  std::vector<Event> seen;
+  auto th = reading(late, seen, 21, 0ms);
+  for (std::uint64_t i = 19; i < 22; ++i)  // 19 a delta, 20 a keyframe, 21 a delta
+    ASSERT_TRUE(pub.publish(Buffer::copy("late"), 0, flags_of(i)).ok());
+  ASSERT_TRUE(pub.close().ok());
+  join_within(th, late, std::chrono::seconds(30));
+  ASSERT_EQ(seen.size(), 3U);
+  EXPECT_TRUE(seen[0].gap);
+  EXPECT_EQ(seen[0].reason, "until_keyframe");
+  EXPECT_EQ(seen[0].lost, 1U);
+  EXPECT_EQ(seen[1].sequence, 20U);
+  EXPECT_EQ(seen[2].sequence, 21U);
+}
+
+// A lossless topic's subscriber gets every item, delta or not: nothing is skipped there (a
+// recorder keeps the whole stream), and it too starts at the latest keyframe.
 TEST(Keyframes, ALosslessTopicSkipsNothing) {
   RelayConfig c;
   TopicConfig t;
@@ -191,7 +229,7 @@ TEST(Keyframes, ALosslessTopicSkipsNothing) {
   po.target = relay.target;
   po.topic = "recording";
   client::Publisher pub(po);
-  for (std::uint64_t i = 0; i < 5; ++i)
+  for (std::uint64_t i = 0; i < 15; ++i)  // (the current group: 10..14)
     ASSERT_TRUE(pub.publish(Buffer::copy("early"), 0, flags_of(i)).ok());
   std::this_thread::sleep_for(200ms);
   client::SubscriberOptions so;
@@ -201,16 +239,16 @@ TEST(Keyframes, ALosslessTopicSkipsNothing) {
   client::Subscriber rec(so);
   ASSERT_TRUE(rec.subscribed());
   std::vector<Event> seen;
-  auto th = reading(rec, seen, 10, 0ms);
-  for (std::uint64_t i = 5; i < 11; ++i)
+  auto th = reading(rec, seen, 25, 0ms);
+  for (std::uint64_t i = 15; i < 26; ++i)
     ASSERT_TRUE(pub.publish(Buffer::copy("late"), 0, flags_of(i)).ok());
   ASSERT_TRUE(pub.close().ok());
   join_within(th, rec, std::chrono::seconds(30));
-  ASSERT_EQ(seen.size(), 6U);
-  for (std::uint64_t i = 0; i < 6; ++i) {
+  ASSERT_EQ(seen.size(), 16U);  // from keyframe 10, which the topic kept, to 25
+  for (std::uint64_t i = 0; i < seen.size(); ++i) {
     ASSERT_FALSE(seen[i].gap);
-    EXPECT_EQ(seen[i].sequence, 5 + i);
-    EXPECT_EQ(seen[i].flags, flags_of(5 + i));
+    EXPECT_EQ(seen[i].sequence, 10 + i);
+    EXPECT_EQ(seen[i].flags, flags_of(10 + i));
   }
 }
 

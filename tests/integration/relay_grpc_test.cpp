@@ -100,12 +100,21 @@ std::unique_ptr<grpc::ClientReader<v1::SubscribeEvent>> subscribe(Relay& relay,
   return reader;
 }
 
+// Items of a batch not handed out yet, per reader (by address: forget_reader() before a
+// reader whose batch was not read to its end goes, or a later one at its address gets them).
+std::map<const void*, std::vector<v1::SubscribeEvent>>& pending_by_reader() {
+  static thread_local std::map<const void*, std::vector<v1::SubscribeEvent>> pending;
+  return pending;
+}
+template <class Reader>
+void forget_reader(Reader& reader) {
+  pending_by_reader().erase(reader.get());
+}
+
 // Reads one item or gap notice, taking batches apart (the relay batches what queued up).
 template <class Reader>
 bool read_event(Reader& reader, v1::SubscribeEvent& out) {
-  // Items of a batch not handed out yet, per reader.
-  static thread_local std::map<const void*, std::vector<v1::SubscribeEvent>> pending_by_reader;
-  auto& pending = pending_by_reader[reader.get()];
+  auto& pending = pending_by_reader()[reader.get()];
   if (pending.empty()) {
     v1::SubscribeEvent e;
     if (!reader->Read(&e)) return false;
@@ -836,6 +845,7 @@ TEST(RelayGrpc, ASubscriberThatComesBackResumesFromItsPosition) {
     while (reader->Read(&e)) {
     }
     reader->Finish();
+    forget_reader(reader);
   }
   grpc::ClientContext ctx;
   v1::SubscribeRequest req;

@@ -107,6 +107,69 @@ TEST(RelayWs, FramesFromAPublisherReachEveryViewerWithTheirHeader) {
   b.s.close(websocket::close_code::normal);
 }
 
+// ?header=24 adds the item's flags (and 4 reserved bytes) to the frame header, both ways, per
+// session: a publisher's flags reach a viewer that asked for them (and gRPC subscribers: the
+// item's flags), a viewer on the 16-byte header gets exactly the frames it always did, and the
+// relay says which header a session has. A frame shorter than its session's header, or another
+// header length, is refused naming what is accepted.
+TEST(RelayWs, The24ByteHeaderCarriesTheFlagsBothWaysThe16ByteOneIsUnchanged) {
+  testing::RelayScene relay(loopback());
+  const auto port = relay.http_port();
+  WsClient flagged;
+  WsClient plain;
+  ASSERT_FALSE(flagged.connect(port, "/v1/ws/subscribe/cam?name=flagged&header=24"));
+  ASSERT_FALSE(plain.connect(port, "/v1/ws/subscribe/cam?name=plain"));
+  EXPECT_EQ(flagged.response["Sluice-Header"], "24");
+  EXPECT_EQ(plain.response["Sluice-Header"], "16");
+  WsClient pub;
+  ASSERT_FALSE(pub.connect(port, "/v1/ws/publish/cam?header=24"));
+  EXPECT_EQ(pub.response["Sluice-Header"], "24");
+  constexpr int kFrames = 30;
+  for (int i = 0; i < kFrames; ++i) {
+    std::string f = testing::flagged_frame(i, 1000 + i, static_cast<std::uint32_t>(i % 4),
+                                           "frame-" + std::to_string(i));
+    f[20] = 'x';  // reserved: ignored
+    pub.send_binary(f);
+  }
+  for (int i = 0; i < kFrames; ++i) {
+    bool text = true;
+    std::string bytes;
+    ASSERT_FALSE(flagged.read(text, bytes));
+    ASSERT_FALSE(text) << bytes;
+    ASSERT_EQ(bytes.size(), ws::kFlaggedFrameHeaderBytes + ("frame-" + std::to_string(i)).size());
+    const auto h = ws::decode(bytes.data(), ws::kFlaggedFrameHeaderBytes);
+    EXPECT_EQ(h.index, static_cast<std::uint64_t>(i));
+    EXPECT_EQ(h.timestamp_ns, 1000 + i);
+    EXPECT_EQ(h.flags, static_cast<std::uint32_t>(i % 4));
+    EXPECT_EQ(bytes.substr(20, 4), std::string(4, '\0'));  // reserved: sent as zero
+    EXPECT_EQ(bytes.substr(24), "frame-" + std::to_string(i));
+    ASSERT_FALSE(plain.read(text, bytes));
+    ASSERT_FALSE(text) << bytes;
+    EXPECT_EQ(index_of(bytes), static_cast<std::uint64_t>(i));
+    EXPECT_EQ(bytes.substr(16), "frame-" + std::to_string(i));
+  }
+  // A frame with only the 16-byte header on a 24-byte session: refused, the session goes on.
+  pub.send_binary(frame(99, 0, ""));
+  bool text = false;
+  std::string event;
+  ASSERT_FALSE(pub.read(text, event));
+  ASSERT_TRUE(text);
+  EXPECT_NE(event.find("24-byte header"), std::string::npos) << event;
+  pub.send_binary(testing::flagged_frame(kFrames, 0, kItemDelta, "after"));
+  std::string bytes;
+  ASSERT_FALSE(flagged.read(text, bytes));
+  EXPECT_EQ(ws::decode(bytes.data(), ws::kFlaggedFrameHeaderBytes).flags, kItemDelta);
+  // Any other length: 400 before the upgrade, naming the parameter.
+  WsClient odd;
+  EXPECT_EQ(odd.connect(port, "/v1/ws/subscribe/cam?header=20"),
+            websocket::error::upgrade_declined);
+  EXPECT_EQ(odd.http_status, 400U);
+  EXPECT_NE(odd.http_body.find("'header'"), std::string::npos) << odd.http_body;
+  pub.s.close(websocket::close_code::normal);
+  flagged.s.close(websocket::close_code::normal);
+  plain.s.close(websocket::close_code::normal);
+}
+
 // Producers' large frames are read into blocks the relay recycles (relay/frame_buffer.hpp):
 // frames of 256 KiB reach the viewer intact, one after another (each read into a block an
 // earlier frame gave back); once small frames have pushed the large ones out of the topic, their

@@ -21,6 +21,12 @@ inline std::string frame(std::uint64_t index, std::int64_t stamp, const std::str
   const auto header = ws::encode({index, stamp});
   return std::string(header.begin(), header.end()) + payload;
 }
+// the 24-byte header (frame_index, timestamp_ns, flags, reserved) + payload
+inline std::string flagged_frame(std::uint64_t index, std::int64_t stamp, std::uint32_t flags,
+                                 const std::string& payload) {
+  const auto header = ws::encode_flagged({index, stamp, flags});
+  return std::string(header.begin(), header.end()) + payload;
+}
 inline std::uint64_t index_of(const std::string& f) {
   return ws::decode(f.data()).index;
 }

@@ -37,10 +37,39 @@ async def test_frames_arrive_in_order_with_their_header_and_the_payload_is_a_vie
     assert isinstance(f.payload, memoryview)
     a = f.array("uint8", (3, 4))
     message = np.frombuffer(f.payload.obj, dtype=np.uint8)
-    assert a.ctypes.data == message.ctypes.data + sluice.HEADER_BYTES
+    assert a.ctypes.data == message.ctypes.data + sluice.FLAGGED_HEADER_BYTES
     assert not a.flags.owndata and not a.flags.writeable
     assert (a == 7).all()
     assert r.topic("py.cam")["subscribers"][0]["name"] == "py-sub"
+    await pub.close()
+    await sub.close()
+
+
+async def test_flags_travel_with_frames_and_a_newcomer_starts_at_the_latest_keyframe(relay_with):
+    # A video: a keyframe every 5 frames, the others DELTA. A subscriber that joins mid-GOP gets
+    # the latest keyframe first (the topic keeps it with its delta frames), then everything.
+    r = relay_with('[[topic]]\nname = "video"\nmode = "realtime"\ndepth = 16\n')
+    pub = await sluice.Publisher.connect("video", r.url)
+
+    def flags(i):
+        return 0 if i % 5 == 0 else sluice.DELTA
+
+    for i in range(13):
+        await pub.send(b"f%d" % i, flags=flags(i))
+    await asyncio.sleep(0.3)  # (in the topic before the subscriber joins)
+    sub = await sluice.Subscriber.connect("video", r.url, depth=16)
+    assert sub.position == 10
+    for i in range(13, 16):
+        await pub.send(b"f%d" % i, flags=flags(i))
+    got = []
+    async for m in sub:
+        assert isinstance(m, sluice.Frame), m
+        got.append(m)
+        if m.index == 15:
+            break
+    assert [f.index for f in got] == list(range(10, 16))
+    assert [f.flags for f in got] == [flags(i) for i in range(10, 16)]
+    assert got[0].keyframe and not got[1].keyframe
     await pub.close()
     await sub.close()
 

@@ -634,4 +634,165 @@ TEST(BroadcastRetention, ResumesRacingWithPublishesLoseOnlyWhatTheyAreToldOf) {
   EXPECT_GT(resumed_exactly.load(), 0U);
 }
 
+// --- Groups: a newcomer starts at the latest item that depends on no earlier one ------------
+
+namespace video {
+// A frame of a video: a keyframe, or a delta frame that depends on the frames before it.
+struct Frame {
+  std::uint64_t index = 0;
+  bool delta = false;
+  Buffer bytes;
+};
+bool depends_on_earlier(const Frame& f) {
+  return f.delta;
+}
+std::size_t size_bytes(const Frame& f) {
+  return f.bytes.size();
+}
+}  // namespace video
+
+static_assert(Grouped<video::Frame>);
+static_assert(!Grouped<int>);
+
+namespace {
+constexpr std::uint64_t kGop = 5;  // a keyframe every 5 frames
+video::Frame frame_at(std::uint64_t i, std::size_t bytes = 10) {
+  return {i, i % kGop != 0, Buffer(std::string(bytes, 'v'))};
+}
+BroadcastConfig grouping(BroadcastMode mode, std::size_t capacity = 16) {
+  BroadcastConfig c = cfg(mode, capacity);
+  c.group_items = capacity;
+  c.default_depth = 4;
+  c.max_wait = 0ms;
+  return c;
+}
+}  // namespace
+
+TEST(BroadcastGroups, ANewcomerStartsAtTheLatestKeyframeAndGetsEverythingAfterIt) {
+  for (const auto mode : {BroadcastMode::lossy, BroadcastMode::lossless}) {
+    Broadcast<video::Frame> b(grouping(mode));
+    // Nobody subscribes: the current group is kept anyway (keyframe 5 and its deltas).
+    for (std::uint64_t i = 0; i < 8; ++i) ASSERT_TRUE(b.publish(frame_at(i)));
+    EXPECT_EQ(b.stats().group_items, 3U);
+    EXPECT_EQ(b.retained_bytes(), 30U);  // what it keeps, it reports
+    // (Real-time: a depth below the group's length. Lossless: a newcomer behind by more than
+    // its depth would hold the publisher back.)
+    auto late = b.subscribe_at_group("late", mode == BroadcastMode::lossy ? 2 : 8);
+    EXPECT_EQ(late.joined_at(), 5U);
+    for (std::uint64_t i = 8; i < 10; ++i) ASSERT_TRUE(b.publish(frame_at(i)));
+    for (std::uint64_t i = 5; i < 10; ++i) {
+      auto r = late.try_recv();
+      ASSERT_EQ(r.status, RecvStatus::ok) << i;  // not lapped for the group it started with
+      EXPECT_EQ(r->index, i);
+    }
+    // The next keyframe starts the next group: the previous one is let go.
+    ASSERT_TRUE(b.publish(frame_at(10)));
+    EXPECT_EQ(b.stats().group_items, 1U);
+    EXPECT_EQ(b.subscribe_at_group("later").joined_at(), 10U);
+    // subscribe() still starts at the next item.
+    EXPECT_EQ(b.subscribe("live").joined_at(), 11U);
+  }
+}
+
+TEST(BroadcastGroups, ANewcomerBehindIsLappedOnlyForWhatComesAfterItJoined) {
+  Broadcast<video::Frame> b(grouping(BroadcastMode::lossy));
+  for (std::uint64_t i = 0; i < 9; ++i) ASSERT_TRUE(b.publish(frame_at(i)));
+  auto s = b.subscribe_at_group("slow", 2);  // joins at 5, four items behind
+  ASSERT_EQ(s.joined_at(), 5U);
+  EXPECT_EQ(s.stats().lapped, 0U);
+  for (std::uint64_t i = 9; i < 12; ++i) ASSERT_TRUE(b.publish(frame_at(i)));  // 3 > depth
+  EXPECT_EQ(s.stats().lapped, 5U);  // of 7 behind, the 2 most recent remain
+  auto r = s.try_recv();
+  ASSERT_EQ(r.status, RecvStatus::gap);
+  EXPECT_EQ(r.lost, 5U);  // 5..9 skipped
+  EXPECT_EQ(s.try_recv()->index, 10U);
+  EXPECT_EQ(s.try_recv()->index, 11U);
+}
+
+TEST(BroadcastGroups, AStreamWithoutDeltaItemsKeepsNothing) {
+  Broadcast<video::Frame> b(grouping(BroadcastMode::lossy));
+  for (std::uint64_t i = 0; i < 10; ++i) ASSERT_TRUE(b.publish(video::Frame{i, false, Buffer("k")}));
+  EXPECT_EQ(b.retained_bytes(), 0U);
+  EXPECT_EQ(b.stats().group_items, 0U);
+  EXPECT_EQ(b.subscribe_at_group("x").joined_at(), 10U);
+}
+
+TEST(BroadcastGroups, AGroupThatOutgrowsItsItemsOrBytesIsReleasedWhole) {
+  {  // items: a group of 5 does not fit in 4
+    auto c = grouping(BroadcastMode::lossy, 8);
+    c.group_items = 4;
+    Broadcast<video::Frame> b(c);
+    std::vector<video::Frame> mine;
+    for (std::uint64_t i = 0; i < 9; ++i) {
+      mine.push_back(frame_at(i));
+      ASSERT_TRUE(b.publish(video::Frame(mine.back())));
+    }
+    EXPECT_EQ(b.stats().group_items, 4U);  // 5..8
+    ASSERT_TRUE(b.publish(frame_at(9)));  // the 5th
+    EXPECT_EQ(b.stats().group_items, 0U);
+    EXPECT_EQ(b.retained_bytes(), 0U);
+    for (const auto& f : mine) EXPECT_EQ(f.bytes.use_count(), 1) << f.index;  // released
+    EXPECT_EQ(b.subscribe_at_group("late").joined_at(), 10U);  // waits for the next one
+  }
+  {  // bytes: 3 frames of 100 fit in 250 no more
+    auto c = grouping(BroadcastMode::lossy, 16);
+    c.group_bytes = 250;
+    Broadcast<video::Frame> b(c);
+    for (std::uint64_t i = 0; i < 7; ++i) {
+      ASSERT_TRUE(b.publish(frame_at(i, 100)));
+      EXPECT_LE(b.retained_bytes(), 250U);
+    }
+    EXPECT_EQ(b.stats().group_items, 2U);  // 5, 6
+    ASSERT_TRUE(b.publish(frame_at(7, 100)));
+    EXPECT_EQ(b.stats().group_items, 0U);  // 5..7 weigh 300
+    EXPECT_EQ(b.retained_bytes(), 0U);
+  }
+}
+
+TEST(BroadcastGroups, RejectsMoreThanCapacity) {
+  auto c = grouping(BroadcastMode::lossy, 8);
+  c.group_items = 9;
+  EXPECT_THROW(Broadcast<video::Frame>{c}, std::invalid_argument);
+}
+
+TEST(BroadcastGroups, NewcomersRacingWithPublishesStartAtAKeyframeInOrder) {
+  // Subscribers keep joining at the group while a publisher runs: each one's first item is a
+  // keyframe (or, lapped, a gap first), then items in order, never one twice.
+  auto c = grouping(BroadcastMode::lossy, 64);
+  Broadcast<video::Frame> b(c);
+  constexpr std::uint64_t kItems = 20000;
+  std::atomic<bool> done{false};
+  std::atomic<int> failures{0};
+  std::atomic<std::uint64_t> joins{0};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 2; ++r) {
+    readers.emplace_back([&] {
+      while (b.published() < 2 * kGop) std::this_thread::yield();  // (delta frames were seen)
+      while (!done.load()) {
+        auto s = b.subscribe_at_group("newcomer", 8);
+        joins.fetch_add(1);
+        std::uint64_t next = s.joined_at();
+        bool first = true;
+        for (int n = 0; n < 50 && !done.load(); ++n) {
+          auto got = s.recv_for(100ms);
+          if (got.status == RecvStatus::gap) {
+            next += got.lost;
+            first = false;
+            continue;
+          }
+          if (got.status == RecvStatus::timeout) continue;
+          if (!got.ok() || got->index != next || (first && got->delta)) failures.fetch_add(1);
+          first = false;
+          ++next;
+        }
+      }
+    });
+  }
+  for (std::uint64_t i = 0; i < kItems; ++i) ASSERT_TRUE(b.publish(frame_at(i)).ok());
+  done.store(true);
+  for (auto& t : readers) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_GT(joins.load(), 2U);
+}
+
 }  // namespace sluice

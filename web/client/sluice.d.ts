@@ -1,15 +1,25 @@
 // Types of the relay's JavaScript client (sluice.js). See docs/protocol.md for the protocol.
 
-/** Bytes of the header before every frame's payload. */
+/** Bytes of the plain header before a frame's payload (a session's default). */
 export const FRAME_HEADER_BYTES: 16;
+/** Bytes of the header with flags (`?header=24`), which this client's sessions use. */
+export const FLAGGED_FRAME_HEADER_BYTES: 24;
+/** Item flag: it depends on an earlier item (a video's delta frame); clear on a keyframe. */
+export const ITEM_DELTA: 1;
+/** Item flag: nothing depends on it. */
+export const ITEM_DISCARDABLE: 2;
 
 export type Payload = Uint8Array | ArrayBuffer | ArrayBufferView | string;
 
-/** A frame as received: the producer's index and timestamp (ns), and the payload (a view). */
+/**
+ * A frame as received: the producer's index, timestamp (ns) and flags (ITEM_DELTA,
+ * ITEM_DISCARDABLE; 0 from a 16-byte header), and the payload (a view).
+ */
 export interface Frame {
   kind: "frame";
   index: bigint;
   timestampNs: bigint;
+  flags: number;
   payload: Uint8Array;
 }
 /** Frames the relay skipped for this subscriber before the next one (a real-time topic). */
@@ -43,8 +53,9 @@ export class SluiceError extends Error {
 
 export function defaultRelayUrl(): string;
 export function encodeFrame(index: number | bigint, timestampNs: number | bigint,
-                            payload: Payload): Uint8Array;
-export function decodeFrame(data: ArrayBuffer | Uint8Array): Frame;
+                            payload: Payload,
+                            options?: { flags?: number; headerBytes?: 16 | 24 }): Uint8Array;
+export function decodeFrame(data: ArrayBuffer | Uint8Array, headerBytes?: 16 | 24): Frame;
 
 export interface ConnectOptions {
   /** The relay: ws://host:port (default: this page's origin). */
@@ -91,7 +102,8 @@ export class Publisher extends EventTarget {
   /** The relay has told this producer to slow down, and not yet to resume. */
   readonly slowed: boolean;
   readonly closed: Promise<CloseInfo>;
-  send(payload: Payload, options?: { index?: number | bigint; timestampNs?: number | bigint }):
+  send(payload: Payload,
+       options?: { index?: number | bigint; timestampNs?: number | bigint; flags?: number }):
     Promise<void>;
   close(): Promise<CloseInfo>;
 }

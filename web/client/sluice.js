@@ -3,14 +3,22 @@
 // dependencies, for browsers (the relay serves it at /sluice.js) and Node 22+ (global WebSocket).
 // Types: sluice.d.ts.
 //
-// Frames are the protocol's binary messages: a 16-byte header (frame index, u64 little-endian;
-// timestamp in ns, i64 little-endian) and the payload. Events are its JSON text messages,
-// decoded into typed values: gap notices for subscribers, slow_down / resume / drop notices
-// for publishers. Nothing is lost silently: a frame the relay skipped for a subscriber arrives
-// as a gap with its count and reason, and a close carries the relay's code and reason.
+// Frames are the protocol's binary messages: a header (frame index, u64 little-endian;
+// timestamp in ns, i64 little-endian; and — this client asks for the 24-byte header — the
+// item's flags, u32 little-endian, and 4 reserved bytes) and the payload. Events are its JSON
+// text messages, decoded into typed values: gap notices for subscribers, slow_down / resume /
+// drop notices for publishers. Nothing is lost silently: a frame the relay skipped for a
+// subscriber arrives as a gap with its count and reason, and a close carries the relay's code
+// and reason.
 
-/** Bytes of the header before every frame's payload. */
+/** Bytes of the plain header before a frame's payload (a session's default). */
 export const FRAME_HEADER_BYTES = 16;
+/** Bytes of the header with flags (a session opened with `?header=24`; this client's). */
+export const FLAGGED_FRAME_HEADER_BYTES = 24;
+/** Item flag: it depends on an earlier item (a video's delta frame); clear on a keyframe. */
+export const ITEM_DELTA = 1;
+/** Item flag: nothing depends on it. */
+export const ITEM_DISCARDABLE = 2;
 
 /** The relay's WebSocket base URL: the page's own origin in a browser (ws: or wss:). */
 export function defaultRelayUrl() {
@@ -20,29 +28,39 @@ export function defaultRelayUrl() {
   return "ws://127.0.0.1:7401";
 }
 
-/** A frame's bytes: the header, then the payload. */
-export function encodeFrame(index, timestampNs, payload) {
+/**
+ * A frame's bytes: the header, then the payload. `headerBytes` 16 (no flags) or 24 (with
+ * `flags`), as the session was opened.
+ */
+export function encodeFrame(index, timestampNs, payload, { flags = 0, headerBytes = FRAME_HEADER_BYTES } = {}) {
   const body = toBytes(payload);
-  const out = new Uint8Array(FRAME_HEADER_BYTES + body.byteLength);
+  const out = new Uint8Array(headerBytes + body.byteLength);
   const view = new DataView(out.buffer);
   view.setBigUint64(0, BigInt(index), true);
   view.setBigInt64(8, BigInt(timestampNs), true);
-  out.set(body, FRAME_HEADER_BYTES);
+  if (headerBytes >= FLAGGED_FRAME_HEADER_BYTES) view.setUint32(16, flags >>> 0, true);
+  out.set(body, headerBytes);
   return out;
 }
 
-/** A received frame: its index, timestamp and payload (a view of the message, not a copy). */
-export function decodeFrame(data) {
+/**
+ * A received frame: its index, timestamp, flags (0 from a 16-byte header) and payload (a view
+ * of the message, not a copy).
+ */
+export function decodeFrame(data, headerBytes = FRAME_HEADER_BYTES) {
   const buffer = data instanceof ArrayBuffer ? data : data.buffer;
   const offset = data instanceof ArrayBuffer ? 0 : data.byteOffset;
-  const length = data instanceof ArrayBuffer ? data.byteLength : data.byteLength;
-  if (length < FRAME_HEADER_BYTES) throw new SluiceError("a frame shorter than its 16-byte header");
-  const view = new DataView(buffer, offset, FRAME_HEADER_BYTES);
+  const length = data.byteLength;
+  if (length < headerBytes) {
+    throw new SluiceError(`a frame shorter than its ${headerBytes}-byte header`);
+  }
+  const view = new DataView(buffer, offset, headerBytes);
   return {
     kind: "frame",
     index: view.getBigUint64(0, true),
     timestampNs: view.getBigInt64(8, true),
-    payload: new Uint8Array(buffer, offset + FRAME_HEADER_BYTES, length - FRAME_HEADER_BYTES),
+    flags: headerBytes >= FLAGGED_FRAME_HEADER_BYTES ? view.getUint32(16, true) : 0,
+    payload: new Uint8Array(buffer, offset + headerBytes, length - headerBytes),
   };
 }
 
@@ -227,7 +245,7 @@ export class Subscription extends EventTarget {
         m = { kind: "event", event };
       }
     } else {
-      m = decodeFrame(data);
+      m = decodeFrame(data, FLAGGED_FRAME_HEADER_BYTES);
       this.received += 1;
     }
     this.#push(m);
@@ -257,7 +275,7 @@ export async function subscribe(topic, options = {}) {
   const { url, urls, name, depth, token, reconnect = false, reconnectForMs = 30000 } = options;
   const relays = urls && urls.length ? urls : [url];
   const path = `/v1/ws/subscribe/${encodeURIComponent(topic)}`;
-  const params = { name, depth };
+  const params = { name, depth, header: FLAGGED_FRAME_HEADER_BYTES };
   let failure;
   for (const relay of relays) {
     try {
@@ -314,10 +332,11 @@ export class Publisher extends EventTarget {
 
   /**
    * Sends one frame. `index` defaults to the previous one plus one; `timestampNs` to 0 (the
-   * relay stamps its arrival). Resolves once the frame is handed to the socket; rejects if the
-   * session has ended.
+   * relay stamps its arrival); `flags` to 0 (ITEM_DELTA on a video's delta frames, so that a
+   * subscriber that lost frames resumes at a keyframe). Resolves once the frame is handed to
+   * the socket; rejects if the session has ended.
    */
-  async send(payload, { index, timestampNs = 0 } = {}) {
+  async send(payload, { index, timestampNs = 0, flags = 0 } = {}) {
     while (this.ws.readyState === WebSocket.OPEN && this.ws.bufferedAmount > this.highWaterBytes) {
       await new Promise((r) => setTimeout(r, 5));
     }
@@ -326,7 +345,7 @@ export class Publisher extends EventTarget {
       throw new SluiceError(`the relay closed the publisher: ${info.code} ${info.reason}`, info);
     }
     const i = index === undefined ? this.next : BigInt(index);
-    this.ws.send(encodeFrame(i, timestampNs, payload));
+    this.ws.send(encodeFrame(i, timestampNs, payload, { flags, headerBytes: FLAGGED_FRAME_HEADER_BYTES }));
     this.next = i + 1n;
     this.sent += 1;
   }
@@ -344,7 +363,8 @@ export class Publisher extends EventTarget {
  */
 export async function publish(topic, options = {}) {
   const { url, token, highWaterBytes = 1 << 20 } = options;
-  const ws = await open(endpoint(url, `/v1/ws/publish/${encodeURIComponent(topic)}`), token);
+  const ws = await open(endpoint(url, `/v1/ws/publish/${encodeURIComponent(topic)}`,
+    { header: FLAGGED_FRAME_HEADER_BYTES }), token);
   return new Publisher(ws, topic, highWaterBytes);
 }
 

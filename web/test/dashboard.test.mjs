@@ -243,6 +243,147 @@ test("the JavaScript client: frames in order; a page that stops reading gets a g
   }
 });
 
+test("a page decoding video (WebCodecs) that stops reading resumes at a keyframe and decodes on; a late page starts at the latest keyframe", async () => {
+  // A VP8 stream made in the page by Chromium's own encoder: one GOP of 10 frames of noise
+  // (a keyframe, 9 delta frames), sent again and again (each GOP decodes alone), flagged
+  // ITEM_DELTA as a camera ingest flags them. The viewers decode with VideoDecoder, which
+  // refuses a delta frame after configure() or reset(): each viewer resets its decoder at every
+  // gap, so a resume anywhere but at a keyframe is a decode error, not a silent smear.
+  const r = await relay({
+    config: '[[topic]]\nname = "video"\nmode = "realtime"\ndepth = 32\n',
+    env: { SLUICE_MAX_SEND_TIMEOUTS: "100" },  // (a page blocked for 3 s is late, not stalled)
+  });
+  const viewer = async (depth) => {
+    const page = await browser.newPage();
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(String(e)));
+    await page.goto(r.http + "/healthz");
+    await page.evaluate(async (depth) => {
+      const sluice = await import("/sluice.js");
+      const v = { decoded: 0, errors: [], gaps: [], afterGap: [], first: null, keyframes: 0 };
+      window.v = v;
+      const make = () => {
+        const d = new VideoDecoder({
+          output: (f) => { v.decoded++; f.close(); },
+          error: (e) => v.errors.push(String(e)),
+        });
+        d.configure({ codec: "vp8" });
+        return d;
+      };
+      let decoder = make();
+      let resetNext = false;
+      v.sub = await sluice.subscribe("video", { depth, name: "decoding-page" });
+      v.sub.addEventListener("gap", (e) => {
+        v.gaps.push(e.detail);
+        resetNext = true;
+      });
+      v.sub.addEventListener("frame", (e) => {
+        const m = e.detail;
+        const key = (m.flags & sluice.ITEM_DELTA) === 0;
+        if (v.first === null) v.first = { index: Number(m.index), key };
+        if (resetNext) {
+          v.afterGap.push({ index: Number(m.index), key });
+          if (decoder.state === "closed") decoder = make();
+          decoder.reset();
+          decoder.configure({ codec: "vp8" });
+          resetNext = false;
+        }
+        if (key) v.keyframes++;
+        try {
+          decoder.decode(new EncodedVideoChunk({ type: key ? "key" : "delta",
+            timestamp: Number(m.index) * 33333, data: m.payload }));
+        } catch (err) {
+          v.errors.push(`frame ${m.index}: ${err}`);
+        }
+      });
+    }, depth);
+    return { page, errors };
+  };
+  try {
+    const { page: producer, errors } = await open(r.http + "/healthz");
+    const gop = await producer.evaluate(async () => {
+      const chunks = [];
+      const encoder = new VideoEncoder({
+        output: (c) => { const b = new Uint8Array(c.byteLength); c.copyTo(b); chunks.push({ key: c.type === "key", b }); },
+        error: (e) => { throw e; },
+      });
+      encoder.configure({ codec: "vp8", width: 1280, height: 720, bitrate: 40_000_000, framerate: 30 });
+      const canvas = new OffscreenCanvas(1280, 720);
+      const ctx = canvas.getContext("2d");
+      const pixels = ctx.createImageData(1280, 720);
+      for (let i = 0; i < 10; i++) {
+        crypto.getRandomValues(pixels.data.subarray(0, 65536));
+        for (let o = 65536; o < pixels.data.length; o += 65536) {
+          crypto.getRandomValues(pixels.data.subarray(o, Math.min(o + 65536, pixels.data.length)));
+        }
+        ctx.putImageData(pixels, 0, 0);
+        const frame = new VideoFrame(canvas, { timestamp: i * 33333 });
+        encoder.encode(frame, { keyFrame: i === 0 });
+        frame.close();
+      }
+      await encoder.flush();
+      window.gop = chunks;
+      return chunks.map((c) => ({ key: c.key, bytes: c.b.byteLength }));
+    });
+    assert.equal(gop.length, 10);
+    assert.deepEqual(gop.map((c) => c.key), [true, false, false, false, false, false, false, false, false, false]);
+    const gopBytes = gop.reduce((a, c) => a + c.bytes, 0);
+
+    const steady = await viewer(32);  // (a whole burst of 3 GOPs fits)
+    const blocked = await viewer(4);
+    // Publishes `gops` GOPs (each frame flagged), as fast as the relay takes them.
+    const publish = (gops) => producer.evaluate(async (n) => {
+      const sluice = await import("/sluice.js");
+      window.pub ??= await sluice.publish("video", { highWaterBytes: 4 << 20 });
+      for (let g = 0; g < n; g++) {
+        for (const c of window.gop) {
+          await window.pub.send(c.b, { flags: c.key ? 0 : sluice.ITEM_DELTA });
+        }
+      }
+    }, gops);
+    await publish(2);
+    await steady.page.waitForFunction(() => window.v.decoded >= 15, null, { timeout: 20000 });
+    // The blocked page stops reading for 3 s while ~16 MB of video go by.
+    const steadyBefore = await steady.page.evaluate(() => window.v.decoded);
+    const stall = blocked.page.evaluate(() => {
+      const until = Date.now() + 3000;
+      while (Date.now() < until) { /* not reading */ }
+    });
+    await publish(Math.ceil((16 << 20) / gopBytes));
+    await stall;
+    await publish(2);  // (what it resumes at comes after its gap)
+    await blocked.page.waitForFunction(() => window.v.gaps.length > 0 && window.v.afterGap.length > 0 &&
+      window.v.decoded > 20, null, { timeout: 30000 });
+    const b = await blocked.page.evaluate(() => window.v);
+    assert.ok(b.gaps.some((g) => g.reason === "slow_consumer"), JSON.stringify(b.gaps));
+    assert.ok(b.afterGap.every((f) => f.key), `resumed at a delta frame: ${JSON.stringify(b.afterGap)}`);
+    assert.deepEqual(b.errors, []);
+    assert.equal(b.first.key, true);
+
+    // A page that joins now, mid-GOP: it starts at the latest keyframe, at once.
+    await publish(1);
+    await producer.evaluate(async () => {
+      const sluice = await import("/sluice.js");
+      for (const c of window.gop.slice(0, 4)) await window.pub.send(c.b, { flags: c.key ? 0 : sluice.ITEM_DELTA });
+    });
+    const late = await viewer(4);  // (4 deep, it starts 5 behind: not lapped for that)
+    await late.page.waitForFunction(() => window.v.decoded >= 4, null, { timeout: 20000 });
+    const l = await late.page.evaluate(() => window.v);
+    assert.deepEqual(l.first.key, true);
+    assert.deepEqual(l.gaps, [], "the late page waited for a keyframe instead of starting at the kept one");
+    assert.deepEqual(l.errors, []);
+
+    // The page beside it decoded on meanwhile, without an error.
+    const s = await steady.page.evaluate(() => window.v);
+    assert.deepEqual(s.errors, []);
+    assert.ok(s.decoded > steadyBefore + 10, `${s.decoded} after ${steadyBefore}`);
+    assert.deepEqual([...errors, ...steady.errors, ...blocked.errors, ...late.errors], []);
+    for (const p of [producer, steady.page, blocked.page, late.page]) await p.close();
+  } finally {
+    await r.stop();
+  }
+});
+
 test("the page keeps working when the relay restarts", async () => {
   const port = await freePort();
   let r = await relay({ httpPort: port, env: { SLUICE_TOPIC_IDLE_TIMEOUT_MS: "600000" } });
