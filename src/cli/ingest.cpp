@@ -94,8 +94,78 @@ int run_ingest(const IngestCliOptions& o) {
   return failed || !closed.ok() || unread ? 1 : 0;
 }
 
+namespace {
+
+// An ingest's series: name, help, the stats field, and whether it is a counter.
+struct IngestSeries {
+  const char* name;
+  const char* help;
+  double (*read)(const media::IngestStats&);
+  bool counter;
+  metrics::Labels extra;
+};
+
+const std::vector<IngestSeries>& ingest_series() {
+  static const std::vector<IngestSeries> kSeries = {
+      {"sluice_ingest_frames_total", "Frames an [[ingest]] entry's pipeline produced",
+       [](const media::IngestStats& s) { return static_cast<double>(s.frames); }, true, {}},
+      {"sluice_ingest_published_total", "Frames an [[ingest]] entry handed to its topic",
+       [](const media::IngestStats& s) { return static_cast<double>(s.handed); }, true, {}},
+      {"sluice_ingest_bytes_total", "Payload bytes an [[ingest]] entry handed to its topic",
+       [](const media::IngestStats& s) { return static_cast<double>(s.bytes); }, true, {}},
+      {"sluice_ingest_keyframes_total", "Keyframes among an [[ingest]] entry's frames",
+       [](const media::IngestStats& s) { return static_cast<double>(s.keyframes); }, true, {}},
+      {"sluice_ingest_reconnects_total", "Times an [[ingest]] entry's live source was lost and "
+       "built again",
+       [](const media::IngestStats& s) { return static_cast<double>(s.reconnects); }, true, {}},
+      {"sluice_ingest_dropped_total",
+       "Frames an [[ingest]] entry dropped at its source, by reason",
+       [](const media::IngestStats& s) { return static_cast<double>(s.dropped_backpressure); },
+       true,
+       {{"reason", "backpressure"}}},
+      {"sluice_ingest_dropped_total",
+       "Frames an [[ingest]] entry dropped at its source, by reason",
+       [](const media::IngestStats& s) { return static_cast<double>(s.dropped_slow_down); }, true,
+       {{"reason", "slow_down"}}},
+      {"sluice_ingest_dropped_total",
+       "Frames an [[ingest]] entry dropped at its source, by reason",
+       [](const media::IngestStats& s) { return static_cast<double>(s.dropped_until_keyframe); },
+       true,
+       {{"reason", "until_keyframe"}}},
+      {"sluice_ingest_queued", "Frames waiting to be handed to the topic now",
+       [](const media::IngestStats& s) { return static_cast<double>(s.queued); }, false, {}},
+      {"sluice_ingest_connected", "1 while the entry's source is playing",
+       [](const media::IngestStats& s) { return s.connected ? 1.0 : 0.0; }, false, {}},
+  };
+  return kSeries;
+}
+
+metrics::Labels labels_of(const media::IngestPublisher& i, const metrics::Labels& extra) {
+  metrics::Labels l = extra;
+  l.emplace_back("topic", i.publisher_options().topic);
+  return l;
+}
+
+}  // namespace
+
+void ServedIngests::add_series(const media::IngestPublisher& i) {
+  for (const auto& s : ingest_series()) {
+    auto read = [&i, f = s.read] { return f(i.stats()); };
+    if (s.counter) {
+      registry_.counter_fn(s.name, s.help, labels_of(i, s.extra), read);
+    } else {
+      registry_.gauge_fn(s.name, s.help, labels_of(i, s.extra), read);
+    }
+  }
+}
+
+void ServedIngests::remove_series(const media::IngestPublisher& i) {
+  for (const auto& s : ingest_series()) registry_.remove(s.name, labels_of(i, s.extra));
+}
+
 ServedIngests::ServedIngests(const std::vector<IngestEntryConfig>& entries,
-                             const std::string& grpc_target) {
+                             const std::string& grpc_target, metrics::Registry& registry)
+    : registry_(registry) {
   for (const auto& e : entries) {
     media::IngestOptions in;
     in.uri = e.uri;
@@ -120,6 +190,7 @@ ServedIngests::ServedIngests(const std::vector<IngestEntryConfig>& entries,
         }));
   }
   for (auto& i : ingests_) {
+    add_series(*i);
     i->start();
     print_line(stdout, {{"event", "ingest_started"},
                         {"uri", i->options().uri},
@@ -153,6 +224,7 @@ void ServedIngests::stop() {
   cv_.notify_all();
   if (reporter_.joinable()) reporter_.join();
   for (auto& i : ingests_) {
+    remove_series(*i);  // (before the ingest goes: a scrape reads it)
     i->stop();
     (void)i->close();
   }

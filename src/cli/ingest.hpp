@@ -14,6 +14,7 @@
 #include "ingest_publisher.hpp"
 #include "sluice/client/client.hpp"
 #include "sluice/media/ingest.hpp"
+#include "sluice/metrics.hpp"
 #include "sluice/relay/config.hpp"
 
 namespace sluice::cli {
@@ -31,10 +32,13 @@ int run_ingest(const IngestCliOptions& options);
 
 /// The [[ingest]] entries `sluice serve` runs: each an IngestPublisher to the relay's own gRPC
 /// port (`grpc_target`), with the entry's token. Their changes go to stdout as JSON lines (the
-/// entry's topic and uri added). Throws std::invalid_argument naming the entry that is wrong.
+/// entry's topic and uri added), their counters into `registry` (the relay's /metrics, labelled
+/// by topic: sluice_ingest_*) until stop(). Throws std::invalid_argument naming the entry that
+/// is wrong.
 class ServedIngests {
  public:
-  ServedIngests(const std::vector<IngestEntryConfig>& entries, const std::string& grpc_target);
+  ServedIngests(const std::vector<IngestEntryConfig>& entries, const std::string& grpc_target,
+                metrics::Registry& registry);
   ServedIngests(const ServedIngests&) = delete;
   ServedIngests& operator=(const ServedIngests&) = delete;
   ServedIngests(ServedIngests&&) = delete;
@@ -44,7 +48,12 @@ class ServedIngests {
   void stop();
 
  private:
+  // Puts ingest `i`'s counters into the registry (read at each scrape), or takes them out.
+  void add_series(const media::IngestPublisher& i);
+  void remove_series(const media::IngestPublisher& i);
+
   std::vector<std::unique_ptr<media::IngestPublisher>> ingests_;
+  metrics::Registry& registry_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;  // (under mu_)

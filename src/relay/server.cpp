@@ -267,6 +267,10 @@ std::string RelayServer::reload_certificates() {
   return problem;
 }
 
+metrics::Registry& RelayServer::metrics() {
+  return impl_->core.metrics;
+}
+
 std::string RelayServer::stats_json() const {
   return relay::stats_json(impl_->core.topics);
 }

@@ -1,6 +1,7 @@
 #!/bin/sh
 # `sluice serve` with [[ingest]] entries: one process serves a camera. A test pattern's frames
-# reach a subscriber of the entry's topic with no `sluice ingest` running; `sluice config` shows
+# reach a subscriber of the entry's topic with no `sluice ingest` running, and its counters are
+# in the relay's /metrics; `sluice config` shows
 # the entry; a bad entry stops the start naming its key.
 # Usage: serve_ingest_test.sh path/to/sluice
 set -u
@@ -15,6 +16,16 @@ fps = 15'
 wait_for "$dir/relay" '"event":"ingest_started".*"topic":"lobby.cam"'
 "$sluice" sub --target "$target" --topic lobby.cam --count 20 >"$dir/sub" 2>&1 || fail "sub exit $?"
 grep -q '"event":"received".*"items":20' "$dir/sub" || fail "sub summary"
+# The entry's counters are in the relay's /metrics, by topic.
+http=$(sed -n 's/.*"http":"\([^"]*\)".*/\1/p' "$dir/relay")
+/usr/bin/python3 -c 'import sys, urllib.request
+print(urllib.request.urlopen("http://" + sys.argv[1] + "/metrics").read().decode())' "$http" \
+  >"$dir/metrics" || fail "GET /metrics"
+published=$(sed -n 's/^sluice_ingest_published_total{topic="lobby.cam"} \([0-9]*\)$/\1/p' "$dir/metrics")
+[ -n "$published" ] && [ "$published" -ge 20 ] || fail "sluice_ingest_published_total: '$published'"
+grep -q '^sluice_ingest_connected{topic="lobby.cam"} 1$' "$dir/metrics" || fail "connected"
+grep -q '^sluice_ingest_dropped_total{reason="backpressure",topic="lobby.cam"} [0-9]' "$dir/metrics" \
+  || fail "dropped_total"
 kill "$relay"
 wait "$relay"
 # The effective configuration shows the entry.

@@ -14,6 +14,7 @@
 #include <memory>
 #include <string>
 
+#include "sluice/metrics.hpp"
 #include "sluice/relay/config.hpp"
 #include "sluice/relay/protocol.hpp"
 
@@ -45,6 +46,9 @@ class RelayServer {
   std::string reload_certificates();
   /// Topics, their subscribers and counters, as JSON.
   std::string stats_json() const;
+  /// The registry /metrics shows: a program that runs the relay adds its own series to it
+  /// (`sluice serve` its [[ingest]] entries'). Thread-safe; lives as long as the server.
+  metrics::Registry& metrics();
 
   struct Impl;  // the relay's core and transports; defined in src/relay/server.cpp
 
