@@ -448,8 +448,7 @@ class Broadcast {
   // Groups: drops the group's reference on each of its items. Caller holds mu.
   void release_group(std::vector<std::optional<T>>& out) noexcept;
   // subscribe_from / subscribe_at_group: at `position` (nullopt: the group's first item).
-  Subscription<T> join(std::optional<std::uint64_t> position, std::string name,
-                       std::size_t depth);
+  Subscription<T> join(std::optional<std::uint64_t> position, std::string name, std::size_t depth);
   // Lossless: recomputes the gate from the subscribers' cursors. Caller holds mu.
   void refresh_gate() const noexcept;  // (changes only the shared state's cached gate)
   // Lossless: may an item of `size` bytes be published as `seq`, by the last refresh? Caller
@@ -840,7 +839,8 @@ SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline, Clock
   bool grouped = false;  // the group holds this item
   if constexpr (Grouped<T>) {
     if (s.config.group_items > 0) {
-      grouped = group_publish(seq, weight, detail_group::dependent(std::as_const(item)), unretained);
+      grouped =
+          group_publish(seq, weight, detail_group::dependent(std::as_const(item)), unretained);
       if (grouped && !s.slots) s.slots.reset(new typename State::Slot[s.config.capacity]);
     }
   }

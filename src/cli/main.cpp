@@ -117,10 +117,11 @@ struct ConfigCommand {
         return 2;
       }
       try {
-        ingests.emplace(config->ingests, (config->host == "0.0.0.0" ? std::string("127.0.0.1")
-                                          : config->host == "::"    ? std::string("[::1]")
-                                                                    : shown) +
-                                             ":" + std::to_string(server.grpc_port()),
+        ingests.emplace(config->ingests,
+                        (config->host == "0.0.0.0" ? std::string("127.0.0.1")
+                         : config->host == "::"    ? std::string("[::1]")
+                                                   : shown) +
+                            ":" + std::to_string(server.grpc_port()),
                         server.metrics());
       } catch (const std::exception& e) {
         std::fprintf(stderr, "sluice: [[ingest]]: %s\n", e.what());

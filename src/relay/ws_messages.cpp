@@ -22,7 +22,7 @@ std::string header_text(std::size_t header_bytes) {
 }  // namespace
 
 std::variant<ws::FrameHeader, WsProblem> publisher_message(bool text, std::string_view bytes,
-                                                          std::size_t header_bytes) {
+                                                           std::size_t header_bytes) {
   if (text) {
     const bool json = !nlohmann::json::parse(bytes, nullptr, false).is_discarded();
     return WsProblem{json ? "unknown control event (publishers send none yet): " + quote(bytes)

@@ -36,7 +36,7 @@ struct WsWorkerError {
 /// A publisher's message: a frame's header (its payload follows it in `bytes`), or why not.
 /// `header_bytes`: the session's, ws::kFrameHeaderBytes or ws::kFlaggedFrameHeaderBytes.
 std::variant<ws::FrameHeader, WsProblem> publisher_message(bool text, std::string_view bytes,
-                                                          std::size_t header_bytes);
+                                                           std::size_t header_bytes);
 
 /// A worker's message: a result's header (the result follows it), an error, or why neither.
 /// (A result's flags are not used: the result is an item of its own, without flags.)

@@ -1,7 +1,8 @@
 // A stage worker over WebSocket (/v1/ws/work/{topic}?name=...&concurrency=...): a
 // WorkerSession whose frames go out as binary messages (the same header as subscribers get:
-// 16 bytes, or 24 with the flags under ?header=24), at most `concurrency` unanswered. The worker answers each with a binary
-// result carrying the frame's header (published to the results topic) or a text
+// 16 bytes, or 24 with the flags under ?header=24), at most `concurrency` unanswered. The worker
+// answers each with a binary result carrying the frame's header (published to the results topic) or
+// a text
 // {"frame_index":N,"error":"..."} (the frame goes to another worker or is failed, and its
 // producer told). When it leaves, what it held goes elsewhere.
 #include <deque>
@@ -24,8 +25,7 @@ class WsWorker final : public WsSession<WsWorker> {
  public:
   // A worker's results are frames like a publisher's: read ahead, bounded by Beast's limit.
   WsWorker(RelayCore& core, SessionSlot slot, Connection connection,
-           std::unique_ptr<WorkerSession> worker, const std::string& name,
-           std::size_t header_bytes)
+           std::unique_ptr<WorkerSession> worker, const std::string& name, std::size_t header_bytes)
       : WsSession(core, core.loops.main(), std::move(slot), std::move(connection),
                   "ws-worker/" + name,
                   {core.config.max_frame_bytes + header_bytes, std::size_t{64} * 1024}),
@@ -110,9 +110,9 @@ std::optional<HttpResponse> ws_work(RelayCore& core, SessionSlot slot, const WsR
   const std::string name = target.param("name");
   if (auto refusal = worker->join({route.who, route.topic, name, *concurrency}))
     return http_refusal(core, *refusal);
-  auto session = std::make_shared<WsWorker>(core, std::move(slot), std::move(connection),
-                                            std::move(worker), route.topic + "/" + name,
-                                            route.frame_header_bytes);
+  auto session =
+      std::make_shared<WsWorker>(core, std::move(slot), std::move(connection), std::move(worker),
+                                 route.topic + "/" + name, route.frame_header_bytes);
   session->expire_with(*route.who);
   session->start(std::move(request));
   return std::nullopt;

@@ -711,7 +711,8 @@ TEST(BroadcastGroups, ANewcomerBehindIsLappedOnlyForWhatComesAfterItJoined) {
 
 TEST(BroadcastGroups, AStreamWithoutDeltaItemsKeepsNothing) {
   Broadcast<video::Frame> b(grouping(BroadcastMode::lossy));
-  for (std::uint64_t i = 0; i < 10; ++i) ASSERT_TRUE(b.publish(video::Frame{i, false, Buffer("k")}));
+  for (std::uint64_t i = 0; i < 10; ++i)
+    ASSERT_TRUE(b.publish(video::Frame{i, false, Buffer("k")}));
   EXPECT_EQ(b.retained_bytes(), 0U);
   EXPECT_EQ(b.stats().group_items, 0U);
   EXPECT_EQ(b.subscribe_at_group("x").joined_at(), 10U);
@@ -728,7 +729,7 @@ TEST(BroadcastGroups, AGroupThatOutgrowsItsItemsOrBytesIsReleasedWhole) {
       ASSERT_TRUE(b.publish(video::Frame(mine.back())));
     }
     EXPECT_EQ(b.stats().group_items, 4U);  // 5..8
-    ASSERT_TRUE(b.publish(frame_at(9)));  // the 5th
+    ASSERT_TRUE(b.publish(frame_at(9)));   // the 5th
     EXPECT_EQ(b.stats().group_items, 0U);
     EXPECT_EQ(b.retained_bytes(), 0U);
     for (const auto& f : mine) EXPECT_EQ(f.bytes.use_count(), 1) << f.index;  // released

@@ -121,7 +121,8 @@ inline std::array<unsigned char, kFrameHeaderBytes> encode(const FrameHeader& h)
 
 /// The header at the start of a frame of at least `header_bytes` (kFrameHeaderBytes or
 /// kFlaggedFrameHeaderBytes) bytes.
-inline FrameHeader decode(const void* frame, std::size_t header_bytes = kFrameHeaderBytes) noexcept {
+inline FrameHeader decode(const void* frame,
+                          std::size_t header_bytes = kFrameHeaderBytes) noexcept {
   const auto* in = static_cast<const unsigned char*>(frame);
   std::uint64_t index = 0;
   std::uint64_t stamp = 0;
