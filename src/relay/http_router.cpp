@@ -1,6 +1,7 @@
 #include "http_router.hpp"
 
 #include <algorithm>
+#include <array>
 #include <boost/asio/ip/address.hpp>
 #include <cctype>
 #include <cstdlib>
@@ -79,9 +80,9 @@ Outcome<WsRoute> ws_route(const HttpTarget& target) {
     std::string_view path;
     WsEndpoint endpoint;
   };
-  constexpr Prefix kEndpoints[] = {{"/v1/ws/publish/", WsEndpoint::publish},
-                                   {"/v1/ws/subscribe/", WsEndpoint::subscribe},
-                                   {"/v1/ws/work/", WsEndpoint::work}};
+  constexpr std::array<Prefix, 3> kEndpoints = {{{"/v1/ws/publish/", WsEndpoint::publish},
+                                                 {"/v1/ws/subscribe/", WsEndpoint::subscribe},
+                                                 {"/v1/ws/work/", WsEndpoint::work}}};
   const std::string_view path = target.path;
   if (path == "/v1/ws/stats") return WsRoute{WsEndpoint::stats, "", nullptr};
   for (const auto& e : kEndpoints) {
