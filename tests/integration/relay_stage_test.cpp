@@ -226,6 +226,38 @@ TEST(RelayStage, BadWorkerMessagesGetAnErrorAndTheWorkerStaysUsable) {
   EXPECT_EQ(results(viewer), std::set<std::uint64_t>{1});
 }
 
+// A worker that asks for the 24-byte header (?header=24) gets each frame's flags as the
+// producer set them, answers with the same header, and its result reaches the results topic;
+// a result shorter than that header is refused naming it.
+TEST(RelayStage, AWorkerOnThe24ByteHeaderGetsTheFlagsAndAnswersWithIt) {
+  testing::RelayScene relay(stage_relay());
+  const auto port = relay.http_port();
+  AsyncWs worker;
+  ASSERT_TRUE(worker.connect(port, "/v1/ws/work/camera?name=w&concurrency=1&header=24"));
+  ASSERT_TRUE(worker.wait([](const Messages& ms) { return has_text(ms, "\"worker\":\"w\""); }, 5s));
+  AsyncWs viewer;
+  ASSERT_TRUE(viewer.connect(port, "/v1/ws/subscribe/camera.results"));
+  ASSERT_TRUE(testing::wait_for_sessions(port, 2));
+  AsyncWs camera;
+  ASSERT_TRUE(camera.connect(port, "/v1/ws/publish/camera?header=24"));
+  camera.send(testing::flagged_frame(3, 0, kItemDiscardable, "pixels"));
+  ASSERT_TRUE(worker.wait([](const Messages& m) { return count_binary(m) == 1; }, 5s));
+  std::string got;
+  for (const auto& m : worker.messages()) {
+    if (!m.text) got = m.bytes;
+  }
+  ASSERT_EQ(got.size(), ws::kFlaggedFrameHeaderBytes + 6);
+  const auto head = ws::decode(got.data(), ws::kFlaggedFrameHeaderBytes);
+  EXPECT_EQ(head.index, 3U);
+  EXPECT_EQ(head.flags, kItemDiscardable);
+  EXPECT_EQ(got.substr(ws::kFlaggedFrameHeaderBytes), "pixels");
+  worker.send(frame(3, 0, ""));  // 16 bytes: short of this session's header
+  ASSERT_TRUE(worker.wait([](const Messages& ms) { return has_text(ms, "24-byte header"); }, 5s));
+  worker.send(testing::flagged_frame(3, 0, 0, "result"));
+  ASSERT_TRUE(viewer.wait([](const Messages& m) { return count_binary(m) == 1; }, 5s));
+  EXPECT_EQ(results(viewer), std::set<std::uint64_t>{3});
+}
+
 // A worker that takes frames and vanishes (no close handshake) with them in hand: they go to
 // the other worker. Every frame is a result or a drop notice, exactly once.
 TEST(RelayStage, AWorkerThatVanishesMidStreamCostsNoSilentLoss) {
