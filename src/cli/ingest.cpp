@@ -96,71 +96,71 @@ int run_ingest(const IngestCliOptions& o) {
 
 namespace {
 
-// An ingest's series: name, help, the stats field, and whether it is a counter.
+// An ingest's series: its name and help, the stats field it shows, whether it is a counter
+// (else a gauge), and its labels besides the topic.
 struct IngestSeries {
   const char* name;
   const char* help;
-  double (*read)(const media::IngestStats&);
+  std::uint64_t media::IngestStats::*field;
   bool counter;
   metrics::Labels extra;
 };
 
 const std::vector<IngestSeries>& ingest_series() {
+  using S = media::IngestStats;
+  static constexpr const char* kDropped =
+      "Frames an [[ingest]] entry dropped at its source, by reason";
   static const std::vector<IngestSeries> kSeries = {
       {"sluice_ingest_frames_total",
        "Frames an [[ingest]] entry's pipeline produced",
-       [](const media::IngestStats& s) { return static_cast<double>(s.frames); },
+       &S::frames,
        true,
        {}},
       {"sluice_ingest_published_total",
        "Frames an [[ingest]] entry handed to its topic",
-       [](const media::IngestStats& s) { return static_cast<double>(s.handed); },
+       &S::handed,
        true,
        {}},
       {"sluice_ingest_bytes_total",
        "Payload bytes an [[ingest]] entry handed to its topic",
-       [](const media::IngestStats& s) { return static_cast<double>(s.bytes); },
+       &S::bytes,
        true,
        {}},
       {"sluice_ingest_keyframes_total",
        "Keyframes among an [[ingest]] entry's frames",
-       [](const media::IngestStats& s) { return static_cast<double>(s.keyframes); },
+       &S::keyframes,
        true,
        {}},
       {"sluice_ingest_reconnects_total",
-       "Times an [[ingest]] entry's live source was lost and "
-       "built again",
-       [](const media::IngestStats& s) { return static_cast<double>(s.reconnects); },
+       "Times an [[ingest]] entry's live source was lost and built again",
+       &S::reconnects,
        true,
        {}},
       {"sluice_ingest_dropped_total",
-       "Frames an [[ingest]] entry dropped at its source, by reason",
-       [](const media::IngestStats& s) { return static_cast<double>(s.dropped_backpressure); },
+       kDropped,
+       &S::dropped_backpressure,
        true,
        {{"reason", "backpressure"}}},
       {"sluice_ingest_dropped_total",
-       "Frames an [[ingest]] entry dropped at its source, by reason",
-       [](const media::IngestStats& s) { return static_cast<double>(s.dropped_slow_down); },
+       kDropped,
+       &S::dropped_slow_down,
        true,
        {{"reason", "slow_down"}}},
       {"sluice_ingest_dropped_total",
-       "Frames an [[ingest]] entry dropped at its source, by reason",
-       [](const media::IngestStats& s) { return static_cast<double>(s.dropped_until_keyframe); },
+       kDropped,
+       &S::dropped_until_keyframe,
        true,
        {{"reason", "until_keyframe"}}},
       {"sluice_ingest_queued",
        "Frames waiting to be handed to the topic now",
-       [](const media::IngestStats& s) { return static_cast<double>(s.queued); },
-       false,
-       {}},
-      {"sluice_ingest_connected",
-       "1 while the entry's source is playing",
-       [](const media::IngestStats& s) { return s.connected ? 1.0 : 0.0; },
+       &S::queued,
        false,
        {}},
   };
   return kSeries;
 }
+
+constexpr const char* kConnected = "sluice_ingest_connected";
 
 metrics::Labels labels_of(const media::IngestPublisher& i, const metrics::Labels& extra) {
   metrics::Labels l = extra;
@@ -172,17 +172,20 @@ metrics::Labels labels_of(const media::IngestPublisher& i, const metrics::Labels
 
 void ServedIngests::add_series(const media::IngestPublisher& i) {
   for (const auto& s : ingest_series()) {
-    auto read = [&i, f = s.read] { return f(i.stats()); };
+    auto read = [&i, f = s.field] { return static_cast<double>(i.stats().*f); };
     if (s.counter) {
       registry_.counter_fn(s.name, s.help, labels_of(i, s.extra), read);
     } else {
       registry_.gauge_fn(s.name, s.help, labels_of(i, s.extra), read);
     }
   }
+  registry_.gauge_fn(kConnected, "1 while an [[ingest]] entry's source is playing",
+                     labels_of(i, {}), [&i] { return i.stats().connected ? 1.0 : 0.0; });
 }
 
 void ServedIngests::remove_series(const media::IngestPublisher& i) {
   for (const auto& s : ingest_series()) registry_.remove(s.name, labels_of(i, s.extra));
+  registry_.remove(kConnected, labels_of(i, {}));
 }
 
 ServedIngests::ServedIngests(const std::vector<IngestEntryConfig>& entries,

@@ -34,14 +34,26 @@ struct Event {
   std::string reason;          // gap
 };
 
-RelayConfig video_topic() {
+// A relay with one topic, `name`: real-time `depth` deep, or lossless (depth 0).
+RelayConfig one_topic(const char* name, std::size_t depth) {
   RelayConfig c;
   TopicConfig t;
-  t.name = "video";
-  t.mode = TopicMode::realtime;
-  t.depth = 256;  // (each viewer asks for its own depth, up to this)
+  t.name = name;
+  t.mode = depth > 0 ? TopicMode::realtime : TopicMode::lossless;
+  if (depth > 0) t.depth = depth;
   c.topics.push_back(t);
   return c;
+}
+
+RelayConfig video_topic() {
+  return one_topic("video", 256);  // (each viewer asks for its own depth, up to this)
+}
+
+client::PublisherOptions producer(const RelayScene& relay, const char* topic) {
+  client::PublisherOptions o;
+  o.target = relay.target;
+  o.topic = topic;
+  return o;
 }
 
 client::SubscriberOptions viewer(const RelayScene& relay, const char* name, std::uint32_t depth) {
@@ -97,10 +109,7 @@ TEST(Keyframes, ALappedViewerResumesAtAKeyframeAndIsToldWhatItSkipped) {
   std::vector<Event> slow_seen;
   auto tf = reading(fast, fast_seen, kItems, 0ms);
   auto ts = reading(slow, slow_seen, kItems, 15ms);
-  client::PublisherOptions po;
-  po.target = relay.target;
-  po.topic = "video";
-  client::Publisher pub(po);
+  client::Publisher pub(producer(relay, "video"));
   const std::string frame(128 * 1024,
                           'f');  // (large: the viewer's windows fill, the relay laps it)
   for (std::uint64_t i = 0; i < kItems; ++i) {
@@ -153,10 +162,7 @@ TEST(Keyframes, ALappedViewerResumesAtAKeyframeAndIsToldWhatItSkipped) {
 // delta items after it (its current group): it gets them all, no gap, and can decode at once.
 TEST(Keyframes, AViewerJoiningMidGopStartsAtTheLatestKeyframe) {
   RelayScene relay(video_topic());
-  client::PublisherOptions po;
-  po.target = relay.target;
-  po.topic = "video";
-  client::Publisher pub(po);
+  client::Publisher pub(producer(relay, "video"));
   for (std::uint64_t i = 0; i < 15; ++i)  // (two GOPs: the second, 10..14, is the current one)
     ASSERT_TRUE(pub.publish(Buffer::copy("early"), 0, flags_of(i)).ok());
   ASSERT_TRUE(relay.wait_for_sessions(1));
@@ -184,17 +190,8 @@ TEST(Keyframes, AViewerJoiningMidGopStartsAtTheLatestKeyframe) {
 // A group longer than the topic's ring is not kept: a viewer that joins mid-GOP then starts at
 // the next keyframe, told first how many delta items it was not given.
 TEST(Keyframes, AGopLongerThanTheTopicHoldsIsNotKeptTheViewerWaitsForTheNextKeyframe) {
-  RelayConfig c;
-  TopicConfig t;
-  t.name = "video";
-  t.mode = TopicMode::realtime;
-  t.depth = 4;  // a ring of 8 items: a GOP of 10 does not fit
-  c.topics.push_back(t);
-  RelayScene relay(c);
-  client::PublisherOptions po;
-  po.target = relay.target;
-  po.topic = "video";
-  client::Publisher pub(po);
+  RelayScene relay(one_topic("video", 4));  // a ring of 8 items: a GOP of 10 does not fit
+  client::Publisher pub(producer(relay, "video"));
   for (std::uint64_t i = 0; i < 19; ++i)
     ASSERT_TRUE(pub.publish(Buffer::copy("early"), 0, flags_of(i)).ok());
   ASSERT_TRUE(relay.wait_for_sessions(1));
@@ -219,16 +216,8 @@ TEST(Keyframes, AGopLongerThanTheTopicHoldsIsNotKeptTheViewerWaitsForTheNextKeyf
 // A lossless topic's subscriber gets every item, delta or not: nothing is skipped there (a
 // recorder keeps the whole stream), and it too starts at the latest keyframe.
 TEST(Keyframes, ALosslessTopicSkipsNothing) {
-  RelayConfig c;
-  TopicConfig t;
-  t.name = "recording";
-  t.mode = TopicMode::lossless;
-  c.topics.push_back(t);
-  RelayScene relay(c);
-  client::PublisherOptions po;
-  po.target = relay.target;
-  po.topic = "recording";
-  client::Publisher pub(po);
+  RelayScene relay(one_topic("recording", 0));
+  client::Publisher pub(producer(relay, "recording"));
   for (std::uint64_t i = 0; i < 15; ++i)  // (the current group: 10..14)
     ASSERT_TRUE(pub.publish(Buffer::copy("early"), 0, flags_of(i)).ok());
   std::this_thread::sleep_for(200ms);
