@@ -148,6 +148,7 @@ struct BroadcastStats {
   std::uint64_t timeouts = 0;        // publishes that gave up at their deadline (lossless)
   std::uint64_t retained_bytes = 0;  // size_bytes of the items held (subscribers', retention)
   std::uint64_t retained_from = 0;   // the oldest position subscribe_from() can start at
+                                     // (retention's or the group's)
   std::uint64_t group_items = 0;     // the current group's items kept (0: none kept)
   double blocked_seconds = 0;        // time publishers waited for subscribers (spinning or parked)
   std::vector<SubscriberStats> subscribers;  // current subscribers, in joining order
@@ -943,6 +944,7 @@ BroadcastStats Broadcast<T>::stats() const {
   {
     std::lock_guard lock(state_->mu);
     out.retained_from = s.config.retain > 0 ? s.retain_from : out.published;
+    if (s.group_kept) out.retained_from = std::min(out.retained_from, s.group_from);
     out.group_items = s.group_kept ? out.published - s.group_from : 0;
   }
   out.blocked_seconds = static_cast<double>(s.blocked_ns.load(std::memory_order_relaxed)) / 1e9;
