@@ -128,6 +128,7 @@ nlohmann::json topic_json(const Topic& t) {
   tj["queue_bytes"] = worst_bytes;
   tj["retained_bytes"] = s.retained_bytes;
   tj["retained_from"] = s.retained_from;  // the oldest position a subscriber can resume at
+  tj["group_items"] = s.group_items;      // a video's current group kept: where a newcomer starts
   tj["epoch"] = t.epoch;
   tj["timeouts"] = t.publish_timeouts.load(std::memory_order_relaxed);
   if (t.stage) tj["stage"] = stage_json(*t.stage);

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -76,6 +77,15 @@ double series(const RelayScene& relay, const std::string& name,
     if (all) return std::stod(line.substr(line.rfind(' ') + 1));
   }
   return -1;
+}
+
+// The topic's current group as its stats show it: items kept for a newcomer.
+std::uint64_t group_items(const RelayScene& relay, const std::string& topic) {
+  const auto stats = nlohmann::json::parse(relay.stats_json());
+  for (const auto& t : stats["topics"]) {
+    if (t["name"] == topic) return t["group_items"].get<std::uint64_t>();
+  }
+  return 0;
 }
 
 // Reads `sub` until item `last` (or the end), taking `per_item` over each item.
@@ -167,6 +177,7 @@ TEST(Keyframes, AViewerJoiningMidGopStartsAtTheLatestKeyframe) {
     ASSERT_TRUE(pub.publish(Buffer::copy("early"), 0, flags_of(i)).ok());
   ASSERT_TRUE(relay.wait_for_sessions(1));
   std::this_thread::sleep_for(200ms);  // (those are in the topic before the viewer joins)
+  EXPECT_EQ(group_items(relay, "video"), 5U);
   client::Subscriber late(viewer(relay, "late", 4));  // (a depth below what it starts behind)
   ASSERT_TRUE(late.subscribed());
   std::vector<Event> seen;
@@ -197,6 +208,7 @@ TEST(Keyframes, AGopLongerThanTheTopicHoldsIsNotKeptTheViewerWaitsForTheNextKeyf
   ASSERT_TRUE(relay.wait_for_sessions(1));
   std::this_thread::sleep_for(200ms);
   EXPECT_EQ(series(relay, "sluice_topic_retained_bytes{", {"topic=\"video\""}), 0);
+  EXPECT_EQ(group_items(relay, "video"), 0U);
   client::Subscriber late(viewer(relay, "late", 4));
   ASSERT_TRUE(late.subscribed());
   std::vector<Event> seen;
