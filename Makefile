@@ -137,7 +137,7 @@ bench-cluster: build
 # M1: what each WebRTC (WHEP) viewer costs the server, against GStreamer alone (tee -> webrtcbins).
 bench-media: build
 	./build/bench/sluice_whep_bench
-	SLUICE_BINARY=build/src/cli/sluice node bench/whep_latency.mjs
+	SLUICE_BINARY=build/src/cli/sluice node web/bench/whep_latency.mjs
 
 # What the Python SDK costs over raw python3-websockets (python/bench/sdk_overhead.py).
 bench-python: build

@@ -217,6 +217,16 @@ struct SubscriberState {
   // Joined at a group: the head when it joined. Until it reaches it, it is lapped only once
   // more than `depth` items were published after it (not for the group it starts with).
   const std::uint64_t caught_up_at;
+  // The lossy rule, in one place: at position `at` with the ring (of `capacity`) at `head`,
+  // the items it has lost — all but its `depth` most recent once it is more than `depth`
+  // behind (counted from caught_up_at until it is there) or behind by more than the ring
+  // holds; else 0.
+  std::uint64_t lapped(std::uint64_t head, std::uint64_t at,
+                       std::uint64_t capacity) const noexcept {
+    if (head <= at) return 0;
+    const std::uint64_t lag = head - at;
+    return head - std::max(at, caught_up_at) > depth || lag > capacity ? lag - depth : 0;
+  }
   // Next sequence number to receive. Written by the subscriber only; read by publishers.
   alignas(64) std::atomic<std::uint64_t> cursor;
   // Bytes published before it joined plus bytes it received (byte-budgeted broadcasts only).
@@ -313,9 +323,9 @@ struct BroadcastState {
     }
     return out;
   }
-  // A subscriber at `cursor` will not read [cursor, end): it passes every item of that range
-  // still in its slot. Caller holds `mu` (the slots are not reused meanwhile) or is the
-  // subscriber reading guarded slots; released items go to `out`.
+  // A reader at `cursor` (a subscriber, or the group) will not read [cursor, end): it passes
+  // every item of that range still in its slot. Caller holds `mu` (the slots are not reused
+  // meanwhile) or is the subscriber reading guarded slots; released items go to `out`.
   void pass_range(std::uint64_t cursor, std::uint64_t end, std::vector<std::optional<T>>& out) {
     const std::uint64_t first =
         end > config.capacity ? std::max(cursor, end - config.capacity) : cursor;
@@ -331,7 +341,7 @@ struct BroadcastState {
 };
 
 SubscriberStats subscriber_stats(const SubscriberState& s, std::uint64_t head,
-                                 std::uint64_t published_bytes);
+                                 std::uint64_t capacity, std::uint64_t published_bytes);
 
 }  // namespace detail
 
@@ -526,6 +536,7 @@ class Subscription {
   }
   SubscriberStats stats() const {
     return detail::subscriber_stats(*sub_, state_->head.load(std::memory_order_acquire),
+                                    state_->config.capacity,
                                     state_->published_bytes.load(std::memory_order_acquire));
   }
 
@@ -653,15 +664,7 @@ bool Broadcast<T>::group_publish(std::uint64_t seq, std::uint64_t weight, bool d
 template <class T>
 void Broadcast<T>::release_group(std::vector<std::optional<T>>& out) noexcept {
   State& s = *state_;
-  const std::uint64_t head = s.head.load(std::memory_order_relaxed);
-  for (std::uint64_t seq = s.group_from; seq < head; ++seq) {
-    auto& slot = s.slot_at(seq);
-    if (!s.unguarded_reads) slot.lock.lock();
-    if (slot.seq.load(std::memory_order_relaxed) == seq) {
-      if (auto item = s.pass(slot)) out.push_back(std::move(item));
-    }
-    if (!s.unguarded_reads) slot.lock.unlock();
-  }
+  s.pass_range(s.group_from, s.head.load(std::memory_order_relaxed), out);
   s.group_kept = false;
   s.group_held = 0;
 }
@@ -813,7 +816,8 @@ SendResult Broadcast<T>::publish_impl(T& item, Clock::time_point deadline, Clock
       return {SendStatus::timeout, DropReason::overflow, 0,
               detail::broadcast_timeout_message(
                   s.config.name,
-                  detail::subscriber_stats(**slowest, s.head.load(), s.published_bytes.load()),
+                  detail::subscriber_stats(**slowest, s.head.load(), s.config.capacity,
+                                           s.published_bytes.load()),
                   s.config.capacity, s.config.max_bytes, waited)};
     }
     // Register, re-check, park: a subscriber that moves on after the re-check sees us.
@@ -934,8 +938,8 @@ BroadcastStats Broadcast<T>::stats() const {
     out.closed = s.closed.load();
     out.published = s.head.load();
     for (const auto& sub : s.subs)
-      out.subscribers.push_back(
-          detail::subscriber_stats(*sub, out.published, s.published_bytes.load()));
+      out.subscribers.push_back(detail::subscriber_stats(*sub, out.published, s.config.capacity,
+                                                         s.published_bytes.load()));
   }
   out.evicted = s.evicted.load(std::memory_order_relaxed);
   out.would_block = s.would_block.load(std::memory_order_relaxed);
@@ -989,12 +993,9 @@ typename Subscription<T>::Attempt Subscription<T>::try_take(RecvResult<T>& out) 
       return Attempt::done;
     }
     const std::uint64_t lag = head - cursor;
-    // (A newcomer that joined at a group counts its lag from where it joined until it is
-    // there; never more than the ring holds.)
-    if (head - std::max(cursor, sub.caught_up_at) > sub.depth || lag > s.config.capacity) {
+    if (const std::uint64_t lost = sub.lapped(head, cursor, s.config.capacity); lost > 0) {
       // Lapped (lossy; lossless publishers never get `depth` ahead): skip to the `depth` most
       // recent items and say so once, before the next item.
-      const std::uint64_t lost = lag - sub.depth;
       std::vector<std::optional<T>> released;  // (destroyed after the slots' locks)
       s.pass_range(cursor, cursor + lost, released);
       sub.cursor.store(cursor + lost, std::memory_order_seq_cst);

@@ -76,7 +76,7 @@ void BroadcastConfig::validate() const {
 namespace detail {
 
 SubscriberStats subscriber_stats(const SubscriberState& s, std::uint64_t head,
-                                 std::uint64_t published_bytes) {
+                                 std::uint64_t capacity, std::uint64_t published_bytes) {
   SubscriberStats out;
   out.name = s.name;
   out.depth = s.depth;
@@ -85,9 +85,7 @@ SubscriberStats subscriber_stats(const SubscriberState& s, std::uint64_t head,
   out.lost[DropReason::slow_consumer] = s.lost_slow.load(std::memory_order_relaxed);
   const std::uint64_t cursor = s.cursor.load(std::memory_order_acquire);
   out.lag = head > cursor ? head - cursor : 0;
-  // (A newcomer that joined at a group is lapped only past `depth` beyond where it joined.)
-  const std::uint64_t base = std::max(cursor, s.caught_up_at);
-  out.lapped = head > base + s.depth ? out.lag - s.depth : 0;
+  out.lapped = s.lapped(head, cursor, capacity);
   const std::uint64_t consumed = s.consumed_bytes.load(std::memory_order_acquire);
   out.lag_bytes = published_bytes > consumed ? published_bytes - consumed : 0;
   out.max_lag = s.max_lag.load(std::memory_order_relaxed);

@@ -6,7 +6,7 @@ import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
-import { chromium } from "playwright-core";
+import { launch } from "../test/chromium.mjs";
 
 const SLUICE = process.env.SLUICE_BINARY || "build/src/cli/sluice";
 const WINDOW_MS = Number(process.env.WINDOW_MS || 10000);
@@ -53,8 +53,7 @@ function stopLoad() {
   for (const p of load.splice(0)) p.kill("SIGINT");
 }
 
-const browser = await chromium.launch({ executablePath: process.env.SLUICE_CHROMIUM ||
-  "/usr/bin/chromium", args: ["--no-sandbox"] });
+const browser = await launch();
 const rows = [];
 for (const dashboards of [0, 5]) {
   const pages = [];

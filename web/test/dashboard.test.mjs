@@ -12,19 +12,17 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 import { relay as startRelay } from "./relay.mjs";
 
 const SLUICE = process.env.SLUICE_BINARY;
 const relay = (options) => startRelay(SLUICE, options);
 const ARTIFACTS = process.env.SLUICE_ARTIFACTS || tmpdir();
-const CHROMIUM = process.env.SLUICE_CHROMIUM || "/usr/bin/chromium";
 assert.ok(SLUICE, "SLUICE_BINARY: the sluice executable");
 
 let browser;
 before(async () => {
-  // (--no-sandbox: CI runs as root, where Chromium's sandbox cannot start)
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
+  browser = await launch();
 });
 after(async () => { await browser?.close(); });
 

@@ -9,24 +9,17 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { readdirSync, readFileSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 import { relay as startRelay } from "./relay.mjs";
 
 const SLUICE = process.env.SLUICE_BINARY;
-const CHROMIUM = process.env.SLUICE_CHROMIUM || "/usr/bin/chromium";
 const SOAK_SECONDS = Number(process.env.SLUICE_SOAK_SECONDS || 0);
 const VIEWERS = Number(process.env.SLUICE_WHEP_VIEWERS || (SOAK_SECONDS ? 100 : 10));
 assert.ok(SLUICE, "SLUICE_BINARY: the sluice executable");
 
 let browser;
 before(async () => {
-  // --no-sandbox: CI runs as root. WebRTC on loopback: Chromium offers loopback candidates
-  // only when allowed, and names its host candidates by mDNS unless told not to.
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--no-sandbox", "--allow-loopback-in-peer-connection",
-      "--disable-features=WebRtcHideLocalIpsWithMdns", "--autoplay-policy=no-user-gesture-required"],
-  });
+  browser = await launch({ webrtc: true });
 });
 after(async () => { await browser?.close(); });
 

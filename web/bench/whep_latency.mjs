@@ -16,13 +16,11 @@
 // the painted time. Both pages run in one browser, so one clock. Each path is measured for
 // SLUICE_LATENCY_SECONDS (default 10) after 2 s of warm-up.
 // Run: make bench-media (after the CPU/RSS part), or
-//   SLUICE_BINARY=build/src/cli/sluice node bench/whep_latency.mjs
-// (playwright-core is installed in web/, with the browser tests: scripts/install-deps.sh)
-import { chromium } from "../web/node_modules/playwright-core/index.mjs";
-import { relay as startRelay } from "../web/test/relay.mjs";
+//   SLUICE_BINARY=build/src/cli/sluice node web/bench/whep_latency.mjs
+import { launch } from "../test/chromium.mjs";
+import { relay as startRelay } from "../test/relay.mjs";
 
 const SLUICE = process.env.SLUICE_BINARY || "build/src/cli/sluice";
-const CHROMIUM = process.env.SLUICE_CHROMIUM || "/usr/bin/chromium";
 const SECONDS = Number(process.env.SLUICE_LATENCY_SECONDS || 10);
 const WARMUP_MS = 2000;
 
@@ -80,6 +78,11 @@ const VIEWER = `(() => {
     video.requestVideoFrameCallback(onFrame);
   };
 })()`;
+
+// In both pages of the WebRTC-alone path: resolves once `pc` has gathered its candidates (the
+// descriptions go whole, not trickled).
+const GATHERED = `window.gathered = (pc) => new Promise((r) => (pc.iceGatheringState === "complete" ? r()
+  : pc.addEventListener("icegatheringstatechange", () => pc.iceGatheringState === "complete" && r())));`;
 
 function percentile(sorted, p) {
   if (sorted.length === 0) return NaN;
@@ -150,9 +153,11 @@ async function webrtcAlone(browser, r) {
   const camera = await browser.newPage();
   await camera.goto(`${r.http}/healthz`);
   await camera.evaluate(CAMERA);
+  await camera.evaluate(GATHERED);
   const viewer = await browser.newPage();
   await viewer.goto(`${r.http}/healthz`);
   await viewer.evaluate(VIEWER);
+  await viewer.evaluate(GATHERED);
   const offer = await camera.evaluate(async () => {
     window.timer = setInterval(() => window.paint(), 33);
     const track = window.camera.captureStream(30).getVideoTracks()[0];
@@ -162,8 +167,7 @@ async function webrtcAlone(browser, r) {
     t.setCodecPreferences(vp8);
     window.pc = pc;
     await pc.setLocalDescription(await pc.createOffer());
-    await new Promise((r) => (pc.iceGatheringState === "complete" ? r()
-      : pc.addEventListener("icegatheringstatechange", () => pc.iceGatheringState === "complete" && r())));
+    await window.gathered(pc);
     return pc.localDescription.sdp;
   });
   const answer = await viewer.evaluate(async (sdp) => {
@@ -178,8 +182,7 @@ async function webrtcAlone(browser, r) {
     });
     await pc.setRemoteDescription({ type: "offer", sdp });
     await pc.setLocalDescription(await pc.createAnswer());
-    await new Promise((r) => (pc.iceGatheringState === "complete" ? r()
-      : pc.addEventListener("icegatheringstatechange", () => pc.iceGatheringState === "complete" && r())));
+    await window.gathered(pc);
     window.pc = pc;
     return pc.localDescription.sdp;
   }, offer);
@@ -192,11 +195,7 @@ async function webrtcAlone(browser, r) {
 }
 
 const r = await startRelay(SLUICE, { env: { SLUICE_WHEP_ICE_ADDRESSES: "127.0.0.1" } });
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: ["--no-sandbox", "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns", "--autoplay-policy=no-user-gesture-required"],
-});
+const browser = await launch({ webrtc: true });
 try {
   const alone = await webrtcAlone(browser, r);
   const sluice = await throughSluice(browser, r);
