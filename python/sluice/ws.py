@@ -189,10 +189,16 @@ class Subscriber:
     frames (`retain_items`) it continues with the very next frame, nothing lost or repeated;
     frames no longer retained come as one Gap(n, "retention"), and a relay that restarted
     meanwhile as Gap(None, "relay_restart") (how many were missed is not known).
+
+    `window` (default 16; 0: none): at most this many frames are on their way to the program
+    and not yet processed — a frame counts as processed when the loop asks for the next one.
+    The rest wait in the relay, where a real-time topic skips them (a Gap) and a lossless one
+    holds its producer back: a busy consumer gets frames at most `window` (plus the topic's
+    depth) behind, whatever the kernel's and the websockets library's buffers hold.
     """
 
     def __init__(self, uri: str, topic: str, token: str | None, ssl: ssl_module.SSLContext | None,
-                 reconnect: bool) -> None:
+                 reconnect: bool, window: int = 0) -> None:
         self.topic = topic
         self._uri = uri
         self._token = token
@@ -205,20 +211,29 @@ class Subscriber:
         self.reconnects = 0
         self.epoch: str | None = None
         self.position = 0
+        self._window = window
+        self._processed = 0  # frames of this connection processed
+        self._acked = 0  # of them acknowledged to the relay
+        self._pending = False  # a frame was returned and not yet counted as processed
 
     @classmethod
     async def connect(cls, topic: str, url: str = DEFAULT_URL, *, name: str | None = None,
                       depth: int | None = None, token: str | None = None,
                       ssl: ssl_module.SSLContext | None = None,
-                      reconnect: bool = False) -> "Subscriber":
+                      reconnect: bool = False, window: int = 16) -> "Subscriber":
+        if window < 0:
+            raise ValueError(f"window must be 0 (none) or a number of frames, not {window}")
         uri = _endpoint(url, f"/v1/ws/subscribe/{urllib.parse.quote(topic, safe='')}",
-                        name=name, depth=depth, header=FLAGGED_HEADER_BYTES)
-        sub = cls(uri, topic, token, ssl, reconnect)
+                        name=name, depth=depth, header=FLAGGED_HEADER_BYTES,
+                        window=window or None)
+        sub = cls(uri, topic, token, ssl, reconnect, window)
         sub._opened(await _open(uri, token, ssl))
         return sub
 
     def _opened(self, ws: websockets.WebSocketClientProtocol) -> None:
         self._ws = ws
+        self._processed = self._acked = 0  # (a window is per connection)
+        self._pending = False
         headers = ws.response_headers
         self.epoch = headers.get("Sluice-Epoch")
         self.position = int(headers.get("Sluice-Position", self.position))
@@ -228,6 +243,11 @@ class Subscriber:
 
     async def __anext__(self) -> Received:
         # (The frame path first and short: it runs once per frame.)
+        if self._pending:  # the frame returned last has been processed
+            self._pending = False
+            self._processed += 1
+            if self._processed - self._acked >= (self._window + 1) // 2:
+                await self._ack()
         while True:
             try:
                 message = await self._ws.recv()  # type: ignore[union-attr]
@@ -238,11 +258,21 @@ class Subscriber:
                 self.received += 1
                 self.position += 1
                 index, stamp, flags, _ = _unpack_flagged(message)
+                self._pending = self._window != 0
                 return Frame(index, stamp, memoryview(message)[FLAGGED_HEADER_BYTES:], flags)
             gap = self._event(message)
             if gap is not None:
                 return gap
             # (errors about what we sent; subscribers send nothing: none expected)
+
+    async def _ack(self) -> None:
+        """Tells the relay how many frames were processed (every half window: the relay, which
+        keeps at most `window` unacknowledged, never waits on an acknowledgement not sent)."""
+        self._acked = self._processed
+        try:
+            await self._ws.send(json.dumps({"ack": self._acked}))  # type: ignore[union-attr]
+        except ConnectionClosed:
+            pass  # (the next recv() sees the end)
 
     async def _ended(self) -> None:
         """The connection ended: stop, raise, or connect again (reconnect=True)."""

@@ -158,6 +158,10 @@ class CoalescingSocket {
     std::size_t batch_bytes = 64 * 1024;  // a batch is written once this full
     std::size_t copy_max = 16 * 1024;     // larger writes are never copied
     bool sync_batch = false;              // synchronous writes batch too (then flush() when due)
+    // One batch at a time: while one is on its way to the kernel, writes wait for it instead of
+    // filling the next (a subscriber's frames then stay in its cursor, where the topic's depth
+    // bounds them, rather than piling up here behind a peer that does not read).
+    bool one_batch = false;
     // Where a batch waits to be flushed: the event loop's queue, or (null) a handler posted
     // to the executor, put off while writes keep arriving.
     FlushQueue* flush_queue = nullptr;
@@ -232,7 +236,7 @@ class CoalescingSocket {
     State& s = *st_;
     const std::size_t n = boost::asio::buffer_size(buffers);
     if (s.error || !s.waiters.empty() || n > s.options.copy_max ||
-        s.batch.size() + n > s.options.batch_bytes)
+        s.batch.size() + n > s.options.batch_bytes || (s.options.one_batch && s.flushing))
       return false;
     append(s, buffers);
     schedule_flush(st_, st_->socket.get_executor());
@@ -476,7 +480,7 @@ class CoalescingSocket {
     const std::size_t n = boost::asio::buffer_size(buffers);
     // (Not past a write that waits: bytes leave in the order of the calls.)
     if (s.waiters.empty() && n <= s.options.copy_max &&
-        s.batch.size() + n <= s.options.batch_bytes) {
+        s.batch.size() + n <= s.options.batch_bytes && !(s.options.one_batch && s.flushing)) {
       append(s, buffers);
       s.last_batched = true;
       post_completion(s, ex, std::move(h), {}, n);

@@ -169,6 +169,14 @@ std::size_t parse_retain_items(const Source& s, const std::string& v) {
 
 // A lossless topic retains within its ring of max_queue_items.
 void check_retention(const TopicConfig& t, const std::string& where) {
+  if (t.evict_after.count() > 0 && t.evict_after < t.max_wait) {
+    throw ConfigError(
+        "invalid configuration: " + where +
+        " evict_after_ms (SLUICE_EVICT_AFTER_MS) = " + std::to_string(t.evict_after.count()) +
+        " is below max_wait_ms = " + std::to_string(t.max_wait.count()) +
+        " (accepted: 0, never, or max_wait_ms to 3600000: a producer waits "
+        "max_wait_ms for a stuck subscriber before one is evicted)");
+  }
   if (t.mode == TopicMode::lossless && t.retain_items > t.max_queue_items) {
     throw ConfigError("invalid configuration: " + where +
                       " retain_items (SLUICE_RETAIN_ITEMS) = " + std::to_string(t.retain_items) +
@@ -376,6 +384,11 @@ const std::vector<Setting>& settings() {
          c.defaults.max_wait =
              std::chrono::milliseconds(parse_int(s, v, 0, 3'600'000, "0 to 3600000 (ms)"));
        }},
+      {"topics.evict_after_ms", "SLUICE_EVICT_AFTER_MS", "evict-after-ms",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.defaults.evict_after =
+             std::chrono::milliseconds(parse_int(s, v, 0, 3'600'000, "0 to 3600000 (ms)"));
+       }},
       {"topics.depth", "SLUICE_DEPTH", "depth",
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.defaults.depth = static_cast<std::size_t>(parse_int(s, v, 1, 1024, "1 to 1024"));
@@ -510,13 +523,14 @@ std::optional<std::string> scalar_text(const toml::node& node) {
   return std::nullopt;
 }
 
-constexpr std::array<std::string_view, 15> kTopicKeys = {"mode",
+constexpr std::array<std::string_view, 16> kTopicKeys = {"mode",
                                                          "scope",
                                                          "retain_items",
                                                          "content_type",
                                                          "max_queue_bytes",
                                                          "max_queue_items",
                                                          "max_wait_ms",
+                                                         "evict_after_ms",
                                                          "depth",
                                                          "stage",
                                                          "stage_fps",
@@ -958,6 +972,10 @@ RelayConfig load_relay_config(const std::optional<std::string>& file,
         t.max_wait =
             std::chrono::milliseconds(parse_int(src, text, 0, 3'600'000, "0 to 3600000 (ms)"));
       }
+      if (field == "evict_after_ms") {
+        t.evict_after =
+            std::chrono::milliseconds(parse_int(src, text, 0, 3'600'000, "0 to 3600000 (ms)"));
+      }
       if (field == "depth")
         t.depth = static_cast<std::size_t>(parse_int(src, text, 1, 1024, "1 to 1024"));
       if (field == "retain_items") t.retain_items = parse_retain_items(src, text);
@@ -1083,7 +1101,8 @@ std::string to_toml(const RelayConfig& c) {
     << "\nidle_timeout_ms = " << c.topic_idle_timeout.count() << "\nmode = \""
     << to_string(c.defaults.mode) << "\"\nmax_queue_bytes = " << c.defaults.max_queue_bytes
     << "\nmax_queue_items = " << c.defaults.max_queue_items
-    << "\nmax_wait_ms = " << c.defaults.max_wait.count() << "\ndepth = " << c.defaults.depth
+    << "\nmax_wait_ms = " << c.defaults.max_wait.count()
+    << "\nevict_after_ms = " << c.defaults.evict_after.count() << "\ndepth = " << c.defaults.depth
     << "\nretain_items = " << c.defaults.retain_items << "\nscope = \""
     << to_string(c.defaults.scope) << "\"\n\n[nats]\nurls = " << quoted_list(c.nats.urls)
     << "\nsubject_prefix = " << toml_quoted(c.nats.subject_prefix)
@@ -1105,8 +1124,8 @@ std::string to_toml(const RelayConfig& c) {
     o << "\n[[topic]]\nname = \"" << t.name << "\"\nmode = \"" << to_string(t.mode)
       << "\"\nmax_queue_bytes = " << t.max_queue_bytes
       << "\nmax_queue_items = " << t.max_queue_items << "\nmax_wait_ms = " << t.max_wait.count()
-      << "\ndepth = " << t.depth << "\nretain_items = " << t.retain_items << "\nscope = \""
-      << to_string(t.scope) << "\"\n";
+      << "\nevict_after_ms = " << t.evict_after.count() << "\ndepth = " << t.depth
+      << "\nretain_items = " << t.retain_items << "\nscope = \"" << to_string(t.scope) << "\"\n";
     if (!t.content_type.empty()) o << "content_type = \"" << t.content_type << "\"\n";
     if (t.stage) {
       o << "stage = true\nstage_fps = " << shortest(t.stage->fps)

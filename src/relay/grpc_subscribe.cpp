@@ -1,10 +1,12 @@
 // Subscribe over gRPC: a server-streaming call over a SubscriberPump. One write in flight (a
 // gRPC rule): what queued up meanwhile goes out as one Batch; gaps as Gap events; the stream
-// ends with OK when the topic closes, or with the pump's refusal. Writes are judged as a
-// WebSocket subscriber's are: every send_timeout_ms the write in flight has not completed
-// counts as a timeout, and a subscriber whose writes stall max_send_timeouts times in a row
-// leaves the topic at once and its call ends (slow_consumer: RESOURCE_EXHAUSTED); if it still
-// does not read, the call is cancelled handshake_timeout_ms later.
+// ends with OK when the topic closes, or with the pump's refusal. The pump judges its progress
+// by the writes gRPC completed: gRPC completes a write once its bytes went out within the
+// HTTP/2 stream's flow-control window, which the subscriber opens by reading, so a completion
+// is bytes that left (a Batch is kept to kBatchBytes so that a steady reader completes one
+// often). A stalled subscriber leaves the topic and its call ends (slow_consumer:
+// RESOURCE_EXHAUSTED); if it still does not read, the call is cancelled handshake_timeout_ms
+// later.
 #include <chrono>
 #include <string>
 #include <utility>
@@ -23,6 +25,15 @@ class SubscribeReactor final : public GuardedReactor<SubscribeReactor, Subscribe
                    std::unique_ptr<SubscriberPump> subscriber, const Principal& who)
       : core_(core), ctx_(ctx), slot_(std::move(slot)), pump_(std::move(subscriber)) {
     expire_with(core, who);
+    pump_->watch({[this, run = later_with(&SubscribeReactor::tick)](std::function<void()> tick) {
+                    core_.loops.main().at(
+                        std::chrono::steady_clock::now() + core_.config.send_timeout,
+                        [run, tick] { run(tick); });
+                  },
+                  [this] {
+                    return SubscriberPump::Progress{delivered_, in_flight_ != 0};
+                  },
+                  [this](const Refusal& r) SLUICE_NO_THREAD_SAFETY_ANALYSIS { end(r); }});
     StartSendInitialMetadata();  // tells the client the subscription exists (Subscriber waits)
     pump();
   }
@@ -31,17 +42,15 @@ class SubscribeReactor final : public GuardedReactor<SubscribeReactor, Subscribe
     {
       MutexLock lock(mu_);
       if (!written(ok, "subscriber")) return;
-      if (auto refusal = pump_->write_done()) {
-        end(*refusal);
-        return;
-      }
+      delivered_ += in_flight_;
+      in_flight_ = 0;
     }
     pump();
   }
 
  private:
   static constexpr std::size_t kBatchItems = 256;
-  static constexpr std::size_t kBatchBytes = std::size_t{1} << 20;
+  static constexpr std::size_t kBatchBytes = std::size_t{256} << 10;
 
   // Sends what is there; when nothing is, asks to be called again when something is (outside
   // the lock: the hook may run at once).
@@ -71,30 +80,16 @@ class SubscribeReactor final : public GuardedReactor<SubscribeReactor, Subscribe
       }
     }
     writing_ = true;
-    pump_->write_started();
-    judge_later();
+    in_flight_ = std::max<std::size_t>(event_.Length(), 1);
+    pump_->sending();
     StartWrite(&event_);
     return true;
   }
 
-  // The write in flight is looked at every send_timeout; one timer at a time, none while idle.
-  void judge_later() SLUICE_REQUIRES(mu_) {
-    if (judging_) return;
-    judging_ = true;
-    core_.loops.main().at(std::chrono::steady_clock::now() + core_.config.send_timeout,
-                          later(&SubscribeReactor::judge));
-  }
-  void judge() {
+  // The pump's judgement, serialized with the rest (see watch()).
+  void tick(std::function<void()> judge) {
     MutexLock lock(mu_);
-    judging_ = false;
-    if (finished_ || !writing_) return;
-    if (pump_->write_age() >= core_.config.send_timeout) {
-      if (auto refusal = pump_->write_timed_out()) {
-        end(*refusal);
-        return;
-      }
-    }
-    judge_later();
+    if (!finished_) judge();
   }
   // Ends the call with `r` (the pump has left the topic). The status goes out once the
   // subscriber reads what is in flight; one that never does is cancelled.
@@ -122,8 +117,11 @@ class SubscribeReactor final : public GuardedReactor<SubscribeReactor, Subscribe
   RelayCore& core_;
   grpc::CallbackServerContext* ctx_;
   SessionSlot slot_;
-  const std::unique_ptr<SubscriberPump> pump_;   // its calls are serialized by mu_
-  bool judging_ SLUICE_GUARDED_BY(mu_) = false;  // a judge() is due
+  const std::unique_ptr<SubscriberPump> pump_;  // its calls are serialized by mu_
+  // The judge's reading (serialized by mu_, like the pump's calls): the bytes of the writes
+  // completed so far, and of the one in flight.
+  std::uint64_t delivered_ = 0;
+  std::size_t in_flight_ = 0;
   wire::ItemWriter writer_ SLUICE_GUARDED_BY(mu_);
   std::vector<wire::ItemFields> fields_ SLUICE_GUARDED_BY(mu_);  // (scratch, kept for its room)
   grpc::ByteBuffer event_;                                       // the write in flight

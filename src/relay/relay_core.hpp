@@ -18,7 +18,6 @@
 #include "refusal.hpp"
 #include "sluice/metrics.hpp"
 #include "sluice/relay/config.hpp"
-#include "sluice/slow_consumer.hpp"
 #include "topic_registry.hpp"
 
 namespace sluice::relay {
@@ -46,15 +45,6 @@ struct RelayCore {
   Access access{config};
   /// Producers' large frames are read into recycled memory (see frame_buffer.hpp).
   FramePool frames;
-  /// Judges WebSocket subscribers by their sends: late ones stay (and lose frames on a
-  /// real-time topic), stalled ones are disconnected.
-  SlowConsumerDetector slow_subscribers{[this] {
-    SlowConsumerConfig c;
-    c.consecutive_timeouts = config.max_send_timeouts;
-    c.action = SlowAction::drop;
-    c.stall_action = SlowAction::disconnect;
-    return c;
-  }()};
   LoopPool loops{config.threads, metrics};  // last: see Lifetime
 
   /// Counts a refusal a transport is telling its peer (sluice_refusals_total{kind}): every

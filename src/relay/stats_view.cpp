@@ -122,6 +122,13 @@ nlohmann::json topic_json(const Topic& t) {
       j["sends"] = kVerdicts[static_cast<std::size_t>(sampled[i].second)];
       if (extras[i].unsent != nullptr) j["kernel_unsent_bytes"] = sampled[i].first;
       j["until_keyframe"] = skipped[i];
+      // (what its session skipped up to a keyframe was taken from the topic, not delivered:
+      // lost, reason until_keyframe)
+      if (skipped[i] != 0) {
+        j["received"] = sub.received - std::min(sub.received, skipped[i]);
+        j["lost"] = sub.lost.total() + skipped[i];
+        j["lost_by_reason"]["until_keyframe"] = skipped[i];
+      }
       break;
     }
   }

@@ -66,7 +66,6 @@ SubscriberPump::SubscriberPump(RelayCore& core, std::shared_ptr<Topic> topic,
       topic_(std::move(topic)),
       sub_(std::move(sub)),
       id_(core.admission.next_id()),
-      sink_(topic_->name + "/" + sub_.name() + "#" + std::to_string(id_)),
       kernel_unsent_(kernel_unsent),
       series_(core.metrics, topic_->name, sub_, id_, kernel_unsent ? &unsent_ : nullptr,
               until_keyframe_total_) {
@@ -94,11 +93,10 @@ SubscriberPump::~SubscriberPump() {
          {"session", id_},
          {"seconds",
           std::chrono::duration<double>(std::chrono::steady_clock::now() - opened_at_).count()},
-         {"items", s.received},
-         {"lost", s.lost.total()}});
+         {"items", s.received - until_keyframe_total_.load(std::memory_order_relaxed)},
+         {"lost", s.lost.total() + until_keyframe_total_.load(std::memory_order_relaxed)}});
   }
   topic_->remove_extras(id_);
-  if (judged_) core_.slow_subscribers.remove(sink_);
 }
 
 SubscriberPump::Next SubscriberPump::next(std::size_t max_items, std::size_t max_bytes) {
@@ -173,56 +171,89 @@ void SubscriberPump::arm(std::function<void()> wake) {
   sub_.on_readable(std::move(wake));
 }
 
-void SubscriberPump::write_started() {
-  write_started_ = std::chrono::steady_clock::now();
-}
-
-std::optional<Refusal> SubscriberPump::write_done() {
-  judged_ = true;
-  return judged(core_.slow_subscribers.record_write(
-      sink_, std::chrono::steady_clock::now() - write_started_));
-}
-
-std::optional<Refusal> SubscriberPump::write_timed_out() {
-  judged_ = true;
-  return judged(core_.slow_subscribers.record_timeout(sink_));
-}
-
-// Acts on what the judge found. A late subscriber (slow) stays: on a real-time topic its depth
-// drops for it, announced as gaps. A stalled one leaves the topic at once (a lossless topic
-// stops waiting for it) and its session ends.
-std::optional<Refusal> SubscriberPump::judged(const std::optional<SinkEvent>& event) {
-  if (event) {
-    using V = SubscriberExtras::Verdict;
-    verdict_.store(event->kind == SinkEvent::Kind::recovered ? V::ok
-                   : event->kind == SinkEvent::Kind::stalled ? V::stalled
-                                                             : V::late,
-                   std::memory_order_relaxed);
+// Every send_timeout while something waits: progress, or for how long none (see the header).
+void SubscriberPump::tick() {
+  ticking_ = false;
+  if (end_) return;
+  using V = SubscriberExtras::Verdict;
+  const Progress p = watch_.probe();
+  const auto now = std::chrono::steady_clock::now();
+  const bool moved = p.delivered != delivered_;
+  delivered_ = p.delivered;
+  if (!p.waiting && (!p.unprocessed || realtime())) {  // all of it reached the subscriber
+    waited_ = false;
+    if (!p.unprocessed) {
+      verdict(V::ok, "");
+      return;
+    }
+    verdict(V::late, "its window is unacknowledged");  // (paused: looked at again)
+    ticking_ = true;
+    watch_.later([this] { tick(); });
+    return;
   }
-  if (!event || event->kind == SinkEvent::Kind::recovered) return std::nullopt;
-  log::event(log::Level::warn, "slow_subscriber",
+  if (moved) last_progress_ = now;
+  const auto still = std::chrono::duration_cast<std::chrono::milliseconds>(now - last_progress_);
+  const auto stall = core_.config.send_timeout * static_cast<long>(core_.config.max_send_timeouts);
+  if (still >= stall) {
+    verdict(V::stalled, "no progress in " + std::to_string(still.count()) + " ms");
+    const auto evict = topic_->config.evict_after;
+    if (realtime() || (evict.count() > 0 && still >= evict)) {
+      const Refusal r = stalled_refusal(still);
+      leave();
+      end_ = r;
+      watch_.end(r);
+      return;
+    }
+  } else if (waited_) {
+    verdict(V::late, moved ? "behind, making progress"
+                           : "behind, no progress in " + std::to_string(still.count()) + " ms");
+  }
+  waited_ = true;
+  ticking_ = true;
+  watch_.later([this] { tick(); });
+}
+
+// A change of verdict: shown in the stats (sends), counted and logged once.
+void SubscriberPump::verdict(SubscriberExtras::Verdict v, std::string_view why) {
+  using V = SubscriberExtras::Verdict;
+  const V was = verdict_.exchange(v, std::memory_order_relaxed);
+  if (was == v) return;
+  static constexpr const char* kNames[] = {"ok", "late", "stalled"};
+  const char* name = kNames[static_cast<std::size_t>(v)];
+  log::event(v == V::stalled ? log::Level::warn : log::Level::info, "slow_subscriber",
              {{"topic", topic_->name},
               {"subscriber", sub_.name()},
               {"session", id_},
-              {"verdict", event->kind == SinkEvent::Kind::stalled ? "stalled" : "slow"},
-              {"disconnected", event->action == SlowAction::disconnect},
-              {"reason", event->reason}});
+              {"verdict", name},
+              {"was", kNames[static_cast<std::size_t>(was)]},
+              {"reason", std::string(why)}});
+  if (v == V::ok) return;
   core_.metrics
       .counter("sluice_slow_viewers_total",
-               "Subscribers found slow (late sends) or stalled (sends not completing)",
-               {{"kind", event->kind == SinkEvent::Kind::stalled ? "stalled" : "slow"},
-                {"topic", topic_->name}})
+               "Subscribers found late (behind, making progress) or stalled (no progress for "
+               "limits.send_timeout_ms x limits.max_send_timeouts), by topic",
+               {{"kind", v == V::stalled ? "stalled" : "slow"}, {"topic", topic_->name}})
       .inc();
-  if (event->action != SlowAction::disconnect) return std::nullopt;
-  leave();
-  const auto ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(core_.config.send_timeout).count();
+}
+
+Refusal SubscriberPump::stalled_refusal(std::chrono::milliseconds still) const {
+  const auto ms = core_.config.send_timeout.count();
+  const std::string n = std::to_string(core_.config.max_send_timeouts);
+  if (!realtime()) {
+    const std::string evict = std::to_string(topic_->config.evict_after.count());
+    return Refusal{RefusalKind::slow_consumer,
+                   "disconnected as a slow consumer: no progress in " +
+                       std::to_string(still.count()) + " ms on lossless topic '" + topic_->name +
+                       "' (topics.evict_after_ms = " + evict + ")",
+                   "topics.evict_after_ms",
+                   "slow consumer: no progress in " + evict + " ms (topics.evict_after_ms)"};
+  }
   return Refusal{RefusalKind::slow_consumer,
-                 "disconnected as a slow consumer: " + event->reason +
-                     " (limits.send_timeout_ms, limits.max_send_timeouts)",
+                 "disconnected as a slow consumer: no progress in " +
+                     std::to_string(still.count()) + " ms (limits.send_timeout_ms " +
+                     std::to_string(ms) + " x limits.max_send_timeouts " + n + ")",
                  "limits.max_send_timeouts",
-                 "slow consumer: no send done in " +
-                     std::to_string(core_.config.max_send_timeouts) + " x " + std::to_string(ms) +
+                 "slow consumer: no progress in " + n + " x " + std::to_string(ms) +
                      " ms (limits.max_send_timeouts, limits.send_timeout_ms)"};
 }
 

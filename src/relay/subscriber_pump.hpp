@@ -1,8 +1,8 @@
 // A subscriber's session with a topic, whatever carries it (relay-internal): its place in the
 // topic (the subscription's cursor is its only queue in the relay), batches of what queued up,
 // gap notices, the end of the stream, its series in /metrics, and the judgement of its sends
-// (late ones are counted and it stays; stalled ones end it with slow_consumer). The
-// transports (grpc_subscribe.cpp, ws_subscribe.cpp) encode what it yields.
+// (below). The transports (grpc_subscribe.cpp, ws_subscribe.cpp, whep.cpp) encode what it
+// yields.
 //
 // Protocol with the transport: when it can write, the transport calls next():
 //   items    batch() holds the next items, in order (at most max_items, and at most max_bytes
@@ -13,9 +13,27 @@
 //   idle     nothing yet: arm(wake) once; `wake` runs (from any thread) when there is;
 //   end      the stream is over: normally (the topic closed; refusal() is empty) or with
 //            refusal() (evicted).
-//   Transports that time their writes call write_started() / write_done() / write_timed_out()
-//   (every send_timeout_ms a write is still in flight); a refusal from them (slow_consumer)
-//   ends the session, and the pump has already left the topic.
+//
+// The judgement, by progress (the one place "slow" is decided, for every transport; the table
+// is docs/relay.md's "Late or stalled"): the transport gives watch() a probe that reads how
+// many bytes have left towards the subscriber so far (what the peer's TCP acknowledged, the
+// writes gRPC completed, what a windowed subscriber acknowledged) and whether anything still
+// waits to reach it, and calls sending() whenever it hands something on. Every
+// limits.send_timeout_ms while something waits, the pump reads the probe:
+//   ok       nothing waits (the ticks stop until sending() again);
+//            (a windowed subscriber that has not acknowledged what it got, on a real-time topic,
+//            is late, not stalled, as long as the network takes what was sent: the window
+//            bounds what the relay holds for it; on a lossless topic that is waiting)
+//   late     something waited at two ticks in a row (and bytes left within the limit below):
+//            the subscriber stays; on a real-time topic its cursor is lapped (gaps, counted), on a
+//            lossless one the producer is held back (slow_down, then RESOURCE_EXHAUSTED at
+//            max_wait_ms);
+//   stalled  no byte left for limits.send_timeout_ms x limits.max_send_timeouts while
+//            something waited. Real-time topic: the session ends (slow_consumer: 4008,
+//            RESOURCE_EXHAUSTED, WHEP slow_consumer). Lossless topic: it stays and holds the
+//            producer back, unless the topic sets evict_after_ms: no progress that long ends it
+//            (slow_consumer, naming topics.evict_after_ms), and the producer flows again.
+// The end goes to the watch's `end` (the pump has left the topic by then).
 //
 // Thread-safety: not thread-safe; the transport serializes calls. The scrapes of its series
 // may run on any thread (leave() is serialized with them).
@@ -94,13 +112,33 @@ class SubscriberPump {
   /// One-shot: `wake` runs (on any thread) once next() would not answer idle.
   void arm(std::function<void()> wake);
 
-  void write_started();
-  /// How long the write started last has been in flight (a transport's timer asks).
-  std::chrono::steady_clock::duration write_age() const {
-    return std::chrono::steady_clock::now() - write_started_;
+  /// The transport's reading of its sends (see the judgement above).
+  struct Progress {
+    std::uint64_t delivered = 0;  // bytes that left towards the subscriber so far (only grows)
+    bool waiting = false;         // something handed on has not reached it yet
+    // A windowed subscriber's window is full (unacknowledged): on a lossless topic that is
+    // waiting; on a real-time one it is only late (the window bounds what the relay holds for
+    // it, and its cursor is lapped meanwhile).
+    bool unprocessed = false;
+  };
+  struct Watch {
+    /// Runs `tick` limits.send_timeout_ms from now, serialized with the transport's calls to
+    /// the pump, unless the session has gone by then.
+    std::function<void(std::function<void()> tick)> later;
+    std::function<Progress()> probe;
+    /// Ends the session with the judge's refusal (the pump has left the topic).
+    std::function<void(const Refusal&)> end;
+  };
+  /// Once, before the first sending().
+  void watch(Watch w) { watch_ = std::move(w); }
+  /// Something was handed on towards the subscriber: the ticks run until nothing waits.
+  void sending() {
+    if (ticking_ || !watch_.later || end_) return;
+    ticking_ = true;
+    waited_ = false;
+    last_progress_ = std::chrono::steady_clock::now();
+    watch_.later([this] { tick(); });
   }
-  std::optional<Refusal> write_done();
-  std::optional<Refusal> write_timed_out();
   /// The bytes the transport's socket last held unsent in the kernel.
   void set_unsent(std::uint64_t bytes) { unsent_.store(bytes, std::memory_order_relaxed); }
   /// Leaves the topic now (a lossless topic stops waiting for it); idempotent.
@@ -114,13 +152,14 @@ class SubscriberPump {
   // The items skipped up to a keyframe, announced now.
   Next keyframe_gap();
   bool realtime() const noexcept { return topic_->config.mode == TopicMode::realtime; }
-  std::optional<Refusal> judged(const std::optional<SinkEvent>& event);
+  void tick();
+  void verdict(SubscriberExtras::Verdict v, std::string_view why);
+  Refusal stalled_refusal(std::chrono::milliseconds still) const;
 
   RelayCore& core_;
   std::shared_ptr<Topic> topic_;
   Subscription<RelayMessage> sub_;
   const std::uint64_t id_;
-  const std::string sink_;                // its name for the slow-consumer judge
   std::atomic<std::uint64_t> unsent_{0};  // read by the scrapes
   const bool kernel_unsent_;
   std::atomic<SubscriberExtras::Verdict> verdict_{SubscriberExtras::Verdict::ok};
@@ -141,8 +180,12 @@ class SubscriberPump {
   std::uint64_t start_position_ = 0;
   std::string principal_;  // for its log lines
   std::chrono::steady_clock::time_point opened_at_ = std::chrono::steady_clock::now();
-  std::chrono::steady_clock::time_point write_started_;
-  bool judged_ = false;  // the judge knows this sink
+  // The judgement's state (see above).
+  Watch watch_;
+  bool ticking_ = false;         // a tick is due
+  bool waited_ = false;          // something waited at the last tick
+  std::uint64_t delivered_ = 0;  // the probe's count at the last tick
+  std::chrono::steady_clock::time_point last_progress_;
 };
 
 }  // namespace sluice::relay

@@ -7,6 +7,7 @@
 // time. The subscription (and `unsent`) must outlive this.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <string>
@@ -39,9 +40,15 @@ class SubscriberSeries {
           "(sampled when a send completes or times out)",
           labels_, [unsent] { return double(unsent->load(std::memory_order_relaxed)); });
     }
-    registry_.counter_fn(
-        "sluice_subscriber_received_total", "Items this subscriber received", labels_,
-        [this] { return read([](const auto& s) { return double(s.stats().received); }); });
+    // (what its session skipped up to a keyframe was taken from the topic, not delivered)
+    registry_.counter_fn("sluice_subscriber_received_total", "Items delivered to this subscriber",
+                         labels_, [this, &until_keyframe] {
+                           const auto skipped = until_keyframe.load(std::memory_order_relaxed);
+                           return read([skipped](const auto& s) {
+                             const auto got = s.stats().received;
+                             return double(got - std::min(got, skipped));
+                           });
+                         });
     registry_.counter_fn("sluice_subscriber_dropped_total", "Items this subscriber lost, by reason",
                          lost_labels_, [this] {
                            return read([](const auto& s) {

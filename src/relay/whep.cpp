@@ -210,7 +210,8 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
         cors_(std::move(cors)),
         answer_timer_(loop.context()),
         connect_timer_(loop.context()),
-        send_timer_(loop.context()) {
+        send_timer_(loop.context()),
+        alive_timer_(loop.context()) {
     loop_.subscribers.fetch_add(1, std::memory_order_relaxed);
   }
   WhepViewer(const WhepViewer&) = delete;
@@ -229,6 +230,27 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
 
   // On the loop: wait for a keyframe, then answer.
   void start() {
+    // The pump judges the sender by the frames its pipeline takes from the queue (a viewer's
+    // own network does not hold it back: that is the RTCP watch's, watch_alive()).
+    pump_->watch({[w = weak_from_this()](std::function<void()> tick) {
+                    auto self = w.lock();
+                    if (!self || self->state_ == State::ended) return;
+                    self->send_timer_.expires_after(self->core_.config.send_timeout);
+                    self->send_timer_.async_wait(
+                        [w, tick = std::move(tick)](boost::system::error_code ec) {
+                          if (auto s = w.lock(); s && !ec && s->state_ == State::playing) tick();
+                        });
+                  },
+                  [this] {
+                    guint64 level = 0;
+                    if (appsrc_ != nullptr)
+                      g_object_get(appsrc_, "current-level-buffers", &level, nullptr);
+                    return SubscriberPump::Progress{pushed_ - level, level > 0};
+                  },
+                  [this](const Refusal& r) {
+                    core_.counted(r);
+                    end("slow_consumer");
+                  }});
     answer_timer_.expires_after(core_.config.whep.answer_timeout);
     answer_timer_.async_wait([w = weak_from_this()](boost::system::error_code ec) {
       auto self = w.lock();
@@ -257,6 +279,7 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
     answer_timer_.cancel();
     connect_timer_.cancel();
     send_timer_.cancel();
+    alive_timer_.cancel();
     pump_->leave();
     if (pipeline_ != nullptr) {
       service_->reaper.retire(pipeline_);
@@ -407,6 +430,12 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
     GstBus* bus = gst_element_get_bus(pipeline_);
     gst_bus_set_sync_handler(bus, &on_bus, new ViewerLink(link), &ViewerLink::destroy_notify);
     gst_object_unref(bus);
+    // (webrtcbin's rtpbin: "on-ssrc-active" for every RTCP report a source sends)
+    if (GstElement* rtpbin = gst_bin_get_by_name(GST_BIN(webrtc_), "rtpbin")) {
+      g_signal_connect_data(rtpbin, "on-ssrc-active", G_CALLBACK(&on_rtcp), new ViewerLink(link),
+                            &ViewerLink::destroy, GConnectFlags{});
+      gst_object_unref(rtpbin);
+    }
     if (gst_element_set_state(pipeline_, GST_STATE_PLAYING) == GST_STATE_CHANGE_FAILURE) {
       refuse(text(503, "the WebRTC pipeline did not start"), "error");
       return;
@@ -567,6 +596,8 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
         connect_timer_.cancel();
         if (state_ == State::answered) {
           state_ = State::playing;
+          heard_ = std::chrono::steady_clock::now();
+          watch_alive();
           feed();
         }
         return;
@@ -587,15 +618,37 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
   // The appsrc asks for data: what was full has drained.
   void drained() {
     if (state_ != State::playing) return;
-    if (full_) {
-      full_ = false;
-      send_timer_.cancel();
-      if (auto refusal = pump_->write_done()) {
-        end("slow_consumer");
+    full_ = false;
+    feed();
+  }
+
+  // The viewer's RTCP (its receiver reports, sent every second or so while its page plays)
+  // says it is there: webrtcbin's ICE state stays connected after a page closes without DELETE
+  // or its browser dies, and UDP sends to it never fail. No RTCP for whep.connect_timeout_ms
+  // ends the viewer (connection_lost). Looked at every quarter of that (at most every second).
+  void heard() { heard_ = std::chrono::steady_clock::now(); }
+  void watch_alive() {
+    const auto limit = core_.config.whep.connect_timeout;
+    alive_timer_.expires_after(
+        std::min<std::chrono::steady_clock::duration>(limit / 4, std::chrono::seconds(1)));
+    alive_timer_.async_wait([w = weak_from_this(), limit](boost::system::error_code ec) {
+      auto self = w.lock();
+      if (!self || ec || self->state_ != State::playing) return;
+      if (std::chrono::steady_clock::now() - self->heard_ >= limit) {
+        log::event(log::Level::info, "whep_viewer_silent",
+                   {{"topic", self->topic()},
+                    {"viewer", self->id()},
+                    {"ms", std::chrono::duration_cast<std::chrono::milliseconds>(
+                               std::chrono::steady_clock::now() - self->heard_)
+                               .count()}});
+        self->end("connection_lost");
         return;
       }
-    }
-    feed();
+      self->watch_alive();
+    });
+  }
+  static void on_rtcp(GstElement* /*rtpbin*/, guint /*session*/, guint /*ssrc*/, gpointer data) {
+    static_cast<ViewerLink*>(data)->post([](WhepViewer& v) { v.heard(); });
   }
 
   // Moves the topic's next frames into the sender's queue while it has room.
@@ -643,27 +696,11 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
                                     ref, [](gpointer p) { delete static_cast<Buffer*>(p); });
     if ((m.flags & kItemDelta) != 0) GST_BUFFER_FLAG_SET(b, GST_BUFFER_FLAG_DELTA_UNIT);
     gst_app_src_push_buffer(GST_APP_SRC(appsrc_), b);  // (takes b)
+    ++pushed_;
+    pump_->sending();
     guint64 level = 0;
     g_object_get(appsrc_, "current-level-buffers", &level, nullptr);
-    if (level >= core_.config.whep.queue_frames) {
-      // Full: a write in flight for the slow-subscriber judge until the sender drains.
-      full_ = true;
-      pump_->write_started();
-      arm_send_timer();
-    }
-  }
-
-  void arm_send_timer() {
-    send_timer_.expires_after(core_.config.send_timeout);
-    send_timer_.async_wait([w = weak_from_this()](boost::system::error_code ec) {
-      auto self = w.lock();
-      if (!self || ec || !self->full_ || self->state_ != State::playing) return;
-      if (self->pump_->write_timed_out()) {
-        self->end("slow_consumer");
-      } else {
-        self->arm_send_timer();
-      }
-    });
+    if (level >= core_.config.whep.queue_frames) full_ = true;  // (need-data: room again)
   }
 
   std::shared_ptr<WhepService::Impl> service_;
@@ -678,7 +715,10 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
   const std::vector<std::pair<std::string, std::string>> cors_;
   boost::asio::steady_timer answer_timer_;
   boost::asio::steady_timer connect_timer_;
-  boost::asio::steady_timer send_timer_;
+  boost::asio::steady_timer send_timer_;         // the pump's judge
+  boost::asio::steady_timer alive_timer_;        // watch_alive()
+  std::chrono::steady_clock::time_point heard_;  // the viewer's last RTCP
+  std::uint64_t pushed_ = 0;                     // frames handed to the sender
   State state_ = State::keyframe;
   VideoCodec codec_ = VideoCodec::unknown;
   std::optional<RelayMessage> held_;  // the first keyframe, sent once connected

@@ -57,7 +57,8 @@ class WsPublisher final : public WsSession<WsPublisher> {
               std::unique_ptr<PublishSession> session, std::size_t header_bytes)
       : WsSession(core, core.loops.main(), std::move(slot), std::move(connection),
                   "ws-publisher/" + session->topic().name,
-                  {core.config.max_frame_bytes + header_bytes, std::size_t{64} * 1024}),
+                  {core.config.max_frame_bytes + header_bytes, std::size_t{64} * 1024,
+                   "limits.max_frame_size_mb", false}),
         session_(std::move(session)) {
     frame_header(header_bytes);
   }

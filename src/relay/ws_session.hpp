@@ -89,6 +89,12 @@ inline PriorityChannelConfig outbox_config(const std::string& name) {
 struct WsReading {
   std::uint64_t message_max = 0;
   std::size_t read_ahead = 0;
+  // The setting that bounds message_max, named by the refusal of a larger message ("": a
+  // fixed bound of the protocol).
+  std::string_view message_max_setting;
+  // Writes wait while a batch is on its way to the kernel (CoalescingSocket::Options::one_batch):
+  // a subscriber's frames stay in its cursor meanwhile.
+  bool one_batch = false;
 };
 
 // What every kind of WebSocket session shares: the stream, its slot, the outgoing queue (one
@@ -179,6 +185,7 @@ class WsSession : public std::enable_shared_from_this<Derived> {
     o.flush_queue = &loop.flushes();
     o.ready_queue = &loop.ready();
     o.read_ahead = reading.read_ahead;
+    o.one_batch = reading.one_batch;
     return o;
   }
 
@@ -235,11 +242,19 @@ class WsSession : public std::enable_shared_from_this<Derived> {
     close(static_cast<websocket::close_code>(codes(r.kind).ws_close), close_reason(r));
   }
   // A read failed: if Beast refused a message over read_message_max (it closes with 1009 as
-  // soon as a frame header declares more, before any payload, without a reason), the close is
-  // counted as the relay's.
+  // soon as a frame header declares more, before any payload, without a reason), that is the
+  // relay's refusal (frame_too_big): counted, logged and its close counted, as every other.
   void read_failed(boost::beast::error_code ec) {
-    if (ec == websocket::error::message_too_big && !closing_)
-      count_close(websocket::close_code::too_big);
+    if (ec != websocket::error::message_too_big || closing_) return;
+    closing_ = true;
+    timer_.cancel();
+    const std::string setting(reading_.message_max_setting);
+    core_.counted(Refusal{RefusalKind::frame_too_big,
+                          "a message over " + std::to_string(reading_.message_max) +
+                              " bytes: this session reads none larger" +
+                              (setting.empty() ? "" : " (" + setting + ")"),
+                          setting});
+    count_close(websocket::close_code::too_big);
   }
   void count_close(websocket::close_code code) {
     core_.metrics

@@ -28,7 +28,7 @@ class WsStats final : public WsSession<WsStats> {
   WsStats(RelayCore& core, SessionSlot slot, Connection connection, Who who,
           std::chrono::milliseconds period)
       : WsSession(core, core.loops.main(), std::move(slot), std::move(connection), "ws-stats",
-                  {kMaxStatsClientMessage, 0}),
+                  {kMaxStatsClientMessage, 0, "", false}),
         who_(std::move(who)),
         period_(period) {}
 

@@ -1,11 +1,17 @@
-// A subscriber over WebSocket (/v1/ws/subscribe/{topic}?name=...&depth=...): a SubscriberPump
-// whose frames go out as binary messages (the frame header, then the payload Buffer shared
-// with every other subscriber) and whose gaps go out as JSON events ahead of the frame after
-// them. One write at a time; every write that waits on the socket is timed for the pump's
-// judge (a stalled subscriber is closed with 4008). The subscriber runs on the loop serving
-// the fewest; its socket moves there.
-#include <linux/sockios.h>
-#include <sys/ioctl.h>
+// A subscriber over WebSocket (/v1/ws/subscribe/{topic}?name=...&depth=...&window=...): a
+// SubscriberPump whose frames go out as binary messages (the frame header, then the payload
+// Buffer shared with every other subscriber) and whose gaps go out as JSON events ahead of the
+// frame after them. One write at a time. The pump judges its progress by what the peer's TCP
+// acknowledged (socket_progress.hpp), and by its acknowledgements on a window: a stalled
+// subscriber is closed with 4008.
+//
+// A window (?window=N): the subscriber acknowledges the frames it has processed
+// ({"ack": <frames processed so far>}) and at most N unacknowledged frames are out to it;
+// the rest wait in its cursor (lapped on a real-time topic, holding the producer back on a
+// lossless one). For subscribers that cannot size their socket buffers (browsers): what they
+// are shown is at most N frames behind the topic's depth, whatever the kernels hold.
+//
+// The subscriber runs on the loop serving the fewest; its socket moves there.
 #include <unistd.h>
 
 #include <boost/asio/post.hpp>
@@ -16,6 +22,7 @@
 #include <string>
 #include <utility>
 
+#include "socket_progress.hpp"
 #include "subscriber_pump.hpp"
 #include "ws_session.hpp"
 
@@ -29,12 +36,14 @@ constexpr std::uint64_t kMaxSubscriberMessage = std::uint64_t{64} * 1024;
 class WsSubscriber final : public WsSession<WsSubscriber> {
  public:
   // `connection` belongs to `loop`, where the session runs.
+  // `window`: 0, none; else the most unacknowledged frames out to it.
   WsSubscriber(RelayCore& core, IoThread& loop, SessionSlot slot, Connection connection,
-               std::unique_ptr<SubscriberPump> pump)
+               std::unique_ptr<SubscriberPump> pump, std::uint64_t window)
       : WsSession(core, loop, std::move(slot), std::move(connection),
                   "ws-subscriber/" + pump->topic().name + "/" + pump->name(),
-                  {kMaxSubscriberMessage, 0}),
-        pump_(std::move(pump)) {
+                  {kMaxSubscriberMessage, 0, "", /*one_batch=*/true}),
+        pump_(std::move(pump)),
+        window_(window) {
     loop_.subscribers.fetch_add(1, std::memory_order_relaxed);
   }
   WsSubscriber(const WsSubscriber&) = delete;
@@ -44,6 +53,15 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
   ~WsSubscriber() { loop_.subscribers.fetch_sub(1, std::memory_order_relaxed); }
 
   void opened() {
+    pump_->watch({[w = weak_from_this()](std::function<void()> tick) {
+                    auto s = w.lock();
+                    if (!s || s->closing_) return;
+                    s->timer_.expires_after(s->core_.config.send_timeout);
+                    s->timer_.async_wait([w, tick = std::move(tick)](boost::beast::error_code ec) {
+                      if (auto self = w.lock(); self && !ec && !self->closing_) tick();
+                    });
+                  },
+                  [this] { return progress(); }, [this](const Refusal& r) { end(r); }});
     read();  // control frames (ping, close) are answered while reading
     write_next();
   }
@@ -55,9 +73,12 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
   // unless a frame already waits there.
   void refill() {
     while (!frame_queued() && !ending()) {
+      if (window_ != 0 && sent_ - acked_ >= window_) return;  // (an ack writes on)
       switch (pump_->next(1, std::numeric_limits<std::size_t>::max())) {
         case SubscriberPump::Next::items:
           queue_frame(std::move(pump_->batch().front()));
+          ++sent_;
+          pump_->sending();
           return;
         case SubscriberPump::Next::gap:
           if (!enqueue(
@@ -94,61 +115,64 @@ class WsSubscriber final : public WsSession<WsSubscriber> {
   void read() {
     ws_.async_read(in_, [self = shared_from_this()](boost::beast::error_code ec, std::size_t) {
       if (ec) {  // the subscriber went away or closed: leave the topic now
+        self->read_failed(ec);
         self->pump_->leave();
         self->closing_ = true;
         self->timer_.cancel();
         return;
       }
+      self->message();
       self->in_.clear();
-      self->send_event({{"error", "subscribers send no frames on a subscribe socket"}});
       self->read();
     });
   }
 
-  // Every write that waits on the socket is timed (the judge's input); messages that went
-  // into the socket's batch waited on nothing, and a batch that cannot leave makes the next
-  // write wait.
-  void write_started() {
-    pump_->write_started();
-    arm_send_timer();
-  }
-  bool write_done() {
-    timer_.cancel();
-    sample_unsent();
-    if (auto refusal = pump_->write_done()) {
-      end(*refusal);
-      return false;
+  // What a subscriber may send: acknowledgements on its window.
+  void message() {
+    const auto data = in_.cdata();
+    const auto j =
+        nlohmann::json::parse(static_cast<const char*>(data.data()),
+                              static_cast<const char*>(data.data()) + data.size(), nullptr, false);
+    const auto ack =
+        ws_.got_text() && j.is_object() && j.contains("ack") && j["ack"].is_number_unsigned()
+            ? std::optional<std::uint64_t>(j["ack"].get<std::uint64_t>())
+            : std::nullopt;
+    if (window_ == 0 || !ack) {
+      send_event({{"error", window_ == 0 ? "subscribers send no frames on a subscribe socket "
+                                           "(acknowledgements need ?window=N)"
+                                         : "a windowed subscriber sends {\"ack\": <frames "
+                                           "processed so far>}"}});
+      return;
     }
-    return true;
-  }
-  // Each send_timeout a write is still in flight counts as a timeout.
-  void arm_send_timer() {
-    timer_.expires_after(core_.config.send_timeout);
-    timer_.async_wait([w = weak_from_this()](boost::beast::error_code ec) {
-      auto s = w.lock();
-      if (!s || ec || !s->writing() || s->closing_) return;
-      s->sample_unsent();
-      if (auto refusal = s->pump_->write_timed_out()) {
-        s->end(*refusal);
-      } else {
-        s->arm_send_timer();
-      }
-    });
+    if (*ack < acked_ || *ack > sent_) {
+      send_event({{"error", "ack " + std::to_string(*ack) + " is outside " +
+                                std::to_string(acked_) + " to " + std::to_string(sent_) +
+                                " (the frames sent so far; acks only grow)"}});
+      return;
+    }
+    const bool was_full = sent_ - acked_ >= window_;
+    acked_ = *ack;
+    if (was_full && sent_ - acked_ < window_) write_next();
   }
 
-  // The bytes the kernel holds unsent for this subscriber (SIOCOUTQ), for /metrics. On the
-  // session's loop, which owns the socket; sampled when a send completes or times out, not
-  // per message.
-  void sample_unsent() {
-    int n = 0;
+  // The judge's reading: what the peer's TCP acknowledged (and on a window, the frames the
+  // subscriber did), and whether anything waits to reach it.
+  SubscriberPump::Progress progress() {
     auto& socket = boost::beast::get_lowest_layer(ws_);
-    if (socket.is_open() && ::ioctl(socket.native_handle(), SIOCOUTQ, &n) == 0 && n >= 0)
-      pump_->set_unsent(static_cast<std::uint64_t>(n));
+    const auto p = socket.is_open() ? socket_progress(socket.native_handle()) : std::nullopt;
+    if (p) pump_->set_unsent(p->unsent);
+    const std::uint64_t unsent = p ? p->unsent : 0;
+    return {(p ? p->acked : 0) + acked_,
+            writing() || ws_.next_layer().unflushed_bytes() > 0 || unsent > 0,
+            window_ != 0 && sent_ - acked_ >= window_};
   }
 
   std::unique_ptr<SubscriberPump> pump_;
   boost::beast::flat_buffer in_;
-  bool armed_ = false;  // the pump's readable hook is registered
+  const std::uint64_t window_;  // 0: none
+  std::uint64_t sent_ = 0;      // frames handed to the socket
+  std::uint64_t acked_ = 0;     // frames the subscriber acknowledged (on a window)
+  bool armed_ = false;          // the pump's readable hook is registered
 };
 
 // `socket` (of the relay's loop) as a socket of `loop`: the same connection, now watched by
@@ -211,6 +235,8 @@ std::optional<HttpResponse> ws_subscribe(RelayCore& core, SessionSlot slot, cons
                                         "from"});
     }
   }
+  const auto window = target.count("window", 65536, "65536 frames");
+  if (!window) return http_refusal(core, window.refusal());
   auto pump = SubscriberPump::join(core, join, "viewer", /*kernel_unsent=*/true);
   if (!pump) return http_refusal(core, pump.refusal());
   const std::string subscriber_epoch = (*pump)->epoch();
@@ -219,7 +245,7 @@ std::optional<HttpResponse> ws_subscribe(RelayCore& core, SessionSlot slot, cons
   auto own = hand_over(core, loop, connection);
   if (!own) return http_refusal(core, own.refusal());
   auto subscriber = std::make_shared<WsSubscriber>(core, loop, std::move(slot), std::move(*own),
-                                                   std::move(*pump));
+                                                   std::move(*pump), *window);
   subscriber->expire_with(*route.who);
   subscriber->frame_header(route.frame_header_bytes);
   subscriber->answer_header("Sluice-Epoch", subscriber_epoch);

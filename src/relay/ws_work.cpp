@@ -28,7 +28,8 @@ class WsWorker final : public WsSession<WsWorker> {
            std::unique_ptr<WorkerSession> worker, const std::string& name, std::size_t header_bytes)
       : WsSession(core, core.loops.main(), std::move(slot), std::move(connection),
                   "ws-worker/" + name,
-                  {core.config.max_frame_bytes + header_bytes, std::size_t{64} * 1024}),
+                  {core.config.max_frame_bytes + header_bytes, std::size_t{64} * 1024,
+                   "limits.max_frame_size_mb", false}),
         worker_(std::move(worker)) {
     frame_header(header_bytes);
   }

@@ -166,6 +166,19 @@ TEST(Keyframes, ALappedViewerResumesAtAKeyframeAndIsToldWhatItSkipped) {
   EXPECT_EQ(series(relay, "sluice_subscriber_dropped_total{",
                    {"subscriber=\"slow\"", "reason=\"until_keyframe\""}),
             static_cast<double>(skipped));
+  // What it was delivered, not what its session took from the topic: the skipped are lost.
+  const auto delivered = static_cast<double>(position - skipped - lapped);
+  EXPECT_EQ(series(relay, "sluice_subscriber_received_total{", {"subscriber=\"slow\""}), delivered);
+  const auto stats = nlohmann::json::parse(relay.stats_json());
+  for (const auto& t : stats["topics"]) {
+    for (const auto& sub : t["subscribers"]) {
+      if (sub["name"] != "slow") continue;
+      EXPECT_EQ(sub["received"].get<double>(), delivered);
+      EXPECT_EQ(sub["lost"].get<double>(), static_cast<double>(skipped + lapped));
+      EXPECT_EQ(sub["lost_by_reason"]["until_keyframe"].get<double>(),
+                static_cast<double>(skipped));
+    }
+  }
 }
 
 // A viewer that joins mid-GOP starts at the latest keyframe, which the topic keeps with the

@@ -97,6 +97,43 @@ async def test_a_subscriber_that_falls_behind_gets_gap_notices_that_account_for_
     await sub.close()
 
 
+async def test_a_busy_subscriber_is_given_at_most_its_window_from_before_a_pause(relay_with):
+    # The websockets library and the kernel would read everything published during a pause
+    # ahead of a busy loop; the window (16 by default) keeps what the relay sends within what
+    # the program processed: after the pause, at most 16 frames from before it, then a gap.
+    r = relay_with('[[topic]]\nname = "rt"\nmode = "realtime"\ndepth = 4\n')
+    sub = await sluice.Subscriber.connect("rt", r.url, depth=4)
+    pub = await sluice.Publisher.connect("rt", r.url)
+    stop = False
+
+    async def produce():
+        while not stop:
+            await pub.send(b"p" * 300)
+            await asyncio.sleep(0.002)
+
+    producer = asyncio.create_task(produce())
+    frames, paused_at, before_gap, gaps = 0, None, None, 0
+    async for m in sub:
+        if isinstance(m, sluice.Gap):
+            gaps += 1
+            if paused_at is not None and before_gap is None:
+                before_gap = frames - paused_at
+            continue
+        frames += 1
+        if frames == 20:
+            time.sleep(1.0)  # busy: the loop takes nothing meanwhile
+            paused_at = frames
+        if before_gap is not None and frames >= paused_at + before_gap + 20:
+            break
+    stop = True
+    await producer
+    assert gaps >= 1 and before_gap is not None, "the pause lapped it"
+    assert before_gap <= 16, f"{before_gap} frames from before the pause"
+    assert r.topic("rt")["subscribers"][0]["sends"] in ("ok", "late")
+    await pub.close()
+    await sub.close()
+
+
 async def test_a_full_lossless_topic_throttles_the_publisher_then_max_wait_ends_it_naming_the_setting(relay_with):
     r = relay_with('[[topic]]\nname = "telemetry"\nmode = "lossless"\n'
                    'max_queue_bytes = "64KiB"\nmax_wait_ms = 300\n')

@@ -129,6 +129,24 @@ TEST(RelayConfig, RetentionIsASettingWithinALosslessTopicsRing) {
   EXPECT_NE(error_of(declared.path()).find("[[topic]] \"t\" retain_items"), std::string::npos);
 }
 
+// A lossless topic's eviction of a stuck subscriber is opt-in, and never sooner than its
+// producer's patience: below max_wait_ms it is refused at start-up, naming both.
+TEST(RelayConfig, EvictAfterIsOptInAndNoShorterThanMaxWait) {
+  EXPECT_EQ(load(std::nullopt).defaults.evict_after.count(), 0);
+  EXPECT_EQ(load(std::nullopt, {{"SLUICE_EVICT_AFTER_MS", "8000"}}).defaults.evict_after.count(),
+            8000);
+  const std::string error = error_of(std::nullopt, {{"SLUICE_EVICT_AFTER_MS", "1000"}});
+  EXPECT_NE(error.find("evict_after_ms (SLUICE_EVICT_AFTER_MS) = 1000 is below max_wait_ms = 5000"),
+            std::string::npos)
+      << error;
+  TempFile declared(
+      "[[topic]]\nname = \"t\"\nmax_wait_ms = 300\nevict_after_ms = 1000\n"
+      "[[topic]]\nname = \"u\"\nmax_wait_ms = 300\nevict_after_ms = 100\n");
+  EXPECT_NE(error_of(declared.path()).find("[[topic]] \"u\" evict_after_ms"), std::string::npos);
+  TempFile fine("[[topic]]\nname = \"t\"\nmax_wait_ms = 300\nevict_after_ms = 1000\n");
+  EXPECT_EQ(load(fine.path()).topics.at(0).evict_after.count(), 1000);
+}
+
 TEST(RelayConfig, HostsAreIpAddressesOrLocalhost) {
   EXPECT_EQ(load(std::nullopt, {{"SLUICE_HOST", "localhost"}}).host, "127.0.0.1");
   EXPECT_EQ(load(std::nullopt, {{"SLUICE_HOST", "[::1]"}}).host, "::1");

@@ -92,6 +92,13 @@ export interface SubscribeOptions extends ConnectOptions {
    */
   reconnect?: boolean;
   reconnectForMs?: number;
+  /**
+   * At most this many frames on their way to the page and not yet processed (taken by
+   * `for await`, or dispatched to "frame" listeners); the rest wait in the relay (a real-time
+   * topic skips them: a gap; a lossless one holds its producer back). Default 16; 0: none
+   * (the network's buffers then decide how far behind a busy page falls).
+   */
+  window?: number;
 }
 
 export function subscribe(topic: string, options?: SubscribeOptions): Promise<Subscription>;

@@ -159,9 +159,14 @@ const RECONNECT_CODES = new Set([1000, 1001, 1006, 1011, 1012, 1014]);
 export class Subscription extends EventTarget {
   #again;
   #closing = false;
+  #window;
+  #iterating = false;
+  #acks = null; // the current socket's window: {ws, processed, acked}
+  #from = new WeakMap(); // a frame -> the window of the socket it came on
 
-  constructor(ws, topic, again = null) {
+  constructor(ws, topic, again = null, window = 0) {
     super();
+    this.#window = window;
     this.topic = topic;
     this.ws = ws;
     this.url = ws.url;
@@ -174,7 +179,9 @@ export class Subscription extends EventTarget {
   }
 
   #attach(ws, resolve) {
-    ws.addEventListener("message", (e) => this.#message(e.data));
+    const acks = { ws, processed: 0, acked: 0 };
+    this.#acks = acks;
+    ws.addEventListener("message", (e) => this.#message(e.data, acks));
     ws.addEventListener("close", async (e) => {
       let info = { code: e.code, reason: e.reason };
       if (this.#again && !this.#closing && RECONNECT_CODES.has(e.code)) {
@@ -232,7 +239,18 @@ export class Subscription extends EventTarget {
     this.dispatchEvent(new CustomEvent(m.kind, { detail: m }));
   }
 
-  #message(data) {
+  // A frame of `acks`'s socket was processed: taken by the iterator, or (a subscription read
+  // through its events) dispatched. Acknowledged every half window, so that the relay, which
+  // keeps at most `window` frames unacknowledged, never waits on an acknowledgement not sent.
+  #processed(acks) {
+    if (!this.#window || acks !== this.#acks) return; // (a frame of a socket gone: no one to tell)
+    acks.processed += 1;
+    if (acks.processed - acks.acked < Math.ceil(this.#window / 2)) return;
+    acks.acked = acks.processed;
+    if (acks.ws.readyState === WebSocket.OPEN) acks.ws.send(JSON.stringify({ ack: acks.acked }));
+  }
+
+  #message(data, acks) {
     let m;
     if (typeof data === "string") {
       const event = JSON.parse(data);
@@ -247,12 +265,26 @@ export class Subscription extends EventTarget {
     } else {
       m = decodeFrame(data, FLAGGED_FRAME_HEADER_BYTES);
       this.received += 1;
+      if (this.#window) this.#from.set(m, acks);
     }
     this.#push(m);
+    if (this.#window && !this.#iterating && m.kind === "frame") this.#processed(acks);
   }
 
   [Symbol.asyncIterator]() {
-    return { next: () => this.inbox.next() };
+    this.#iterating = true;
+    // (what was dispatched before the loop began is acknowledged already; what waits in the
+    // inbox is acknowledged as the loop takes it)
+    let previous = null;
+    return {
+      next: async () => {
+        if (previous) this.#processed(previous);
+        previous = null;
+        const r = await this.inbox.next();
+        if (!r.done) previous = this.#from.get(r.value) ?? null;
+        return r;
+      },
+    };
   }
 
   /** Leaves the topic. */
@@ -269,19 +301,26 @@ export class Subscription extends EventTarget {
  * (in the relay's stats), `depth` (real-time topics: frames kept for this subscriber), `token`,
  * `reconnect` (subscribe again when the relay stops or the connection is lost: the relay it was
  * on, then the others of `urls` in turn, for up to `reconnectForMs`, default 30 s; what was
- * published meanwhile is announced as a gap `{count: 0, reason: "reconnected"}`: unknown).
+ * published meanwhile is announced as a gap `{count: 0, reason: "reconnected"}`: unknown),
+ * `window` (default 16; 0: none): at most this many frames are on their way to the page and
+ * not yet processed — taken by `for await`, or, for a subscription read through its events,
+ * dispatched. What the page has not taken waits in the relay, where a real-time topic skips it
+ * (a gap) and a lossless one holds its producer back: a busy page is shown frames at most
+ * `window` (plus the topic's depth) behind, whatever the network buffers hold.
  */
 export async function subscribe(topic, options = {}) {
-  const { url, urls, name, depth, token, reconnect = false, reconnectForMs = 30000 } = options;
+  const {
+    url, urls, name, depth, token, reconnect = false, reconnectForMs = 30000, window = 16,
+  } = options;
   const relays = urls && urls.length ? urls : [url];
   const path = `/v1/ws/subscribe/${encodeURIComponent(topic)}`;
-  const params = { name, depth, header: FLAGGED_FRAME_HEADER_BYTES };
+  const params = { name, depth, header: FLAGGED_FRAME_HEADER_BYTES, window: window || undefined };
   let failure;
   for (const relay of relays) {
     try {
       const ws = await open(endpoint(relay, path, params), token);
       const again = reconnect ? { relays, path, params, token, reconnectForMs } : null;
-      return new Subscription(ws, topic, again);
+      return new Subscription(ws, topic, again, window);
     } catch (e) {
       failure = e;
     }

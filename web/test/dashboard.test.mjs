@@ -213,8 +213,9 @@ test("the JavaScript client: frames in order; a page that stops reading gets a g
       window.sub = await sluice.subscribe("rt", { depth: 2, name: "blocked-page" });
       window.gaps = [];
       window.frames = 0;
-      window.sub.addEventListener("gap", (e) => window.gaps.push(e.detail));
-      window.sub.addEventListener("frame", () => { window.frames++; });
+      window.order = [];  // "f" per frame, "g" per gap, as dispatched
+      window.sub.addEventListener("gap", (e) => { window.gaps.push(e.detail); window.order.push("g"); });
+      window.sub.addEventListener("frame", () => { window.frames++; window.order.push("f"); });
     });
     const blocked = reader.evaluate(() => {
       const until = Date.now() + 2000;
@@ -233,6 +234,11 @@ test("the JavaScript client: frames in order; a page that stops reading gets a g
     assert.equal(gaps[0].kind, "gap");
     assert.equal(gaps[0].reason, "slow_consumer");
     assert.ok(gaps.reduce((a, g) => a + g.count, 0) > 0);
+    // Its window (16 by default): what reached the page while it was busy is at most the frames
+    // it had not acknowledged, not what the network buffered (tens of 256 KiB frames here).
+    const order = await reader.evaluate(() => window.order.join(""));
+    const stale = order.indexOf("g");
+    assert.ok(stale >= 0 && stale <= 16 + 2 + 1, `${stale} frames before the first gap: ${order.slice(0, 80)}`);
     assert.deepEqual(errors, []);
     await reader.close();
     await page.close();

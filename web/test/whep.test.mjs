@@ -210,3 +210,93 @@ test(`${VIEWERS} viewers come and go in cycles: the relay's descriptors come bac
     await r.stop();
   }
 });
+
+// A sample of /metrics with a label, e.g. metricWith(r, "sluice_whep_viewers_ended_total", 'reason="connection_lost"').
+async function metricWith(r, name, label) {
+  const text = await (await fetch(`${r.http}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(name + "{") && l.includes(label));
+  return line ? Number(line.slice(line.lastIndexOf(" ") + 1)) : 0;
+}
+
+// Viewers that vanish without DELETE — a page that closes its RTCPeerConnection, pages closed,
+// a whole browser killed — are ended by the relay once their RTCP has been silent for
+// whep.connect_timeout_ms (connection_lost), and its descriptors and threads come back to
+// their baseline. Without that, webrtcbin stays "connected" for as long as the relay runs.
+test(`${VIEWERS} viewers that vanish without DELETE are ended (connection_lost) and release everything`, async () => {
+  const CONNECT_TIMEOUT_MS = 3000;
+  const r = await relay({ SLUICE_WHEP_CONNECT_TIMEOUT_MS: String(CONNECT_TIMEOUT_MS) });
+  const cam = camera(r, "cam");
+  // A browser of its own, to kill (found by a flag of no meaning to Chromium).
+  const marker = `--sluice-vanishing-browser-${process.pid}-${Date.now()}`;
+  let doomed = await launch({ webrtc: true, args: [marker] });
+  const crowd = async (b, n) => {
+    const page = await b.newPage();
+    await page.goto(`${r.http}/healthz`);
+    await page.evaluate(async (count) => {
+      const sluice = await import("/sluice.js");
+      window.viewers = await Promise.all(
+        Array.from({ length: count }, (_, i) => sluice.watchVideo("cam", { name: `gone-${i}` })));
+    }, n);
+    await until("the crowd decoding", () => page.evaluate(async () => {
+      const counts = await Promise.all(window.viewers.map(async (v) => {
+        let f = 0;
+        (await v.pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp") f = s.framesDecoded || 0; });
+        return f;
+      }));
+      return counts.every((f) => f > 0);
+    }), 60000);
+    return page;
+  };
+  const settled = async () => {
+    let last = resources(r.child.pid);
+    return until("a steady count of descriptors and threads", async () => {
+      await new Promise((res) => setTimeout(res, 500));
+      const now = resources(r.child.pid);
+      const steady = now.fds === last.fds && now.threads === last.threads;
+      last = now;
+      return steady ? now : null;
+    }, 60000);
+  };
+  try {
+    // A first crowd, ended with DELETE, so that what the relay keeps once loaded is in the baseline.
+    const warm = await crowd(browser, 2);
+    await warm.evaluate(() => Promise.all(window.viewers.map((v) => v.close())));
+    await warm.close();
+    await until("the warm-up's end", async () => (await metric(r, "sluice_whep_viewers")) === 0);
+    const baseline = await settled();
+    const lostBefore = await metricWith(r, "sluice_whep_viewers_ended_total", 'reason="connection_lost"');
+    const third = Math.max(1, Math.floor(VIEWERS / 3));
+    // 1. Pages that close their peer connections and send nothing.
+    const closing = await crowd(browser, third);
+    await closing.evaluate(() => { for (const v of window.viewers) v.pc.close(); });
+    // 2. Pages closed (no beforeunload: no DELETE).
+    const closed = await crowd(browser, third);
+    // 3. The rest in a browser that is killed.
+    await crowd(doomed, VIEWERS - 2 * third);
+    assert.equal(await metric(r, "sluice_whep_viewers"), VIEWERS);
+    await closed.evaluate(() => { window.onpagehide = null; });
+    await closed.close({ runBeforeUnload: false });
+    spawn("pkill", ["-KILL", "-f", marker]);
+    doomed = null;
+    // Every one ends, for its silence (a bound for a stuck relay, not a figure).
+    await until("every vanished viewer's end", async () => (await metric(r, "sluice_whep_viewers")) === 0,
+      CONNECT_TIMEOUT_MS + 30000);
+    // (A browser that dies may still say so — ICE failing, DTLS closing — before it is silent
+    // long enough: those end as connection_failed or connection_closed.)
+    const lost = (await metricWith(r, "sluice_whep_viewers_ended_total", 'reason="connection_lost"')) - lostBefore;
+    const failed = await metricWith(r, "sluice_whep_viewers_ended_total", 'reason="connection_failed"');
+    const closedByPeer = await metricWith(r, "sluice_whep_viewers_ended_total", 'reason="connection_closed"');
+    const deleted = await metricWith(r, "sluice_whep_viewers_ended_total", 'reason="deleted"');
+    assert.equal(deleted, 2, "only the warm-up's viewers were deleted");
+    assert.equal(lost + failed + closedByPeer, VIEWERS, `connection_lost ${lost}, failed ${failed}, closed ${closedByPeer}`);
+    assert.ok(lost >= third, `connection_lost: ${lost} of ${VIEWERS}`);
+    const now = await settled();
+    assert.equal(now.fds, baseline.fds, "descriptors back to the baseline");
+    assert.equal(now.threads, baseline.threads, "threads back to the baseline");
+    await closing.close();
+  } finally {
+    if (doomed) await doomed.close().catch(() => {});
+    await cam.stop();
+    await r.stop();
+  }
+});

@@ -53,7 +53,11 @@ struct TopicConfig {
   std::uint64_t max_queue_bytes = std::uint64_t{100} << 20;  // lossless budget
   std::size_t max_queue_items = 1024;        // lossless: items a subscriber may be behind, too
   std::chrono::milliseconds max_wait{5000};  // lossless
-  std::size_t depth = 4;                     // realtime, per subscriber
+  // Lossless: a subscriber that has made no progress (no byte reached it) this long is ended
+  // (slow_consumer), so that the producer can go on; 0: never, a stuck subscriber holds the
+  // producer back (RESOURCE_EXHAUSTED after max_wait). At least max_wait when set.
+  std::chrono::milliseconds evict_after{0};
+  std::size_t depth = 4;  // realtime, per subscriber
   // The most recent items kept for subscribers that come back (resume at their position after
   // a reconnect), within max_queue_bytes; 0: none.
   std::size_t retain_items = 0;
