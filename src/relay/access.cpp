@@ -273,18 +273,28 @@ Outcome<Who> Access::verify_signed(std::string_view token) const {
   }
   if (!valid) return bad_token("bad signature");
   const auto now = std::chrono::system_clock::now();
-  const auto at = [](const nlohmann::json& v) {
+  // A NumericDate (RFC 7519: seconds since 1970) as a time, if it is one: 0 to 9e9 (the year
+  // 2255; the clock, in nanoseconds, ends in 2262 and a time past it would wrap around).
+  const auto at =
+      [](const nlohmann::json& v) -> std::optional<std::chrono::system_clock::time_point> {
+    if (!v.is_number()) return std::nullopt;
+    const double seconds = v.get<double>();
+    if (!(seconds >= 0 && seconds <= 9e9)) return std::nullopt;
     return std::chrono::system_clock::time_point(
-        std::chrono::seconds(v.is_number() ? v.get<std::int64_t>() : 0));
+        std::chrono::seconds(static_cast<std::int64_t>(seconds)));
   };
+  constexpr const char* kTimes = " is not a time (seconds since 1970, 0 to 9000000000)";
   Principal::Expiry expires;
   if (claims.contains("exp")) {
-    if (!claims["exp"].is_number()) return bad_token("exp is not a number");
     expires = at(claims["exp"]);
+    if (!expires) return bad_token(std::string("exp") + kTimes);
     if (*expires <= now) return bad_token("expired");
   }
-  if (claims.contains("nbf") && (!claims["nbf"].is_number() || at(claims["nbf"]) > now))
-    return bad_token("not valid yet (nbf)");
+  if (claims.contains("nbf")) {
+    const auto from = at(claims["nbf"]);
+    if (!from) return bad_token(std::string("nbf") + kTimes);
+    if (*from > now) return bad_token("not valid yet (nbf)");
+  }
   if (!config_.jwt_issuer.empty() &&
       (!claims.contains("iss") || claims["iss"] != config_.jwt_issuer))
     return bad_token("issuer is not auth.jwt_issuer");

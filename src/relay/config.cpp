@@ -872,13 +872,20 @@ namespace {
 void check_principals(const RelayConfig& c) {
   std::set<std::string> names;
   std::size_t anonymous = 0;
+  bool open_to_anyone = false;
   for (const auto& p : c.principals) {
     if (p.name.empty()) throw ConfigError("invalid configuration: a [[principal]] without a name");
     if (!names.insert(p.name).second) {
       throw ConfigError("invalid configuration: [[principal]] \"" + p.name +
                         "\" is declared twice");
     }
-    if (p.token_sha256.empty() && p.certificate_cn.empty()) ++anonymous;
+    if (p.token_sha256.empty() && p.certificate_cn.empty()) {
+      ++anonymous;
+      // (who presents no token may publish or read every topic: the relay is open)
+      for (const auto* list : {&p.publish, &p.subscribe}) {
+        if (std::find(list->begin(), list->end(), ">") != list->end()) open_to_anyone = true;
+      }
+    }
   }
   if (anonymous > 1) {
     throw ConfigError(
@@ -893,11 +900,14 @@ void check_principals(const RelayConfig& c) {
   }
   boost::system::error_code ec;
   const auto address = boost::asio::ip::make_address(c.host, ec);
-  if (!c.authenticates() && !c.allow_anonymous_on_network && !ec && !address.is_loopback()) {
+  if ((!c.authenticates() || open_to_anyone) && !c.allow_anonymous_on_network && !ec &&
+      !address.is_loopback()) {
     throw ConfigError(
-        "invalid configuration: server.host " + c.host +
-        " is not loopback and no [[principal]] or signed tokens are configured: anyone on the "
-        "network could publish, read and list every topic. Configure principals "
+        "invalid configuration: server.host " + c.host + " is not loopback and " +
+        (open_to_anyone ? std::string("a [[principal]] without a token may publish or subscribe "
+                                      "to every topic (\">\")")
+                        : std::string("no [[principal]] or signed tokens are configured")) +
+        ": anyone on the network could publish and read every topic. Configure principals "
         "(docs/security.md), or set server.allow_anonymous_on_network = true "
         "(SLUICE_ALLOW_ANONYMOUS_ON_NETWORK) to run open on purpose");
   }

@@ -8,6 +8,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_credentials_options.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <boost/asio/io_context.hpp>
@@ -166,6 +167,29 @@ std::string grpc_address(const RelayConfig& config) {
 
 }  // namespace
 
+namespace {
+
+// Every connection is a descriptor: the soft limit (often 1024, systemd's default) is raised to
+// the hard one at start, as nats-server's runtime does, and both are logged. What one needs:
+// docs/operations.md (LimitNOFILE in the packaged unit).
+void raise_descriptor_limit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+  const rlim_t was = limit.rlim_cur;
+  if (limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &limit) != 0) limit.rlim_cur = was;
+  }
+  const auto shown = [](rlim_t v) {
+    return v == RLIM_INFINITY ? std::int64_t{-1} : static_cast<std::int64_t>(v);
+  };
+  relay::log::event(
+      relay::log::Level::info, "descriptors",
+      {{"soft_was", shown(was)}, {"soft", shown(limit.rlim_cur)}, {"hard", shown(limit.rlim_max)}});
+}
+
+}  // namespace
+
 void RelayServer::start() {
   const RelayConfig& config = impl_->core.config;
   check_grpc_address(config);
@@ -175,6 +199,7 @@ void RelayServer::start() {
   (void)relay::log::parse_format(config.log_format, format);
   relay::log::configure(level, format);
   relay::bound_grpc_log();  // (a hostile connection's handshake failure is one gRPC log line)
+  raise_descriptor_limit();
   // The standard services beside the relay's own: grpc.health.v1.Health (health checkers,
   // load balancers: SERVING until shutdown) and server reflection (grpcurl and other tools
   // discover sluice.v1.Relay). Both are process-wide switches, set before the builder.

@@ -140,14 +140,16 @@ class WsSession : public std::enable_shared_from_this<Derived> {
 
   // The upgrade's answer: the session's own headers (answer_header), and the subprotocol. A
   // browser offering subprotocols (its token as sluice.bearer.<token>, see http_caller) must
-  // get one back: "sluice" if offered, else the first one offered.
+  // get one back: "sluice" if offered, else the first one offered that is not a token — a
+  // token is never echoed (a client offering only its token gets no subprotocol back, and a
+  // browser then fails the handshake: offer "sluice" beside it, as the clients do).
   void decorate_answer(const HttpServer::Request& request) {
     std::string chosen;
     const auto offered = request[boost::beast::http::field::sec_websocket_protocol];
     const auto items = header_items(std::string_view(offered.data(), offered.size()));
-    if (!items.empty()) chosen = std::string(items.front());
     for (const auto p : items) {
-      if (p == ws::kSubprotocol) chosen = std::string(p);
+      if (p == ws::kSubprotocol || (chosen.empty() && !p.starts_with("sluice.bearer.")))
+        chosen = std::string(p);
     }
     if (chosen.empty() && answer_headers_.empty()) return;
     ws_.set_option(websocket::stream_base::decorator(

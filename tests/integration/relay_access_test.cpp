@@ -245,6 +245,12 @@ TEST(RelayAccess, WebSocketTokensInTheHeaderOrTheSubprotocolAndTheirRefusals) {
       {"Sec-WebSocket-Protocol", std::string("sluice, sluice.bearer.") + kDashboardToken}};
   EXPECT_FALSE(browser.connect(port, "/v1/ws/subscribe/camera.front"));
   EXPECT_EQ(browser.response_protocol, "sluice");
+  // A client that offers only its token gets no subprotocol back: a token is never echoed.
+  WsClient token_only;
+  token_only.headers = {
+      {"Sec-WebSocket-Protocol", std::string("sluice.bearer.") + kDashboardToken}};
+  EXPECT_FALSE(token_only.connect(port, "/v1/ws/subscribe/camera.front"));
+  EXPECT_EQ(token_only.response_protocol, "");
   WsClient anonymous;
   EXPECT_TRUE(anonymous.connect(port, "/v1/ws/subscribe/camera.front"));
   EXPECT_EQ(anonymous.http_status, 401U);

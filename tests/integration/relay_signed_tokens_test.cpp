@@ -189,6 +189,21 @@ TEST(RelaySignedTokens, ExpiredForgedAndAlgSwitchedTokensAreUnauthenticated) {
   tampered[tampered.find('.') + 5] ^= 1;  // the claims changed after signing
   refused(tampered, "bad signature");
   refused(signing_input("none", claims(60)) + ".", "alg none");
+  // Times out of the clock's range are refused, naming the claim (a time past 2262 would wrap
+  // around into the past, and one before 1970 is no token's).
+  for (const double exp : {-9.3e9, 9.3e9, 1e300}) {
+    auto c = claims(60);
+    c["exp"] = exp;
+    refused(hs256(c), "exp is not a time");
+  }
+  auto early = claims(60);
+  early["nbf"] = 9.3e9;
+  refused(hs256(early), "nbf is not a time");
+  early["nbf"] = -9.3e9;
+  refused(hs256(early), "nbf is not a time");
+  auto text = claims(60);
+  text["exp"] = "soon";
+  refused(hs256(text), "exp is not a time");
 }
 
 TEST(RelaySignedTokens, Ed25519AndEs256TokensAreAccepted) {

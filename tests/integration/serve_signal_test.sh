@@ -1,9 +1,12 @@
 #!/bin/sh
-# `sluice serve` prints one machine-readable line with its bound address, and stops cleanly
-# (exit 0) on SIGTERM. Usage: serve_signal_test.sh path/to/sluice
+# `sluice serve` prints one machine-readable line with its bound address, raises its soft
+# descriptor limit to the hard one (started with 1024 of 4096 here) and says so, and stops
+# cleanly (exit 0) on SIGTERM. Usage: serve_signal_test.sh path/to/sluice
 set -u
 out=$(mktemp)
-SLUICE_GRPC_PORT=0 SLUICE_HTTP_PORT=0 "$1" serve >"$out" 2>&1 &
+hard=$(ulimit -H -n)
+[ "$hard" = unlimited ] || [ "$hard" -ge 4096 ] && hard=4096
+(ulimit -S -n 1024; ulimit -H -n "$hard"; SLUICE_GRPC_PORT=0 SLUICE_HTTP_PORT=0 exec "$1" serve) >"$out" 2>&1 &
 pid=$!
 i=0
 while ! grep -q '"event":"listening"' "$out"; do
@@ -12,6 +15,8 @@ while ! grep -q '"event":"listening"' "$out"; do
   sleep 0.1
 done
 grep -Eq '"grpc":"127\.0\.0\.1:[0-9]+","http":"127\.0\.0\.1:[0-9]+"' "$out" || { echo "bad address line:"; cat "$out"; exit 1; }
+grep -Eq "\"event\":\"descriptors\".*\"soft\":$hard" "$out" || { echo "the soft descriptor limit was not raised to $hard:"; cat "$out"; exit 1; }
+grep -q '"soft_was":1024' "$out" || { echo "no soft_was 1024:"; cat "$out"; exit 1; }
 kill -TERM "$pid"
 wait "$pid"
 rc=$?

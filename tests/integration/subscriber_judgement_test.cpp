@@ -474,7 +474,13 @@ TEST(Judgement, ASubscribersOversizedMessageIsARefusalLikeAnyOther) {
   Deadline deadline(sub, 30s);
   while (seen.take(sub)) {
   }
-  EXPECT_EQ(seen.close_code, 1009);
+  // (The close frame may be lost to the reset that closing a socket with the rest of the
+  // message unread causes: the relay's counts are what this asserts.)
+  EXPECT_TRUE(seen.close_code == 1009 || seen.close_code == 0) << seen.close_code;
+  // (Beast sends the close as it reads the header; the relay's count follows on its loop)
+  const auto give_up = Clock::now() + 10s;
+  while (relay.metric("sluice_ws_closes_total", "code=\"1009\"") < 1 && Clock::now() < give_up)
+    std::this_thread::sleep_for(10ms);
   EXPECT_EQ(relay.metric("sluice_refusals_total", "kind=\"frame_too_big\""), 1);
   EXPECT_EQ(relay.metric("sluice_ws_closes_total", "code=\"1009\""), 1);
 }

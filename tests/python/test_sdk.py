@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -103,15 +104,17 @@ async def test_a_busy_subscriber_is_given_at_most_its_window_from_before_a_pause
     # the program processed: after the pause, at most 16 frames from before it, then a gap.
     r = relay_with('[[topic]]\nname = "rt"\nmode = "realtime"\ndepth = 4\n')
     sub = await sluice.Subscriber.connect("rt", r.url, depth=4)
-    pub = await sluice.Publisher.connect("rt", r.url)
-    stop = False
+    stop = threading.Event()
 
-    async def produce():
-        while not stop:
+    async def produce():  # (on a thread of its own: it goes on while the subscriber's loop is busy)
+        pub = await sluice.Publisher.connect("rt", r.url)
+        while not stop.is_set():
             await pub.send(b"p" * 300)
             await asyncio.sleep(0.002)
+        await pub.close()
 
-    producer = asyncio.create_task(produce())
+    producer = threading.Thread(target=lambda: asyncio.run(produce()))
+    producer.start()
     frames, paused_at, before_gap, gaps = 0, None, None, 0
     async for m in sub:
         if isinstance(m, sluice.Gap):
@@ -125,12 +128,11 @@ async def test_a_busy_subscriber_is_given_at_most_its_window_from_before_a_pause
             paused_at = frames
         if before_gap is not None and frames >= paused_at + before_gap + 20:
             break
-    stop = True
-    await producer
+    stop.set()
+    producer.join()
     assert gaps >= 1 and before_gap is not None, "the pause lapped it"
     assert before_gap <= 16, f"{before_gap} frames from before the pause"
     assert r.topic("rt")["subscribers"][0]["sends"] in ("ok", "late")
-    await pub.close()
     await sub.close()
 
 

@@ -285,6 +285,15 @@ TEST(RelayConfig, AnOpenRelayBindsLoopbackOnlyUnlessItSaysSo) {
                  {{"SLUICE_HOST", "0.0.0.0"}, {"SLUICE_ALLOW_ANONYMOUS_ON_NETWORK", "true"}})
                 .host,
             "0.0.0.0");
+  // A principal without a token that may read or publish everything is everyone: open too.
+  TempFile everyone(
+      "[server]\nhost = \"0.0.0.0\"\n[[principal]]\nname = \"all\"\n"
+      "publish = [\">\"]\nsubscribe = [\">\"]\nstats = [\">\"]\n");
+  const std::string open = error_of(everyone.path());
+  EXPECT_NE(open.find("a [[principal]] without a token may publish or subscribe to every topic"),
+            std::string::npos)
+      << open;
+  EXPECT_NE(open.find("server.allow_anonymous_on_network"), std::string::npos) << open;
   TempFile guarded(
       "[server]\nhost = \"0.0.0.0\"\n[[principal]]\nname = \"cam\"\n"
       "token = \"s3cret\"\npublish = [\"camera.*\"]\n");

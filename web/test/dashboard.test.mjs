@@ -365,7 +365,13 @@ test("a page decoding video (WebCodecs) that stops reading resumes at a keyframe
     }, published + burst);
     await publish(burst / 10);
     await stall;
-    await publish(2);  // (what it resumes at comes after its gap)
+    // What it resumes at comes after its gap: a GOP at a time until it has (its window held it
+    // to 16 frames while blocked, so it resumes once it has processed them and a keyframe comes).
+    for (let i = 0; i < 60; i++) {
+      await publish(1);
+      if (await blocked.page.evaluate(() => window.v.afterGap.length > 0)) break;
+      await new Promise((res) => setTimeout(res, 100));
+    }
     await blocked.page.waitForFunction(() => window.v.gaps.length > 0 && window.v.afterGap.length > 0 &&
       window.v.decoded > 20, null, { timeout: 30000 });
     const b = await blocked.page.evaluate(() => window.v);

@@ -273,7 +273,7 @@ test(`${VIEWERS} viewers that vanish without DELETE are ended (connection_lost) 
     const closed = await crowd(browser, third);
     // 3. The rest in a browser that is killed.
     await crowd(doomed, VIEWERS - 2 * third);
-    assert.equal(await metric(r, "sluice_whep_viewers"), VIEWERS);
+    // (the first third may have ended already: their RTCP stopped seconds ago)
     await closed.evaluate(() => { window.onpagehide = null; });
     await closed.close({ runBeforeUnload: false });
     spawn("pkill", ["-KILL", "-f", marker]);
