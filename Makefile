@@ -80,7 +80,7 @@ test-tsan: deps
 	cmake --build build-tsan -j $(JOBS)
 	cd build-tsan && SLUICE_STRESS_ITEMS=$(SAN_STRESS_ITEMS) $(TSAN_ENV) $(CTEST) -L core
 	cd build-tsan && $(TSAN_ENV) $(CTEST) \
-	  -R '^(RelayWs\.|RelayTls\.(Https|MutualTlsOnTheHttp)|CoalescingSocket\.|FrameBuffer\.|FramePool\.)'
+	  -R '^(RelayWs\.|Judgement\.|FrameSizes/StoppedReader\.|RelayTls\.(Https|MutualTlsOnTheHttp)|CoalescingSocket\.|FrameBuffer\.|FramePool\.)'
 
 # AddressSanitizer + UndefinedBehaviorSanitizer cover the whole suite.
 test-asan: deps

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { readdirSync, readFileSync } from "node:fs";
-import { launch } from "./chromium.mjs";
+import { launch, launchKillable } from "./chromium.mjs";
 import { relay as startRelay } from "./relay.mjs";
 
 const SLUICE = process.env.SLUICE_BINARY;
@@ -226,9 +226,9 @@ test(`${VIEWERS} viewers that vanish without DELETE are ended (connection_lost) 
   const CONNECT_TIMEOUT_MS = 3000;
   const r = await relay({ SLUICE_WHEP_CONNECT_TIMEOUT_MS: String(CONNECT_TIMEOUT_MS) });
   const cam = camera(r, "cam");
-  // A browser of its own, to kill (found by a flag of no meaning to Chromium).
-  const marker = `--sluice-vanishing-browser-${process.pid}-${Date.now()}`;
-  let doomed = await launch({ webrtc: true, args: [marker] });
+  // A browser of its own, to kill.
+  const killable = await launchKillable({ webrtc: true });
+  const doomed = killable.browser;
   const crowd = async (b, n) => {
     const page = await b.newPage();
     await page.goto(`${r.http}/healthz`);
@@ -276,8 +276,7 @@ test(`${VIEWERS} viewers that vanish without DELETE are ended (connection_lost) 
     // (the first third may have ended already: their RTCP stopped seconds ago)
     await closed.evaluate(() => { window.onpagehide = null; });
     await closed.close({ runBeforeUnload: false });
-    spawn("pkill", ["-KILL", "-f", marker]);
-    doomed = null;
+    await killable.server.kill();
     // Every one ends, for its silence (a bound for a stuck relay, not a figure).
     await until("every vanished viewer's end", async () => (await metric(r, "sluice_whep_viewers")) === 0,
       CONNECT_TIMEOUT_MS + 30000);
@@ -295,7 +294,7 @@ test(`${VIEWERS} viewers that vanish without DELETE are ended (connection_lost) 
     assert.equal(now.threads, baseline.threads, "threads back to the baseline");
     await closing.close();
   } finally {
-    if (doomed) await doomed.close().catch(() => {});
+    await killable.server.kill().catch(() => {});
     await cam.stop();
     await r.stop();
   }
