@@ -14,9 +14,10 @@
 // GStreamer's webrtcbin: one pipeline per viewer, built and torn down with it.
 //
 // A viewer ends on DELETE, when its WebRTC connection fails or is not up within
-// whep.connect_timeout_ms, when its sender stays full past the slow-subscriber limits
-// (limits.send_timeout_ms x limits.max_send_timeouts: slow_consumer, as a WebSocket viewer),
-// when its topic closes, and when the relay stops. Refusals are HTTP statuses from the refusal
+// whep.connect_timeout_ms, when it sends no RTCP for that long (a page closed without DELETE, a
+// browser gone: connection_lost), when its sender takes nothing for the slow-subscriber limits
+// (the pump's judgement: slow_consumer, as a WebSocket viewer), when its topic closes, and when
+// the relay stops. Refusals are HTTP statuses from the refusal
 // table, naming the setting; a viewer over whep.max_viewers is too_many_sessions (503).
 //
 // Thread-safety: handle() from the HTTP loop; each viewer runs on one subscriber loop;
