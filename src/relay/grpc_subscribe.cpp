@@ -52,10 +52,15 @@ class SubscribeReactor final : public GuardedReactor<SubscribeReactor, Subscribe
   static constexpr std::size_t kBatchItems = 256;
   static constexpr std::size_t kBatchBytes = std::size_t{256} << 10;
 
-  // Sends what is there; when nothing is, asks to be called again when something is (outside
-  // the lock: the hook may run at once).
+  // Sends what is there; when nothing is, asks to be called again when something is. The hook
+  // only posts: it may run at once, on this thread — inside a `later` callback, which holds the
+  // reactor's guard that `later` would take again.
   void pump() {
-    if (!write()) pump_->arm(later(&SubscribeReactor::pump));
+    if (!write()) {
+      pump_->arm([loop = &core_.loops.main(), again = later(&SubscribeReactor::pump)] {
+        loop->post_soon(again);
+      });
+    }
   }
   // False if there was nothing to write.
   bool write() {

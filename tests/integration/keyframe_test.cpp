@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -178,6 +179,36 @@ TEST(Keyframes, ALappedViewerResumesAtAKeyframeAndIsToldWhatItSkipped) {
       EXPECT_EQ(sub["lost_by_reason"]["until_keyframe"].get<double>(),
                 static_cast<double>(skipped));
     }
+  }
+}
+
+// gRPC viewers skipping delta items find nothing to send (next() answers idle) while items keep
+// landing: their wake-up hook then fires at once, on the thread that armed it, inside the
+// reactor's guarded callback. It only posts (a second lock of the guard on that thread would
+// hang the call): every viewer reaches the last item.
+TEST(Keyframes, ViewersSkippingToKeyframesWhileItemsLandNeverHang) {
+  RelayScene relay(one_topic("video", 2));
+  constexpr int kViewers = 4;
+  constexpr std::uint64_t kItems = 20'000;
+  std::vector<std::unique_ptr<client::Subscriber>> viewers;
+  std::vector<std::vector<Event>> seen(kViewers);
+  std::vector<std::thread> readers;
+  for (int i = 0; i < kViewers; ++i) {
+    viewers.push_back(
+        std::make_unique<client::Subscriber>(viewer(relay, ("v" + std::to_string(i)).c_str(), 2)));
+    ASSERT_TRUE(viewers.back()->subscribed());
+  }
+  for (int i = 0; i < kViewers; ++i) readers.push_back(reading(*viewers[i], seen[i], kItems, 0ms));
+  client::Publisher pub(producer(relay, "video"));
+  for (std::uint64_t i = 0; i < kItems; ++i) {
+    ASSERT_TRUE(pub.publish(Buffer::copy("x"), 0, i % 500 == 0 ? 0 : kItemDelta).ok());
+  }
+  ASSERT_TRUE(pub.publish(Buffer::copy("last"), 0, 0).ok());  // (a keyframe: every viewer gets it)
+  ASSERT_TRUE(pub.close().ok());
+  for (int i = 0; i < kViewers; ++i) {
+    join_within(readers[i], *viewers[i], std::chrono::seconds(60));
+    ASSERT_FALSE(seen[i].empty());
+    EXPECT_EQ(seen[i].back().sequence, kItems) << "viewer " << i << " did not reach the last item";
   }
 }
 
