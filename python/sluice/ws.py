@@ -12,7 +12,7 @@ from collections import deque
 from typing import Any, AsyncIterator, Awaitable, Callable, Union
 
 import websockets
-from websockets.exceptions import ConnectionClosed, InvalidStatusCode
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatusCode
 
 from .errors import Closed, MaxWaitExceeded, Refused
 from .frames import (FLAGGED_HEADER_BYTES, HEADER, Frame, Gap, Notice, _unpack_flagged,
@@ -305,7 +305,8 @@ class Subscriber:
                 self._opened(await _open(uri, self._token, self._ssl))
                 self.reconnects += 1
                 return
-            except (OSError, Refused):
+            except (OSError, Refused, InvalidHandshake, asyncio.TimeoutError):
+                # (a relay restarting may accept and close before its answer: InvalidMessage)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

@@ -150,6 +150,9 @@ class Inbox {
 // the connection was lost); the others are the relay's refusals (docs/protocol.md), final.
 const RECONNECT_CODES = new Set([1000, 1001, 1006, 1011, 1012, 1014]);
 
+// What a subscription read only through its events keeps for a `for await` loop begun later.
+const INBOX_UNREAD = 64;
+
 /**
  * A subscription: `for await (const m of sub)` yields frames and gap notices in the order the
  * relay sent them; or listen for "frame", "gap", "error", "reconnected" and "close" events. Ends
@@ -236,6 +239,17 @@ export class Subscription extends EventTarget {
 
   #push(m) {
     this.inbox.push(m);
+    // Read through its events only (no loop has begun): the inbox keeps the last INBOX_UNREAD
+    // for a loop that may begin later, not every frame the topic sends; what it let go is one
+    // gap notice at its head (reason "unread"), so that such a loop still accounts for it.
+    if (!this.#iterating && this.inbox.items.length > INBOX_UNREAD) {
+      let count = 0;
+      while (this.inbox.items.length >= INBOX_UNREAD) {
+        const old = this.inbox.items.shift();
+        count += old.kind === "frame" ? 1 : old.kind === "gap" ? old.count : 0;
+      }
+      this.inbox.items.unshift({ kind: "gap", count, reason: "unread" });
+    }
     this.dispatchEvent(new CustomEvent(m.kind, { detail: m }));
   }
 
