@@ -76,6 +76,12 @@ Status from_grpc(const grpc::Status& s) {
   return {static_cast<int>(s.error_code()), s.error_message()};
 }
 
+// Why a client that never reached its relay gives up at once.
+std::string unreachable(const std::string& target, const std::string& why) {
+  return "cannot reach the relay at " + target + ": " + why +
+         " (is it running? the target is its gRPC address, server.grpc_port: 7400 by default)";
+}
+
 }  // namespace
 
 std::string Status::to_string() const {
@@ -209,6 +215,7 @@ struct Publisher::Impl {
   // The reader thread: acks free window space; flow events are passed on.
   void read_events() {
     for (v1::PublishEvent ev; stream->Read(&ev);) {
+      reached.store(true, std::memory_order_relaxed);
       PublisherEvent out;
       switch (ev.event_case()) {
         case v1::PublishEvent::kAck: {
@@ -301,6 +308,13 @@ struct Publisher::Impl {
       fail(st.ok() ? Status{static_cast<int>(grpc::StatusCode::UNAVAILABLE),
                             "the relay ended the Publish call"}
                    : st);
+      return false;
+    }
+    // Never reached at all (nothing listens there, or not the relay's gRPC port): fail fast,
+    // as a NATS client does, rather than back off as for a relay that went away.
+    if (st.code == static_cast<int>(grpc::StatusCode::UNAVAILABLE) &&
+        !reached.load(std::memory_order_relaxed)) {
+      fail({st.code, unreachable(options.target, st.message)});
       return false;
     }
     const int shift = std::min(retries_in_a_row, 20);
@@ -431,12 +445,13 @@ struct Publisher::Impl {
   std::unique_ptr<grpc::ClientContext> ctx;  // replaced under mu (the destructor cancels it)
   std::deque<Pending> unacked;               // sent or not, not yet acknowledged
   std::uint64_t unacked_bytes = 0;
-  std::uint64_t next_sequence = 0;  // the next item's number
-  std::uint64_t next_to_send = 0;   // the first item not written on the current call
-  bool call_ended = false;          // the reader saw the end of the current call
-  bool closing = false;             // close() was called
-  bool stopping = false;            // the destructor runs
-  bool finished = false;            // the writer is done: closed, or `error`
+  std::uint64_t next_sequence = 0;   // the next item's number
+  std::uint64_t next_to_send = 0;    // the first item not written on the current call
+  bool call_ended = false;           // the reader saw the end of the current call
+  bool closing = false;              // close() was called
+  bool stopping = false;             // the destructor runs
+  std::atomic<bool> reached{false};  // the relay answered this publisher once (an event)
+  bool finished = false;             // the writer is done: closed, or `error`
   Status error;
   int retries_in_a_row = 0;
   PublisherStats counters;
@@ -509,6 +524,11 @@ struct Subscriber::Impl {
     if (!options.reconnect || cancelled.load() || code == C::NOT_FOUND ||
         code == C::PERMISSION_DENIED || code == C::UNAUTHENTICATED || code == C::INVALID_ARGUMENT ||
         code == C::RESOURCE_EXHAUSTED) {
+      return false;
+    }
+    if (epoch.empty() && code == C::UNAVAILABLE) {  // never subscribed: fail fast
+      final_status =
+          Status{static_cast<int>(code), unreachable(options.target, st.error_message())};
       return false;
     }
     const auto give_up = std::chrono::steady_clock::now() + options.reconnect_for;

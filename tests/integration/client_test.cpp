@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <chrono>
 #include <cstdint>
 #include <mutex>
@@ -197,6 +199,41 @@ TEST(Client, PublisherGivesUpAfterMaxRetriesWithTheRelaysMessage) {
   stuck.cancel();
 }
 
+// A relay never reached (nothing listens at the target) is an error at once, naming the
+// address and what it should be, with no retries: the backoff is for a relay that went away.
+TEST(Client, ARelayNeverReachedFailsFastNamingTheAddress) {
+  std::uint16_t unused = 0;
+  {  // (a port nothing listens on: bound, then closed)
+    boost::asio::io_context io;
+    boost::asio::ip::tcp::acceptor a(io, {boost::asio::ip::make_address("127.0.0.1"), 0});
+    unused = a.local_endpoint().port();
+  }
+  const std::string target = "127.0.0.1:" + std::to_string(unused);
+  PublisherOptions po;
+  po.target = target;
+  po.topic = "nowhere";
+  Publisher pub(po);
+  (void)pub.publish(Buffer::copy("x"));
+  const auto closed = pub.close();
+  EXPECT_EQ(closed.code, 14) << closed.to_string();  // UNAVAILABLE
+  EXPECT_NE(closed.message.find("cannot reach the relay at " + target), std::string::npos)
+      << closed.message;
+  EXPECT_EQ(pub.stats().retries, 0U);
+  SubscriberOptions so;
+  so.target = target;
+  so.topic = "nowhere";
+  so.reconnect = true;
+  Subscriber sub(so);
+  EXPECT_FALSE(sub.subscribed());
+  SubscriberEvent e;
+  EXPECT_FALSE(sub.next(e));
+  const auto ended = sub.finish();
+  EXPECT_EQ(ended.code, 14) << ended.to_string();
+  EXPECT_NE(ended.message.find("cannot reach the relay at " + target), std::string::npos)
+      << ended.message;
+  EXPECT_EQ(sub.stats().reconnects, 0U);
+}
+
 TEST(Client, SubscriberSeesGapNoticesOnARealtimeTopic) {
   RelayConfig c;
   c.defaults.mode = TopicMode::realtime;
@@ -251,14 +288,14 @@ TEST(Client, RefusalsArriveAsStatusesNamingTheProblem) {
     PublisherOptions o;
     o.target = "127.0.0.1:1";  // nothing listens there
     o.topic = "t";
-    o.max_retries = 2;  // (UNAVAILABLE is retried: a relay may be restarting)
+    o.max_retries = 2;  // (a relay that went away is retried; one never reached is not)
     o.initial_backoff = 10ms;
     return o;
   }());
   st = nobody.publish(Buffer(std::string("x")));
   if (st.ok()) st = nobody.close();
-  EXPECT_EQ(st.code, 14) << st.to_string();  // UNAVAILABLE, after its retries
-  EXPECT_EQ(nobody.stats().retries, 2U);
+  EXPECT_EQ(st.code, 14) << st.to_string();  // UNAVAILABLE, at once
+  EXPECT_EQ(nobody.stats().retries, 0U);
 }
 
 }  // namespace

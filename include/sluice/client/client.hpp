@@ -18,7 +18,9 @@
 //   restarted has lost what it held and gets the unacknowledged items again. After
 //   `max_retries` attempts in a row without progress, or on any other error, publishing stops:
 //   the next publish() and close() return the error, and unacknowledged() counts the items not
-//   known to be in the topic.
+//   known to be in the topic. A relay never reached at all (nothing listens at `target`, or it
+//   is not the gRPC port) fails at once, UNAVAILABLE "cannot reach the relay at ...", with no
+//   retries: the backoff is for a relay that went away, not for a wrong address.
 // - Events: acks, slow_down and resume on the reader thread, retrying on the writer thread;
 //   keep the callback short.
 // - Thread-safety: publish() from one thread at a time; close() once, after the last
@@ -34,7 +36,9 @@
 //   otherwise a gap says what was missed (reason retention, or relay_restart with lost = 0:
 //   unknown). With fallback_targets it moves to another relay serving the topic when its own
 //   does not answer (the gap says relay_restart). If no relay answers in time, next() returns
-//   false and finish() says UNAVAILABLE.
+//   false and finish() says UNAVAILABLE. A subscriber that never subscribed (its relay could
+//   not be reached) does not retry: next() returns false at once and finish() says
+//   UNAVAILABLE "cannot reach the relay at ...".
 // - next() blocks for the next item or gap notice; returns false at the end of the stream
 //   (relay shut down, topic closed, cancel()), after which finish() gives the status.
 // - cancel() and stats() may be called from any thread (each counter is exact; a stats() taken
