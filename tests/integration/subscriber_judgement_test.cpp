@@ -17,6 +17,7 @@
 #include <boost/beast/websocket.hpp>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -168,6 +169,10 @@ TEST(Judgement, LateRealtimeReadersStayAndTheirGapsAddUp) {
   for (auto& t : readers) t.join();
   for (int r = 0; r < 2; ++r) {
     SCOPED_TRACE(r == 0 ? "every 20 ms" : "every 80 ms");
+    std::printf(
+        "late reader %s: %llu frames, %llu lost in gaps, of %llu published\n",
+        r == 0 ? "every 20 ms" : "every 80 ms", static_cast<unsigned long long>(seen[r].frames),
+        static_cast<unsigned long long>(seen[r].lost), static_cast<unsigned long long>(sent));
     EXPECT_EQ(seen[r].close_code, 0) << "ended: " << seen[r].close_reason;
     EXPECT_TRUE(seen[r].consistent) << "frames and gaps do not account for every index";
     EXPECT_EQ(seen[r].next, sent) << "it did not reach the last frame";
@@ -233,6 +238,9 @@ TEST_P(StoppedReader, IsEndedAndWhatItWasSentIsBounded) {
   const std::uint64_t kernels = 2 * (2 * kBuffers + 2 * kBuffers) / (bytes + 24) + 1;
   const std::uint64_t bound = 2 * kDepth + 2 + kernels;
   EXPECT_LE(after, bound) << "frames sent after it stopped reading";
+  std::printf(
+      "stopped reader, %zu-byte frames: %llu frames reached it after it stopped (bound %llu)\n",
+      bytes, static_cast<unsigned long long>(after), static_cast<unsigned long long>(bound));
   // None of what it got after it stopped is older than that bound either.
   if (after > 0) {
     EXPECT_LE(static_cast<std::int64_t>(newest) - stopped_at, static_cast<std::int64_t>(bound) + 60)
@@ -382,6 +390,9 @@ TEST(Judgement, AGrpcSubscriberPausingAtRandomThrottlesAndIsNotEvicted) {
   }
   producing.join();
   EXPECT_EQ(got, items);
+  std::printf("pausing gRPC subscriber: %llu of %llu items, %llu slow_downs to the producer\n",
+              static_cast<unsigned long long>(got), static_cast<unsigned long long>(items),
+              static_cast<unsigned long long>(slow_downs.load()));
   EXPECT_EQ(gaps, 0U);
   EXPECT_TRUE(in_order);
   EXPECT_GE(slow_downs.load(), 1U) << "the producer was never held back";
@@ -428,6 +439,8 @@ TEST(Judgement, AWindowedReaderIsGivenAtMostItsWindowFromBeforeAPause) {
   EXPECT_TRUE(seen.consistent);
   EXPECT_GT(seen.lost, 400U) << "the pause lapped it";
   EXPECT_LE(before_gap, kWindow) << "frames from before the pause";
+  std::printf("windowed reader after a 1 s pause: %llu frames from before it, then a gap\n",
+              static_cast<unsigned long long>(before_gap));
   // Paused, it was late, not stalled (the window bounds what the relay holds for it).
   EXPECT_LT(relay.metric("sluice_slow_viewers_total", "kind=\"stalled\""), 1);
   pub.s.close(websocket::close_code::normal);

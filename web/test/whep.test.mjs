@@ -78,6 +78,37 @@ async function until(what, f, timeoutMs = 30000) {
   }
 }
 
+// `n` WHEP viewers of `cam` in `page` (as window.viewers, named `prefix`-i), once every one
+// decodes.
+async function crowdOn(page, n, prefix) {
+  await page.evaluate(async ([count, name]) => {
+    const sluice = await import("/sluice.js");
+    window.viewers = await Promise.all(
+      Array.from({ length: count }, (_, i) => sluice.watchVideo("cam", { name: `${name}-${i}` })));
+  }, [n, prefix]);
+  await until("the crowd decoding", () => page.evaluate(async () => {
+    const counts = await Promise.all(window.viewers.map(async (v) => {
+      let f = 0;
+      (await v.pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp") f = s.framesDecoded || 0; });
+      return f;
+    }));
+    return counts.every((f) => f > 0);
+  }), 60000);
+}
+
+// The relay's descriptors and threads once they stop changing (pipelines are torn down off the
+// loops, one after another): two samples alike, 500 ms apart.
+async function settled(pid) {
+  let last = resources(pid);
+  return until("a steady count of descriptors and threads", async () => {
+    await new Promise((res) => setTimeout(res, 500));
+    const now = resources(pid);
+    const steady = now.fds === last.fds && now.threads === last.threads;
+    last = now;
+    return steady ? now : null;
+  }, 60000);
+}
+
 test("the viewer page plays a camera's topic: frames decode and keep coming, at the source's size; the dashboard links to it", async () => {
   const r = await relay();
   const cam = camera(r, "cam");
@@ -150,34 +181,12 @@ test(`${VIEWERS} viewers come and go in cycles: the relay's descriptors come bac
     const crowd = await browser.newPage();
     await crowd.goto(`${r.http}/healthz`);
     const cycle = async () => {
-      await crowd.evaluate(async (n) => {
-        const sluice = await import("/sluice.js");
-        window.viewers = await Promise.all(
-          Array.from({ length: n }, (_, i) => sluice.watchVideo("cam", { name: `crowd-${i}` })));
-      }, VIEWERS);
-      // Every one connects and decodes.
-      await until("the crowd decoding", () => crowd.evaluate(async () => {
-        const counts = await Promise.all(window.viewers.map(async (v) => {
-          let n = 0;
-          (await v.pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp") n = s.framesDecoded || 0; });
-          return n;
-        }));
-        return counts.every((n) => n > 0);
-      }), 60000);
+      await crowdOn(crowd, VIEWERS, "crowd");  // every one connects and decodes
       await crowd.evaluate(() => Promise.all(window.viewers.map((v) => v.close())));
       await until("the crowd's end on the relay", async () => (await metric(r, "sluice_whep_viewers")) === 1);
     };
     await cycle();  // (the first loads what the relay keeps: plugins, thread pools)
-    // Pipelines are torn down off the loops, one after another: the baseline is taken once the
-    // relay's descriptors and threads have stopped falling (two samples alike, 500 ms apart).
-    let baseline = resources(r.child.pid);
-    await until("a steady baseline", async () => {
-      await new Promise((res) => setTimeout(res, 500));
-      const now = resources(r.child.pid);
-      const steady = now.fds === baseline.fds && now.threads === baseline.threads;
-      baseline = now;
-      return steady;
-    }, 60000);
+    const baseline = await settled(r.child.pid);
     const end = Date.now() + SOAK_SECONDS * 1000;
     let cycles = 0;
     let peakRss = baseline.rss;
@@ -232,30 +241,8 @@ test(`${VIEWERS} viewers that vanish without DELETE are ended (connection_lost) 
   const crowd = async (b, n) => {
     const page = await b.newPage();
     await page.goto(`${r.http}/healthz`);
-    await page.evaluate(async (count) => {
-      const sluice = await import("/sluice.js");
-      window.viewers = await Promise.all(
-        Array.from({ length: count }, (_, i) => sluice.watchVideo("cam", { name: `gone-${i}` })));
-    }, n);
-    await until("the crowd decoding", () => page.evaluate(async () => {
-      const counts = await Promise.all(window.viewers.map(async (v) => {
-        let f = 0;
-        (await v.pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp") f = s.framesDecoded || 0; });
-        return f;
-      }));
-      return counts.every((f) => f > 0);
-    }), 60000);
+    await crowdOn(page, n, "gone");
     return page;
-  };
-  const settled = async () => {
-    let last = resources(r.child.pid);
-    return until("a steady count of descriptors and threads", async () => {
-      await new Promise((res) => setTimeout(res, 500));
-      const now = resources(r.child.pid);
-      const steady = now.fds === last.fds && now.threads === last.threads;
-      last = now;
-      return steady ? now : null;
-    }, 60000);
   };
   try {
     // A first crowd, ended with DELETE, so that what the relay keeps once loaded is in the baseline.
@@ -263,7 +250,7 @@ test(`${VIEWERS} viewers that vanish without DELETE are ended (connection_lost) 
     await warm.evaluate(() => Promise.all(window.viewers.map((v) => v.close())));
     await warm.close();
     await until("the warm-up's end", async () => (await metric(r, "sluice_whep_viewers")) === 0);
-    const baseline = await settled();
+    const baseline = await settled(r.child.pid);
     const lostBefore = await metricWith(r, "sluice_whep_viewers_ended_total", 'reason="connection_lost"');
     const third = Math.max(1, Math.floor(VIEWERS / 3));
     // 1. Pages that close their peer connections and send nothing.
@@ -289,7 +276,7 @@ test(`${VIEWERS} viewers that vanish without DELETE are ended (connection_lost) 
     assert.equal(deleted, 2, "only the warm-up's viewers were deleted");
     assert.equal(lost + failed + closedByPeer, VIEWERS, `connection_lost ${lost}, failed ${failed}, closed ${closedByPeer}`);
     assert.ok(lost >= third, `connection_lost: ${lost} of ${VIEWERS}`);
-    const now = await settled();
+    const now = await settled(r.child.pid);
     assert.equal(now.fds, baseline.fds, "descriptors back to the baseline");
     assert.equal(now.threads, baseline.threads, "threads back to the baseline");
     await closing.close();
