@@ -1,5 +1,5 @@
 // The relay's C++ client from the installed package: against no relay, a Publisher reports
-// UNAVAILABLE after its retries (linking and running is what this checks).
+// UNAVAILABLE at once (linking and running is what this checks).
 #include <chrono>
 #include <cstdio>
 
