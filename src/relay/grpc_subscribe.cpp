@@ -25,15 +25,15 @@ class SubscribeReactor final : public GuardedReactor<SubscribeReactor, Subscribe
                    std::unique_ptr<SubscriberPump> subscriber, const Principal& who)
       : core_(core), ctx_(ctx), slot_(std::move(slot)), pump_(std::move(subscriber)) {
     expire_with(core, who);
-    pump_->watch({[this, run = later_with(&SubscribeReactor::tick)](std::function<void()> tick) {
-                    core_.loops.main().at(
-                        std::chrono::steady_clock::now() + core_.config.send_timeout,
-                        [run, tick] { run(tick); });
-                  },
-                  [this] {
-                    return SubscriberPump::Progress{delivered_, in_flight_ != 0};
-                  },
-                  [this](const Refusal& r) SLUICE_NO_THREAD_SAFETY_ANALYSIS { end(r); }});
+    pump_->watch(
+        {[this, run = later_with(&SubscribeReactor::tick)](const std::function<void()>& tick) {
+           core_.loops.main().at(std::chrono::steady_clock::now() + core_.config.send_timeout,
+                                 [run, tick] { run(tick); });
+         },
+         [this] {
+           return SubscriberPump::Progress{delivered_, in_flight_ != 0};
+         },
+         [this](const Refusal& r) SLUICE_NO_THREAD_SAFETY_ANALYSIS { end(r); }});
     StartSendInitialMetadata();  // tells the client the subscription exists (Subscriber waits)
     pump();
   }
@@ -92,7 +92,7 @@ class SubscribeReactor final : public GuardedReactor<SubscribeReactor, Subscribe
   }
 
   // The pump's judgement, serialized with the rest (see watch()).
-  void tick(std::function<void()> judge) {
+  void tick(const std::function<void()>& judge) {
     MutexLock lock(mu_);
     if (!finished_) judge();
   }
