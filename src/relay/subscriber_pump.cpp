@@ -187,6 +187,7 @@ void SubscriberPump::tick() {
       return;
     }
     verdict(V::late, "its window is unacknowledged");  // (paused: looked at again)
+    last_progress_ = now;                              // (the network is not what it waits for)
     ticking_ = true;
     watch_.later([this] { tick(); });
     return;
@@ -194,10 +195,13 @@ void SubscriberPump::tick() {
   if (moved) last_progress_ = now;
   const auto still = std::chrono::duration_cast<std::chrono::milliseconds>(now - last_progress_);
   const auto stall = core_.config.send_timeout * static_cast<long>(core_.config.max_send_timeouts);
-  if (still >= stall) {
+  const auto evict = topic_->config.evict_after;
+  const bool stalled = still >= stall;
+  // (real-time: a stall ends it; lossless: only evict_after_ms without progress does)
+  const bool ends = realtime() ? stalled : evict.count() > 0 && still >= evict;
+  if (stalled || ends) {
     verdict(V::stalled, "no progress in " + std::to_string(still.count()) + " ms");
-    const auto evict = topic_->config.evict_after;
-    if (realtime() || (evict.count() > 0 && still >= evict)) {
+    if (ends) {
       const Refusal r = stalled_refusal(still);
       leave();
       end_ = r;
