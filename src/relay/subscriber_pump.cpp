@@ -224,7 +224,11 @@ void SubscriberPump::verdict(SubscriberExtras::Verdict v, std::string_view why) 
   if (was == v) return;
   static constexpr const char* kNames[] = {"ok", "late", "stalled"};
   const char* name = kNames[static_cast<std::size_t>(v)];
-  log::event(v == V::stalled ? log::Level::warn : log::Level::info, "slow_subscriber",
+  // (late and back are everyday on a busy relay: debug; a stall, and the way back from one, not)
+  const auto level = v == V::stalled     ? log::Level::warn
+                     : was == V::stalled ? log::Level::info
+                                         : log::Level::debug;
+  log::event(level, "slow_subscriber",
              {{"topic", topic_->name},
               {"subscriber", sub_.name()},
               {"session", id_},
