@@ -117,15 +117,14 @@ nlohmann::json topic_json(const Topic& t) {
     for (std::size_t i = 0; i < extras.size(); ++i) {
       if (taken[i] || extras[i].name != sub.name || extras[i].joined_at != sub.joined_at) continue;
       taken[i] = true;
-      static constexpr const char* kVerdicts[] = {"ok", "late", "stalled"};
       j["session"] = extras[i].session;
-      j["sends"] = kVerdicts[static_cast<std::size_t>(sampled[i].second)];
+      j["sends"] = SubscriberExtras::verdict_name(sampled[i].second);
       if (extras[i].unsent != nullptr) j["kernel_unsent_bytes"] = sampled[i].first;
       j["until_keyframe"] = skipped[i];
       // (what its session skipped up to a keyframe was taken from the topic, not delivered:
       // lost, reason until_keyframe)
       if (skipped[i] != 0) {
-        j["received"] = sub.received - std::min(sub.received, skipped[i]);
+        j["received"] = SubscriberExtras::delivered(sub.received, skipped[i]);
         j["lost"] = sub.lost.total() + skipped[i];
         j["lost_by_reason"]["until_keyframe"] = skipped[i];
       }

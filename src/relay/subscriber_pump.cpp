@@ -93,7 +93,8 @@ SubscriberPump::~SubscriberPump() {
          {"session", id_},
          {"seconds",
           std::chrono::duration<double>(std::chrono::steady_clock::now() - opened_at_).count()},
-         {"items", s.received - until_keyframe_total_.load(std::memory_order_relaxed)},
+         {"items", SubscriberExtras::delivered(
+                       s.received, until_keyframe_total_.load(std::memory_order_relaxed))},
          {"lost", s.lost.total() + until_keyframe_total_.load(std::memory_order_relaxed)}});
   }
   topic_->remove_extras(id_);
@@ -222,8 +223,6 @@ void SubscriberPump::verdict(SubscriberExtras::Verdict v, std::string_view why) 
   using V = SubscriberExtras::Verdict;
   const V was = verdict_.exchange(v, std::memory_order_relaxed);
   if (was == v) return;
-  static constexpr const char* kNames[] = {"ok", "late", "stalled"};
-  const char* name = kNames[static_cast<std::size_t>(v)];
   // (late and back are everyday on a busy relay: debug; a stall, and the way back from one, not)
   const auto level = v == V::stalled     ? log::Level::warn
                      : was == V::stalled ? log::Level::info
@@ -232,8 +231,8 @@ void SubscriberPump::verdict(SubscriberExtras::Verdict v, std::string_view why) 
              {{"topic", topic_->name},
               {"subscriber", sub_.name()},
               {"session", id_},
-              {"verdict", name},
-              {"was", kNames[static_cast<std::size_t>(was)]},
+              {"verdict", std::string(SubscriberExtras::verdict_name(v))},
+              {"was", std::string(SubscriberExtras::verdict_name(was))},
               {"reason", std::string(why)}});
   if (v == V::ok) return;
   core_.metrics

@@ -7,7 +7,6 @@
 // time. The subscription (and `unsent`) must outlive this.
 #pragma once
 
-#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <string>
@@ -16,6 +15,7 @@
 #include "sluice/detail/thread_annotations.hpp"
 #include "sluice/metrics.hpp"
 #include "sluice/relay/protocol.hpp"
+#include "topic.hpp"
 
 namespace sluice::relay {
 
@@ -37,18 +37,18 @@ class SubscriberSeries {
       registry_.gauge_fn(
           "sluice_subscriber_unsent_bytes",
           "Bytes in the kernel's send buffer not yet taken by this WebSocket subscriber "
-          "(sampled when a send completes or times out)",
+          "(sampled every limits.send_timeout_ms while something waits for it)",
           labels_, [unsent] { return double(unsent->load(std::memory_order_relaxed)); });
     }
     // (what its session skipped up to a keyframe was taken from the topic, not delivered)
-    registry_.counter_fn("sluice_subscriber_received_total", "Items delivered to this subscriber",
-                         labels_, [this, &until_keyframe] {
-                           const auto skipped = until_keyframe.load(std::memory_order_relaxed);
-                           return read([skipped](const auto& s) {
-                             const auto got = s.stats().received;
-                             return double(got - std::min(got, skipped));
-                           });
-                         });
+    registry_.counter_fn(
+        "sluice_subscriber_received_total", "Items delivered to this subscriber", labels_,
+        [this, &until_keyframe] {
+          const auto skipped = until_keyframe.load(std::memory_order_relaxed);
+          return read([skipped](const auto& s) {
+            return double(SubscriberExtras::delivered(s.stats().received, skipped));
+          });
+        });
     registry_.counter_fn("sluice_subscriber_dropped_total", "Items this subscriber lost, by reason",
                          lost_labels_, [this] {
                            return read([](const auto& s) {

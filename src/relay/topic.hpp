@@ -41,6 +41,17 @@ struct SubscriberExtras {
   const std::atomic<Verdict>* verdict = nullptr;
   // Items skipped up to a keyframe after its losses (video topics).
   const std::atomic<std::uint64_t>* until_keyframe = nullptr;
+
+  /// "ok", "late", "stalled": as the stats and the log say it.
+  static constexpr std::string_view verdict_name(Verdict v) noexcept {
+    constexpr std::string_view kNames[] = {"ok", "late", "stalled"};
+    return kNames[static_cast<std::size_t>(v)];
+  }
+  /// What a subscription delivered: what it took from the topic (`received`) but the items its
+  /// session skipped up to a keyframe (`skipped`, lost{until_keyframe}).
+  static constexpr std::uint64_t delivered(std::uint64_t received, std::uint64_t skipped) noexcept {
+    return received - std::min(received, skipped);
+  }
 };
 
 /// What a cluster topic's bridge to NATS did (docs/cluster.md); updated by the bridge's threads,
