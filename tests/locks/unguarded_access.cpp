@@ -1,5 +1,5 @@
-// Must NOT compile under `clang++ -Wthread-safety -Werror`: the check of make check-locks
-// (scripts/check-locks.py) is only worth something if it fails on code like this. CTest
+// Must NOT compile under `clang++ -Wthread-safety -Werror`: make check-locks (clang builds the
+// libFuzzer tree with these flags) is only worth something if it fails on code like this. CTest
 // (locks_check_rejects_an_unguarded_access) expects clang's refusal.
 #include "sluice/detail/thread_annotations.hpp"
 
