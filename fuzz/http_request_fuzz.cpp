@@ -68,7 +68,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     route(std::string_view(target.data(), target.size()));
     // The checks on who asks (Host, Origin, the token's three places), then the answer.
     const auto who = http_caller(core(), parser.get(),
-                                 HttpTarget::parse(std::string_view(target.data(), target.size())));
+                                 HttpTarget::parse(std::string_view(target.data(), target.size())),
+                                 HttpPeer{"", "127.0.0.1", "127.0.0.1"});
     if (!who) {
       const auto kind = who.refusal().kind;
       FUZZ_CHECK(kind == RefusalKind::misdirected || kind == RefusalKind::permission_denied ||
@@ -78,7 +79,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       if (kind == RefusalKind::unauthenticated)
         FUZZ_CHECK(who.refusal().message.find("fuzz-token") == std::string::npos);
     }
-    const HttpResponse answer = HttpRouter(core()).answer(parser.get());
+    const HttpResponse answer =
+        HttpRouter(core()).answer(parser.get(), HttpPeer{"", "127.0.0.1", "127.0.0.1"});
     FUZZ_CHECK(answer.status != 0 && !answer.body.empty());
   }
   // ...and the bytes as a target alone (what the router sees once a request parses).

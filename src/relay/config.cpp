@@ -231,6 +231,10 @@ const std::vector<Setting>& settings() {
        [](RelayConfig& c, const Source& /*s*/, const std::string& v) {
          c.server_names = parse_list(v);
        }},
+      {"server.allow_any_host", "SLUICE_ALLOW_ANY_HOST", "allow-any-host",
+       [](RelayConfig& c, const Source& s, const std::string& v) {
+         c.allow_any_host = parse_bool(s, v);
+       }},
       {"server.token_in_query", "SLUICE_TOKEN_IN_QUERY", "token-in-query",
        [](RelayConfig& c, const Source& s, const std::string& v) {
          c.token_in_query = parse_bool(s, v);
@@ -1086,6 +1090,7 @@ std::string to_toml(const RelayConfig& c) {
     << "\nallow_anonymous_on_network = " << (c.allow_anonymous_on_network ? "true" : "false")
     << "\nallowed_origins = " << quoted_list(c.allowed_origins)
     << "\nnames = " << quoted_list(c.server_names)
+    << "\nallow_any_host = " << (c.allow_any_host ? "true" : "false")
     << "\ntoken_in_query = " << (c.token_in_query ? "true" : "false")
     << "\ntls_cert_file = " << toml_quoted(c.tls_cert_file)
     << "\ntls_key_file = " << toml_quoted(c.tls_key_file)

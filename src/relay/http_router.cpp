@@ -127,12 +127,20 @@ std::string host_of(std::string_view header) {
   return lower(header.substr(0, header.find(':')));
 }
 
-// Does a request addressed to `host` reach this relay by a name it answers to? IP literals
-// always (DNS rebinding needs a name), localhost, and server.names.
-bool answers_to(const RelayConfig& config, const std::string& host) {
+// Does a request addressed to `host` reach this relay by a name it answers to? A loopback
+// literal, localhost, the address the connection reached (`local`: the bound address, or the
+// one a wildcard bind was reached at), server.names — or anything with server.allow_any_host.
+// Any other name or address is a page's DNS rebinding (or a misdirected request).
+bool answers_to(const RelayConfig& config, const std::string& host, const std::string& local) {
+  if (config.allow_any_host) return true;
   boost::system::error_code ec;
-  (void)boost::asio::ip::make_address(host, ec);
-  if (!ec || host == "localhost") return true;
+  const auto address = boost::asio::ip::make_address(host, ec);
+  if (!ec && (address.is_loopback() || (!local.empty() && address.to_string() == local)))
+    return true;
+  if (!ec && address.is_v6() && address.to_v6().is_v4_mapped() &&
+      address.to_v6().to_v4().is_loopback())
+    return true;
+  if (host == "localhost") return true;
   return std::ranges::any_of(config.server_names,
                              [&host](const std::string& name) { return lower(name) == host; });
 }
@@ -167,21 +175,26 @@ std::string token_of(const RelayConfig& config, const HttpServer::Request& reque
     if (p.rfind(ws::kBearerSubprotocol, 0) == 0)
       return std::string(p.substr(ws::kBearerSubprotocol.size()));
   }
-  if (config.token_in_query) return target.param("token");
+  // (A WebSocket upgrade only: a browser cannot set its headers; any other request can.)
+  if (config.token_in_query && boost::beast::websocket::is_upgrade(request))
+    return target.param("token");
   return {};
 }
 
 }  // namespace
 
 Outcome<Who> http_caller(RelayCore& core, const HttpServer::Request& request,
-                         const HttpTarget& target, std::string_view certificate_cn) {
+                         const HttpTarget& target, const HttpPeer& peer) {
   namespace http = boost::beast::http;
   const auto host_header = request[http::field::host];
   const std::string_view host_view(host_header.data(), host_header.size());
-  if (!host_view.empty() && !answers_to(core.config, host_of(host_view))) {
+  if (!answers_to(core.config, host_of(host_view), peer.local_address)) {
     return Refusal{RefusalKind::misdirected,
-                   "this relay does not answer to host '" + std::string(host_view.substr(0, 100)) +
-                       "' (loopback, IP addresses and server.names / SLUICE_SERVER_NAMES)"};
+                   (host_view.empty() ? std::string("a request without a Host header")
+                                      : "this relay does not answer to host '" +
+                                            std::string(host_view.substr(0, 100)) + "'") +
+                       " (it answers to loopback, the address it was reached at and "
+                       "server.names / SLUICE_SERVER_NAMES; server.allow_any_host)"};
   }
   const auto origin = request[http::field::origin];
   if (!origin.empty() && !origin_allowed(core.config, std::string(origin), host_view)) {
@@ -190,7 +203,7 @@ Outcome<Who> http_caller(RelayCore& core, const HttpServer::Request& request,
                        "' may not use this relay (server.allowed_origins / "
                        "SLUICE_ALLOWED_ORIGINS)"};
   }
-  return core.access.authenticate(token_of(core.config, request, target), certificate_cn);
+  return core.access.authenticate(token_of(core.config, request, target), peer.certificate_cn);
 }
 
 namespace {
@@ -222,7 +235,7 @@ HttpResponse HttpRouter::answer(const HttpServer::Request& request, const HttpPe
       HttpTarget::parse(std::string_view(request.target().data(), request.target().size()));
   if (target.path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
   if (auto page = web_page(target.path)) return std::move(*page);
-  auto who = http_caller(core_, request, target, peer.certificate_cn);
+  auto who = http_caller(core_, request, target, peer);
   if (!who) return http_refusal(core_, who.refusal());
   return get(target, **who);
 }

@@ -59,15 +59,16 @@ struct RelayCore;
 HttpResponse http_refusal(RelayCore& core, const Refusal& r);
 
 /// Who makes an HTTP request or WebSocket upgrade, once a browser's request passes the checks
-/// that keep other web pages out: its Host must be one the relay answers to (an IP address,
-/// localhost, server.names: else misdirected, 421, against DNS rebinding), and its Origin, if
+/// that keep other web pages out: its Host must be one the relay answers to (a loopback
+/// literal, localhost, the address `peer` reached, server.names, or any with
+/// server.allow_any_host: else misdirected, 421, against DNS rebinding), and its Origin, if
 /// any, the relay's own or one of server.allowed_origins (else permission_denied, 403). Then
-/// the token it presents (Authorization: Bearer, the subprotocol sluice.bearer.<token>, or
-/// ?token= when server.token_in_query) names the principal (else unauthenticated, 401); a
-/// caller without a token whose verified client certificate has the common name
-/// `certificate_cn` (mutual TLS) is the principal configured with it.
+/// the token it presents (Authorization: Bearer, the subprotocol sluice.bearer.<token>, or on
+/// a WebSocket upgrade ?token= when server.token_in_query) names the principal (else
+/// unauthenticated, 401); a caller without a token whose verified client certificate has the
+/// common name `peer.certificate_cn` (mutual TLS) is the principal configured with it.
 Outcome<Who> http_caller(RelayCore& core, const HttpServer::Request& request,
-                         const HttpTarget& target, std::string_view certificate_cn = {});
+                         const HttpTarget& target, const HttpPeer& peer);
 
 class HttpRouter {
  public:

@@ -5,12 +5,15 @@
 // saying so. Relay-internal.
 #pragma once
 
+#include <fcntl.h>
 #include <openssl/err.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/websocket.hpp>
@@ -37,11 +40,13 @@ struct HttpResponse {
   std::vector<std::pair<std::string, std::string>> headers{};  // more header fields
 };
 
-/// Who is at the other end as the transport knows it: its IP address, and under mutual TLS the
-/// common name of the client certificate the relay verified (else empty).
+/// Who is at the other end as the transport knows it: its IP address, the relay's address it
+/// reached (the socket's local address), and under mutual TLS the common name of the client
+/// certificate the relay verified (else empty).
 struct HttpPeer {
   std::string certificate_cn;
   std::string address;
+  std::string local_address;
 };
 
 /// How large the body of a request other than GET may be, and the setting that says so (named
@@ -69,42 +74,60 @@ class HttpServer {
   using AcceptError = std::function<void(const std::string& reason)>;
   /// A TLS handshake that failed: OpenSSL's reason ("wrong version number", ...).
   using TlsError = std::function<void(const std::string& reason)>;
-  /// A client has `timeout` to complete its TLS handshake (if `tls` is on), send its request
-  /// and read the answer (or upgrade). `tls` (may be null: plaintext) must outlive this.
-  HttpServer(boost::asio::io_context& io, const std::string& host, std::uint16_t port,
-             std::chrono::milliseconds timeout, Handler handler, Upgrade upgrade,
-             AcceptError accept_error = {}, const TlsContexts* tls = nullptr,
-             TlsError tls_error = {}, Other other = {}, BodyLimit max_body = {})
+  /// What the server does with what it accepts. `handler` and `upgrade` are required.
+  struct Options {
+    std::string host;
+    std::uint16_t port = 0;
+    /// A client has this long to complete its TLS handshake (if `tls` is on), send its
+    /// request and read the answer (or upgrade).
+    std::chrono::milliseconds timeout{3000};
+    Handler handler;
+    Upgrade upgrade;
+    AcceptError accept_error{};
+    const TlsContexts* tls = nullptr;  // null or off: plaintext; must outlive the server
+    TlsError tls_error{};
+    Other other{};
+    BodyLimit max_body{};
+    /// Named in the 503 a client gets while the relay is out of descriptors.
+    std::string descriptor_hint;
+  };
+  HttpServer(boost::asio::io_context& io, Options options)
       : acceptor_(io),
         retry_(io),
-        timeout_(timeout),
-        handler_(std::move(handler)),
-        upgrade_(std::move(upgrade)),
-        accept_error_(std::move(accept_error)),
-        tls_(tls != nullptr && tls->enabled() ? tls : nullptr),
-        tls_error_(std::move(tls_error)),
-        other_(std::move(other)),
-        max_body_(std::move(max_body)) {
+        timeout_(options.timeout),
+        handler_(std::move(options.handler)),
+        upgrade_(std::move(options.upgrade)),
+        accept_error_(std::move(options.accept_error)),
+        tls_(options.tls != nullptr && options.tls->enabled() ? options.tls : nullptr),
+        tls_error_(std::move(options.tls_error)),
+        other_(std::move(options.other)),
+        max_body_(std::move(options.max_body)),
+        descriptor_hint_(std::move(options.descriptor_hint)) {
     namespace ip = boost::asio::ip;
+    const std::string& host = options.host;
     boost::system::error_code ec;
-    const ip::tcp::endpoint endpoint(ip::make_address(host, ec), port);
+    const ip::tcp::endpoint endpoint(ip::make_address(host, ec), options.port);
     if (ec) throw std::runtime_error("relay: invalid host " + host + " (server.host)");
     acceptor_.open(endpoint.protocol());
     acceptor_.set_option(ip::tcp::acceptor::reuse_address(true));
     acceptor_.bind(endpoint, ec);
     if (ec) {
-      throw std::runtime_error("relay: cannot listen on " + host + ":" + std::to_string(port) +
+      throw std::runtime_error("relay: cannot listen on " + host + ":" +
+                               std::to_string(options.port) +
                                " for HTTP (server.http_port / SLUICE_HTTP_PORT): " + ec.message());
     }
     acceptor_.listen();
     port_ = acceptor_.local_endpoint().port();
+    spare_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
     accept();
   }
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
   HttpServer(HttpServer&&) = delete;
   HttpServer& operator=(HttpServer&&) = delete;
-  ~HttpServer() = default;  // after the I/O thread has stopped
+  ~HttpServer() {  // after the I/O thread has stopped
+    if (spare_ >= 0) ::close(spare_);
+  }
   std::uint16_t port() const { return port_; }
 
  private:
@@ -127,6 +150,10 @@ class HttpServer {
         // fails at once: retrying at once would spin a core and starve this loop's sessions.
         // Wait, then try again (a session that ends meanwhile frees a descriptor).
         if (accept_error_) accept_error_(reason(ec));
+        if (refuse_with_spare()) {  // (a client waiting gets an answer; the next may wait too)
+          accept();
+          return;
+        }
         retry_.expires_after(kAcceptRetry);
         retry_.async_wait([this](boost::system::error_code wait) {
           if (!wait && acceptor_.is_open()) accept();
@@ -139,8 +166,11 @@ class HttpServer {
         boost::system::error_code opt;
         s.set_option(boost::asio::ip::tcp::no_delay(true), opt);
         const auto remote = s.remote_endpoint(opt);
+        const std::string address = opt ? std::string("?") : remote.address().to_string();
+        const auto local = s.local_endpoint(opt);
         auto session = std::make_shared<Session>(std::move(s));
-        session->peer.address = opt ? std::string("?") : remote.address().to_string();
+        session->peer.address = address;
+        session->peer.local_address = opt ? std::string() : local.address().to_string();
         start(session);
       }
       if (acceptor_.is_open()) accept();
@@ -336,6 +366,35 @@ class HttpServer {
     });
   }
 
+  // Out of descriptors, a client would wait unanswered until one is free: the spare descriptor
+  // (kept open for this) is given up to accept it, refuse it (a plaintext 503 naming the limit;
+  // on a TLS port, closed at once) and take the spare back. False if there is no spare or no
+  // client could be accepted with it.
+  bool refuse_with_spare() {
+    if (spare_ < 0) return false;
+    ::close(spare_);
+    spare_ = -1;
+    boost::asio::ip::tcp::socket s(acceptor_.get_executor());
+    boost::system::error_code ec;
+    acceptor_.non_blocking(true, ec);
+    acceptor_.accept(s, ec);
+    acceptor_.non_blocking(false, ec);
+    const bool refused = s.is_open();
+    if (refused && tls_ == nullptr) {
+      const std::string body = "the relay is out of file descriptors (" + descriptor_hint_ + ")\n";
+      const std::string answer =
+          "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+          "Retry-After: 1\r\nConnection: close\r\nContent-Length: " +
+          std::to_string(body.size()) + "\r\n\r\n" + body;
+      s.non_blocking(true, ec);
+      boost::asio::write(s, boost::asio::buffer(answer), ec);  // (fits an empty send buffer)
+      s.shutdown(boost::asio::ip::tcp::socket::shutdown_send, ec);
+    }
+    s.close(ec);
+    spare_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    return refused;
+  }
+
   // The system's name for an accept error (EMFILE, ENFILE, ENOBUFS, ...), else its message.
   static std::string reason(const boost::system::error_code& ec) {
     switch (ec.value()) {
@@ -365,6 +424,8 @@ class HttpServer {
   TlsError tls_error_;
   Other other_;
   BodyLimit max_body_;
+  std::string descriptor_hint_;
+  int spare_ = -1;  // a descriptor kept to refuse clients with when out of them (main loop)
   std::uint16_t port_ = 0;
 };
 

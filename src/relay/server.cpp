@@ -56,8 +56,22 @@ struct RelayServer::Impl {
   // on the main loop.
   void poll_stages() {
     for (const auto& st : core.topics.stages()) st->poll();
-    core.topics.remove_idle(std::chrono::steady_clock::now());
+    const auto now = std::chrono::steady_clock::now();
+    core.topics.remove_idle(now);
     if (bridge) bridge->poll();
+    if (tls.enabled() && now >= next_certificate_check) {
+      next_certificate_check = now + std::chrono::seconds(1);
+      if (tls.files_changed()) {
+        const auto problem = reload_certificates();
+        if (problem.empty()) {
+          relay::log::event(relay::log::Level::info, "certificates_reloaded",
+                            {{"cause", "files_changed"}});
+        } else {
+          relay::log::event(relay::log::Level::warn, "certificates_not_reloaded",
+                            {{"cause", "files_changed"}, {"why", problem}});
+        }
+      }
+    }
     core.loops.main().at(std::chrono::steady_clock::now() + std::chrono::milliseconds(100),
                          [this] { poll_stages(); });
   }
@@ -91,8 +105,22 @@ struct RelayServer::Impl {
         .inc();
   }
 
+  // Reads the certificate files again (SIGHUP, or a change poll_stages saw): both ports serve
+  // the new one, or, if it cannot be used, keep the one they had. Counted by outcome.
+  std::string reload_certificates() {
+    std::string problem = tls.reload();
+    if (!tls.enabled()) return problem;
+    core.metrics
+        .counter("sluice_tls_reloads_total",
+                 "Certificate reloads of both ports (SIGHUP or a changed file), by outcome",
+                 {{"outcome", problem.empty() ? "ok" : "failed"}})
+        .inc();
+    return problem;
+  }
+
   relay::RelayCore core;
   relay::TlsContexts tls{core.config};  // (throws at construction: a bad file stops the start)
+  std::chrono::steady_clock::time_point next_certificate_check{};
   std::chrono::steady_clock::time_point last_accept_log{};
   relay::GrpcService grpc_service{core};
   relay::HttpRouter router{core};
@@ -136,19 +164,20 @@ void check_grpc_address(const RelayConfig& config) {
 }
 
 // TLS when a certificate is configured (mutual TLS with a client CA: clients must present a
-// certificate it signed), else plaintext. gRPC rereads the files itself every
-// kGrpcCertificateRefresh (its file watcher; gRPC's C++ API has no reload on demand), so a
-// renewed certificate reaches new gRPC connections without a restart; connections already
-// open keep theirs. (The files were checked when TlsContexts loaded them for the HTTP port.)
+// certificate it signed), else plaintext. gRPC reads the relay's checked copy of the files
+// (TlsContexts::served(), which changes only once a renewal was read and checked) every
+// kGrpcCertificateRefreshSeconds with its file watcher — gRPC's C++ API has no reload on
+// demand — so a renewal reaches new gRPC connections within a second of the HTTP port's;
+// connections already open keep theirs.
 constexpr unsigned kGrpcCertificateRefreshSeconds = 1;
-std::shared_ptr<grpc::ServerCredentials> grpc_credentials(const RelayConfig& config) {
-  namespace tls = grpc::experimental;
-  if (config.tls_cert_file.empty()) return grpc::InsecureServerCredentials();
-  const bool mutual = !config.tls_client_ca_file.empty();
-  auto files = std::make_shared<tls::FileWatcherCertificateProvider>(
-      config.tls_key_file, config.tls_cert_file, config.tls_client_ca_file,
-      kGrpcCertificateRefreshSeconds);
-  tls::TlsServerCredentialsOptions options(files);
+std::shared_ptr<grpc::ServerCredentials> grpc_credentials(const relay::TlsContexts& tls) {
+  namespace gtls = grpc::experimental;
+  if (!tls.enabled()) return grpc::InsecureServerCredentials();
+  const auto& files = tls.served();
+  const bool mutual = !files.ca.empty();
+  auto provider = std::make_shared<gtls::FileWatcherCertificateProvider>(
+      files.key, files.cert, files.ca, kGrpcCertificateRefreshSeconds);
+  gtls::TlsServerCredentialsOptions options(provider);
   options.watch_identity_key_cert_pairs();
   if (mutual) {
     options.watch_root_certs();
@@ -156,7 +185,7 @@ std::shared_ptr<grpc::ServerCredentials> grpc_credentials(const RelayConfig& con
   } else {
     options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
   }
-  return tls::TlsServerCredentials(options);
+  return gtls::TlsServerCredentials(options);
 }
 
 // The address as gRPC spells it: IPv6 in brackets.
@@ -188,6 +217,12 @@ void raise_descriptor_limit() {
       {{"soft_was", shown(was)}, {"soft", shown(limit.rlim_cur)}, {"hard", shown(limit.rlim_max)}});
 }
 
+std::int64_t descriptor_limit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) return -1;
+  return static_cast<std::int64_t>(limit.rlim_cur);
+}
+
 }  // namespace
 
 void RelayServer::start() {
@@ -207,7 +242,7 @@ void RelayServer::start() {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   const std::string address = grpc_address(config);
-  builder.AddListeningPort(address, grpc_credentials(config), &impl_->port);
+  builder.AddListeningPort(address, grpc_credentials(impl_->tls), &impl_->port);
   builder.RegisterService(&impl_->grpc_service);
   // One relay per port: gRPC's default SO_REUSEPORT would let a second relay bind the same
   // port and the kernel split clients between the two.
@@ -221,6 +256,11 @@ void RelayServer::start() {
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, std::max(1, idle_ms / 2));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  // A connection has handshake_timeout_ms to finish its TLS handshake and HTTP/2 preface, as on
+  // the HTTP port (gRPC's own default: 120 s, which lets stalled clients hold descriptors).
+  builder.AddChannelArgument(
+      GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+      static_cast<int>(std::clamp<std::int64_t>(config.handshake_timeout.count(), 1, INT32_MAX)));
   // The service refuses a request over max_request_bytes with INVALID_ARGUMENT naming the
   // frame limit; gRPC's own limit, twice that, is the backstop that keeps a larger message from
   // being received at all (gRPC answers it with RESOURCE_EXHAUSTED).
@@ -234,22 +274,31 @@ void RelayServer::start() {
   if (auto* health = impl_->server->GetHealthCheckService())
     health->SetServingStatus("sluice.v1.Relay", true);
   Impl* impl = impl_.get();
-  impl_->http = std::make_unique<relay::HttpServer>(
-      impl->core.loops.main().context(), config.host, config.http_port, config.handshake_timeout,
-      [impl](const relay::HttpServer::Request& request, const relay::HttpPeer& peer) {
-        return impl->router.answer(request, peer);
-      },
-      [impl](relay::Connection& connection, relay::HttpServer::Request& request,
-             const relay::HttpPeer& peer) {
-        return relay::ws_upgrade(impl->core, connection, request, peer);
-      },
-      [impl](const std::string& reason) { impl->accept_failed(reason); }, &impl->tls,
-      [impl](const std::string& reason) { impl->tls_failed(reason); },
-      [impl](relay::HttpServer::Request& request, const relay::HttpPeer& peer,
-             relay::HttpServer::Reply reply) {
-        impl->whep.handle(request, peer, std::move(reply));
-      },
-      relay::HttpServer::BodyLimit{config.whep.max_offer_bytes, "whep.max_offer_bytes"});
+  relay::HttpServer::Options http;
+  http.host = config.host;
+  http.port = config.http_port;
+  http.timeout = config.handshake_timeout;
+  http.handler = [impl](const relay::HttpServer::Request& request, const relay::HttpPeer& peer) {
+    return impl->router.answer(request, peer);
+  };
+  http.upgrade = [impl](relay::Connection& connection, relay::HttpServer::Request& request,
+                        const relay::HttpPeer& peer) {
+    return relay::ws_upgrade(impl->core, connection, request, peer);
+  };
+  http.accept_error = [impl](const std::string& reason) { impl->accept_failed(reason); };
+  http.tls = &impl->tls;
+  http.tls_error = [impl](const std::string& reason) { impl->tls_failed(reason); };
+  http.other = [impl](relay::HttpServer::Request& request, const relay::HttpPeer& peer,
+                      relay::HttpServer::Reply reply) {
+    impl->whep.handle(request, peer, std::move(reply));
+  };
+  http.max_body = relay::HttpServer::BodyLimit{config.whep.max_offer_bytes, "whep.max_offer_bytes"};
+  http.descriptor_hint =
+      "RLIMIT_NOFILE " + std::to_string(descriptor_limit()) +
+      ": raise LimitNOFILE or ulimit -n, or lower limits.max_sessions_per_client; "
+      "docs/operations.md";
+  impl_->http =
+      std::make_unique<relay::HttpServer>(impl->core.loops.main().context(), std::move(http));
   if (config.nats.enabled()) impl_->bridge = std::make_unique<relay::NatsBridge>(impl_->core);
   impl_->core.loops.main().post([impl] { impl->poll_stages(); });
 }
@@ -276,20 +325,7 @@ std::uint16_t RelayServer::http_port() const {
 }
 
 std::string RelayServer::reload_certificates() {
-  std::string problem = impl_->tls.reload();
-  if (problem.empty()) {
-    impl_->core.metrics
-        .counter("sluice_tls_reloads_total",
-                 "Certificate reloads of the HTTP port (SIGHUP), by outcome", {{"outcome", "ok"}})
-        .inc();
-  } else if (impl_->tls.enabled()) {
-    impl_->core.metrics
-        .counter("sluice_tls_reloads_total",
-                 "Certificate reloads of the HTTP port (SIGHUP), by outcome",
-                 {{"outcome", "failed"}})
-        .inc();
-  }
-  return problem;
+  return impl_->reload_certificates();
 }
 
 metrics::Registry& RelayServer::metrics() {

@@ -786,7 +786,7 @@ void WhepService::handle(HttpServer::Request& request, const HttpPeer& peer,
                          " (POST, DELETE and OPTIONS: /v1/whep/{topic})"));
     return;
   }
-  auto who = http_caller(core, request, target, peer.certificate_cn);
+  auto who = http_caller(core, request, target, peer);
   if (request.method() == http::verb::options) {
     // A page's preflight (it carries no token): the Host and Origin checks only.
     if (!who && who.refusal().kind != RefusalKind::unauthenticated) {

@@ -11,7 +11,7 @@ std::optional<HttpResponse> ws_upgrade(RelayCore& core, Connection& connection,
                                        HttpServer::Request& request, const HttpPeer& peer) {
   const auto target =
       HttpTarget::parse(std::string_view(request.target().data(), request.target().size()));
-  auto who = http_caller(core, request, target, peer.certificate_cn);
+  auto who = http_caller(core, request, target, peer);
   if (!who) return http_refusal(core, who.refusal());
   auto route = ws_route(target);
   if (!route) return http_refusal(core, route.refusal());

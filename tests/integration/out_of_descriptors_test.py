@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A relay out of file descriptors does not spin: its accepts fail (EMFILE), are counted and
-retried every 100 ms, the failure is told once on stderr, and once descriptors are free again
-the relay serves as before.
+retried every 100 ms, the failure is told once on stderr; a client it has no descriptor for is
+refused at once (503 naming the limit) rather than left waiting; and once descriptors are free
+again the relay serves as before.
 
 Usage: out_of_descriptors_test.py path/to/sluice
 Real processes: `sluice serve` with a limit of 64 descriptors (RLIMIT_NOFILE), and 120 plain TCP
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 SLUICE = sys.argv[1]
@@ -44,6 +46,22 @@ def main():
         used = cpu_seconds(serve.pid) - before
         # A relay retrying accept at once spins a core: ~2 s of CPU in these 2 s.
         assert used < 0.5, f"the relay used {used:.2f} s of CPU in 2 s while out of descriptors"
+        # The clients it had no descriptor for were not left waiting: each was accepted with
+        # the spare descriptor and refused with a 503 naming the limit; so is a new one.
+        answered = 0
+        for c in clients:
+            c.settimeout(0.05)
+            try:
+                answered += c.recv(64).startswith(b"HTTP/1.1 503")
+            except OSError:
+                pass
+        assert answered > 0, "no client beyond the limit got an answer"
+        try:
+            urllib.request.urlopen(f"http://{http}/healthz", timeout=5)
+            raise AssertionError("a client was served while the relay had no descriptors")
+        except urllib.error.HTTPError as e:
+            body = e.read().decode()
+            assert e.code == 503 and "RLIMIT_NOFILE 64" in body, (e.code, body)
         for c in clients:
             c.close()
         clients = []
@@ -58,7 +76,7 @@ def main():
         assert text is not None, "the relay did not serve again once descriptors were free"
         errors = re.search(r'^sluice_accept_errors_total\{reason="EMFILE"\} (\S+)$', text, re.M)
         assert errors and float(errors.group(1)) >= 1, "EMFILE accept errors not counted"
-        print(f"out of descriptors: {used:.2f} s CPU in 2 s; "
+        print(f"out of descriptors: {used:.2f} s CPU in 2 s; {answered} refused with 503; "
               f"{float(errors.group(1)):.0f} EMFILE accepts counted; serving again")
     finally:
         for c in clients:

@@ -309,6 +309,45 @@ TEST(RelayAccess, BrowserOriginsAndHostNamesAreChecked) {
   EXPECT_EQ(http_get(port, "/v1/stats", false, {{"Host", "localhost:1"}}).first, 200U);
   EXPECT_EQ(http_get(port, "/v1/stats", false, {{"Host", "relay.example"}}).first, 200U);
   EXPECT_EQ(http_get(port, "/v1/stats", false, {{"Host", "[::1]:7401"}}).first, 200U);
+  EXPECT_EQ(http_get(port, "/v1/stats", false, {{"Host", "127.0.0.1:1"}}).first, 200U);
+  // An address literal other than loopback or the address the relay was reached at is no
+  // address of this relay's; a request without a Host names none.
+  const auto other_ip = http_get(port, "/v1/stats", false, {{"Host", "10.9.8.7"}});
+  EXPECT_EQ(other_ip.first, 421U);
+  EXPECT_NE(other_ip.second.find("server.allow_any_host"), std::string::npos) << other_ip.second;
+  const auto no_host = http_get(port, "/v1/stats", false, {{"Host", ""}});
+  EXPECT_EQ(no_host.first, 421U);
+  EXPECT_NE(no_host.second.find("without a Host"), std::string::npos) << no_host.second;
+  WsClient rebound;
+  rebound.headers = {{"Host", "10.9.8.7:80"}};
+  EXPECT_TRUE(rebound.connect(port, "/v1/ws/subscribe/t"));
+  EXPECT_EQ(rebound.http_status, 421U);
+  // (at least one per request: a WebSocket client that is refused asks again for the answer)
+  EXPECT_GE(relay.metric("sluice_refusals_total", "kind=\"misdirected\""), 4);
+
+  // server.allow_any_host: any Host, for a relay behind a proxy that rewrites it.
+  c.allow_any_host = true;
+  Relay any(c);
+  EXPECT_EQ(http_get(any.http_port(), "/v1/stats", false, {{"Host", "10.9.8.7"}}).first, 200U);
+  EXPECT_EQ(http_get(any.http_port(), "/v1/stats", false, {{"Host", "evil.example"}}).first, 200U);
+}
+
+// server.token_in_query lets a WebSocket upgrade carry its token as ?token= (a browser cannot
+// set its headers); any other request must use a header, so a token never rides in a link.
+TEST(RelayAccess, ATokenInTheQueryOpensWebSocketsOnly) {
+  RelayConfig config = guarded();
+  config.token_in_query = true;
+  Relay relay(config);
+  const auto port = relay.http_port();
+  WsClient query;
+  EXPECT_FALSE(
+      query.connect(port, std::string("/v1/ws/subscribe/camera.front?token=") + kDashboardToken));
+  EXPECT_EQ(http_get(port, std::string("/v1/stats?token=") + kDashboardToken).first, 401U);
+  EXPECT_EQ(http_get(port, std::string("/metrics?token=") + kDashboardToken).first, 401U);
+  EXPECT_EQ(http_get(port, "/v1/stats", false,
+                     {{"Authorization", std::string("Bearer ") + kDashboardToken}})
+                .first,
+            200U);
 }
 
 }  // namespace

@@ -7,6 +7,8 @@
 // speaks; mutual TLS names the principal; a certificate reload keeps open sessions.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -15,8 +17,11 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/websocket.hpp>
 #include <boost/beast/websocket/ssl.hpp>
+#include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
@@ -332,7 +337,8 @@ TEST(RelayTls, ReloadedCertificatesServeNewConnectionsOpenSessionsCarryOn) {
   EXPECT_NE(problem.find("server.tls_key_file"), std::string::npos) << problem;
   EXPECT_EQ(https_get(port, "/healthz", renewed).status, 200U);
 
-  // gRPC rereads the files itself: within seconds a client trusting the new CA gets through.
+  // The relay also notices changed files by itself: within seconds a gRPC client trusting the
+  // new CA gets through.
   replace_certificate(renewed, certs);
   grpc::SslCredentialsOptions trusting;
   trusting.pem_root_certs = renewed.read("ca.pem");
@@ -342,6 +348,99 @@ TEST(RelayTls, ReloadedCertificatesServeNewConnectionsOpenSessionsCarryOn) {
     if (!through) std::this_thread::sleep_for(100ms);
   }
   EXPECT_TRUE(through) << "gRPC never presented the renewed certificate";
+}
+
+// Waits up to 10 s for `done`.
+template <class F>
+bool eventually(F done) {
+  for (int i = 0; i < 100; ++i) {
+    if (done()) return true;
+    std::this_thread::sleep_for(100ms);
+  }
+  return done();
+}
+
+// A renewal written in steps — garbage first, then a certificate without its key — is noticed
+// by the relay itself (no SIGHUP), refused at each step, and both ports serve the certificate
+// they had; once the files are whole, both serve the new one.
+TEST(RelayTls, AHalfWrittenRenewalLeavesBothPortsOnTheCertificateTheyHad) {
+  namespace fs = std::filesystem;
+  const Certificates certs;
+  const Certificates renewed;
+  ASSERT_TRUE(certs.ok && renewed.ok) << "openssl could not make the test certificates";
+  RelayServer relay(tls_config(certs, /*mutual=*/false));
+  relay.start();
+  const auto http = relay.http_port();
+  const auto grpc_port = relay.grpc_port();
+  grpc::SslCredentialsOptions old_ca;
+  old_ca.pem_root_certs = certs.read("ca.pem");
+  grpc::SslCredentialsOptions new_ca;
+  new_ca.pem_root_certs = renewed.read("ca.pem");
+  ASSERT_TRUE(stats(grpc_port, grpc::SslCredentials(old_ca)).ok());
+  const auto both_serve_the_old_one = [&] {
+    EXPECT_TRUE(stats(grpc_port, grpc::SslCredentials(old_ca)).ok());
+    EXPECT_EQ(https_get(http, "/healthz", certs).status, 200U);
+  };
+
+  std::ofstream(certs.path("relay.pem")) << "-----BEGIN CERTIFICATE-----\nMIIB\n";
+  EXPECT_TRUE(eventually(
+      [&] { return https_metric(http, certs, "sluice_tls_reloads_total", "failed") >= 1; }));
+  std::this_thread::sleep_for(1500ms);  // (longer than gRPC's file watcher takes to look)
+  both_serve_the_old_one();
+
+  fs::copy_file(renewed.path("relay.pem"), certs.path("relay.pem"),
+                fs::copy_options::overwrite_existing);  // (its key not yet)
+  EXPECT_TRUE(eventually(
+      [&] { return https_metric(http, certs, "sluice_tls_reloads_total", "failed") >= 2; }));
+  std::this_thread::sleep_for(1500ms);
+  both_serve_the_old_one();
+  EXPECT_EQ(https_metric(http, certs, "sluice_tls_reloads_total", "\"ok\""), -1);
+
+  fs::copy_file(renewed.path("relay.key"), certs.path("relay.key"),
+                fs::copy_options::overwrite_existing);
+  EXPECT_TRUE(eventually([&] { return https_get(http, "/healthz", renewed).status == 200U; }));
+  EXPECT_TRUE(eventually([&] { return stats(grpc_port, grpc::SslCredentials(new_ca)).ok(); }))
+      << "gRPC never presented the renewed certificate";
+  EXPECT_EQ(https_metric(http, renewed, "sluice_tls_reloads_total", "\"ok\""), 1);
+}
+
+// A client that opens a connection and stalls its TLS handshake (sends nothing, or half a
+// ClientHello) is closed after limits.handshake_timeout_ms on both ports — gRPC's own default
+// would hold it for 120 s.
+TEST(RelayTls, StalledHandshakesAreClosedAtTheHandshakeTimeoutOnBothPorts) {
+  const Certificates certs;
+  ASSERT_TRUE(certs.ok) << "openssl could not make the test certificates";
+  RelayConfig c = tls_config(certs, /*mutual=*/false);
+  c.handshake_timeout = 500ms;
+  RelayServer relay(c);
+  relay.start();
+  for (const std::uint16_t port : {relay.grpc_port(), relay.http_port()}) {
+    boost::asio::io_context io;  // (outlives its sockets)
+    std::vector<std::unique_ptr<boost::asio::ip::tcp::socket>> stalled;
+    for (int i = 0; i < 20; ++i) {
+      auto s = std::make_unique<boost::asio::ip::tcp::socket>(io);
+      s->connect({boost::asio::ip::make_address("127.0.0.1"), port});
+      if (i % 2 == 1) {  // a TLS handshake record's header and a little of its body
+        static constexpr unsigned char kPartial[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00};
+        boost::asio::write(*s, boost::asio::buffer(kPartial));
+      }
+      const timeval wait{30, 0};  // (far less than gRPC's 120 s)
+      ::setsockopt(s->native_handle(), SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+      stalled.push_back(std::move(s));
+    }
+    const auto start = std::chrono::steady_clock::now();
+    int closed = 0;
+    for (auto& s : stalled) {
+      char byte = 0;
+      const auto n = ::recv(s->native_handle(), &byte, 1, 0);
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) ++closed;
+    }
+    const auto took =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_EQ(closed, 20) << "port " << port << ": stalled handshakes held open";
+    std::printf("port %u: 20 stalled handshakes closed within %.1f s (handshake_timeout_ms 500)\n",
+                port, took);
+  }
 }
 
 TEST(RelayTls, AStageWorkerWorksOverWssWithAClientCertificate) {

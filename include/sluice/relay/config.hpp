@@ -152,9 +152,11 @@ struct RelayConfig {
   // own origin); `*` stands for any port. Requests without Origin (not from a browser) pass.
   std::vector<std::string> allowed_origins{"http://127.0.0.1:*", "http://localhost:*",
                                            "http://[::1]:*"};
-  // Host names the HTTP port answers to besides loopback literals and the bound address (a
-  // request naming another host gets 421: DNS rebinding).
+  // Host names the HTTP port answers to besides loopback literals, localhost and the address a
+  // connection reached (a request naming another host, or none, gets 421: DNS rebinding).
   std::vector<std::string> server_names;
+  // Answer to any Host (behind a proxy that rewrites it, say): the check above is off.
+  bool allow_any_host = false;
   // Accept a WebSocket's token in its `token` query parameter (it then shows in access logs).
   bool token_in_query = false;
   // TLS on the gRPC port: the certificate chain and its key (PEM files; both or neither), and
