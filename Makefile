@@ -85,7 +85,7 @@ TSAN_ENV = TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(
 test-tsan: deps
 	cmake -S . -B build-tsan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DSLUICE_SANITIZE=thread -DSLUICE_BUILD_BENCH=OFF
-	cmake --build build-tsan -j $(JOBS)
+	cmake --build build-tsan --target tsan_tests -j $(JOBS)
 	cd build-tsan && SLUICE_STRESS_ITEMS=$(SAN_STRESS_ITEMS) $(TSAN_ENV) $(CTEST) -L core
 	cd build-tsan && $(TSAN_ENV) $(CTEST) \
 	  -R '^(RelayWs\.|Judgement\.(Late|AWindowed|BadAck|ASubscribersOversized)|FrameSizes/StoppedReader\.|RelayTls\.(Https|MutualTlsOnTheHttp)|CoalescingSocket\.|FrameBuffer\.|FramePool\.)'

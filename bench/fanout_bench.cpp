@@ -48,6 +48,7 @@
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 #include <vector>
 
+#include "build_paths.hpp"
 #include "peers/nats_server.hpp"
 #include "peers/process_stats.hpp"
 #include "peers/relay_process.hpp"
@@ -500,7 +501,7 @@ int main(int argc, char** argv) {
   evthread_use_pthreads();
   nats_SetMessageDeliveryPoolSize(1);
   sluice::bench::NatsServer nats;
-  RelayProcess relay(SLUICE_BINARY);
+  RelayProcess relay(sluice::testing::beside_binary(SLUICE_CLI_FROM_BINARY));
   if (!nats.ready() || !relay.ready()) {
     std::printf("nats-server or sluice serve did not start\n");
     return 1;
@@ -549,11 +550,11 @@ int main(int argc, char** argv) {
     print_idle("NATS", run_nats(fresh, fresh.pid(), idle, none, 0, ++run));
   }
   if (runs("ws")) {
-    const RelayProcess fresh(SLUICE_BINARY);
+    const RelayProcess fresh(sluice::testing::beside_binary(SLUICE_CLI_FROM_BINARY));
     print_idle("Sluice WebSocket", run_ws(fresh, idle, none, 0, ++run));
   }
   if (runs("grpc")) {
-    const RelayProcess fresh(SLUICE_BINARY);
+    const RelayProcess fresh(sluice::testing::beside_binary(SLUICE_CLI_FROM_BINARY));
     print_idle("Sluice gRPC", run_grpc(fresh, idle, none, 0, ++run));
   }
   const double paced_seconds = quick ? 2 : 5;

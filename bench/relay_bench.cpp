@@ -55,6 +55,7 @@
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 #include <vector>
 
+#include "build_paths.hpp"
 #include "peers/nats_server.hpp"
 #include "peers/process_stats.hpp"
 #include "relay/coalescing_socket.hpp"
@@ -693,7 +694,8 @@ int main(int argc, char** argv) {
     char dir[] = "/tmp/sluice_bench_tls_XXXXXX";
     certs = mkdtemp(dir);
     if (std::system(
-            (std::string(SLUICE_SOURCE_DIR "/scripts/make-test-certs.sh ") + certs).c_str()) != 0) {
+            (sluice::testing::source_dir() + "/scripts/make-test-certs.sh " + certs).c_str()) !=
+        0) {
       std::printf("could not make certificates (is openssl installed?)\n");
       return 1;
     }

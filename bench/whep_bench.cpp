@@ -33,6 +33,7 @@
 #include <utility>  // before Asio: Boost 1.74 with C++20 needs it
 #include <vector>
 
+#include "build_paths.hpp"
 #include "peers/process_stats.hpp"
 #include "peers/relay_process.hpp"
 #include "relay/webrtc_ice.hpp"
@@ -285,7 +286,7 @@ struct Server {
 class SluiceServer final : public Server {
  public:
   explicit SluiceServer(const std::vector<Frame>& clip)
-      : relay_(SLUICE_BINARY,
+      : relay_(sluice::testing::beside_binary(SLUICE_CLI_FROM_BINARY),
                {{"SLUICE_WHEP_ICE_ADDRESSES", "127.0.0.1"}, {"SLUICE_WHEP_MAX_VIEWERS", "1000"}}),
         feed_([this, &clip] {
           sluice::client::PublisherOptions o;

@@ -19,8 +19,9 @@ namespace sluice::bench {
 class RelayProcess {
  public:
   /// `binary`: the sluice executable; `env`: more settings ("SLUICE_WHEP_MAX_VIEWERS", "200").
-  explicit RelayProcess(const char* binary,
+  explicit RelayProcess(const std::string& binary_path,
                         const std::vector<std::pair<std::string, std::string>>& env = {}) {
+    const char* binary = binary_path.c_str();
     int out[2];
     if (pipe(out) != 0) return;
     *child_.out() = fork();

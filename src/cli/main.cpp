@@ -164,12 +164,13 @@ struct ConfigCommand {
 
 }  // namespace
 
+extern const char* const kSluiceVersion;  // "0.x.y (git <revision>)": version.cpp, generated
+
 int main(int argc, char** argv) {
   CLI::App app{"sluice: real-time streams that stay healthy under overload"};
   app.require_subcommand(1);
   app.option_defaults()->always_capture_default();  // help shows each flag's default
-  app.set_version_flag(
-      "--version", std::string("sluice ") + SLUICE_VERSION + " (git " + SLUICE_GIT_REVISION + ")");
+  app.set_version_flag("--version", std::string("sluice ") + kSluiceVersion);
 
   sluice::cli::DemoOptions demo;
   auto* demo_cmd = app.add_subcommand("demo", "Show a Channel under overload, per policy");

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "build_paths.hpp"
 #include "peers/nats_server.hpp"  // free_port, ChildProcess
 #include "relay_scene.hpp"
 #include "sluice/client/client.hpp"
@@ -66,10 +67,10 @@ class Camera {
   Camera& operator=(const Camera&) = delete;
   void start() {
     const std::string port = std::to_string(port_);
-    const char* argv[] = {SLUICE_RTSP_CAMERA, port.c_str(), "h264", "30", nullptr};
+    const std::string camera = testing::beside_binary(SLUICE_RTSP_CAMERA);
+    const char* argv[] = {camera.c_str(), port.c_str(), "h264", "30", nullptr};
     ASSERT_EQ(
-        posix_spawn(&pid_, SLUICE_RTSP_CAMERA, nullptr, nullptr, const_cast<char**>(argv), environ),
-        0);
+        posix_spawn(&pid_, camera.c_str(), nullptr, nullptr, const_cast<char**>(argv), environ), 0);
     for (int i = 0; i < 100 && !listening(); ++i) std::this_thread::sleep_for(50ms);
     ASSERT_TRUE(listening()) << "the camera did not listen on " << port_;
   }

@@ -1,5 +1,5 @@
 // Certificates made at test time by the openssl command (scripts/make-test-certs.sh), in a
-// temporary directory removed with the object. Needs SLUICE_SOURCE_DIR defined.
+// temporary directory removed with the object. Needs SLUICE_SOURCE_FROM_BINARY defined.
 #pragma once
 
 #include <unistd.h>
@@ -9,6 +9,8 @@
 #include <sstream>
 #include <string>
 
+#include "build_paths.hpp"
+
 namespace sluice::testing {
 
 // A CA, a relay certificate for 127.0.0.1 it signs, a client certificate (CN camera-1) it
@@ -17,8 +19,7 @@ struct Certificates {
   Certificates() {
     char name[] = "/tmp/sluice_tls_XXXXXX";
     dir = mkdtemp(name);
-    ok = std::system(
-             (std::string(SLUICE_SOURCE_DIR "/scripts/make-test-certs.sh ") + dir).c_str()) == 0;
+    ok = std::system((source_dir() + "/scripts/make-test-certs.sh " + dir).c_str()) == 0;
   }
   Certificates(const Certificates&) = delete;
   Certificates& operator=(const Certificates&) = delete;

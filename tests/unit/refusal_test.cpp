@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "build_paths.hpp"
+
 namespace sluice::relay {
 namespace {
 
@@ -51,7 +53,7 @@ TEST(RefusalTable, ACloseReasonFitsACloseFrameAndNamesTheSetting) {
 // docs/protocol.md, section "Refusals": a row `| `kind` | GRPC | HTTP | CLOSE | when |` per
 // kind, as the table maps it, and no other.
 TEST(RefusalTable, DocsListEveryKindAsTheCodeMapsIt) {
-  std::ifstream in(std::string(SLUICE_SOURCE_DIR) + "/docs/protocol.md");
+  std::ifstream in(sluice::testing::source_dir() + "/docs/protocol.md");
   ASSERT_TRUE(in) << "docs/protocol.md";
   std::string line;
   bool section = false;
