@@ -12,7 +12,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$build/fuzz-artifacts"
 failed=()
 for target in ws_messages_fuzz names_fuzz http_request_fuzz config_fuzz requests_fuzz \
-    grpc_items_fuzz bridge_fuzz whep_offer_fuzz; do
+    grpc_items_fuzz bridge_fuzz whep_offer_fuzz jwt_claims_fuzz; do
   found="$build/fuzz-corpus/$target"
   mkdir -p "$found"
   log="$build/fuzz-artifacts/$target.log"

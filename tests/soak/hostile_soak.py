@@ -2,7 +2,13 @@
 """Hostile clients beside a healthy pair, on both ports, for SLUICE_SOAK_SECONDS (make soak: 600;
 make test: 15).
 
-Usage: hostile_soak.py SLUICE_BINARY PROTO_DIR PROTOC
+Usage: hostile_soak.py SLUICE_BINARY PROTO_DIR PROTOC [--tls MAKE_TEST_CERTS]
+
+With --tls both ports speak TLS (certificates made by scripts/make-test-certs.sh): the healthy
+pair and the hostile clients above go through TLS, beside TLS attackers on both ports —
+handshakes that stall (nothing sent, or half a ClientHello), records that declare more than
+TLS allows, plaintext to a TLS port, and renegotiation attempts (`openssl s_client`'s "R").
+Every stalled handshake must be closed by the relay at limits.handshake_timeout_ms.
 
 A real `sluice serve` on 127.0.0.1 with small budgets. Beside a healthy gRPC publisher and
 subscriber on a lossless topic, hostile clients (seeded, random) send on both ports: garbage
@@ -24,10 +30,13 @@ import json
 import os
 import random
 import re
+import shutil
 import socket
+import ssl
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -49,6 +58,7 @@ MAX_TOPICS = 256
 RSS_CONSTANT_MIB = 96
 RSS_BOUND_MIB = QUEUE_MIB + 64 + RSS_CONSTANT_MIB
 GRPC_OTHER_FDS = 8
+HANDSHAKE_TIMEOUT_S = 1.0
 
 
 def rss_kib(pid):
@@ -75,8 +85,19 @@ def fd_kinds(pid):
     return sockets, other
 
 
+# With --tls: the context the clients trust the relay's CA with (None: plaintext).
+TLS = None
+
+
+def connect(host, port, timeout=5, tls=True):
+    """A client's socket to the relay: through TLS when the relay speaks it (and `tls`)."""
+    s = socket.create_connection((host, int(port)), timeout=timeout)
+    return TLS.wrap_socket(s, server_hostname=host) if TLS and tls else s
+
+
 def get(http, path):
-    return urllib.request.urlopen(f"http://{http}{path}", timeout=10).read()
+    scheme = "https" if TLS else "http"
+    return urllib.request.urlopen(f"{scheme}://{http}{path}", timeout=10, context=TLS).read()
 
 
 def check_metrics(http):
@@ -101,7 +122,7 @@ def metric(text, name):
 
 def ws_open(http, path, rng):
     host, port = http.rsplit(":", 1)
-    s = socket.create_connection((host, int(port)), timeout=5)
+    s = connect(host, port)
     key = "dGhlIHNhbXBsZSBub25jZQ=="
     s.sendall((f"GET {path} HTTP/1.1\r\nHost: {http}\r\nUpgrade: websocket\r\n"
                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
@@ -153,7 +174,7 @@ def hostile_ws(http, rng):
             s, _ = ws_open(http, "/v1/ws/" + "%" * rng.randrange(1, 300), rng)
         else:  # half an upgrade, left hanging (the handshake timeout closes it)
             host, port = http.rsplit(":", 1)
-            s = socket.create_connection((host, int(port)), timeout=5)
+            s = connect(host, port)
             s.sendall(b"GET /v1/ws/subscribe/x HTTP/1.1\r\nHost: y\r\n")
         time.sleep(rng.random() * 0.5)
         s.close()
@@ -164,7 +185,7 @@ def hostile_ws(http, rng):
 def hostile_http(http, grpc_target, rng):
     host, port = (http if rng.random() < 0.7 else grpc_target).rsplit(":", 1)
     try:
-        s = socket.create_connection((host, int(port)), timeout=5)
+        s = connect(host, port, tls=rng.random() < 0.8)  # (some plaintext to a TLS port)
         kind = rng.randrange(4)
         if kind == 0:
             s.sendall(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4096))))
@@ -221,6 +242,75 @@ def hostile_grpc(channel, pb, rng):
                 topic="big", payload=b"x" * ((FRAME_MIB << 20) + 1), sequence=1))]), timeout=5))
     except grpc.RpcError:
         pass  # refused: what it should be
+
+
+def client_hello():
+    """The bytes of a real TLS ClientHello."""
+    out = ssl.MemoryBIO()
+    obj = TLS.wrap_bio(ssl.MemoryBIO(), out, server_hostname="127.0.0.1")
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return out.read()
+
+
+STALLED = {"held": 0, "closed_by_relay": 0}
+STALLED_LOCK = threading.Lock()
+
+
+def stalled(key):
+    with STALLED_LOCK:
+        STALLED[key] += 1
+
+
+def hostile_tls(http, grpc_target, rng):
+    """A TLS attacker on either port."""
+    host, port = (http if rng.random() < 0.5 else grpc_target).rsplit(":", 1)
+    kind = rng.randrange(5)
+    try:
+        if kind == 4:  # a renegotiation attempt: TLS 1.2, then s_client's "R"
+            p = subprocess.Popen(
+                ["openssl", "s_client", "-connect", f"{host}:{port}", "-tls1_2", "-quiet"],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                time.sleep(0.3)
+                p.stdin.write(b"R\n")
+                p.stdin.flush()
+                time.sleep(0.3)
+            except OSError:
+                pass
+            finally:
+                p.kill()
+                p.wait()
+            return
+        s = socket.create_connection((host, int(port)), timeout=5)
+        if kind == 1:  # half a ClientHello
+            hello = client_hello()
+            s.sendall(hello[: rng.randrange(1, len(hello))])
+        elif kind == 2:  # a handshake record declaring more than TLS allows (2^14 + 2048)
+            s.sendall(b"\x16\x03\x03\xff\xff" + os.urandom(rng.randrange(1, 4096)))
+        elif kind == 3:  # an application-data record before any handshake, oversized
+            s.sendall(b"\x17\x03\x03\x48\x01" + os.urandom(rng.randrange(1, 18433)))
+        if kind in (0, 1):  # stalled: held until the relay closes it (handshake_timeout_ms)
+            stalled("held")
+            s.settimeout(HANDSHAKE_TIMEOUT_S * 4)
+            try:
+                if not s.recv(4096):
+                    stalled("closed_by_relay")
+            except ConnectionResetError:
+                STALLED["closed_by_relay"] += 1
+            except OSError:
+                pass  # (timed out: held past the limit; counted by the check)
+        else:
+            s.settimeout(2)
+            try:
+                s.recv(4096)
+            except OSError:
+                pass
+        s.close()
+    except OSError:
+        pass
 
 
 class Healthy:
@@ -291,41 +381,62 @@ class Healthy:
 
 
 def main():
+    global TLS
     sluice, proto_dir, protoc = sys.argv[1:4]
     pb, _ = relay_pb.generated(proto_dir, protoc)
+    certs = None
+    if sys.argv[4:5] == ["--tls"]:
+        certs = tempfile.mkdtemp(prefix="sluice_soak_tls_")
+        subprocess.run([sys.argv[5], certs], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        TLS = ssl.create_default_context(cafile=os.path.join(certs, "ca.pem"))
 
     env = dict(os.environ, SLUICE_GRPC_PORT="0", SLUICE_HTTP_PORT="0",
                STREAM_MAX_FRAME_SIZE_MB=str(FRAME_MIB), SLUICE_MAX_QUEUE_BYTES=f"{QUEUE_MIB}MiB",
                SLUICE_MAX_TOPICS=str(MAX_TOPICS), SLUICE_TOPIC_IDLE_TIMEOUT_MS="1000",
-               SLUICE_IDLE_TIMEOUT_MS="2000", SLUICE_HANDSHAKE_TIMEOUT_MS="1000",
+               SLUICE_IDLE_TIMEOUT_MS="2000",
+               SLUICE_HANDSHAKE_TIMEOUT_MS=str(int(HANDSHAKE_TIMEOUT_S * 1000)),
                SLUICE_MAX_WAIT_MS="30000", SLUICE_THREADS="2")
+    if certs:
+        env.update(SLUICE_TLS_CERT_FILE=os.path.join(certs, "relay.pem"),
+                   SLUICE_TLS_KEY_FILE=os.path.join(certs, "relay.key"))
     relay = subprocess.Popen([sluice, "serve"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                              env=env, text=True)
     try:
         listening = json.loads(relay.stdout.readline())
         http, grpc_target = listening["http"], listening["grpc"]
-        channel = grpc.insecure_channel(grpc_target)
+        def grpc_channel():
+            if not certs:
+                return grpc.insecure_channel(grpc_target)
+            with open(os.path.join(certs, "ca.pem"), "rb") as f:
+                return grpc.secure_channel(grpc_target,
+                                           grpc.ssl_channel_credentials(root_certificates=f.read()))
+
+        channel = grpc_channel()
         grpc.channel_ready_future(channel).result(timeout=10)
         time.sleep(0.5)
         base_fds, base_rss = fds(relay.pid), rss_kib(relay.pid)
         base_sockets, _ = fd_kinds(relay.pid)
         healthy = Healthy(channel, pb)
-        hostile_channel = grpc.insecure_channel(grpc_target)
+        hostile_channel = grpc_channel()
 
         stop = threading.Event()
-        counts = {"ws": 0, "http": 0, "grpc": 0}
+        counts = {"ws": 0, "http": 0, "grpc": 0, "tls": 0}
+        kinds = ["ws", "ws", "http", "grpc"] + (["tls", "tls"] if certs else [])
 
         broken = []  # an attacker that failed in a way the test did not plan for
 
         def attacker(n):
             rng = random.Random(SEED * 100 + n)
             while not stop.is_set():
-                kind = rng.choice(["ws", "ws", "http", "grpc"])
+                kind = rng.choice(kinds)
                 try:
                     if kind == "ws":
                         hostile_ws(http, rng)
                     elif kind == "http":
                         hostile_http(http, grpc_target, rng)
+                    elif kind == "tls":
+                        hostile_tls(http, grpc_target, rng)
                     else:
                         hostile_grpc(hostile_channel, pb, rng)
                 except Exception as e:  # noqa: BLE001  (reported below)
@@ -376,7 +487,12 @@ def main():
         assert fds(relay.pid) <= base_fds + GRPC_OTHER_FDS, \
             f"fds {fds(relay.pid)} > baseline {base_fds} + {GRPC_OTHER_FDS}"
         assert metric(text, "sluice_sessions") == 0, f"sessions {metric(text, 'sluice_sessions')}"
-        print(f"hostile soak {SECONDS:.0f} s: {counts} hostile clients; healthy pair "
+        # Every stalled handshake was closed by the relay (at handshake_timeout_ms; the attacker
+        # waits four times that).
+        assert STALLED["closed_by_relay"] == STALLED["held"], \
+            f"stalled TLS handshakes: {STALLED} (held past {HANDSHAKE_TIMEOUT_S} s)"
+        print(f"hostile soak {SECONDS:.0f} s{' (TLS)' if certs else ''}: {counts} hostile "
+              f"clients; stalled TLS handshakes closed by the relay: {STALLED}; healthy pair "
               f"{healthy.acked + 1} items, none lost; RSS {base_rss // 1024} -> peak "
               f"{peak_rss // 1024} MiB (bound +{RSS_BOUND_MIB}); fds {base_fds} -> {fds(relay.pid)} "
               f"(sockets {base_sockets} -> {sockets}); "
@@ -386,6 +502,8 @@ def main():
     finally:
         relay.terminate()
         relay.wait(timeout=15)
+        if certs:
+            shutil.rmtree(certs, ignore_errors=True)
 
 
 if __name__ == "__main__":
