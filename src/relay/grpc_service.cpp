@@ -41,32 +41,31 @@ grpc::ServerUnaryReactor* GrpcService::Stats(grpc::CallbackServerContext* ctx,
                                              v1::StatsReply* reply) {
   auto* r = ctx->DefaultReactor();
   auto who = caller(core_, ctx);
-  if (who && !(*who)->may_any(Action::stats)) {
-    who = Refusal{RefusalKind::permission_denied,
-                  "principal '" + (*who)->name() + "' may not read stats"};
-  }
   if (!who) {
     r->Finish(to_grpc(core_, who.refusal()));
     return r;
   }
-  const nlohmann::json stats = stats_value(core_.topics, who->get());
-  reply->set_json(stats.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
-  for (const auto& t : stats["topics"]) {  // (the typed figures, from the same snapshot)
+  const auto reader = StatsReader::join(core_.topics, *who);
+  if (!reader) {
+    r->Finish(to_grpc(core_, reader.refusal()));
+    return r;
+  }
+  const StatsSnapshot stats = reader->snapshot();
+  reply->set_json(stats_text(stats.json));
+  for (const TopicSummary& t : stats.topics) {  // (the typed figures, from the same reads)
     auto* out = reply->add_topics();
-    out->set_name(t["name"].get<std::string>());
-    out->set_mode(t["mode"].get<std::string>());
-    out->set_published(t["published"].get<std::uint64_t>());
-    out->set_published_bytes(t["published_bytes"].get<std::uint64_t>());
-    out->set_subscribers(static_cast<std::uint32_t>(t["subscribers"].size()));
-    out->set_queue_bytes(t["queue_bytes"].get<std::uint64_t>());
-    out->set_retained_bytes(t["retained_bytes"].get<std::uint64_t>());
-    std::uint64_t lost = 0;
-    for (const auto& s : t["subscribers"]) lost += s["lost"].get<std::uint64_t>();
-    out->set_lost(lost);
-    out->set_evicted(t["evicted"].get<std::uint64_t>());
-    out->set_throttled_publishers(t["throttled_publishers"].get<std::uint64_t>());
-    out->set_epoch(t["epoch"].get<std::string>());
-    out->set_retained_from(t["retained_from"].get<std::uint64_t>());
+    out->set_name(t.name);
+    out->set_mode(t.mode);
+    out->set_published(t.published);
+    out->set_published_bytes(t.published_bytes);
+    out->set_subscribers(t.subscribers);
+    out->set_queue_bytes(t.queue_bytes);
+    out->set_retained_bytes(t.retained_bytes);
+    out->set_lost(t.lost);
+    out->set_evicted(t.evicted);
+    out->set_throttled_publishers(t.throttled_publishers);
+    out->set_epoch(t.epoch);
+    out->set_retained_from(t.retained_from);
   }
   r->Finish(grpc::Status::OK);
   return r;

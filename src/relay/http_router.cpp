@@ -237,30 +237,24 @@ HttpResponse HttpRouter::answer(const HttpServer::Request& request, const HttpPe
   if (auto page = web_page(target.path)) return std::move(*page);
   auto who = http_caller(core_, request, target, peer);
   if (!who) return http_refusal(core_, who.refusal());
-  return get(target, **who);
+  return get(target, *who);
 }
 
-HttpResponse HttpRouter::get(const HttpTarget& target, const Principal& who) const {
+HttpResponse HttpRouter::get(const HttpTarget& target, const Who& who) const {
   if (target.path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
-  if ((target.path == "/metrics" || target.path == "/v1/stats") && !who.may_any(Action::stats)) {
-    return http_refusal(core_, {RefusalKind::permission_denied,
-                                "principal '" + who.name() + "' may not read stats"});
+  if (target.path != "/metrics" && target.path != "/v1/stats") {
+    return {404, "text/plain; charset=utf-8",
+            "not found: " + target.path.substr(0, 200) +
+                " (try /metrics, /healthz, /v1/stats, /view/{topic}; POST /v1/whep/{topic})\n"};
   }
+  const auto reader = StatsReader::join(core_.topics, who);
+  if (!reader) return http_refusal(core_, reader.refusal());
   if (target.path == "/metrics") {
-    // Series of a topic (or of its stage) only if the caller may see that topic.
-    const auto visible = [&who](const metrics::Labels& labels) {
-      return std::ranges::all_of(labels, [&who](const auto& label) {
-        const auto& [name, value] = label;
-        return (name != "topic" && name != "stage") || who.may(Action::stats, value);
-      });
-    };
     return {200, "text/plain; version=0.0.4; charset=utf-8",
-            core_.metrics.prometheus_text(visible)};
+            core_.metrics.prometheus_text(
+                [&reader](const metrics::Labels& labels) { return reader->sees(labels); })};
   }
-  if (target.path == "/v1/stats") return {200, "application/json", stats_json(core_.topics, &who)};
-  return {404, "text/plain; charset=utf-8",
-          "not found: " + target.path.substr(0, 200) +
-              " (try /metrics, /healthz, /v1/stats, /view/{topic}; POST /v1/whep/{topic})\n"};
+  return {200, "application/json", stats_text(reader->snapshot().json)};
 }
 
 }  // namespace sluice::relay

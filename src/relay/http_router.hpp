@@ -78,7 +78,7 @@ class HttpRouter {
   /// (http_caller) with stats permission, showing the topics it may see; else 404 naming them.
   HttpResponse answer(const HttpServer::Request& request, const HttpPeer& peer = {}) const;
   /// The answer to `who` for `target` (checks done).
-  HttpResponse get(const HttpTarget& target, const Principal& who) const;
+  HttpResponse get(const HttpTarget& target, const Who& who) const;
 
  private:
   RelayCore& core_;

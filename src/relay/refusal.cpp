@@ -6,9 +6,11 @@ namespace {
 
 // gRPC status codes by value (grpc::StatusCode), so that the table needs no gRPC header.
 constexpr int kInvalidArgument = 3;
+constexpr int kDeadlineExceeded = 4;
 constexpr int kNotFound = 5;
 constexpr int kPermissionDenied = 7;
 constexpr int kResourceExhausted = 8;
+constexpr int kFailedPrecondition = 9;
 constexpr int kAborted = 10;
 constexpr int kUnavailable = 14;
 constexpr int kUnauthenticated = 16;
@@ -42,6 +44,13 @@ constexpr std::array<RefusalCodes, kRefusalKinds> kTable{{
      "the relay is stopping"},
     {RefusalKind::internal, "internal", kUnavailable, "UNAVAILABLE", 503, 1011,
      "the relay could not serve the request"},
+    {RefusalKind::unsupported_media, "unsupported_media", kFailedPrecondition,
+     "FAILED_PRECONDITION", 415, 1003, "unsupported media"},
+    {RefusalKind::offer_refused, "offer_refused", kInvalidArgument, "INVALID_ARGUMENT", 406, 1008,
+     "offer refused"},
+    {RefusalKind::answer_timeout, "answer_timeout", kDeadlineExceeded, "DEADLINE_EXCEEDED", 504,
+     1011, "no answer within whep.answer_timeout_ms"},
+    {RefusalKind::topic_gone, "topic_gone", kNotFound, "NOT_FOUND", 410, 1001, "topic closed"},
 }};
 
 constexpr std::size_t kMaxCloseReason = 123;

@@ -32,9 +32,14 @@ enum class RefusalKind : std::uint8_t {
   evicted,            // the topic removed the subscriber (it held a lossless topic hostage)
   stopping,           // the relay is shutting down
   internal,           // the relay could not serve the request (a system call failed)
+  // What a WebRTC (WHEP) viewer is refused before its answer:
+  unsupported_media,  // the topic's video is no codec WebRTC viewers get (VP8, H.264)
+  offer_refused,      // the viewer's SDP offer cannot receive the topic's video
+  answer_timeout,     // no keyframe, or no WebRTC answer, within whep.answer_timeout_ms
+  topic_gone,         // the topic closed while the viewer waited for its answer
 };
 
-inline constexpr std::size_t kRefusalKinds = 14;
+inline constexpr std::size_t kRefusalKinds = 18;
 
 struct Refusal {
   Refusal() = default;

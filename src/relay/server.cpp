@@ -333,7 +333,7 @@ metrics::Registry& RelayServer::metrics() {
 }
 
 std::string RelayServer::stats_json() const {
-  return relay::stats_json(impl_->core.topics);
+  return relay::stats_text(relay::StatsReader::everything(impl_->core.topics).snapshot().json);
 }
 
 }  // namespace sluice

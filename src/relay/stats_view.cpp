@@ -66,7 +66,7 @@ nlohmann::json stage_json(const Stage& st) {
   return j;
 }
 
-nlohmann::json topic_json(const Topic& t) {
+nlohmann::json topic_json(const Topic& t, TopicSummary& sum) {
   const auto s = t.broadcast.stats();
   nlohmann::json tj;
   tj["name"] = t.name;
@@ -132,6 +132,18 @@ nlohmann::json topic_json(const Topic& t) {
     }
   }
   tj["queue_bytes"] = worst_bytes;
+  sum.name = t.name;
+  sum.mode = tj["mode"].get<std::string>();
+  sum.published = s.published;
+  sum.published_bytes = tj["published_bytes"].get<std::uint64_t>();
+  sum.subscribers = static_cast<std::uint32_t>(tj["subscribers"].size());
+  sum.queue_bytes = worst_bytes;
+  sum.retained_bytes = s.retained_bytes;
+  for (const auto& j : tj["subscribers"]) sum.lost += j["lost"].get<std::uint64_t>();
+  sum.evicted = s.evicted;
+  sum.throttled_publishers = tj["throttled_publishers"].get<std::uint64_t>();
+  sum.epoch = t.epoch;
+  sum.retained_from = s.retained_from;
   tj["retained_bytes"] = s.retained_bytes;
   tj["retained_from"] = s.retained_from;  // the oldest position a subscriber can resume at
   tj["group_items"] = s.group_items;      // a video's current group kept: where a newcomer starts
@@ -156,17 +168,37 @@ nlohmann::json topic_json(const Topic& t) {
 
 }  // namespace
 
-nlohmann::json stats_value(const TopicRegistry& topics, const Principal* who) {
-  nlohmann::json j;
-  j["topics"] = nlohmann::json::array();
-  for (const auto& t : topics.all()) {
-    if (who == nullptr || who->may(Action::stats, t->name)) j["topics"].push_back(topic_json(*t));
+Outcome<StatsReader> StatsReader::join(const TopicRegistry& topics, Who who) {
+  if (!who->may_any(Action::stats)) {
+    return Refusal{RefusalKind::permission_denied,
+                   "principal '" + who->name() + "' may not read stats"};
   }
-  return j;
+  return StatsReader(topics, std::move(who));
 }
 
-std::string stats_json(const TopicRegistry& topics, const Principal* who) {
-  return stats_value(topics, who).dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+StatsReader StatsReader::everything(const TopicRegistry& topics) {
+  return StatsReader(topics, nullptr);
+}
+
+StatsSnapshot StatsReader::snapshot() const {
+  StatsSnapshot out;
+  out.json["topics"] = nlohmann::json::array();
+  for (const auto& t : topics_->all()) {
+    if (who_ && !who_->may(Action::stats, t->name)) continue;
+    out.json["topics"].push_back(topic_json(*t, out.topics.emplace_back()));
+  }
+  return out;
+}
+
+bool StatsReader::sees(const metrics::Labels& labels) const {
+  return std::ranges::all_of(labels, [this](const auto& label) {
+    const auto& [name, value] = label;
+    return (name != "topic" && name != "stage") || !who_ || who_->may(Action::stats, value);
+  });
+}
+
+std::string stats_text(const nlohmann::json& stats) {
+  return stats.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 }  // namespace sluice::relay

@@ -220,7 +220,10 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
   WhepViewer& operator=(WhepViewer&&) = delete;
   ~WhepViewer() {
     loop_.subscribers.fetch_sub(1, std::memory_order_relaxed);
-    if (reply_) reply_(text(503, "the relay stopped before the viewer was answered"));
+    if (reply_) {
+      reply_(http_refusal(
+          core_, {RefusalKind::stopping, "the relay stopped before the viewer was answered"}));
+    }
     if (pipeline_ != nullptr) service_->reaper.retire(pipeline_);
   }
 
@@ -255,15 +258,15 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
     answer_timer_.async_wait([w = weak_from_this()](boost::system::error_code ec) {
       auto self = w.lock();
       if (!self || ec || self->state_ >= State::answered) return;
-      self->refuse(
-          text(504, self->state_ == State::keyframe
-                        ? "no keyframe on topic '" + self->topic() + "' within " +
-                              std::to_string(self->core_.config.whep.answer_timeout.count()) +
-                              " ms (whep.answer_timeout_ms): is its video published?"
-                        : "WebRTC could not answer within " +
-                              std::to_string(self->core_.config.whep.answer_timeout.count()) +
-                              " ms (whep.answer_timeout_ms)"),
-          "answer_timeout");
+      const std::string within =
+          std::to_string(self->core_.config.whep.answer_timeout.count()) + " ms";
+      self->refuse({RefusalKind::answer_timeout,
+                    self->state_ == State::keyframe
+                        ? "no keyframe on topic '" + self->topic() + "' within " + within +
+                              " (whep.answer_timeout_ms): is its video published?"
+                        : "WebRTC could not answer within " + within + " (whep.answer_timeout_ms)",
+                    "whep.answer_timeout_ms"},
+                   "answer_timeout");
     });
     first_keyframe();
   }
@@ -272,7 +275,9 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
   void end(std::string_view reason) {
     if (state_ == State::ended) return;
     if (reply_) {
-      reply_(text(503, "the viewer ended before it was answered: " + std::string(reason)));
+      const Refusal r{reason == "stopping" ? RefusalKind::stopping : RefusalKind::internal,
+                      "the viewer ended before it was answered: " + std::string(reason)};
+      reply_(http_refusal(core_, r));
       reply_ = nullptr;
     }
     state_ = State::ended;
@@ -306,8 +311,11 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
  private:
   enum class State : std::uint8_t { keyframe, negotiating, answered, playing, ended };
 
-  void refuse(HttpResponse answer, std::string_view reason) {
+  // Refuses the viewer before its answer (counted like every refusal) and ends it for
+  // `reason` (a label of sluice_whep_viewers_ended_total).
+  void refuse(const Refusal& r, std::string_view reason) {
     if (reply_) {
+      HttpResponse answer = http_refusal(core_, r);  // (counted)
       for (const auto& h : cors_) answer.headers.push_back(h);
       reply_(std::move(answer));
       reply_ = nullptr;
@@ -325,14 +333,14 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
           if (m.payload.empty()) continue;
           codec_ = sniff_keyframe(m.payload.bytes());
           if (codec_ != VideoCodec::vp8 && codec_ != VideoCodec::h264) {
-            refuse(
-                text(415, "topic '" + topic() + "' carries " +
-                              (codec_ == VideoCodec::unknown
-                                   ? std::string("no VP8 or H.264 video (its keyframe is neither)")
-                                   : std::string(to_string(codec_)) +
-                                         " video: WebRTC viewers get VP8 or H.264 (sluice "
-                                         "ingest --output encoded of a VP8 or H.264 source)")),
-                "unsupported_codec");
+            refuse({RefusalKind::unsupported_media,
+                    "topic '" + topic() + "' carries " +
+                        (codec_ == VideoCodec::unknown
+                             ? std::string("no VP8 or H.264 video (its keyframe is neither)")
+                             : std::string(to_string(codec_)) +
+                                   " video: WebRTC viewers get VP8 or H.264 (sluice ingest "
+                                   "--output encoded of a VP8 or H.264 source)")},
+                   "unsupported_codec");
             return;
           }
           held_ = std::move(m);
@@ -345,7 +353,7 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
           arm_pump([](WhepViewer& v) { v.first_keyframe(); });
           return;
         case SubscriberPump::Next::end:
-          refuse(text(410, "topic '" + topic() + "' closed"), "topic_closed");
+          refuse({RefusalKind::topic_gone, "topic '" + topic() + "' closed"}, "topic_closed");
           return;
       }
     }
@@ -361,7 +369,7 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
     const int profile = codec_ == VideoCodec::h264 ? h264_profile_idc(held_->payload.bytes()) : 0;
     const OfferChoice choice = choose_payload(*offer_, codec_, profile);
     if (choice.payload_type < 0) {
-      refuse(text(406, choice.error), "offer_refused");
+      refuse({RefusalKind::offer_refused, choice.error}, "offer_refused");
       return;
     }
     state_ = State::negotiating;
@@ -388,7 +396,7 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
       const std::string why = err != nullptr ? err->message : "gst_parse_launch failed";
       if (err != nullptr) g_error_free(err);
       if (pipeline != nullptr) gst_object_unref(pipeline);
-      refuse(text(503, "cannot build the WebRTC pipeline: " + why), "error");
+      refuse({RefusalKind::internal, "cannot build the WebRTC pipeline: " + why}, "error");
       return;
     }
     pipeline_ = pipeline;
@@ -437,7 +445,7 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
       gst_object_unref(rtpbin);
     }
     if (gst_element_set_state(pipeline_, GST_STATE_PLAYING) == GST_STATE_CHANGE_FAILURE) {
-      refuse(text(503, "the WebRTC pipeline did not start"), "error");
+      refuse({RefusalKind::internal, "the WebRTC pipeline did not start"}, "error");
       return;
     }
     GstWebRTCSessionDescription* remote =
@@ -469,7 +477,8 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
     const std::string error = promise_error(promise);
     if (!error.empty()) {
       link->post([error](WhepViewer& v) {
-        v.refuse(text(400, "the offer was refused by WebRTC: " + error), "offer_refused");
+        v.refuse({RefusalKind::offer_refused, "the offer was refused by WebRTC: " + error},
+                 "offer_refused");
       });
       return;
     }
@@ -490,8 +499,8 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
     if (answer == nullptr) {
       const std::string error = promise_error(promise);
       link->post([error](WhepViewer& v) {
-        v.refuse(text(400, "WebRTC made no answer to the offer" +
-                               (error.empty() ? std::string() : ": " + error)),
+        v.refuse({RefusalKind::offer_refused, "WebRTC made no answer to the offer" +
+                                                  (error.empty() ? std::string() : ": " + error)},
                  "offer_refused");
       });
       return;
@@ -777,13 +786,14 @@ void WhepService::handle(HttpServer::Request& request, const HttpPeer& peer,
     for (const auto& h : cors(request)) answer.headers.push_back(h);
     reply(std::move(answer));
   };
-  if (!path) {
-    reply(text(target.path.starts_with("/v1/whep") ? 404 : 405,
-               target.path.starts_with("/v1/whep")
-                   ? "no WHEP resource at " + target.path.substr(0, 200) +
-                         " (POST /v1/whep/{topic} with an SDP offer)"
-                   : "only GET is served at " + target.path.substr(0, 200) +
-                         " (POST, DELETE and OPTIONS: /v1/whep/{topic})"));
+  if (!path && target.path.starts_with("/v1/whep")) {
+    refused({RefusalKind::not_found, "no WHEP resource at " + target.path.substr(0, 200) +
+                                         " (POST /v1/whep/{topic} with an SDP offer)"});
+    return;
+  }
+  if (!path) {  // (405: HTTP's own answer to a method the path does not take)
+    reply(text(405, "only GET is served at " + target.path.substr(0, 200) +
+                        " (POST, DELETE and OPTIONS: /v1/whep/{topic})"));
     return;
   }
   auto who = http_caller(core, request, target, peer);

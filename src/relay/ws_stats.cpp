@@ -25,11 +25,11 @@ constexpr std::chrono::milliseconds kDefaultStatsPeriod{1000};
 
 class WsStats final : public WsSession<WsStats> {
  public:
-  WsStats(RelayCore& core, SessionSlot slot, Connection connection, Who who,
+  WsStats(RelayCore& core, SessionSlot slot, Connection connection, StatsReader reader,
           std::chrono::milliseconds period)
       : WsSession(core, core.loops.main(), std::move(slot), std::move(connection), "ws-stats",
                   {kMaxStatsClientMessage, 0, "", false}),
-        who_(std::move(who)),
+        reader_(std::move(reader)),
         period_(period) {}
 
   void opened() {
@@ -43,7 +43,7 @@ class WsStats final : public WsSession<WsStats> {
   void tick() {
     if (ending()) return;
     if (!writing()) {
-      nlohmann::json j = stats_value(core_.topics, who_.get());  // (not text parsed again)
+      nlohmann::json j = reader_.snapshot().json;  // (not text parsed again)
       j["period_ms"] = period_.count();
       j["time_ms"] = std::chrono::duration_cast<std::chrono::milliseconds>(
                          std::chrono::system_clock::now().time_since_epoch())
@@ -69,7 +69,7 @@ class WsStats final : public WsSession<WsStats> {
     });
   }
 
-  Who who_;
+  StatsReader reader_;
   std::chrono::milliseconds period_;
   boost::beast::flat_buffer in_;
 };
@@ -79,15 +79,14 @@ class WsStats final : public WsSession<WsStats> {
 std::optional<HttpResponse> ws_stats(RelayCore& core, SessionSlot slot, const WsRoute& route,
                                      const HttpTarget& target, Connection& connection,
                                      HttpServer::Request& request) {
-  if (!route.who->may_any(Action::stats)) {
-    return http_refusal(core, {RefusalKind::permission_denied,
-                               "principal '" + route.who->name() + "' may not read stats"});
-  }
+  auto reader = StatsReader::join(core.topics, route.who);
+  if (!reader) return http_refusal(core, reader.refusal());
   const auto period = target.count("period_ms", kMaxStatsPeriodMs, "60000");
   if (!period) return http_refusal(core, period.refusal());
   const auto ms = std::chrono::milliseconds(std::max<std::uint64_t>(*period, kMinStatsPeriodMs));
-  auto session = std::make_shared<WsStats>(core, std::move(slot), std::move(connection), route.who,
-                                           *period == 0 ? kDefaultStatsPeriod : ms);
+  auto session =
+      std::make_shared<WsStats>(core, std::move(slot), std::move(connection), std::move(*reader),
+                                *period == 0 ? kDefaultStatsPeriod : ms);
   session->expire_with(*route.who);
   session->start(std::move(request));
   return std::nullopt;

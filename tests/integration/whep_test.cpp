@@ -163,7 +163,7 @@ TEST(Whep, AnOfferThatCannotBeAnsweredIsRefusedSayingWhy) {
   EXPECT_EQ(http_get(port, "/healthz").first, 200u);
 }
 
-TEST(Whep, ATopicWithoutVideoOrWithAnotherCodecIsRefusedByStatus) {
+TEST(Whep, ATopicWithoutVideoOrWithAnotherCodecIsRefusedByStatusAndCounted) {
   RelayScene relay(whep_relay());
   {
     const Feeder feed(relay, "readings", R"({"temperature": 21.5})");
@@ -183,6 +183,9 @@ TEST(Whep, ATopicWithoutVideoOrWithAnotherCodecIsRefusedByStatus) {
   EXPECT_EQ(relay.metric("sluice_whep_viewers"), 0);
   EXPECT_EQ(relay.metric("sluice_whep_viewers_ended_total", "reason=\"unsupported_codec\""), 1);
   EXPECT_EQ(relay.metric("sluice_whep_viewers_ended_total", "reason=\"offer_refused\""), 1);
+  // Refusals like any other's: counted by kind.
+  EXPECT_EQ(relay.metric("sluice_refusals_total", "kind=\"unsupported_media\""), 1);
+  EXPECT_EQ(relay.metric("sluice_refusals_total", "kind=\"offer_refused\""), 1);
 }
 
 TEST(Whep, NoKeyframeWithinTheAnswerTimeoutIs504NamingTheSetting) {
@@ -195,6 +198,7 @@ TEST(Whep, NoKeyframeWithinTheAnswerTimeoutIs504NamingTheSetting) {
   EXPECT_NE(a.body.find("whep.answer_timeout_ms"), std::string::npos) << a.body;
   EXPECT_EQ(relay.metric("sluice_whep_viewers"), 0);
   EXPECT_EQ(relay.metric("sluice_whep_viewers_ended_total", "reason=\"answer_timeout\""), 1);
+  EXPECT_EQ(relay.metric("sluice_refusals_total", "kind=\"answer_timeout\""), 1);
 }
 
 TEST(Whep, ViewersOverTheLimitAreRefusedNamingIt) {

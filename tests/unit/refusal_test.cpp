@@ -21,6 +21,7 @@ TEST(RefusalTable, OneRowPerKindInOrderWithItsGrpcCodeByName) {
   const std::map<std::string, grpc::StatusCode> grpc_codes{
       {"INVALID_ARGUMENT", grpc::StatusCode::INVALID_ARGUMENT},
       {"NOT_FOUND", grpc::StatusCode::NOT_FOUND},
+      {"DEADLINE_EXCEEDED", grpc::StatusCode::DEADLINE_EXCEEDED},
       {"FAILED_PRECONDITION", grpc::StatusCode::FAILED_PRECONDITION},
       {"RESOURCE_EXHAUSTED", grpc::StatusCode::RESOURCE_EXHAUSTED},
       {"ABORTED", grpc::StatusCode::ABORTED},
@@ -83,6 +84,46 @@ TEST(RefusalTable, DocsListEveryKindAsTheCodeMapsIt) {
     rows.erase(it);
   }
   for (const auto& [kind, cells] : rows) ADD_FAILURE() << "docs/protocol.md lists unknown " << kind;
+}
+
+// docs/media.md, WebRTC section: each refusal row `| when | STATUS | `kind` | change |` gives
+// the status the relay's table gives its kind, and every kind only WebRTC viewers meet is there.
+TEST(RefusalTable, MediaDocsGiveEachWhepRefusalItsKindsStatus) {
+  std::ifstream in(sluice::testing::source_dir() + "/docs/media.md");
+  ASSERT_TRUE(in) << "docs/media.md";
+  std::string line;
+  bool table = false;
+  std::set<std::string> kinds;
+  while (std::getline(in, line)) {
+    if (line.rfind("| refusal | status | kind |", 0) == 0) {
+      table = true;
+      continue;
+    }
+    if (!table || line.rfind("|---", 0) == 0) continue;
+    if (line.rfind("| ", 0) != 0) break;  // (the table's end)
+    std::vector<std::string> cells;
+    std::stringstream row(line.substr(1));
+    for (std::string cell; std::getline(row, cell, '|');) {
+      const auto b = cell.find_first_not_of(' ');
+      const auto e = cell.find_last_not_of(' ');
+      cells.push_back(b == std::string::npos ? "" : cell.substr(b, e - b + 1));
+    }
+    ASSERT_GE(cells.size(), 4U) << line;
+    const std::string& kind = cells[2];
+    if (kind.size() < 3 || kind.front() != '`') continue;  // (not a refusal of the relay's)
+    const std::string name = kind.substr(1, kind.size() - 2);
+    const auto* row_codes = [&]() -> const RefusalCodes* {
+      for (const auto& c : refusal_table())
+        if (c.name == name) return &c;
+      return nullptr;
+    }();
+    ASSERT_NE(row_codes, nullptr) << "docs/media.md names an unknown kind: " << line;
+    EXPECT_EQ(cells[1], std::to_string(row_codes->http_status)) << line;
+    kinds.insert(name);
+  }
+  ASSERT_TRUE(table) << "docs/media.md has no refusal table";
+  for (const auto* whep : {"unsupported_media", "offer_refused", "answer_timeout", "topic_gone"})
+    EXPECT_TRUE(kinds.contains(whep)) << "docs/media.md does not list " << whep;
 }
 
 }  // namespace
