@@ -182,6 +182,16 @@ def hostile_ws(http, rng):
         pass  # the relay closed it first: fine
 
 
+def read_answer_and_close(s):
+    """Reads what the relay answers, if anything within 2 s, and closes."""
+    s.settimeout(2)
+    try:
+        s.recv(4096)
+    except OSError:
+        pass
+    s.close()
+
+
 def hostile_http(http, grpc_target, rng):
     host, port = (http if rng.random() < 0.7 else grpc_target).rsplit(":", 1)
     try:
@@ -195,12 +205,7 @@ def hostile_http(http, grpc_target, rng):
             s.sendall(b"GET /metrics HTTP/1.1\r\n" + b"X: " + b"y" * 10000 + b"\r\n\r\n")
         else:
             s.sendall(b"POST /v1/stats HTTP/1.1\r\nContent-Length: 99999999\r\n\r\nabc")
-        s.settimeout(2)
-        try:
-            s.recv(4096)
-        except OSError:
-            pass
-        s.close()
+        read_answer_and_close(s)
     except OSError:
         pass
 
@@ -299,16 +304,12 @@ def hostile_tls(http, grpc_target, rng):
                 if not s.recv(4096):
                     stalled("closed_by_relay")
             except ConnectionResetError:
-                STALLED["closed_by_relay"] += 1
+                stalled("closed_by_relay")
             except OSError:
                 pass  # (timed out: held past the limit; counted by the check)
+            s.close()
         else:
-            s.settimeout(2)
-            try:
-                s.recv(4096)
-            except OSError:
-                pass
-        s.close()
+            read_answer_and_close(s)
     except OSError:
         pass
 
