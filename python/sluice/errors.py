@@ -35,3 +35,14 @@ class MaxWaitExceeded(Closed):
     def __init__(self, code: int | str, reason: str, frame_index: int | None) -> None:
         super().__init__(code, reason)
         self.frame_index = frame_index
+
+
+class Unreachable(SluiceError):
+    """The relay could not be reached at all on the first connection, within the connect
+    timeout: nothing listens there, the address is wrong, TLS does not match, or it is the
+    relay's other port. `target` is the address tried; `reason` what the system or gRPC said."""
+
+    def __init__(self, target: str, reason: str) -> None:
+        super().__init__(f"cannot reach the relay at {target}: {reason}")
+        self.target = target
+        self.reason = reason

@@ -12,7 +12,7 @@ import grpc
 import grpc.aio
 
 from . import relay_pb2 as pb
-from .errors import Closed, Refused
+from .errors import Closed, Refused, Unreachable
 from .frames import Notice
 
 _PUBLISH = "/sluice.v1.Relay/Publish"
@@ -36,12 +36,21 @@ class GrpcPublisher:
     PERMISSION_DENIED, UNAUTHENTICATED, INVALID_ARGUMENT) or Closed, with the gRPC status and the
     relay's message. events() yields slow_down, resume and
     dropped notices as Notice values.
+
+    The first connection fails fast: if the relay cannot be reached within `connect_timeout`
+    seconds, connect() raises Unreachable naming the address and gRPC's reason (and says so
+    when the address is the relay's HTTP port), and nothing of the publisher is left running.
+    Retrying UNAVAILABLE is only for a publisher that was connected once.
+
+    ``async with await GrpcPublisher.connect(...) as pub:`` closes it at the end of the block:
+    flushed on a normal exit, at once (what is unacknowledged is given up) on an exception.
     """
 
     def __init__(self, topic: str, target: str, token: str | None, window: int,
                  credentials: grpc.ChannelCredentials | None, producer: str | None = None,
-                 first_sequence: int = 1) -> None:
+                 first_sequence: int = 1, connect_timeout: float = 5.0) -> None:
         self.topic = topic
+        self._connect_timeout = connect_timeout
         self._target = target
         self.producer = producer or uuid.uuid4().hex
         self._metadata: tuple[tuple[str, str], ...] = (("sluice-producer", self.producer),)
@@ -67,16 +76,45 @@ class GrpcPublisher:
     async def connect(cls, topic: str, target: str = "127.0.0.1:7400", *,
                       token: str | None = None, window: int = 1024,
                       credentials: grpc.ChannelCredentials | None = None,
-                      producer: str | None = None, first_sequence: int = 1) -> "GrpcPublisher":
-        """Opens the call (`credentials`: grpc.ssl_channel_credentials(...) for TLS).
-        `producer` and `first_sequence`: a process that restarts and knows where it was keeps
-        its id and continues its numbering; the relay then ignores frames it already has."""
-        p = cls(topic, target, token, window, credentials, producer, first_sequence)
+                      producer: str | None = None, first_sequence: int = 1,
+                      connect_timeout: float = 5.0) -> "GrpcPublisher":
+        """Opens the call to the relay's gRPC address `target` (`credentials`:
+        grpc.ssl_channel_credentials(...) for TLS). `producer` and `first_sequence`: a process
+        that restarts and knows where it was keeps its id and continues its numbering; the
+        relay then ignores frames it already has. Raises Unreachable if the relay cannot be
+        reached within `connect_timeout` seconds, Refused if it refuses the call."""
+        p = cls(topic, target, token, window, credentials, producer, first_sequence,
+                connect_timeout)
         p._task = asyncio.create_task(p._run())
-        await p._opened.wait()
+        try:
+            await p._opened.wait()
+        except BaseException:  # (cancelled: nothing of it may outlive the caller's wait)
+            await p._abort()
+            raise
         if p._error is not None:
+            await p._abort()
             raise p._error
         return p
+
+    async def __aenter__(self) -> "GrpcPublisher":
+        return self
+
+    async def __aexit__(self, kind: object, error: object, traceback: object) -> None:
+        if kind is None:
+            await self.close()
+        else:
+            await self._abort()
+
+    async def _abort(self) -> None:
+        """Ends the call and its task at once."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await self._task
+            except BaseException:  # (its cancellation, or what ended it)
+                pass
+        if self._channel is not None:
+            await self._channel.close()
 
     def _open_channel(self) -> grpc.aio.Channel:
         if self._credentials is not None:
@@ -103,13 +141,31 @@ class GrpcPublisher:
                 first = False
             yield r
 
+    async def _end_call(self, call: grpc.aio.StreamStreamCall,
+                        outbox: asyncio.Queue[pb.PublishRequest | None]) -> None:
+        """Ends a call and what gRPC runs for it: its request iterator (gRPC's task reading it
+        would otherwise wait on the outbox for ever) and its channel."""
+        outbox.put_nowait(None)
+        call.cancel()
+        await asyncio.sleep(0)  # (gRPC's reader takes the end)
+        if self._channel is not None:
+            await self._channel.close()
+
+    def _unreachable(self, e: grpc.aio.AioRpcError) -> Unreachable:
+        details = e.details() or e.code().name
+        if "http1" in details or "HTTP/1" in details:
+            details += " (that is an HTTP port: GrpcPublisher takes the relay's gRPC address, " \
+                       "server.grpc_port, 7400 by default)"
+        return Unreachable(self._target, details)
+
     async def _run(self) -> None:
         backoff = 0.1
         attempt = 0
+        first_deadline = asyncio.get_running_loop().time() + self._connect_timeout
         while True:
             attempt += 1
             self._channel = self._open_channel()
-            self._outbox = asyncio.Queue()  # (see _requests)
+            self._outbox = outbox = asyncio.Queue()  # (see _requests)
             resend = list(self._unacked.values())
             if attempt > 1:
                 self.resent += len(resend)
@@ -124,15 +180,22 @@ class GrpcPublisher:
                 backoff = 0.1
                 async for e in call:
                     await self._event(e)
-                await self._channel.close()
+                await self._end_call(call, outbox)
                 return  # finished: flush() closed it
+            except asyncio.CancelledError:
+                await self._end_call(call, outbox)
+                raise
             except grpc.aio.AioRpcError as e:
-                await self._channel.close()
-                if e.code() in _RETRY and self._error is None:
+                await self._end_call(call, outbox)
+                never_opened = not self._opened.is_set()
+                out_of_time = (never_opened and
+                               asyncio.get_running_loop().time() + backoff > first_deadline)
+                if e.code() in _RETRY and self._error is None and not out_of_time:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
-                fail: Exception = (Refused(e.code().name, e.details() or "")
+                fail: Exception = (self._unreachable(e) if never_opened and e.code() in _RETRY
+                                   else Refused(e.code().name, e.details() or "")
                                    if e.code() in _REFUSALS else
                                    Closed(e.code().name, e.details() or ""))
                 self._error = fail

@@ -488,6 +488,41 @@ async def test_grpc_publisher_refused_names_the_reason(relay_with):
     assert e.value.status == "NOT_FOUND" and "nowhere" in e.value.reason
 
 
+async def test_grpc_publisher_fails_fast_where_no_relay_listens_and_leaves_nothing_running():
+    port = free_port()
+    with pytest.raises(sluice.Unreachable) as e:
+        await sluice.GrpcPublisher.connect("t", f"127.0.0.1:{port}", connect_timeout=1.0)
+    assert e.value.target == f"127.0.0.1:{port}" and e.value.reason
+    assert f"127.0.0.1:{port}" in str(e.value)
+    # No task of the publisher outlives its failed connect.
+    await asyncio.sleep(0)
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+async def test_grpc_publisher_given_the_http_port_says_so(relay_with):
+    r = relay_with()
+    with pytest.raises(sluice.Unreachable) as e:
+        await sluice.GrpcPublisher.connect("t", r.url.split("//", 1)[1],
+                                           connect_timeout=1.0)
+    assert "HTTP port" in e.value.reason, e.value.reason
+
+
+async def test_grpc_publisher_async_with_flushes_at_the_end_of_the_block(relay_with):
+    r = relay_with()
+    sub = await sluice.Subscriber.connect("with", r.url)
+    async with await sluice.GrpcPublisher.connect("with", r.grpc) as pub:
+        for i in range(5):
+            await pub.send(b"%d" % i)
+    assert pub.unacked == 0
+    got = []
+    async for m in sub:
+        got.append(bytes(m.payload))
+        if len(got) == 5:
+            break
+    assert got == [b"%d" % i for i in range(5)]
+    await sub.close()
+
+
 async def test_the_video_producer_example_publishes_a_y4m_files_frames_in_order(relay_with, tmp_path):
     r = relay_with('[[topic]]\nname = "video"\nmode = "lossless"\ncontent_type = "video/x-raw"\n')
     w, h, n = 16, 8, 12
