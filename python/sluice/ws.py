@@ -3,6 +3,7 @@ on python3-websockets and asyncio."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import json
 import signal
@@ -173,6 +174,12 @@ class Publisher:
         await self._ws.close(1000, "done")
         await self._reader
 
+    async def __aenter__(self) -> "Publisher":
+        return self
+
+    async def __aexit__(self, kind: object, error: object, traceback: object) -> None:
+        await self.close()
+
 
 Received = Union[Frame, Gap]
 
@@ -316,6 +323,12 @@ class Subscriber:
         if self._ws is not None:
             await self._ws.close(1000, "done")
 
+    async def __aenter__(self) -> "Subscriber":
+        return self
+
+    async def __aexit__(self, kind: object, error: object, traceback: object) -> None:
+        await self.close()
+
 
 Handler = Callable[[Frame], Union[bytes, bytearray, memoryview, Awaitable[Union[bytes, bytearray, memoryview]]]]
 
@@ -339,6 +352,13 @@ class Worker:
     telling its producer. drain() (and SIGTERM, when run() installs the handler) stops taking
     frames — those still arriving are answered "draining" so the relay gives them to another
     worker — lets the ones in flight finish and closes.
+
+    A coroutine function as handler runs on the event loop; a plain function runs in a pool of
+    `concurrency` threads, so a blocking model (a GPU call, say) leaves the loop free and the
+    frames in flight run side by side. Cancelling run() closes the connection at once: the
+    relay gives the frames this worker held to another one (or drops them, telling their
+    producer) instead of waiting `stage_task_timeout_ms` for them. ``async with Worker(...)``
+    does the same at the end of the block if run() is still going.
     """
 
     def __init__(self, topic: str, url: str = DEFAULT_URL, *, name: str = "python",
@@ -357,6 +377,8 @@ class Worker:
         self._draining = False
         self._ws: websockets.WebSocketClientProtocol | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._running: asyncio.Task[None] | None = None
         self.joined: dict[str, Any] = {}
         self.processed = 0
         self.failed = 0
@@ -382,6 +404,10 @@ class Worker:
         loop = asyncio.get_running_loop()
         if handle_sigterm:
             loop.add_signal_handler(signal.SIGTERM, self.drain)
+        self._running = asyncio.current_task()
+        if not inspect.iscoroutinefunction(self._handler):
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.concurrency, thread_name_prefix=f"sluice-{self.name}")
         try:
             self._ws = await _open(self._uri, self._token, self._ssl)
             try:
@@ -407,14 +433,41 @@ class Worker:
             code = self._ws.close_code
             if not self._draining and code not in (1000, None):
                 raise _closed(self._ws)
+        except asyncio.CancelledError:
+            # At once: the relay sees the connection end and hands on what this worker held.
+            for task in self._tasks:
+                task.cancel()
+            if self._ws is not None and self._ws.transport is not None:
+                self._ws.transport.abort()
+            raise
         finally:
+            self._running = None
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
             if handle_sigterm:
                 loop.remove_signal_handler(signal.SIGTERM)
+
+    async def __aenter__(self) -> "Worker":
+        return self
+
+    async def __aexit__(self, kind: object, error: object, traceback: object) -> None:
+        running = self._running
+        if running is not None and running is not asyncio.current_task() and not running.done():
+            running.cancel()
+            try:
+                await running
+            except asyncio.CancelledError:
+                pass
 
     async def _handle(self, frame: Frame) -> None:
         assert self._handler is not None and self._ws is not None
         try:
-            result = self._handler(frame)
+            if self._pool is not None:  # (a plain function: in the pool, the loop stays free)
+                result = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._handler, frame)
+            else:
+                result = self._handler(frame)
             if inspect.isawaitable(result):
                 result = await result
             answer: bytes | str = HEADER.pack(frame.index, frame.timestamp_ns) + bytes(result)

@@ -216,6 +216,78 @@ async def test_a_worker_uses_its_credits_fails_a_frame_by_its_error_and_drains(r
     await results.close()
 
 
+async def test_a_plain_function_handler_runs_in_threads_up_to_the_concurrency(relay_with):
+    r = relay_with(STAGE)
+    worker = sluice.Worker("frames", r.url, name="sync", concurrency=2)
+    lock = threading.Lock()
+    in_flight, most, threads = 0, 0, set()
+
+    @worker.handler
+    def infer(frame):  # blocking: it would stall the event loop if run on it
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+            threads.add(threading.get_ident())
+        time.sleep(0.1)
+        with lock:
+            in_flight -= 1
+        return b"seen %d" % frame.index
+
+    running = asyncio.create_task(worker.run(handle_sigterm=False))
+    results = await sluice.Subscriber.connect("frames.results", r.url)
+    pub = await sluice.Publisher.connect("frames", r.url)
+    while not worker.joined:
+        await asyncio.sleep(0.01)
+    for i in range(8):
+        await pub.send(b"frame")
+    seen = set()
+    while len(seen) < 8:
+        seen.add(bytes((await asyncio.wait_for(results.__anext__(), 10)).payload))
+    assert seen == {b"seen %d" % i for i in range(8)}
+    assert most == 2  # two frames at a time, side by side, never more
+    assert threading.get_ident() not in threads  # (not on the loop's thread)
+    worker.drain()
+    await asyncio.wait_for(running, 10)
+    await pub.close()
+    await results.close()
+
+
+async def test_cancelling_a_worker_closes_its_connection_and_the_relay_hands_its_frame_on(relay_with):
+    # The relay would wait stage_task_timeout_ms (60 s here) for a worker that just stopped
+    # answering; one whose connection ends gives its frame back at once.
+    r = relay_with(STAGE + 'stage_task_timeout_ms = 60000\n')
+    stuck = sluice.Worker("frames", r.url, name="stuck", concurrency=1)
+    got_one = asyncio.Event()
+
+    @stuck.handler
+    async def hold(frame):
+        got_one.set()
+        await asyncio.sleep(3600)
+
+    helper = sluice.Worker("frames", r.url, name="helper", concurrency=1)
+    helper.handler(lambda frame: b"handed on %d" % frame.index)
+    async with stuck:
+        asyncio.create_task(stuck.run(handle_sigterm=False))
+        results = await sluice.Subscriber.connect("frames.results", r.url)
+        pub = await sluice.Publisher.connect("frames", r.url)
+        while not stuck.joined:
+            await asyncio.sleep(0.01)
+        await pub.send(b"frame")
+        await asyncio.wait_for(got_one.wait(), 10)
+        helping = asyncio.create_task(helper.run(handle_sigterm=False))
+        while not helper.joined:
+            await asyncio.sleep(0.01)
+    # (the block's end cancelled the stuck worker's run(): its connection is gone, and the
+    # frame it held goes to the helper long before stage_task_timeout_ms)
+    m = await asyncio.wait_for(results.__anext__(), 20)
+    assert bytes(m.payload) == b"handed on 0"
+    helper.drain()
+    await asyncio.wait_for(helping, 10)
+    await pub.close()
+    await results.close()
+
+
 async def test_a_draining_worker_hands_new_frames_to_the_others_and_loses_none(relay_with):
     r = relay_with(STAGE)
     draining = sluice.Worker("frames", r.url, name="draining", concurrency=4)
