@@ -13,7 +13,7 @@ from collections import deque
 from typing import Any, AsyncIterator, Awaitable, Callable, Union
 
 import websockets
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatusCode
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from .errors import Closed, MaxWaitExceeded, Refused
 from .frames import (FLAGGED_HEADER_BYTES, HEADER, Frame, Gap, Notice, _unpack_flagged,
@@ -34,38 +34,45 @@ def _subprotocols(token: str | None) -> list[str] | None:
     return ["sluice", f"sluice.bearer.{token}"] if token else None
 
 
-async def _refusal_body(uri: str, token: str | None, ssl: ssl_module.SSLContext | None) -> str:
-    """The one-line reason the relay gave for refusing an upgrade (websockets keeps only the
-    status): the same request again, read as plain HTTP."""
-    u = urllib.parse.urlsplit(uri)
-    secure = u.scheme == "wss"
-    port = u.port or (443 if secure else 80)
-    try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(u.hostname, port,
-                                    ssl=(ssl or ssl_module.create_default_context()) if secure else None),
-            5)
-        target = u.path + (("?" + u.query) if u.query else "")
-        lines = [f"GET {target} HTTP/1.1", f"Host: {u.netloc}", "Connection: Upgrade",
-                 "Upgrade: websocket", "Sec-WebSocket-Version: 13",
-                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="]
-        if token:
-            lines.append(f"Authorization: Bearer {token}")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        answer = await asyncio.wait_for(reader.read(8192), 5)
-        writer.close()
-        return answer.split(b"\r\n\r\n", 1)[-1].decode(errors="replace").strip()
-    except (OSError, asyncio.TimeoutError):
-        return ""
+def _refused(e: InvalidHandshake) -> Refused | None:
+    """The relay's refusal of an upgrade as Refused: its status and reason, from the first
+    answer (the reason rides in the Sluice-Refusal header as well as the body, since websockets
+    before 14 keeps only the headers); None if `e` is no HTTP refusal (a handshake cut short)."""
+    response = getattr(e, "response", None)  # websockets >= 14: InvalidStatus
+    status = getattr(e, "status_code", None) or getattr(response, "status_code", None)
+    if status is None:
+        return None
+    headers = getattr(e, "headers", None) or getattr(response, "headers", None)
+    reason = urllib.parse.unquote(headers.get("Sluice-Refusal", "")) if headers else ""
+    if not reason:
+        reason = (getattr(response, "body", None) or b"").decode(errors="replace").strip()
+    return Refused(int(status), reason)
 
 
 async def _open(uri: str, token: str | None, ssl: ssl_module.SSLContext | None,
                 max_size: int | None = None) -> websockets.WebSocketClientProtocol:
+    # (Only what websockets' client API has kept from 10 to 17: connect's arguments, send,
+    # recv, iteration, close, close_code, close_reason, transport; see _response_headers and
+    # _is_closed for the two that changed.)
     try:
         return await websockets.connect(uri, subprotocols=_subprotocols(token), ssl=ssl,
                                         max_size=max_size, ping_interval=None)
-    except InvalidStatusCode as e:
-        raise Refused(e.status_code, await _refusal_body(uri, token, ssl)) from None
+    except InvalidHandshake as e:
+        refused = _refused(e)
+        if refused is None:
+            raise
+        raise refused from None
+
+
+def _response_headers(ws: Any) -> Any:
+    """The upgrade answer's headers (websockets < 14: response_headers; >= 14: response)."""
+    headers = getattr(ws, "response_headers", None)
+    return headers if headers is not None else ws.response.headers
+
+
+def _is_closed(ws: Any) -> bool:
+    """Whether the connection is closed (websockets < 14: .closed; >= 14: .state)."""
+    return getattr(ws.state, "name", "") == "CLOSED"
 
 
 def _closed(ws: websockets.WebSocketClientProtocol, last_error: Notice | None = None) -> Closed:
@@ -147,7 +154,7 @@ class Publisher:
         one starts at the latest keyframe)."""
         if not self._flowing.is_set():
             await self._flowing.wait()
-            if self._ws.closed:
+            if _is_closed(self._ws):
                 raise _closed(self._ws, self._last_error)
         index = self._next if frame_index is None else frame_index
         try:
@@ -241,7 +248,7 @@ class Subscriber:
         self._ws = ws
         self._processed = self._acked = 0  # (a window is per connection)
         self._pending = False
-        headers = ws.response_headers
+        headers = _response_headers(ws)
         self.epoch = headers.get("Sluice-Epoch")
         self.position = int(headers.get("Sluice-Position", self.position))
 

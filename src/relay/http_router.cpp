@@ -107,7 +107,23 @@ Outcome<WsRoute> ws_route(const HttpTarget& target) {
 
 HttpResponse http_refusal(RelayCore& core, const Refusal& r) {
   core.counted(r);
-  return {codes(r.kind).http_status, "text/plain; charset=utf-8", r.message + "\n"};
+  // The message again in a header: a WebSocket client library that keeps only the answer's
+  // status and headers (websockets before 14, for one) can still tell its user why. Bytes a
+  // header may not carry are %XX, as is '%'.
+  std::string header;
+  for (const char c : r.message) {
+    const auto b = static_cast<unsigned char>(c);
+    if (b >= 0x20 && b < 0x7F && b != '%') {
+      header += c;
+    } else {
+      static constexpr char kHex[] = "0123456789ABCDEF";
+      header += {'%', kHex[b >> 4], kHex[b & 15]};
+    }
+  }
+  return {codes(r.kind).http_status,
+          "text/plain; charset=utf-8",
+          r.message + "\n",
+          {{"Sluice-Refusal", std::move(header)}}};
 }
 
 namespace {

@@ -54,7 +54,8 @@ Outcome<WsRoute> ws_route(const HttpTarget& target);
 
 struct RelayCore;
 
-/// A refusal before a WebSocket upgrade: its HTTP status, the message as the body (counted:
+/// A refusal before a WebSocket upgrade: its HTTP status, the message as the body and in the
+/// header Sluice-Refusal (%-escaped; for clients that see only headers) (counted:
 /// RelayCore::counted).
 HttpResponse http_refusal(RelayCore& core, const Refusal& r);
 
