@@ -177,7 +177,7 @@ Outcome<StatsReader> StatsReader::join(const TopicRegistry& topics, Who who) {
 }
 
 StatsReader StatsReader::everything(const TopicRegistry& topics) {
-  return StatsReader(topics, nullptr);
+  return {topics, nullptr};
 }
 
 StatsSnapshot StatsReader::snapshot() const {

@@ -7,13 +7,13 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdlib>
-#include <cstring>
+#include <cstdlib>  // mkdtemp
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <stdexcept>
 #include <string_view>
+#include <system_error>
 
 namespace sluice::relay {
 
@@ -45,7 +45,7 @@ std::string read_file(const std::string& path, const char* setting) {
   if (in.is_open()) bytes.assign(std::istreambuf_iterator<char>(in), {});
   if (!in.is_open() || in.bad()) {
     throw std::runtime_error("relay: cannot read " + path + " (" + setting +
-                             "): " + std::strerror(errno));
+                             "): " + std::generic_category().message(errno));
   }
   return bytes;
 }
@@ -61,7 +61,10 @@ void write_private(const std::string& path, const std::string& bytes) {
   }
   const int err = errno;
   if (fd >= 0) ::close(fd);
-  if (!ok) throw std::runtime_error("relay: cannot write " + path + ": " + std::strerror(err));
+  if (!ok) {
+    throw std::runtime_error("relay: cannot write " + path + ": " +
+                             std::generic_category().message(err));
+  }
 }
 
 std::string version_dir(const std::string& dir, std::uint64_t n) {
@@ -73,12 +76,12 @@ std::string version_dir(const std::string& dir, std::uint64_t n) {
 TlsContexts::TlsContexts(const RelayConfig& config)
     : config_(config), enabled_(!config.tls_cert_file.empty()) {
   if (!enabled_) return;
-  const char* tmp = std::getenv("TMPDIR");
-  std::string templ =
-      std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/sluice-tls-XXXXXX";
+  std::error_code ec;
+  const auto tmp = std::filesystem::temp_directory_path(ec);  // ($TMPDIR, else /tmp)
+  std::string templ = (ec ? std::string("/tmp") : tmp.string()) + "/sluice-tls-XXXXXX";
   if (::mkdtemp(templ.data()) == nullptr) {
     throw std::runtime_error("relay: cannot make a private directory for the TLS files (" + templ +
-                             ", TMPDIR): " + std::strerror(errno));
+                             ", TMPDIR): " + std::generic_category().message(errno));
   }
   dir_ = templ;
   served_.key = dir_ + "/current/key.pem";
@@ -180,7 +183,7 @@ void TlsContexts::serve(std::uint64_t n) {
   target += std::to_string(n);  // (relative: the directory's own version n)
   if (::symlink(target.c_str(), next.c_str()) != 0 || ::rename(next.c_str(), link.c_str()) != 0) {
     throw std::runtime_error("relay: cannot switch the served TLS files in " + dir_ + ": " +
-                             std::strerror(errno));
+                             std::generic_category().message(errno));
   }
   // The version before the last may still be open in gRPC's watcher; the one before that not.
   if (n > 2) {
