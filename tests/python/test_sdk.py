@@ -630,3 +630,18 @@ def test_the_packaged_protobuf_module_is_what_protoc_makes_of_the_relays_proto(t
     fresh = (tmp_path / "sluice" / "v1" / "relay_pb2.py").read_text()
     packaged = open(os.path.join(root, "python", "sluice", "relay_pb2.py")).read()
     assert packaged == fresh, "python/sluice/relay_pb2.py is stale: regenerate it (docs/python.md)"
+
+
+async def test_the_quick_start_of_docs_python_md_runs_verbatim_and_ends(relay_with):
+    # The first Python block of docs/python.md, as written, its address pointed at this relay.
+    import re
+    r = relay_with()
+    with open(os.path.join(HERE, "..", "..", "docs", "python.md")) as f:
+        block = re.search(r"```python\n(.*?)```", f.read(), re.S).group(1)
+    assert "ws://127.0.0.1:7401" in block
+    script = block.replace("ws://127.0.0.1:7401", r.url)
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+        env=dict(os.environ, PYTHONPATH=os.path.join(HERE, "..", "..", "python")))
+    assert done.returncode == 0, done.stderr
+    assert "sent 100" in done.stdout, done.stdout
