@@ -927,7 +927,10 @@ void WhepService::stop() {
     });
   }
   all.clear();
-  for (auto& f : done) f.wait_for(std::chrono::seconds(2));
+  // One deadline for all of them (a viewer whose loop is stuck does not add its wait to the
+  // next one's).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  for (auto& f : done) f.wait_until(deadline);
   impl_->reaper.drain();
 }
 
