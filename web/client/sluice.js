@@ -1,6 +1,7 @@
 // Sluice — the relay's JavaScript client: publish to and subscribe to topics, and follow the
 // relay's stats, over its WebSocket endpoints (docs/protocol.md). An ES module with no
-// dependencies, for browsers (the relay serves it at /sluice.js) and Node 22+ (global WebSocket).
+// dependencies where the runtime has a WebSocket (browsers — the relay serves it at
+// /sluice.js — and Node 22+); on Node 20 it uses the npm package `ws` (an optional dependency).
 // Types: sluice.d.ts.
 //
 // Frames are the protocol's binary messages: a header (frame index, u64 little-endian;
@@ -97,11 +98,28 @@ function endpoint(base, path, params) {
   return url.toString();
 }
 
+// The WebSocket class: the runtime's, else (Node 20) the npm package `ws`'s, loaded once.
+const OPEN = 1; // (WebSocket.OPEN, the same in every implementation)
+let webSocketClass = globalThis.WebSocket;
+async function webSocket() {
+  if (!webSocketClass) {
+    try {
+      const ws = await import("ws");
+      webSocketClass = ws.WebSocket ?? ws.default;
+    } catch {
+      throw new SluiceError("this runtime has no WebSocket (Node before 22): npm install ws",
+        { code: 1006 });
+    }
+  }
+  return webSocketClass;
+}
+
 // Opens a WebSocket; resolves once open, rejects with the relay's refusal if it is refused
 // (browsers do not show the HTTP answer to a refused upgrade: the close code says 1006).
-function open(url, token) {
+async function open(url, token) {
+  const WebSocketClass = await webSocket();
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, protocols(token));
+    const ws = new WebSocketClass(url, protocols(token));
     ws.binaryType = "arraybuffer";
     const failed = (e) => {
       reject(new SluiceError(`cannot open ${url.replace(/token=[^&]*/, "token=…")}: ` +
@@ -112,6 +130,8 @@ function open(url, token) {
       resolve(ws);
     }, { once: true });
     ws.addEventListener("close", failed, { once: true });
+    // (The close that follows says it; Node's `ws` throws an error nobody listens for.)
+    ws.addEventListener("error", () => {});
   });
 }
 
@@ -261,7 +281,7 @@ export class Subscription extends EventTarget {
     acks.processed += 1;
     if (acks.processed - acks.acked < Math.ceil(this.#window / 2)) return;
     acks.acked = acks.processed;
-    if (acks.ws.readyState === WebSocket.OPEN) acks.ws.send(JSON.stringify({ ack: acks.acked }));
+    if (acks.ws.readyState === OPEN) acks.ws.send(JSON.stringify({ ack: acks.acked }));
   }
 
   #message(data, acks) {
@@ -390,10 +410,10 @@ export class Publisher extends EventTarget {
    * the socket; rejects if the session has ended.
    */
   async send(payload, { index, timestampNs = 0, flags = 0 } = {}) {
-    while (this.ws.readyState === WebSocket.OPEN && this.ws.bufferedAmount > this.highWaterBytes) {
+    while (this.ws.readyState === OPEN && this.ws.bufferedAmount > this.highWaterBytes) {
       await new Promise((r) => setTimeout(r, 5));
     }
-    if (this.ws.readyState !== WebSocket.OPEN) {
+    if (this.ws.readyState !== OPEN) {
       const info = await this.closed;
       throw new SluiceError(`the relay closed the publisher: ${info.code} ${info.reason}`, info);
     }
@@ -434,7 +454,14 @@ export function watchStats(onStats, options = {}) {
   let timer = null;
   const connect = () => {
     if (stopped) return;
-    ws = new WebSocket(endpoint(url, "/v1/ws/stats", { period_ms: periodMs }), protocols(token));
+    webSocket().then((WebSocketClass) => {
+      if (!stopped) start(WebSocketClass);
+    }, (e) => onState("down", { code: 1006, reason: e.message }));
+  };
+  const start = (WebSocketClass) => {
+    ws = new WebSocketClass(endpoint(url, "/v1/ws/stats", { period_ms: periodMs }),
+      protocols(token));
+    ws.addEventListener("error", () => {}); // (the close that follows says it)
     ws.addEventListener("open", () => {
       backoff = 250;
       onState("up", {});
