@@ -274,12 +274,8 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
   // Ends the viewer (on the loop), for `reason`.
   void end(std::string_view reason) {
     if (state_ == State::ended) return;
-    if (reply_) {
-      const Refusal r{reason == "stopping" ? RefusalKind::stopping : RefusalKind::internal,
-                      "the viewer ended before it was answered: " + std::string(reason)};
-      reply_(http_refusal(core_, r));
-      reply_ = nullptr;
-    }
+    HttpServer::Reply unanswered = std::move(reply_);  // (answered last, once it is all ended)
+    reply_ = nullptr;
     state_ = State::ended;
     answer_timer_.cancel();
     connect_timer_.cancel();
@@ -306,6 +302,11 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
       }
       --service_->reserved;
     }
+    if (unanswered) {
+      unanswered(
+          http_refusal(core_, {reason == "stopping" ? RefusalKind::stopping : RefusalKind::internal,
+                               "the viewer ended before it was answered: " + std::string(reason)}));
+    }
   }
 
  private:
@@ -314,13 +315,17 @@ class WhepViewer : public std::enable_shared_from_this<WhepViewer> {
   // Refuses the viewer before its answer (counted like every refusal) and ends it for
   // `reason` (a label of sluice_whep_viewers_ended_total).
   void refuse(const Refusal& r, std::string_view reason) {
-    if (reply_) {
-      HttpResponse answer = http_refusal(core_, r);  // (counted)
+    HttpServer::Reply reply = std::move(reply_);
+    reply_ = nullptr;
+    HttpResponse answer;
+    if (reply) {
+      answer = http_refusal(core_, r);  // (counted)
       for (const auto& h : cors_) answer.headers.push_back(h);
-      reply_(std::move(answer));
-      reply_ = nullptr;
     }
+    // Ended before the answer leaves: a client that reads the relay's figures once it has its
+    // answer finds the viewer gone. (end() may release this object: locals only after it.)
     end(reason);
+    if (reply) reply(std::move(answer));
   }
 
   // The pump starts a viewer at a keyframe: its first item is one (or the topic's items carry
