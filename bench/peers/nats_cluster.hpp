@@ -109,11 +109,15 @@ class NatsCluster {
 
   // JetStream is ready when a stream replicated on every node can be made (and is removed).
   bool wait_ready() const {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     natsConnection* nc = nullptr;
-    if (natsConnection_ConnectTo(&nc, url(0).c_str()) != NATS_OK) return false;
+    // (A node just started may not listen yet: its first connection is retried too.)
+    while (natsConnection_ConnectTo(&nc, url(0).c_str()) != NATS_OK) {
+      if (std::chrono::steady_clock::now() >= deadline) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
     jsCtx* js = nullptr;
     bool ok = natsConnection_JetStream(&js, nc, nullptr) == NATS_OK;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     while (ok && std::chrono::steady_clock::now() < deadline) {
       jsStreamConfig cfg;
       jsStreamConfig_Init(&cfg);

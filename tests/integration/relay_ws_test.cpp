@@ -685,7 +685,10 @@ TEST(RelayWs, AViewersSendBufferBoundsWhatWaitsInTheKernelForIt) {
       EXPECT_LE(sub["kernel_unsent_bytes"].get<double>(), 3.0 * 64 * 1024);
       EXPECT_EQ(sub["sends"], "late") << sub.dump();
     } else {
-      EXPECT_EQ(sub["sends"], "ok") << sub.dump();
+      // A reader is never judged stalled (it may be late for a moment on a slow build, as
+      // under ThreadSanitizer: the verdict is taken at whatever instant the stats are read).
+      EXPECT_NE(sub["sends"], "stalled") << sub.dump();
+      EXPECT_GT(sub["received"].get<double>(), 0.0) << sub.dump();
     }
   }
   pub.s.close(websocket::close_code::normal);
