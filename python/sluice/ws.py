@@ -384,6 +384,8 @@ class Worker:
         self._draining = False
         self._ws: websockets.WebSocketClientProtocol | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._started = 0  # frames handed to a handler
+        self._answered = 0  # of those, answered (or whose answer could not be sent)
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._running: asyncio.Task[None] | None = None
         self.joined: dict[str, Any] = {}
@@ -399,7 +401,7 @@ class Worker:
     def drain(self) -> None:
         """Stops taking frames; run() returns once those in flight are answered."""
         self._draining = True
-        if self._ws is not None and not self._tasks:
+        if self._ws is not None and self._answered == self._started:
             asyncio.ensure_future(self._ws.close(1000, "drained"))
 
     async def run(self, *, handle_sigterm: bool = True) -> None:
@@ -430,6 +432,7 @@ class Worker:
                         await self._ws.send(json.dumps(
                             {"frame_index": frame.index, "error": "draining: the worker is stopping"}))
                         continue
+                    self._started += 1
                     task = asyncio.create_task(self._handle(frame))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
@@ -486,5 +489,9 @@ class Worker:
             await self._ws.send(answer)
         except ConnectionClosed:
             return
-        if self._draining and len(self._tasks) <= 1:  # (this one is the last)
+        finally:
+            self._answered += 1
+        # The last frame in flight of a draining worker closes. (Counted, not read from the task
+        # set: two handlers resuming in one turn of the loop would each still see the other.)
+        if self._draining and self._answered == self._started:
             await self._ws.close(1000, "drained")
