@@ -73,8 +73,10 @@ nlohmann::json topic_json(const Topic& t, TopicSummary& sum) {
   tj["mode"] = to_string(t.config.mode);
   tj["content_type"] = t.config.content_type;
   tj["published"] = s.published;
-  tj["published_bytes"] = t.published_bytes.load(std::memory_order_relaxed);
-  tj["throttled_publishers"] = t.throttled_publishers.load(std::memory_order_relaxed);
+  const auto published_bytes = t.published_bytes.load(std::memory_order_relaxed);
+  const auto throttled_publishers = t.throttled_publishers.load(std::memory_order_relaxed);
+  tj["published_bytes"] = published_bytes;
+  tj["throttled_publishers"] = throttled_publishers;
   tj["throttled_total"] = t.throttled_total.load(std::memory_order_relaxed);
   tj["would_block"] = s.would_block;
   tj["blocked_seconds"] = s.blocked_seconds;
@@ -133,15 +135,15 @@ nlohmann::json topic_json(const Topic& t, TopicSummary& sum) {
   }
   tj["queue_bytes"] = worst_bytes;
   sum.name = t.name;
-  sum.mode = tj["mode"].get<std::string>();
+  sum.mode = to_string(t.config.mode);
   sum.published = s.published;
-  sum.published_bytes = tj["published_bytes"].get<std::uint64_t>();
+  sum.published_bytes = published_bytes;
   sum.subscribers = static_cast<std::uint32_t>(tj["subscribers"].size());
   sum.queue_bytes = worst_bytes;
   sum.retained_bytes = s.retained_bytes;
   for (const auto& j : tj["subscribers"]) sum.lost += j["lost"].get<std::uint64_t>();
   sum.evicted = s.evicted;
-  sum.throttled_publishers = tj["throttled_publishers"].get<std::uint64_t>();
+  sum.throttled_publishers = throttled_publishers;
   sum.epoch = t.epoch;
   sum.retained_from = s.retained_from;
   tj["retained_bytes"] = s.retained_bytes;

@@ -173,6 +173,17 @@ STAGE = ('[[topic]]\nname = "frames"\nmode = "realtime"\nstage = true\nstage_fps
          'stage_max_in_flight = 64\nstage_worker_queue = 256\nstage_results = "frames.results"\n')
 
 
+async def staged(r, worker):
+    """`worker` running on STAGE's topic, a subscriber of its results and a publisher of frames,
+    once the worker has joined."""
+    running = asyncio.create_task(worker.run(handle_sigterm=False))
+    results = await sluice.Subscriber.connect("frames.results", r.url)
+    pub = await sluice.Publisher.connect("frames", r.url)
+    while not worker.joined:
+        await asyncio.sleep(0.01)
+    return running, results, pub
+
+
 async def test_a_worker_uses_its_credits_fails_a_frame_by_its_error_and_drains(relay_with):
     r = relay_with(STAGE)
     worker = sluice.Worker("frames", r.url, name="py", concurrency=3)
@@ -189,11 +200,7 @@ async def test_a_worker_uses_its_credits_fails_a_frame_by_its_error_and_drains(r
             raise ValueError("no objects in frame 5")
         return b"seen %d" % frame.index
 
-    running = asyncio.create_task(worker.run(handle_sigterm=False))
-    results = await sluice.Subscriber.connect("frames.results", r.url)
-    pub = await sluice.Publisher.connect("frames", r.url)
-    while not worker.joined:
-        await asyncio.sleep(0.01)
+    running, results, pub = await staged(r, worker)
     for i in range(30):
         await pub.send(b"frame")
     seen = set()
@@ -234,11 +241,7 @@ async def test_a_plain_function_handler_runs_in_threads_up_to_the_concurrency(re
             in_flight -= 1
         return b"seen %d" % frame.index
 
-    running = asyncio.create_task(worker.run(handle_sigterm=False))
-    results = await sluice.Subscriber.connect("frames.results", r.url)
-    pub = await sluice.Publisher.connect("frames", r.url)
-    while not worker.joined:
-        await asyncio.sleep(0.01)
+    running, results, pub = await staged(r, worker)
     for i in range(8):
         await pub.send(b"frame")
     seen = set()
