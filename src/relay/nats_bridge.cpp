@@ -7,7 +7,6 @@
 
 #include <array>
 #include <chrono>
-#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <future>
@@ -231,7 +230,15 @@ struct NatsBridge::Link {
     stopping = true;
     wake_out.notify_all();
     if (out.joinable()) out.join();
-    if (js != nullptr) jsCtx_Destroy(js);
+    jsCtx* ctx = nullptr;
+    {
+      const MutexLock lock(js_mu);
+      ctx = std::exchange(js, nullptr);
+    }
+    if (ctx != nullptr) {
+      forget_pending(ctx);
+      jsCtx_Destroy(ctx);
+    }
   }
 
   NatsBridge& bridge;
@@ -250,8 +257,10 @@ struct NatsBridge::Link {
   std::uint64_t out_seq = 0;           // (out thread)
   std::vector<unsigned char> scratch;  // (out thread: a real-time batch's bytes, reused)
   std::size_t scratch_items = 0;       // (out thread: and its items)
-  jsCtx* js = nullptr;  // lossless: made by the out thread, or the in thread, under js_mu
-  std::mutex js_mu;
+  Mutex js_mu;
+  // Lossless: made by the out thread or the in thread, whichever first needs it (jetstream());
+  // destroyed once both have been joined.
+  jsCtx* js SLUICE_GUARDED_BY(js_mu) = nullptr;
   // Lossless: the batch sent to JetStream and not yet acked (one at a time, so that items
   // reach the stream in order), and the items gathered meanwhile for the next one. The ack
   // handler marks it on the client's thread.
@@ -261,9 +270,9 @@ struct NatsBridge::Link {
     enum class State : std::uint8_t { none, pending, acked, failed } state = State::none;
     Clock::time_point sent = Clock::now();
   };
-  std::mutex flights_mu;
-  std::condition_variable wake_out;
-  Flight flight;                                // guarded by flights_mu
+  Mutex flights_mu;
+  CondVar wake_out;
+  Flight flight SLUICE_GUARDED_BY(flights_mu);
   std::vector<RelayMessage> gathered;           // (out thread)
   std::size_t gathered_bytes = 0;               // (out thread)
   std::chrono::milliseconds retry_backoff{20};  // (out thread)
@@ -284,9 +293,11 @@ struct NatsBridge::Link {
   void add_realtime(const RelayMessage& m);
   void send_realtime();
   bool settle_flight();
+  void resend_flight();
   bool send_gathered();
   std::size_t batch_bytes() const;
   static void on_ack(jsCtx* js, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* self);
+  static void forget_pending(jsCtx* ctx);
   void publish_flight(std::uint64_t seq, const std::vector<RelayMessage>& items);
 
   void start_in();
@@ -323,8 +334,8 @@ void NatsBridge::Link::run_out() {
       in_flight = settle_flight();
       if (!in_flight && !gathered.empty()) in_flight = send_gathered();
       if (in_flight && (gathered.size() >= kMaxBatchItems || gathered_bytes >= batch_bytes())) {
-        std::unique_lock lock(flights_mu);  // (full: read nothing until the batch is acked)
-        wake_out.wait_for(lock, 100ms);
+        MutexLock lock(flights_mu);  // (full: read nothing until the batch is acked)
+        (void)wake_out.wait_for(flights_mu, 100ms);
         continue;
       }
     }
@@ -393,7 +404,7 @@ void NatsBridge::Link::send_realtime() {
 }
 
 jsCtx* NatsBridge::Link::jetstream() {
-  const std::lock_guard lock(js_mu);
+  const MutexLock lock(js_mu);
   if (js == nullptr) {
     jsOptions o;
     jsOptions_Init(&o);
@@ -471,7 +482,7 @@ void NatsBridge::Link::publish_flight(std::uint64_t seq, const std::vector<Relay
   jsCtx* ctx = jetstream();
   if (ctx == nullptr || js_PublishMsgAsync(ctx, &msg, &po) != NATS_OK) {
     natsMsg_Destroy(msg);
-    const std::lock_guard lock(flights_mu);
+    const MutexLock lock(flights_mu);
     if (flight.seq == seq) flight.state = Flight::State::failed;
   }
 }
@@ -481,7 +492,7 @@ void NatsBridge::Link::on_ack(jsCtx* /*js*/, natsMsg* msg, jsPubAck* pa, jsPubAc
   auto* l = static_cast<Link*>(self);
   const auto h = bridge::decode(bytes_of(msg));
   if (h) {
-    const std::lock_guard lock(l->flights_mu);
+    const MutexLock lock(l->flights_mu);
     if (l->flight.seq == h->sequence && l->flight.state == Flight::State::pending)
       l->flight.state = pa != nullptr ? Flight::State::acked : Flight::State::failed;
   }
@@ -489,10 +500,25 @@ void NatsBridge::Link::on_ack(jsCtx* /*js*/, natsMsg* msg, jsPubAck* pa, jsPubAc
   natsMsg_Destroy(msg);
 }
 
+// After this no ack callback runs for this link (its `this` is the callback's closure): the
+// client calls back for a message only while it is in its pending list, and counts it pending
+// until the callback has returned. So: wait a little for the acks in flight; take what is still
+// pending out of the list (NATS is away: the batch is in the stream or not, and another relay's
+// receiver sees either); then wait for a callback already running, which returns at once.
+void NatsBridge::Link::forget_pending(jsCtx* ctx) {
+  jsPubOptions o;
+  jsPubOptions_Init(&o);
+  o.MaxWait = 1000;
+  if (js_PublishAsyncComplete(ctx, &o) == NATS_OK) return;
+  natsMsgList pending{};
+  if (js_PublishAsyncGetPendingList(&pending, ctx) == NATS_OK) natsMsgList_Destroy(&pending);
+  (void)js_PublishAsyncComplete(ctx, nullptr);
+}
+
 // Lets an acked batch go; sends a failed (or unacked past kAckTimeout) one again after a backoff
 // (JetStream refuses while the stream is full). Returns whether a batch is in flight.
 bool NatsBridge::Link::settle_flight() {
-  std::unique_lock lock(flights_mu);
+  MutexLock lock(flights_mu);
   if (flight.state == Flight::State::acked) {
     counters->sent_items.fetch_add(flight.items.size(), std::memory_order_relaxed);
     counters->sent_messages.fetch_add(1, std::memory_order_relaxed);
@@ -507,22 +533,31 @@ bool NatsBridge::Link::settle_flight() {
   counters->pending.store(flight.items.size() + gathered.size(), std::memory_order_relaxed);
   if (flight.state != Flight::State::failed) return flight.state == Flight::State::pending;
   lock.unlock();
+  resend_flight();
+  return true;
+}
+
+// The failed batch goes out again after the backoff (the out thread's: nothing else changes a
+// failed batch).
+void NatsBridge::Link::resend_flight() {
   std::this_thread::sleep_for(retry_backoff);
   retry_backoff = std::min<std::chrono::milliseconds>(retry_backoff * 2, 1000ms);
   counters->retries.fetch_add(1, std::memory_order_relaxed);
-  lock.lock();
-  flight.state = Flight::State::pending;
-  flight.sent = Clock::now();
-  const std::uint64_t seq = flight.seq;
-  const auto items = flight.items;  // (the Buffers' references)
-  lock.unlock();
+  std::uint64_t seq = 0;
+  std::vector<RelayMessage> items;
+  {
+    const MutexLock lock(flights_mu);
+    flight.state = Flight::State::pending;
+    flight.sent = Clock::now();
+    seq = flight.seq;
+    items = flight.items;  // (the Buffers' references)
+  }
   if (ensure_stream()) {
     publish_flight(seq, items);
   } else {
-    const std::lock_guard relock(flights_mu);
+    const MutexLock lock(flights_mu);
     flight.state = Flight::State::failed;
   }
-  return true;
 }
 
 // The items gathered go out as one batch (none is in flight). Returns true: one is in flight.
@@ -534,7 +569,7 @@ bool NatsBridge::Link::send_gathered() {
   const std::uint64_t seq = out_seq - gathered.size() + 1;
   std::vector<RelayMessage> items = gathered;  // (references: one for the flight, one to send)
   {
-    const std::lock_guard lock(flights_mu);
+    const MutexLock lock(flights_mu);
     flight.seq = seq;
     flight.items = std::move(gathered);
     flight.state = Flight::State::pending;
@@ -548,21 +583,18 @@ bool NatsBridge::Link::send_gathered() {
 
 // --- in
 
+// Puts a lossless item into the topic, waiting for room as a producer does (its batch stays
+// unacked meanwhile, which holds JetStream back); false once receiving stops or the topic goes.
 bool NatsBridge::Link::deliver(RelayMessage&& m) {
   const std::size_t bytes = m.payload.size();
   const std::uint32_t lost = m.bridge_lost;
   while (!in_stop) {
     const auto t = topic.lock();
     if (!t) return false;
-    // (publish moves the item only when it answers ok: `m` is intact for the next attempt)
-    // NOLINTNEXTLINE(bugprone-use-after-move)
-    const auto r = t->broadcast.publish(std::move(m), Clock::now() + 100ms);
-    if (r.status == SendStatus::timeout) continue;  // (a subscriber here is slow: wait, unacked)
-    if (r.status != SendStatus::ok) return false;
-    counters->received_items.fetch_add(1, std::memory_order_relaxed);
-    counters->received_bytes.fetch_add(bytes, std::memory_order_relaxed);
-    counters->lost.fetch_add(lost, std::memory_order_relaxed);
-    t->published_bytes.fetch_add(bytes, std::memory_order_relaxed);
+    const auto put = t->put_until(m, Clock::now() + 100ms);  // (`m` intact unless in)
+    if (put == Topic::Put::full) continue;  // (a subscriber here is slow: wait, unacked)
+    if (put != Topic::Put::in) return false;
+    counters->received(bytes, lost);
     return true;
   }
   return false;
@@ -584,12 +616,8 @@ void NatsBridge::Link::on_rt_msg(natsConnection* /*nc*/, natsSubscription* /*sub
           rx->counters->duplicates.fetch_add(1, std::memory_order_relaxed);
           return;
         }
-        if (t->broadcast.publish(item_of(msg, h, at, bytes, *lost)).ok()) {  // (never waits)
-          rx->counters->received_items.fetch_add(1, std::memory_order_relaxed);
-          rx->counters->received_bytes.fetch_add(bytes, std::memory_order_relaxed);
-          rx->counters->lost.fetch_add(*lost, std::memory_order_relaxed);
-          t->published_bytes.fetch_add(bytes, std::memory_order_relaxed);
-        }
+        auto item = item_of(msg, h, at, bytes, *lost);
+        if (t->put(item) == Topic::Put::in) rx->counters->received(bytes, *lost);  // (real-time)
       });
 }
 
@@ -649,39 +677,42 @@ void NatsBridge::Link::stop_in() {
 // first delivery: then the stream was made anew and the receiver follows it from there.
 struct NatsBridge::Link::JsReceiver {
   Link* link = nullptr;
-  std::mutex mu;  // the callback and the expiry tick
+  Mutex mu;  // the callback and the expiry tick
   // Messages by stream sequence (held unacked while ahead of a missing one), and each origin's
   // items by its numbering (a jump: items lost, announced; behind: a repeat).
-  bridge::OriginSequence<std::shared_ptr<natsMsg>> stream_order;
-  std::map<std::uint64_t, bridge::OriginSequence<std::monostate>> origins;
+  bridge::OriginSequence<std::shared_ptr<natsMsg>> stream_order SLUICE_GUARDED_BY(mu);
+  std::map<std::uint64_t, bridge::OriginSequence<std::monostate>> origins SLUICE_GUARDED_BY(mu);
   std::promise<void> done;  // the client will not call back any more
 
   // One batch, due now: each record in order into the topic (the callback waits for room), then
   // the batch acked. Items are used in place in the message.
-  void take(std::shared_ptr<natsMsg>&& msg, std::uint64_t /*skipped: the origins count*/) {
+  void take(std::shared_ptr<natsMsg>&& msg, std::uint64_t /*skipped: the origins count*/)
+      SLUICE_REQUIRES(mu) {
     Link& l = *link;
     (void)bridge::for_each_record(
-        bytes_of(msg.get()), [&](const bridge::Header& h, std::size_t at, std::size_t bytes) {
-          if ((h.flags & bridge::kLossless) == 0 || h.origin == l.origin) return;  // (own: in)
-          if (!origins.contains(h.origin) && origins.size() >= kMaxOrigins)
-            origins.erase(origins.begin());
-          const auto lost = origins[h.origin].realtime(h.sequence);
-          if (!lost) {
-            l.counters->duplicates.fetch_add(1, std::memory_order_relaxed);
-            return;
-          }
-          (void)l.deliver(item_of(msg, h, at, bytes, *lost));
-        });
+        bytes_of(msg.get()), [&](const bridge::Header& h, std::size_t at, std::size_t bytes)
+                                 SLUICE_NO_THREAD_SAFETY_ANALYSIS {  // (called here, under mu)
+                                   if ((h.flags & bridge::kLossless) == 0 || h.origin == l.origin)
+                                     return;  // (own)
+                                   if (!origins.contains(h.origin) && origins.size() >= kMaxOrigins)
+                                     origins.erase(origins.begin());
+                                   const auto lost = origins[h.origin].realtime(h.sequence);
+                                   if (!lost) {
+                                     l.counters->duplicates.fetch_add(1, std::memory_order_relaxed);
+                                     return;
+                                   }
+                                   (void)l.deliver(item_of(msg, h, at, bytes, *lost));
+                                 });
     natsMsg_Ack(msg.get(), nullptr);
   }
+  // (what stream_order calls, under mu, for each batch due)
   auto taker() {
-    return [this](std::shared_ptr<natsMsg>&& m, std::uint64_t skipped) {
-      take(std::move(m), skipped);
-    };
+    return [this](std::shared_ptr<natsMsg>&& m, std::uint64_t skipped)
+               SLUICE_NO_THREAD_SAFETY_ANALYSIS { take(std::move(m), skipped); };
   }
 
   void expire(Clock::duration timeout) {
-    const std::lock_guard lock(mu);
+    const MutexLock lock(mu);
     (void)stream_order.expire(Clock::now(), timeout, taker());
     link->counters->pending.store(stream_order.held(), std::memory_order_relaxed);
   }
@@ -697,7 +728,7 @@ struct NatsBridge::Link::JsReceiver {
     const std::uint64_t seq = meta->Sequence.Stream;
     const std::uint64_t deliveries = meta->NumDelivered;
     jsMsgMetaData_Destroy(meta);
-    const std::lock_guard lock(rx->mu);
+    const MutexLock lock(rx->mu);
     if (rx->stream_order.behind(seq)) {
       if (deliveries > 1) {  // (taken before: its ack was late or lost)
         rx->link->counters->duplicates.fetch_add(1, std::memory_order_relaxed);
@@ -724,7 +755,7 @@ void NatsBridge::Link::run_lossless_in() {
       const std::uint64_t start = si->State.LastSeq + 1;  // (the consumer starts there)
       jsStreamInfo_Destroy(si);
       {
-        const std::lock_guard lock(rx.mu);
+        const MutexLock lock(rx.mu);
         rx.stream_order.start_at(start);
       }
       jsSubOptions so;
@@ -834,9 +865,10 @@ NatsBridge::NatsBridge(RelayCore& core)
     presence_->sub = nullptr;
     delete closure;  // NOLINT(cppcoreguidelines-owning-memory)
   }
-  // Each cluster topic is linked as it is made (topics made before: now).
+  // Each cluster topic is linked as it is made (topics made before: now), by the control thread.
   core_.topics.on_created([this](const std::shared_ptr<Topic>& t) { attach(t); });
   for (const auto& t : core_.topics.all()) attach(t);
+  control_ = std::thread([this] { run_control(); });
 }
 
 NatsBridge::~NatsBridge() {
@@ -844,19 +876,15 @@ NatsBridge::~NatsBridge() {
 }
 
 void NatsBridge::stop() {
-  std::map<std::string, std::unique_ptr<Link>> links;
   {
     const MutexLock lock(mu_);
     if (stopped_) return;
     stopped_ = true;
-    links.swap(links_);
+    attaching_.clear();
   }
-  for (auto& [name, link] : links) {
-    link->stopping = true;
-    link->in_stop = true;
-  }
-  links.clear();  // (joins their threads)
+  wake_.notify_all();
   core_.topics.on_created({});
+  if (control_.joinable()) control_.join();  // (it lets every link go)
   if (presence_->sub != nullptr) {
     (void)natsSubscription_Unsubscribe(presence_->sub);  // (its closure goes in on_complete)
     natsSubscription_Destroy(presence_->sub);
@@ -866,21 +894,56 @@ void NatsBridge::stop() {
 }
 
 void NatsBridge::attach(const std::shared_ptr<Topic>& t) {
-  const MutexLock lock(mu_);
-  if (stopped_ || t->config.scope != TopicScope::cluster) return;
+  if (t->config.scope != TopicScope::cluster) return;
+  {
+    const MutexLock lock(mu_);
+    if (stopped_) return;
+    attaching_.push_back(t);
+  }
+  wake_.notify_all();
+}
+
+// The control thread: links the topics attach() queued, tends the links every 100 ms, announces
+// every second; at the end, lets every link go (each stops its threads).
+void NatsBridge::run_control() {
+  for (;;) {
+    std::vector<std::weak_ptr<Topic>> made;
+    {
+      MutexLock lock(mu_);
+      if (!stopped_ && attaching_.empty()) (void)wake_.wait_for(mu_, 100ms);
+      if (stopped_) break;
+      made.swap(attaching_);
+    }
+    for (const auto& w : made) {
+      if (const auto t = w.lock()) link(t);
+    }
+    const auto now = Clock::now();
+    tend(now);
+    if (now - announced_ >= kAnnounceEvery) {
+      announced_ = now;
+      announce();
+    }
+  }
+  for (auto& [name, l] : links_) {  // (all at once, then each waits for its own threads)
+    l->stopping = true;
+    l->in_stop = true;
+    l->wake_out.notify_all();
+  }
+  links_.clear();
+}
+
+void NatsBridge::link(const std::shared_ptr<Topic>& t) {
   if (auto it = links_.find(t->name); it != links_.end()) {
     if (!it->second->topic.expired()) return;
     links_.erase(it);  // (the topic was removed and is made again)
   }
-  auto link = std::make_unique<Link>(*this, t);
-  link->start_out();
-  links_.emplace(t->name, std::move(link));
+  auto l = std::make_unique<Link>(*this, t);
+  l->start_out();
+  links_.emplace(t->name, std::move(l));
 }
 
-void NatsBridge::poll() {
-  const MutexLock lock(mu_);
-  if (stopped_) return;
-  const auto now = Clock::now();
+// Starts or stops receiving as subscribers here come and go, and lets go of removed topics.
+void NatsBridge::tend(Clock::time_point now) {
   for (auto it = links_.begin(); it != links_.end();) {
     Link& l = *it->second;
     const auto t = l.topic.lock();
@@ -895,10 +958,6 @@ void NatsBridge::poll() {
       l.stop_in();
     }
     ++it;
-  }
-  if (now - announced_ >= kAnnounceEvery) {
-    announced_ = now;
-    announce();
   }
 }
 

@@ -31,21 +31,31 @@
 // topics with their subscriber counts (JSON); each keeps what the others said for 3 s, and shows
 // per topic which relays serve it (stats: bridge.relays; the dashboard).
 //
-// Threads: one per cluster topic that sends (out), one per lossless topic that receives (its
-// reorder-timeout tick); the NATS client's own (one per subscription). poll() (every 100 ms, the
-// relay's main loop) starts and stops them.
+// Threads: the bridge's control thread, which alone connects links to NATS and lets them go
+// (stream creation, consumers, joins, backoff: whatever may wait for NATS waits there, never on
+// the relay's loops or under the topic registry's lock; a new topic is only queued for it); one
+// per cluster topic that sends (out), one per lossless topic that receives (its reorder-timeout
+// tick); the NATS client's own (one per subscription).
 //
-// Thread-safety: poll() and stop() may be called from any thread (serialized inside).
+// Lifetimes: a callback from the NATS client never outlives what it reaches — a real-time
+// receiver and the presence record are freed by the client's completion callback; a lossless
+// receiver's owner waits for its completion; a link waits until no JetStream ack callback can
+// run before it goes (those in flight answered, or taken out of the client's list).
+//
+// Thread-safety: attach() and stop() may be called from any thread (attach() under the topic
+// registry's lock: it only queues).
 #pragma once
 
-#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "relay_core.hpp"
+#include "sluice/detail/cond_var.hpp"
 #include "sluice/detail/thread_annotations.hpp"
 #include "topic.hpp"
 
@@ -56,9 +66,9 @@ class NatsBridge {
   /// Batches a lossless topic may have sent to JetStream and not yet acked.
   static constexpr std::size_t kMaxInFlight = 1;
 
-  /// Starts connecting (nats.urls, nats.credentials_file / nats.token); the relay starts
-  /// whether or not NATS answers yet. Throws std::runtime_error naming the setting if the
-  /// client refuses the options.
+  /// Starts connecting (nats.urls, nats.credentials_file / nats.token) and the control thread;
+  /// the relay starts whether or not NATS answers yet. Throws std::runtime_error naming the
+  /// setting if the client refuses the options.
   explicit NatsBridge(RelayCore& core);
   NatsBridge(const NatsBridge&) = delete;
   NatsBridge& operator=(const NatsBridge&) = delete;
@@ -66,12 +76,11 @@ class NatsBridge {
   NatsBridge& operator=(NatsBridge&&) = delete;
   ~NatsBridge();
 
-  /// Starts sending a cluster topic's items (from the registry, as the topic is made).
+  /// Queues a cluster topic for the control thread, which starts sending its items (from the
+  /// registry, as the topic is made). Never waits for NATS.
   void attach(const std::shared_ptr<Topic>& t);
-  /// Starts or stops receiving as subscribers come and go, and lets go
-  /// of removed topics.
-  void poll();
-  /// Stops every thread and closes the connection (idempotent; then poll() does nothing).
+  /// Stops the control thread and every link's, then closes the connection (idempotent). Waits
+  /// for them: at most what a link takes to let go (a JetStream ack in flight, 1 s).
   void stop();
   /// This relay's name among the others (nats.name, or the random one).
   const std::string& name() const noexcept { return name_; }
@@ -81,16 +90,25 @@ class NatsBridge {
   struct Presence;  // what the other relays said they serve
 
  private:
-  void announce() SLUICE_REQUIRES(mu_);
+  void run_control();
+  void link(const std::shared_ptr<Topic>& t);
+  void tend(std::chrono::steady_clock::time_point now);
+  void announce();
 
   RelayCore& core_;
   const std::string name_;
   std::unique_ptr<Connection> nats_;
   std::shared_ptr<Presence> presence_;  // (shared with its subscription's callback)
+
   Mutex mu_;
+  CondVar wake_;
   bool stopped_ SLUICE_GUARDED_BY(mu_) = false;
-  std::map<std::string, std::unique_ptr<Link>> links_ SLUICE_GUARDED_BY(mu_);
-  std::chrono::steady_clock::time_point announced_ SLUICE_GUARDED_BY(mu_){};
+  std::vector<std::weak_ptr<Topic>> attaching_ SLUICE_GUARDED_BY(mu_);
+
+  // The control thread's alone.
+  std::map<std::string, std::unique_ptr<Link>> links_;
+  std::chrono::steady_clock::time_point announced_{};
+  std::thread control_;  // (started last by the constructor; joined by stop())
 };
 
 }  // namespace sluice::relay

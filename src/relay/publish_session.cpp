@@ -137,15 +137,8 @@ Outcome<PublishSession::Progress> PublishSession::publish() {
   while (!pending_.empty()) {
     const std::uint64_t sequence = pending_.front().sequence;
     const std::uint64_t bytes = pending_.front().payload.size();
-    SendResult r;
-    if (producer_.empty()) {
-      r = topic_->broadcast.try_publish(std::move(pending_.front()));
-    } else {
-      const auto outcome = topic_->producers.publish_once(producer_, sequence, [&] {
-        r = topic_->broadcast.try_publish(std::move(pending_.front()));
-        return r.status == SendStatus::ok;
-      });
-      if (outcome == ProducerMemory::Outcome::duplicate) {  // in already: ack it, once
+    switch (topic_->put(pending_.front(), producer_)) {
+      case Topic::Put::duplicate:  // in already: ack it, once
         core_.metrics
             .counter("sluice_publish_duplicates_total",
                      "Items a producer sent again that the topic already had (acked, not "
@@ -155,20 +148,18 @@ Outcome<PublishSession::Progress> PublishSession::publish() {
         pending_.pop_front();
         ack_ = sequence;
         continue;
-      }
-    }
-    if (r.status == SendStatus::ok) {
-      topic_->published_bytes.fetch_add(bytes, std::memory_order_relaxed);
-      pending_.pop_front();
-      published_ = sequence;
-      ack_ = sequence;
-      ++items_;
-      waiting_ = false;  // the next item that has to wait gets its own deadline
-      continue;
-    }
-    if (r.status != SendStatus::would_block) {
-      return Refusal{RefusalKind::stopping,
-                     "topic '" + topic_->name + "' is closed (the relay is stopping)", ""};
+      case Topic::Put::in:
+        pending_.pop_front();
+        published_ = sequence;
+        ack_ = sequence;
+        ++items_;
+        waiting_ = false;  // the next item that has to wait gets its own deadline
+        continue;
+      case Topic::Put::closed:
+        return Refusal{RefusalKind::stopping,
+                       "topic '" + topic_->name + "' is closed (the relay is stopping)", ""};
+      case Topic::Put::full:
+        break;
     }
     if (auto refusal = blocked(bytes)) return std::move(*refusal);
     return Progress::waiting;

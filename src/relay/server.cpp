@@ -58,7 +58,6 @@ struct RelayServer::Impl {
     for (const auto& st : core.topics.stages()) st->poll();
     const auto now = std::chrono::steady_clock::now();
     core.topics.remove_idle(now);
-    if (bridge) bridge->poll();
     if (tls.enabled() && now >= next_certificate_check) {
       next_certificate_check = now + std::chrono::seconds(1);
       if (tls.files_changed()) {

@@ -68,6 +68,14 @@ struct BridgeCounters {
   std::atomic<std::uint64_t> pending{0};     // sent and not yet acked by JetStream, and held
   std::atomic<bool> receiving{false};        // subscribed to the other relays' items now
 
+  /// An item of `bytes` from another relay went into the topic, `missed` items after the one
+  /// before it from that relay.
+  void received(std::uint64_t bytes, std::uint64_t missed) {
+    received_items.fetch_add(1, std::memory_order_relaxed);
+    received_bytes.fetch_add(bytes, std::memory_order_relaxed);
+    lost.fetch_add(missed, std::memory_order_relaxed);
+  }
+
   /// A relay serving the topic: this one, or one whose bridge said so over NATS lately.
   struct Relay {
     std::string name;               // its nats.name
@@ -145,6 +153,38 @@ struct Topic {
     b.group_items = b.capacity;
     b.group_bytes = c.max_queue_bytes;
     return b;
+  }
+
+  /// How an item went into the topic (put()).
+  enum class Put : std::uint8_t {
+    in,         // published (and counted)
+    duplicate,  // its producer had put it in already: not again
+    full,       // no room (lossless): a subscriber is a budget behind
+    closed,     // the topic is closed (the relay is stopping)
+  };
+  /// Puts `m` into the topic, never waiting: the one way items go in — producers' sessions, a
+  /// stage's results and the bridge's receivers — so that what the topic counts as published is
+  /// counted in one place. With a `producer` id, an item of that producer's whose sequence it
+  /// already put in is a duplicate (ProducerMemory). `m` is moved from only when it is `in`;
+  /// otherwise it is intact for another try. How to wait for room is the caller's (a session:
+  /// its max_wait on the loop; the bridge: put_until, holding JetStream's ack).
+  Put put(RelayMessage& m, const std::string& producer = {}) {
+    const std::uint64_t bytes = m.payload.size();
+    SendResult r;
+    if (producer.empty()) {
+      r = broadcast.try_publish(std::move(m));
+    } else if (producers.publish_once(producer, m.sequence, [&] {
+                 r = broadcast.try_publish(std::move(m));
+                 return r.status == SendStatus::ok;
+               }) == ProducerMemory::Outcome::duplicate) {
+      return Put::duplicate;
+    }
+    return counted(r, bytes);
+  }
+  /// As put() without a producer, waiting for room (lossless) until `deadline`.
+  Put put_until(RelayMessage& m, std::chrono::steady_clock::time_point deadline) {
+    const std::uint64_t bytes = m.payload.size();
+    return counted(broadcast.publish(std::move(m), deadline), bytes);
   }
 
   /// The limit that holds a producer back now: max_queue_items when a subscriber is that many
@@ -241,6 +281,19 @@ struct Topic {
   std::vector<std::pair<std::string, metrics::Labels>> series;
 
  private:
+  Put counted(const SendResult& r, std::uint64_t bytes) {
+    switch (r.status) {
+      case SendStatus::ok:
+        published_bytes.fetch_add(bytes, std::memory_order_relaxed);
+        return Put::in;
+      case SendStatus::would_block:
+      case SendStatus::timeout:
+        return Put::full;
+      default:
+        return Put::closed;
+    }
+  }
+
   mutable Mutex extras_mu_;
   std::vector<SubscriberExtras> extras_ SLUICE_GUARDED_BY(extras_mu_);
   std::optional<Subscription<RelayMessage>> bridge_sub_ SLUICE_GUARDED_BY(extras_mu_);

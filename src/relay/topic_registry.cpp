@@ -93,7 +93,7 @@ Outcome<std::shared_ptr<Stage>> TopicRegistry::make_stage(const std::string& nam
       // (weak: two stages may publish into each other's topics; the map owns topics)
       [weak = std::weak_ptr<Topic>(*results)](RelayMessage&& m) {
         const auto r = weak.lock();
-        return r && r->broadcast.try_publish(std::move(m)).status == SendStatus::ok;
+        return r && r->put(m) == Topic::Put::in;
       },
       metrics_);
 }

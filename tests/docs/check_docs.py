@@ -9,6 +9,8 @@ cannot rot:
   `<!-- compile-with: Channel<int> ch(ChannelConfig{}); -->`; `<!-- compile-at: namespace -->`
   puts the block at namespace scope (a type, an overload).
 - ```python blocks are parsed (top-level await allowed, as in the examples of an asyncio API).
+- docs/relay.md's map of the code ("Where the code is") names every file of src/relay, and
+  every file it links exists.
 
 Usage: check_docs.py SOURCE_DIR GENERATED_INCLUDE_DIR [CXX]
 """
@@ -55,11 +57,23 @@ def blocks(path):
         yield line, lang, kind, arg, body
 
 
+def relay_map_problems(src):
+    """What docs/relay.md's map of src/relay misses, or names that is not there."""
+    with open(os.path.join(src, "docs", "relay.md"), encoding="utf-8") as f:
+        text = f.read()
+    named = set(re.findall(r"\(\.\./src/relay/([\w./-]+)\)", text))
+    actual = {n for n in os.listdir(os.path.join(src, "src", "relay")) if n != "CMakeLists.txt"}
+    return ([f"docs/relay.md: the map of the code does not name src/relay/{n}"
+             for n in sorted(actual - named)] +
+            [f"docs/relay.md: names src/relay/{n}, which does not exist"
+             for n in sorted(named - actual)])
+
+
 def main():
     src, gen = sys.argv[1], sys.argv[2]
     cxx = sys.argv[3] if len(sys.argv) > 3 else "g++"
     files = [os.path.join(src, "README.md")] + sorted(glob.glob(os.path.join(src, "docs", "*.md")))
-    failures = []
+    failures = relay_map_problems(src)
     checked = {"cpp": 0, "python": 0}
     for path in files:
         name = os.path.relpath(path, src)

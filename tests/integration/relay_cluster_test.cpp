@@ -5,6 +5,7 @@
 // SLUICE_CLUSTER_ITEMS sets the lossless run's items (20000 by default).
 #include <gtest/gtest.h>
 #include <nats/nats.h>
+#include <signal.h>
 
 #include <atomic>
 #include <chrono>
@@ -534,6 +535,59 @@ TEST(Cluster, ASubscriberWhoseRelayGoesAwayContinuesOnAnother) {
 
 // Relays joining and leaving a cluster topic under load leave nothing behind: the producing
 // relay's threads and descriptors, and JetStream's consumers, come back to where they were.
+// NATS stalls — the relay's only server stopped (SIGSTOP: connections stay open, nothing is
+// answered) —
+// while sessions open and close on the relay. Meanwhile the bridge has work that waits for NATS:
+// a subscriber leaves a lossless topic the bridge receives (its JetStream consumer is deleted by
+// a request the server never answers), idle cluster topics are removed (each link lets go of a
+// batch that JetStream never acks), and every new session makes a cluster topic the bridge must
+// link. No session waits for any of it: each opens, carries an item and closes in well under
+// the bridge's 5 s wait for JetStream (before the bridge had its own thread, the relay's loop and
+// its topic registry waited for it: a session took 5 s and more).
+TEST(Cluster, AStalledNatsServerHoldsUpNoSession) {
+  NatsCluster nats(3);
+  ASSERT_TRUE(nats.ready());
+  RelayConfig c;
+  c.nats.urls.push_back(nats.url(0));
+  c.nats.discovered_servers = false;
+  c.nats.storage = "memory";
+  c.defaults.scope = TopicScope::cluster;
+  c.defaults.mode = TopicMode::lossless;
+  c.topic_idle_timeout = 300ms;
+  RelayScene relay(c);
+  {
+    client::Subscriber leaver(subscriber(relay, "warm", "leaver"));
+    ASSERT_TRUE(leaver.subscribed());
+    ASSERT_TRUE(wait_receiving(relay, "warm"));
+    ASSERT_EQ(::kill(nats.pid(0), SIGSTOP), 0);
+  }
+  using Clock = std::chrono::steady_clock;
+  Clock::duration slowest{};
+  int sessions = 0;
+  for (const auto until = Clock::now() + 8s; Clock::now() < until; ++sessions) {
+    const auto began = Clock::now();
+    const std::string topic = "fresh-" + std::to_string(sessions);
+    client::Subscriber sub(subscriber(relay, topic, "reader"));
+    ASSERT_TRUE(sub.subscribed());
+    client::PublisherOptions po;
+    po.target = relay.target;
+    po.topic = topic;
+    client::Publisher pub(po);
+    ASSERT_TRUE(pub.publish(Buffer::copy(std::string(64, 's'))).ok());
+    client::SubscriberEvent e;
+    ASSERT_TRUE(sub.next(e));
+    EXPECT_EQ(e.kind, client::SubscriberEvent::Kind::item);
+    ASSERT_TRUE(pub.close().ok());
+    slowest = std::max(slowest, Clock::now() - began);
+    std::this_thread::sleep_for(150ms);
+  }
+  ASSERT_EQ(::kill(nats.pid(0), SIGCONT), 0);
+  EXPECT_GE(sessions, 10);
+  EXPECT_LT(slowest, 2s) << "a session waited "
+                         << std::chrono::duration_cast<std::chrono::milliseconds>(slowest).count()
+                         << " ms while NATS was stalled";
+}
+
 TEST(Cluster, RelaysJoiningAndLeavingLeakNothing) {
   NatsCluster nats(3);
   ASSERT_TRUE(nats.ready());
