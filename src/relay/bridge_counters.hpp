@@ -18,7 +18,7 @@ struct BridgeCounterName {
   std::atomic<std::uint64_t> BridgeCounters::*value;
 };
 
-inline constexpr std::array<BridgeCounterName, 8> kBridgeCounterNames{{
+inline constexpr std::array<BridgeCounterName, 9> kBridgeCounterNames{{
     {"sent_items", "sluice_bridge_sent_items_total",
      "This relay's items sent to NATS (cluster topics)", &BridgeCounters::sent_items},
     {"sent_messages", "sluice_bridge_sent_messages_total",
@@ -38,6 +38,10 @@ inline constexpr std::array<BridgeCounterName, 8> kBridgeCounterNames{{
     {"retries", "sluice_bridge_retries_total",
      "Items JetStream refused (its stream full) or did not ack in time, sent again",
      &BridgeCounters::retries},
+    {"too_big", "sluice_bridge_too_big_total",
+     "This relay's items larger than NATS carries (its servers' max_payload): not sent, "
+     "announced by the other relays as bridge gaps",
+     &BridgeCounters::too_big},
 }};
 
 }  // namespace sluice::relay

@@ -127,6 +127,8 @@ struct NatsBridge::Connection {
   metrics::Counter* reconnects = nullptr;
   metrics::Counter* disconnects = nullptr;
   std::atomic<bool> up{false};
+  // The connected server's max_payload (its INFO), as of the last (re)connect; 0: never yet.
+  std::atomic<std::int64_t> max_payload{0};
 
   Connection() = default;
   Connection(const Connection&) = delete;
@@ -145,8 +147,9 @@ struct NatsBridge::Connection {
       opts = nullptr;
     }
   }
-  static void connected(natsConnection* /*nc*/, void* self) {
+  static void connected(natsConnection* nc, void* self) {
     auto* c = static_cast<Connection*>(self);
+    c->max_payload = natsConnection_GetMaxPayload(nc);
     c->up = true;
     log::event(log::Level::info, "nats_connected", {});
   }
@@ -159,6 +162,7 @@ struct NatsBridge::Connection {
   }
   static void reconnected(natsConnection* nc, void* self) {
     auto* c = static_cast<Connection*>(self);
+    c->max_payload = natsConnection_GetMaxPayload(nc);
     c->up = true;
     c->reconnects->inc();
     std::array<char, 256> url{};
@@ -264,16 +268,22 @@ struct NatsBridge::Link {
   // Lossless: the batch sent to JetStream and not yet acked (one at a time, so that items
   // reach the stream in order), and the items gathered meanwhile for the next one. The ack
   // handler marks it on the client's thread.
+  // An item of this relay's and its number among them (out_seq): numbers are consecutive
+  // but for items lost on the way (lapped, or too big for NATS), which the receivers announce.
+  struct Outgoing {
+    std::uint64_t seq = 0;
+    RelayMessage item;
+  };
   struct Flight {
     std::uint64_t seq = 0;  // its first item's
-    std::vector<RelayMessage> items;
+    std::vector<Outgoing> items;
     enum class State : std::uint8_t { none, pending, acked, failed } state = State::none;
     Clock::time_point sent = Clock::now();
   };
   Mutex flights_mu;
   CondVar wake_out;
   Flight flight SLUICE_GUARDED_BY(flights_mu);
-  std::vector<RelayMessage> gathered;           // (out thread)
+  std::vector<Outgoing> gathered;               // (out thread)
   std::size_t gathered_bytes = 0;               // (out thread)
   std::chrono::milliseconds retry_backoff{20};  // (out thread)
   bool stream_ready = false;                    // (out thread)
@@ -298,7 +308,8 @@ struct NatsBridge::Link {
   std::size_t batch_bytes() const;
   static void on_ack(jsCtx* js, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* self);
   static void forget_pending(jsCtx* ctx);
-  void publish_flight(std::uint64_t seq, const std::vector<RelayMessage>& items);
+  void publish_flight(const std::vector<Outgoing>& items);
+  bool fits(std::uint64_t bytes);
 
   void start_in();
   void stop_in();
@@ -349,9 +360,10 @@ void NatsBridge::Link::run_out() {
     }
     if (r->from_bridge) continue;
     ++out_seq;
+    if (!fits(r->payload.size())) continue;
     if (lossless) {
       gathered_bytes += r->payload.size();
-      gathered.push_back(std::move(*r));
+      gathered.push_back({out_seq, std::move(*r)});
       continue;
     }
     // Real-time: this item and those already waiting behind it go in one message (nothing waits
@@ -366,6 +378,12 @@ void NatsBridge::Link::run_out() {
       if (more.status != RecvStatus::ok) break;  // (empty, or closed: the loop sees it again)
       if (more->from_bridge) continue;
       ++out_seq;
+      if (!fits(more->payload.size())) continue;
+      const auto limit = counters->max_item_bytes.load(std::memory_order_relaxed);
+      if (limit != 0 && scratch.size() + bridge::kHeaderBytes + more->payload.size() >
+                            limit + bridge::kHeaderBytes) {
+        send_realtime();  // (the message would be larger than NATS takes: this one goes first)
+      }
       add_realtime(*more);
     }
     send_realtime();
@@ -443,30 +461,48 @@ bool NatsBridge::Link::ensure_stream() {
              {{"topic", name},
               {"stream", stream},
               {"error", status_text(s)},
-              {"hint", "JetStream must be enabled on the NATS servers (docs/cluster.md)"}});
+              {"hint", s == NATS_TIMEOUT
+                           ? "NATS did not answer (a server away or stalled, or JetStream "
+                             "electing a leader): retrying"
+                           : "JetStream must be enabled on the NATS servers (docs/cluster.md)"}});
+  return false;
+}
+
+// Whether NATS carries an item of `bytes` (the connected server's max_payload, less the
+// header); one it does not is not sent — counted, and announced by the receivers as a gap (its
+// number is skipped). Producers' items over it are refused before they get here
+// (PublishSession::check_size); this catches those in the topic when the limit became known.
+bool NatsBridge::Link::fits(std::uint64_t bytes) {
+  const auto limit = counters->max_item_bytes.load(std::memory_order_relaxed);
+  if (limit == 0 || bytes <= limit) return true;
+  counters->too_big.fetch_add(1, std::memory_order_relaxed);
   return false;
 }
 
 // A batch's bytes: at most a quarter of the stream's (the topic's budget), so that the stream
-// can take one while it holds others; at least one item.
+// can take one while it holds others, and what NATS carries in one message; at least one item.
 std::size_t NatsBridge::Link::batch_bytes() const {
-  return std::min<std::size_t>(kMaxBatchBytes, config.max_queue_bytes / 4);
+  std::size_t most = std::min<std::size_t>(kMaxBatchBytes, config.max_queue_bytes / 4);
+  const auto limit = counters->max_item_bytes.load(std::memory_order_relaxed);
+  if (limit != 0) most = std::min<std::size_t>(most, limit);
+  return most;
 }
 
-void NatsBridge::Link::publish_flight(std::uint64_t seq, const std::vector<RelayMessage>& items) {
+void NatsBridge::Link::publish_flight(const std::vector<Outgoing>& items) {
   std::size_t size = 0;
-  for (const auto& m : items) size += bridge::kHeaderBytes + m.payload.size();
+  for (const auto& o : items) size += bridge::kHeaderBytes + o.item.payload.size();
   std::vector<unsigned char> bytes;
   bytes.reserve(size);
-  for (std::size_t i = 0; i < items.size(); ++i) {
+  for (const auto& o : items) {
     bridge::Header h;
     h.flags = bridge::kLossless;
     h.origin = origin;
-    h.sequence = seq + i;
-    h.item_sequence = items[i].sequence;
-    h.timestamp_ns = items[i].timestamp_ns;
-    append_record(bytes, h, items[i]);
+    h.sequence = o.seq;
+    h.item_sequence = o.item.sequence;
+    h.timestamp_ns = o.item.timestamp_ns;
+    append_record(bytes, h, o.item);
   }
+  const std::uint64_t seq = items.front().seq;
   natsMsg* msg = nullptr;
   if (natsMsg_Create(&msg, subject.c_str(), nullptr, reinterpret_cast<const char*>(bytes.data()),
                      static_cast<int>(bytes.size())) != NATS_OK) {
@@ -523,7 +559,7 @@ bool NatsBridge::Link::settle_flight() {
     counters->sent_items.fetch_add(flight.items.size(), std::memory_order_relaxed);
     counters->sent_messages.fetch_add(1, std::memory_order_relaxed);
     std::uint64_t bytes = 0;
-    for (const auto& m : flight.items) bytes += m.payload.size();
+    for (const auto& o : flight.items) bytes += o.item.payload.size();
     counters->sent_bytes.fetch_add(bytes, std::memory_order_relaxed);
     flight = Flight{};
     retry_backoff = 20ms;
@@ -543,41 +579,50 @@ void NatsBridge::Link::resend_flight() {
   std::this_thread::sleep_for(retry_backoff);
   retry_backoff = std::min<std::chrono::milliseconds>(retry_backoff * 2, 1000ms);
   counters->retries.fetch_add(1, std::memory_order_relaxed);
-  std::uint64_t seq = 0;
-  std::vector<RelayMessage> items;
+  std::vector<Outgoing> items;
   {
     const MutexLock lock(flights_mu);
     flight.state = Flight::State::pending;
     flight.sent = Clock::now();
-    seq = flight.seq;
     items = flight.items;  // (the Buffers' references)
   }
   if (ensure_stream()) {
-    publish_flight(seq, items);
+    publish_flight(items);
   } else {
     const MutexLock lock(flights_mu);
     flight.state = Flight::State::failed;
   }
 }
 
-// The items gathered go out as one batch (none is in flight). Returns true: one is in flight.
+// The items gathered go out as one batch — as many as one NATS message carries, the rest wait for
+// the next (none is in flight). Returns true: one is in flight.
 bool NatsBridge::Link::send_gathered() {
   while (!stream_ready && !stopping) {
     stream_ready = ensure_stream();
     if (!stream_ready) std::this_thread::sleep_for(1s);
   }
-  const std::uint64_t seq = out_seq - gathered.size() + 1;
-  std::vector<RelayMessage> items = gathered;  // (references: one for the flight, one to send)
+  const auto limit = counters->max_item_bytes.load(std::memory_order_relaxed);
+  std::size_t count = 0;
+  std::uint64_t bytes = 0;  // (as NATS counts them: the items and their headers but the first's)
+  for (const auto& o : gathered) {
+    const std::uint64_t more = o.item.payload.size() + (count == 0 ? 0 : bridge::kHeaderBytes);
+    if (count != 0 && limit != 0 && bytes + more > limit) break;
+    bytes += more;
+    ++count;
+  }
+  std::vector<Outgoing> items(std::make_move_iterator(gathered.begin()),
+                              std::make_move_iterator(gathered.begin() + static_cast<long>(count)));
+  gathered.erase(gathered.begin(), gathered.begin() + static_cast<long>(count));
+  gathered_bytes = 0;
+  for (const auto& o : gathered) gathered_bytes += o.item.payload.size();
   {
     const MutexLock lock(flights_mu);
-    flight.seq = seq;
-    flight.items = std::move(gathered);
+    flight.seq = items.front().seq;
+    flight.items = items;  // (references: one for the flight, one to send)
     flight.state = Flight::State::pending;
     flight.sent = Clock::now();
   }
-  gathered.clear();
-  gathered_bytes = 0;
-  publish_flight(seq, items);
+  publish_flight(items);
   return true;
 }
 
@@ -845,6 +890,7 @@ NatsBridge::NatsBridge(RelayCore& core)
   if (!c.token.empty()) check(natsOptions_SetToken(o, c.token.c_str()), "nats.token");
   const natsStatus s = natsConnection_Connect(&nats_->nc, o);
   if (s == NATS_OK) {
+    nats_->max_payload = natsConnection_GetMaxPayload(nats_->nc);
     nats_->up = true;
   } else if (s != NATS_NOT_YET_CONNECTED) {
     check(s, "to connect (nats.urls)");
@@ -895,6 +941,9 @@ void NatsBridge::stop() {
 
 void NatsBridge::attach(const std::shared_ptr<Topic>& t) {
   if (t->config.scope != TopicScope::cluster) return;
+  // (from its first item: its producers' items over it are refused from the start)
+  t->bridge->max_item_bytes.store(carried_.load(std::memory_order_relaxed),
+                                  std::memory_order_relaxed);
   {
     const MutexLock lock(mu_);
     if (stopped_) return;
@@ -932,6 +981,26 @@ void NatsBridge::run_control() {
   links_.clear();
 }
 
+// What NATS carries of one item: the connected server's max_payload less the bridge's header (0:
+// not connected yet). Said in the log when it is less than the relay's frame limit, each time it
+// changes: producers' larger items to cluster topics are refused.
+std::uint64_t NatsBridge::item_limit() {
+  const std::int64_t payload = nats_->max_payload.load();
+  if (payload <= static_cast<std::int64_t>(bridge::kHeaderBytes)) return 0;
+  const std::uint64_t carried = static_cast<std::uint64_t>(payload) - bridge::kHeaderBytes;
+  if (carried != told_limit_ && carried < core_.config.max_frame_bytes) {
+    log::event(log::Level::warn, "nats_max_payload_below_frame_limit",
+               {{"max_payload", payload},
+                {"max_frame_bytes", core_.config.max_frame_bytes},
+                {"hint", "cluster topics refuse items over " + std::to_string(carried) +
+                             " bytes: raise max_payload in nats-server's configuration, or "
+                             "lower limits.max_frame_size_mb (docs/cluster.md)"}});
+  }
+  told_limit_ = carried;
+  carried_.store(carried, std::memory_order_relaxed);
+  return carried;
+}
+
 void NatsBridge::link(const std::shared_ptr<Topic>& t) {
   if (auto it = links_.find(t->name); it != links_.end()) {
     if (!it->second->topic.expired()) return;
@@ -942,10 +1011,13 @@ void NatsBridge::link(const std::shared_ptr<Topic>& t) {
   links_.emplace(t->name, std::move(l));
 }
 
-// Starts or stops receiving as subscribers here come and go, and lets go of removed topics.
+// Starts or stops receiving as subscribers here come and go, lets go of removed topics, and
+// tells each topic what NATS carries of an item.
 void NatsBridge::tend(Clock::time_point now) {
+  const std::uint64_t carried = item_limit();
   for (auto it = links_.begin(); it != links_.end();) {
     Link& l = *it->second;
+    l.counters->max_item_bytes.store(carried, std::memory_order_relaxed);
     const auto t = l.topic.lock();
     if (!t) {  // (removed: its subscription saw the close)
       it = links_.erase(it);

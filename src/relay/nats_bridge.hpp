@@ -46,6 +46,7 @@
 // registry's lock: it only queues).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -93,6 +94,7 @@ class NatsBridge {
   void run_control();
   void link(const std::shared_ptr<Topic>& t);
   void tend(std::chrono::steady_clock::time_point now);
+  std::uint64_t item_limit();
   void announce();
 
   RelayCore& core_;
@@ -104,11 +106,13 @@ class NatsBridge {
   CondVar wake_;
   bool stopped_ SLUICE_GUARDED_BY(mu_) = false;
   std::vector<std::weak_ptr<Topic>> attaching_ SLUICE_GUARDED_BY(mu_);
+  std::atomic<std::uint64_t> carried_{0};  // item_limit()'s last answer, for attach()
 
   // The control thread's alone.
   std::map<std::string, std::unique_ptr<Link>> links_;
   std::chrono::steady_clock::time_point announced_{};
-  std::thread control_;  // (started last by the constructor; joined by stop())
+  std::uint64_t told_limit_ = 0;  // the item limit last said in the log
+  std::thread control_;           // (started last by the constructor; joined by stop())
 };
 
 }  // namespace sluice::relay

@@ -104,11 +104,24 @@ void PublishSession::listen() {
 
 std::optional<Refusal> PublishSession::check_size(std::uint64_t bytes) const {
   const std::uint64_t limit = core_.config.max_frame_bytes;
-  if (bytes <= limit) return std::nullopt;
+  if (bytes > limit) {
+    return Refusal{RefusalKind::frame_too_big,
+                   "item of " + std::to_string(bytes) + " bytes exceeds the frame limit of " +
+                       std::to_string(limit) + " bytes (STREAM_MAX_FRAME_SIZE_MB)",
+                   "STREAM_MAX_FRAME_SIZE_MB"};
+  }
+  // A cluster topic's items cross NATS, whose servers carry messages up to their max_payload.
+  const std::uint64_t carried = topic_ != nullptr && topic_->config.scope == TopicScope::cluster
+                                    ? topic_->bridge->max_item_bytes.load(std::memory_order_relaxed)
+                                    : 0;
+  if (carried == 0 || bytes <= carried) return std::nullopt;
   return Refusal{RefusalKind::frame_too_big,
-                 "item of " + std::to_string(bytes) + " bytes exceeds the frame limit of " +
-                     std::to_string(limit) + " bytes (STREAM_MAX_FRAME_SIZE_MB)",
-                 "STREAM_MAX_FRAME_SIZE_MB"};
+                 "item of " + std::to_string(bytes) + " bytes is larger than NATS carries for " +
+                     "cluster topic '" + topic_->name + "': " + std::to_string(carried) +
+                     " bytes (the NATS servers' max_payload less a 40-byte header). Raise "
+                     "max_payload in nats-server's configuration, or keep items within it "
+                     "(STREAM_MAX_FRAME_SIZE_MB)",
+                 "max_payload"};
 }
 
 std::optional<Refusal> PublishSession::set_producer(std::string id) {

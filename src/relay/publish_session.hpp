@@ -90,7 +90,8 @@ class PublishSession {
   /// The producer's id (before add()): an item whose sequence the topic already has from this
   /// producer is acked and not put in again (see ProducerMemory); bad_request if over 128 bytes.
   std::optional<Refusal> set_producer(std::string id);
-  /// frame_too_big if an item of `bytes` is over the limit (STREAM_MAX_FRAME_SIZE_MB).
+  /// frame_too_big if an item of `bytes` is over the limit (STREAM_MAX_FRAME_SIZE_MB) or, on a
+  /// cluster topic (after open()), over what NATS carries (BridgeCounters::max_item_bytes).
   std::optional<Refusal> check_size(std::uint64_t bytes) const;
   /// An item for the topic: queued behind those waiting, offered to the topic's stage.
   void add(RelayMessage item);

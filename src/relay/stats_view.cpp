@@ -160,6 +160,7 @@ nlohmann::json topic_json(const Topic& t, TopicSummary& sum) {
       bj[c.key] = (b.*c.value).load(std::memory_order_relaxed);
     bj["pending"] = b.pending.load(std::memory_order_relaxed);
     bj["receiving"] = b.receiving.load(std::memory_order_relaxed);
+    bj["max_item_bytes"] = b.max_item_bytes.load(std::memory_order_relaxed);
     auto& relays = bj["relays"] = nlohmann::json::array();
     for (const auto& r : b.relays()) {
       relays.push_back({{"name", r.name}, {"subscribers", r.subscribers}, {"self", r.self}});

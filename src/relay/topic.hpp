@@ -65,8 +65,14 @@ struct BridgeCounters {
   std::atomic<std::uint64_t> lost{0};        // lost between relays: announced as `bridge` gaps
   std::atomic<std::uint64_t> duplicates{0};  // repeats dropped (JetStream redeliveries)
   std::atomic<std::uint64_t> retries{0};     // sends JetStream refused or did not ack, sent again
+  std::atomic<std::uint64_t> too_big{0};     // this relay's items over max_item_bytes: not sent
   std::atomic<std::uint64_t> pending{0};     // sent and not yet acked by JetStream, and held
-  std::atomic<bool> receiving{false};        // subscribed to the other relays' items now
+  /// The largest item NATS carries between relays now: the connected server's max_payload less
+  /// the bridge's header (bridge_codec.hpp); 0 until the bridge has connected. A producer's item
+  /// over it is refused (frame_too_big); one in the topic already is not sent, and the other
+  /// relays announce it as a `bridge` gap.
+  std::atomic<std::uint64_t> max_item_bytes{0};
+  std::atomic<bool> receiving{false};  // subscribed to the other relays' items now
 
   /// An item of `bytes` from another relay went into the topic, `missed` items after the one
   /// before it from that relay.

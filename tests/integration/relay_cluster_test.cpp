@@ -535,6 +535,67 @@ TEST(Cluster, ASubscriberWhoseRelayGoesAwayContinuesOnAnother) {
 
 // Relays joining and leaving a cluster topic under load leave nothing behind: the producing
 // relay's threads and descriptors, and JetStream's consumers, come back to where they were.
+// NATS's servers carry messages up to their max_payload (64 KiB here; NATS's default is 1 MiB). A
+// burst of items of which no two fit in one NATS message crosses whole (each message within the
+// limit), an item larger than NATS carries is refused to its producer with a status naming
+// max_payload — not acked and then stuck behind the bridge — and the topic carries on after it.
+void max_payload_case(TopicMode mode) {
+  constexpr std::size_t kMaxPayload = 64 * 1024;
+  NatsCluster nats(3, kMaxPayload);
+  ASSERT_TRUE(nats.ready());
+  const auto topic = cluster_topic("big", mode);
+  RelayScene a(relay_config(nats, 0, topic));
+  RelayScene b(relay_config(nats, 1, topic));
+  auto so = subscriber(b, "big", "on-b");
+  so.depth = 64;
+  client::Subscriber sb(so);
+  ASSERT_TRUE(sb.subscribed());
+  ASSERT_TRUE(wait_receiving(b, "big"));
+  constexpr std::uint64_t kItems = 40;
+  Seen seen;
+  auto t = reader(sb, seen, kItems - 1);
+  client::PublisherOptions po;
+  po.target = a.target;
+  po.topic = "big";
+  {
+    client::Publisher pub(po);
+    for (std::uint64_t i = 0; i < kItems; ++i)
+      ASSERT_TRUE(pub.publish(Buffer::copy(std::string(30 * 1024, 'i'))).ok());
+    ASSERT_TRUE(pub.close().ok());
+  }
+  join_within(t, sb);
+  EXPECT_EQ(seen.sequences.size(), kItems);
+  EXPECT_EQ(seen.lost_bridge + seen.lost_slow + seen.lost_other, 0U);
+  EXPECT_EQ(bridge_counter(a, "big", "max_item_bytes"), kMaxPayload - 40);
+  {
+    client::Publisher big(po);
+    (void)big.publish(Buffer::copy(std::string(kMaxPayload, 'B')));
+    const auto st = big.close();
+    EXPECT_EQ(st.code, 3) << st.to_string();  // INVALID_ARGUMENT
+    EXPECT_NE(st.message.find("max_payload"), std::string::npos) << st.message;
+  }
+  EXPECT_EQ(a.metric("sluice_refusals_total", "kind=\"frame_too_big\""), 1);
+  {
+    client::Publisher after(po);
+    ASSERT_TRUE(after.publish(Buffer::copy(std::string(100, 'a'))).ok());
+    ASSERT_TRUE(after.close().ok());
+  }
+  client::SubscriberEvent e;
+  ASSERT_TRUE(sb.next(e));
+  EXPECT_EQ(e.kind, client::SubscriberEvent::Kind::item);
+  EXPECT_EQ(e.payload.size(), 100U);
+  EXPECT_EQ(bridge_counter(a, "big", "retries"), 0U) << "a batch NATS refused was sent again";
+  EXPECT_EQ(bridge_counter(a, "big", "too_big"), 0U);
+}
+
+TEST(Cluster, LosslessItemsLargerThanNatsCarriesAreRefusedAndTheRestCross) {
+  max_payload_case(TopicMode::lossless);
+}
+
+TEST(Cluster, RealtimeItemsLargerThanNatsCarriesAreRefusedAndTheRestCross) {
+  max_payload_case(TopicMode::realtime);
+}
+
 // NATS stalls — the relay's only server stopped (SIGSTOP: connections stay open, nothing is
 // answered) —
 // while sessions open and close on the relay. Meanwhile the bridge has work that waits for NATS:
