@@ -70,14 +70,15 @@ test: test-release test-tsan test-asan test-fuzz
 test-release: build
 	cd build && $(CTEST)
 
-# clang's thread-safety analysis over everything the relay is built from: a member annotated
+# clang's thread-safety analysis over src/ (the core, the relay, the clients, media, the CLI): a member annotated
 # SLUICE_GUARDED_BY touched without its lock is an error (include/sluice/detail/thread_annotations.hpp).
 # clang builds the libFuzzer tree with the analysis on, as errors (CMakeLists.txt), so this is
 # that tree's library build, cached by ccache; `make test` gets it from test-fuzz.
+LOCKED_TARGETS = sluice_relay sluice_client sluice_media sluice_cli
 check-locks: deps
 	$(FUZZ_CONFIGURE)
-	cmake --build build-fuzz --target sluice_relay -j $(JOBS)
-	@echo "check-locks: the core and the relay compile with clang -Wthread-safety -Werror"
+	cmake --build build-fuzz --target $(LOCKED_TARGETS) -j $(JOBS)
+	@echo "check-locks: src/ (core, relay, client, media, CLI) compiles with clang -Wthread-safety -Werror"
 
 # ThreadSanitizer covers the core (label "core"): everything with threads and atomics; and the
 # relay's WebSocket sessions (plaintext and TLS), whose viewers run on several event-loop
@@ -109,7 +110,7 @@ FUZZ_CONFIGURE = CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz $(CMAKE_COM
 	  -DSLUICE_BUILD_BENCH=OFF
 fuzz-build: deps
 	$(FUZZ_CONFIGURE)
-	cmake --build build-fuzz --target fuzzers -j $(JOBS)
+	cmake --build build-fuzz --target fuzzers $(LOCKED_TARGETS) -j $(JOBS)
 test-fuzz: fuzz-build
 	scripts/fuzz.sh build-fuzz $(TEST_FUZZ_SECONDS)
 fuzz: fuzz-build

@@ -7,15 +7,16 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <ctime>
 #include <functional>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
+
+#include "sluice/detail/cond_var.hpp"
+#include "sluice/detail/thread_annotations.hpp"
 
 namespace sluice::cli {
 
@@ -69,8 +70,10 @@ class Progress {
   explicit Progress(std::function<std::string()> line) {
     if (::isatty(STDERR_FILENO) == 0) return;
     thread_ = std::thread([this, fn = std::move(line)] {
-      std::unique_lock lock(mu_);
-      while (!cv_.wait_for(lock, std::chrono::seconds(1), [this] { return stop_; })) {
+      const MutexLock lock(mu_);
+      for (auto next = std::chrono::steady_clock::now() + std::chrono::seconds(1); !stop_;) {
+        if (cv_.wait_until(mu_, next)) continue;  // (woken: stopping, or not yet time)
+        next += std::chrono::seconds(1);
         std::fprintf(stderr, "\r\033[K%s", fn().c_str());
         std::fflush(stderr);
       }
@@ -86,7 +89,7 @@ class Progress {
   void stop() {
     if (!thread_.joinable()) return;
     {
-      std::lock_guard lock(mu_);
+      const MutexLock lock(mu_);
       stop_ = true;
     }
     cv_.notify_all();
@@ -94,9 +97,9 @@ class Progress {
   }
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
+  Mutex mu_;
+  CondVar cv_;
+  bool stop_ SLUICE_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
 

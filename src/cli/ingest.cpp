@@ -5,9 +5,9 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdio>
-#include <mutex>
+#include <cstdlib>
+#include <future>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
@@ -37,11 +37,11 @@ nlohmann::json to_json(const media::IngestStats& s) {
 }  // namespace
 
 int run_ingest(const IngestCliOptions& o) {
-  std::mutex mu;
-  std::condition_variable cv;
-  bool interrupted = false;
+  Mutex mu;
+  CondVar cv;
+  bool interrupted = false;  // (under mu)
   SignalWatch watch([&] {
-    const std::lock_guard lock(mu);
+    const MutexLock lock(mu);
     interrupted = true;
     cv.notify_all();
   });
@@ -65,17 +65,34 @@ int run_ingest(const IngestCliOptions& o) {
   IngestReporter report(o.stats_every_s);
   while (true) {
     {
-      std::unique_lock lock(mu);
-      if (cv.wait_for(lock, std::chrono::milliseconds(200),
-                      [&] { return interrupted || ingest->failed().has_value(); }))
-        break;
+      const MutexLock lock(mu);
+      if (!interrupted) (void)cv.wait_for(mu, std::chrono::milliseconds(200));
+      if (interrupted || ingest->failed().has_value()) break;
     }
     const auto s = ingest->stats();
     report.changes(s, {});
     if (s.finished) break;
   }
   ingest->stop();
-  const auto closed = ingest->close();
+  bool stopped_by_signal = false;
+  {
+    const MutexLock lock(mu);
+    stopped_by_signal = interrupted;
+  }
+  // Interrupted, the last acks are waited for 1 s at most (a relay that is unreachable would hold
+  // a SIGTERM up for the publisher's whole retry budget): then the summary says what is not
+  // acknowledged and the process ends at once, exit 0.
+  auto closing = std::async(std::launch::async, [&ingest] { return ingest->close(); });
+  if (stopped_by_signal && closing.wait_for(std::chrono::seconds(1)) != std::future_status::ready) {
+    nlohmann::json summary = to_json(ingest->stats());
+    summary["event"] = "summary";
+    summary["acked"] = ingest->acked();
+    summary["error"] = "interrupted before the relay acknowledged every frame";
+    print_line(stdout, summary);
+    std::fflush(stdout);
+    std::_Exit(0);  // (the publisher's threads still wait for the relay: not joined)
+  }
+  const auto closed = closing.get();
   nlohmann::json summary = to_json(ingest->stats());
   summary["event"] = "summary";
   summary["acked"] = ingest->acked();
@@ -91,6 +108,7 @@ int run_ingest(const IngestCliOptions& o) {
     summary["error"] = end.last_error;
   }
   print_line(stdout, summary);
+  if (stopped_by_signal) return failed ? 1 : 0;  // (stopped as asked; a refusal still counts)
   return failed || !closed.ok() || unread ? 1 : 0;
 }
 
@@ -225,8 +243,11 @@ ServedIngests::ServedIngests(const std::vector<IngestEntryConfig>& entries,
   if (ingests_.empty()) return;
   reporter_ = std::thread([this] {
     std::vector<IngestReporter> reports(ingests_.size(), IngestReporter(60));
-    std::unique_lock lock(mu_);
-    while (!cv_.wait_for(lock, std::chrono::milliseconds(500), [this] { return stopping_; })) {
+    const MutexLock lock(mu_);
+    for (auto next = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+         !stopping_;) {
+      if (cv_.wait_until(mu_, next)) continue;  // (woken: stopping, or not yet time)
+      next += std::chrono::milliseconds(500);
       for (std::size_t n = 0; n < ingests_.size(); ++n) {
         const auto& i = *ingests_[n];
         reports[n].changes(i.stats(),
@@ -242,7 +263,7 @@ ServedIngests::~ServedIngests() {
 
 void ServedIngests::stop() {
   {
-    const std::lock_guard lock(mu_);
+    const MutexLock lock(mu_);
     if (stopping_) return;
     stopping_ = true;
   }

@@ -2,10 +2,8 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
@@ -13,6 +11,8 @@
 
 #include "ingest_publisher.hpp"
 #include "sluice/client/client.hpp"
+#include "sluice/detail/cond_var.hpp"
+#include "sluice/detail/thread_annotations.hpp"
 #include "sluice/media/ingest.hpp"
 #include "sluice/metrics.hpp"
 #include "sluice/relay/config.hpp"
@@ -54,9 +54,9 @@ class ServedIngests {
 
   std::vector<std::unique_ptr<media::IngestPublisher>> ingests_;
   metrics::Registry& registry_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stopping_ = false;  // (under mu_)
+  Mutex mu_;
+  CondVar cv_;
+  bool stopping_ SLUICE_GUARDED_BY(mu_) = false;
   std::thread reporter_;
 };
 

@@ -7,10 +7,8 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <condition_variable>
 #include <deque>
 #include <fstream>
-#include <mutex>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -20,6 +18,8 @@
 #include <vector>
 
 #include "grpc_items.hpp"
+#include "sluice/detail/cond_var.hpp"
+#include "sluice/detail/thread_annotations.hpp"
 #include "sluice/relay/protocol.hpp"  // kPublishedThroughKey, unix_now_ns
 #include "sluice/v1/relay.grpc.pb.h"
 
@@ -182,7 +182,7 @@ struct Publisher::Impl {
   Impl& operator=(Impl&&) = delete;
   ~Impl() {
     {
-      std::lock_guard lock(mu);
+      const MutexLock lock(mu);
       if (!finished) {
         stopping = true;  // no retries from here on
         if (ctx) ctx->TryCancel();
@@ -201,13 +201,14 @@ struct Publisher::Impl {
     auto next_ctx = std::make_unique<grpc::ClientContext>();
     authorize(*next_ctx, options.token);
     next_ctx->AddMetadata(std::string(kProducerKey), producer);
+    grpc::ClientContext* call = next_ctx.get();  // (replaced by this thread only)
     {
-      std::lock_guard lock(mu);
+      const MutexLock lock(mu);
       ctx = std::move(next_ctx);
       call_ended = false;
       if (stopping) ctx->TryCancel();
     }
-    stream = calls.publish(ctx.get());
+    stream = calls.publish(call);
     named_topic = false;
     reader = std::thread([this] { read_events(); });
   }
@@ -221,7 +222,7 @@ struct Publisher::Impl {
         case v1::PublishEvent::kAck: {
           out.kind = PublisherEvent::Kind::ack;
           out.sequence = ev.ack().sequence();
-          std::lock_guard lock(mu);
+          const MutexLock lock(mu);
           prune(out.sequence);
           break;
         }
@@ -230,14 +231,14 @@ struct Publisher::Impl {
           out.queue_bytes = ev.slow_down().queue_bytes();
           out.limit_bytes = ev.slow_down().limit_bytes();
           out.message = ev.slow_down().reason();
-          std::lock_guard lock(mu);
+          const MutexLock lock(mu);
           ++counters.slow_downs;
           break;
         }
         case v1::PublishEvent::kResume: {
           out.kind = PublisherEvent::Kind::resume;
           out.queue_bytes = ev.resume().queue_bytes();
-          std::lock_guard lock(mu);
+          const MutexLock lock(mu);
           ++counters.resumes;
           break;
         }
@@ -246,13 +247,13 @@ struct Publisher::Impl {
       }
       emit(out);
     }
-    std::lock_guard lock(mu);
+    const MutexLock lock(mu);
     call_ended = true;
     cv.notify_all();
   }
 
-  // Items up to `sequence` are in the topic. Caller holds mu.
-  void prune(std::uint64_t sequence) {
+  // Items up to `sequence` are in the topic.
+  void prune(std::uint64_t sequence) SLUICE_REQUIRES(mu) {
     bool progress = false;
     while (!unacked.empty() && unacked.front().sequence <= sequence) {
       unacked_bytes -= unacked.front().payload.size();
@@ -271,12 +272,10 @@ struct Publisher::Impl {
   Status end_call() {
     if (reader.joinable()) reader.join();
     const grpc::Status status = stream->Finish();
+    const MutexLock lock(mu);
     const auto& trailers = ctx->GetServerTrailingMetadata();
-    if (auto it = trailers.find(std::string(kPublishedThroughKey)); it != trailers.end()) {
-      const std::string value(it->second.data(), it->second.size());
-      std::lock_guard lock(mu);
-      prune(std::stoull(value));
-    }
+    if (auto it = trailers.find(std::string(kPublishedThroughKey)); it != trailers.end())
+      prune(std::stoull(std::string(it->second.data(), it->second.size())));
     stream.reset();
     return from_grpc(status);
   }
@@ -301,46 +300,56 @@ struct Publisher::Impl {
   // has is acked, not published twice (the producer id). Anything else ends publishing with
   // that error (false).
   bool retry(const Status& st) {
-    std::unique_lock lock(mu);
+    const auto backoff = backoff_for(st);
+    if (!backoff) return false;
+    PublisherEvent e;
+    e.kind = PublisherEvent::Kind::retrying;
+    e.backoff = *backoff;
+    e.message = st.to_string();
+    emit(e);
+    {
+      const MutexLock lock(mu);
+      const auto until = std::chrono::steady_clock::now() + *backoff;
+      while (!stopping) {
+        if (!cv.wait_until(mu, until)) break;
+      }
+      if (stopping) {
+        fail({static_cast<int>(grpc::StatusCode::CANCELLED), "the publisher was destroyed"});
+        return false;
+      }
+      next_to_send = unacked.empty() ? next_sequence : unacked.front().sequence;
+      counters.resent += next_sequence - next_to_send;
+    }
+    open_call();
+    return true;
+  }
+
+  // How long to wait before the next call after one that ended with `st`; none (and publishing
+  // failed) if no retry is due.
+  std::optional<std::chrono::milliseconds> backoff_for(const Status& st) {
+    const MutexLock lock(mu);
     const bool retryable = st.code == static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED) ||
                            st.code == static_cast<int>(grpc::StatusCode::UNAVAILABLE);
     if (stopping || !retryable || retries_in_a_row >= options.max_retries) {
       fail(st.ok() ? Status{static_cast<int>(grpc::StatusCode::UNAVAILABLE),
                             "the relay ended the Publish call"}
                    : st);
-      return false;
+      return std::nullopt;
     }
     // Never reached at all (nothing listens there, or not the relay's gRPC port): fail fast,
     // as a NATS client does, rather than back off as for a relay that went away.
     if (st.code == static_cast<int>(grpc::StatusCode::UNAVAILABLE) &&
         !reached.load(std::memory_order_relaxed)) {
       fail({st.code, unreachable(options.target, st.message)});
-      return false;
+      return std::nullopt;
     }
     const int shift = std::min(retries_in_a_row, 20);
-    const auto backoff =
-        std::min(options.initial_backoff * (std::int64_t{1} << shift), options.max_backoff);
     ++retries_in_a_row;
     ++counters.retries;
-    lock.unlock();
-    PublisherEvent e;
-    e.kind = PublisherEvent::Kind::retrying;
-    e.backoff = backoff;
-    e.message = st.to_string();
-    emit(e);
-    lock.lock();
-    if (cv.wait_for(lock, backoff, [&] { return stopping; })) {
-      fail({static_cast<int>(grpc::StatusCode::CANCELLED), "the publisher was destroyed"});
-      return false;
-    }
-    next_to_send = unacked.empty() ? next_sequence : unacked.front().sequence;
-    counters.resent += next_sequence - next_to_send;
-    lock.unlock();
-    open_call();
-    return true;
+    return std::min(options.initial_backoff * (std::int64_t{1} << shift), options.max_backoff);
   }
 
-  void fail(const Status& st) {  // caller holds mu
+  void fail(const Status& st) SLUICE_REQUIRES(mu) {
     error = st;
     finished = true;
     cv.notify_all();
@@ -351,9 +360,8 @@ struct Publisher::Impl {
     for (;;) {
       bool half_close = false;
       {
-        std::unique_lock lock(mu);
-        cv.wait(lock,
-                [&] { return next_to_send < next_sequence || closing || call_ended || stopping; });
+        const MutexLock lock(mu);
+        while (next_to_send >= next_sequence && !closing && !call_ended && !stopping) cv.wait(mu);
         if (stopping && !call_ended) ctx->TryCancel();
         const bool ending = call_ended || stopping;  // then straight to ending the call below
         if (!ending && next_to_send < next_sequence) {
@@ -373,7 +381,7 @@ struct Publisher::Impl {
       }
       if (!batch.empty()) {  // (a call that ended meanwhile fails the write)
         if (write(batch)) {
-          std::lock_guard lock(mu);
+          const MutexLock lock(mu);
           next_to_send += batch.size();
           batch.clear();
           continue;
@@ -384,7 +392,7 @@ struct Publisher::Impl {
       // The call is over (or, after WritesDone, ends once the relay has placed everything).
       const Status st = end_call();
       if (half_close && st.ok()) {
-        std::lock_guard lock(mu);
+        const MutexLock lock(mu);
         if (!unacked.empty()) {
           fail({static_cast<int>(grpc::StatusCode::DATA_LOSS),
                 std::to_string(unacked.size()) + " items were not acknowledged"});
@@ -401,10 +409,9 @@ struct Publisher::Impl {
   Status publish(Buffer payload, std::int64_t ts, std::uint32_t flags) {
     if (ts == 0) ts = unix_now_ns();
     const std::uint64_t size = payload.size();
-    std::unique_lock lock(mu);
-    cv.wait(lock, [&] {
-      return finished || unacked.empty() || unacked_bytes + size <= options.window_bytes;
-    });
+    const MutexLock lock(mu);
+    while (!finished && !unacked.empty() && unacked_bytes + size > options.window_bytes)
+      cv.wait(mu);
     if (finished || closing) {
       return error.ok() ? Status{static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION),
                                  "publish() after close()"}
@@ -420,12 +427,12 @@ struct Publisher::Impl {
 
   Status close() {
     {
-      std::lock_guard lock(mu);
+      const MutexLock lock(mu);
       closing = true;
       cv.notify_all();
     }
     if (writer.joinable()) writer.join();
-    std::lock_guard lock(mu);
+    const MutexLock lock(mu);
     return error;
   }
 
@@ -440,21 +447,23 @@ struct Publisher::Impl {
   std::thread writer;
   bool named_topic = false;  // writer: the current call's first item carried the topic
 
-  mutable std::mutex mu;
-  std::condition_variable cv;
-  std::unique_ptr<grpc::ClientContext> ctx;  // replaced under mu (the destructor cancels it)
-  std::deque<Pending> unacked;               // sent or not, not yet acknowledged
-  std::uint64_t unacked_bytes = 0;
-  std::uint64_t next_sequence = 0;   // the next item's number
-  std::uint64_t next_to_send = 0;    // the first item not written on the current call
-  bool call_ended = false;           // the reader saw the end of the current call
-  bool closing = false;              // close() was called
-  bool stopping = false;             // the destructor runs
-  std::atomic<bool> reached{false};  // the relay answered this publisher once (an event)
-  bool finished = false;             // the writer is done: closed, or `error`
-  Status error;
-  int retries_in_a_row = 0;
-  PublisherStats counters;
+  mutable Mutex mu;
+  CondVar cv;
+  // Replaced by the writer thread under mu (the destructor cancels it).
+  std::unique_ptr<grpc::ClientContext> ctx SLUICE_GUARDED_BY(mu);
+  std::deque<Pending> unacked SLUICE_GUARDED_BY(mu);  // sent or not, not yet acknowledged
+  std::uint64_t unacked_bytes SLUICE_GUARDED_BY(mu) = 0;
+  std::uint64_t next_sequence SLUICE_GUARDED_BY(mu) = 0;  // the next item's number
+  // The first item not written on the current call.
+  std::uint64_t next_to_send SLUICE_GUARDED_BY(mu) = 0;
+  bool call_ended SLUICE_GUARDED_BY(mu) = false;  // the reader saw the end of the current call
+  bool closing SLUICE_GUARDED_BY(mu) = false;     // close() was called
+  bool stopping SLUICE_GUARDED_BY(mu) = false;    // the destructor runs
+  std::atomic<bool> reached{false};             // the relay answered this publisher once (an event)
+  bool finished SLUICE_GUARDED_BY(mu) = false;  // the writer is done: closed, or `error`
+  Status error SLUICE_GUARDED_BY(mu);
+  int retries_in_a_row SLUICE_GUARDED_BY(mu) = 0;
+  PublisherStats counters SLUICE_GUARDED_BY(mu);
 };
 
 Publisher::Publisher(PublisherOptions options, std::function<void(const PublisherEvent&)> on_event)
@@ -467,11 +476,11 @@ Status Publisher::close() {
   return impl_->close();
 }
 PublisherStats Publisher::stats() const {
-  std::lock_guard lock(impl_->mu);
+  const MutexLock lock(impl_->mu);
   return impl_->counters;
 }
 std::uint64_t Publisher::unacknowledged() const {
-  std::lock_guard lock(impl_->mu);
+  const MutexLock lock(impl_->mu);
   return impl_->unacked.size();
 }
 
@@ -496,16 +505,17 @@ struct Subscriber::Impl {
     req.set_from_position(position);
     auto next_ctx = std::make_unique<grpc::ClientContext>();
     authorize(*next_ctx, options.token);
+    grpc::ClientContext* call = next_ctx.get();  // (replaced by this thread only)
     {
-      std::lock_guard lock(mu);
+      const MutexLock lock(mu);
       if (cancelled) next_ctx->TryCancel();
       ctx = std::move(next_ctx);
     }
-    reader = relays[relay]->subscribe(ctx.get(), req);
+    reader = relays[relay]->subscribe(call, req);
     ev.items.clear();
     batch_next = 0;
     reader->WaitForInitialMetadata();  // (sent once subscribed; none if the call failed)
-    const auto& md = ctx->GetServerInitialMetadata();
+    const auto& md = call->GetServerInitialMetadata();
     if (md.find(std::string(kEpochKey)) == md.end()) return false;
     const auto value = [&](std::string_view key) {
       const auto it = md.find(std::string(key));
@@ -555,8 +565,7 @@ struct Subscriber::Impl {
                                   " ms): " + failed.error_message()};
         return false;
       }
-      std::unique_lock lock(mu);
-      if (cv.wait_for(lock, backoff, [&] { return cancelled.load(); })) {
+      if (wait_cancelled(backoff)) {
         final_status = from_grpc(failed);
         return false;
       }
@@ -567,9 +576,24 @@ struct Subscriber::Impl {
   const SubscriberOptions options;
   std::vector<std::unique_ptr<const PayloadCalls>> relays;  // target, then fallback_targets
   std::size_t relay = 0;                                    // the one subscribed to
-  std::mutex mu;  // guards ctx against cancel() from other threads
-  std::condition_variable cv;
-  std::unique_ptr<grpc::ClientContext> ctx;
+  // Whether cancel() was called within `timeout`.
+  bool wait_cancelled(std::chrono::milliseconds timeout) {
+    const MutexLock lock(mu);
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    while (!cancelled.load()) {
+      if (!cv.wait_until(mu, until)) break;
+    }
+    return cancelled.load();
+  }
+  void cancel_call() {
+    const MutexLock lock(mu);
+    ctx->TryCancel();
+  }
+
+  Mutex mu;  // ctx against cancel() from other threads
+  CondVar cv;
+  // Replaced by the reading thread under mu (cancel() cancels it from any thread).
+  std::unique_ptr<grpc::ClientContext> ctx SLUICE_GUARDED_BY(mu);
   std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader;
   std::atomic<bool> cancelled{false};
   std::string epoch;            // the topic's run, from the relay
@@ -633,10 +657,7 @@ bool Subscriber::next(SubscriberEvent& event) {
     const bool decoded = wire::decode_subscribe_event(d.received, d.ev);
     d.received.Clear();
     if (!decoded) {  // not a relay (or a broken one): the call ends, as gRPC ends a bad message
-      {
-        std::lock_guard lock(d.mu);
-        d.ctx->TryCancel();
-      }
+      d.cancel_call();
       (void)d.reader->Finish();
       d.final_status = Status{static_cast<int>(grpc::StatusCode::INTERNAL),
                               "a malformed SubscribeEvent from the relay"};
@@ -692,7 +713,7 @@ bool Subscriber::subscribed() const {
 
 void Subscriber::cancel() {
   auto& d = *impl_;
-  std::lock_guard lock(d.mu);
+  const MutexLock lock(d.mu);
   d.cancelled = true;
   if (d.ctx) d.ctx->TryCancel();
   d.cv.notify_all();

@@ -9,11 +9,13 @@
 #include <gst/gst.h>
 
 #include <algorithm>
-#include <condition_variable>
 #include <deque>
-#include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <thread>
+
+#include "sluice/detail/cond_var.hpp"
+#include "sluice/detail/thread_annotations.hpp"
 
 namespace sluice::media {
 
@@ -140,16 +142,16 @@ struct Ingest::State {
   Source source;
   Sink sink;
 
-  std::mutex mu;
-  std::condition_variable cv;
-  std::deque<IngestFrame> queue;                // guarded by mu
-  IngestStats stats;                            // guarded by mu (queued: from queue)
-  bool slowed = false;                          // guarded by mu
-  bool waiting_keyframe = false;                // guarded by mu: encoded, after a drop
-  std::uint64_t slow_parity = 0;                // guarded by mu
-  bool source_done = false;                     // guarded by mu: a file ended (or failed)
-  bool stopping = false;                        // guarded by mu
-  Clock::time_point last_frame = Clock::now();  // guarded by mu
+  Mutex mu;
+  CondVar cv;
+  std::deque<IngestFrame> queue SLUICE_GUARDED_BY(mu);
+  IngestStats stats SLUICE_GUARDED_BY(mu);  // (queued: from queue)
+  bool slowed SLUICE_GUARDED_BY(mu) = false;
+  bool waiting_keyframe SLUICE_GUARDED_BY(mu) = false;  // encoded, after a drop
+  std::uint64_t slow_parity SLUICE_GUARDED_BY(mu) = 0;
+  bool source_done SLUICE_GUARDED_BY(mu) = false;  // a file ended (or failed)
+  bool stopping SLUICE_GUARDED_BY(mu) = false;
+  Clock::time_point last_frame SLUICE_GUARDED_BY(mu) = Clock::now();
 
   std::thread control;
   std::thread handing;
@@ -262,7 +264,7 @@ struct Ingest::State {
     }
     if (next == nullptr) {
       if (name.rfind("video/", 0) == 0 && !have_sink) {
-        const std::lock_guard lock(mu);
+        const MutexLock lock(mu);
         stats.last_error = "encoded output: " + name +
                            " is not passed through (H.264, H.265, VP8, VP9 are); use output "
                            "raw or jpeg";
@@ -318,7 +320,7 @@ struct Ingest::State {
       pipeline = gst_parse_launch(description().c_str(), &err);
     }
     if (err != nullptr) {
-      const std::lock_guard lock(mu);
+      const MutexLock lock(mu);
       stats.last_error = err->message;
       g_error_free(err);
       if (pipeline != nullptr) gst_object_unref(pipeline);
@@ -347,7 +349,7 @@ struct Ingest::State {
       gst_object_unref(appsink);
     }
     {
-      const std::lock_guard lock(mu);
+      const MutexLock lock(mu);
       last_frame = Clock::now();
     }
     if (gst_element_set_state(pipeline, GST_STATE_PLAYING) != GST_STATE_CHANGE_FAILURE) return true;
@@ -363,7 +365,7 @@ struct Ingest::State {
       gst_message_unref(m);
     }
     gst_object_unref(bus);
-    const std::lock_guard lock(mu);
+    const MutexLock lock(mu);
     stats.last_error = why;
     return false;
   }
@@ -373,7 +375,7 @@ struct Ingest::State {
     gst_element_set_state(pipeline, GST_STATE_NULL);
     gst_object_unref(pipeline);
     pipeline = nullptr;
-    const std::lock_guard lock(mu);
+    const MutexLock lock(mu);
     stats.connected = false;
   }
 
@@ -388,7 +390,7 @@ struct Ingest::State {
     while (true) {
       GstMessage* m = gst_bus_timed_pop_filtered(
           bus, 100 * GST_MSECOND, static_cast<GstMessageType>(GST_MESSAGE_ERROR | GST_MESSAGE_EOS));
-      std::unique_lock lock(mu);
+      const MutexLock lock(mu);
       if (stopping) {
         again = false;
         if (m != nullptr) gst_message_unref(m);
@@ -420,19 +422,29 @@ struct Ingest::State {
     return again;
   }
 
+  // Runs the pipeline again after each end of a live source, waiting reconnect_min, doubling up
+  // to reconnect_max while attempts bring no frame; one that did starts the backoff over.
   void run_control() {
     auto backoff = options.reconnect_min;
-    while (run_once()) {
-      std::unique_lock lock(mu);
-      if (stats.handed + queue.size() > 0 && Clock::now() - last_frame < backoff * 2)
-        backoff = options.reconnect_min;  // (it had been producing: start the backoff over)
-      if (cv.wait_for(lock, backoff, [this] { return stopping; })) return;
+    for (std::uint64_t before = frames_so_far(); run_once(); before = frames_so_far()) {
+      const MutexLock lock(mu);
+      if (stats.frames > before) backoff = options.reconnect_min;  // (it had been producing)
+      const auto until = Clock::now() + backoff;
+      while (!stopping) {
+        if (!cv.wait_until(mu, until)) break;
+      }
+      if (stopping) return;
       ++stats.reconnects;
       backoff = std::min(backoff * 2, options.reconnect_max);
     }
-    const std::lock_guard lock(mu);
+    const MutexLock lock(mu);
     source_done = true;
     cv.notify_all();
+  }
+
+  std::uint64_t frames_so_far() {
+    const MutexLock lock(mu);
+    return stats.frames;
   }
 
   // --- frames (streaming thread, then the handing thread)
@@ -449,7 +461,7 @@ struct Ingest::State {
     const bool key = !GST_BUFFER_FLAG_IS_SET(buffer, GST_BUFFER_FLAG_DELTA_UNIT);
     auto mapped = std::make_shared<Mapped>(buffer);
     {
-      const std::lock_guard lock(st->mu);
+      const MutexLock lock(st->mu);
       if (st->stats.caps.empty()) st->stats.caps = caps_text(gst_sample_get_caps(sample));
     }
     gst_sample_unref(sample);
@@ -463,9 +475,9 @@ struct Ingest::State {
   // The loss policy at the source (the header's Loss paragraph).
   void offer(IngestFrame&& f) {
     const bool encoded = options.output == IngestOutput::encoded;
-    std::unique_lock lock(mu);
+    const MutexLock lock(mu);
     if (!source.live()) {  // a file waits for room: its reader is held back, nothing is dropped
-      cv.wait(lock, [this] { return stopping || queue.size() < options.queue_frames; });
+      while (!stopping && queue.size() >= options.queue_frames) cv.wait(mu);
       if (stopping) return;
     }
     ++stats.frames;
@@ -492,14 +504,18 @@ struct Ingest::State {
   }
 
   void run_handing() {
-    std::unique_lock lock(mu);
+    while (auto f = next_to_hand()) sink(std::move(*f));
+  }
+  // The next frame to hand on (waiting for it), or none once stopping.
+  std::optional<IngestFrame> next_to_hand() {
+    const MutexLock lock(mu);
     while (true) {
-      cv.wait(lock, [this] { return stopping || !queue.empty() || source_done; });
-      if (stopping) return;
+      while (!stopping && queue.empty() && !source_done) cv.wait(mu);
+      if (stopping) return std::nullopt;
       if (queue.empty()) {  // (source_done: a file's every frame was handed)
         stats.finished = true;
         cv.notify_all();
-        cv.wait(lock, [this] { return stopping || !queue.empty(); });
+        while (!stopping && queue.empty()) cv.wait(mu);
         continue;
       }
       IngestFrame f = std::move(queue.front());
@@ -507,9 +523,7 @@ struct Ingest::State {
       cv.notify_all();  // (a file's reader waits for room)
       ++stats.handed;
       stats.bytes += f.payload.size();
-      lock.unlock();
-      sink(std::move(f));
-      lock.lock();
+      return f;
     }
   }
 };
@@ -553,7 +567,7 @@ void Ingest::start() {
 void Ingest::stop() {
   State& s = *state_;
   {
-    const std::lock_guard lock(s.mu);
+    const MutexLock lock(s.mu);
     s.stopping = true;
     s.cv.notify_all();
   }
@@ -562,17 +576,22 @@ void Ingest::stop() {
 }
 
 void Ingest::set_slowed(bool slowed) {
-  const std::lock_guard lock(state_->mu);
+  const MutexLock lock(state_->mu);
   state_->slowed = slowed;
 }
 
 bool Ingest::wait_finished(std::chrono::milliseconds timeout) {
-  std::unique_lock lock(state_->mu);
-  return state_->cv.wait_for(lock, timeout, [this] { return state_->stats.finished; });
+  State& s = *state_;
+  const MutexLock lock(s.mu);
+  const auto until = Clock::now() + timeout;
+  while (!s.stats.finished) {
+    if (!s.cv.wait_until(s.mu, until)) break;
+  }
+  return s.stats.finished;
 }
 
 IngestStats Ingest::stats() const {
-  const std::lock_guard lock(state_->mu);
+  const MutexLock lock(state_->mu);
   IngestStats out = state_->stats;
   out.queued = state_->queue.size();
   return out;

@@ -1,8 +1,10 @@
 // A source's frames published to a relay topic: an Ingest whose sink is a client::Publisher —
 // what `sluice ingest` runs, and what `sluice serve` runs for each [[ingest]] entry of its
 // configuration. Delta frames are marked (kItemDelta: after a loss a subscriber resumes at a
-// keyframe); the relay's slow_down thins frames at the source until it says resume; a publish
-// the relay refuses stops the publishing (failed() says why).
+// keyframe); the relay's slow_down thins frames at the source until it says resume; the
+// publisher holds at most queue_frames unacknowledged frames (past that the source drops, as when
+// the sink is slow: what a relay holding the producer back costs here stays queue_frames frames);
+// a publish the relay refuses stops the publishing (failed() says why).
 //
 // Thread-safety: every member from any thread. Blocking: start() returns once the pipeline is
 // built; close() once the publisher's last acks are in (or its call ended).
@@ -11,11 +13,12 @@
 #include <atomic>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 
 #include "sluice/client/client.hpp"
+#include "sluice/detail/cond_var.hpp"
+#include "sluice/detail/thread_annotations.hpp"
 #include "sluice/media/ingest.hpp"
 
 namespace sluice::media {
@@ -47,8 +50,12 @@ class IngestPublisher {
   const IngestOptions options_;
   const client::PublisherOptions publisher_options_;
   std::atomic<bool> failing_{false};
-  mutable std::mutex mu_;
-  std::optional<client::Status> failed_;      // (under mu_)
+  bool room();
+
+  mutable Mutex mu_;
+  CondVar acked_;  // the publisher's acks
+  std::optional<client::Status> failed_ SLUICE_GUARDED_BY(mu_);
+  bool stopping_ SLUICE_GUARDED_BY(mu_) = false;
   std::atomic<Ingest*> ingest_ptr_{nullptr};  // for the publisher's notices
   client::Publisher publisher_;
   std::unique_ptr<Ingest> ingest_;  // after the publisher: its sink publishes

@@ -10,7 +10,6 @@
 #include <gst/webrtc/webrtc.h>
 
 #include <boost/asio/steady_timer.hpp>
-#include <condition_variable>
 #include <deque>
 #include <future>
 #include <limits>
@@ -21,6 +20,7 @@
 #include <utility>
 
 #include "http_router.hpp"
+#include "sluice/detail/cond_var.hpp"
 #include "subscriber_pump.hpp"
 #include "topic.hpp"
 #include "video_codec.hpp"
@@ -85,32 +85,35 @@ class Reaper {
   }
   // Returns once every pipeline retired so far is gone.
   void drain() {
-    std::unique_lock<std::mutex> lock(mu_.native());
-    cv_.wait(lock, [this] { return pending_ == 0; });
+    const MutexLock lock(mu_);
+    while (pending_ != 0) cv_.wait(mu_);
   }
 
  private:
   void run() {
-    std::unique_lock<std::mutex> lock(mu_.native());
-    for (;;) {
-      cv_.wait(lock, [this] { return done_ || !queue_.empty(); });
-      if (queue_.empty()) return;
-      GstElement* p = queue_.front();
-      queue_.pop_front();
-      lock.unlock();
+    while (GstElement* p = next()) {
       gst_element_set_state(p, GST_STATE_NULL);
       gst_object_unref(p);
-      lock.lock();
+      const MutexLock lock(mu_);
       --pending_;
       cv_.notify_all();
     }
   }
+  // The next pipeline to tear down (waiting for one); null once done and none is left.
+  GstElement* next() {
+    const MutexLock lock(mu_);
+    while (!done_ && queue_.empty()) cv_.wait(mu_);
+    if (queue_.empty()) return nullptr;
+    GstElement* p = queue_.front();
+    queue_.pop_front();
+    return p;
+  }
 
   Mutex mu_;
-  std::condition_variable cv_;
-  std::deque<GstElement*> queue_;  // (guarded by mu_; waited on through native())
-  std::size_t pending_ = 0;
-  bool done_ = false;
+  CondVar cv_;
+  std::deque<GstElement*> queue_ SLUICE_GUARDED_BY(mu_);
+  std::size_t pending_ SLUICE_GUARDED_BY(mu_) = 0;
+  bool done_ SLUICE_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
 

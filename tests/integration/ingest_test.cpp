@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "build_paths.hpp"
+#include "ingest_publisher.hpp"
 #include "peers/nats_server.hpp"  // free_port, ChildProcess
 #include "relay_scene.hpp"
 #include "sluice/client/client.hpp"
@@ -308,6 +309,52 @@ TEST(Ingest, ABlockedSinkDropsAtTheSourceAndResumesAtAKeyframe) {
   bool resumed_at_key = false;
   for (std::size_t i = 6; i <= first_after_block; ++i) resumed_at_key |= keys[i];
   EXPECT_TRUE(resumed_at_key);
+}
+
+// A relay that holds the producer back (a lossless topic whose subscriber reads nothing) costs
+// the ingest queue_frames frames, not its publisher's byte window of old frames: the publisher
+// never holds more than queue_frames frames the relay has not acknowledged, and the rest are
+// dropped at the source (slow_down, backpressure, until a keyframe) — every frame accounted for.
+TEST(Ingest, AThrottlingRelayCostsQueueFramesAndTheSourceDrops) {
+  RelayConfig c;
+  auto t = topic("held", TopicMode::lossless);
+  t.max_queue_items = 8;
+  t.max_wait = 60s;  // (held back, not refused, for the whole test)
+  c.topics.push_back(t);
+  RelayScene relay(c);
+  client::SubscriberOptions so;
+  so.target = relay.target;
+  so.topic = "held";
+  so.name = "reads-nothing";
+  client::Subscriber stuck(so);
+  ASSERT_TRUE(stuck.subscribed());
+  IngestOptions o;
+  o.uri = "test://";
+  o.output = IngestOutput::raw;  // (225 KiB frames: the subscriber's transport fills at once)
+  o.width = 320;
+  o.height = 240;
+  o.fps = 30;
+  o.queue_frames = 4;
+  client::PublisherOptions po;
+  po.target = relay.target;
+  po.topic = "held";
+  media::IngestPublisher ingest(o, po);
+  ingest.start();
+  std::uint64_t most_unacked = 0;
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto s = ingest.stats();
+        most_unacked = std::max(most_unacked, s.handed - std::min(s.handed, ingest.acked()));
+        // (two seconds of frames at 30 fps dropped: as slow_down told, or for want of room)
+        return s.dropped_backpressure + s.dropped_slow_down + s.dropped_until_keyframe >= 60;
+      },
+      30s))
+      << "frames " << ingest.stats().frames << ", handed " << ingest.stats().handed << ", acked "
+      << ingest.acked();
+  EXPECT_LE(most_unacked, o.queue_frames + 1);  // (+1: the frame the sink holds, waiting for room)
+  ingest.stop();
+  expect_accounted(ingest.stats());
+  stuck.cancel();
 }
 
 // Told to slow down, a decoded output passes every other frame (the rest counted slow_down);

@@ -15,6 +15,9 @@ wait "$sub1" || fail "sub exit $?"
 grep -q '"acked":300' "$dir/pub1" || fail "pub summary"
 grep -q '"status":"OK"' "$dir/pub1" || fail "pub status"
 grep -q '"event":"received".*"items":300' "$dir/sub1" || fail "sub summary"
+# (the CLI's items carry wall-clock stamps: every one gives a latency)
+grep -q '"latency_items":300' "$dir/sub1" || fail "sub latency from every item"
+grep -q '"other_clock_items":0' "$dir/sub1" || fail "sub: wall-clock stamps taken for another clock"
 
 # Lines from stdin are items; --print writes them back.
 "$sluice" sub --target "$target" --topic lines --count 3 --print >"$dir/sub2" 2>"$dir/sub2.err" &
