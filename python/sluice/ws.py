@@ -9,6 +9,7 @@ import json
 import signal
 import ssl as ssl_module
 import urllib.parse
+import uuid
 from collections import deque
 from typing import Any, AsyncIterator, Awaitable, Callable, Union
 
@@ -83,6 +84,11 @@ def _closed(ws: websockets.WebSocketClientProtocol, last_error: Notice | None = 
     return Closed(code, reason)
 
 
+# Close codes after which a reconnecting Publisher opens a new session: the relay stopping
+# (1001), the connection lost (1006), the relay's own failure (1011), a restart (1012).
+RECONNECT_CODES = frozenset({1001, 1006, 1011, 1012})
+
+
 class Publisher:
     """Publishes frames to a topic over `/v1/ws/publish/{topic}`.
 
@@ -91,10 +97,19 @@ class Publisher:
     topic drains to half its budget) and while the socket's buffer is full. When a frame waited
     `max_wait_ms` the relay ends the session and send() raises MaxWaitExceeded naming that
     setting and the frame. `events()` yields the relay's notices (slow_down, resume, dropped,
-    error) as they come. Not thread-safe: one task sends at a time.
+    error) as they come.
+
+    With `reconnect=True` the relay acknowledges frames (`{"ack": i}`: every frame up to i is in
+    the topic) and the publisher names itself (`producer`, a random id unless given): it keeps
+    the frames not yet acknowledged (at most `window_bytes`; send() waits beyond), and when the
+    connection is lost or the relay restarts it connects again (backoff 0.1 s doubling to 2 s,
+    for up to `reconnect_for` seconds) and sends them again, in order — the relay puts a frame it
+    already has in once. close() then waits until every frame is acknowledged. Not thread-safe:
+    one task sends at a time.
     """
 
-    def __init__(self, ws: websockets.WebSocketClientProtocol, topic: str) -> None:
+    def __init__(self, ws: websockets.WebSocketClientProtocol, topic: str, *,
+                 again: dict[str, Any] | None = None, window_bytes: int = 8 << 20) -> None:
         self.topic = topic
         self._ws = ws
         self._next = 0
@@ -103,30 +118,56 @@ class Publisher:
         self._events: deque[Notice] = deque()
         self._event_ready = asyncio.Event()
         self._last_error: Notice | None = None
+        self._again_with = again  # reconnecting: how to connect again
+        self._window_bytes = window_bytes
+        self._unacked: deque[tuple[int, bytes]] = deque()  # (index, frame) not yet acknowledged
+        self._unacked_bytes = 0
+        self._acked = asyncio.Event()
         self.sent = 0
         self.slow_downs = 0
         self.resumes = 0
+        self.acked = 0
+        self.reconnects = 0
+        self.resent = 0
         self.events_dropped = 0  # notices nobody read in time (beyond MAX_QUEUED_EVENTS)
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
     async def connect(cls, topic: str, url: str = DEFAULT_URL, *, token: str | None = None,
-                      ssl: ssl_module.SSLContext | None = None) -> "Publisher":
-        uri = _endpoint(url, f"/v1/ws/publish/{urllib.parse.quote(topic, safe='')}",
-                        header=FLAGGED_HEADER_BYTES)
-        return cls(await _open(uri, token, ssl), topic)
+                      ssl: ssl_module.SSLContext | None = None, reconnect: bool = False,
+                      producer: str | None = None, reconnect_for: float = 30.0,
+                      window_bytes: int = 8 << 20) -> "Publisher":
+        """Opens a publisher on `topic` at the relay's WebSocket address `url`. Raises Refused
+        (the relay's status and reason) or OSError (nothing listens there)."""
+        path = f"/v1/ws/publish/{urllib.parse.quote(topic, safe='')}"
+        if not reconnect:
+            uri = _endpoint(url, path, header=FLAGGED_HEADER_BYTES)
+            return cls(await _open(uri, token, ssl), topic)
+        uri = _endpoint(url, path, header=FLAGGED_HEADER_BYTES,
+                        producer=producer or uuid.uuid4().hex, acks=1)
+        again = {"uri": uri, "token": token, "ssl": ssl, "for": reconnect_for}
+        return cls(await _open(uri, token, ssl), topic, again=again, window_bytes=window_bytes)
 
     @property
     def slowed(self) -> bool:
         """The relay has told this producer to slow down and not yet to resume."""
         return not self._flowing.is_set()
 
+    @property
+    def unacknowledged(self) -> int:
+        """Frames sent and not yet acknowledged (reconnecting publishers; else 0)."""
+        return len(self._unacked)
+
     async def _read(self) -> None:
         try:
             async for message in self._ws:
                 if not isinstance(message, str):
                     continue
-                notice = Notice.of(json.loads(message))
+                event = json.loads(message)
+                if "ack" in event:
+                    self._prune(int(event["ack"]))
+                    continue
+                notice = Notice.of(event)
                 if notice.kind == "slow_down" and "stage" not in notice.data:
                     self.slow_downs += 1
                     self._flowing.clear()
@@ -144,27 +185,102 @@ class Publisher:
             pass
         finally:
             self._flowing.set()  # (a waiting send() sees the close)
+            self._acked.set()
             self._event_ready.set()
+
+    def _prune(self, through: int) -> None:
+        while self._unacked and self._unacked[0][0] <= through:
+            self._unacked_bytes -= len(self._unacked.popleft()[1])
+            self.acked += 1
+        self._acked.set()
+
+    def _lost(self) -> bool:
+        """The session ended in a way a reconnecting publisher rides out."""
+        return self._again_with is not None and _is_closed(self._ws) and (
+            self._ws.close_code is None or self._ws.close_code in RECONNECT_CODES)
+
+    async def _again(self) -> None:
+        """Connects again and sends every unacknowledged frame again, in order."""
+        assert self._again_with is not None
+        again = self._again_with
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + float(again["for"])
+        delay = 0.1
+        while True:
+            try:
+                ws = await _open(again["uri"], again["token"], again["ssl"])
+            except (OSError, InvalidHandshake, asyncio.TimeoutError) as e:
+                # (a relay restarting may accept and close before its answer: InvalidMessage)
+                if loop.time() + delay > give_up:
+                    raise Closed(1006, f"the relay did not come back within reconnect_for "
+                                       f"({again['for']} s): {e}") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            await self._reader
+            self._ws = ws
+            self.reconnects += 1
+            self._flowing.set()
+            self._reader = asyncio.create_task(self._read())
+            try:
+                for _, frame in list(self._unacked):
+                    await ws.send(frame)
+                    self.resent += 1
+                return
+            except ConnectionClosed:
+                await self._reader
+                if not self._lost():
+                    raise _closed(self._ws, self._last_error) from None
 
     async def send(self, payload: bytes | bytearray | memoryview, *, frame_index: int | None = None,
                    timestamp_ns: int = 0, flags: int = 0) -> int:
         """Sends one frame; returns its index (default: the previous one plus one). A
         timestamp of 0 lets the relay stamp the frame's arrival. `flags`: ``DELTA`` on a
         video's delta frames (a subscriber that lost frames resumes at a keyframe, and a new
-        one starts at the latest keyframe)."""
-        if not self._flowing.is_set():
-            await self._flowing.wait()
-            if _is_closed(self._ws):
-                raise _closed(self._ws, self._last_error)
+        one starts at the latest keyframe). `payload` may be any buffer (bytes, a numpy
+        array's memoryview)."""
         index = self._next if frame_index is None else frame_index
-        try:
-            await self._ws.send(encode_flagged(index, timestamp_ns, flags, payload))
-        except ConnectionClosed:
-            await self._reader
-            raise _closed(self._ws, self._last_error) from None
+        frame = encode_flagged(index, timestamp_ns, flags, payload)
+        if self._again_with is not None:
+            while self._unacked and self._unacked_bytes + len(frame) > self._window_bytes:
+                if self._lost():
+                    await self._again()
+                    continue
+                if _is_closed(self._ws):
+                    raise _closed(self._ws, self._last_error)
+                self._acked.clear()
+                await self._acked.wait()
+            self._unacked.append((index, frame))
+            self._unacked_bytes += len(frame)
+        while True:
+            if not self._flowing.is_set():
+                await self._flowing.wait()
+            try:
+                if _is_closed(self._ws):
+                    raise ConnectionClosed(None, None)
+                await self._ws.send(frame)
+                break
+            except ConnectionClosed:
+                await self._reader
+                if not self._lost():
+                    raise _closed(self._ws, self._last_error) from None
+                await self._again()  # (sends this frame again with the others)
+                break
         self._next = index + 1
         self.sent += 1
         return index
+
+    async def flush(self) -> None:
+        """Reconnecting publishers: waits until every frame sent is acknowledged (connecting
+        again meanwhile if need be). Others: returns at once."""
+        while self._again_with is not None and self._unacked:
+            if self._lost():
+                await self._again()
+                continue
+            if _is_closed(self._ws):
+                raise _closed(self._ws, self._last_error)
+            self._acked.clear()
+            await self._acked.wait()
 
     async def events(self) -> AsyncIterator[Notice]:
         """The relay's notices to this producer, in order, until the session ends."""
@@ -177,9 +293,13 @@ class Publisher:
             await self._event_ready.wait()
 
     async def close(self) -> None:
-        """Ends the session once what was sent has left."""
-        await self._ws.close(1000, "done")
-        await self._reader
+        """Ends the session once what was sent has left (reconnecting: once it is all
+        acknowledged)."""
+        try:
+            await self.flush()
+        finally:
+            await self._ws.close(1000, "done")
+            await self._reader
 
     async def __aenter__(self) -> "Publisher":
         return self

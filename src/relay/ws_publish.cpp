@@ -1,7 +1,9 @@
 // A producer over WebSocket (/v1/ws/publish/{topic}): binary frames decoded into a
 // PublishSession, its events encoded as JSON text. A frame is read, put into the topic, and
 // only then is the next one read: a full lossless topic holds the socket back, and TCP flow
-// control reaches the producer.
+// control reaches the producer. With `?acks=1` the producer is told, as `{"ack": i}`, that
+// every frame up to index i is in the topic (what a reconnecting producer still has to send
+// again; with `?producer=` a frame sent twice goes in once).
 #include <chrono>
 #include <memory>
 #include <string>
@@ -22,8 +24,8 @@ namespace {
 std::optional<std::pair<nlohmann::json, Priority>> encode(const PublishEvent& e) {
   using Kind = PublishEvent::Kind;
   switch (e.kind) {
-    case Kind::ack:
-      return std::nullopt;
+    case Kind::ack:  // (asked for: ?acks=1)
+      return {{{{"ack", e.sequence}}, Priority::control}};
     case Kind::slow_down:
       return {{{{"warning", "slow_down"},
                 {"topic", e.topic},
@@ -54,12 +56,13 @@ class WsPublisher final : public WsSession<WsPublisher> {
  public:
   // Frames are measured as they arrive (on_read_some), not by Beast's limit.
   WsPublisher(RelayCore& core, SessionSlot slot, Connection connection,
-              std::unique_ptr<PublishSession> session, std::size_t header_bytes)
+              std::unique_ptr<PublishSession> session, std::size_t header_bytes, bool acks)
       : WsSession(core, core.loops.main(), std::move(slot), std::move(connection),
                   "ws-publisher/" + session->topic().name,
                   {core.config.max_frame_bytes + header_bytes, std::size_t{64} * 1024,
                    "limits.max_frame_size_mb", false}),
-        session_(std::move(session)) {
+        session_(std::move(session)),
+        acks_(acks) {
     frame_header(header_bytes);
   }
 
@@ -155,7 +158,7 @@ class WsPublisher final : public WsSession<WsPublisher> {
 
   // Queues the session's events for the producer.
   void tell() {
-    while (auto e = session_->next_event(/*acks=*/false)) {
+    while (auto e = session_->next_event(acks_)) {
       if (auto event = encode(*e)) send_event(event->first, event->second);
     }
   }
@@ -163,6 +166,7 @@ class WsPublisher final : public WsSession<WsPublisher> {
   std::unique_ptr<PublishSession> session_;
   FrameBuffer in_{core_.frames};  // the frame being read
   std::uint64_t sequence_ = 0;    // the last frame's
+  const bool acks_;               // ?acks=1: tell the producer what is in
 };
 
 }  // namespace
@@ -176,8 +180,15 @@ std::optional<HttpResponse> ws_publish(RelayCore& core, SessionSlot slot, const 
     if (auto refusal = session->set_producer(std::move(producer)))
       return http_refusal(core, *refusal);
   }
-  auto publisher = std::make_shared<WsPublisher>(core, std::move(slot), std::move(connection),
-                                                 std::move(session), route.frame_header_bytes);
+  const std::string acks = target.param("acks");
+  if (!acks.empty() && acks != "0" && acks != "1") {
+    return http_refusal(core, {RefusalKind::bad_request,
+                               "acks: 1 (tell the producer what is in the topic) or 0, not '" +
+                                   acks.substr(0, 16) + "'"});
+  }
+  auto publisher =
+      std::make_shared<WsPublisher>(core, std::move(slot), std::move(connection),
+                                    std::move(session), route.frame_header_bytes, acks == "1");
   publisher->expire_with(*route.who);
   publisher->launch(std::move(request));
   return std::nullopt;

@@ -554,6 +554,57 @@ async def test_grpc_publisher_resends_exactly_the_unacknowledged_frames_after_a_
     await pub.close()
 
 
+async def test_a_reconnecting_websocket_publisher_resends_exactly_the_unacknowledged_frames(relay_with):
+    http_port = free_port()
+    config = '[[topic]]\nname = "kept"\nmode = "lossless"\n'
+    r = relay_with(config, http_port=http_port)
+    pub = await sluice.Publisher.connect("kept", r.url, reconnect=True, reconnect_for=20)
+    for i in range(10):
+        await pub.send(b"acked %d" % i)
+    await pub.flush()  # 10 in the first relay's topic, acknowledged
+    assert pub.acked == 10 and pub.unacknowledged == 0
+    r.proc.send_signal(signal.SIGSTOP)  # the relay stops answering: what follows is unacked
+    await asyncio.sleep(0.2)
+    for i in range(25):
+        await pub.send(b"pending %d" % i)
+    assert pub.unacknowledged == 25
+    r.proc.kill()
+    r.proc.wait()
+    r2 = relay_with(config, http_port=http_port)
+    await asyncio.wait_for(pub.flush(), 20)
+    assert pub.resent == 25 and pub.reconnects == 1
+    assert r2.topic("kept")["published"] == 25  # exactly the unacknowledged ones
+    await pub.close()
+
+
+async def test_a_reconnecting_websocket_publisher_puts_each_frame_in_once_across_a_lost_connection(relay_with):
+    r = relay_with('[[topic]]\nname = "once"\nmode = "lossless"\n')
+    sub = await sluice.Subscriber.connect("once", r.url)
+    pub = await sluice.Publisher.connect("once", r.url, reconnect=True)
+    for i in range(20):
+        await pub.send(b"%d" % i)
+        if i == 9:
+            pub._ws.transport.abort()  # lost with frames unacknowledged or just in
+    await asyncio.wait_for(pub.flush(), 20)
+    got = [await asyncio.wait_for(sub.__anext__(), 10) for _ in range(20)]
+    assert [m.index for m in got] == list(range(20))  # in order, none twice, none missing
+    assert pub.reconnects == 1
+    assert r.topic("once")["published"] == 20
+    await pub.close()
+    await sub.close()
+
+
+async def test_a_websocket_publisher_without_reconnect_fails_on_a_lost_connection(relay_with):
+    r = relay_with()
+    pub = await sluice.Publisher.connect("plain", r.url)
+    await pub.send(b"one")
+    r.stop()
+    with pytest.raises(sluice.Closed):
+        for _ in range(100):
+            await pub.send(b"more")
+            await asyncio.sleep(0.01)
+
+
 async def test_grpc_publisher_refused_names_the_reason(relay_with):
     r = relay_with('[topics]\nauto_create = false\n')
     with pytest.raises(sluice.Refused) as e:
