@@ -106,19 +106,40 @@ export function subscribe(topic: string, options?: SubscribeOptions): Promise<Su
 export class Publisher extends EventTarget {
   readonly topic: string;
   readonly sent: number;
+  /** Reconnecting publishers: frames the relay acknowledged, sent again, and reconnections. */
+  readonly acked: number;
+  readonly resent: number;
+  readonly reconnects: number;
+  /** Frames sent and not yet acknowledged (reconnecting publishers; else 0). */
+  readonly unacknowledged: number;
   /** The relay has told this producer to slow down, and not yet to resume. */
   readonly slowed: boolean;
   readonly closed: Promise<CloseInfo>;
   send(payload: Payload,
        options?: { index?: number | bigint; timestampNs?: number | bigint; flags?: number }):
     Promise<void>;
+  /** Reconnecting publishers: resolves once every frame sent is acknowledged. */
+  flush(): Promise<void>;
   close(): Promise<CloseInfo>;
 }
 
-export function publish(
-  topic: string,
-  options?: ConnectOptions & { highWaterBytes?: number },
-): Promise<Publisher>;
+export interface PublishOptions extends ConnectOptions {
+  /** Several relays serving a cluster topic, tried in turn (instead of `url`). */
+  urls?: string[];
+  /** Unsent (and, reconnecting, unacknowledged) bytes above which send() waits; 1 MiB. */
+  highWaterBytes?: number;
+  /**
+   * Ride out a lost connection or a relay restart: frames the relay has not acknowledged are
+   * kept and sent again on a new session, each put in once (the publisher names itself).
+   */
+  reconnect?: boolean;
+  /** How long reconnecting may take before send() rejects; 30000. */
+  reconnectForMs?: number;
+  /** The producer's id with `reconnect` (default: a random one). */
+  producer?: string;
+}
+
+export function publish(topic: string, options?: PublishOptions): Promise<Publisher>;
 
 /** One snapshot of /v1/ws/stats (the JSON of /v1/stats, with its period and time). */
 export interface StatsSnapshot {

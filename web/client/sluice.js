@@ -170,6 +170,37 @@ class Inbox {
 // the connection was lost); the others are the relay's refusals (docs/protocol.md), final.
 const RECONNECT_CODES = new Set([1000, 1001, 1006, 1011, 1012, 1014]);
 
+// Opens a session again after `info` ended one: the relay it was on (`url`), then the others of
+// `again.relays` in turn, one round between backoffs (100 ms doubling to 2 s), for up to
+// again.reconnectForMs, unless `closing()`. {ws}: the new socket; or {failure}: why not.
+async function reopen(again, url, info, closing) {
+  const { relays, path, params, token, reconnectForMs } = again;
+  const giveUp = Date.now() + reconnectForMs;
+  let backoff = 100;
+  let at = Math.max(0, relays.findIndex((r) => url.startsWith(endpoint(r, "/"))));
+  let last = info;
+  for (;;) {
+    for (let i = 0; i < relays.length && !closing(); i++) {
+      try {
+        return { ws: await open(endpoint(relays[(at + i) % relays.length], path, params), token) };
+      } catch (e) {
+        last = { code: e.code, reason: e.message };
+      }
+    }
+    if (closing() || Date.now() + backoff > giveUp) {
+      return {
+        failure: {
+          code: last.code,
+          reason: `no relay answered within reconnectForMs (${reconnectForMs} ms): ${last.reason}`,
+        },
+      };
+    }
+    await new Promise((r) => setTimeout(r, backoff));
+    backoff = Math.min(backoff * 2, 2000);
+    at = 0;
+  }
+}
+
 // What a subscription read only through its events keeps for a `for await` loop begun later.
 const INBOX_UNREAD = 64;
 
@@ -227,34 +258,8 @@ export class Subscription extends EventTarget {
     }, { once: true });
   }
 
-  // Tries the relay it was on, then the others in turn, one round between backoffs (100 ms
-  // doubling to 2 s), for up to reconnectForMs. {ws}: the new socket; or {failure}: why not.
   async #reconnect(info) {
-    const { relays, path, params, token, reconnectForMs } = this.#again;
-    const giveUp = Date.now() + reconnectForMs;
-    let backoff = 100;
-    let at = Math.max(0, relays.findIndex((r) => this.url.startsWith(endpoint(r, "/"))));
-    let last = info;
-    for (;;) {
-      for (let i = 0; i < relays.length && !this.#closing; i++) {
-        try {
-          return { ws: await open(endpoint(relays[(at + i) % relays.length], path, params), token) };
-        } catch (e) {
-          last = { code: e.code, reason: e.message };
-        }
-      }
-      if (this.#closing || Date.now() + backoff > giveUp) {
-        return {
-          failure: {
-            code: last.code,
-            reason: `no relay answered within reconnectForMs (${reconnectForMs} ms): ${last.reason}`,
-          },
-        };
-      }
-      await new Promise((r) => setTimeout(r, backoff));
-      backoff = Math.min(backoff * 2, 2000);
-      at = 0;
-    }
+    return reopen(this.#again, this.url, info, () => this.#closing);
   }
 
   #push(m) {
@@ -362,31 +367,60 @@ export async function subscribe(topic, options = {}) {
   throw failure;
 }
 
+// Close codes after which a publisher with `reconnect` opens a new session (the relay stopped or
+// restarted, the connection was lost); the others are final (a refusal, max_wait: 1013).
+const PUBLISH_RECONNECT_CODES = new Set([1001, 1006, 1011, 1012, 1014]);
+
 /**
  * A publisher: `await pub.send(payload)` sends one frame, and waits first while the relay holds
  * the producer back (it stops reading a full lossless topic: the socket's unsent bytes grow
  * past `highWaterBytes`). Events: "slow_down" and "resume" (the topic's, or its stage's),
- * "dropped" (a stage will not process a frame), "error", "close".
+ * "dropped" (a stage will not process a frame), "error", "reconnected", "close".
+ *
+ * With `reconnect` (publish()'s option) the relay acknowledges frames and the publisher names
+ * itself (a producer id): it keeps the frames not yet acknowledged (at most `highWaterBytes`;
+ * send() waits beyond), and when the connection is lost or the relay restarts it opens a new
+ * session (the relays of `urls` in turn, backoff 100 ms doubling to 2 s, for up to
+ * `reconnectForMs`) and sends them again, in order; the relay puts a frame it already has in
+ * once. `flush()` waits until every frame is acknowledged; `close()` flushes first.
  */
 export class Publisher extends EventTarget {
-  constructor(ws, topic, highWaterBytes) {
+  #again;
+  #closing = false;
+  #ended = false;
+  #unacked = []; // {index, frame, sent} not yet acknowledged (reconnecting publishers)
+  #unackedBytes = 0;
+  #waiters = [];
+
+  constructor(ws, topic, highWaterBytes, again = null) {
     super();
     this.topic = topic;
-    this.ws = ws;
     this.next = 0n;
     this.sent = 0;
+    this.acked = 0;
+    this.resent = 0;
+    this.reconnects = 0;
     this.slowed = false;
     this.highWaterBytes = highWaterBytes;
-    this.closed = new Promise((resolve) => {
-      ws.addEventListener("close", (e) => {
-        const info = { code: e.code, reason: e.reason };
-        this.dispatchEvent(new CustomEvent("close", { detail: info }));
-        resolve(info);
-      });
-    });
+    this.#again = again;
+    this.closed = new Promise((resolve) => { this.#attach(ws, resolve); });
+  }
+
+  /** Frames sent and not yet acknowledged (reconnecting publishers; else 0). */
+  get unacknowledged() {
+    return this.#unacked.length;
+  }
+
+  #attach(ws, resolve) {
+    this.ws = ws;
+    this.url = ws.url;
     ws.addEventListener("message", (e) => {
       if (typeof e.data !== "string") return;
       const event = JSON.parse(e.data);
+      if (event.ack !== undefined) {
+        this.#prune(BigInt(event.ack));
+        return;
+      }
       let kind = "event";
       if (event.warning === "slow_down") {
         kind = "slow_down";
@@ -401,44 +435,151 @@ export class Publisher extends EventTarget {
       }
       this.dispatchEvent(new CustomEvent(kind, { detail: event }));
     });
+    ws.addEventListener("close", async (e) => {
+      let info = { code: e.code, reason: e.reason };
+      if (this.#again && !this.#closing && PUBLISH_RECONNECT_CODES.has(e.code)) {
+        const { ws: next, failure } = await reopen(this.#again, this.url, info,
+          () => this.#closing);
+        if (next) {
+          this.reconnects += 1;
+          this.slowed = false;
+          this.#attach(next, resolve);
+          for (const f of this.#unacked) { // (in order: the relay skips what it has)
+            next.send(f.frame);
+            f.sent = true;
+            this.resent += 1;
+          }
+          this.dispatchEvent(new CustomEvent("reconnected", { detail: { url: next.url } }));
+          this.#wake();
+          return;
+        }
+        info = failure;
+      }
+      this.#ended = true;
+      this.#wake();
+      this.dispatchEvent(new CustomEvent("close", { detail: info }));
+      resolve(info);
+    }, { once: true });
+  }
+
+  #prune(through) {
+    while (this.#unacked.length && this.#unacked[0].index <= through) {
+      this.#unackedBytes -= this.#unacked.shift().frame.byteLength;
+      this.acked += 1;
+    }
+    this.#wake();
+  }
+
+  // Resolves at the next acknowledgement, reconnection or end.
+  #changed() {
+    return new Promise((r) => this.#waiters.push(r));
+  }
+
+  #wake() {
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const w of waiters) w();
+  }
+
+  async #failure() {
+    const info = await this.closed;
+    return new SluiceError(`the relay closed the publisher: ${info.code} ${info.reason}`, info);
   }
 
   /**
    * Sends one frame. `index` defaults to the previous one plus one; `timestampNs` to 0 (the
    * relay stamps its arrival); `flags` to 0 (ITEM_DELTA on a video's delta frames, so that a
    * subscriber that lost frames resumes at a keyframe). Resolves once the frame is handed to
-   * the socket; rejects if the session has ended.
+   * the socket; rejects if the session has ended (and, reconnecting, did not come back).
    */
   async send(payload, { index, timestampNs = 0, flags = 0 } = {}) {
-    while (this.ws.readyState === OPEN && this.ws.bufferedAmount > this.highWaterBytes) {
-      await new Promise((r) => setTimeout(r, 5));
-    }
-    if (this.ws.readyState !== OPEN) {
-      const info = await this.closed;
-      throw new SluiceError(`the relay closed the publisher: ${info.code} ${info.reason}`, info);
-    }
     const i = index === undefined ? this.next : BigInt(index);
-    this.ws.send(encodeFrame(i, timestampNs, payload, { flags, headerBytes: FLAGGED_FRAME_HEADER_BYTES }));
+    const frame = encodeFrame(i, timestampNs, payload,
+      { flags, headerBytes: FLAGGED_FRAME_HEADER_BYTES });
+    let entry = null;
+    if (this.#again) {
+      while (this.#unacked.length && this.#unackedBytes + frame.byteLength > this.highWaterBytes) {
+        if (this.#ended) throw await this.#failure();
+        await this.#changed();
+      }
+      entry = { index: i, frame, sent: false };
+      this.#unacked.push(entry);
+      this.#unackedBytes += frame.byteLength;
+    }
+    for (;;) {
+      while (this.ws.readyState === OPEN && this.ws.bufferedAmount > this.highWaterBytes) {
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      if (entry?.sent) break; // (sent again with the others after a reconnection)
+      if (this.ws.readyState === OPEN) {
+        this.ws.send(frame);
+        if (entry) entry.sent = true;
+        break;
+      }
+      if (!this.#again || this.#ended) throw await this.#failure();
+      await this.#changed(); // (closing: reconnected, or ended)
+    }
     this.next = i + 1n;
     this.sent += 1;
   }
 
-  /** Ends the session once what was sent has left. */
-  close() {
-    this.ws.close(1000, "done");
+  /** Reconnecting publishers: resolves once every frame sent is acknowledged. */
+  async flush() {
+    while (this.#unacked.length) {
+      if (this.#ended) throw await this.#failure();
+      await this.#changed();
+    }
+  }
+
+  /** Ends the session once what was sent has left (reconnecting: once it is acknowledged). */
+  async close() {
+    try {
+      await this.flush();
+    } finally {
+      this.#closing = true;
+      this.ws.close(1000, "done");
+    }
     return this.closed;
   }
 }
 
 /**
- * Opens a publisher on `topic`. Options: `url`, `token`, `highWaterBytes` (unsent bytes above
- * which send() waits; default 1 MiB).
+ * Opens a publisher on `topic`. Options: `url` (or `urls`: several relays serving a cluster
+ * topic, tried in turn), `token`, `highWaterBytes` (unsent — and, reconnecting, unacknowledged —
+ * bytes above which send() waits; default 1 MiB), `reconnect` (ride out a lost connection or a
+ * relay restart: see Publisher), `reconnectForMs` (default 30 s), `producer` (its id, with
+ * `reconnect`; default a random one).
  */
 export async function publish(topic, options = {}) {
-  const { url, token, highWaterBytes = 1 << 20 } = options;
-  const ws = await open(endpoint(url, `/v1/ws/publish/${encodeURIComponent(topic)}`,
-    { header: FLAGGED_FRAME_HEADER_BYTES }), token);
-  return new Publisher(ws, topic, highWaterBytes);
+  const {
+    url, urls, token, highWaterBytes = 1 << 20, reconnect = false, reconnectForMs = 30000,
+    producer,
+  } = options;
+  const relays = urls && urls.length ? urls : [url];
+  const path = `/v1/ws/publish/${encodeURIComponent(topic)}`;
+  const params = { header: FLAGGED_FRAME_HEADER_BYTES };
+  if (reconnect) {
+    params.producer = producer ?? randomId();
+    params.acks = 1;
+  }
+  let failure;
+  for (const relay of relays) {
+    try {
+      const ws = await open(endpoint(relay, path, params), token);
+      const again = reconnect ? { relays, path, params, token, reconnectForMs } : null;
+      return new Publisher(ws, topic, highWaterBytes, again);
+    } catch (e) {
+      failure = e;
+    }
+  }
+  throw failure;
+}
+
+// 32 random hex digits (a producer's id).
+function randomId() {
+  const bytes = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /**

@@ -30,7 +30,7 @@ export async function relay(sluice, { env = {}, args = [], config = null, httpPo
     http: `http://${listening.http}`,
     dashboard: listening.dashboard,
     async stop() {
-      if (child.exitCode !== null) return;
+      if (child.exitCode !== null || child.signalCode !== null) return;
       child.kill("SIGTERM");
       await once(child, "exit");
     },
