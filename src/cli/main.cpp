@@ -18,6 +18,8 @@
 #include "sluice/relay/server.hpp"
 #include "worker.hpp"
 
+extern const char* const kSluiceVersion;  // "0.x.y (git <revision>)": version.cpp, generated
+
 namespace {
 
 // TLS to the relay (docs/security.md).
@@ -99,9 +101,12 @@ struct ConfigCommand {
                                   : config->host;
     std::printf(
         "{\"event\":\"listening\",\"grpc\":\"%s:%u\",\"http\":\"%s:%u\","
-        "\"dashboard\":\"%s://%s:%u/\"}\n",
+        "\"dashboard\":\"%s://%s:%u/\",\"tls\":%s,\"version\":\"%s\"}\n",
         config->host.c_str(), server.grpc_port(), config->host.c_str(), server.http_port(),
-        tls ? "https" : "http", shown.c_str(), server.http_port());
+        tls ? "https" : "http", shown.c_str(), server.http_port(), tls ? "true" : "false",
+        kSluiceVersion);
+    server.metrics().gauge_fn("sluice_build_info", "1, labelled with the relay's version",
+                              {{"version", kSluiceVersion}}, [] { return 1.0; });
     std::fflush(stdout);
     // Under systemd (Type=notify): ready once both ports listen. Nothing without NOTIFY_SOCKET.
     sd_notifyf(0, "READY=1\nSTATUS=gRPC on %s:%u, HTTP on %s:%u", config->host.c_str(),
@@ -163,8 +168,6 @@ struct ConfigCommand {
 };
 
 }  // namespace
-
-extern const char* const kSluiceVersion;  // "0.x.y (git <revision>)": version.cpp, generated
 
 int main(int argc, char** argv) {
   CLI::App app{"sluice: real-time streams that stay healthy under overload"};
@@ -331,6 +334,20 @@ int main(int argc, char** argv) {
   add_tls_options(*ingest_cmd, ingest.publisher.tls);
 
   // Exit codes: 0, 1 (a runtime failure), 2 (usage or configuration).
+  if (argc > 1 && argv[1][0] != '-') {  // (CLI11 would say only "A subcommand is required")
+    const std::string asked = argv[1];
+    std::string known;
+    bool found = false;
+    for (const CLI::App* command : app.get_subcommands([](const CLI::App*) { return true; })) {
+      found = found || command->check_name(asked);
+      known += (known.empty() ? "" : ", ") + command->get_name();
+    }
+    if (!found) {
+      std::fprintf(stderr, "sluice: unknown command '%s'; the commands are %s (sluice --help)\n",
+                   asked.substr(0, 64).c_str(), known.c_str());
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

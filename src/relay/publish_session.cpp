@@ -55,7 +55,8 @@ PublishSession::~PublishSession() {
          {"principal", who_->name()},
          {"seconds",
           std::chrono::duration<double>(std::chrono::steady_clock::now() - opened_at_).count()},
-         {"items", items_}});
+         {"items", items_},
+         {"throttles", throttles_}});
   }
 }
 
@@ -64,12 +65,16 @@ void PublishSession::set_slowed(bool on) {
   slowed_ = on;
   if (!topic_) return;
   if (on) {
+    ++throttles_;
     topic_->throttled_publishers.fetch_add(1, std::memory_order_relaxed);
     topic_->throttled_total.fetch_add(1, std::memory_order_relaxed);
   } else {
     topic_->throttled_publishers.fetch_sub(1, std::memory_order_relaxed);
   }
-  log::event(log::Level::info, on ? "throttle_started" : "throttle_ended",
+  // (the session's first throttle at info; the next ones at debug: counted in session_closed)
+  const auto level = throttles_ <= 1 ? log::Level::info : log::Level::debug;
+  if (!log::enabled(level)) return;
+  log::event(level, on ? "throttle_started" : "throttle_ended",
              {{"topic", topic_->name},
               {"principal", who_->name()},
               {"queue_bytes", topic_->broadcast.queue_bytes()},

@@ -128,6 +128,9 @@ class PublishSession {
   // A hook waits for the topic to drain to half (set here, cleared by the hook on any thread).
   std::shared_ptr<std::atomic<bool>> resume_armed_ = std::make_shared<std::atomic<bool>>(false);
   std::uint64_t items_ = 0;  // put into the topic (for its log line)
+  // Times the topic held this producer back: the first is logged at info, the rest at debug
+  // (a producer throttled again and again would drown the log), all counted in session_closed.
+  std::uint64_t throttles_ = 0;
   std::chrono::steady_clock::time_point opened_at_;
   bool slowed_ = false;       // the topic is holding this producer back
   bool told_slowed_ = false;  // what the last flow event said

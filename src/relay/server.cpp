@@ -27,6 +27,7 @@
 #include "http_router.hpp"
 #include "http_server.hpp"
 #include "nats_bridge.hpp"
+#include "process_metrics.hpp"
 #include "relay_core.hpp"
 #include "request_decode.hpp"
 #include "stats_view.hpp"
@@ -299,6 +300,7 @@ void RelayServer::start() {
   impl_->http =
       std::make_unique<relay::HttpServer>(impl->core.loops.main().context(), std::move(http));
   if (config.nats.enabled()) impl_->bridge = std::make_unique<relay::NatsBridge>(impl_->core);
+  relay::add_process_metrics(impl_->core.metrics);
   impl_->core.loops.main().post([impl] { impl->poll_stages(); });
 }
 

@@ -39,6 +39,11 @@ fi
 grep -q 'INVALID_ARGUMENT' "$dir/sub3" || fail "bad subscription status"
 if grep -q '"event":"subscribed"' "$dir/sub3"; then fail "claimed subscribed"; fi
 
+# An unknown command is named, with the ones there are (exit 2).
+"$sluice" frob >"$dir/frob" 2>&1
+[ $? -eq 2 ] || fail "unknown command not exit 2"
+grep -q "unknown command 'frob'; the commands are .*serve, pub, sub" "$dir/frob" || fail "unknown command message"
+
 # Usage errors exit 2; --version names the build.
 "$sluice" pub --no-such-flag >/dev/null 2>&1 && fail "usage error exit 0"
 "$sluice" pub --no-such-flag >/dev/null 2>&1; [ $? -eq 2 ] || fail "usage error not exit 2"

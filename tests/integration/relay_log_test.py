@@ -6,7 +6,8 @@
 - --log-level warn keeps the refusals and drops the session lines;
 - --log-format logfmt writes the same events as key=value;
 - a stage worker that fails its frames turns unhealthy: a worker_health line;
-- a flood of refusals writes at most kLogBurst (20) lines per window, the rest counted.
+- a flood of refusals writes at most kLogBurst (20) lines per window, the rest counted;
+- the listening line names the version and TLS; /metrics has process_* and sluice_build_info.
 
 Usage: relay_log_test.py SLUICE_BINARY
 """
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import grpc
 
@@ -55,6 +57,26 @@ def main():
     assert cli(sluice, "pub", "--server", target, "--topic", "cam", "--count", "3").returncode == 0
     assert sub.wait(timeout=10) == 0
     assert cli(sluice, "pub", "--server", target, "--topic", "bad topic", "--count", "1").returncode == 1
+    # The listening line says the version and whether TLS is on; /metrics has the process's
+    # series, as every Prometheus exporter names them, and the build.
+    listening = json.loads(relay_listening[-1])
+    assert listening["tls"] is False and listening["version"], listening
+    with urllib.request.urlopen(f"http://{listening['http']}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    for series in ("process_resident_memory_bytes", "process_virtual_memory_bytes",
+                   "process_open_fds", "process_max_fds", "process_start_time_seconds",
+                   "process_cpu_seconds_total"):
+        assert values.get(series, 0) > 0, (series, values.get(series))
+    assert values["process_open_fds"] <= values["process_max_fds"]
+    assert abs(values["process_start_time_seconds"] - time.time()) < 600
+    assert "# TYPE process_cpu_seconds_total counter" in text
+    assert values.get('sluice_build_info{version="%s"}' % listening["version"]) == 1, \
+        [k for k in values if k.startswith("sluice_build")]
     time.sleep(0.3)
     stop(relay)
     events = [json.loads(l) for l in lines]
