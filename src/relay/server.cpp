@@ -299,6 +299,9 @@ void RelayServer::start() {
       "docs/operations.md";
   impl_->http =
       std::make_unique<relay::HttpServer>(impl->core.loops.main().context(), std::move(http));
+  // Declared topics exist from the start: in the stats, the dashboard and (cluster topics) the
+  // other relays' lists at once, not only once something uses them.
+  for (const auto& t : config.topics) (void)impl_->core.topics.find(t.name);
   if (config.nats.enabled()) impl_->bridge = std::make_unique<relay::NatsBridge>(impl_->core);
   relay::add_process_metrics(impl_->core.metrics);
   impl_->core.loops.main().post([impl] { impl->poll_stages(); });

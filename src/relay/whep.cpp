@@ -9,6 +9,7 @@
 #define GST_USE_UNSTABLE_API
 #include <gst/webrtc/webrtc.h>
 
+#include <algorithm>
 #include <boost/asio/steady_timer.hpp>
 #include <deque>
 #include <future>
@@ -55,6 +56,12 @@ const std::optional<std::string>& gst_missing() {
     return std::nullopt;
   }();
   return missing;
+}
+
+// Whether `name` is a topic of the relay now (without making it).
+bool topic_exists(const RelayCore& core, const std::string& name) {
+  const auto all = core.topics.all();
+  return std::any_of(all.begin(), all.end(), [&](const auto& t) { return t->name == name; });
 }
 
 // Tears pipelines down off the event loops: setting webrtcbin to NULL joins its threads (ICE,
@@ -863,6 +870,17 @@ void WhepService::handle(HttpServer::Request& request, const HttpPeer& peer,
   SdpMessage offer = parse_sdp(request.body());
   if (!offer || gst_sdp_message_medias_len(offer.get()) == 0) {
     refused({RefusalKind::bad_request, "the request's body is not an SDP offer with media"});
+    return;
+  }
+  // A topic that does not exist is 404 at once, to a principal that may watch it (to another,
+  // the join's permission refusal: the answer says nothing of what exists): waiting
+  // whep.answer_timeout_ms for a keyframe of a topic nobody publishes helps no one, and would
+  // make the topic.
+  if ((*who)->may(Action::subscribe, path->topic) && !topic_exists(core, path->topic)) {
+    refused({RefusalKind::not_found,
+             "no topic '" + path->topic +
+                 "': a viewer watches a topic that a producer publishes to (or one declared in "
+                 "the configuration); start the camera first"});
     return;
   }
   {

@@ -75,7 +75,8 @@ RelayConfig whep_relay() {
   return c;
 }
 
-// Publishes `payload` (a keyframe: no flags) to `topic` every 20 ms while it lives.
+// Publishes `payload` (a keyframe: no flags) to `topic` every 20 ms while it lives; constructed
+// once the relay has the first (the topic exists: a viewer of a topic that does not is 404).
 class Feeder {
  public:
   Feeder(const RelayScene& relay, const std::string& topic, std::string payload)
@@ -87,8 +88,11 @@ class Feeder {
           while (!stop_.load()) {
             (void)pub.publish(Buffer::copy(payload), 0, 0);
             std::this_thread::sleep_for(20ms);
+            if (pub.stats().acked > 0) in_.store(true);
           }
-        }) {}
+        }) {
+    for (int i = 0; i < 500 && !in_.load(); ++i) std::this_thread::sleep_for(10ms);
+  }
   Feeder(const Feeder&) = delete;
   Feeder& operator=(const Feeder&) = delete;
   Feeder(Feeder&&) = delete;
@@ -100,6 +104,7 @@ class Feeder {
 
  private:
   std::atomic<bool> stop_{false};
+  std::atomic<bool> in_{false};  // the relay acknowledged an item: the topic exists
   std::thread thread_;
 };
 
@@ -191,6 +196,9 @@ TEST(Whep, ATopicWithoutVideoOrWithAnotherCodecIsRefusedByStatusAndCounted) {
 TEST(Whep, NoKeyframeWithinTheAnswerTimeoutIs504NamingTheSetting) {
   RelayConfig c = whep_relay();
   c.whep.answer_timeout = 300ms;
+  TopicConfig quiet;  // (declared: it exists, and nothing is published to it)
+  quiet.name = "quiet";
+  c.topics.push_back(quiet);
   RelayScene relay(c);
   const auto a = http_request(relay.http_port(), http::verb::post, "/v1/whep/quiet", offer(),
                               "application/sdp");
@@ -199,6 +207,20 @@ TEST(Whep, NoKeyframeWithinTheAnswerTimeoutIs504NamingTheSetting) {
   EXPECT_EQ(relay.metric("sluice_whep_viewers"), 0);
   EXPECT_EQ(relay.metric("sluice_whep_viewers_ended_total", "reason=\"answer_timeout\""), 1);
   EXPECT_EQ(relay.metric("sluice_refusals_total", "kind=\"answer_timeout\""), 1);
+}
+
+// A topic that does not exist is 404 at once (not a 504 after the answer timeout), counted, and
+// not made by the asking.
+TEST(Whep, ATopicThatDoesNotExistIs404AtOnceAndIsNotMade) {
+  RelayConfig c = whep_relay();
+  c.whep.answer_timeout = 60s;
+  RelayScene relay(c);
+  const auto a = http_request(relay.http_port(), http::verb::post, "/v1/whep/nobody", offer(),
+                              "application/sdp");
+  EXPECT_EQ(a.status, 404u) << a.body;
+  EXPECT_NE(a.body.find("no topic 'nobody'"), std::string::npos) << a.body;
+  EXPECT_EQ(relay.metric("sluice_refusals_total", "kind=\"not_found\""), 1);
+  EXPECT_EQ(relay.stats_json().find("\"nobody\""), std::string::npos) << relay.stats_json();
 }
 
 TEST(Whep, ViewersOverTheLimitAreRefusedNamingIt) {

@@ -29,13 +29,25 @@ let last = null;  // the previous inbound-rtp report, for frames/s
 
 async function start() {
   setState("connecting", "connecting…");
-  try {
-    viewer = await watchVideo(topic, { token: tokenInput.value || undefined, name });
-  } catch (e) {
-    setState("refused", "refused");
-    showError(e.message);
-    return;
+  for (;;) {
+    try {
+      viewer = await watchVideo(topic, { token: tokenInput.value || undefined, name });
+      break;
+    } catch (e) {
+      // A topic nobody publishes to yet (404), or one whose camera sends no keyframe yet (504):
+      // the page waits for it, as a player waits for a stream, asking again every second.
+      if (e.code === 404 || e.code === 504) {
+        setState("waiting", "waiting for the topic to be published…");
+        $("error").hidden = true;
+        await new Promise((r) => setTimeout(r, 1000));
+        continue;
+      }
+      setState("refused", "refused");
+      showError(e.message);
+      return;
+    }
   }
+  $("error").hidden = true;
   $("video").srcObject = viewer.stream;
   window.sluiceViewer = viewer;  // (for the browser tests and the console)
   viewer.pc.addEventListener("connectionstatechange", () => {
