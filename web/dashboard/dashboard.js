@@ -18,6 +18,26 @@ let selected = null;        // the topic shown in detail
 let charts = null;          // that topic's uPlot charts
 let watcher = null;
 
+// The history outlives a reload of the page (this tab only, the last HISTORY_SECONDS): kept in
+// sessionStorage every few seconds, taken back at load if the relay is the same one.
+const KEPT = "sluice.dashboard.history";
+function keepHistory(snapshot) {
+  try {
+    sessionStorage.setItem(KEPT, JSON.stringify({ time_ms: snapshot.time_ms, origin: location.origin,
+      topics: [...history.entries()] }));
+  } catch { /* (storage full or off: the history is this page's only) */ }
+}
+function restoreHistory() {
+  try {
+    const kept = JSON.parse(sessionStorage.getItem(KEPT) || "null");
+    if (!kept || kept.origin !== location.origin) return;
+    if (Date.now() - kept.time_ms > HISTORY_SECONDS * 1000) return;
+    for (const [name, h] of kept.topics) history.set(name, h);
+  } catch { /* (a malformed entry: start afresh) */ }
+}
+restoreHistory();
+let keptAt = 0;
+
 function fmtBytes(n) {
   if (n >= 1 << 30) return (n / (1 << 30)).toFixed(1) + " GiB";
   if (n >= 1 << 20) return (n / (1 << 20)).toFixed(1) + " MiB";
@@ -68,7 +88,7 @@ function record(snapshot) {
     h.t.push(now);
     h.rate.push(rate);
     h.mbps.push(mbps);
-    h.queue.push(t.queue_bytes);
+    h.queue.push(heldBytes(t));
     h.p99.push(t.latency_p99_ms);
     h.drops.push(Math.max(0, lost));
     while (h.t.length && h.t[0] < now - HISTORY_SECONDS) {
@@ -79,6 +99,12 @@ function record(snapshot) {
     if (!snapshot.topics.some((t) => t.name === name)) history.delete(name);
   }
   previous = snapshot;
+}
+
+// What the topic holds, as its row says: a lossless topic's queue (its slowest subscriber's),
+// a real-time topic's retained items.
+function heldBytes(t) {
+  return t.mode === "lossless" ? t.queue_bytes : (t.retained_bytes || 0);
 }
 
 function queueBar(t) {
@@ -100,7 +126,11 @@ function renderTopics(snapshot) {
   for (const t of snapshot.topics) {
     const by = drops(t);
     const dropText = Object.entries(by).map(([r, n]) => `${r} ${n}`).join(" · ") || "none";
-    const throttled = t.throttled_publishers > 0;
+    // Held back by the topic (lossless, full), or by its stage (a gate past its slow-down
+    // threshold tells the producers to slow down).
+    const stageSlowed = t.stage && t.stage.gate && t.stage.gate.state === "critical";
+    const throttled = t.throttled_publishers > 0 || stageSlowed;
+    const slowDowns = t.throttled_total + (t.stage?.gate?.slow_downs ?? 0);
     const row = el("tr", { class: "topic" + (t.name === selected ? " selected" : ""),
       "data-topic": t.name },
       el("td", {}, t.name),
@@ -110,8 +140,9 @@ function renderTopics(snapshot) {
       el("td", {}, fmt(t.mbps, 2)),
       queueBar(t),
       el("td", { "data-field": "throttle" },
-        throttled ? badge("throttled") : badge("flowing", "ok"),
-        ` ${t.throttled_total} slow-downs`),
+        throttled ? badge(stageSlowed ? "slowed by its stage" : "throttled")
+          : badge("flowing", "ok"),
+        ` ${slowDowns} slow-downs`),
       el("td", { "data-field": "drops", "data-total": String(total(by)) }, dropText),
       el("td", {}, String(t.subscribers.length)),
       el("td", {}, t.latency_p99_ms > 0 ? `${fmt(t.latency_p99_ms, 2)} ms` : "–"));
@@ -197,7 +228,8 @@ function drawCharts() {
     }
     charts = {
       rate: chart("chart-rate", "published items/s", "items/s", "#3b82f6"),
-      queue: chart("chart-queue", "queue bytes (slowest subscriber)", "bytes", "#8b5cf6"),
+      queue: chart("chart-queue", "bytes held (lossless: slowest subscriber's queue; real-time: retained)",
+        "bytes", "#8b5cf6"),
       latency: chart("chart-latency", "p99 publish → receive (ms)", "ms", "#0d9488"),
       drops: chart("chart-drops", "frames lost /s (every reason)", "lost/s", "#dc2626"),
     };
@@ -277,6 +309,10 @@ $("preview-toggle").addEventListener("click", () => (preview ? stopPreview() : s
 // ---- the stats stream ----
 function onStats(snapshot) {
   record(snapshot);
+  if (snapshot.time_ms - keptAt >= 5000) {
+    keptAt = snapshot.time_ms;
+    keepHistory(snapshot);
+  }
   if (!selected && snapshot.topics.length) selected = snapshot.topics[0].name;
   renderTopics(snapshot);
   renderDetail(snapshot);
