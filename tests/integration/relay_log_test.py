@@ -13,6 +13,7 @@ Usage: relay_log_test.py SLUICE_BINARY
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -77,6 +78,15 @@ def main():
     assert "# TYPE process_cpu_seconds_total counter" in text
     assert values.get('sluice_build_info{version="%s"}' % listening["version"]) == 1, \
         [k for k in values if k.startswith("sluice_build")]
+    # The Grafana dashboard shipped (deploy/grafana) queries only series the relay exports.
+    exported = {k.split("{")[0] for k in values}
+    dashboard = json.load(open(os.path.join(os.path.dirname(__file__), "..", "..", "deploy",
+                                            "grafana", "sluice-relay.json")))
+    queried = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            queried |= set(re.findall(r"\b((?:sluice|process)_[a-z_]+)\b", target["expr"]))
+    assert queried and queried <= exported, sorted(queried - exported)
     time.sleep(0.3)
     stop(relay)
     events = [json.loads(l) for l in lines]
