@@ -242,14 +242,8 @@ class Publisher:
         index = self._next if frame_index is None else frame_index
         frame = encode_flagged(index, timestamp_ns, flags, payload)
         if self._again_with is not None:
-            while self._unacked and self._unacked_bytes + len(frame) > self._window_bytes:
-                if self._lost():
-                    await self._again()
-                    continue
-                if _is_closed(self._ws):
-                    raise _closed(self._ws, self._last_error)
-                self._acked.clear()
-                await self._acked.wait()
+            await self._until_acked(lambda: not self._unacked or
+                                    self._unacked_bytes + len(frame) <= self._window_bytes)
             self._unacked.append((index, frame))
             self._unacked_bytes += len(frame)
         while True:
@@ -273,7 +267,13 @@ class Publisher:
     async def flush(self) -> None:
         """Reconnecting publishers: waits until every frame sent is acknowledged (connecting
         again meanwhile if need be). Others: returns at once."""
-        while self._again_with is not None and self._unacked:
+        if self._again_with is not None:
+            await self._until_acked(lambda: not self._unacked)
+
+    async def _until_acked(self, enough: Callable[[], bool]) -> None:
+        """Waits for acknowledgements until `enough()`, connecting again if the session is lost
+        (a reconnecting publisher); raises if it ended otherwise."""
+        while not enough():
             if self._lost():
                 await self._again()
                 continue

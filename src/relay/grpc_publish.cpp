@@ -121,7 +121,6 @@ class PublishReactor final : public GuardedReactor<PublishReactor, PublishRpc> {
     return std::nullopt;
   }
   std::optional<Refusal> add(v1::Item& item) SLUICE_REQUIRES(mu_) {
-    if (auto refusal = session_.check_size(item.payload().size())) return refusal;
     if (!item.topic().empty() && item.topic() != session_.topic().name) {
       return Refusal{RefusalKind::bad_request,
                      "a batch carries one topic: item for '" + item.topic().substr(0, 200) +
@@ -130,8 +129,7 @@ class PublishReactor final : public GuardedReactor<PublishReactor, PublishRpc> {
     RelayMessage m{Buffer(std::move(*item.mutable_payload())), item.sequence(),
                    item.timestamp_ns()};
     m.flags = item.flags();
-    session_.add(std::move(m));
-    return std::nullopt;
+    return session_.add(std::move(m));
   }
 
   // (a wake-up: the topic has room, or the item's max_wait is up)

@@ -159,7 +159,7 @@ bool NatsBridge::Link::ensure_stream() {
 // Whether NATS carries an item of `bytes` (the connected server's max_payload, less the
 // header); one it does not is not sent — counted, and announced by the receivers as a gap (its
 // number is skipped). Producers' items over it are refused before they get here
-// (PublishSession::check_size); this catches those in the topic when the limit became known.
+// (PublishSession::add); this catches those in the topic when the limit became known.
 bool NatsBridge::Link::fits(std::uint64_t bytes) {
   const auto limit = counters->max_item_bytes.load(std::memory_order_relaxed);
   if (limit == 0 || bytes <= limit) return true;

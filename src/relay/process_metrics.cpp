@@ -29,9 +29,12 @@ std::vector<std::string> stat_fields() {
   return out;
 }
 
-double stat_field(std::size_t number) {  // proc(5)'s numbering
-  const auto f = stat_fields();
+// Field `number` (proc(5)'s numbering) of `f`, read once per series and scrape.
+double field(const std::vector<std::string>& f, std::size_t number) {
   return number >= 3 && number - 3 < f.size() ? std::stod(f[number - 3]) : 0.0;
+}
+double stat_field(std::size_t number) {
+  return field(stat_fields(), number);
 }
 
 double ticks_per_second() {
@@ -58,7 +61,10 @@ double boot_time() {
 void add_process_metrics(metrics::Registry& registry) {
   const double ticks = ticks_per_second();
   registry.counter_fn("process_cpu_seconds_total", "User and system CPU time spent, in seconds", {},
-                      [ticks] { return (stat_field(14) + stat_field(15)) / ticks; });
+                      [ticks] {
+                        const auto f = stat_fields();  // (user and system time: one read)
+                        return (field(f, 14) + field(f, 15)) / ticks;
+                      });
   registry.gauge_fn("process_resident_memory_bytes", "Resident memory size in bytes", {},
                     [] { return stat_field(24) * static_cast<double>(sysconf(_SC_PAGESIZE)); });
   registry.gauge_fn("process_virtual_memory_bytes", "Virtual memory size in bytes", {},

@@ -140,11 +140,13 @@ std::optional<Refusal> PublishSession::set_producer(std::string id) {
   return std::nullopt;
 }
 
-void PublishSession::add(RelayMessage item) {
+std::optional<Refusal> PublishSession::add(RelayMessage item) {
+  if (auto refusal = check_size(item.payload.size())) return refusal;
   // (A duplicate is not offered to the stage again; publish() decides for the topic.)
   if (topic_->stage && (producer_.empty() || !topic_->producers.seen(producer_, item.sequence)))
     topic_->stage->offer(item, notices_);
   pending_.push_back(std::move(item));
+  return std::nullopt;
 }
 
 Outcome<PublishSession::Progress> PublishSession::publish() {

@@ -5,7 +5,7 @@
 //
 // Protocol with the transport:
 //   connect(wake, stage_event) before the first add(); open(topic) once (or again when a gRPC call
-//   names another topic), then for each decoded item check_size() and add(), then publish():
+//   names another topic), then for each decoded item add(), then publish():
 //     all_in   every item is in the topic: read the producer's next message;
 //     waiting  the topic is full: read nothing (transport backpressure reaches the producer);
 //              `wake` runs on `loop` when the topic has room or the item's max_wait is up, and
@@ -93,8 +93,9 @@ class PublishSession {
   /// frame_too_big if an item of `bytes` is over the limit (STREAM_MAX_FRAME_SIZE_MB) or, on a
   /// cluster topic (after open()), over what NATS carries (BridgeCounters::max_item_bytes).
   std::optional<Refusal> check_size(std::uint64_t bytes) const;
-  /// An item for the topic: queued behind those waiting, offered to the topic's stage.
-  void add(RelayMessage item);
+  /// An item for the topic: queued behind those waiting, offered to the topic's stage — or,
+  /// over a limit (check_size), refused whatever the transport (the session ends).
+  std::optional<Refusal> add(RelayMessage item);
   /// Puts what waits into the topic, in order (see the protocol above).
   Outcome<Progress> publish();
 

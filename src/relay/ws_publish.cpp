@@ -123,11 +123,10 @@ class WsPublisher final : public WsSession<WsPublisher> {
     RelayMessage item{frame.slice(frame_header_bytes()), head.index,
                       head.timestamp_ns != 0 ? head.timestamp_ns : unix_now_ns()};
     item.flags = head.flags;
-    if (auto refusal = session_->check_size(item.payload.size())) {
+    if (auto refusal = session_->add(std::move(item))) {
       end(*refusal, sequence_);
       return;
     }
-    session_->add(std::move(item));
     attempt();
   }
 

@@ -170,6 +170,19 @@ class Inbox {
 // the connection was lost); the others are the relay's refusals (docs/protocol.md), final.
 const RECONNECT_CODES = new Set([1000, 1001, 1006, 1011, 1012, 1014]);
 
+// Opens a session on the first of `relays` that answers; rejects with the last one's refusal.
+async function openFirst(relays, path, params, token) {
+  let failure;
+  for (const relay of relays) {
+    try {
+      return await open(endpoint(relay, path, params), token);
+    } catch (e) {
+      failure = e;
+    }
+  }
+  throw failure;
+}
+
 // Opens a session again after `info` ended one: the relay it was on (`url`), then the others of
 // `again.relays` in turn, one round between backoffs (100 ms doubling to 2 s), for up to
 // again.reconnectForMs, unless `closing()`. {ws}: the new socket; or {failure}: why not.
@@ -354,17 +367,9 @@ export async function subscribe(topic, options = {}) {
   const relays = urls && urls.length ? urls : [url];
   const path = `/v1/ws/subscribe/${encodeURIComponent(topic)}`;
   const params = { name, depth, header: FLAGGED_FRAME_HEADER_BYTES, window: window || undefined };
-  let failure;
-  for (const relay of relays) {
-    try {
-      const ws = await open(endpoint(relay, path, params), token);
-      const again = reconnect ? { relays, path, params, token, reconnectForMs } : null;
-      return new Subscription(ws, topic, again, window);
-    } catch (e) {
-      failure = e;
-    }
-  }
-  throw failure;
+  const ws = await openFirst(relays, path, params, token);
+  const again = reconnect ? { relays, path, params, token, reconnectForMs } : null;
+  return new Subscription(ws, topic, again, window);
 }
 
 // Close codes after which a publisher with `reconnect` opens a new session (the relay stopped or
@@ -498,10 +503,8 @@ export class Publisher extends EventTarget {
       { flags, headerBytes: FLAGGED_FRAME_HEADER_BYTES });
     let entry = null;
     if (this.#again) {
-      while (this.#unacked.length && this.#unackedBytes + frame.byteLength > this.highWaterBytes) {
-        if (this.#ended) throw await this.#failure();
-        await this.#changed();
-      }
+      await this.#until(() => !this.#unacked.length ||
+        this.#unackedBytes + frame.byteLength <= this.highWaterBytes);
       entry = { index: i, frame, sent: false };
       this.#unacked.push(entry);
       this.#unackedBytes += frame.byteLength;
@@ -525,7 +528,12 @@ export class Publisher extends EventTarget {
 
   /** Reconnecting publishers: resolves once every frame sent is acknowledged. */
   async flush() {
-    while (this.#unacked.length) {
+    await this.#until(() => !this.#unacked.length);
+  }
+
+  // Waits through acknowledgements and reconnections until `enough()`; rejects once ended.
+  async #until(enough) {
+    while (!enough()) {
       if (this.#ended) throw await this.#failure();
       await this.#changed();
     }
@@ -562,17 +570,9 @@ export async function publish(topic, options = {}) {
     params.producer = producer ?? randomId();
     params.acks = 1;
   }
-  let failure;
-  for (const relay of relays) {
-    try {
-      const ws = await open(endpoint(relay, path, params), token);
-      const again = reconnect ? { relays, path, params, token, reconnectForMs } : null;
-      return new Publisher(ws, topic, highWaterBytes, again);
-    } catch (e) {
-      failure = e;
-    }
-  }
-  throw failure;
+  const ws = await openFirst(relays, path, params, token);
+  const again = reconnect ? { relays, path, params, token, reconnectForMs } : null;
+  return new Publisher(ws, topic, highWaterBytes, again);
 }
 
 // 32 random hex digits (a producer's id).
